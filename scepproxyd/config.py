@@ -1,0 +1,352 @@
+"""
+INI file -> typed, validated, immutable settings.
+
+Only the tap module calls L{load_settings}; domain modules receive the plain
+values they need, never the file. Everything is checked here, at start-up,
+so that a typo stops the daemon with one message naming the file, section
+and key, instead of surfacing as a strange failure hours later. Nothing is
+created here: the tap makes the state directory.
+"""
+
+from __future__ import annotations
+
+import configparser
+import math
+import os
+import re
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import InvalidLogLevelError, LogLevel
+
+
+class ConfigError(Exception):
+    """
+    A configuration problem, worded for the operator who has to fix it.
+
+    C{str(e)} is the whole message, e.g. C{"etc/scepproxyd.ini: [server]
+    max_body_bytes: must be a whole number of bytes between 1024 and
+    104857600, got 'lots'"}; C{section} and C{key} are L{None} when the
+    problem is not tied to one.
+    """
+
+    def __init__(self, path: str | Path, section: str | None, key: str | None, problem: str):
+        self.path = str(path)
+        self.section = section
+        self.key = key
+        self.problem = problem
+        where = ""
+        if section is not None:
+            where = "[%s] %s: " % (section, key) if key is not None else "[%s]: " % (section,)
+        super().__init__("%s: %s%s" % (self.path, where, problem))
+
+
+@attrs.frozen
+class ServerSettings:
+    listen: str
+    public_url: str
+    max_body_bytes: int
+    idle_timeout: float
+
+
+@attrs.frozen
+class DatabaseSettings:
+    path: Path
+    busy_timeout: float
+
+
+@attrs.frozen
+class ChallengeSettings:
+    ttl: float
+    cleanup_interval: float
+
+
+@attrs.frozen
+class UpstreamSettings:
+    connect_timeout: float
+    response_timeout: float
+    body_timeout: float
+    max_response_bytes: int
+    caps_cache_seconds: float
+
+
+@attrs.frozen
+class LoggingSettings:
+    level: LogLevel
+
+
+@attrs.frozen
+class Settings:
+    config_path: Path
+    state_directory: Path
+    server: ServerSettings
+    database: DatabaseSettings
+    challenges: ChallengeSettings
+    upstream: UpstreamSettings
+    logging: LoggingSettings
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)", re.ASCII)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"(\d+)\s*([kKmM]?)", re.ASCII)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+MiB = 1024 * 1024
+
+
+def parse_duration(text: str) -> float:
+    """
+    Seconds from C{"30"}, C{"2.5"} or a number with a unit: C{"30s"},
+    C{"5m"}, C{"1h"}, C{"1d"}.
+
+    No signs, exponents, NaN or infinity: a duration in a config file is
+    always a plain non-negative number, and anything else is more likely a
+    typo than intent. Raises L{ValueError} otherwise.
+    """
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError("not a duration: %r" % (text,))
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError("duration too large: %r" % (text,))
+    return seconds
+
+
+def parse_size(text: str) -> int:
+    """
+    Bytes from C{"65536"} or a whole number with a 1024-based suffix:
+    C{"64k"}/C{"64K"}, C{"1m"}/C{"1M"}. Raises L{ValueError} otherwise.
+    """
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError("not a size: %r" % (text,))
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+class _Invalid(Exception):
+    """A converter's refusal; the loader adds file, section and key."""
+
+
+def _describe(seconds: float) -> str:
+    if seconds == 0:
+        return "0"
+    for unit, size in (("day", DAY), ("hour", HOUR), ("minute", MINUTE)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return "%d %s%s" % (count, unit, "" if count == 1 else "s")
+    return "%g second%s" % (seconds, "" if seconds == 1 else "s")
+
+
+def _duration(low: float, high: float, allow_low: bool = False) -> Callable[[str], float]:
+    """A converter for durations in C{[low, high]}, or C{(low, high]} unless C{allow_low}."""
+    if allow_low:
+        span = "from %s to %s" % (_describe(low), _describe(high))
+    else:
+        span = "greater than %s and at most %s" % (_describe(low), _describe(high))
+    expected = "must be a duration %s (seconds, or a number followed by s, m, h or d)" % (span,)
+
+    def convert(value: str) -> float:
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            seconds = math.nan
+        if not (seconds <= high and (seconds > low or (allow_low and seconds == low))):
+            raise _Invalid("%s, got %r" % (expected, value))
+        return seconds
+
+    return convert
+
+
+def _size(low: int, high: int) -> Callable[[str], int]:
+    def convert(value: str) -> int:
+        try:
+            size = parse_size(value)
+        except ValueError:
+            size = -1
+        if not low <= size <= high:
+            raise _Invalid(
+                "must be a whole number of bytes between %d and %d, got %r" % (low, high, value)
+            )
+        return size
+
+    return convert
+
+
+def _endpoint(value: str) -> str:
+    """
+    Check a strports description by building (not listening on) the endpoint.
+
+    The reactor is a dummy: parsing never touches it, and a real one would
+    invite someone to listen here by mistake.
+    """
+    try:
+        serverFromString(object(), value)
+    except Exception as e:
+        if value.startswith("systemd:") and isinstance(e, LookupError):
+            reason = "systemd passed in no such socket (is the socket unit active?)"
+        else:
+            reason = str(e) or type(e).__name__
+        raise _Invalid(
+            "not a valid Twisted endpoint description: %s; expected e.g. "
+            "'tcp:8080:interface=127.0.0.1', got %r" % (reason, value)
+        )
+    return value
+
+
+def _public_url(value: str) -> str:
+    """
+    The URL devices use to reach us; it is pasted into every rendered profile,
+    so it must be absolute and clean, and carries no trailing slash so that
+    C{public_url + "/mdm/scep/proxy/..."} is always right.
+    """
+    expected = "must be an absolute http:// or https:// URL with a host name"
+    try:
+        parts = urlsplit(value)
+        parts.port  # raises ValueError on a bad port
+    except ValueError as e:
+        raise _Invalid("%s (%s), got %r" % (expected, e, value))
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise _Invalid("%s, got %r" % (expected, value))
+    if "?" in value or "#" in value:
+        raise _Invalid("must not have a query string or fragment, got %r" % (value,))
+    if "@" in parts.netloc:
+        raise _Invalid("must not contain a user name or password, got %r" % (value,))
+    if any(c.isspace() for c in value):
+        raise _Invalid("must not contain spaces, got %r" % (value,))
+    return value.rstrip("/")
+
+
+def _log_level(value: str) -> LogLevel:
+    name = value.lower()
+    try:
+        return LogLevel.levelWithName("warn" if name == "warning" else name)
+    except InvalidLogLevelError:
+        raise _Invalid(
+            "must be one of debug, info, warn, error, critical, got %r" % (value,)
+        ) from None
+
+
+def _text(value: str) -> str:
+    return value
+
+
+# section -> key -> (default, converter). Defaults go through the converters
+# too, so a default can never be something a user could not write.
+_SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
+    "state": {"directory": ("../var", _text)},
+    "server": {
+        "listen": ("tcp:8080:interface=127.0.0.1", _endpoint),
+        "public_url": ("http://127.0.0.1:8080", _public_url),
+        "max_body_bytes": ("64k", _size(1024, 100 * MiB)),
+        "idle_timeout": ("30s", _duration(0, HOUR)),
+    },
+    "database": {
+        "path": ("scepproxyd.sqlite3", _text),
+        "busy_timeout": ("5s", _duration(0, 10 * MINUTE)),
+    },
+    "challenges": {
+        "ttl": ("1h", _duration(MINUTE, 30 * DAY, allow_low=True)),
+        "cleanup_interval": ("5m", _duration(1, DAY, allow_low=True)),
+    },
+    "upstream": {
+        "connect_timeout": ("5s", _duration(0, 10 * MINUTE)),
+        "response_timeout": ("30s", _duration(0, HOUR)),
+        "body_timeout": ("30s", _duration(0, HOUR)),
+        "max_response_bytes": ("1M", _size(1024, 100 * MiB)),
+        "caps_cache_seconds": ("60s", _duration(0, DAY, allow_low=True)),
+    },
+    "logging": {"level": ("info", _log_level)},
+}
+
+
+def _read_ini(text: str, config_path: Path) -> configparser.ConfigParser:
+    """Parse strictly; turn configparser's complaints into a L{ConfigError}."""
+    parser = configparser.ConfigParser(
+        interpolation=None,
+        # Only "=": endpoint strings and URLs are full of colons.
+        delimiters=("=",),
+        inline_comment_prefixes=(";",),
+        # No magic [DEFAULT] section: it would copy its keys into every
+        # section, so here it is just an unknown section.
+        default_section="\x00",
+    )
+    section = key = None
+    try:
+        parser.read_string(text, source=str(config_path))
+        return parser
+    except configparser.DuplicateOptionError as e:
+        section, key, problem = e.section, e.option, "given twice (line %s)" % (e.lineno,)
+    except configparser.DuplicateSectionError as e:
+        section, problem = e.section, "section given twice (line %s)" % (e.lineno,)
+    except configparser.MissingSectionHeaderError as e:
+        problem = "line %d: %r is outside any [section]" % (e.lineno, e.line.strip())
+    except configparser.ParsingError as e:
+        lineno = e.errors[0][0]
+        line = text.splitlines()[lineno - 1].strip()
+        problem = "line %d: not valid INI, expected 'key = value', got %r" % (lineno, line)
+    except configparser.Error as e:
+        problem = "not valid INI: %s" % (e,)
+    raise ConfigError(config_path, section, key, problem)
+
+
+def _resolve(base: Path, value: str) -> Path:
+    return Path(os.path.normpath(base / value))
+
+
+def parse_settings(text: str, config_path: Path) -> Settings:
+    """
+    Validate INI C{text} as if read from C{config_path}, which names the
+    file in messages and anchors relative paths.
+    """
+    parser = _read_ini(text, config_path)
+    for section in parser.sections():
+        if section not in _SCHEMA:
+            raise ConfigError(
+                config_path, section, None,
+                "unknown section; valid sections are: %s" % (", ".join(_SCHEMA),),
+            )
+    values: dict[str, dict[str, object]] = {}
+    for section, keys in _SCHEMA.items():
+        given = dict(parser.items(section)) if parser.has_section(section) else {}
+        for key in given:
+            if key not in keys:
+                raise ConfigError(
+                    config_path, section, key,
+                    "unknown key; valid keys in [%s] are: %s" % (section, ", ".join(keys)),
+                )
+        values[section] = {}
+        for key, (default, convert) in keys.items():
+            raw = given.get(key, default)
+            try:
+                if not raw.strip():
+                    raise _Invalid("must not be empty")
+                values[section][key] = convert(raw)
+            except _Invalid as e:
+                raise ConfigError(config_path, section, key, str(e)) from None
+
+    absolute_config = Path(os.path.abspath(config_path))
+    state_directory = _resolve(absolute_config.parent, values["state"]["directory"])
+    values["database"]["path"] = _resolve(state_directory, values["database"]["path"])
+    return Settings(
+        config_path=absolute_config,
+        state_directory=state_directory,
+        server=ServerSettings(**values["server"]),
+        database=DatabaseSettings(**values["database"]),
+        challenges=ChallengeSettings(**values["challenges"]),
+        upstream=UpstreamSettings(**values["upstream"]),
+        logging=LoggingSettings(**values["logging"]),
+    )
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate the config file at C{path}; every failure is a L{ConfigError}."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # tolerate a BOM from Windows editors
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(path, None, None, "cannot read configuration file: %s" % (reason,))
+    return parse_settings(text, path)

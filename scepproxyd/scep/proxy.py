@@ -1,0 +1,125 @@
+"""The SCEP proxy's decisions: which request goes upstream, and what the device hears.
+
+This module knows nothing about HTTP servers: it takes the pieces of a request
+(identifier segment, method, raw URI, body) and returns a L{ProxyAnswer}. The
+web resource turns that into bytes on the wire and a log line.
+"""
+
+import attrs
+from scepproxyd.logs import get_logger
+
+from scepproxyd.scep import codec
+from scepproxyd.scep.identifier import InvalidIdentifier, ProxyIdentifier, parse_identifier
+from scepproxyd.scep.query import InvalidQuery, decode_message, parse_query, scep_operation
+from scepproxyd.scep.upstream import PKI_MESSAGE_TYPE, UpstreamError
+
+TEXT = b"text/plain; charset=utf-8"
+
+# Device-facing reasons. One answer for every unknown piece, so the proxy
+# cannot be used to find out which hosts, profiles or CAs exist.
+UNKNOWN_TARGET = "unknown host, profile or CA"
+CHALLENGE_FAILED = "custom scep challenge failed"
+NOT_PENDING = "host profile is not awaiting enrollment"
+
+
+@attrs.frozen
+class ProxyAnswer:
+    status: int
+    content_type: bytes
+    body: bytes = attrs.field(repr=False)
+    #: Short word for logs and metrics: ok, bad_request, unknown, challenge_failed, ...
+    outcome: str
+    operation: str | None = None
+    identifier: ProxyIdentifier | None = None
+    upstream_status: int | None = None
+
+
+def _refusal(status: int, outcome: str, reason: str, **fields) -> ProxyAnswer:
+    return ProxyAnswer(status, TEXT, (reason + "\n").encode("utf-8"), outcome, **fields)
+
+
+class ScepProxy:
+    """Check the identifier, spend the one-time challenge, forward, and record the outcome."""
+
+    log = get_logger(__name__)
+
+    def __init__(self, store, upstream):
+        self._store = store
+        self._upstream = upstream
+
+    async def handle(self, identifier_segment: bytes, method: bytes, uri: bytes, body: bytes) -> ProxyAnswer:
+        try:
+            ident = parse_identifier(identifier_segment)
+            params = parse_query(uri)
+            operation = scep_operation(params)
+        except (InvalidIdentifier, InvalidQuery) as e:
+            return _refusal(400, "bad_request", str(e))
+        fields = {"operation": operation, "identifier": ident}
+        target = await self._store.proxy_target(ident.host_uuid, ident.profile_uuid, ident.ca_name)
+        if target is None:
+            return _refusal(400, "unknown", UNKNOWN_TARGET, **fields)
+        try:
+            if operation == "GetCACaps":
+                return self._relay(await self._upstream.get_ca_caps(target.ca_url), fields)
+            if operation == "GetCACert":
+                message = params.get("message")
+                text = message.decode("utf-8", "replace") if message else None
+                return self._relay(await self._upstream.get_ca_cert(target.ca_url, text), fields)
+            return await self._pki_operation(ident, target, method, params, body, fields)
+        except UpstreamError as e:
+            status = 504 if e.timed_out else 502
+            return _refusal(status, "upstream_timeout" if e.timed_out else "upstream_error", e.reason, **fields)
+
+    def _relay(self, answer, fields) -> ProxyAnswer:
+        if answer.status >= 500:
+            raise UpstreamError("upstream CA failed (HTTP %d)" % (answer.status,), answered=True)
+        outcome = "ok" if answer.status == 200 else "upstream_refused"
+        return ProxyAnswer(
+            answer.status, answer.content_type, answer.body, outcome, upstream_status=answer.status, **fields
+        )
+
+    def _message(self, method: bytes, params, body: bytes) -> bytes:
+        if method == b"POST":
+            if not body:
+                raise InvalidQuery("PKIOperation POST has an empty body")
+            return body
+        if "message" not in params:
+            raise InvalidQuery("PKIOperation GET needs a message parameter")
+        return decode_message(params["message"])
+
+    async def _pki_operation(self, ident, target, method, params, body, fields) -> ProxyAnswer:
+        try:
+            message = self._message(method, params, body)
+        except InvalidQuery as e:
+            return _refusal(400, "bad_request", str(e), **fields)
+        if not codec.looks_like_pki_message(message):
+            return _refusal(400, "bad_request", "PKIOperation message is not a CMS SignedData", **fields)
+        # Learn how to reach the CA before spending the challenge: if it is down,
+        # the device keeps a usable challenge without any put-back.
+        use_post = await self._upstream.supports_post(target.ca_url)
+        consumed = await self._store.consume_challenge(ident.challenge, ident.host_uuid, ident.profile_uuid)
+        if consumed is None:
+            await self._store.challenge_failed(ident.host_uuid, ident.profile_uuid, CHALLENGE_FAILED)
+            return _refusal(400, "challenge_failed", CHALLENGE_FAILED, **fields)
+        if target.status != "pending":
+            return _refusal(400, "not_pending", NOT_PENDING, **fields)
+        try:
+            answer = await self._upstream.pki_operation(target.ca_url, message, use_post)
+        except UpstreamError as e:
+            if not e.answered:
+                await self._store.restore_challenge(consumed)
+            raise
+        if answer.status != 200:
+            raise UpstreamError("upstream CA failed (HTTP %d)" % (answer.status,), answered=True)
+        pki_status, fail_info = codec.cert_rep_status(answer.body)
+        outcome = {"SUCCESS": "ok", "PENDING": "pending", "FAILURE": "refused"}.get(pki_status, "ok")
+        if pki_status == "PENDING":
+            # The device will poll with the same URL; keep its challenge alive for that.
+            await self._store.restore_challenge(consumed)
+        elif pki_status == "FAILURE":
+            await self._store.challenge_failed(
+                ident.host_uuid, ident.profile_uuid, "upstream CA refused the request (%s)" % (fail_info,)
+            )
+        else:
+            await self._store.enrollment_forwarded(ident.host_uuid, ident.profile_uuid)
+        return ProxyAnswer(200, PKI_MESSAGE_TYPE, answer.body, outcome, upstream_status=200, **fields)

@@ -1,0 +1,233 @@
+"""Talk to upstream SCEP CAs: one pooled HTTP client, strict timeouts, a caps cache.
+
+The proxy must tell two kinds of failure apart. If the upstream *never
+answered* (refused, reset before headers, no headers in time) the device's
+one-time challenge may be put back so its retry works. Once headers have
+arrived the upstream has acted on the request, and the challenge stays spent
+so that it can never reach the upstream twice.
+"""
+
+from urllib.parse import quote
+
+import attrs
+from twisted.internet import defer, protocol
+from twisted.internet import error
+from twisted.internet.error import ConnectionDone
+from scepproxyd.logs import get_logger
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+
+from scepproxyd.scep.query import encode_message
+
+PKI_MESSAGE_TYPE = b"application/x-pki-message"
+
+
+class UpstreamError(Exception):
+    """The upstream CA could not give a usable answer.
+
+    ``answered`` says whether the upstream received the request and started to
+    answer; ``timed_out`` whether the cause was slowness (504) or failure (502).
+    """
+
+    def __init__(self, reason: str, answered: bool, timed_out: bool = False, status=None):
+        super().__init__(reason)
+        self.reason = reason
+        self.answered = answered
+        self.timed_out = timed_out
+        self.status = status
+
+
+@attrs.frozen
+class UpstreamAnswer:
+    status: int
+    content_type: bytes
+    body: bytes = attrs.field(repr=False)
+
+
+@attrs.frozen
+class UpstreamTimeouts:
+    connect: float = 5.0
+    response: float = 30.0
+    body: float = 30.0
+    max_response_bytes: int = 1024 * 1024
+
+
+class _BodyReader(protocol.Protocol):
+    """Collect a response body up to a size limit and a deadline."""
+
+    def __init__(self, finished: defer.Deferred, limit: int):
+        self.finished = finished
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.finished.errback(
+                UpstreamError("upstream answer larger than %d bytes" % (self.limit,), answered=True)
+            )
+            self.transport.stopProducing()
+            return
+        self.chunks.append(data)
+
+    def connectionLost(self, reason) -> None:
+        if self.finished.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss, ConnectionDone):
+            self.finished.callback(b"".join(self.chunks))
+        else:
+            self.finished.errback(
+                UpstreamError("upstream connection failed while sending its answer", answered=True)
+            )
+
+
+def make_http_client(reactor, connect_timeout: float):
+    """One treq client over a persistent pool; the caller closes the pool on stop."""
+    import treq.client
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 32
+    # Automatic retries could send a PKIOperation twice; idempotent GETs retry below instead.
+    pool.retryAutomatically = False
+    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
+    return treq.client.HTTPClient(agent), pool
+
+
+def _url(base: str, operation: str, message: str | None = None) -> str:
+    joiner = "&" if "?" in base else "?"
+    url = "%s%soperation=%s" % (base, joiner, operation)
+    if message is not None:
+        url += "&message=" + quote(message, safe="")
+    return url
+
+
+class UpstreamClient:
+    """GetCACaps, GetCACert and PKIOperation against upstream SCEP CAs."""
+
+    log = get_logger(__name__)
+
+    def __init__(self, http_client, clock, timeouts: UpstreamTimeouts, caps_cache_seconds: float):
+        self._http = http_client
+        self._clock = clock
+        self._timeouts = timeouts
+        self._cache_seconds = caps_cache_seconds
+        self._cache: dict[tuple, tuple[float, UpstreamAnswer]] = {}
+
+    async def _request(self, method: str, url: str, **kwargs) -> UpstreamAnswer:
+        pending = self._http.request(
+            method, url, unbuffered=True, allow_redirects=False, reactor=self._clock, **kwargs
+        )
+        # Our own deadline rather than treq's, so that a cancellation is known
+        # to be ours whatever exception the HTTP stack wraps it in.
+        expired = []
+
+        def give_up():
+            expired.append(True)
+            pending.cancel()
+
+        deadline = self._clock.callLater(self._timeouts.response, give_up)
+        try:
+            response = await pending
+        except Exception as e:
+            if expired or isinstance(e, (TimeoutError, error.TimeoutError, error.TCPTimedOutError)):
+                raise UpstreamError(
+                    "upstream CA sent no answer in time", answered=False, timed_out=True
+                ) from None
+            raise UpstreamError(
+                "upstream CA unreachable (%s)" % (type(e).__name__,), answered=False
+            ) from None
+        finally:
+            if deadline.active():
+                deadline.cancel()
+        body = await self._read_body(response)
+        content_type = (response.headers.getRawHeaders(b"Content-Type") or [b""])[0]
+        return UpstreamAnswer(response.code, content_type, body)
+
+    def _read_body(self, response) -> defer.Deferred:
+        finished: defer.Deferred = defer.Deferred()
+        length = response.length
+        if isinstance(length, int) and length > self._timeouts.max_response_bytes:
+            response.deliverBody(protocol.Protocol())  # let the connection go
+            return defer.fail(
+                UpstreamError("upstream answer larger than %d bytes" % (self._timeouts.max_response_bytes,), answered=True, status=response.code)
+            )
+        reader = _BodyReader(finished, self._timeouts.max_response_bytes)
+        response.deliverBody(reader)
+
+        def too_slow():
+            if not finished.called:
+                finished.errback(
+                    UpstreamError("upstream CA did not finish its answer in time", answered=True, timed_out=True)
+                )
+                if reader.transport is not None:
+                    reader.transport.stopProducing()
+
+        deadline = self._clock.callLater(self._timeouts.body, too_slow)
+
+        def done(result):
+            if deadline.active():
+                deadline.cancel()
+            return result
+
+        return finished.addBoth(done)
+
+    async def _get_idempotent(self, url: str) -> UpstreamAnswer:
+        """GET once more when a pooled connection turned out to be dead before any answer."""
+        try:
+            return await self._request("GET", url)
+        except UpstreamError as e:
+            if e.answered or e.timed_out:
+                raise
+            return await self._request("GET", url)
+
+    async def _cached(self, key: tuple, url: str) -> UpstreamAnswer:
+        now = self._clock.seconds()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        answer = await self._get_idempotent(url)
+        if answer.status == 200 and self._cache_seconds > 0:
+            self._cache[key] = (now + self._cache_seconds, answer)
+        return answer
+
+    def get_ca_caps(self, ca_url: str) -> defer.Deferred:
+        return defer.ensureDeferred(self._cached((ca_url, "GetCACaps", None), _url(ca_url, "GetCACaps")))
+
+    def get_ca_cert(self, ca_url: str, message: str | None = None) -> defer.Deferred:
+        return defer.ensureDeferred(
+            self._cached((ca_url, "GetCACert", message), _url(ca_url, "GetCACert", message))
+        )
+
+    async def _supports_post(self, ca_url: str) -> bool:
+        caps = await self.get_ca_caps(ca_url)
+        if caps.status != 200:
+            return False
+        lines = {line.strip().lower() for line in caps.body.split(b"\n")}
+        return b"postpkioperation" in lines
+
+    def supports_post(self, ca_url: str) -> defer.Deferred:
+        """Whether the CA accepts PKIOperation by POST (from its cached GetCACaps)."""
+        return defer.ensureDeferred(self._supports_post(ca_url))
+
+    def pki_operation(self, ca_url: str, message: bytes, use_post: bool) -> defer.Deferred:
+        """Forward the request bytes untouched, by POST when the CA allows it."""
+        if use_post:
+            return defer.ensureDeferred(
+                self._request(
+                    "POST",
+                    _url(ca_url, "PKIOperation"),
+                    data=message,
+                    headers={b"Content-Type": [PKI_MESSAGE_TYPE]},
+                )
+            )
+        return defer.ensureDeferred(
+            self._request("GET", _url(ca_url, "PKIOperation", encode_message(message)))
+        )
+
+    def forget(self, ca_url: str) -> None:
+        """Drop cached answers of one CA (after the admin changes it)."""
+        for key in [k for k in self._cache if k[0] == ca_url]:
+            del self._cache[key]

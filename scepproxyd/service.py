@@ -1,0 +1,104 @@
+"""Wire settings into one MultiService: store, upstream client, listeners, jobs."""
+
+from pathlib import Path
+
+from twisted.application import service, strports
+from twisted.internet import defer
+from scepproxyd.logs import get_logger, set_level
+from twisted.web import resource
+
+from scepproxyd.jobs import CleanupJob, job_service
+from scepproxyd.scep.proxy import ScepProxy
+from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http_client
+from scepproxyd.store import Store
+from scepproxyd.web.proxy import ProxyResource
+from scepproxyd.web.site import ProxySite
+
+log = get_logger(__name__)
+
+
+class StoreService(service.Service):
+    """Opens the store's DB thread on start; closes the database on stop."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def startService(self):
+        super().startService()
+        return self.store.start()
+
+    def stopService(self):
+        super().stopService()
+        return self.store.stop()
+
+
+class HTTPPoolService(service.Service):
+    """Closes the upstream connection pool on stop, so shutdown leaves no sockets behind."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def stopService(self):
+        super().stopService()
+        return self.pool.closeCachedConnections()
+
+
+def build_resource_tree(proxy, clock) -> resource.Resource:
+    """``/mdm/scep/proxy/{identifier}`` on the device-facing listener."""
+    root = resource.Resource()
+    mdm = resource.Resource()
+    scep = resource.Resource()
+    root.putChild(b"mdm", mdm)
+    mdm.putChild(b"scep", scep)
+    scep.putChild(b"proxy", ProxyResource(proxy, clock))
+    return root
+
+
+def prepare_state(settings) -> None:
+    """Create the state directory and bring the database schema up to date.
+
+    Runs once before the reactor does, so a problem here stops twistd with a
+    clear message instead of a half-started daemon.
+    """
+    state: Path = settings.state_directory
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings.database.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    Store.migrate(settings.database.path)
+
+
+def make_service(settings, reactor) -> service.MultiService:
+    set_level(settings.logging.level)
+    top = service.MultiService()
+
+    store = Store(
+        settings.database.path,
+        reactor,
+        clock=reactor,
+        challenge_ttl=settings.challenges.ttl,
+        busy_timeout=settings.database.busy_timeout,
+    )
+    StoreService(store).setServiceParent(top)
+
+    http_client, pool = make_http_client(reactor, settings.upstream.connect_timeout)
+    HTTPPoolService(pool).setServiceParent(top)
+    timeouts = UpstreamTimeouts(
+        connect=settings.upstream.connect_timeout,
+        response=settings.upstream.response_timeout,
+        body=settings.upstream.body_timeout,
+        max_response_bytes=settings.upstream.max_response_bytes,
+    )
+    upstream = UpstreamClient(http_client, reactor, timeouts, settings.upstream.caps_cache_seconds)
+
+    proxy = ScepProxy(store, upstream)
+    site = ProxySite(
+        build_resource_tree(proxy, reactor),
+        max_body_bytes=settings.server.max_body_bytes,
+        idle_timeout=settings.server.idle_timeout,
+        reactor=reactor,
+    )
+    listener = strports.service(settings.server.listen, site, reactor=reactor)
+    listener.setName("proxy-listener")
+    listener.setServiceParent(top)
+
+    job_service(CleanupJob(store, reactor), settings.challenges.cleanup_interval, reactor).setServiceParent(top)
+    return top

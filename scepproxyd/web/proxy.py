@@ -1,0 +1,74 @@
+"""The ``/mdm/scep/proxy/{identifier}`` resource: HTTP in, L{ScepProxy} decisions out."""
+
+from twisted.internet import defer
+from scepproxyd.logs import get_logger
+from twisted.web import resource, server
+
+from scepproxyd.scep.proxy import TEXT, ProxyAnswer
+
+log = get_logger(__name__)
+
+_APPENDED_SEGMENTS = (b"pkiclient.exe",)
+
+
+class ProxyResource(resource.Resource):
+    """Serves GET and POST for ``{identifier}`` and ``{identifier}/pkiclient.exe``."""
+
+    isLeaf = True
+
+    def __init__(self, proxy, clock):
+        super().__init__()
+        self._proxy = proxy
+        self._clock = clock
+
+    def render_GET(self, request):
+        return self._serve(request)
+
+    render_POST = render_GET
+
+    def _serve(self, request):
+        started = self._clock.seconds()
+        segments = request.postpath
+        if len(segments) == 2 and segments[1] in _APPENDED_SEGMENTS:
+            segments = segments[:1]
+        if len(segments) != 1:
+            answer = ProxyAnswer(
+                400, TEXT, b"expected /mdm/scep/proxy/{identifier}\n", "bad_request"
+            )
+            self._finish(request, answer, started)
+            return server.NOT_DONE_YET
+        body = request.content.read() if request.method == b"POST" else b""
+        gone = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        d = defer.ensureDeferred(self._proxy.handle(segments[0], request.method, request.uri, body))
+
+        def failed(failure):
+            log.failure("proxy request failed unexpectedly", failure)
+            return ProxyAnswer(500, TEXT, b"internal error\n", "internal_error")
+
+        d.addErrback(failed)
+        d.addCallback(lambda answer: self._finish(request, answer, started, gone))
+        return server.NOT_DONE_YET
+
+    def _finish(self, request, answer: ProxyAnswer, started: float, gone=()) -> None:
+        elapsed_ms = (self._clock.seconds() - started) * 1000.0
+        ident = answer.identifier
+        log.info(
+            "proxy {operation} host={host} profile={profile} ca={ca} outcome={outcome} "
+            "status={status} upstream_status={upstream_status} ms={ms:.1f}",
+            operation=answer.operation or "-",
+            host=ident.host_uuid if ident else "-",
+            profile=ident.profile_uuid if ident else "-",
+            ca=ident.ca_name if ident else "-",
+            outcome=answer.outcome,
+            status=answer.status,
+            upstream_status=answer.upstream_status if answer.upstream_status is not None else "-",
+            ms=elapsed_ms,
+        )
+        if gone:
+            return
+        request.setResponseCode(answer.status)
+        request.setHeader(b"Content-Type", answer.content_type or b"application/octet-stream")
+        request.setHeader(b"Content-Length", b"%d" % (len(answer.body),))
+        request.write(answer.body)
+        request.finish()

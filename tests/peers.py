@@ -1,0 +1,176 @@
+"""Real processes for interop tests: micromdm scepserver/scepclient and the daemon itself.
+
+Everything runs on loopback on free ports, and every process started here is
+stopped by its pid when the test is done.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def need(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        # The README's test command installs the Debian packages; a missing peer is a set-up bug.
+        pytest.fail("%s is not installed; run scripts/test, which installs the real peers" % (binary,))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError("process exited with %s before listening on %d" % (process.returncode, port))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("nothing listening on port %d after %.0f s" % (port, timeout))
+
+
+def stop(process: subprocess.Popen, timeout: float = 10.0) -> int:
+    """SIGTERM by pid, then SIGKILL if it will not go."""
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout)
+    return process.returncode
+
+
+class ScepServer:
+    """micromdm scepserver with its own depot, as a real upstream CA."""
+
+    def __init__(self, directory: Path, challenge: str):
+        self.directory = directory
+        self.depot = directory / "depot"
+        self.challenge = challenge
+        self.port = free_port()
+        self.log_path = directory / "scepserver.log"
+        self.process = None
+        directory.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [need("scepserver"), "ca", "-init", "-depot", str(self.depot)],
+            check=True,
+            capture_output=True,
+        )
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d/scep" % (self.port,)
+
+    @property
+    def ca_pem(self) -> Path:
+        return self.depot / "ca.pem"
+
+    def start(self) -> "ScepServer":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [need("scepserver"), "-depot", str(self.depot), "-port", str(self.port),
+             "-challenge=" + self.challenge, "-allowrenew=0"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for_port(self.port, self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+
+    def operations(self, name: str) -> int:
+        """How many requests of one operation reached this CA (from its own log)."""
+        return self.log_path.read_text().count("op=%s " % (name,))
+
+
+def daemon_config(directory: Path, port: int, **sections) -> Path:
+    """Write an INI for a test daemon; ``sections`` override or add keys."""
+    base = {
+        "state": {"directory": str(directory / "state")},
+        "server": {
+            "listen": "tcp:%d:interface=127.0.0.1" % (port,),
+            "public_url": "http://127.0.0.1:%d" % (port,),
+        },
+        "upstream": {
+            "connect_timeout": "2s",
+            "response_timeout": "2s",
+            "body_timeout": "2s",
+            "caps_cache_seconds": "60s",
+        },
+        "logging": {"level": "debug"},
+    }
+    for section, keys in sections.items():
+        base.setdefault(section, {}).update(keys)
+    path = directory / "scepproxyd.ini"
+    lines = []
+    for section, keys in base.items():
+        lines.append("[%s]" % (section,))
+        lines.extend("%s = %s" % (k, v) for k, v in keys.items())
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+class Daemon:
+    """``twistd --nodaemon scepproxyd --config ...`` as the README runs it."""
+
+    def __init__(self, directory: Path, **sections):
+        self.directory = directory
+        self.port = free_port()
+        self.config = daemon_config(directory, self.port, **sections)
+        self.log_path = directory / "scepproxyd.log"
+        self.process = None
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d" % (self.port,)
+
+    @property
+    def database(self) -> Path:
+        return self.directory / "state" / "scepproxyd.sqlite3"
+
+    def command(self) -> list[str]:
+        return [TWISTD, "--nodaemon", "--pidfile=", "--logfile=" + str(self.log_path),
+                "scepproxyd", "--config", str(self.config)]
+
+    def start(self) -> "Daemon":
+        self.process = subprocess.Popen(
+            self.command(), cwd=str(self.directory), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_for_port(self.port, self.process)
+        except RuntimeError:
+            output = self.process.stdout.read().decode(errors="replace") if self.process.poll() is not None else ""
+            raise RuntimeError("daemon did not start: %s\n%s" % (output, self.log()))
+        return self
+
+    def stop(self) -> int:
+        if self.process is None:
+            return 0
+        code = stop(self.process)
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""

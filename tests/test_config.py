@@ -1,0 +1,548 @@
+"""
+Tests for scepproxyd.config: the shipped file, defaults, and one clear message
+per bad value.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import attrs
+import pytest
+from twisted.logger import LogLevel
+
+from scepproxyd.config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    parse_duration,
+    parse_settings,
+    parse_size,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "etc" / "scepproxyd.ini"
+CONFIG = Path("/srv/scep/etc/scepproxyd.ini")
+
+
+def parse(text: str, config_path: Path = CONFIG) -> Settings:
+    return parse_settings(text, config_path)
+
+
+def refused(text: str, config_path: Path = CONFIG) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse(text, config_path)
+    return info.value
+
+
+# -- the shipped file -------------------------------------------------------
+
+
+def test_shipped_config_loads_with_state_under_repo_var():
+    settings = load_settings(SHIPPED)
+    assert settings.config_path == SHIPPED
+    assert settings.state_directory == REPO / "var"
+    assert settings.database.path == REPO / "var" / "scepproxyd.sqlite3"
+
+
+def test_shipped_config_equals_the_defaults():
+    """The shipped file documents the defaults; it must not drift from them."""
+    shipped = load_settings(SHIPPED)
+    defaults = parse_settings("", SHIPPED)
+    assert shipped == defaults
+
+
+def test_shipped_config_loads_from_relative_path(monkeypatch):
+    """twistd is usually started from the checkout with a relative --config."""
+    monkeypatch.chdir(REPO)
+    settings = load_settings("etc/scepproxyd.ini")
+    assert settings.config_path == SHIPPED
+    assert settings.state_directory == REPO / "var"
+
+
+def test_shipped_config_does_not_create_state_directory(tmp_path):
+    config = tmp_path / "etc" / "scepproxyd.ini"
+    config.parent.mkdir()
+    config.write_text(SHIPPED.read_text())
+    settings = load_settings(config)
+    assert settings.state_directory == tmp_path / "var"
+    assert not settings.state_directory.exists()
+
+
+# -- defaults ---------------------------------------------------------------
+
+
+def test_defaults_when_file_is_empty():
+    settings = parse("")
+    assert settings.config_path == CONFIG
+    assert settings.state_directory == Path("/srv/scep/var")
+    assert settings.server.listen == "tcp:8080:interface=127.0.0.1"
+    assert settings.server.public_url == "http://127.0.0.1:8080"
+    assert settings.server.max_body_bytes == 65536
+    assert settings.server.idle_timeout == 30.0
+    assert settings.database.path == Path("/srv/scep/var/scepproxyd.sqlite3")
+    assert settings.database.busy_timeout == 5.0
+    assert settings.challenges.ttl == 3600.0
+    assert settings.challenges.cleanup_interval == 300.0
+    assert settings.upstream.connect_timeout == 5.0
+    assert settings.upstream.response_timeout == 30.0
+    assert settings.upstream.body_timeout == 30.0
+    assert settings.upstream.max_response_bytes == 1024 * 1024
+    assert settings.upstream.caps_cache_seconds == 60.0
+    assert settings.logging.level is LogLevel.info
+
+
+def test_section_present_other_keys_default():
+    settings = parse("[server]\nidle_timeout = 10\n[upstream]\n")
+    assert settings.server.idle_timeout == 10.0
+    assert settings.server.max_body_bytes == 65536
+    assert settings.upstream == parse("").upstream
+
+
+def test_settings_are_immutable():
+    settings = parse("")
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        settings.server.listen = "tcp:1"  # type: ignore[misc]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        settings.state_directory = Path("/")  # type: ignore[misc]
+
+
+def test_all_keys_given():
+    settings = parse(
+        """
+        [state]
+        directory = /var/lib/scepproxyd
+        [server]
+        listen = unix:/run/scepproxyd/scep.sock
+        public_url = https://mdm.example.com/scep/
+        max_body_bytes = 1M
+        idle_timeout = 1m
+        [database]
+        path = db/main.sqlite3
+        busy_timeout = 2.5
+        [challenges]
+        ttl = 2d
+        cleanup_interval = 90s
+        [upstream]
+        connect_timeout = 1s
+        response_timeout = 2m
+        body_timeout = 45
+        max_response_bytes = 512k
+        caps_cache_seconds = 0
+        [logging]
+        level = DEBUG
+        """.replace("        ", "")
+    )
+    assert settings.state_directory == Path("/var/lib/scepproxyd")
+    assert settings.server.listen == "unix:/run/scepproxyd/scep.sock"
+    assert settings.server.public_url == "https://mdm.example.com/scep"
+    assert settings.server.max_body_bytes == 1024 * 1024
+    assert settings.server.idle_timeout == 60.0
+    assert settings.database.path == Path("/var/lib/scepproxyd/db/main.sqlite3")
+    assert settings.database.busy_timeout == 2.5
+    assert settings.challenges.ttl == 2 * 86400.0
+    assert settings.challenges.cleanup_interval == 90.0
+    assert settings.upstream.connect_timeout == 1.0
+    assert settings.upstream.response_timeout == 120.0
+    assert settings.upstream.body_timeout == 45.0
+    assert settings.upstream.max_response_bytes == 512 * 1024
+    assert settings.upstream.caps_cache_seconds == 0.0
+    assert settings.logging.level is LogLevel.debug
+
+
+def test_inline_comments_and_key_case():
+    settings = parse("[server]\nIdle_Timeout = 10s ; ten seconds\n")
+    assert settings.server.idle_timeout == 10.0
+
+
+@pytest.mark.parametrize(
+    "name, level",
+    [
+        ("debug", LogLevel.debug),
+        ("info", LogLevel.info),
+        ("warn", LogLevel.warn),
+        ("warning", LogLevel.warn),
+        ("error", LogLevel.error),
+        ("Critical", LogLevel.critical),
+    ],
+)
+def test_log_levels(name, level):
+    assert parse("[logging]\nlevel = %s\n" % (name,)).logging.level is level
+
+
+# -- paths ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "directory, path, state, database",
+    [
+        ("../var", "scepproxyd.sqlite3", "/srv/scep/var", "/srv/scep/var/scepproxyd.sqlite3"),
+        ("state", "x.db", "/srv/scep/etc/state", "/srv/scep/etc/state/x.db"),
+        (".", "../db/x.db", "/srv/scep/etc", "/srv/scep/db/x.db"),
+        ("/var/lib/scepproxyd", "x.db", "/var/lib/scepproxyd", "/var/lib/scepproxyd/x.db"),
+        ("../var", "/data/x.db", "/srv/scep/var", "/data/x.db"),
+    ],
+)
+def test_path_resolution(directory, path, state, database):
+    settings = parse("[state]\ndirectory = %s\n[database]\npath = %s\n" % (directory, path))
+    assert settings.state_directory == Path(state)
+    assert settings.database.path == Path(database)
+
+
+def test_relative_config_path_resolves_against_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = parse("", Path("conf/scepproxyd.ini"))
+    assert settings.config_path == tmp_path / "conf" / "scepproxyd.ini"
+    assert settings.state_directory == tmp_path / "var"
+    assert settings.database.path.is_absolute()
+
+
+# -- public_url -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("https://mdm.example.com/", "https://mdm.example.com"),
+        ("https://mdm.example.com///", "https://mdm.example.com"),
+        ("https://mdm.example.com/scep/", "https://mdm.example.com/scep"),
+        ("HTTPS://mdm.example.com:8443", "HTTPS://mdm.example.com:8443"),
+        ("http://[::1]:8080/", "http://[::1]:8080"),
+    ],
+)
+def test_public_url_normalised(value, expected):
+    assert parse("[server]\npublic_url = %s\n" % (value,)).server.public_url == expected
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("ftp://mdm.example.com", "absolute http:// or https:// URL"),
+        ("mdm.example.com", "absolute http:// or https:// URL"),
+        ("/mdm", "absolute http:// or https:// URL"),
+        ("http://", "absolute http:// or https:// URL"),
+        ("http:///path", "absolute http:// or https:// URL"),
+        ("http://:8080", "absolute http:// or https:// URL"),
+        ("http://h:99999", "absolute http:// or https:// URL"),
+        ("http://h:port", "absolute http:// or https:// URL"),
+        ("https://mdm.example.com/?a=1", "query string or fragment"),
+        ("https://mdm.example.com?", "query string or fragment"),
+        ("https://mdm.example.com/#x", "query string or fragment"),
+        ("https://user:pw@mdm.example.com", "user name or password"),
+        ("https://mdm.example.com/a b", "spaces"),
+    ],
+)
+def test_public_url_refused(value, problem):
+    error = refused("[server]\npublic_url = %s\n" % (value,))
+    assert (error.section, error.key) == ("server", "public_url")
+    assert problem in error.problem
+    assert repr(value) in str(error)
+
+
+# -- listen -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "tcp:8080",
+        "tcp:port=443:interface=0.0.0.0",
+        "tcp6:8080:interface=\\:\\:1",
+        "unix:/run/x.sock",
+    ],
+)
+def test_listen_accepted(value):
+    assert parse("[server]\nlisten = %s\n" % (value,)).server.listen == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "tcp:abc",
+        "bogus:8080",
+        "tcp:8080:nonsense=1",
+        "tcp:8080:backlog=x",
+        "ssl:443:privateKey=/nonexistent/key.pem",
+    ],
+)
+def test_listen_refused(value):
+    error = refused("[server]\nlisten = %s\n" % (value,))
+    assert str(error).startswith(
+        "/srv/scep/etc/scepproxyd.ini: [server] listen: not a valid Twisted endpoint description: "
+    )
+    assert repr(value) in str(error)
+
+
+def test_listen_systemd_socket_missing(monkeypatch):
+    monkeypatch.delenv("LISTEN_PID", raising=False)
+    error = refused("[server]\nlisten = systemd:domain=INET:name=scep\n")
+    assert "systemd passed in no such socket" in error.problem
+
+
+# -- one message per bad value ----------------------------------------------
+
+
+BAD_VALUES = [
+    ("server", "max_body_bytes", "lots", "whole number of bytes between 1024 and 104857600"),
+    ("server", "max_body_bytes", "1023", "whole number of bytes"),
+    ("server", "max_body_bytes", "101M", "whole number of bytes"),
+    ("server", "max_body_bytes", "1.5k", "whole number of bytes"),
+    ("server", "max_body_bytes", "-64k", "whole number of bytes"),
+    ("server", "idle_timeout", "0", "greater than 0 and at most 1 hour"),
+    ("server", "idle_timeout", "2h", "greater than 0 and at most 1 hour"),
+    ("server", "idle_timeout", "soon", "must be a duration"),
+    ("database", "busy_timeout", "-5s", "greater than 0 and at most 10 minutes"),
+    ("database", "busy_timeout", "nan", "must be a duration"),
+    ("challenges", "ttl", "59s", "from 1 minute to 30 days"),
+    ("challenges", "ttl", "31d", "from 1 minute to 30 days"),
+    ("challenges", "ttl", "inf", "from 1 minute to 30 days"),
+    ("challenges", "cleanup_interval", "0", "from 1 second to 1 day"),
+    ("challenges", "cleanup_interval", "5 minutes", "must be a duration"),
+    ("upstream", "connect_timeout", "0s", "greater than 0 and at most 10 minutes"),
+    ("upstream", "response_timeout", "1e3", "greater than 0 and at most 1 hour"),
+    ("upstream", "body_timeout", "30ms", "greater than 0 and at most 1 hour"),
+    ("upstream", "max_response_bytes", "1G", "whole number of bytes"),
+    ("upstream", "caps_cache_seconds", "-1", "from 0 to 1 day"),
+    ("upstream", "caps_cache_seconds", "2d", "from 0 to 1 day"),
+    ("logging", "level", "loud", "one of debug, info, warn, error, critical"),
+    ("logging", "level", "10", "one of debug, info, warn, error, critical"),
+]
+
+
+@pytest.mark.parametrize("section, key, value, expected", BAD_VALUES)
+def test_bad_value_message(section, key, value, expected):
+    error = refused("[%s]\n%s = %s\n" % (section, key, value))
+    assert (error.path, error.section, error.key) == (str(CONFIG), section, key)
+    assert str(error).startswith("%s: [%s] %s: " % (CONFIG, section, key))
+    assert expected in error.problem
+    assert str(error).endswith(", got %r" % (value,))
+
+
+def test_message_matches_documented_example():
+    error = refused("[server]\nmax_body_bytes = lots\n", Path("etc/scepproxyd.ini"))
+    assert str(error) == (
+        "etc/scepproxyd.ini: [server] max_body_bytes: must be a whole number of bytes"
+        " between 1024 and 104857600, got 'lots'"
+    )
+
+
+EVERY_KEY = [
+    ("state", "directory"),
+    ("server", "listen"),
+    ("server", "public_url"),
+    ("server", "max_body_bytes"),
+    ("server", "idle_timeout"),
+    ("database", "path"),
+    ("database", "busy_timeout"),
+    ("challenges", "ttl"),
+    ("challenges", "cleanup_interval"),
+    ("upstream", "connect_timeout"),
+    ("upstream", "response_timeout"),
+    ("upstream", "body_timeout"),
+    ("upstream", "max_response_bytes"),
+    ("upstream", "caps_cache_seconds"),
+    ("logging", "level"),
+]
+
+
+@pytest.mark.parametrize("section, key", EVERY_KEY)
+def test_empty_value_refused(section, key):
+    error = refused("[%s]\n%s =\n" % (section, key))
+    assert str(error) == "%s: [%s] %s: must not be empty" % (CONFIG, section, key)
+
+
+def test_every_key_is_tested():
+    """Adding a key without adding it to these tests fails here."""
+    from scepproxyd.config import _SCHEMA
+
+    assert [(s, k) for s, keys in _SCHEMA.items() for k in keys] == EVERY_KEY
+
+
+# -- unknown names, malformed files, missing files --------------------------
+
+
+def test_unknown_section():
+    error = refused("[sever]\nlisten = tcp:1\n")
+    assert (error.section, error.key) == ("sever", None)
+    assert str(error) == (
+        "%s: [sever]: unknown section; valid sections are: "
+        "state, server, database, challenges, upstream, logging" % (CONFIG,)
+    )
+
+
+def test_default_section_is_not_special():
+    error = refused("[DEFAULT]\nidle_timeout = 5\n")
+    assert error.section == "DEFAULT"
+    assert "unknown section" in error.problem
+
+
+def test_unknown_key():
+    error = refused("[server]\nlisen = tcp:1\n")
+    assert (error.section, error.key) == ("server", "lisen")
+    assert str(error) == (
+        "%s: [server] lisen: unknown key; valid keys in [server] are: "
+        "listen, public_url, max_body_bytes, idle_timeout" % (CONFIG,)
+    )
+
+
+def test_key_outside_section():
+    error = refused("listen = tcp:1\n[server]\n")
+    assert str(error) == "%s: line 1: 'listen = tcp:1' is outside any [section]" % (CONFIG,)
+
+
+def test_colon_is_not_a_delimiter():
+    error = refused("[server]\nlisten: tcp:1\n")
+    assert "line 2: not valid INI, expected 'key = value'" in str(error)
+
+
+def test_duplicate_key():
+    error = refused("[server]\nlisten = tcp:1\nlisten = tcp:2\n")
+    assert (error.section, error.key) == ("server", "listen")
+    assert "given twice (line 3)" in str(error)
+
+
+def test_duplicate_section():
+    error = refused("[server]\n[logging]\n[server]\n")
+    assert error.section == "server"
+    assert "section given twice (line 3)" in str(error)
+
+
+def test_line_that_is_not_a_key():
+    error = refused("[server]\nlisten tcp:1\n")
+    assert str(error) == (
+        "%s: line 2: not valid INI, expected 'key = value', got 'listen tcp:1'" % (CONFIG,)
+    )
+
+
+def test_missing_file(tmp_path):
+    missing = tmp_path / "nope.ini"
+    with pytest.raises(ConfigError) as info:
+        load_settings(missing)
+    assert str(info.value) == "%s: cannot read configuration file: No such file or directory" % (
+        missing,
+    )
+    assert info.value.path == str(missing)
+
+
+def test_directory_instead_of_file(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings(tmp_path)
+    assert str(info.value).startswith("%s: cannot read configuration file: " % (tmp_path,))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file(tmp_path):
+    config = tmp_path / "secret.ini"
+    config.write_text("")
+    config.chmod(0)
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+    assert "Permission denied" in str(info.value)
+
+
+def test_file_not_utf8(tmp_path):
+    config = tmp_path / "latin1.ini"
+    config.write_bytes(b"; caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+    assert str(info.value).startswith("%s: cannot read configuration file: " % (config,))
+
+
+def test_file_with_utf8_bom(tmp_path):
+    """Windows editors like to start files with a byte order mark."""
+    config = tmp_path / "bom.ini"
+    config.write_bytes(b"\xef\xbb\xbf[logging]\nlevel = warn\n")
+    assert load_settings(config).logging.level is LogLevel.warn
+
+
+def test_load_settings_accepts_str(tmp_path):
+    config = tmp_path / "a.ini"
+    config.write_text("[logging]\nlevel = error\n")
+    assert load_settings(str(config)).logging.level is LogLevel.error
+
+
+# -- parse_duration / parse_size --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("0", 0.0),
+        ("30", 30.0),
+        ("2.5", 2.5),
+        ("2.", 2.0),
+        (".5", 0.5),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("1d", 86400.0),
+        ("1.5h", 5400.0),
+        (" 10 s ", 10.0),
+        ("007", 7.0),
+    ],
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        *("", "s", "-1", "+1", "1e3", "nan", "inf", "NaN", "1ms", "1 min", "1H", "1w"),
+        *("1.2.3", "1s2", "9" * 400, "\u0663"),
+    ],
+)
+def test_parse_duration_refused(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_parse_duration_is_always_finite():
+    for digits in range(1, 330, 7):
+        text = "9" * digits + "d"
+        try:
+            value = parse_duration(text)
+        except ValueError:
+            continue
+        assert math.isfinite(value) and value >= 0
+
+
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("0", 0),
+        ("1024", 1024),
+        ("64k", 65536),
+        ("64K", 65536),
+        ("1m", 1048576),
+        ("1M", 1048576),
+        ("100M", 104857600),
+        (" 2 k ", 2048),
+    ],
+)
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    "text", ["", "k", "-1", "1.5k", "1kb", "1KiB", "1G", "1e6", "0x400", "\u0663k"]
+)
+def test_parse_size_refused(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_size_and_duration_bounds_are_inclusive():
+    settings = parse(
+        "[server]\nmax_body_bytes = 1024\nidle_timeout = 1h\n"
+        "[challenges]\nttl = 60\n[upstream]\nmax_response_bytes = 100M\n"
+        "caps_cache_seconds = 1d\n"
+    )
+    assert settings.server.max_body_bytes == 1024
+    assert settings.server.idle_timeout == 3600.0
+    assert settings.challenges.ttl == 60.0
+    assert settings.upstream.max_response_bytes == 104857600
+    assert settings.upstream.caps_cache_seconds == 86400.0

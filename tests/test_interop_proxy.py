@@ -1,0 +1,255 @@
+"""A device enrolls through the proxy into a real upstream CA (micromdm scepserver).
+
+The daemon runs as the README runs it (twistd, an INI file); the test sets up
+its database through the store's API, then drives real scepclient and plain
+HTTP against the proxy.
+"""
+
+import signal
+import subprocess
+from urllib.parse import quote
+
+import pytest
+import pytest_twisted
+import treq
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import NameOID
+from twisted.internet import defer, protocol, reactor, threads
+from twisted.web import resource, server
+
+from peers import Daemon, ScepServer, free_port, need
+from scepproxyd.store import Store
+
+STATIC_CHALLENGE = "upstream-static-secret"
+HOST = "C8QHT3K1Q6L4"
+PROFILE = "a1b2c3d4-profile"
+CA = "UPSTREAM_CA"
+
+
+def identifier_path(host, profile, ca, challenge) -> str:
+    return "/mdm/scep/proxy/" + quote("%s,%s,%s,%s" % (host, profile, ca, challenge), safe="")
+
+
+@pytest.fixture
+def upstream(tmp_path):
+    server_ = ScepServer(tmp_path / "upstream", STATIC_CHALLENGE)
+    server_.start()
+    yield server_
+    server_.stop()
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(tmp_path).start()
+    yield d
+    code = d.stop()
+    # twistd re-raises SIGTERM after a clean shutdown, as systemd expects.
+    assert code in (0, -signal.SIGTERM), d.log()
+    assert "Server Shut Down." in d.log()
+
+
+@pytest.fixture
+def store(daemon):
+    s = Store(daemon.database, reactor)
+    pytest_twisted.blockon(s.start())
+    yield s
+    pytest_twisted.blockon(s.stop())
+
+
+@defer.inlineCallbacks
+def pending_host_profile(store, ca_url, ca=CA, host=HOST, profile=PROFILE):
+    """A CA, a host and its pending host profile, as the processing job would leave them."""
+    if (yield store.get_ca(ca)) is None:
+        yield store.add_ca(ca, ca_url)
+    yield store.upsert_host(host, "SERIAL-" + host, "macos")
+    yield store.add_profile(profile, "Wi-Fi certificate", "macos", b"<plist/>", ca)
+    yield store.assign_profile(host, profile)
+    challenge = yield store.new_challenge(host, profile)
+    yield store.set_host_profile_status(host, profile, "pending")
+    return challenge
+
+
+def run_scepclient(workdir, url, challenge, cn):
+    workdir.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        [need("scepclient"), "-private-key", str(workdir / "key.pem"), "-server-url", url,
+         "-challenge=" + challenge, "-cn", cn],
+        cwd=str(workdir), capture_output=True, text=True, timeout=60,
+    )
+
+
+def signed_blob() -> bytes:
+    """A well-formed CMS SignedData that is not a valid SCEP request."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not-a-device")])
+    import datetime
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        pkcs7.PKCS7SignatureBuilder().set_data(b"hello").add_signer(cert, key, hashes.SHA256())
+        .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
+    )
+
+
+@pytest_twisted.inlineCallbacks
+def test_scepclient_enrolls_through_proxy_and_replay_fails(tmp_path, upstream, daemon, store):
+    challenge = yield pending_host_profile(store, upstream.url)
+    url = daemon.url + identifier_path(HOST, PROFILE, CA, challenge)
+
+    result = yield threads.deferToThread(run_scepclient, tmp_path / "device", url, STATIC_CHALLENGE, "device-1")
+    assert result.returncode == 0, result.stderr
+    issued = x509.load_pem_x509_certificate((tmp_path / "device" / "client.pem").read_bytes())
+    ca_cert = x509.load_pem_x509_certificate(upstream.ca_pem.read_bytes())
+    assert issued.issuer == ca_cert.subject
+    assert issued.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "device-1"
+    assert (yield store.get_host_profile(HOST, PROFILE)).status == "verifying"
+    assert upstream.operations("PKIOperation") == 1
+
+    # Same identifier again: the one-time challenge is spent; the CA never sees it.
+    (tmp_path / "device" / "csr.pem").unlink()
+    (tmp_path / "device" / "client.pem").unlink()
+    again = yield threads.deferToThread(run_scepclient, tmp_path / "device", url, STATIC_CHALLENGE, "device-1")
+    assert again.returncode != 0
+    response = yield treq.post(url + "?operation=PKIOperation", data=signed_blob())
+    assert response.code == 400
+    assert (yield response.text()) == "custom scep challenge failed\n"
+    assert upstream.operations("PKIOperation") == 1
+    host_profile = yield store.get_host_profile(HOST, PROFILE)
+    assert host_profile.status is None
+    assert host_profile.retries >= 1
+
+    log = daemon.log()
+    assert challenge not in log
+    assert "outcome=challenge_failed" in log
+    assert "outcome=ok" in log
+
+
+@pytest_twisted.inlineCallbacks
+def test_caps_and_cacert_pass_through_without_consuming(upstream, daemon, store):
+    challenge = yield pending_host_profile(store, upstream.url)
+    base = daemon.url + identifier_path(HOST, PROFILE, CA, challenge)
+    caps = yield treq.get(base + "?operation=GetCACaps")
+    assert caps.code == 200
+    assert b"POSTPKIOperation" in (yield caps.content())
+    cert = yield treq.get(base + "/pkiclient.exe?operation=GetCACert&message=anything")
+    assert cert.code == 200
+    assert cert.headers.getRawHeaders(b"Content-Type")[0].startswith(b"application/x-x509-ca")
+    der = yield cert.content()
+    assert x509.load_der_x509_certificate(der).subject == x509.load_pem_x509_certificate(
+        upstream.ca_pem.read_bytes()).subject
+    # Nothing was consumed: the challenge still works for the real enrollment.
+    assert (yield store.consume_challenge(challenge, HOST, PROFILE)) is not None
+
+
+@pytest_twisted.inlineCallbacks
+def test_unknown_pieces_give_one_answer(upstream, daemon, store):
+    challenge = yield pending_host_profile(store, upstream.url)
+    answers = set()
+    for ident in [("nohost", PROFILE, CA), (HOST, "noprofile", CA), (HOST, PROFILE, "NO_CA")]:
+        r = yield treq.get(daemon.url + identifier_path(*ident, challenge) + "?operation=GetCACaps")
+        answers.add((r.code, (yield r.text())))
+    assert answers == {(400, "unknown host, profile or CA\n")}
+
+
+@pytest_twisted.inlineCallbacks
+def test_malformed_identifier_gets_reason(daemon):
+    r = yield treq.get(daemon.url + "/mdm/scep/proxy/x,y,z,w?operation=GetCACaps")
+    assert r.code == 400
+    assert "challenge" in (yield r.text())
+    r = yield treq.get(daemon.url + "/mdm/scep/proxy/a%2Cb%2Cc?operation=GetCACaps")
+    assert r.code == 400
+    assert "4 comma-separated parts" in (yield r.text())
+
+
+@pytest_twisted.inlineCallbacks
+def test_32_concurrent_pkioperations_one_reaches_upstream(upstream, daemon, store):
+    challenge = yield pending_host_profile(store, upstream.url)
+    url = daemon.url + identifier_path(HOST, PROFILE, CA, challenge) + "?operation=PKIOperation"
+    blob = signed_blob()
+    responses = yield defer.gatherResults([treq.post(url, data=blob) for _ in range(32)])
+    codes = sorted(r.code for r in responses)
+    bodies = yield defer.gatherResults([r.text() for r in responses])
+    assert upstream.operations("PKIOperation") == 1
+    assert bodies.count("custom scep challenge failed\n") == 31
+    assert codes.count(400) >= 31
+
+
+@pytest_twisted.inlineCallbacks
+def test_pkioperation_by_get_with_literal_plus(upstream, daemon, store, tmp_path):
+    """GET PKIOperation: base64 with unescaped '+' reaches the CA intact."""
+    import base64
+
+    challenge = yield pending_host_profile(store, upstream.url)
+    blob = signed_blob()
+    encoded = base64.b64encode(blob).decode()
+    url = daemon.url + identifier_path(HOST, PROFILE, CA, challenge) + "?operation=PKIOperation&message=" + encoded
+    r = yield treq.get(url)
+    # The blob is not a SCEP request, so scepserver refuses it; what matters is that it got there.
+    assert upstream.operations("PKIOperation") == 1
+    assert r.code in (200, 502)
+
+
+class _HangingCA(resource.Resource):
+    """Answers GetCACaps, then accepts PKIOperation and never answers it."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.pki_requests = 0
+        self.pending = []
+
+    def render(self, request):
+        if request.args.get(b"operation") == [b"GetCACaps"]:
+            request.setHeader(b"Content-Type", b"text/plain")
+            return b"POSTPKIOperation\nSHA-256\nAES\n"
+        self.pki_requests += 1
+        self.pending.append(request)
+        return server.NOT_DONE_YET
+
+
+@pytest_twisted.inlineCallbacks
+def test_slow_upstream_gives_504_and_challenge_survives(daemon, store):
+    hanging = _HangingCA()
+    port = reactor.listenTCP(0, server.Site(hanging), interface="127.0.0.1")
+    try:
+        ca_url = "http://127.0.0.1:%d/scep" % (port.getHost().port,)
+        challenge = yield pending_host_profile(store, ca_url, ca="HANGING")
+        url = daemon.url + identifier_path(HOST, PROFILE, "HANGING", challenge) + "?operation=PKIOperation"
+        blob = signed_blob()
+        first = yield treq.post(url, data=blob)
+        assert first.code == 504
+        # The upstream never answered, so the challenge was put back: the retry goes upstream again.
+        second = yield treq.post(url, data=blob)
+        assert second.code == 504
+        assert hanging.pki_requests == 2
+    finally:
+        for request in hanging.pending:
+            if request.channel is not None:
+                request.channel.transport.abortConnection()
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_stopped_upstream_gives_502_and_challenge_survives(tmp_path, upstream, daemon, store):
+    challenge = yield pending_host_profile(store, upstream.url)
+    url = daemon.url + identifier_path(HOST, PROFILE, CA, challenge)
+    caps = yield treq.get(url + "?operation=GetCACaps")  # warms the caps cache
+    assert caps.code == 200
+    yield caps.content()
+    upstream.stop()
+    r = yield treq.post(url + "?operation=PKIOperation", data=signed_blob())
+    assert r.code == 502
+    assert "unreachable" in (yield r.text())
+    upstream.start()
+    result = yield threads.deferToThread(run_scepclient, tmp_path / "device", url, STATIC_CHALLENGE, "device-2")
+    assert result.returncode == 0, result.stderr
+    assert (yield store.get_host_profile(HOST, PROFILE)).status == "verifying"

@@ -1,0 +1,400 @@
+"""Tests for scepproxyd.store: schema, threading rules and the challenge life cycle."""
+
+import base64
+import sqlite3
+import threading
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+
+from scepproxyd import store as store_module
+from scepproxyd.store import (
+    CertificateAuthority,
+    ConsumedChallenge,
+    DuplicateError,
+    HostProfile,
+    NotFoundError,
+    ProxyTarget,
+    Store,
+    StoreError,
+)
+
+EPOCH = 1_700_000_000.0
+TTL = 3600.0
+HOST, PROFILE, CA = "host-1", "profile-1", "acme"
+
+
+def make_clock():
+    clock = Clock()
+    clock.advance(EPOCH)
+    return clock
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    path = tmp_path / "scepproxyd.sqlite"
+    Store.migrate(path)
+    return path
+
+
+@pytest.fixture
+def clock():
+    return make_clock()
+
+
+@pytest_twisted.async_yield_fixture
+async def store(db_path, clock):
+    s = Store(db_path, reactor, clock=clock, challenge_ttl=TTL)
+    await s.start()
+    yield s
+    await s.stop()
+
+
+async def seed(s, host=HOST, profile=PROFILE, ca=CA):
+    """A host with one profile using one CA, assigned."""
+    if await s.get_ca(ca) is None:
+        await s.add_ca(ca, "https://ca.example/scep")
+    await s.upsert_host(host, "C02XYZ", "macos")
+    await s.add_profile(profile, "Wi-Fi cert", "macos", b"<plist/>", ca)
+    return await s.assign_profile(host, profile)
+
+
+def raw(path):
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+# -- migrate -------------------------------------------------------------------
+
+
+def test_migrate_is_idempotent_and_sets_wal_and_version(tmp_path):
+    path = tmp_path / "db.sqlite"
+    assert Store.migrate(path) == 1
+    assert Store.migrate(path) == 1
+    conn = raw(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"cas", "hosts", "profiles", "host_profiles", "challenges"} <= tables
+
+
+def test_migrate_refuses_newer_schema(tmp_path):
+    path = tmp_path / "db.sqlite"
+    Store.migrate(path)
+    conn = raw(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 99, newer than this scepproxyd knows"):
+        Store.migrate(path)
+
+
+def test_migrate_missing_directory_has_clear_message(tmp_path):
+    with pytest.raises(StoreError, match="does its directory exist"):
+        Store.migrate(tmp_path / "nope" / "db.sqlite")
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_refuses_unmigrated_database(tmp_path):
+    s = Store(tmp_path / "fresh.sqlite", reactor, clock=make_clock())
+    with pytest.raises(StoreError, match="run migrate first"):
+        await s.start()
+    await s.stop()  # nothing to stop; still fine
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_refuses_newer_database(db_path):
+    conn = raw(db_path)
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    s = Store(db_path, reactor, clock=make_clock())
+    with pytest.raises(StoreError, match="newer than this scepproxyd knows"):
+        await s.start()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_during_failing_start(tmp_path):
+    s = Store(tmp_path / "fresh.sqlite", reactor, clock=make_clock())
+    started, stopped = s.start(), s.stop()
+    with pytest.raises(StoreError, match="run migrate first"):
+        await started
+    await stopped
+
+
+# -- threading and lifecycle -----------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_used_only_from_db_thread(db_path, monkeypatch):
+    seen = []
+
+    class Recording(sqlite3.Connection):
+        def __init__(self, *args, **kwargs):
+            seen.append(threading.current_thread())
+            super().__init__(*args, **kwargs)
+
+        def execute(self, *args, **kwargs):
+            seen.append(threading.current_thread())
+            return super().execute(*args, **kwargs)
+
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(store_module.sqlite3, "connect", lambda *a, **kw: real_connect(*a, factory=Recording, **kw))
+    s = Store(db_path, reactor, clock=make_clock())
+    await s.start()
+    await seed(s)
+    challenge = await s.new_challenge(HOST, PROFILE)
+    await s.consume_challenge(challenge, HOST, PROFILE)
+    await s.stop()
+    assert len(seen) > 10
+    assert {t.name for t in seen} == {seen[0].name}
+    assert seen[0] is not threading.main_thread()
+    assert seen[0].name.startswith("PoolThread-scepproxyd-db")
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_twice_then_new_store_starts(db_path, clock):
+    s = Store(db_path, reactor, clock=clock)
+    await s.start()
+    await s.add_ca(CA, "https://ca.example/scep")
+    await defer.gatherResults([s.stop(), s.stop()])
+    await s.stop()
+    with pytest.raises(StoreError, match="not running"):
+        await s.get_ca(CA)
+    again = Store(db_path, reactor, clock=clock)
+    await again.start()
+    assert (await again.get_ca(CA)).url == "https://ca.example/scep"
+    await again.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wal_file_readable_by_second_connection(store, db_path):
+    await seed(store)
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT host_uuid, profile_uuid FROM host_profiles").fetchall() == [(HOST, PROFILE)]
+
+
+# -- CAs, hosts, profiles -------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_and_get_ca(store):
+    ca = await store.add_ca(CA, "https://ca.example/scep", b"\x00sealed")
+    assert ca == CertificateAuthority(CA, "https://ca.example/scep", b"\x00sealed", EPOCH, EPOCH)
+    assert await store.get_ca(CA) == ca
+    assert await store.get_ca("other") is None
+    with pytest.raises(DuplicateError, match="'acme' already exists"):
+        await store.add_ca(CA, "https://elsewhere.example/scep")
+
+
+@pytest_twisted.ensureDeferred
+async def test_profile_and_assignment_errors(store, clock):
+    with pytest.raises(ValueError, match="platform must be one of"):
+        await store.upsert_host(HOST, "S", "windows")
+    with pytest.raises(NotFoundError, match="CA 'ghost', which does not exist"):
+        await store.add_profile(PROFILE, "p", "ios", b"x", "ghost")
+    hp = await seed(store)
+    assert hp == HostProfile(HOST, PROFILE, None, None, 0, EPOCH, EPOCH)
+    with pytest.raises(DuplicateError):
+        await store.add_profile(PROFILE, "p", "ios", b"x", None)
+    with pytest.raises(DuplicateError, match="already assigned"):
+        await store.assign_profile(HOST, PROFILE)
+    with pytest.raises(NotFoundError, match="no host nobody"):
+        await store.assign_profile("nobody", PROFILE)
+    clock.advance(5)
+    await store.upsert_host(HOST, "NEWSERIAL", "ipados")  # update, not duplicate
+    assert raw(store._path).execute("SELECT serial, platform, created_at, updated_at FROM hosts").fetchall() == [
+        ("NEWSERIAL", "ipados", EPOCH, EPOCH + 5)
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_set_host_profile_status_validates(store, clock):
+    await seed(store)
+    with pytest.raises(ValueError, match="status must be one of"):
+        await store.set_host_profile_status(HOST, PROFILE, "bogus")
+    clock.advance(1)
+    assert await store.set_host_profile_status(HOST, PROFILE, "failed", "no cert") is True
+    hp = await store.get_host_profile(HOST, PROFILE)
+    assert (hp.status, hp.detail, hp.updated_at) == ("failed", "no cert", EPOCH + 1)
+    assert await store.set_host_profile_status(HOST, "missing", "pending") is False
+
+
+# -- proxy_target ----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxy_target_found(store):
+    await seed(store)
+    assert await store.proxy_target(HOST, PROFILE, CA) == ProxyTarget(HOST, PROFILE, CA, "https://ca.example/scep", None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxy_target_none_for_each_missing_piece(store, db_path):
+    await seed(store)
+    await store.add_ca("other", "https://other.example/scep")
+    await store.upsert_host("host-2", "S2", "android")
+    await store.add_profile("unassigned", "p", "macos", b"x", CA)
+    await store.add_profile("no-ca", "p", "macos", b"x", None)
+    await store.assign_profile(HOST, "no-ca")
+    assert await store.proxy_target("ghost-host", PROFILE, CA) is None  # host
+    assert await store.proxy_target(HOST, "ghost-profile", CA) is None  # profile
+    assert await store.proxy_target("host-2", PROFILE, CA) is None  # host profile
+    assert await store.proxy_target(HOST, "unassigned", CA) is None  # host profile
+    assert await store.proxy_target(HOST, PROFILE, "ghost-ca") is None  # CA
+    assert await store.proxy_target(HOST, PROFILE, "other") is None  # profile uses another CA
+    assert await store.proxy_target(HOST, "no-ca", CA) is None  # profile uses no CA
+
+
+# -- challenges ------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_challenge_format_and_uniqueness(store):
+    await seed(store)
+    challenges = [await store.new_challenge(HOST, PROFILE) for _ in range(50)]
+    assert len(set(challenges)) == 50
+    for c in challenges:
+        assert len(c) == 32
+        assert set(c) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+        assert len(base64.urlsafe_b64decode(c)) == 24
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_challenge_needs_host_profile(store):
+    with pytest.raises(NotFoundError):
+        await store.new_challenge(HOST, PROFILE)
+
+
+@pytest_twisted.ensureDeferred
+async def test_consume_once(store):
+    await seed(store)
+    c = await store.new_challenge(HOST, PROFILE)
+    assert await store.consume_challenge(c, HOST, PROFILE) == ConsumedChallenge(c, HOST, PROFILE, EPOCH)
+    assert await store.consume_challenge(c, HOST, PROFILE) is None
+    assert await store.consume_challenge("unknown", HOST, PROFILE) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_consume_expired_refused_and_removed(store, clock, db_path):
+    await seed(store)
+    c = await store.new_challenge(HOST, PROFILE)
+    clock.advance(TTL)  # exactly at the TTL it is still valid
+    fresh = await store.new_challenge(HOST, PROFILE)
+    assert await store.consume_challenge(fresh, HOST, PROFILE) is not None
+    clock.advance(0.5)
+    assert await store.consume_challenge(c, HOST, PROFILE) is None
+    assert raw(db_path).execute("SELECT COUNT(*) FROM challenges").fetchone()[0] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_consume_with_wrong_host_profile_refused(store):
+    await seed(store)
+    await store.upsert_host("host-2", "S2", "macos")
+    await store.assign_profile("host-2", PROFILE)
+    c = await store.new_challenge(HOST, PROFILE)
+    assert await store.consume_challenge(c, "host-2", PROFILE) is None
+    assert await store.consume_challenge(c, HOST, "profile-x") is None
+    assert await store.consume_challenge(c, HOST, PROFILE) is not None  # still there for its owner
+
+
+@pytest_twisted.ensureDeferred
+async def test_restore_keeps_original_created_at(store, clock):
+    await seed(store)
+    c = await store.new_challenge(HOST, PROFILE)
+    clock.advance(TTL - 10)
+    consumed = await store.consume_challenge(c, HOST, PROFILE)
+    await store.restore_challenge(consumed)
+    await store.restore_challenge(consumed)  # idempotent
+    again = await store.consume_challenge(c, HOST, PROFILE)
+    assert again == consumed
+    assert again.created_at == EPOCH
+    await store.restore_challenge(again)
+    clock.advance(11)  # past the original expiry, not a fresh TTL
+    assert await store.consume_challenge(c, HOST, PROFILE) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_restore_after_host_profile_gone_is_noop(store, db_path):
+    await seed(store)
+    consumed = await store.consume_challenge(await store.new_challenge(HOST, PROFILE), HOST, PROFILE)
+    conn = raw(db_path)
+    conn.execute("DELETE FROM hosts WHERE uuid = ?", (HOST,))
+    conn.commit()
+    await store.restore_challenge(consumed)
+    assert conn.execute("SELECT COUNT(*) FROM challenges").fetchone()[0] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_consumes_yield_exactly_one(store):
+    await seed(store)
+    c = await store.new_challenge(HOST, PROFILE)
+    results = await defer.gatherResults([store.consume_challenge(c, HOST, PROFILE) for _ in range(32)])
+    winners = [r for r in results if r is not None]
+    assert winners == [ConsumedChallenge(c, HOST, PROFILE, EPOCH)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_expired_challenges_counts(store, clock, monkeypatch):
+    monkeypatch.setattr(store_module, "_EXPIRED_BATCH", 3)  # exercise several batches
+    await seed(store)
+    for _ in range(7):
+        await store.new_challenge(HOST, PROFILE)
+    clock.advance(TTL + 1)
+    keep = await store.new_challenge(HOST, PROFILE)
+    assert await store.delete_expired_challenges() == 7
+    assert await store.delete_expired_challenges() == 0
+    assert await store.consume_challenge(keep, HOST, PROFILE) is not None
+
+
+# -- host profile status transitions ----------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_challenge_failed_resets_and_counts(store, clock):
+    await seed(store)
+    await store.set_host_profile_status(HOST, PROFILE, "pending")
+    clock.advance(2)
+    await store.challenge_failed(HOST, PROFILE, "custom scep challenge failed")
+    await store.challenge_failed(HOST, PROFILE, "again")
+    hp = await store.get_host_profile(HOST, PROFILE)
+    assert (hp.status, hp.retries, hp.detail, hp.updated_at) == (None, 2, "again", EPOCH + 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_enrollment_forwarded_only_from_pending(store):
+    await seed(store)
+    assert await store.enrollment_forwarded(HOST, PROFILE) is False  # NULL
+    await store.set_host_profile_status(HOST, PROFILE, "pending")
+    assert await store.enrollment_forwarded(HOST, PROFILE) is True
+    assert (await store.get_host_profile(HOST, PROFILE)).status == "verifying"
+    assert await store.enrollment_forwarded(HOST, PROFILE) is False  # already verifying
+    await store.set_host_profile_status(HOST, PROFILE, "verified")
+    assert await store.enrollment_forwarded(HOST, PROFILE) is False
+
+
+# -- schema constraints --------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleting_host_cascades(store, db_path):
+    await seed(store)
+    await store.new_challenge(HOST, PROFILE)
+    conn = raw(db_path)
+    conn.execute("DELETE FROM hosts WHERE uuid = ?", (HOST,))
+    conn.commit()
+    assert await store.get_host_profile(HOST, PROFILE) is None
+    assert conn.execute("SELECT COUNT(*) FROM challenges").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM profiles").fetchone()[0] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_ca_in_use_cannot_be_deleted_or_renamed(store, db_path):
+    await seed(store)
+    conn = raw(db_path)
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("DELETE FROM cas WHERE name = ?", (CA,))
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("UPDATE cas SET name = 'renamed' WHERE name = ?", (CA,))
