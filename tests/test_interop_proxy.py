@@ -253,3 +253,18 @@ def test_stopped_upstream_gives_502_and_challenge_survives(tmp_path, upstream, d
     result = yield threads.deferToThread(run_scepclient, tmp_path / "device", url, STATIC_CHALLENGE, "device-2")
     assert result.returncode == 0, result.stderr
     assert (yield store.get_host_profile(HOST, PROFILE)).status == "verifying"
+
+
+@pytest_twisted.inlineCallbacks
+def test_upstream_refusal_sends_profile_back(tmp_path, upstream, daemon, store):
+    """The CA answers FAILURE (wrong static challenge in the CSR): no certificate, profile resent."""
+    challenge = yield pending_host_profile(store, upstream.url)
+    url = daemon.url + identifier_path(HOST, PROFILE, CA, challenge)
+    result = yield threads.deferToThread(run_scepclient, tmp_path / "device", url, "wrong-static", "device-3")
+    assert result.returncode != 0
+    assert not (tmp_path / "device" / "client.pem").exists()
+    host_profile = yield store.get_host_profile(HOST, PROFILE)
+    assert host_profile.status is None
+    assert host_profile.retries == 1
+    assert "upstream CA refused the request" in host_profile.detail
+    assert "outcome=refused" in daemon.log()

@@ -38,10 +38,11 @@ class BodyLimitedRequest(server.Request):
         self.content = io.BytesIO()
         limit = self.channel.site.max_body_bytes
         body = b"request body larger than %d bytes\n" % (limit,)
+        # The request line is not parsed into this object yet; the peer is known.
+        peer = self.getClientAddress()
         log.info(
-            "refused {method} {path}: body over {limit} bytes",
-            method=self.method.decode("ascii", "replace"),
-            path=self.path.split(b"?")[0][:64].decode("ascii", "replace"),
+            "refused request from {peer}: body over {limit} bytes (outcome=too_large status=413)",
+            peer=getattr(peer, "host", "-"),
             limit=limit,
         )
         self.channel.transport.write(
