@@ -79,14 +79,22 @@ class LoggingSettings:
 
 
 @attrs.frozen
+class AdminSettings:
+    listen: str
+    token_file: Path
+
+
+@attrs.frozen
 class Settings:
     config_path: Path
     state_directory: Path
+    key_file: Path
     server: ServerSettings
     database: DatabaseSettings
     challenges: ChallengeSettings
     upstream: UpstreamSettings
     logging: LoggingSettings
+    admin: AdminSettings
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)", re.ASCII)
@@ -236,7 +244,10 @@ def _text(value: str) -> str:
 # section -> key -> (default, converter). Defaults go through the converters
 # too, so a default can never be something a user could not write.
 _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
-    "state": {"directory": ("../var", _text)},
+    "state": {
+        "directory": ("../var", _text),
+        "key_file": ("secrets.key", _text),
+    },
     "server": {
         "listen": ("tcp:8080:interface=127.0.0.1", _endpoint),
         "public_url": ("http://127.0.0.1:8080", _public_url),
@@ -259,6 +270,10 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
         "caps_cache_seconds": ("60s", _duration(0, DAY, allow_low=True)),
     },
     "logging": {"level": ("info", _log_level)},
+    "admin": {
+        "listen": ("tcp:8081:interface=127.0.0.1", _endpoint),
+        "token_file": ("admin.token", _text),
+    },
 }
 
 
@@ -330,14 +345,22 @@ def parse_settings(text: str, config_path: Path) -> Settings:
     absolute_config = Path(os.path.abspath(config_path))
     state_directory = _resolve(absolute_config.parent, values["state"]["directory"])
     values["database"]["path"] = _resolve(state_directory, values["database"]["path"])
+    values["admin"]["token_file"] = _resolve(state_directory, values["admin"]["token_file"])
+    if values["admin"]["listen"] == values["server"]["listen"]:
+        raise ConfigError(
+            config_path, "admin", "listen",
+            "must differ from [server] listen: the admin API never shares the device-facing listener",
+        )
     return Settings(
         config_path=absolute_config,
         state_directory=state_directory,
+        key_file=_resolve(state_directory, values["state"]["key_file"]),
         server=ServerSettings(**values["server"]),
         database=DatabaseSettings(**values["database"]),
         challenges=ChallengeSettings(**values["challenges"]),
         upstream=UpstreamSettings(**values["upstream"]),
         logging=LoggingSettings(**values["logging"]),
+        admin=AdminSettings(**values["admin"]),
     )
 
 

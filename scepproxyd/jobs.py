@@ -1,6 +1,8 @@
-"""Periodic jobs run by LoopingCall: today, removing expired one-time challenges."""
+"""Periodic jobs: each runs on a timer and on demand, never overlapping itself."""
 
 from twisted.application.internet import TimerService
+from twisted.internet import defer
+
 from scepproxyd.logs import get_logger
 
 log = get_logger(__name__)
@@ -11,36 +13,52 @@ class CleanupJob:
 
     name = "cleanup"
 
-    def __init__(self, store, clock):
+    def __init__(self, store):
         self._store = store
-        self._clock = clock
 
-    async def run(self) -> int:
-        started = self._clock.seconds()
-        removed = await self._store.delete_expired_challenges()
-        log.info(
-            "job {job} removed {removed} expired challenges in {ms:.1f} ms",
-            job=self.name,
-            removed=removed,
-            ms=(self._clock.seconds() - started) * 1000.0,
-        )
-        return removed
+    async def run(self) -> dict:
+        return {"expired_challenges_removed": await self._store.delete_expired_challenges()}
 
 
-def job_service(job, interval: float, clock) -> TimerService:
-    """A TimerService that runs ``job.run`` every ``interval`` seconds and never overlaps itself.
+class ScheduledJob:
+    """One job behind a lock: the timer and the admin's trigger share the same code path.
 
-    LoopingCall waits for the returned Deferred before scheduling the next run,
-    and a failed run is logged instead of stopping the timer.
+    A trigger while a run is under way waits for it and then runs again, so
+    the caller always gets a run that started after it asked.
     """
-    from twisted.internet import defer
 
-    def run_once():
-        d = defer.ensureDeferred(job.run())
-        d.addErrback(lambda f: log.failure("job {job} failed", f, job=job.name))
+    def __init__(self, job, interval: float, clock):
+        self.job = job
+        self.name = job.name
+        self.interval = interval
+        self._clock = clock
+        self._lock = defer.DeferredLock()
+
+    def trigger(self) -> defer.Deferred:
+        return self._lock.run(self._run_logged)
+
+    async def _run_logged(self) -> dict:
+        started = self._clock.seconds()
+        result = await self.job.run()
+        log.info(
+            "job {job} finished in {ms:.1f} ms: {result}",
+            job=self.name,
+            ms=(self._clock.seconds() - started) * 1000.0,
+            result=" ".join("%s=%s" % item for item in sorted(result.items())),
+        )
+        return result
+
+    def _tick(self) -> defer.Deferred:
+        # Skip a tick rather than queue behind a long run (e.g. a manual trigger).
+        if self._lock.locked:
+            return defer.succeed(None)
+        d = self.trigger()
+        d.addErrback(lambda f: log.failure("job {job} failed", f, job=self.name))
         return d
 
-    service = TimerService(interval, run_once)
-    service.clock = clock
-    service.setName("job-" + job.name)
-    return service
+    def service(self) -> TimerService:
+        """A TimerService; LoopingCall waits for each run before scheduling the next."""
+        timer = TimerService(self.interval, self._tick)
+        timer.clock = self._clock
+        timer.setName("job-" + self.name)
+        return timer

@@ -7,14 +7,19 @@ from twisted.internet import defer
 from scepproxyd.logs import get_logger, set_level
 from twisted.web import resource
 
-from scepproxyd.jobs import CleanupJob, job_service
+from scepproxyd.jobs import CleanupJob, ScheduledJob
+from scepproxyd.keys import ChallengeCipher, load_or_create_key, load_or_create_token
 from scepproxyd.scep.proxy import ScepProxy
 from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http_client
 from scepproxyd.store import Store
+from scepproxyd.web.admin import admin_resource
 from scepproxyd.web.proxy import ProxyResource
-from scepproxyd.web.site import ProxySite
+from scepproxyd.web.site import BodyLimitedSite
 
 log = get_logger(__name__)
+
+#: Profiles and host imports are small; this bounds what an admin client can make us buffer.
+ADMIN_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 class StoreService(service.Service):
@@ -64,6 +69,8 @@ def prepare_state(settings) -> None:
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.database.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     Store.migrate(settings.database.path)
+    load_or_create_key(settings.key_file)
+    load_or_create_token(settings.admin.token_file)
 
 
 def make_service(settings, reactor) -> service.MultiService:
@@ -90,7 +97,7 @@ def make_service(settings, reactor) -> service.MultiService:
     upstream = UpstreamClient(http_client, reactor, timeouts, settings.upstream.caps_cache_seconds)
 
     proxy = ScepProxy(store, upstream)
-    site = ProxySite(
+    site = BodyLimitedSite(
         build_resource_tree(proxy, reactor),
         max_body_bytes=settings.server.max_body_bytes,
         idle_timeout=settings.server.idle_timeout,
@@ -100,5 +107,21 @@ def make_service(settings, reactor) -> service.MultiService:
     listener.setName("proxy-listener")
     listener.setServiceParent(top)
 
-    job_service(CleanupJob(store, reactor), settings.challenges.cleanup_interval, reactor).setServiceParent(top)
+    jobs = {
+        job.name: job
+        for job in [ScheduledJob(CleanupJob(store), settings.challenges.cleanup_interval, reactor)]
+    }
+    for job in jobs.values():
+        job.service().setServiceParent(top)
+
+    cipher = ChallengeCipher(load_or_create_key(settings.key_file))
+    admin_site = BodyLimitedSite(
+        admin_resource(load_or_create_token(settings.admin.token_file), store, upstream, cipher, jobs),
+        max_body_bytes=ADMIN_MAX_BODY_BYTES,
+        idle_timeout=settings.server.idle_timeout,
+        reactor=reactor,
+    )
+    admin_listener = strports.service(settings.admin.listen, admin_site, reactor=reactor)
+    admin_listener.setName("admin-listener")
+    admin_listener.setServiceParent(top)
     return top

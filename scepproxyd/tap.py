@@ -26,12 +26,13 @@ class Options(usage.Options):
 def makeService(config, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
+    from scepproxyd.keys import KeyFileError
     from scepproxyd.service import make_service, prepare_state
     from scepproxyd.store import StoreError
 
     settings = config["settings"]
     try:
         prepare_state(settings)
-    except (OSError, StoreError) as e:
+    except (OSError, StoreError, KeyFileError) as e:
         sys.exit("scepproxyd: cannot prepare state in %s: %s" % (settings.state_directory, e))
     return make_service(settings, reactor)

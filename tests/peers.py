@@ -104,7 +104,7 @@ class ScepServer:
         return self.log_path.read_text().count("op=%s " % (name,))
 
 
-def daemon_config(directory: Path, port: int, **sections) -> Path:
+def daemon_config(directory: Path, port: int, admin_port: int | None = None, **sections) -> Path:
     """Write an INI for a test daemon; ``sections`` override or add keys."""
     base = {
         "state": {"directory": str(directory / "state")},
@@ -119,6 +119,7 @@ def daemon_config(directory: Path, port: int, **sections) -> Path:
             "caps_cache_seconds": "60s",
         },
         "logging": {"level": "debug"},
+        "admin": {"listen": "tcp:%d:interface=127.0.0.1" % (admin_port or free_port(),)},
     }
     for section, keys in sections.items():
         base.setdefault(section, {}).update(keys)
@@ -138,13 +139,22 @@ class Daemon:
     def __init__(self, directory: Path, **sections):
         self.directory = directory
         self.port = free_port()
-        self.config = daemon_config(directory, self.port, **sections)
+        self.admin_port = free_port()
+        self.config = daemon_config(directory, self.port, self.admin_port, **sections)
         self.log_path = directory / "scepproxyd.log"
         self.process = None
 
     @property
     def url(self) -> str:
         return "http://127.0.0.1:%d" % (self.port,)
+
+    @property
+    def admin_url(self) -> str:
+        return "http://127.0.0.1:%d" % (self.admin_port,)
+
+    @property
+    def admin_token(self) -> str:
+        return (self.directory / "state" / "admin.token").read_text().strip()
 
     @property
     def database(self) -> Path:
@@ -160,6 +170,7 @@ class Daemon:
         )
         try:
             wait_for_port(self.port, self.process)
+            wait_for_port(self.admin_port, self.process)
         except RuntimeError:
             output = self.process.stdout.read().decode(errors="replace") if self.process.poll() is not None else ""
             raise RuntimeError("daemon did not start: %s\n%s" % (output, self.log()))

@@ -92,6 +92,9 @@ def test_defaults_when_file_is_empty():
     assert settings.upstream.max_response_bytes == 1024 * 1024
     assert settings.upstream.caps_cache_seconds == 60.0
     assert settings.logging.level is LogLevel.info
+    assert settings.key_file == Path("/srv/scep/var/secrets.key")
+    assert settings.admin.listen == "tcp:8081:interface=127.0.0.1"
+    assert settings.admin.token_file == Path("/srv/scep/var/admin.token")
 
 
 def test_section_present_other_keys_default():
@@ -331,6 +334,7 @@ def test_message_matches_documented_example():
 
 EVERY_KEY = [
     ("state", "directory"),
+    ("state", "key_file"),
     ("server", "listen"),
     ("server", "public_url"),
     ("server", "max_body_bytes"),
@@ -345,6 +349,8 @@ EVERY_KEY = [
     ("upstream", "max_response_bytes"),
     ("upstream", "caps_cache_seconds"),
     ("logging", "level"),
+    ("admin", "listen"),
+    ("admin", "token_file"),
 ]
 
 
@@ -369,7 +375,7 @@ def test_unknown_section():
     assert (error.section, error.key) == ("sever", None)
     assert str(error) == (
         "%s: [sever]: unknown section; valid sections are: "
-        "state, server, database, challenges, upstream, logging" % (CONFIG,)
+        "state, server, database, challenges, upstream, logging, admin" % (CONFIG,)
     )
 
 
@@ -546,3 +552,15 @@ def test_size_and_duration_bounds_are_inclusive():
     assert settings.challenges.ttl == 60.0
     assert settings.upstream.max_response_bytes == 104857600
     assert settings.upstream.caps_cache_seconds == 86400.0
+
+
+def test_admin_listener_must_not_be_the_proxy_listener():
+    error = refused("[server]\nlisten = tcp:9000\n[admin]\nlisten = tcp:9000\n")
+    assert (error.section, error.key) == ("admin", "listen")
+    assert "must differ from [server] listen" in error.problem
+
+
+def test_bad_admin_endpoint():
+    error = refused("[admin]\nlisten = bogus:1\n")
+    assert (error.section, error.key) == ("admin", "listen")
+    assert "not a valid Twisted endpoint description" in error.problem

@@ -48,6 +48,7 @@ def test_shipped_config_starts_and_answers(tmp_path):
     port = free_port()
     text = (REPO / "etc" / "scepproxyd.ini").read_text()
     text = text.replace("tcp:8080:interface=127.0.0.1", "tcp:%d:interface=127.0.0.1" % (port,))
+    text = text.replace("tcp:8081:interface=127.0.0.1", "tcp:%d:interface=127.0.0.1" % (free_port(),))
     text = text.replace("directory = ../var", "directory = %s" % (tmp_path / "var",))
     config = tmp_path / "scepproxyd.ini"
     config.write_text(text)

@@ -1,6 +1,10 @@
-"""Tests for scepproxyd.store: schema, threading rules and the challenge life cycle."""
+"""Tests for scepproxyd.store: schema, threading rules and the challenge life cycle.
+
+The fixtures and helpers here are shared with the other tests/test_store_*.py files.
+"""
 
 import base64
+import re
 import sqlite3
 import threading
 
@@ -9,7 +13,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 
-from scepproxyd import store as store_module
+from scepproxyd.store import challenges as challenges_module
 from scepproxyd.store import (
     CertificateAuthority,
     ConsumedChallenge,
@@ -24,6 +28,8 @@ from scepproxyd.store import (
 EPOCH = 1_700_000_000.0
 TTL = 3600.0
 HOST, PROFILE, CA = "host-1", "profile-1", "acme"
+SCHEMA_VERSION = 2
+RENEWAL_ID = re.compile(r"^sp-[0-9a-f]{16}$")
 
 
 def make_clock():
@@ -72,11 +78,11 @@ def raw(path):
 
 def test_migrate_is_idempotent_and_sets_wal_and_version(tmp_path):
     path = tmp_path / "db.sqlite"
-    assert Store.migrate(path) == 1
-    assert Store.migrate(path) == 1
+    assert Store.migrate(path) == SCHEMA_VERSION
+    assert Store.migrate(path) == SCHEMA_VERSION
     conn = raw(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"cas", "hosts", "profiles", "host_profiles", "challenges"} <= tables
 
@@ -107,7 +113,7 @@ async def test_start_refuses_unmigrated_database(tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_start_refuses_newer_database(db_path):
     conn = raw(db_path)
-    conn.execute("PRAGMA user_version = 2")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
     s = Store(db_path, reactor, clock=make_clock())
     with pytest.raises(StoreError, match="newer than this scepproxyd knows"):
@@ -140,7 +146,7 @@ async def test_connection_used_only_from_db_thread(db_path, monkeypatch):
             return super().execute(*args, **kwargs)
 
     real_connect = sqlite3.connect
-    monkeypatch.setattr(store_module.sqlite3, "connect", lambda *a, **kw: real_connect(*a, factory=Recording, **kw))
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: real_connect(*a, factory=Recording, **kw))
     s = Store(db_path, reactor, clock=make_clock())
     await s.start()
     await seed(s)
@@ -196,7 +202,8 @@ async def test_profile_and_assignment_errors(store, clock):
     with pytest.raises(NotFoundError, match="CA 'ghost', which does not exist"):
         await store.add_profile(PROFILE, "p", "ios", b"x", "ghost")
     hp = await seed(store)
-    assert hp == HostProfile(HOST, PROFILE, None, None, 0, EPOCH, EPOCH)
+    assert RENEWAL_ID.match(hp.renewal_id)
+    assert hp == HostProfile(HOST, PROFILE, None, None, 0, EPOCH, EPOCH, hp.renewal_id)
     with pytest.raises(DuplicateError):
         await store.add_profile(PROFILE, "p", "ios", b"x", None)
     with pytest.raises(DuplicateError, match="already assigned"):
@@ -338,7 +345,7 @@ async def test_concurrent_consumes_yield_exactly_one(store):
 
 @pytest_twisted.ensureDeferred
 async def test_delete_expired_challenges_counts(store, clock, monkeypatch):
-    monkeypatch.setattr(store_module, "_EXPIRED_BATCH", 3)  # exercise several batches
+    monkeypatch.setattr(challenges_module, "_EXPIRED_BATCH", 3)  # exercise several batches
     await seed(store)
     for _ in range(7):
         await store.new_challenge(HOST, PROFILE)

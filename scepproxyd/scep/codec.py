@@ -5,7 +5,7 @@ obvious garbage before spending a one-time challenge, and to read a CertRep's
 unencrypted pkiStatus so the host profile's status tells the truth.
 """
 
-from asn1crypto import cms, core
+from asn1crypto import cms, core, x509
 
 # id-pkiStatus from RFC 8894 section 3.2.1.
 _PKI_STATUS_OID = "2.16.840.1.113733.1.9.3"
@@ -65,3 +65,16 @@ def cert_rep_status(der: bytes) -> tuple[str | None, str | None]:
     status = _signed_attribute(signed, _PKI_STATUS_OID)
     fail = _signed_attribute(signed, _FAIL_INFO_OID)
     return PKI_STATUS_NAMES.get(status or "", None), FAIL_INFO_NAMES.get(fail or "", fail)
+
+
+def ca_certificates(body: bytes) -> list[bytes]:
+    """DER certificates in a GetCACert answer: one DER certificate, or a certs-only PKCS#7 chain."""
+    try:
+        x509.Certificate.load(body, strict=True).native  # noqa: B018
+        return [body]
+    except (ValueError, TypeError):
+        pass
+    signed = _signed_data(body)
+    if signed is None or not signed["certificates"]:
+        return []
+    return [cert.chosen.dump() for cert in signed["certificates"] if cert.name == "certificate"]

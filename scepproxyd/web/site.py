@@ -59,7 +59,7 @@ class BodyLimitedRequest(server.Request):
         super().requestReceived(command, path, version)
 
 
-class ProxySite(server.Site):
+class BodyLimitedSite(server.Site):
     """A Site with a request body limit and an idle timeout for slow clients."""
 
     requestFactory = BodyLimitedRequest

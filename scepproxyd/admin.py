@@ -1,0 +1,136 @@
+"""Admin rules that are more than storage: CA integrations and host imports.
+
+A CA is only saved once it has shown a certificate for GetCACert, and its
+static challenge is encrypted before it reaches the store. Host imports are
+parsed completely before anything is written, so a bad row changes nothing.
+"""
+
+import csv
+import io
+import json
+from urllib.parse import urlsplit
+
+from scepproxyd.scep import codec
+from scepproxyd.scep.identifier import CA_NAME
+from scepproxyd.scep.upstream import UpstreamError
+from scepproxyd.store import PLATFORMS
+from scepproxyd.web.api import Invalid
+
+MAX_CHALLENGE_LENGTH = 1024
+HOST_UUID_PATTERN = r"[A-Za-z0-9._-]{1,255}"
+
+
+def check_ca_name(name: str) -> str:
+    if not CA_NAME.fullmatch(name):
+        raise Invalid(
+            "name must be 1-255 letters, digits or underscores (it becomes part of profile variable names)",
+            field="name",
+        )
+    return name
+
+
+def check_ca_url(url: str) -> str:
+    """An absolute http(s) URL, parsed strictly: no credentials, no fragment, no spaces."""
+    expected = "url must be an absolute http:// or https:// URL with a host"
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise Invalid("url must not contain spaces or control characters", field="url")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise Invalid("%s (%s)" % (expected, e), field="url") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(expected, field="url")
+    if "@" in parts.netloc:
+        raise Invalid("url must not contain a user name or password", field="url")
+    if parts.fragment or url.endswith("#"):
+        raise Invalid("url must not have a fragment", field="url")
+    return url
+
+
+def check_challenge(challenge: str) -> str:
+    if not challenge:
+        raise Invalid("challenge must not be empty", field="challenge")
+    if len(challenge) > MAX_CHALLENGE_LENGTH:
+        raise Invalid("challenge must be at most %d characters" % (MAX_CHALLENGE_LENGTH,), field="challenge")
+    return challenge
+
+
+async def check_ca_answers(upstream, url: str) -> None:
+    """Ask the CA for its certificate now, so a wrong URL is caught by the admin, not by devices."""
+    upstream.forget(url)
+    try:
+        answer = await upstream.get_ca_cert(url)
+    except UpstreamError as e:
+        raise Invalid("CA did not answer GetCACert: %s" % (e.reason,), field="url") from None
+    if answer.status != 200:
+        raise Invalid("CA answered GetCACert with HTTP %d, not a certificate" % (answer.status,), field="url")
+    if not codec.ca_certificates(answer.body):
+        raise Invalid("CA answered GetCACert without a certificate", field="url")
+
+
+def _check_host_row(index: int, uuid, serial, platform) -> tuple[str, str | None, str]:
+    import re
+
+    where = "row %d: " % (index,)
+    if not isinstance(uuid, str) or not re.fullmatch(HOST_UUID_PATTERN, uuid):
+        raise Invalid(where + "uuid must be 1-255 letters, digits, '.', '_' or '-'", field="uuid")
+    if serial is not None and (not isinstance(serial, str) or len(serial) > 255):
+        raise Invalid(where + "serial must be a string of at most 255 characters", field="serial")
+    if platform not in PLATFORMS:
+        raise Invalid(where + "platform must be one of %s" % (", ".join(PLATFORMS),), field="platform")
+    return uuid, serial or None, platform
+
+
+def check_host(uuid, serial, platform) -> tuple[str, str | None, str]:
+    try:
+        return _check_host_row(1, uuid, serial, platform)
+    except Invalid as e:
+        raise Invalid(e.message.removeprefix("row 1: "), field=e.field) from None
+
+
+def parse_host_import(raw: bytes, content_type: str) -> list[tuple[str, str | None, str]]:
+    """Hosts from JSON (a list of objects) or CSV (header uuid,serial,platform); all rows checked."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise Invalid("import must be UTF-8 text", field="file") from None
+    if "json" in content_type or text.lstrip().startswith(("[", "{")):
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise Invalid("import is not valid JSON: %s" % (e,), field="file") from None
+        if isinstance(data, dict) and isinstance(data.get("hosts"), list):
+            data = data["hosts"]
+        if not isinstance(data, list):
+            raise Invalid("JSON import must be a list of {uuid, serial, platform} objects", field="file")
+        rows = []
+        for index, item in enumerate(data, 1):
+            if not isinstance(item, dict):
+                raise Invalid("row %d: must be an object with uuid, serial, platform" % (index,), field="file")
+            rows.append((item.get("uuid"), item.get("serial"), item.get("platform")))
+    else:
+        reader = csv.reader(io.StringIO(text))
+        header = [h.strip().lower() for h in next(reader, [])]
+        if "uuid" not in header or "platform" not in header:
+            raise Invalid("CSV import needs a header line with uuid, serial, platform", field="file")
+        rows = []
+        for line in reader:
+            if not any(cell.strip() for cell in line):
+                continue
+            if len(line) != len(header):
+                raise Invalid(
+                    "row %d: expected %d columns, got %d" % (len(rows) + 1, len(header), len(line)),
+                    field="file",
+                )
+            record = dict(zip(header, (cell.strip() for cell in line)))
+            rows.append((record.get("uuid"), record.get("serial") or None, record.get("platform")))
+    if not rows:
+        raise Invalid("import has no hosts", field="file")
+    checked = [_check_host_row(i, *row) for i, row in enumerate(rows, 1)]
+    seen = set()
+    for index, (uuid, _, _) in enumerate(checked, 1):
+        if uuid in seen:
+            raise Invalid("row %d: host %s appears twice" % (index, uuid), field="uuid")
+        seen.add(uuid)
+    return checked

@@ -1,0 +1,175 @@
+"""
+scepproxyctl: the admin command line of scepproxyd.
+
+It reads the admin endpoint and token file from the daemon's own INI file,
+makes one request to the admin API (docs/admin-api.md) and prints a table, or
+the API's JSON with ``--json``. Exit status: 0 done, 1 refused or unreachable,
+2 bad command line or configuration. The command reference is docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from scepproxyd.cli import commands
+from scepproxyd.cli.client import AdminClient, CliError, UsageError, target_from_endpoint, target_from_url
+from scepproxyd.cli.render import as_json
+
+PROG = "scepproxyctl"
+DEFAULT_CONFIG = "/etc/scepproxyd/scepproxyd.ini"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        # No abbreviations: "--challenge SECRET" must be refused, not taken as --challenge-file.
+        allow_abbrev=False,
+        description="Manage a running scepproxyd through its admin API.",
+        epilog="The CA challenge is never an argument: it is read from --challenge-file or stdin.",
+    )
+    parser.add_argument(
+        "--config", default=os.environ.get("SCEPPROXYD_CONFIG", DEFAULT_CONFIG),
+        help="the daemon's INI file, for [admin] listen and token_file "
+             "(default: $SCEPPROXYD_CONFIG or %s)" % (DEFAULT_CONFIG,),
+    )
+    parser.add_argument("--url", dest="api_url", metavar="URL",
+                        help="the admin API as http://HOST:PORT, instead of [admin] listen")
+    parser.add_argument("--token-file", help="the admin token file, instead of [admin] token_file")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="give up on the admin API after this long (default: 60)")
+    groups = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(subparsers, name, handler, help, *arguments):
+        sub = subparsers.add_parser(name, help=help, description=help, allow_abbrev=False)
+        for flags, options in arguments:
+            sub.add_argument(*flags, **options)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def group(name, help):
+        sub = groups.add_parser(name, help=help, description=help, allow_abbrev=False)
+        return sub.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def arg(*flags, **options):
+        return flags, options
+
+    challenge_file = arg("--challenge-file", metavar="FILE",
+                         help="read the CA's static challenge from FILE (- or absent: stdin, prompted on a terminal)")
+
+    ca = group("ca", "CA integrations")
+    command(ca, "add", commands.ca_add, "add a CA (it must answer GetCACert)",
+            arg("name", metavar="NAME"), arg("--url", required=True, help="the CA's SCEP URL"), challenge_file)
+    command(ca, "list", commands.ca_list, "list CAs")
+    command(ca, "show", commands.ca_show, "show one CA", arg("name", metavar="NAME"))
+    edit = command(ca, "edit", commands.ca_edit, "rename a CA, or change its URL or challenge",
+                   arg("name", metavar="NAME"), arg("--name", dest="new_name", metavar="NEW", help="new name"),
+                   arg("--url", help="new SCEP URL (the challenge is then read too)"))
+    source = edit.add_mutually_exclusive_group()
+    source.add_argument(*challenge_file[0], **challenge_file[1])
+    source.add_argument("--challenge-stdin", action="store_true", help="read a new challenge from stdin")
+    command(ca, "delete", commands.ca_delete, "delete a CA no profile uses", arg("name", metavar="NAME"))
+
+    host = group("host", "hosts")
+    command(host, "add", commands.host_add, "create or update a host",
+            arg("uuid", metavar="UUID"), arg("--serial", help="serial number"),
+            arg("--platform", required=True, help="macos, ios, ipados or android"))
+    command(host, "import", commands.host_import, "create or update hosts from CSV or JSON",
+            arg("file", metavar="FILE", help="uuid,serial,platform CSV or a JSON list; - for stdin"),
+            arg("--format", choices=("csv", "json"), help="default: json for *.json, else csv"))
+    command(host, "list", commands.host_list, "list hosts", arg("--platform", help="only this platform"))
+    command(host, "show", commands.host_show, "show a host and its profiles", arg("uuid", metavar="UUID"))
+    command(host, "delete", commands.host_delete, "delete a host and its profile assignments",
+            arg("uuid", metavar="UUID"))
+
+    profile = group("profile", "certificate profiles")
+    command(profile, "upload", commands.profile_upload, "upload a .mobileconfig or Android template",
+            arg("file", metavar="FILE", help="the profile; - for stdin"),
+            arg("--platform", help="macos (default), ios, ipados; android for templates"),
+            arg("--name", help="display name (default: from the profile)"))
+    command(profile, "list", commands.profile_list, "list profiles")
+    command(profile, "show", commands.profile_show, "show one profile", arg("uuid", metavar="UUID"))
+    command(profile, "delete", commands.profile_delete, "delete a profile and its assignments",
+            arg("uuid", metavar="UUID"))
+    command(profile, "assign", commands.profile_assign, "assign a profile to hosts, or to a whole platform",
+            arg("profile", metavar="PROFILE"), arg("hosts", metavar="HOST", nargs="*"),
+            arg("--platform", help="every host of this platform, instead of HOSTs"))
+    command(profile, "unassign", commands.profile_unassign, "unassign a profile from hosts (no HOST: from all)",
+            arg("profile", metavar="PROFILE"), arg("hosts", metavar="HOST", nargs="*"))
+
+    command(groups, "status", commands.status, "host profiles and their enrollment status",
+            arg("--host", help="only this host"), arg("--profile", help="only this profile"),
+            arg("--status", help="pending, verifying, verified, failed or null"))
+    command(groups, "resend", commands.resend, "send a profile to a host again with a fresh challenge",
+            arg("host", metavar="HOST"), arg("profile", metavar="PROFILE"))
+    command(groups, "trigger", commands.trigger, "run a job now", arg("job", metavar="JOB"))
+    command(groups, "jobs", commands.jobs, "list jobs")
+    return parser
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text(encoding="ascii").strip()
+    except PermissionError:
+        raise CliError(
+            "cannot read the admin token file %s: permission denied; run as the user scepproxyd runs as, "
+            "or pass --token-file" % (path,)
+        ) from None
+    except FileNotFoundError:
+        raise CliError(
+            "cannot read the admin token file %s: no such file; scepproxyd makes it on first start "
+            "(wrong --config?)" % (path,)
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CliError("cannot read the admin token file %s: %s" % (path, getattr(e, "strerror", None) or e)) from None
+    if not token:
+        raise CliError("the admin token file %s is empty" % (path,))
+    return token
+
+
+def make_client(args) -> AdminClient:
+    """The API client from ``--url``/``--token-file``, filling gaps from the daemon's INI file."""
+    settings = None
+    if args.api_url is None or args.token_file is None:
+        from scepproxyd.config import ConfigError, load_settings
+
+        try:
+            settings = load_settings(args.config)
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
+    target = target_from_url(args.api_url) if args.api_url else target_from_endpoint(settings.admin.listen)
+    token_file = Path(args.token_file) if args.token_file else settings.admin.token_file
+    return AdminClient(target, _read_token(token_file), str(token_file), timeout=args.timeout)
+
+
+def main(argv: list[str] | None = None, stdin=None, stdout=None, stderr=None) -> int:
+    stdin = stdin if stdin is not None else sys.stdin
+    stdout = stdout if stdout is not None else sys.stdout
+    stderr = stderr if stderr is not None else sys.stderr
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--challenge" or a.startswith("--challenge=") for a in argv):
+        # Refused here, before argparse, whose "unrecognized arguments" would echo the value.
+        print(
+            "%s: there is no --challenge option: a challenge on the command line lands in shell history "
+            "and ps; use --challenge-file FILE, or give it on stdin" % (PROG,),
+            file=stderr,
+        )
+        return 2
+    args = build_parser().parse_args(argv)
+    try:
+        answer, human = args.handler(make_client(args), args, stdin)
+    except CliError as e:
+        print("%s: %s" % (PROG, e), file=stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("%s: interrupted" % (PROG,), file=stderr)
+        return 130
+    if args.json:
+        if answer is not None:
+            print(as_json(answer), file=stdout)
+    else:
+        print(human, file=stdout)
+    return 0

@@ -1,0 +1,257 @@
+"""Android certificate templates: a small JSON document scepproxyd defines.
+
+Android has no configuration-profile format with a SCEP payload, so the
+template says what an Android agent needs to enroll one certificate: where to
+send SCEP, with which challenge, which subject and key. The shape is strict
+(unknown keys refused, a versioned "format" string) so a typo fails at upload
+instead of on a device. docs/profiles.md describes it for admins.
+
+Rendering parses the JSON, substitutes inside string values and serialises
+again, so the output is always valid JSON whatever the values contain.
+"""
+
+import json
+import re
+
+from scepproxyd.profiles import checks, variables
+from scepproxyd.profiles.model import ANDROID_TEMPLATE, ParsedProfile, ProfileError
+
+FORMAT = "scepproxyd.android-certificate-template/1"
+_REQUIRED = ("format", "name", "scep", "subject", "key")
+_OPTIONAL = ("key_usage", "extended_key_usage", "subject_alt_names")
+KEY_SIZES = {"rsa": (2048, 3072, 4096), "ec": (256, 384)}
+KEY_USAGES = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+)
+EXTENDED_KEY_USAGES = ("client_auth", "server_auth", "email_protection", "code_signing")
+SUBJECT_ALT_NAME_KINDS = ("dns", "email", "uri")
+
+# Where variables may be written; everything else is plain data for the agent.
+_URL = "scep.url"
+_CHALLENGE = "scep.challenge"
+_SUBJECT = "subject"
+_RENEWAL_ID_TYPES = {"CN", "2.5.4.3", "OU", "2.5.4.11"}
+_DN_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)+")
+_OID = re.compile(r"[0-9]+(\.[0-9]+)+")
+_DN_SPECIAL = re.compile(r'([\\,+"<>;=])')
+
+
+def parse(content: bytes) -> ParsedProfile:
+    """Validate an Android certificate template against the upload rules."""
+    template = _load(content)
+    _check_shape(template)
+    occurrences = _occurrences(template)
+    checks.refuse_repeats(occurrences)
+    for occurrence in occurrences:
+        if occurrence.location[0] not in (_URL, _CHALLENGE, _SUBJECT):
+            raise ProfileError(
+                "variable %s may only appear in scep.url, scep.challenge or subject (found in %s)"
+                % (occurrence.variable.spelled, occurrence.location[0])
+            )
+    challenge = checks.whole_variable_at(occurrences, (_CHALLENGE,), variables.CHALLENGE)
+    if challenge is None:
+        raise ProfileError(
+            'template "scep.challenge" must be %s' % (variables.CHALLENGE_PLACEHOLDER,), _CHALLENGE
+        )
+    url = checks.whole_variable_at(occurrences, (_URL,), variables.PROXY_URL)
+    if url is None:
+        raise ProfileError('template "scep.url" must be %s' % (variables.PROXY_URL_PLACEHOLDER,), _URL)
+    ca_name = checks.same_ca(challenge, url, _CHALLENGE, _URL)
+    checks.refuse_strays(occurrences, ((_CHALLENGE,), _CHALLENGE), ((_URL,), _URL))
+    allowed = {
+        (_SUBJECT, index)
+        for index, (kind, _) in enumerate(_split_dn(template["subject"]))
+        if kind.upper() in _RENEWAL_ID_TYPES
+    }
+    renewal = [o for o in occurrences if o.variable.kind == variables.RENEWAL]
+    if not renewal or any(o.location not in allowed for o in renewal):
+        raise ProfileError(
+            'template "subject" must contain %s in its CN or OU' % (variables.RENEWAL_ID_PLACEHOLDER,),
+            _SUBJECT,
+        )
+    name = template["name"]
+    return ParsedProfile(ANDROID_TEMPLATE, name, name, ca_name, checks.names(occurrences))
+
+
+def render(content: bytes, values: variables.Values) -> bytes:
+    """Fill in the variables of an accepted template; the result is valid JSON."""
+
+    def fill(value: object, path: str) -> object:
+        if isinstance(value, str):
+            escape = _dn_escape if path == _SUBJECT else str
+            return variables.substitute(value, values, escape)
+        if isinstance(value, dict):
+            return {key: fill(item, _join(path, key)) for key, item in value.items()}
+        if isinstance(value, list):
+            return [fill(item, path) for item in value]
+        return value
+
+    rendered = fill(_load(content), "")
+    return (json.dumps(rendered, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _load(content: bytes) -> dict:
+    def no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+        result = {}
+        for key, value in pairs:
+            if key in result:
+                raise ProfileError('template has duplicate key "%s"' % (key,))
+            result[key] = value
+        return result
+
+    try:
+        template = json.loads(content.decode("utf-8-sig"), object_pairs_hook=no_duplicates)
+    except UnicodeDecodeError as e:
+        raise ProfileError("Android certificate template is not valid UTF-8: %s" % (e,)) from None
+    except json.JSONDecodeError as e:
+        raise ProfileError("Android certificate template is not valid JSON: %s" % (e,)) from None
+    if not isinstance(template, dict):
+        raise ProfileError("Android certificate template must be a JSON object")
+    return template
+
+
+def _refuse_unknown_keys(value: dict, allowed: tuple[str, ...], path: str) -> None:
+    for key in value:
+        if key not in allowed:
+            raise ProfileError(
+                'template has unknown key "%s"; allowed: %s' % (_join(path, key), ", ".join(allowed)),
+                _join(path, key),
+            )
+
+
+def _check_shape(template: dict) -> None:
+    """Everything but the variables: the agent must be able to act on every field."""
+    if template.get("format") != FORMAT:
+        raise ProfileError('template "format" must be "%s"' % (FORMAT,), "format")
+    _refuse_unknown_keys(template, _REQUIRED + _OPTIONAL, "")
+    for key in _REQUIRED:
+        if key not in template:
+            raise ProfileError('template is missing "%s"' % (key,), key)
+    name = template["name"]
+    if not isinstance(name, str) or not name.strip() or len(name) > 255:
+        raise ProfileError(
+            'template "name" must be a non-empty string of at most 255 characters', "name"
+        )
+    scep = template["scep"]
+    if not isinstance(scep, dict):
+        raise ProfileError('template "scep" must be an object with "url" and "challenge"', "scep")
+    _refuse_unknown_keys(scep, ("url", "challenge"), "scep")
+    for key in ("challenge", "url"):
+        if not isinstance(scep.get(key), str):
+            raise ProfileError('template "scep" must be an object with "url" and "challenge"', "scep")
+    if not isinstance(template["subject"], str) or _split_dn(template["subject"]) is None:
+        raise ProfileError(
+            'template "subject" must be a DN such as "CN=name,OU=unit"'
+            " (write a comma in a value as \\,)",
+            _SUBJECT,
+        )
+    key = template["key"]
+    if not (
+        isinstance(key, dict)
+        and set(key) == {"type", "size"}
+        and isinstance(key["type"], str)
+        and type(key["size"]) is int
+        and key["size"] in KEY_SIZES.get(key["type"], ())
+    ):
+        raise ProfileError(
+            'template "key" must be {"type": "rsa", "size": 2048, 3072 or 4096}'
+            ' or {"type": "ec", "size": 256 or 384}',
+            "key",
+        )
+    if not _list_of(template.get("key_usage", []), lambda u: u in KEY_USAGES):
+        raise ProfileError(
+            'template "key_usage" must be a list of: %s' % (", ".join(KEY_USAGES),), "key_usage"
+        )
+    if not _list_of(
+        template.get("extended_key_usage", []),
+        lambda u: u in EXTENDED_KEY_USAGES or bool(_OID.fullmatch(u)),
+    ):
+        raise ProfileError(
+            'template "extended_key_usage" must be a list of: %s or dotted OIDs'
+            % (", ".join(EXTENDED_KEY_USAGES),),
+            "extended_key_usage",
+        )
+    names = template.get("subject_alt_names", {})
+    if not (
+        isinstance(names, dict)
+        and set(names) <= set(SUBJECT_ALT_NAME_KINDS)
+        and all(_list_of(v, lambda s: bool(s)) for v in names.values())
+    ):
+        raise ProfileError(
+            'template "subject_alt_names" must be an object with lists of strings under: %s'
+            % (", ".join(SUBJECT_ALT_NAME_KINDS),),
+            "subject_alt_names",
+        )
+
+
+def _list_of(value: object, acceptable) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and acceptable(v) for v in value)
+
+
+def _split_dn(subject: str) -> list[tuple[str, str]] | None:
+    """``CN=a,OU=b`` into ``[("CN", "a"), ("OU", "b")]``; None when it is not a DN.
+
+    Deliberately simple: RDNs separated by commas that no backslash escapes,
+    each ``TYPE=value``. Values keep their escapes; variables never contain a
+    backslash, comma or equals sign, so finding them in the raw values is exact.
+    """
+    parts, current, escaped = [], [], False
+    for char in subject:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            current.append(char)
+            escaped = True
+        elif char == ",":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if escaped:
+        return None
+    parts.append("".join(current))
+    attributes = []
+    for part in parts:
+        kind, equals, value = part.partition("=")
+        if not equals or not _DN_TYPE.fullmatch(kind.strip()):
+            return None
+        attributes.append((kind.strip(), value))
+    return attributes
+
+
+def _occurrences(template: dict) -> list[checks.Occurrence]:
+    """Variables in the template, located by JSON path; subject ones by RDN too."""
+    found = []
+
+    def visit(value: object, path: str) -> None:
+        if isinstance(value, str):
+            if path == _SUBJECT:
+                for index, (kind, text) in enumerate(_split_dn(value)):
+                    found.extend(checks.occurrences_in(kind, (_SUBJECT, index, "type"), False))
+                    found.extend(checks.occurrences_in(text, (_SUBJECT, index), False))
+            else:
+                found.extend(checks.occurrences_in(value, (path,)))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                found.extend(checks.occurrences_in(key, (_join(path, key),), False))
+                visit(item, _join(path, key))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                visit(item, "%s[%d]" % (path, index))
+
+    visit(template, "")
+    return found
+
+
+def _join(path: str, key: str) -> str:
+    return "%s.%s" % (path, key) if path else key
+
+
+def _dn_escape(value: str) -> str:
+    """Keep a substituted value inside its RDN, whatever characters it has."""
+    return _DN_SPECIAL.sub(r"\\\1", value)

@@ -1,0 +1,111 @@
+"""Variable rules shared by Apple profiles and Android templates.
+
+Both kinds place variables in differently shaped documents, but "each
+variable at most once" and "challenge and URL name the same CA" mean the same
+thing in both; this module says them once, with one message each.
+"""
+
+from collections import Counter
+from collections.abc import Hashable, Iterable
+
+import attrs
+
+from scepproxyd.profiles import variables
+from scepproxyd.profiles.model import ProfileError
+
+
+@attrs.frozen
+class Occurrence:
+    """A variable found at ``location`` (a format-specific path) in a document."""
+
+    variable: variables.Variable
+    location: Hashable
+    whole: bool  # the variable is the entire string value at ``location``
+
+
+def occurrences_in(text: str, location: Hashable, is_value: bool = True) -> list[Occurrence]:
+    """The variables in ``text``; in a key (``is_value`` false) none is ever whole."""
+    return [Occurrence(f.variable, location, f.whole and is_value) for f in variables.find(text)]
+
+
+def refuse_repeats(occurrences: Iterable[Occurrence]) -> None:
+    """Each variable at most once; the two renewal ID spellings count as one.
+
+    A second copy of a challenge would put the CA's static challenge somewhere
+    the rules never looked at; a second renewal ID would make it ambiguous
+    where the daemon should find it in the issued certificate.
+    """
+    written: dict[str, list[str]] = {}
+    for occurrence in occurrences:
+        variable = occurrence.variable
+        group = variables.RENEWAL if variable.kind == variables.RENEWAL else variable.name
+        written.setdefault(group, []).append(variable.name)
+    for names in written.values():
+        if len(names) < 2:
+            continue
+        if len(set(names)) > 1:
+            first, second = sorted(set(names), key=names.index)
+            raise ProfileError(
+                "variables $%s and $%s are the same variable; use one of them, once"
+                % (first, second)
+            )
+        raise ProfileError(
+            "variable $%s appears %d times; each may appear at most once" % (names[0], len(names))
+        )
+
+
+def same_ca(
+    challenge: variables.Variable,
+    url: variables.Variable,
+    challenge_label: str,
+    url_label: str,
+) -> str:
+    """The one CA both variables name; refused when they disagree."""
+    if challenge.ca_name != url.ca_name:
+        raise ProfileError(
+            "%s names CA '%s' but %s names CA '%s'"
+            % (challenge_label, challenge.ca_name, url_label, url.ca_name),
+            url_label,
+        )
+    assert challenge.ca_name is not None
+    return challenge.ca_name
+
+
+def whole_variable_at(
+    occurrences: Iterable[Occurrence], location: Hashable, kind: str
+) -> variables.Variable | None:
+    """The variable of ``kind`` that is exactly the value at ``location``, if any."""
+    for occurrence in occurrences:
+        if (
+            occurrence.location == location
+            and occurrence.whole
+            and occurrence.variable.kind == kind
+        ):
+            return occurrence.variable
+    return None
+
+
+def refuse_strays(
+    occurrences: Iterable[Occurrence],
+    challenge_at: tuple[Hashable, str],
+    url_at: tuple[Hashable, str],
+) -> None:
+    """Challenge and URL variables nowhere but their own field.
+
+    Runs after the fields themselves were checked, so any other challenge or
+    URL variable names a second CA, which the renderer could not fill in.
+    ``challenge_at`` and ``url_at`` are (location, label for messages).
+    """
+    expected = {variables.CHALLENGE: challenge_at, variables.PROXY_URL: url_at}
+    for occurrence in occurrences:
+        place = expected.get(occurrence.variable.kind)
+        if place is not None and occurrence.location != place[0]:
+            raise ProfileError(
+                "variable %s may only be the whole value of %s"
+                % (occurrence.variable.spelled, place[1])
+            )
+
+
+def names(occurrences: Iterable[Occurrence]) -> tuple[str, ...]:
+    """The variable names written in a document, sorted, each once."""
+    return tuple(sorted(Counter(o.variable.name for o in occurrences)))

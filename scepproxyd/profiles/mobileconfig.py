@@ -1,0 +1,238 @@
+"""Apple configuration profiles (.mobileconfig): validate at upload, render per host.
+
+Validation reads the parsed plist, because only the structure says which
+field a variable sits in. Rendering substitutes in the XML text, so the
+device receives the admin's document unchanged apart from the variables. The
+two views must agree, so a variable the parser and the text see differently
+(inside a comment, a CDATA section, or spelled with character references) is
+refused at upload rather than rendered wrongly later.
+"""
+
+import plistlib
+import re
+from collections import Counter
+from xml.parsers.expat import ExpatError
+from xml.sax.saxutils import escape
+
+from scepproxyd.profiles import checks, variables
+from scepproxyd.profiles.model import MOBILECONFIG, ParsedProfile, ProfileError
+
+SCEP_PAYLOAD_TYPE = "com.apple.security.scep"
+
+# Subject attribute types that may carry the renewal ID: CN and OU, by name or OID.
+_RENEWAL_ID_TYPES = {"CN", "2.5.4.3", "OU", "2.5.4.11"}
+_BOM = b"\xef\xbb\xbf"
+_XML_ENCODING = re.compile(rb"""<\?xml[^>]*\bencoding\s*=\s*["']([^"']*)["']""")
+_HIDDEN = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>", re.DOTALL)
+# Characters XML 1.0 cannot carry even as character references.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# plistlib reports bad input through all of these; only the first two say why.
+_PLIST_ERRORS = (ExpatError, ValueError, AttributeError, TypeError, IndexError, KeyError)
+
+NO_PROXY_VARIABLES = (
+    "SCEP payload uses no proxy variables: scepproxyd only delivers SCEP profiles that"
+    " enroll through its proxy with one-time challenges (a fixed URL and static challenge"
+    " would be stored in plain text and bypass the proxy). Set URL to %s, Challenge to %s,"
+    " and put %s in the Subject's CN or OU"
+) % (
+    variables.PROXY_URL_PLACEHOLDER,
+    variables.CHALLENGE_PLACEHOLDER,
+    variables.RENEWAL_ID_PLACEHOLDER,
+)
+
+
+def parse(content: bytes) -> ParsedProfile:
+    """Validate an unsigned XML .mobileconfig against the upload rules."""
+    text = _text(content)
+    in_text = variables.find(text)
+    plist = _load(content)
+    payloads = _payloads(plist)
+    identifier = _identifier(plist)
+    display_name = plist.get("PayloadDisplayName")
+    name = display_name if isinstance(display_name, str) and display_name.strip() else identifier
+    occurrences = list(_occurrences(plist, ()))
+    _refuse_hidden(text, in_text, occurrences)
+
+    scep = [i for i, p in enumerate(payloads) if p.get("PayloadType") == SCEP_PAYLOAD_TYPE]
+    if not occurrences:
+        if not scep:
+            raise ProfileError(
+                "profile has no %s payload; scepproxyd manages certificate profiles only"
+                % (SCEP_PAYLOAD_TYPE,)
+            )
+        raise ProfileError(NO_PROXY_VARIABLES)
+    if not scep:
+        raise ProfileError(
+            "profile uses custom SCEP variables but has no %s payload" % (SCEP_PAYLOAD_TYPE,)
+        )
+    if len(scep) > 1:
+        raise ProfileError("profile has %d SCEP payloads; exactly one is allowed" % (len(scep),))
+    checks.refuse_repeats(occurrences)
+
+    scep_path = ("PayloadContent", scep[0])
+    for occurrence in occurrences:
+        if occurrence.location[: len(scep_path)] != scep_path:
+            raise ProfileError(
+                "variable %s is outside the SCEP payload" % (occurrence.variable.spelled,)
+            )
+    fields_path, fields = _scep_fields(payloads[scep[0]], scep_path)
+    challenge_at = fields_path + ("Challenge",)
+    url_at = fields_path + ("URL",)
+    challenge = checks.whole_variable_at(occurrences, challenge_at, variables.CHALLENGE)
+    if challenge is None:
+        raise ProfileError(
+            "SCEP payload's Challenge must be %s" % (variables.CHALLENGE_PLACEHOLDER,), "Challenge"
+        )
+    url = checks.whole_variable_at(occurrences, url_at, variables.PROXY_URL)
+    if url is None:
+        raise ProfileError("SCEP payload's URL must be %s" % (variables.PROXY_URL_PLACEHOLDER,), "URL")
+    ca_name = checks.same_ca(challenge, url, "Challenge", "URL")
+    checks.refuse_strays(
+        occurrences,
+        (challenge_at, "the SCEP payload's Challenge"),
+        (url_at, "the SCEP payload's URL"),
+    )
+    _require_renewal_id(occurrences, fields, fields_path)
+    return ParsedProfile(MOBILECONFIG, name, identifier, ca_name, checks.names(occurrences))
+
+
+def render(content: bytes, values: variables.Values) -> bytes:
+    """Fill in the variables of an accepted profile, XML-escaping each value."""
+    rendered = variables.substitute(_text(content), values, _xml_escape).encode("utf-8")
+    try:
+        plistlib.loads(rendered, fmt=plistlib.FMT_XML)
+    except _PLIST_ERRORS as e:
+        raise ProfileError("rendered profile is not a valid XML plist: %s" % (_reason(e),)) from None
+    return rendered
+
+
+def _xml_escape(value: str) -> str:
+    if _NOT_XML.search(value):
+        raise ProfileError(
+            "cannot render the profile: a variable's value contains characters XML cannot carry"
+        )
+    # \r would be read back as \n by any XML parser; a reference keeps it.
+    return escape(value, {'"': "&quot;", "'": "&apos;", "\r": "&#13;"})
+
+
+def _text(content: bytes) -> str:
+    if content.startswith(_BOM):
+        content = content[len(_BOM) :]
+    declared = _XML_ENCODING.match(content.lstrip())
+    if declared and declared.group(1).lower() not in (b"utf-8", b"utf8"):
+        raise ProfileError(
+            "profile declares encoding %s; only UTF-8 is supported"
+            % (declared.group(1).decode("ascii", "replace"),)
+        )
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProfileError("profile is not valid UTF-8: %s" % (e,)) from None
+
+
+def _load(content: bytes) -> object:
+    try:
+        return plistlib.loads(content, fmt=plistlib.FMT_XML)
+    except _PLIST_ERRORS as e:
+        raise ProfileError("profile is not a valid XML plist: %s" % (_reason(e),)) from None
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, (ExpatError, ValueError)):
+        return str(error)
+    return "its elements do not nest as a plist"  # a Python error from inside plistlib
+
+
+def _payloads(plist: object) -> list[dict]:
+    if not isinstance(plist, dict) or not isinstance(plist.get("PayloadContent"), list):
+        raise ProfileError("profile must be a plist dictionary with a PayloadContent array")
+    payloads = plist["PayloadContent"]
+    for number, payload in enumerate(payloads, 1):
+        if not isinstance(payload, dict):
+            raise ProfileError("PayloadContent item %d is not a dictionary" % (number,))
+    return payloads
+
+
+def _identifier(plist: dict) -> str:
+    identifier = plist.get("PayloadIdentifier")
+    if not isinstance(identifier, str) or not identifier.strip():
+        raise ProfileError(
+            "profile has no PayloadIdentifier; devices need it to install and replace the profile",
+            "PayloadIdentifier",
+        )
+    return identifier
+
+
+def _occurrences(value: object, path: tuple) -> list[checks.Occurrence]:
+    """Variables in every string of the plist, keys included, with their paths."""
+    if isinstance(value, str):
+        return checks.occurrences_in(value, path)
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found.extend(checks.occurrences_in(key, path + (key,), is_value=False))
+            found.extend(_occurrences(item, path + (key,)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found.extend(_occurrences(item, path + (index,)))
+    return found
+
+
+def _refuse_hidden(text: str, in_text: list[variables.Found], parsed: list[checks.Occurrence]) -> None:
+    """Refuse variables that the XML text and the parsed plist do not both see plainly."""
+    message = (
+        "variable %s must be written as plain text in a <string> value,"
+        " not in a comment, CDATA section or character reference"
+    )
+    for hidden in _HIDDEN.finditer(text):
+        for found in in_text:
+            if hidden.start() <= found.start < hidden.end():
+                raise ProfileError(message % (found.variable.spelled,))
+    seen_in_text = Counter(f.variable.name for f in in_text)
+    seen_parsed = Counter(o.variable.name for o in parsed)
+    for name in sorted(seen_in_text.keys() | seen_parsed.keys()):
+        if seen_in_text[name] != seen_parsed[name]:
+            raise ProfileError(message % ("$" + name,))
+
+
+def _scep_fields(payload: dict, scep_path: tuple) -> tuple[tuple, dict]:
+    """Where the SCEP keys are: Apple nests them in PayloadContent, some tools do not."""
+    content = payload.get("PayloadContent")
+    if content is None:
+        return scep_path, payload
+    if not isinstance(content, dict):
+        raise ProfileError("SCEP payload's PayloadContent must be a dictionary", "PayloadContent")
+    return scep_path + ("PayloadContent",), content
+
+
+def _require_renewal_id(occurrences: list[checks.Occurrence], fields: dict, fields_path: tuple) -> None:
+    """The renewal ID must land in CN or OU, where renewal looks for it in the certificate."""
+    allowed = set()
+    subject = fields.get("Subject")
+    if subject is not None:
+        shape_error = ProfileError(
+            "SCEP payload's Subject must be an array of RDNs,"
+            " each an array of [type, value] string pairs",
+            "Subject",
+        )
+        if not isinstance(subject, list):
+            raise shape_error
+        for r, rdn in enumerate(subject):
+            if not isinstance(rdn, list):
+                raise shape_error
+            for a, pair in enumerate(rdn):
+                if not _is_string_pair(pair):
+                    raise shape_error
+                if pair[0].strip().upper() in _RENEWAL_ID_TYPES:
+                    allowed.add(fields_path + ("Subject", r, a, 1))
+    renewal = [o for o in occurrences if o.variable.kind == variables.RENEWAL]
+    if not renewal or any(o.location not in allowed for o in renewal):
+        raise ProfileError(
+            "SCEP payload's Subject must contain %s in its CN or OU"
+            % (variables.RENEWAL_ID_PLACEHOLDER,),
+            "Subject",
+        )
+
+
+def _is_string_pair(pair: object) -> bool:
+    return isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)

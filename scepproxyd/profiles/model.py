@@ -1,0 +1,38 @@
+"""The values the profile engine hands to the rest of the daemon.
+
+They live apart from the parsers so the store, the admin API and the jobs can
+import them without pulling in XML or JSON handling.
+"""
+
+import attrs
+
+#: ``ParsedProfile.kind`` of an Apple configuration profile.
+MOBILECONFIG = "mobileconfig"
+#: ``ParsedProfile.kind`` of an Android certificate template.
+ANDROID_TEMPLATE = "android_template"
+KINDS = (MOBILECONFIG, ANDROID_TEMPLATE)
+
+
+class ProfileError(ValueError):
+    """A profile cannot be accepted or rendered.
+
+    ``str()`` is written for the admin who uploaded the profile: it says what
+    is wrong and how to fix it, and never contains a secret. ``field`` names
+    the part of the profile at fault (``"profile"`` when it is the whole
+    document), so an API can point at it.
+    """
+
+    def __init__(self, message: str, field: str = "profile") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@attrs.frozen
+class ParsedProfile:
+    """What an accepted upload is: enough to store it and check its CA exists."""
+
+    kind: str
+    name: str
+    identifier: str
+    ca_name: str | None
+    variables: tuple[str, ...]

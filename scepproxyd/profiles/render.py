@@ -1,0 +1,42 @@
+"""Render an accepted profile for one host, and build the proxy URL it carries.
+
+Runs in the profile job for every (host, profile) pair, with the CA's
+decrypted static challenge in hand, so it never logs and keeps secrets out of
+its exceptions.
+"""
+
+from urllib.parse import quote
+
+from scepproxyd.profiles import android, mobileconfig, variables
+from scepproxyd.profiles.model import ANDROID_TEMPLATE, MOBILECONFIG, ProfileError
+
+PROXY_PATH = "/mdm/scep/proxy/"
+
+
+def render_profile(
+    kind: str, content: bytes, *, ca_challenge: str, proxy_url: str, renewal_id: str
+) -> bytes:
+    """Replace every variable in a profile accepted by L{parse_profile}.
+
+    Apple profiles get XML-escaped values and still parse as a plist; Android
+    templates get the values inside JSON strings and stay valid JSON.
+    """
+    values = variables.Values(challenge=ca_challenge, proxy_url=proxy_url, renewal_id=renewal_id)
+    if kind == MOBILECONFIG:
+        return mobileconfig.render(content, values)
+    if kind == ANDROID_TEMPLATE:
+        return android.render(content, values)
+    raise ProfileError("unknown profile kind %r" % (kind,))
+
+
+def proxy_url(
+    public_url: str, host_uuid: str, profile_uuid: str, ca_name: str, challenge: str
+) -> str:
+    """The URL a device enrolls through: what the proxy-URL variable renders to.
+
+    The last segment is ``hostUUID,profileUUID,caName,challenge`` path-escaped
+    as a whole (commas become ``%2C``), which is what
+    L{scepproxyd.scep.identifier.parse_identifier} reads back.
+    """
+    identifier = ",".join((host_uuid, profile_uuid, ca_name, challenge))
+    return public_url.rstrip("/") + PROXY_PATH + quote(identifier, safe="")

@@ -1,0 +1,103 @@
+"""Upstream CAs: named SCEP endpoints with a sealed static challenge."""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+
+from scepproxyd.store.database import one
+from scepproxyd.store.models import CertificateAuthority, DuplicateError, InUseError, NotFoundError
+
+_CA_COLUMNS = "name, url, challenge_ciphertext, created_at, updated_at"
+
+
+def _profiles_using(conn, name) -> list[str]:
+    return [uuid for (uuid,) in conn.execute("SELECT uuid FROM profiles WHERE ca_name = ? ORDER BY uuid", (name,))]
+
+
+def _refuse_in_use(conn, name) -> None:
+    """
+    Name the profiles that hold the CA, rather than let the foreign key refuse.
+
+    The RESTRICT in the schema still backs this up, but its error names no
+    profile, and the admin needs to know which ones to change first.
+    """
+    profiles = _profiles_using(conn, name)
+    if profiles:
+        raise InUseError(name, profiles)
+
+
+class CaQueries:
+    def add_ca(self, name, url, challenge_ciphertext=None) -> defer.Deferred:
+        """Add an upstream CA; a name already in use fails with DuplicateError."""
+        now = self._clock.seconds()
+
+        def add_ca(conn):
+            cursor = conn.execute(
+                f"INSERT INTO cas ({_CA_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+                f" ON CONFLICT (name) DO NOTHING RETURNING {_CA_COLUMNS}",
+                (name, url, challenge_ciphertext, now, now),
+            )
+            ca = one(CertificateAuthority, cursor)
+            if ca is None:
+                raise DuplicateError(f"a CA named {name!r} already exists")
+            return ca
+
+        return self._submit(add_ca)
+
+    def get_ca(self, name) -> defer.Deferred:
+        def get_ca(conn):
+            return one(CertificateAuthority, conn.execute(f"SELECT {_CA_COLUMNS} FROM cas WHERE name = ?", (name,)))
+
+        return self._submit(get_ca, write=False)
+
+    def list_cas(self) -> defer.Deferred:
+        def list_cas(conn):
+            return [CertificateAuthority(*row) for row in conn.execute(f"SELECT {_CA_COLUMNS} FROM cas ORDER BY name")]
+
+        return self._submit(list_cas, write=False)
+
+    def update_ca(self, name, new_name=None, url=None, challenge_ciphertext=None) -> defer.Deferred:
+        """
+        Change a CA's name, URL or sealed challenge; None leaves a field as it is.
+
+        NotFoundError if there is no such CA; a rename fails with InUseError
+        while profiles use the CA, and with DuplicateError if the new name is taken.
+        """
+        now = self._clock.seconds()
+        renaming = new_name is not None and new_name != name
+
+        def update_ca(conn):
+            if conn.execute("SELECT 1 FROM cas WHERE name = ?", (name,)).fetchone() is None:
+                raise NotFoundError(f"no CA named {name!r}")
+            if renaming:
+                _refuse_in_use(conn, name)
+                if conn.execute("SELECT 1 FROM cas WHERE name = ?", (new_name,)).fetchone() is not None:
+                    raise DuplicateError(f"a CA named {new_name!r} already exists")
+            cursor = conn.execute(
+                "UPDATE cas SET name = ?, url = COALESCE(?, url),"
+                " challenge_ciphertext = COALESCE(?, challenge_ciphertext), updated_at = ?"
+                f" WHERE name = ? RETURNING {_CA_COLUMNS}",
+                (new_name if renaming else name, url, challenge_ciphertext, now, name),
+            )
+            return one(CertificateAuthority, cursor)
+
+        return self._submit(update_ca)
+
+    def delete_ca(self, name) -> defer.Deferred:
+        """Delete a CA; NotFoundError if there is none, InUseError while profiles use it."""
+
+        def delete_ca(conn):
+            if conn.execute("SELECT 1 FROM cas WHERE name = ?", (name,)).fetchone() is None:
+                raise NotFoundError(f"no CA named {name!r}")
+            _refuse_in_use(conn, name)
+            conn.execute("DELETE FROM cas WHERE name = ?", (name,))
+
+        return self._submit(delete_ca)
+
+    def profiles_using_ca(self, name) -> defer.Deferred:
+        """The uuids of the profiles that use the CA, sorted; empty for an unknown CA."""
+
+        def profiles_using_ca(conn):
+            return _profiles_using(conn, name)
+
+        return self._submit(profiles_using_ca, write=False)

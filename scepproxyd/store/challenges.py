@@ -1,0 +1,151 @@
+"""The proxy path: where to forward, and the one-time challenges that let a device enroll."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import sqlite3
+
+import attrs
+from twisted.internet import defer
+
+from scepproxyd.store.database import one
+from scepproxyd.store.models import ConsumedChallenge, NotFoundError, ProxyTarget
+
+_ONE_HOST_PROFILE = "host_uuid = ? AND profile_uuid = ?"
+_EXPIRED_BATCH = 1000
+
+
+class ChallengeQueries:
+    def proxy_target(self, host_uuid, profile_uuid, ca_name) -> defer.Deferred:
+        """
+        Where to proxy for this identifier, or None.
+
+        One query, so the proxy gives one and the same answer whichever piece
+        is missing (no enumeration of hosts, profiles or CAs).
+        """
+
+        def proxy_target(conn):
+            cursor = conn.execute(
+                "SELECT hp.host_uuid, hp.profile_uuid, c.name, c.url, hp.status FROM host_profiles hp"
+                " JOIN hosts h ON h.uuid = hp.host_uuid"
+                " JOIN profiles p ON p.uuid = hp.profile_uuid"
+                " JOIN cas c ON c.name = p.ca_name"
+                " WHERE hp.host_uuid = ? AND hp.profile_uuid = ? AND p.ca_name = ?",
+                (host_uuid, profile_uuid, ca_name),
+            )
+            return one(ProxyTarget, cursor)
+
+        return self._submit(proxy_target, write=False)
+
+    def new_challenge(self, host_uuid, profile_uuid) -> defer.Deferred:
+        """Mint a one-time challenge (24 random bytes, base64url, unpadded) for a host profile."""
+        now = self._clock.seconds()
+        challenge = base64.urlsafe_b64encode(secrets.token_bytes(24)).rstrip(b"=").decode("ascii")
+
+        def new_challenge(conn):
+            try:
+                conn.execute(
+                    "INSERT INTO challenges (challenge, host_uuid, profile_uuid, created_at) VALUES (?, ?, ?, ?)",
+                    (challenge, host_uuid, profile_uuid, now),
+                )
+            except sqlite3.IntegrityError as e:
+                raise NotFoundError(f"no profile {profile_uuid} assigned to host {host_uuid}") from e
+            return challenge
+
+        return self._submit(new_challenge)
+
+    def consume_challenge(self, challenge, host_uuid, profile_uuid) -> defer.Deferred:
+        """
+        Use up a challenge: fires a ConsumedChallenge the first time, None after.
+
+        The consuming DELETE ... RETURNING is one statement, so of any number
+        of concurrent callers exactly one wins, here and on PostgreSQL. A
+        matching row past its TTL is refused, and deleted by a second one.
+        """
+        cutoff = self._clock.seconds() - self._challenge_ttl
+        params = (challenge, host_uuid, profile_uuid, cutoff)
+
+        def consume_challenge(conn):
+            rows = conn.execute(
+                "DELETE FROM challenges WHERE challenge = ? AND host_uuid = ? AND profile_uuid = ?"
+                " AND created_at >= ? RETURNING challenge, host_uuid, profile_uuid, created_at",
+                params,
+            ).fetchall()  # fetched before the COMMIT that _run issues
+            if rows:
+                return ConsumedChallenge(*rows[0])
+            conn.execute(
+                "DELETE FROM challenges WHERE challenge = ? AND host_uuid = ? AND profile_uuid = ? AND created_at < ?",
+                params,
+            )
+            return None
+
+        return self._submit(consume_challenge)
+
+    def restore_challenge(self, consumed: ConsumedChallenge) -> defer.Deferred:
+        """
+        Put back a challenge whose upstream call failed in transport, so the device's retry works.
+
+        It keeps its original created_at, so it still expires on time. If its
+        host profile has gone meanwhile there is nothing to restore it to.
+        """
+
+        def restore_challenge(conn):
+            conn.execute(
+                "INSERT INTO challenges (challenge, host_uuid, profile_uuid, created_at) SELECT ?, ?, ?, ?"
+                f" WHERE EXISTS (SELECT 1 FROM host_profiles WHERE {_ONE_HOST_PROFILE})"
+                " ON CONFLICT (challenge) DO NOTHING",
+                attrs.astuple(consumed) + (consumed.host_uuid, consumed.profile_uuid),
+            )
+
+        return self._submit(restore_challenge)
+
+    def challenge_failed(self, host_uuid, profile_uuid, detail) -> defer.Deferred:
+        """Send the host profile back to NULL, to be re-sent with a fresh challenge, counting the retry."""
+        now = self._clock.seconds()
+
+        def challenge_failed(conn):
+            conn.execute(
+                "UPDATE host_profiles SET status = NULL, retries = retries + 1, detail = ?, updated_at = ?"
+                f" WHERE {_ONE_HOST_PROFILE}",
+                (detail, now, host_uuid, profile_uuid),
+            )
+
+        return self._submit(challenge_failed)
+
+    def enrollment_forwarded(self, host_uuid, profile_uuid) -> defer.Deferred:
+        """Move pending -> verifying; fires whether it changed (only from pending)."""
+        now = self._clock.seconds()
+
+        def enrollment_forwarded(conn):
+            return conn.execute(
+                "UPDATE host_profiles SET status = 'verifying', updated_at = ?"
+                f" WHERE {_ONE_HOST_PROFILE} AND status = 'pending'",
+                (now, host_uuid, profile_uuid),
+            ).rowcount == 1
+
+        return self._submit(enrollment_forwarded)
+
+    @defer.inlineCallbacks
+    def delete_expired_challenges(self):
+        """
+        Delete challenges older than the TTL; fires the count.
+
+        In batches, each its own job, so proxy calls queued meanwhile are
+        not held behind one long delete.
+        """
+        cutoff = self._clock.seconds() - self._challenge_ttl
+
+        def delete_expired_challenges(conn):
+            return conn.execute(
+                "DELETE FROM challenges WHERE challenge IN"
+                " (SELECT challenge FROM challenges WHERE created_at < ? ORDER BY created_at LIMIT ?)",
+                (cutoff, _EXPIRED_BATCH),
+            ).rowcount
+
+        total = 0
+        while True:
+            count = yield self._submit(delete_expired_challenges)
+            total += count
+            if count < _EXPIRED_BATCH:
+                return total

@@ -1,0 +1,270 @@
+"""
+The database underneath the store: opening, migrating, and the DB thread.
+
+Why it is shaped this way:
+
+- The reactor must never block on disk, so every statement runs on one
+  dedicated thread (a one-thread ``ThreadPool``). The connection is opened
+  *on* that thread and keeps sqlite3's ``check_same_thread``, so a stray use
+  from any other thread fails loudly instead of racing.
+- One DB thread plus ``BEGIN IMMEDIATE`` per write: no row is ever
+  half-written, and concurrent callers are simply queued.
+- Time comes from an injected clock, read on the calling (reactor) thread,
+  so tests drive expiry with ``twisted.internet.task.Clock``.
+- The SQL stays portable (``ON CONFLICT``, ``DELETE ... RETURNING``) so a
+  PostgreSQL store can later sit behind the same interface.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from importlib import resources
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from scepproxyd.logs import get_logger
+from scepproxyd.store.models import StoreError, new_renewal_id
+
+log = get_logger(__name__)
+
+_SCHEMA_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# Keys bound into one IN (...) list; well under SQLite's variable limit.
+IN_LIST_CHUNK = 500
+
+
+def _schema_files() -> list[tuple[int, str]]:
+    """
+    The packaged schema files as ``(version, sql)``, in order.
+
+    Numbering must run 1, 2, 3... without gaps: a gap would let a database
+    be marked at a version without ever getting the skipped change.
+    """
+    found = []
+    for entry in resources.files(__package__).joinpath("schema").iterdir():
+        match = _SCHEMA_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
+    found.sort()
+    if [version for version, _ in found] != list(range(1, len(found) + 1)):
+        raise StoreError("packaged schema files are not numbered 0001, 0002, ... without gaps")
+    return found
+
+
+def _statements(script: str):
+    """Split a schema script into statements, so it can run inside our own transaction."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if any(line.strip() and not line.strip().startswith("--") for line in pending.splitlines()):
+        raise StoreError("schema script ends with an incomplete statement")
+
+
+def _open(path, busy_timeout: float) -> sqlite3.Connection:
+    """Open in autocommit mode (we write BEGIN/COMMIT ourselves), WAL on."""
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=busy_timeout)
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open database {path}: {e} (does its directory exist and is it writable?)") from e
+    if mode.lower() != "wal":
+        conn.close()
+        raise StoreError(f"database {path} cannot use WAL journal mode (got {mode!r})")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def _refuse_newer(path, version: int, known: int) -> None:
+    if version > known:
+        raise StoreError(
+            f"database {path} has schema version {version}, newer than this scepproxyd knows ({known}); "
+            "run the newer scepproxyd or restore a backup taken before it was upgraded"
+        )
+
+
+def one(cls, cursor):
+    """The cursor's first row as ``cls(*row)``, or None."""
+    row = cursor.fetchone()
+    return None if row is None else cls(*row)
+
+
+def chunks(keys, size: int = IN_LIST_CHUNK):
+    """``keys`` in lists of at most ``size``, for binding into ``IN (?, ...)``."""
+    keys = list(keys)
+    for start in range(0, len(keys), size):
+        yield keys[start:start + size]
+
+
+def placeholders(keys) -> str:
+    return ", ".join("?" * len(keys))
+
+
+class Database:
+    """
+    The DB thread and its connection; the query mixins run their SQL through ``_submit``.
+
+    Call ``Store.migrate(path)`` once before ``start()``; ``start()`` refuses
+    a database whose schema is not exactly the one this code knows.
+    """
+
+    def __init__(self, path, reactor, clock=None, challenge_ttl: float = 3600.0, busy_timeout: float = 5.0):
+        self._path = path
+        self._reactor = reactor
+        self._clock = reactor if clock is None else clock
+        self._challenge_ttl = challenge_ttl
+        self._busy_timeout = busy_timeout
+        self._pool: ThreadPool | None = None
+        self._running = False
+        self._stop_waiters: list[defer.Deferred] | None = None  # a list while stopping
+        self._shutdown_trigger = None
+        self._conn: sqlite3.Connection | None = None  # touched only on the DB thread
+
+    @staticmethod
+    def migrate(path) -> int:
+        """
+        Bring the database at ``path`` to the newest schema, synchronously.
+
+        Run by the tap before the reactor starts, so a bad file or a too-new
+        schema stops twistd with a message rather than failing later. Each
+        file runs in its own ``BEGIN IMMEDIATE`` transaction with its
+        ``user_version`` bump, and the version is read inside it, so two
+        processes migrating at once cannot both apply the same file.
+        """
+        files = _schema_files()
+        conn = _open(path, busy_timeout=5.0)
+        try:
+            for number, script in files:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    version = _user_version(conn)
+                    _refuse_newer(path, version, files[-1][0])
+                    if version < number:
+                        for statement in _statements(script):
+                            conn.execute(statement)
+                        if conn.execute("PRAGMA foreign_key_check").fetchall():
+                            raise StoreError(f"schema {number} left rows breaking foreign keys in {path}")
+                        conn.execute(f"PRAGMA user_version = {number}")
+                        log.info("applied schema {version} to {path}", version=number, path=str(path))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            return _user_version(conn)
+        except sqlite3.Error as e:
+            raise StoreError(f"migrating database {path} failed: {e}") from e
+        finally:
+            conn.close()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> defer.Deferred:
+        """Start the DB thread and open the connection on it, as its first job."""
+        if self._pool is not None:
+            return defer.fail(StoreError("store is already started"))
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="scepproxyd-db")
+        self._pool.start()
+        self._running = True
+        # Without stop() a reactor shutdown would leave the (non-daemon) DB
+        # thread behind; "before" triggers are waited for, so the close runs.
+        self._shutdown_trigger = self._reactor.addSystemEventTrigger("before", "shutdown", self._stop_at_shutdown)
+
+        def failed(failure):
+            self._running = False
+            if self._stop_waiters is None:  # else a stop() in progress stops the pool
+                self._stop_pool(None)
+            return failure
+
+        return deferToThreadPool(self._reactor, self._pool, self._connect).addErrback(failed)
+
+    def _connect(self) -> None:
+        conn = _open(self._path, self._busy_timeout)
+        known, version = _schema_files()[-1][0], _user_version(conn)
+        if version != known:
+            conn.close()
+            _refuse_newer(self._path, version, known)
+            raise StoreError(f"database {self._path} has schema version {version}, expected {known}: run migrate first")
+        conn.execute("PRAGMA foreign_keys = ON")
+        # Lets one INSERT ... SELECT give every new host profile its own token.
+        conn.create_function("new_renewal_id", 0, new_renewal_id)
+        self._conn = conn
+
+    def stop(self) -> defer.Deferred:
+        """Close the connection on the DB thread, then stop the pool. Safe to call twice."""
+        if self._stop_waiters is None:
+            if not self._running:
+                return defer.succeed(None)
+            self._running = False
+            self._stop_waiters = []
+            # Queued behind every job already submitted, so those finish first.
+            d = deferToThreadPool(self._reactor, self._pool, self._close)
+            d.addBoth(self._stop_pool).addBoth(self._stopped)
+        waiter = defer.Deferred()
+        self._stop_waiters.append(waiter)
+        return waiter
+
+    def _stop_at_shutdown(self) -> defer.Deferred:
+        self._shutdown_trigger = None  # it has fired; removing it now would warn
+        return self.stop()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _stop_pool(self, result):
+        if self._shutdown_trigger is not None:
+            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            self._shutdown_trigger = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop()  # the thread is idle by now, so this join is immediate
+        return result
+
+    def _stopped(self, result) -> None:
+        waiters, self._stop_waiters = self._stop_waiters, None
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(None)
+
+    # -- running jobs on the DB thread --------------------------------------
+
+    def _submit(self, fn, write: bool = True) -> defer.Deferred:
+        """
+        Queue ``fn(conn)`` on the DB thread; a write gets a transaction of its own.
+
+        Whatever ``fn`` raises rolls the whole transaction back, so a write
+        that checks as it goes still leaves nothing behind when a check fails.
+        """
+        if not self._running:
+            return defer.fail(StoreError("store is not running; call start() first"))
+        return deferToThreadPool(self._reactor, self._pool, self._run, fn, write)
+
+    def _run(self, fn, write: bool):
+        conn = self._conn
+        try:
+            if not write:
+                return fn(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+        except sqlite3.Error as e:
+            raise StoreError(f"database error in {fn.__name__}: {e}") from e

@@ -1,0 +1,131 @@
+"""
+The store's value objects and errors: what callers get back and what they catch.
+
+Value objects are frozen attrs classes built straight from rows, so their
+field order is the column order of the queries that make them.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import attrs
+
+HOST_PROFILE_STATUSES = (None, "pending", "verifying", "verified", "failed")
+PLATFORMS = ("macos", "ios", "ipados", "android")
+PROFILE_KINDS = ("mobileconfig", "android_template")
+
+
+class StoreError(Exception):
+    """A store operation failed; the message is meant for the operator."""
+
+
+class DuplicateError(StoreError):
+    """The row being added already exists."""
+
+
+class NotFoundError(StoreError):
+    """An operation names a CA, host, profile or host profile that does not exist."""
+
+
+class InUseError(StoreError):
+    """
+    A CA cannot be renamed or deleted while profiles use it.
+
+    The name appears in those profiles' variables, so changing it under them
+    would break every device they reach. ``profiles`` lists their uuids, so
+    the admin knows what to change or delete first.
+    """
+
+    def __init__(self, ca_name: str, profiles: list[str]):
+        super().__init__(f"CA {ca_name!r} is used by profiles: {', '.join(profiles)}")
+        self.ca_name = ca_name
+        self.profiles = profiles
+
+
+class PlatformMismatchError(StoreError):
+    """
+    A profile was assigned to a host (or a platform) it is not made for.
+
+    ``host_uuid`` is None when a whole platform was asked for.
+    """
+
+    def __init__(self, host_uuid: str | None, host_platform: str, profile_platform: str, profile_uuid: str | None = None):
+        profile = "profile" if profile_uuid is None else f"profile {profile_uuid}"
+        hosts = f"{host_platform} hosts" if host_uuid is None else f"host {host_uuid}, which is {host_platform}"
+        super().__init__(f"{profile} is for {profile_platform} and cannot be assigned to {hosts}")
+        self.host_uuid = host_uuid
+        self.host_platform = host_platform
+        self.profile_platform = profile_platform
+        self.profile_uuid = profile_uuid
+
+
+@attrs.frozen
+class CertificateAuthority:
+    name: str
+    url: str
+    challenge_ciphertext: bytes | None
+    created_at: float
+    updated_at: float
+
+
+@attrs.frozen
+class Host:
+    uuid: str
+    serial: str | None
+    platform: str
+    created_at: float
+    updated_at: float
+
+
+@attrs.frozen
+class Profile:
+    uuid: str
+    name: str
+    platform: str
+    kind: str
+    identifier: str | None
+    ca_name: str | None
+    variables: tuple[str, ...]
+    content: bytes = attrs.field(repr=False)
+    created_at: float
+    updated_at: float
+
+
+@attrs.frozen
+class HostProfile:
+    host_uuid: str
+    profile_uuid: str
+    status: str | None
+    detail: str | None
+    retries: int
+    created_at: float
+    updated_at: float
+    renewal_id: str | None = None
+
+
+@attrs.frozen
+class ProxyTarget:
+    host_uuid: str
+    profile_uuid: str
+    ca_name: str
+    ca_url: str
+    status: str | None
+
+
+@attrs.frozen
+class ConsumedChallenge:
+    challenge: str
+    host_uuid: str
+    profile_uuid: str
+    created_at: float
+
+
+def new_renewal_id() -> str:
+    """A token unique to one host profile, found later in its certificate's CN or OU."""
+    return "sp-" + secrets.token_hex(8)
+
+
+def check_choice(value, allowed: tuple, what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(map(str, allowed))}, not {value!r}")

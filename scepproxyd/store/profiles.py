@@ -1,0 +1,86 @@
+"""Profiles: Apple mobileconfigs and Android certificate templates, as uploaded."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet import defer
+
+from scepproxyd.store.models import (
+    PLATFORMS,
+    PROFILE_KINDS,
+    DuplicateError,
+    NotFoundError,
+    Profile,
+    check_choice,
+)
+
+_PROFILE_COLUMNS = "uuid, name, platform, kind, identifier, ca_name, variables, content, created_at, updated_at"
+
+
+def _profile(row) -> Profile:
+    """A Profile from a row; ``variables`` is stored as a JSON list (NULL in rows older than schema 2)."""
+    uuid, name, platform, kind, identifier, ca_name, variables, content, created_at, updated_at = row
+    names = tuple(json.loads(variables)) if variables else ()
+    return Profile(uuid, name, platform, kind, identifier, ca_name, names, bytes(content), created_at, updated_at)
+
+
+class ProfileQueries:
+    def add_profile(
+        self,
+        uuid,
+        name,
+        platform,
+        content: bytes,
+        ca_name: str | None,
+        kind: str = "mobileconfig",
+        identifier: str | None = None,
+        variables=(),
+    ) -> defer.Deferred:
+        """
+        Add a profile and fire it; DuplicateError if the uuid exists, NotFoundError if the CA does not.
+
+        ``identifier`` is the Apple PayloadIdentifier or the template name;
+        ``variables`` the variable names found in it, kept for display.
+        """
+        now = self._clock.seconds()
+        variables = tuple(variables)
+
+        def add_profile(conn):
+            check_choice(platform, PLATFORMS, "platform")
+            check_choice(kind, PROFILE_KINDS, "profile kind")
+            if conn.execute("SELECT 1 FROM profiles WHERE uuid = ?", (uuid,)).fetchone() is not None:
+                raise DuplicateError(f"a profile with uuid {uuid} already exists")
+            if ca_name is not None and conn.execute("SELECT 1 FROM cas WHERE name = ?", (ca_name,)).fetchone() is None:
+                raise NotFoundError(f"profile {uuid} uses CA {ca_name!r}, which does not exist")
+            row = conn.execute(
+                f"INSERT INTO profiles ({_PROFILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f" RETURNING {_PROFILE_COLUMNS}",
+                (uuid, name, platform, kind, identifier, ca_name, json.dumps(list(variables)), content, now, now),
+            ).fetchone()
+            return _profile(row)
+
+        return self._submit(add_profile)
+
+    def get_profile(self, uuid) -> defer.Deferred:
+        def get_profile(conn):
+            row = conn.execute(f"SELECT {_PROFILE_COLUMNS} FROM profiles WHERE uuid = ?", (uuid,)).fetchone()
+            return None if row is None else _profile(row)
+
+        return self._submit(get_profile, write=False)
+
+    def list_profiles(self) -> defer.Deferred:
+        """All profiles, ordered by name then uuid."""
+
+        def list_profiles(conn):
+            return [_profile(row) for row in conn.execute(f"SELECT {_PROFILE_COLUMNS} FROM profiles ORDER BY name, uuid")]
+
+        return self._submit(list_profiles, write=False)
+
+    def delete_profile(self, uuid) -> defer.Deferred:
+        """Delete a profile, unassigning it from every host; fires whether it existed."""
+
+        def delete_profile(conn):
+            return conn.execute("DELETE FROM profiles WHERE uuid = ?", (uuid,)).rowcount == 1
+
+        return self._submit(delete_profile)

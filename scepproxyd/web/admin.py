@@ -1,0 +1,367 @@
+"""The admin JSON API under ``/api/v1/``: CAs, hosts, profiles, assignments, status, jobs.
+
+Routes map HTTP to the store and the admin rules; nothing here returns or
+logs a static challenge. The full contract is in docs/admin-api.md.
+"""
+
+import datetime
+import uuid as uuid_module
+
+from scepproxyd import admin
+from scepproxyd.logs import get_logger
+from scepproxyd.profiles import ProfileError, parse_profile
+from scepproxyd.store import (
+    HOST_PROFILE_STATUSES,
+    PLATFORMS,
+    DuplicateError,
+    InUseError,
+    NotFoundError,
+    PlatformMismatchError,
+)
+from scepproxyd.web.api import Conflict, Invalid, JsonApi, NotFound, field, json_body
+
+log = get_logger(__name__)
+
+APPLE_PLATFORMS = ("macos", "ios", "ipados")
+_ID = r"[A-Za-z0-9._-]{1,255}"
+
+
+def _time(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def ca_json(ca, profiles=None) -> dict:
+    body = {"name": ca.name, "url": ca.url, "created_at": _time(ca.created_at), "updated_at": _time(ca.updated_at)}
+    if profiles is not None:
+        body["profiles"] = profiles
+    return body
+
+
+def host_json(host) -> dict:
+    return {
+        "uuid": host.uuid,
+        "serial": host.serial,
+        "platform": host.platform,
+        "created_at": _time(host.created_at),
+        "updated_at": _time(host.updated_at),
+    }
+
+
+def profile_json(profile) -> dict:
+    return {
+        "uuid": profile.uuid,
+        "name": profile.name,
+        "identifier": profile.identifier,
+        "platform": profile.platform,
+        "kind": profile.kind,
+        "ca": profile.ca_name,
+        "variables": list(profile.variables),
+        "created_at": _time(profile.created_at),
+        "updated_at": _time(profile.updated_at),
+    }
+
+
+def host_profile_json(hp) -> dict:
+    return {
+        "host_uuid": hp.host_uuid,
+        "profile_uuid": hp.profile_uuid,
+        "status": hp.status,
+        "detail": hp.detail,
+        "retries": hp.retries,
+        "updated_at": _time(hp.updated_at),
+    }
+
+
+def _query(request, name: str) -> str | None:
+    values = request.args.get(name.encode())
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+class AdminRoutes:
+    """Handlers for the admin API; collaborators come in, nothing is global."""
+
+    def __init__(self, store, upstream, cipher, jobs: dict):
+        self._store = store
+        self._upstream = upstream
+        self._cipher = cipher
+        self._jobs = jobs
+
+    def routes(self):
+        ca = r"/api/v1/cas/(?P<name>[^/]+)"
+        host = r"/api/v1/hosts/(?P<uuid>[^/]+)"
+        profile = r"/api/v1/profiles/(?P<uuid>[^/]+)"
+        return [
+            ("GET", r"/api/v1/cas", self.list_cas),
+            ("POST", r"/api/v1/cas", self.add_ca),
+            ("GET", ca, self.get_ca),
+            ("PATCH", ca, self.edit_ca),
+            ("DELETE", ca, self.delete_ca),
+            ("GET", r"/api/v1/hosts", self.list_hosts),
+            ("POST", r"/api/v1/hosts/import", self.import_hosts),
+            ("GET", host, self.get_host),
+            ("PUT", host, self.put_host),
+            ("DELETE", host, self.delete_host),
+            ("GET", r"/api/v1/profiles", self.list_profiles),
+            ("POST", r"/api/v1/profiles", self.upload_profile),
+            ("GET", profile, self.get_profile),
+            ("DELETE", profile, self.delete_profile),
+            ("POST", profile + r"/assign", self.assign),
+            ("POST", profile + r"/unassign", self.unassign),
+            ("GET", r"/api/v1/host-profiles", self.list_host_profiles),
+            ("POST", r"/api/v1/host-profiles/(?P<host>[^/]+)/(?P<profile>[^/]+)/resend", self.resend),
+            ("GET", r"/api/v1/jobs", self.list_jobs),
+            ("POST", r"/api/v1/jobs/(?P<name>[^/]+)", self.trigger),
+        ]
+
+    # -- CAs ---------------------------------------------------------------
+
+    async def list_cas(self, request):
+        cas = await self._store.list_cas()
+        out = []
+        for ca in cas:
+            out.append(ca_json(ca, await self._store.profiles_using_ca(ca.name)))
+        return {"cas": out}
+
+    async def get_ca(self, request, name):
+        ca = await self._store.get_ca(name)
+        if ca is None:
+            raise NotFound("no CA named %r" % (name,))
+        return ca_json(ca, await self._store.profiles_using_ca(name))
+
+    async def add_ca(self, request):
+        body = json_body(request)
+        name = admin.check_ca_name(field(body, "name"))
+        url = admin.check_ca_url(field(body, "url"))
+        challenge = admin.check_challenge(field(body, "challenge"))
+        if await self._store.get_ca(name) is not None:
+            raise Conflict("a CA named %r already exists" % (name,), field="name")
+        await admin.check_ca_answers(self._upstream, url)
+        try:
+            ca = await self._store.add_ca(name, url, self._cipher.encrypt(challenge))
+        except DuplicateError:
+            raise Conflict("a CA named %r already exists" % (name,), field="name") from None
+        log.info("admin added CA {ca} at {url}", ca=name, url=url)
+        return (201, ca_json(ca, []))
+
+    async def edit_ca(self, request, name):
+        body = json_body(request)
+        unknown = set(body) - {"name", "url", "challenge"}
+        if unknown:
+            raise Invalid("unknown field %s; a CA has name, url, challenge" % (sorted(unknown)[0],), field=sorted(unknown)[0])
+        current = await self._store.get_ca(name)
+        if current is None:
+            raise NotFound("no CA named %r" % (name,))
+        new_name = field(body, "name", required=False)
+        url = field(body, "url", required=False)
+        challenge = field(body, "challenge", required=False)
+        if new_name is not None:
+            admin.check_ca_name(new_name)
+        if url is not None and url != current.url:
+            admin.check_ca_url(url)
+            if challenge is None:
+                raise Invalid("changing the URL requires the challenge again", field="challenge")
+        if challenge is not None:
+            admin.check_challenge(challenge)
+        if url is not None and url != current.url:
+            await admin.check_ca_answers(self._upstream, url)
+        try:
+            ca = await self._store.update_ca(
+                name,
+                new_name=new_name if new_name != name else None,
+                url=url,
+                challenge_ciphertext=self._cipher.encrypt(challenge) if challenge is not None else None,
+            )
+        except InUseError as e:
+            raise Conflict(
+                "CA %r is used by profiles %s; its name ties them and their renewals to it"
+                % (name, ", ".join(e.profiles)),
+                field="name",
+            ) from None
+        except DuplicateError:
+            raise Conflict("a CA named %r already exists" % (new_name,), field="name") from None
+        self._upstream.forget(current.url)
+        log.info("admin changed CA {ca}", ca=ca.name)
+        return ca_json(ca, await self._store.profiles_using_ca(ca.name))
+
+    async def delete_ca(self, request, name):
+        try:
+            await self._store.delete_ca(name)
+        except NotFoundError:
+            raise NotFound("no CA named %r" % (name,)) from None
+        except InUseError as e:
+            raise Conflict("CA %r is used by profiles %s; delete those first" % (name, ", ".join(e.profiles))) from None
+        log.info("admin deleted CA {ca}", ca=name)
+        return (204, None)
+
+    # -- hosts -------------------------------------------------------------
+
+    async def list_hosts(self, request):
+        platform = _query(request, "platform")
+        if platform is not None and platform not in PLATFORMS:
+            raise Invalid("platform must be one of %s" % (", ".join(PLATFORMS),), field="platform")
+        return {"hosts": [host_json(h) for h in await self._store.list_hosts(platform)]}
+
+    async def get_host(self, request, uuid):
+        host = await self._store.get_host(uuid)
+        if host is None:
+            raise NotFound("no host %r" % (uuid,))
+        profiles = await self._store.list_host_profiles(host_uuid=uuid)
+        return dict(host_json(host), profiles=[host_profile_json(hp) for hp in profiles])
+
+    async def put_host(self, request, uuid):
+        body = json_body(request)
+        uuid, serial, platform = admin.check_host(uuid, body.get("serial"), body.get("platform"))
+        existing = await self._store.get_host(uuid)
+        if existing is not None and existing.platform != platform:
+            assigned = await self._store.list_host_profiles(host_uuid=uuid)
+            if assigned:
+                raise Conflict(
+                    "host %s has profiles for %s; unassign them before changing its platform"
+                    % (uuid, existing.platform),
+                    field="platform",
+                )
+        created = await self._store.upsert_host(uuid, serial, platform)
+        host = await self._store.get_host(uuid)
+        return (201 if created else 200, host_json(host))
+
+    async def delete_host(self, request, uuid):
+        if not await self._store.delete_host(uuid):
+            raise NotFound("no host %r" % (uuid,))
+        return (204, None)
+
+    async def import_hosts(self, request):
+        content_type = (request.getHeader(b"Content-Type") or b"").decode("latin-1").lower()
+        rows = admin.parse_host_import(request.content.read(), content_type)
+        created, updated = await self._store.import_hosts(rows)
+        log.info("admin imported {count} hosts", count=len(rows))
+        return {"created": created, "updated": updated}
+
+    # -- profiles ----------------------------------------------------------
+
+    async def list_profiles(self, request):
+        return {"profiles": [profile_json(p) for p in await self._store.list_profiles()]}
+
+    async def get_profile(self, request, uuid):
+        profile = await self._store.get_profile(uuid)
+        if profile is None:
+            raise NotFound("no profile %r" % (uuid,))
+        body = profile_json(profile)
+        statuses = await self._store.list_host_profiles(profile_uuid=uuid)
+        body["hosts"] = len(statuses)
+        return body
+
+    async def upload_profile(self, request):
+        content = request.content.read()
+        content_type = (request.getHeader(b"Content-Type") or b"").decode("latin-1")
+        try:
+            parsed = parse_profile(content, content_type)
+        except ProfileError as e:
+            raise Invalid(str(e), field=getattr(e, "field", None) or "profile") from None
+        platform = _query(request, "platform")
+        if parsed.kind == "android_template":
+            if platform not in (None, "android"):
+                raise Invalid("an Android certificate template is for platform android", field="platform")
+            platform = "android"
+        else:
+            platform = platform or "macos"
+            if platform not in APPLE_PLATFORMS:
+                raise Invalid(
+                    "a .mobileconfig is for platform %s" % (", ".join(APPLE_PLATFORMS),), field="platform"
+                )
+        if parsed.ca_name is not None and await self._store.get_ca(parsed.ca_name) is None:
+            raise Invalid(
+                "profile uses CA %r, which does not exist; add it first" % (parsed.ca_name,), field="profile"
+            )
+        profile_uuid = str(uuid_module.uuid4())
+        name = _query(request, "name") or parsed.name
+        try:
+            await self._store.add_profile(
+                profile_uuid, name, platform, content, parsed.ca_name,
+                kind=parsed.kind, identifier=parsed.identifier, variables=parsed.variables,
+            )
+        except NotFoundError:
+            raise Invalid("profile uses CA %r, which does not exist" % (parsed.ca_name,), field="profile") from None
+        log.info("admin uploaded profile {profile} ({name}) for {platform}", profile=profile_uuid, name=name, platform=platform)
+        return (201, profile_json(await self._store.get_profile(profile_uuid)))
+
+    async def delete_profile(self, request, uuid):
+        if not await self._store.delete_profile(uuid):
+            raise NotFound("no profile %r" % (uuid,))
+        log.info("admin deleted profile {profile}", profile=uuid)
+        return (204, None)
+
+    def _hosts_or_platform(self, body):
+        hosts = field(body, "hosts", kind=list, required=False)
+        platform = field(body, "platform", required=False)
+        if (hosts is None) == (platform is None):
+            raise Invalid("give either hosts (a list of host UUIDs) or platform", field="hosts")
+        if hosts is not None:
+            if not hosts or not all(isinstance(h, str) and h for h in hosts):
+                raise Invalid("hosts must be a non-empty list of host UUIDs", field="hosts")
+        if platform is not None and platform not in PLATFORMS:
+            raise Invalid("platform must be one of %s" % (", ".join(PLATFORMS),), field="platform")
+        return hosts, platform
+
+    async def assign(self, request, uuid):
+        hosts, platform = self._hosts_or_platform(json_body(request))
+        profile = await self._store.get_profile(uuid)
+        if profile is None:
+            raise NotFound("no profile %r" % (uuid,))
+        try:
+            if hosts is not None:
+                count = await self._store.assign_profile_to_hosts(uuid, hosts)
+            else:
+                count = await self._store.assign_profile_to_platform(uuid, platform)
+        except PlatformMismatchError as e:
+            if e.host_uuid is None:
+                message = "profile %s is for %s, not %s" % (uuid, e.profile_platform, e.host_platform)
+            else:
+                message = "host %s is %s but profile %s is for %s" % (
+                    e.host_uuid, e.host_platform, uuid, e.profile_platform)
+            raise Invalid(message, field="platform" if e.host_uuid is None else "hosts") from None
+        except NotFoundError as e:
+            raise Invalid(str(e), field="hosts") from None
+        return {"assigned": count}
+
+    async def unassign(self, request, uuid):
+        body = json_body(request)
+        hosts = field(body, "hosts", kind=list, required=False)
+        if await self._store.get_profile(uuid) is None:
+            raise NotFound("no profile %r" % (uuid,))
+        return {"unassigned": await self._store.unassign_profile(uuid, hosts)}
+
+    # -- status and jobs ---------------------------------------------------
+
+    async def list_host_profiles(self, request):
+        status = _query(request, "status")
+        known = [s for s in HOST_PROFILE_STATUSES if s] + ["null"]
+        if status is not None and status not in known:
+            raise Invalid("status must be one of %s" % (", ".join(known),), field="status")
+        kwargs = {"host_uuid": _query(request, "host"), "profile_uuid": _query(request, "profile")}
+        if status is not None:
+            kwargs["status"] = status
+        rows = await self._store.list_host_profiles(**kwargs)
+        return {"host_profiles": [host_profile_json(hp) for hp in rows]}
+
+    async def resend(self, request, host, profile):
+        hp = await self._store.resend_host_profile(host, profile)
+        if hp is None:
+            raise NotFound("profile %s is not assigned to host %s" % (profile, host))
+        log.info("admin resent profile {profile} to host {host}", profile=profile, host=host)
+        return host_profile_json(hp)
+
+    async def list_jobs(self, request):
+        return {"jobs": sorted(self._jobs)}
+
+    async def trigger(self, request, name):
+        job = self._jobs.get(name)
+        if job is None:
+            raise NotFound("no job %r; jobs are %s" % (name, ", ".join(sorted(self._jobs))))
+        result = await job.trigger()
+        return {"job": name, "result": result}
+
+
+def admin_resource(token: str, store, upstream, cipher, jobs: dict) -> JsonApi:
+    return JsonApi(token, AdminRoutes(store, upstream, cipher, jobs).routes(), realm="admin")

@@ -1,0 +1,149 @@
+"""Small JSON API plumbing shared by the admin and agent APIs.
+
+A route table of (method, path pattern, handler); bearer-token checks in
+constant time; every refusal is JSON ``{"error": ..., "field": ...}`` with the
+status that tells the caller what to fix.
+"""
+
+import json
+import re
+
+from twisted.internet import defer
+from twisted.web import resource, server
+
+from scepproxyd.keys import tokens_match
+from scepproxyd.logs import get_logger
+
+log = get_logger(__name__)
+
+JSON = b"application/json"
+
+
+class ApiError(Exception):
+    """A refusal with its HTTP status; ``field`` names the input at fault, if one is."""
+
+    status = 400
+
+    def __init__(self, message: str, field: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+class Invalid(ApiError):
+    status = 422
+
+
+def json_body(request, required: bool = True):
+    """The request body as JSON (an object), or a 400 that says why not."""
+    raw = request.content.read() if request.content is not None else b""
+    if not raw.strip():
+        if required:
+            raise BadRequest("request body must be a JSON object")
+        return {}
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest("request body is not valid JSON: %s" % (e,)) from None
+    if not isinstance(value, dict):
+        raise BadRequest("request body must be a JSON object")
+    return value
+
+
+def field(body: dict, name: str, kind=str, required: bool = True, default=None):
+    """One typed field of a JSON body, refused by name when missing or of the wrong type."""
+    if name not in body or body[name] is None:
+        if required:
+            raise Invalid("%s is required" % (name,), field=name)
+        return default
+    value = body[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = {str: "a string", int: "an integer", list: "a list", bool: "true or false", dict: "an object"}
+        raise Invalid("%s must be %s" % (name, names.get(kind, kind.__name__)), field=name)
+    return value
+
+
+class JsonApi(resource.Resource):
+    """Dispatches ``/api/v1/...`` paths to async handlers after checking the bearer token."""
+
+    isLeaf = True
+
+    def __init__(self, token: str, routes, realm: str):
+        super().__init__()
+        self._token = token
+        self._realm = realm
+        self._routes = [(m.encode("ascii"), re.compile(p), h) for m, p, h in routes]
+
+    def render(self, request):
+        gone = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        d = defer.ensureDeferred(self._dispatch(request))
+        d.addErrback(self._unexpected)
+        d.addCallback(lambda answer: None if gone else self._write(request, *answer))
+        return server.NOT_DONE_YET
+
+    def _authorized(self, request) -> bool:
+        header = request.getHeader(b"Authorization") or b""
+        scheme, _, presented = header.partition(b" ")
+        return scheme.lower() == b"bearer" and tokens_match(presented.strip(), self._token)
+
+    async def _dispatch(self, request):
+        try:
+            if not self._authorized(request):
+                raise Unauthorized("missing or wrong bearer token")
+            path = request.path.decode("utf-8", "replace")
+            allowed = []
+            for method, pattern, handler in self._routes:
+                match = pattern.fullmatch(path)
+                if match is None:
+                    continue
+                if method != request.method:
+                    allowed.append(method.decode())
+                    continue
+                result = await handler(request, **match.groupdict())
+                if isinstance(result, tuple):
+                    return result
+                return (200, result)
+            if allowed:
+                raise ApiError("method not allowed; use %s" % (", ".join(sorted(set(allowed))),), status=405)
+            raise NotFound("no such endpoint: %s %s" % (request.method.decode(), path))
+        except ApiError as e:
+            body = {"error": e.message}
+            if e.field is not None:
+                body["field"] = e.field
+            return (e.status, body)
+
+    def _unexpected(self, failure):
+        log.failure("{realm} API request failed unexpectedly", failure, realm=self._realm)
+        return (500, {"error": "internal error; see the daemon's log"})
+
+    def _write(self, request, status, body):
+        request.setResponseCode(status)
+        if status == 401:
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="%s"' % (self._realm.encode(),))
+        if status == 204 or body is None:
+            request.finish()
+            return
+        data = json.dumps(body, sort_keys=True).encode("utf-8") + b"\n"
+        request.setHeader(b"Content-Type", JSON)
+        request.setHeader(b"Content-Length", b"%d" % (len(data),))
+        request.write(data)
+        request.finish()

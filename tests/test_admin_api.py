@@ -1,0 +1,313 @@
+"""The admin API, through a real listener in the test process, against a real store file."""
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.web import resource, server
+
+from scepproxyd.jobs import CleanupJob, ScheduledJob
+from scepproxyd.keys import ChallengeCipher, load_or_create_key
+from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http_client
+from scepproxyd.store import Store
+from scepproxyd.web.admin import admin_resource
+from scepproxyd.web.site import BodyLimitedSite
+
+TOKEN = "t" * 43
+STATIC = "the-static-challenge-9f8e7d"
+FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+def sample_profile(name="fleet-custom-scep-apple.mobileconfig") -> bytes:
+    path = FIXTURES / name
+    return (path if path.exists() else SHARED / name).read_bytes()
+
+
+class FakeCA(resource.Resource):
+    """Answers GetCACert with a real DER certificate, or with nothing useful."""
+
+    isLeaf = True
+
+    def __init__(self, der: bytes):
+        super().__init__()
+        self.der = der
+
+    def render_GET(self, request):
+        if self.der is None:
+            request.setResponseCode(500)
+            return b"broken"
+        request.setHeader(b"Content-Type", b"application/x-x509-ca-cert")
+        return self.der
+
+
+def self_signed_der() -> bytes:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(7).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+class Api:
+    def __init__(self, url, ca_url, broken_ca_url, db_path, store):
+        self.url = url
+        self.ca_url = ca_url
+        self.broken_ca_url = broken_ca_url
+        self.db_path = db_path
+        self.store = store
+
+    async def call(self, method, path, body=None, token=TOKEN, raw=None, content_type=None):
+        headers = {}
+        if token is not None:
+            headers[b"Authorization"] = [b"Bearer " + token.encode()]
+        data = None
+        if raw is not None:
+            data = raw
+            if content_type:
+                headers[b"Content-Type"] = [content_type.encode()]
+        elif body is not None:
+            data = json.dumps(body).encode()
+            headers[b"Content-Type"] = [b"application/json"]
+        response = await treq.request(method, self.url + path, headers=headers, data=data)
+        text = await response.text()
+        return response.code, (json.loads(text) if text else None)
+
+
+@pytest.fixture
+def api(tmp_path):
+    db = tmp_path / "db.sqlite3"
+    Store.migrate(db)
+    store = Store(db, reactor)
+    pytest_twisted.blockon(store.start())
+    ca_port = reactor.listenTCP(0, server.Site(FakeCA(self_signed_der())), interface="127.0.0.1")
+    broken_port = reactor.listenTCP(0, server.Site(FakeCA(None)), interface="127.0.0.1")
+    http, pool = make_http_client(reactor, 2)
+    upstream = UpstreamClient(http, reactor, UpstreamTimeouts(connect=2, response=2, body=2), 60)
+    cipher = ChallengeCipher(load_or_create_key(tmp_path / "secrets.key"))
+    jobs = {"cleanup": ScheduledJob(CleanupJob(store), 300, reactor)}
+    site = BodyLimitedSite(admin_resource(TOKEN, store, upstream, cipher, jobs), 1024 * 1024, 30, reactor=reactor)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    yield Api(
+        "http://127.0.0.1:%d" % (port.getHost().port,),
+        "http://127.0.0.1:%d/scep" % (ca_port.getHost().port,),
+        "http://127.0.0.1:%d/scep" % (broken_port.getHost().port,),
+        db,
+        store,
+    )
+    for p in (port, ca_port, broken_port):
+        pytest_twisted.blockon(p.stopListening())
+    pytest_twisted.blockon(pool.closeCachedConnections())
+    pytest_twisted.blockon(store.stop())
+
+
+async def add_ca(api, name="CA_NAME"):
+    return await api.call("POST", "/api/v1/cas", {"name": name, "url": api.ca_url, "challenge": STATIC})
+
+
+# -- auth ----------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_token_and_wrong_token_are_401(api):
+    assert await api.call("GET", "/api/v1/cas", token=None) == (401, {"error": "missing or wrong bearer token"})
+    assert (await api.call("GET", "/api/v1/cas", token="x" * 43))[0] == 401
+    assert (await api.call("GET", "/api/v1/nope", token=None))[0] == 401
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_endpoint_and_method(api):
+    assert await api.call("GET", "/api/v1/nope") == (404, {"error": "no such endpoint: GET /api/v1/nope"})
+    code, body = await api.call("PUT", "/api/v1/cas")
+    assert code == 405 and "use GET, POST" in body["error"]
+
+
+# -- CAs -----------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_list_show_ca_never_returns_challenge(api):
+    code, body = await add_ca(api)
+    assert code == 201
+    assert body["name"] == "CA_NAME" and body["url"] == api.ca_url and body["profiles"] == []
+    for path in ("/api/v1/cas", "/api/v1/cas/CA_NAME"):
+        code, body = await api.call("GET", path)
+        assert code == 200
+        assert STATIC not in json.dumps(body)
+    # Encrypted at rest: no plaintext in the database file (WAL checkpointed or not).
+    for f in api.db_path.parent.iterdir():
+        assert STATIC.encode() not in f.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "body, field, message",
+    [
+        ({"url": "http://x", "challenge": "c"}, "name", "name is required"),
+        ({"name": "bad-name", "url": "http://x", "challenge": "c"}, "name", "name must be 1-255 letters, digits or underscores"),
+        ({"name": "A" * 256, "url": "http://x", "challenge": "c"}, "name", "name must be 1-255"),
+        ({"name": "A", "url": "ftp://x", "challenge": "c"}, "url", "url must be an absolute http:// or https:// URL with a host"),
+        ({"name": "A", "url": "http://", "challenge": "c"}, "url", "url must be an absolute http:// or https:// URL with a host"),
+        ({"name": "A", "url": "http://u:p@host/", "challenge": "c"}, "url", "url must not contain a user name or password"),
+        ({"name": "A", "url": "http://host:99999/", "challenge": "c"}, "url", "url must be an absolute"),
+        ({"name": "A", "url": "http://host/x#frag", "challenge": "c"}, "url", "url must not have a fragment"),
+        ({"name": "A", "url": "http://host/ x", "challenge": "c"}, "url", "url must not contain spaces or control characters"),
+        ({"name": "A", "url": "http://x", "challenge": ""}, "challenge", "challenge must not be empty"),
+        ({"name": "A", "url": "http://x"}, "challenge", "challenge is required"),
+        ({"name": 5, "url": "http://x", "challenge": "c"}, "name", "name must be a string"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_ca_validation(api, body, field, message):
+    code, answer = await api.call("POST", "/api/v1/cas", body)
+    assert code == 422
+    assert answer["field"] == field
+    assert answer["error"].startswith(message)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ca_that_gives_no_certificate_is_refused(api):
+    code, body = await api.call("POST", "/api/v1/cas", {"name": "BROKEN", "url": api.broken_ca_url, "challenge": "c"})
+    assert (code, body) == (422, {"error": "CA answered GetCACert with HTTP 500, not a certificate", "field": "url"})
+    code, body = await api.call("POST", "/api/v1/cas", {"name": "GONE", "url": "http://127.0.0.1:9/scep", "challenge": "c"})
+    assert code == 422 and body["error"].startswith("CA did not answer GetCACert: upstream CA unreachable")
+    assert (await api.call("GET", "/api/v1/cas/GONE"))[0] == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_duplicate_ca_409(api):
+    await add_ca(api)
+    assert await add_ca(api) == (409, {"error": "a CA named 'CA_NAME' already exists", "field": "name"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_json_bodies(api):
+    assert await api.call("POST", "/api/v1/cas", raw=b"{nope", content_type="application/json") == (
+        400, {"error": "request body is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"})
+    assert await api.call("POST", "/api/v1/cas", raw=b"[1]", content_type="application/json") == (
+        400, {"error": "request body must be a JSON object"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_edit_ca_url_needs_challenge_and_rename_of_used_ca_conflicts(api):
+    await add_ca(api)
+    code, body = await api.call("PATCH", "/api/v1/cas/CA_NAME", {"url": api.ca_url + "?x=1"})
+    assert (code, body) == (422, {"error": "changing the URL requires the challenge again", "field": "challenge"})
+    code, body = await api.call("PATCH", "/api/v1/cas/CA_NAME", {"url": api.ca_url + "?x=1", "challenge": "new"})
+    assert code == 200 and body["url"] == api.ca_url + "?x=1"
+    code, profile = await api.call("POST", "/api/v1/profiles", raw=sample_profile(), content_type="application/x-apple-aspen-config")
+    assert code == 201, profile
+    code, body = await api.call("PATCH", "/api/v1/cas/CA_NAME", {"name": "RENAMED"})
+    assert code == 409 and profile["uuid"] in body["error"]
+    code, body = await api.call("DELETE", "/api/v1/cas/CA_NAME")
+    assert code == 409 and profile["uuid"] in body["error"]
+    assert (await api.call("DELETE", "/api/v1/profiles/" + profile["uuid"]))[0] == 204
+    assert (await api.call("PATCH", "/api/v1/cas/CA_NAME", {"name": "RENAMED"}))[0] == 200
+    assert (await api.call("DELETE", "/api/v1/cas/RENAMED"))[0] == 204
+    assert (await api.call("DELETE", "/api/v1/cas/RENAMED")) == (404, {"error": "no CA named 'RENAMED'"})
+
+
+# -- hosts ---------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_put_list_show_delete(api):
+    code, body = await api.call("PUT", "/api/v1/hosts/HOST-1", {"serial": "C02X", "platform": "macos"})
+    assert code == 201 and body["platform"] == "macos"
+    assert (await api.call("PUT", "/api/v1/hosts/HOST-1", {"serial": "C02Y", "platform": "macos"}))[0] == 200
+    code, body = await api.call("GET", "/api/v1/hosts")
+    assert [h["serial"] for h in body["hosts"]] == ["C02Y"]
+    assert (await api.call("GET", "/api/v1/hosts/HOST-1"))[1]["profiles"] == []
+    assert (await api.call("PUT", "/api/v1/hosts/HOST-2", {"serial": "s", "platform": "windows"})) == (
+        422, {"error": "platform must be one of macos, ios, ipados, android", "field": "platform"})
+    assert (await api.call("PUT", "/api/v1/hosts/bad%20uuid", {"serial": "s", "platform": "ios"}))[0] == 422
+    assert (await api.call("DELETE", "/api/v1/hosts/HOST-1"))[0] == 204
+    assert (await api.call("GET", "/api/v1/hosts/HOST-1")) == (404, {"error": "no host 'HOST-1'"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_import_csv_and_json_all_or_nothing(api):
+    csv_text = b"uuid,serial,platform\nA1,S1,macos\nA2,S2,ios\n"
+    assert await api.call("POST", "/api/v1/hosts/import", raw=csv_text, content_type="text/csv") == (
+        200, {"created": 2, "updated": 0})
+    rows = [{"uuid": "A2", "serial": "S2b", "platform": "ios"}, {"uuid": "A3", "serial": "S3", "platform": "android"}]
+    assert await api.call("POST", "/api/v1/hosts/import", raw=json.dumps(rows).encode(), content_type="application/json") == (
+        200, {"created": 1, "updated": 1})
+    bad = b"uuid,serial,platform\nB1,S,macos\nB2,S,amiga\n"
+    assert await api.call("POST", "/api/v1/hosts/import", raw=bad, content_type="text/csv") == (
+        422, {"error": "row 2: platform must be one of macos, ios, ipados, android", "field": "platform"})
+    assert (await api.call("GET", "/api/v1/hosts/B1"))[0] == 404
+    code, body = await api.call("POST", "/api/v1/hosts/import", raw=b"serial\nx\n", content_type="text/csv")
+    assert (code, body["error"]) == (422, "CSV import needs a header line with uuid, serial, platform")
+
+
+# -- profiles, assignments, status -------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_profile_upload_assign_status_resend(api):
+    await add_ca(api)
+    for uuid, platform in [("M1", "macos"), ("M2", "macos"), ("I1", "ios")]:
+        await api.call("PUT", "/api/v1/hosts/" + uuid, {"serial": "s", "platform": platform})
+    code, profile = await api.call("POST", "/api/v1/profiles", raw=sample_profile(), content_type="application/x-apple-aspen-config")
+    assert code == 201
+    assert profile["ca"] == "CA_NAME" and profile["platform"] == "macos" and profile["kind"] == "mobileconfig"
+    assert "FLEET_VAR_SCEP_RENEWAL_ID" in profile["variables"]
+    uuid = profile["uuid"]
+
+    assert await api.call("POST", "/api/v1/profiles/%s/assign" % uuid, {"hosts": ["M1", "I1"]}) == (
+        422, {"error": "host I1 is ios but profile %s is for macos" % uuid, "field": "hosts"})
+    assert (await api.call("GET", "/api/v1/host-profiles"))[1] == {"host_profiles": []}
+    assert await api.call("POST", "/api/v1/profiles/%s/assign" % uuid, {"hosts": ["M1", "NOPE"]}) == (
+        422, {"error": "cannot assign profile %s: no host NOPE" % uuid, "field": "hosts"})
+    assert (await api.call("GET", "/api/v1/host-profiles"))[1] == {"host_profiles": []}
+    assert await api.call("POST", "/api/v1/profiles/%s/assign" % uuid, {"platform": "macos"}) == (200, {"assigned": 2})
+    assert await api.call("POST", "/api/v1/profiles/%s/assign" % uuid, {"hosts": ["M1"]}) == (200, {"assigned": 0})
+
+    code, body = await api.call("GET", "/api/v1/host-profiles?profile=" + uuid + "&status=null")
+    assert [(r["host_uuid"], r["status"], r["retries"]) for r in body["host_profiles"]] == [("M1", None, 0), ("M2", None, 0)]
+
+    await api.store.set_host_profile_status("M1", uuid, "failed", "gave up")
+    code, body = await api.call("POST", "/api/v1/host-profiles/M1/%s/resend" % uuid)
+    assert code == 200 and body["status"] is None and body["retries"] == 0
+    assert (await api.call("POST", "/api/v1/host-profiles/I1/%s/resend" % uuid))[0] == 404
+
+    assert await api.call("POST", "/api/v1/profiles/%s/unassign" % uuid, {"hosts": ["M2"]}) == (200, {"unassigned": 1})
+    assert (await api.call("GET", "/api/v1/profiles/" + uuid))[1]["hosts"] == 1
+    assert (await api.call("DELETE", "/api/v1/profiles/" + uuid))[0] == 204
+    assert (await api.call("GET", "/api/v1/host-profiles"))[1] == {"host_profiles": []}
+
+
+@pytest_twisted.ensureDeferred
+async def test_profile_upload_refusals(api):
+    code, body = await api.call("POST", "/api/v1/profiles", raw=sample_profile(), content_type="application/x-apple-aspen-config")
+    assert (code, body) == (422, {"error": "profile uses CA 'CA_NAME', which does not exist; add it first", "field": "profile"})
+    await add_ca(api)
+    code, body = await api.call("POST", "/api/v1/profiles?platform=android", raw=sample_profile())
+    assert (code, body["field"]) == (422, "platform")
+    code, body = await api.call("POST", "/api/v1/profiles", raw=b"garbage")
+    assert code == 422 and body["field"]
+    code, body = await api.call("POST", "/api/v1/profiles", raw=sample_profile("fleet-custom-scep-braces.mobileconfig"))
+    assert code == 422 and "RENEWAL_ID" in body["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_trigger_jobs(api):
+    assert await api.call("GET", "/api/v1/jobs") == (200, {"jobs": ["cleanup"]})
+    assert await api.call("POST", "/api/v1/jobs/cleanup") == (
+        200, {"job": "cleanup", "result": {"expired_challenges_removed": 0}})
+    assert await api.call("POST", "/api/v1/jobs/nope") == (404, {"error": "no job 'nope'; jobs are cleanup"})
