@@ -10,6 +10,7 @@ import treq
 from twisted.internet import reactor
 from twisted.web import resource, server
 
+from certs import self_signed_der
 from scepproxyd.jobs import CleanupJob, ScheduledJob
 from scepproxyd.keys import ChallengeCipher, load_or_create_key
 from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http_client
@@ -43,25 +44,6 @@ class FakeCA(resource.Resource):
             return b"broken"
         request.setHeader(b"Content-Type", b"application/x-x509-ca-cert")
         return self.der
-
-
-def self_signed_der() -> bytes:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(7).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.DER)
 
 
 class Api:

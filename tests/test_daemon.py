@@ -122,3 +122,13 @@ def test_silent_client_is_disconnected(daemon):
         while s.recv(65536):
             pass
     assert "Timing out client" in daemon.log()
+
+
+def test_proxy_listener_never_serves_admin_api(daemon):
+    token = daemon.admin_token
+    request = (
+        b"GET /api/v1/cas HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nConnection: close\r\n\r\n"
+        % token.encode()
+    )
+    assert raw_http(daemon.port, request).startswith(b"HTTP/1.1 404 ")
+    assert raw_http(daemon.admin_port, request).startswith(b"HTTP/1.1 200 ")

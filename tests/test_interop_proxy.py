@@ -13,13 +13,11 @@ import pytest
 import pytest_twisted
 import treq
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 from twisted.internet import defer, protocol, reactor, threads
 from twisted.web import resource, server
 
+from certs import signed_blob
 from peers import Daemon, ScepServer, free_port, need
 from scepproxyd.store import Store
 
@@ -78,24 +76,6 @@ def run_scepclient(workdir, url, challenge, cn):
         [need("scepclient"), "-private-key", str(workdir / "key.pem"), "-server-url", url,
          "-challenge=" + challenge, "-cn", cn],
         cwd=str(workdir), capture_output=True, text=True, timeout=60,
-    )
-
-
-def signed_blob() -> bytes:
-    """A well-formed CMS SignedData that is not a valid SCEP request."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not-a-device")])
-    import datetime
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return (
-        pkcs7.PKCS7SignatureBuilder().set_data(b"hello").add_signer(cert, key, hashes.SHA256())
-        .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
     )
 
 
