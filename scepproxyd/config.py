@@ -85,6 +85,34 @@ class AdminSettings:
 
 
 @attrs.frozen
+class ProfileSettings:
+    process_interval: float
+    batch_size: int
+    max_retries: int
+
+
+@attrs.frozen
+class RenewalSettings:
+    interval: float
+    threshold: float
+    short_fraction: float
+
+
+@attrs.frozen
+class DeliverySettings:
+    backend: str
+    nanomdm_url: str | None
+    nanomdm_api_key_file: Path
+    webhook_token_file: Path
+    command_retention: float
+
+
+@attrs.frozen
+class AgentSettings:
+    token_file: Path
+
+
+@attrs.frozen
 class Settings:
     config_path: Path
     state_directory: Path
@@ -95,6 +123,10 @@ class Settings:
     upstream: UpstreamSettings
     logging: LoggingSettings
     admin: AdminSettings
+    profiles: ProfileSettings
+    renewal: RenewalSettings
+    delivery: DeliverySettings
+    agent: AgentSettings
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)", re.ASCII)
@@ -241,6 +273,39 @@ def _text(value: str) -> str:
     return value
 
 
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    def convert(value: str) -> int:
+        text = value.strip()
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise _Invalid("must be a whole number from %d to %d, got %r" % (low, high, value))
+        return int(text)
+
+    return convert
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 < number < 1:
+        raise _Invalid("must be a number between 0 and 1 (exclusive), got %r" % (value,))
+    return number
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def convert(value: str) -> str:
+        if value.strip() not in choices:
+            raise _Invalid("must be one of %s, got %r" % (", ".join(choices), value))
+        return value.strip()
+
+    return convert
+
+
+def _optional_url(value: str) -> str | None:
+    return None if value.strip() == "-" else _public_url(value)
+
+
 # section -> key -> (default, converter). Defaults go through the converters
 # too, so a default can never be something a user could not write.
 _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
@@ -273,6 +338,26 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
     "admin": {
         "listen": ("tcp:8081:interface=127.0.0.1", _endpoint),
         "token_file": ("admin.token", _text),
+    },
+    "profiles": {
+        "process_interval": ("30s", _duration(0, HOUR)),
+        "batch_size": ("1000", _whole(1, 100000)),
+        "max_retries": ("3", _whole(0, 1000)),
+    },
+    "renewal": {
+        "interval": ("1d", _duration(0, 7 * DAY)),
+        "threshold": ("30d", _duration(0, 3650 * DAY)),
+        "short_fraction": ("0.5", _fraction),
+    },
+    "delivery": {
+        "backend": ("outbox", _choice("outbox", "nanomdm")),
+        "nanomdm_url": ("-", _optional_url),
+        "nanomdm_api_key_file": ("nanomdm.key", _text),
+        "webhook_token_file": ("nanomdm-webhook.token", _text),
+        "command_retention": ("7d", _duration(0, 3650 * DAY)),
+    },
+    "agent": {
+        "token_file": ("agent.token", _text),
     },
 }
 
@@ -346,6 +431,14 @@ def parse_settings(text: str, config_path: Path) -> Settings:
     state_directory = _resolve(absolute_config.parent, values["state"]["directory"])
     values["database"]["path"] = _resolve(state_directory, values["database"]["path"])
     values["admin"]["token_file"] = _resolve(state_directory, values["admin"]["token_file"])
+    values["agent"]["token_file"] = _resolve(state_directory, values["agent"]["token_file"])
+    for key in ("nanomdm_api_key_file", "webhook_token_file"):
+        values["delivery"][key] = _resolve(state_directory, values["delivery"][key])
+    if values["delivery"]["backend"] == "nanomdm" and values["delivery"]["nanomdm_url"] is None:
+        raise ConfigError(
+            config_path, "delivery", "nanomdm_url",
+            "is required when backend = nanomdm (the URL of NanoMDM's API, e.g. https://mdm.example:9000)",
+        )
     if values["admin"]["listen"] == values["server"]["listen"]:
         raise ConfigError(
             config_path, "admin", "listen",
@@ -361,6 +454,10 @@ def parse_settings(text: str, config_path: Path) -> Settings:
         upstream=UpstreamSettings(**values["upstream"]),
         logging=LoggingSettings(**values["logging"]),
         admin=AdminSettings(**values["admin"]),
+        profiles=ProfileSettings(**values["profiles"]),
+        renewal=RenewalSettings(**values["renewal"]),
+        delivery=DeliverySettings(**values["delivery"]),
+        agent=AgentSettings(**values["agent"]),
     )
 
 

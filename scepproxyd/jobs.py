@@ -8,16 +8,87 @@ from scepproxyd.logs import get_logger
 log = get_logger(__name__)
 
 
+APPLE_PLATFORMS = ("macos", "ios", "ipados")
+ALL_PLATFORMS = APPLE_PLATFORMS + ("android",)
+
+
+def backends_for(backend: str) -> dict[str, str]:
+    """Which delivery backend serves each platform: push backends are Apple-only."""
+    if backend == "outbox":
+        return {platform: "outbox" for platform in ALL_PLATFORMS}
+    return dict({platform: backend for platform in APPLE_PLATFORMS}, android="outbox")
+
+
+class ProcessProfilesJob:
+    """Hand every host profile with status NULL to its delivery backend, in batches.
+
+    Claiming is one transaction per batch on the DB thread, so the reactor
+    serves requests between batches and a crash leaves each host profile
+    either NULL or pending with a deliverable command. Push backends then
+    render and send what is due.
+    """
+
+    name = "process_profiles"
+
+    def __init__(self, store, batch_size: int, backend_for_platform: dict[str, str], pusher=None):
+        self._store = store
+        self._batch_size = batch_size
+        self._backends = backend_for_platform
+        self._pusher = pusher
+
+    async def run(self) -> dict:
+        claimed = failed = 0
+        while True:
+            result = await self._store.claim_host_profiles(self._batch_size, self._backends)
+            claimed += len(result.claimed)
+            failed += len(result.failed)
+            for host_uuid, profile_uuid, detail in result.failed:
+                log.warn(
+                    "host profile failed: host={host} profile={profile}: {detail}",
+                    host=host_uuid, profile=profile_uuid, detail=detail,
+                )
+            if len(result.claimed) + len(result.failed) < self._batch_size:
+                break
+        counts = {"claimed": claimed, "failed": failed}
+        if self._pusher is not None:
+            counts.update(await self._pusher.deliver_due())
+        return counts
+
+
+class RenewalJob:
+    """Send host profiles again, with a fresh challenge, before their certificates expire."""
+
+    name = "renew_certificates"
+
+    def __init__(self, store, threshold: float, short_fraction: float, batch_size: int = 1000):
+        self._store = store
+        self._threshold = threshold
+        self._fraction = short_fraction
+        self._batch_size = batch_size
+
+    async def run(self) -> dict:
+        total = 0
+        while True:
+            count = await self._store.mark_due_for_renewal(self._threshold, self._fraction, self._batch_size)
+            total += count
+            if count < self._batch_size:
+                return {"renewals_due": total}
+
+
 class CleanupJob:
-    """Delete challenges past their TTL so the table does not grow without bound."""
+    """Delete expired challenges and finished commands so tables do not grow without bound."""
 
     name = "cleanup"
 
-    def __init__(self, store):
+    def __init__(self, store, command_retention: float = 7 * 86400.0):
         self._store = store
+        self._retention = command_retention
 
     async def run(self) -> dict:
-        return {"expired_challenges_removed": await self._store.delete_expired_challenges()}
+        return {
+            "expired_challenges_removed": await self._store.delete_expired_challenges(),
+            "finished_commands_removed": await self._store.delete_finished_commands(self._retention),
+        }
 
 
 class ScheduledJob:

@@ -7,12 +7,14 @@ from twisted.internet import defer
 from scepproxyd.logs import get_logger, set_level
 from twisted.web import resource
 
-from scepproxyd.jobs import CleanupJob, ScheduledJob
-from scepproxyd.keys import ChallengeCipher, load_or_create_key, load_or_create_token
+from scepproxyd.delivery.render import CommandRenderer
+from scepproxyd.jobs import CleanupJob, ProcessProfilesJob, RenewalJob, ScheduledJob, backends_for
+from scepproxyd.keys import ChallengeCipher, KeyFileError, load_or_create_key, load_or_create_token
 from scepproxyd.scep.proxy import ScepProxy
 from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http_client
 from scepproxyd.store import Store
 from scepproxyd.web.admin import admin_resource
+from scepproxyd.web.agent import NanoMDMWebhook, agent_resource
 from scepproxyd.web.proxy import ProxyResource
 from scepproxyd.web.site import BodyLimitedSite
 
@@ -48,14 +50,18 @@ class HTTPPoolService(service.Service):
         return self.pool.closeCachedConnections()
 
 
-def build_resource_tree(proxy, clock) -> resource.Resource:
-    """``/mdm/scep/proxy/{identifier}`` on the device-facing listener."""
+def build_resource_tree(proxy, agent_api, webhook, clock) -> resource.Resource:
+    """The device-facing listener: the SCEP proxy, the agent API and NanoMDM's webhook."""
     root = resource.Resource()
     mdm = resource.Resource()
     scep = resource.Resource()
     root.putChild(b"mdm", mdm)
     mdm.putChild(b"scep", scep)
     scep.putChild(b"proxy", ProxyResource(proxy, clock))
+    root.putChild(b"api", agent_api)
+    webhooks = resource.Resource()
+    root.putChild(b"webhooks", webhooks)
+    webhooks.putChild(b"nanomdm", webhook)
     return root
 
 
@@ -71,6 +77,22 @@ def prepare_state(settings) -> None:
     Store.migrate(settings.database.path)
     load_or_create_key(settings.key_file)
     load_or_create_token(settings.admin.token_file)
+    load_or_create_token(settings.agent.token_file)
+    load_or_create_token(settings.delivery.webhook_token_file)
+    if settings.delivery.backend == "nanomdm":
+        read_nanomdm_api_key(settings.delivery.nanomdm_api_key_file)
+
+
+def read_nanomdm_api_key(path: Path) -> str:
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise KeyFileError(
+            "cannot read the NanoMDM API key from %s ([delivery] nanomdm_api_key_file): %s" % (path, e.strerror)
+        ) from None
+    if not key:
+        raise KeyFileError("%s ([delivery] nanomdm_api_key_file) is empty" % (path,))
+    return key
 
 
 def make_service(settings, reactor) -> service.MultiService:
@@ -83,6 +105,7 @@ def make_service(settings, reactor) -> service.MultiService:
         clock=reactor,
         challenge_ttl=settings.challenges.ttl,
         busy_timeout=settings.database.busy_timeout,
+        max_retries=settings.profiles.max_retries,
     )
     StoreService(store).setServiceParent(top)
 
@@ -96,9 +119,48 @@ def make_service(settings, reactor) -> service.MultiService:
     )
     upstream = UpstreamClient(http_client, reactor, timeouts, settings.upstream.caps_cache_seconds)
 
+    cipher = ChallengeCipher(load_or_create_key(settings.key_file))
+    renderer = CommandRenderer(store, cipher, settings.server.public_url, reactor)
+    pusher = None
+    if settings.delivery.backend == "nanomdm":
+        from scepproxyd.delivery.nanomdm import NanoMDMClient
+        from scepproxyd.delivery.push import PushDelivery
+
+        nanomdm = NanoMDMClient(
+            http_client, reactor, settings.delivery.nanomdm_url,
+            read_nanomdm_api_key(settings.delivery.nanomdm_api_key_file),
+            timeout=settings.upstream.response_timeout,
+        )
+        pusher = PushDelivery(store, renderer, nanomdm, reactor)
+
+    scheduled = [
+        ScheduledJob(
+            ProcessProfilesJob(store, settings.profiles.batch_size, backends_for(settings.delivery.backend), pusher),
+            settings.profiles.process_interval,
+            reactor,
+        ),
+        ScheduledJob(
+            RenewalJob(store, settings.renewal.threshold, settings.renewal.short_fraction),
+            settings.renewal.interval,
+            reactor,
+        ),
+        ScheduledJob(
+            CleanupJob(store, settings.delivery.command_retention), settings.challenges.cleanup_interval, reactor
+        ),
+    ]
+    jobs = {job.name: job for job in scheduled}
+    for job in scheduled:
+        job.service().setServiceParent(top)
+
+    agent_token = load_or_create_token(settings.agent.token_file)
     proxy = ScepProxy(store, upstream)
     site = BodyLimitedSite(
-        build_resource_tree(proxy, reactor),
+        build_resource_tree(
+            proxy,
+            agent_resource(agent_token, store, renderer, reactor),
+            NanoMDMWebhook(store, load_or_create_token(settings.delivery.webhook_token_file)),
+            reactor,
+        ),
         max_body_bytes=settings.server.max_body_bytes,
         idle_timeout=settings.server.idle_timeout,
         reactor=reactor,
@@ -107,14 +169,6 @@ def make_service(settings, reactor) -> service.MultiService:
     listener.setName("proxy-listener")
     listener.setServiceParent(top)
 
-    jobs = {
-        job.name: job
-        for job in [ScheduledJob(CleanupJob(store), settings.challenges.cleanup_interval, reactor)]
-    }
-    for job in jobs.values():
-        job.service().setServiceParent(top)
-
-    cipher = ChallengeCipher(load_or_create_key(settings.key_file))
     admin_site = BodyLimitedSite(
         admin_resource(load_or_create_token(settings.admin.token_file), store, upstream, cipher, jobs),
         max_body_bytes=ADMIN_MAX_BODY_BYTES,

@@ -291,5 +291,5 @@ async def test_profile_upload_refusals(api):
 async def test_trigger_jobs(api):
     assert await api.call("GET", "/api/v1/jobs") == (200, {"jobs": ["cleanup"]})
     assert await api.call("POST", "/api/v1/jobs/cleanup") == (
-        200, {"job": "cleanup", "result": {"expired_challenges_removed": 0}})
+        200, {"job": "cleanup", "result": {"expired_challenges_removed": 0, "finished_commands_removed": 0}})
     assert await api.call("POST", "/api/v1/jobs/nope") == (404, {"error": "no job 'nope'; jobs are cleanup"})

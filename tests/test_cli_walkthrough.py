@@ -137,7 +137,7 @@ def test_walkthrough(tmp_path, upstream, daemon):
     assert [(hp["status"], hp["retries"]) for hp in resent] == [(None, 0)]
 
     # Jobs, also through python -m.
-    assert ctl("jobs", module=True).stdout == "cleanup\n"
+    assert ctl("jobs", module=True).stdout == "cleanup\nprocess_profiles\nrenew_certificates\n"
     assert ctl("trigger", "cleanup").stdout.startswith("ran job cleanup: ")
     assert ctl.json("trigger", "cleanup")["job"] == "cleanup"
 

@@ -351,6 +351,18 @@ EVERY_KEY = [
     ("logging", "level"),
     ("admin", "listen"),
     ("admin", "token_file"),
+    ("profiles", "process_interval"),
+    ("profiles", "batch_size"),
+    ("profiles", "max_retries"),
+    ("renewal", "interval"),
+    ("renewal", "threshold"),
+    ("renewal", "short_fraction"),
+    ("delivery", "backend"),
+    ("delivery", "nanomdm_url"),
+    ("delivery", "nanomdm_api_key_file"),
+    ("delivery", "webhook_token_file"),
+    ("delivery", "command_retention"),
+    ("agent", "token_file"),
 ]
 
 
@@ -375,7 +387,7 @@ def test_unknown_section():
     assert (error.section, error.key) == ("sever", None)
     assert str(error) == (
         "%s: [sever]: unknown section; valid sections are: "
-        "state, server, database, challenges, upstream, logging, admin" % (CONFIG,)
+        "state, server, database, challenges, upstream, logging, admin, profiles, renewal, delivery, agent" % (CONFIG,)
     )
 
 
@@ -564,3 +576,31 @@ def test_bad_admin_endpoint():
     error = refused("[admin]\nlisten = bogus:1\n")
     assert (error.section, error.key) == ("admin", "listen")
     assert "not a valid Twisted endpoint description" in error.problem
+
+
+@pytest.mark.parametrize(
+    "text, section, key, expected",
+    [
+        ("[profiles]\nbatch_size = 0\n", "profiles", "batch_size", "must be a whole number from 1 to 100000, got '0'"),
+        ("[profiles]\nmax_retries = -1\n", "profiles", "max_retries", "must be a whole number from 0 to 1000"),
+        ("[renewal]\nshort_fraction = 1.5\n", "renewal", "short_fraction", "between 0 and 1"),
+        ("[delivery]\nbackend = pigeon\n", "delivery", "backend", "must be one of outbox, nanomdm, got 'pigeon'"),
+        ("[delivery]\nbackend = nanomdm\n", "delivery", "nanomdm_url", "is required when backend = nanomdm"),
+        ("[delivery]\nnanomdm_url = ftp://x\n", "delivery", "nanomdm_url", "absolute http"),
+    ],
+)
+def test_engine_settings_refused(text, section, key, expected):
+    error = refused(text)
+    assert (error.section, error.key) == (section, key)
+    assert expected in error.problem
+
+
+def test_engine_defaults():
+    settings = parse("")
+    assert settings.profiles.process_interval == 30.0
+    assert settings.profiles.max_retries == 3
+    assert settings.renewal.interval == 86400.0
+    assert settings.renewal.threshold == 30 * 86400.0
+    assert settings.renewal.short_fraction == 0.5
+    assert settings.delivery.backend == "outbox" and settings.delivery.nanomdm_url is None
+    assert settings.agent.token_file == Path("/srv/scep/var/agent.token")

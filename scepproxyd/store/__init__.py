@@ -2,21 +2,26 @@
 The SQLite store: schema, migrations and every SQL statement of scepproxyd.
 
 ``Store`` is one object for callers; its methods are grouped by subject in
-the modules here (CAs, hosts, profiles, assignments, challenges) and all run
-on the DB thread that ``database.Database`` owns. Every method returns a
-Deferred; every write is one transaction, so a failed one leaves nothing behind.
+the modules here (CAs, hosts, profiles, assignments, challenges, commands,
+renewals) and all run on the DB thread that ``database.Database`` owns.
+Every method returns a Deferred; every write is one transaction, so a
+failed one leaves nothing behind.
 """
 
 from scepproxyd.store.assignments import STATUS_FILTERS, AssignmentQueries
 from scepproxyd.store.cas import CaQueries
 from scepproxyd.store.challenges import ChallengeQueries
+from scepproxyd.store.commands import CommandQueries
 from scepproxyd.store.database import Database
 from scepproxyd.store.hosts import HostQueries
 from scepproxyd.store.models import (
+    COMMAND_STATUSES,
     HOST_PROFILE_STATUSES,
     PLATFORMS,
     PROFILE_KINDS,
     CertificateAuthority,
+    ClaimResult,
+    Command,
     ConsumedChallenge,
     DuplicateError,
     Host,
@@ -26,13 +31,24 @@ from scepproxyd.store.models import (
     PlatformMismatchError,
     Profile,
     ProxyTarget,
+    RenderJob,
     StoreError,
     new_renewal_id,
 )
 from scepproxyd.store.profiles import ProfileQueries
+from scepproxyd.store.renewals import RenewalQueries
 
 
-class Store(CaQueries, HostQueries, ProfileQueries, AssignmentQueries, ChallengeQueries, Database):
+class Store(
+    CaQueries,
+    HostQueries,
+    ProfileQueries,
+    AssignmentQueries,
+    ChallengeQueries,
+    CommandQueries,
+    RenewalQueries,
+    Database,
+):
     """
     Async access to the scepproxyd database; every method returns a Deferred.
 
@@ -42,11 +58,14 @@ class Store(CaQueries, HostQueries, ProfileQueries, AssignmentQueries, Challenge
 
 
 __all__ = [
+    "COMMAND_STATUSES",
     "HOST_PROFILE_STATUSES",
     "PLATFORMS",
     "PROFILE_KINDS",
     "STATUS_FILTERS",
     "CertificateAuthority",
+    "ClaimResult",
+    "Command",
     "ConsumedChallenge",
     "DuplicateError",
     "Host",
@@ -56,6 +75,7 @@ __all__ = [
     "PlatformMismatchError",
     "Profile",
     "ProxyTarget",
+    "RenderJob",
     "Store",
     "StoreError",
     "new_renewal_id",

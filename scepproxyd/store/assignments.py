@@ -22,11 +22,25 @@ from scepproxyd.store.models import (
     new_renewal_id,
 )
 
-_HOST_PROFILE_COLUMNS = "host_uuid, profile_uuid, status, detail, retries, created_at, updated_at, renewal_id"
-_ONE_HOST_PROFILE = "host_uuid = ? AND profile_uuid = ?"
+# What a new host profile is inserted with; the rest start NULL.
+_INSERT_COLUMNS = "host_uuid, profile_uuid, status, detail, retries, created_at, updated_at, renewal_id"
+# HostProfile's fields, in order.
+HOST_PROFILE_COLUMNS = f"{_INSERT_COLUMNS}, command_uuid, cert_serial, cert_not_before, cert_not_after"
+ONE_HOST_PROFILE = "host_uuid = ? AND profile_uuid = ?"
 _INSERT_HOST_PROFILE = (
-    f"INSERT INTO host_profiles ({_HOST_PROFILE_COLUMNS}) VALUES (?, ?, NULL, NULL, 0, ?, ?, ?)"
+    f"INSERT INTO host_profiles ({_INSERT_COLUMNS}) VALUES (?, ?, NULL, NULL, 0, ?, ?, ?)"
     " ON CONFLICT (host_uuid, profile_uuid) DO NOTHING"
+)
+# Commands that may still reach a device; the others are finished.
+OUTSTANDING_COMMAND = "status IN ('queued', 'delivered')"
+# The retry rule, in one place: a failed attempt sends the host profile back
+# to NULL, to be sent again with a fresh challenge, until it has failed more
+# than max_retries times; then it stays 'failed' until an admin resends it.
+# (SET expressions all see the row as it was, here and on PostgreSQL.)
+_FAILED_ATTEMPT = (
+    "UPDATE host_profiles SET retries = retries + 1,"
+    " status = CASE WHEN retries + 1 > ? THEN 'failed' ELSE NULL END, detail = ?, updated_at = ?"
+    f" WHERE {ONE_HOST_PROFILE}"
 )
 # What list_host_profiles accepts as a status filter: "null" stands for NULL.
 STATUS_FILTERS = tuple(status for status in HOST_PROFILE_STATUSES if status is not None) + ("null",)
@@ -44,6 +58,28 @@ def _host_platforms(conn, host_uuids: list[str]) -> dict[str, str]:
     for keys in chunks(host_uuids):
         found.update(conn.execute(f"SELECT uuid, platform FROM hosts WHERE uuid IN ({placeholders(keys)})", keys))
     return found
+
+
+def count_failed_attempt(conn, host_uuid, profile_uuid, detail, now, max_retries, condition="", params=()):
+    """
+    Apply the retry rule to one host profile; the changed HostProfile, or None if none matched.
+
+    ``condition`` (SQL starting with AND, with its ``params``) narrows which
+    host profile counts, e.g. only while a given command is its current one.
+    """
+    cursor = conn.execute(
+        f"{_FAILED_ATTEMPT}{condition} RETURNING {HOST_PROFILE_COLUMNS}",
+        (max_retries, detail, now, host_uuid, profile_uuid, *params),
+    )
+    return one(HostProfile, cursor)
+
+
+def supersede_outstanding(conn, rows, now) -> None:
+    """Retire the outstanding commands of each ``(host_uuid, profile_uuid)``, so none of them is delivered."""
+    conn.executemany(
+        f"UPDATE commands SET status = 'superseded', updated_at = ? WHERE {ONE_HOST_PROFILE} AND {OUTSTANDING_COMMAND}",
+        ((now, host_uuid, profile_uuid) for host_uuid, profile_uuid in rows),
+    )
 
 
 class AssignmentQueries:
@@ -67,7 +103,7 @@ class AssignmentQueries:
             if host[0] != profile[0]:
                 raise PlatformMismatchError(host_uuid, host[0], profile[0], profile_uuid)
             cursor = conn.execute(
-                f"{_INSERT_HOST_PROFILE} RETURNING {_HOST_PROFILE_COLUMNS}",
+                f"{_INSERT_HOST_PROFILE} RETURNING {HOST_PROFILE_COLUMNS}",
                 (host_uuid, profile_uuid, now, now, new_renewal_id()),
             )
             assigned = one(HostProfile, cursor)
@@ -120,7 +156,7 @@ class AssignmentQueries:
             if platform != profile_platform:
                 raise PlatformMismatchError(None, platform, profile_platform, profile_uuid)
             return conn.execute(
-                f"INSERT INTO host_profiles ({_HOST_PROFILE_COLUMNS})"
+                f"INSERT INTO host_profiles ({_INSERT_COLUMNS})"
                 " SELECT h.uuid, ?, NULL, NULL, 0, ?, ?, new_renewal_id() FROM hosts h"
                 " WHERE h.platform = ? AND NOT EXISTS"
                 " (SELECT 1 FROM host_profiles hp WHERE hp.host_uuid = h.uuid AND hp.profile_uuid = ?)",
@@ -149,7 +185,7 @@ class AssignmentQueries:
     def get_host_profile(self, host_uuid, profile_uuid) -> defer.Deferred:
         def get_host_profile(conn):
             cursor = conn.execute(
-                f"SELECT {_HOST_PROFILE_COLUMNS} FROM host_profiles WHERE {_ONE_HOST_PROFILE}", (host_uuid, profile_uuid)
+                f"SELECT {HOST_PROFILE_COLUMNS} FROM host_profiles WHERE {ONE_HOST_PROFILE}", (host_uuid, profile_uuid)
             )
             return one(HostProfile, cursor)
 
@@ -182,7 +218,7 @@ class AssignmentQueries:
                 where.append("status = ?")
                 params.append(status)
             cursor = conn.execute(
-                f"SELECT {_HOST_PROFILE_COLUMNS} FROM host_profiles"
+                f"SELECT {HOST_PROFILE_COLUMNS} FROM host_profiles"
                 f"{' WHERE ' + ' AND '.join(where) if where else ''}"
                 " ORDER BY host_uuid, profile_uuid LIMIT ? OFFSET ?",
                 [*params, limit, offset],
@@ -198,7 +234,7 @@ class AssignmentQueries:
         def set_host_profile_status(conn):
             check_choice(status, HOST_PROFILE_STATUSES, "status")
             return conn.execute(
-                f"UPDATE host_profiles SET status = ?, detail = ?, updated_at = ? WHERE {_ONE_HOST_PROFILE}",
+                f"UPDATE host_profiles SET status = ?, detail = ?, updated_at = ? WHERE {ONE_HOST_PROFILE}",
                 (status, detail, now, host_uuid, profile_uuid),
             ).rowcount == 1
 
@@ -208,21 +244,23 @@ class AssignmentQueries:
         """
         Send a host profile again from scratch; fires it, or None if there is no such host profile.
 
-        Status back to NULL with retries and detail cleared, and its
-        outstanding challenges deleted, so only the fresh one will work.
-        The renewal ID stays: it identifies the host profile, not the attempt.
+        Status back to NULL with retries and detail cleared, its outstanding
+        commands superseded (command_uuid cleared) and its challenges
+        deleted, so only what the next claim sends will work. The renewal ID
+        stays: it identifies the host profile, not the attempt.
         """
         now = self._clock.seconds()
 
         def resend_host_profile(conn):
             cursor = conn.execute(
-                "UPDATE host_profiles SET status = NULL, retries = 0, detail = NULL, updated_at = ?"
-                f" WHERE {_ONE_HOST_PROFILE} RETURNING {_HOST_PROFILE_COLUMNS}",
+                "UPDATE host_profiles SET status = NULL, retries = 0, detail = NULL, command_uuid = NULL,"
+                f" updated_at = ? WHERE {ONE_HOST_PROFILE} RETURNING {HOST_PROFILE_COLUMNS}",
                 (now, host_uuid, profile_uuid),
             )
             resent = one(HostProfile, cursor)
             if resent is not None:
-                conn.execute(f"DELETE FROM challenges WHERE {_ONE_HOST_PROFILE}", (host_uuid, profile_uuid))
+                supersede_outstanding(conn, [(host_uuid, profile_uuid)], now)
+                conn.execute(f"DELETE FROM challenges WHERE {ONE_HOST_PROFILE}", (host_uuid, profile_uuid))
             return resent
 
         return self._submit(resend_host_profile)

@@ -9,11 +9,26 @@ import sqlite3
 import attrs
 from twisted.internet import defer
 
+from scepproxyd.store.assignments import ONE_HOST_PROFILE, count_failed_attempt
 from scepproxyd.store.database import one
 from scepproxyd.store.models import ConsumedChallenge, NotFoundError, ProxyTarget
 
-_ONE_HOST_PROFILE = "host_uuid = ? AND profile_uuid = ?"
 _EXPIRED_BATCH = 1000
+
+
+def _mint() -> str:
+    """A one-time challenge: 24 random bytes, base64url, unpadded."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(24)).rstrip(b"=").decode("ascii")
+
+
+def _insert_challenge(conn, challenge, host_uuid, profile_uuid, now) -> None:
+    try:
+        conn.execute(
+            "INSERT INTO challenges (challenge, host_uuid, profile_uuid, created_at) VALUES (?, ?, ?, ?)",
+            (challenge, host_uuid, profile_uuid, now),
+        )
+    except sqlite3.IntegrityError as e:
+        raise NotFoundError(f"no profile {profile_uuid} assigned to host {host_uuid}") from e
 
 
 class ChallengeQueries:
@@ -41,19 +56,31 @@ class ChallengeQueries:
     def new_challenge(self, host_uuid, profile_uuid) -> defer.Deferred:
         """Mint a one-time challenge (24 random bytes, base64url, unpadded) for a host profile."""
         now = self._clock.seconds()
-        challenge = base64.urlsafe_b64encode(secrets.token_bytes(24)).rstrip(b"=").decode("ascii")
+        challenge = _mint()
 
         def new_challenge(conn):
-            try:
-                conn.execute(
-                    "INSERT INTO challenges (challenge, host_uuid, profile_uuid, created_at) VALUES (?, ?, ?, ?)",
-                    (challenge, host_uuid, profile_uuid, now),
-                )
-            except sqlite3.IntegrityError as e:
-                raise NotFoundError(f"no profile {profile_uuid} assigned to host {host_uuid}") from e
+            _insert_challenge(conn, challenge, host_uuid, profile_uuid, now)
             return challenge
 
         return self._submit(new_challenge)
+
+    def issue_challenge(self, host_uuid, profile_uuid) -> defer.Deferred:
+        """
+        Mint the challenge for a command being rendered, retiring the host profile's older ones.
+
+        One transaction, so exactly the newest rendered copy of a profile can
+        enroll; a copy rendered earlier (say, fetched twice) no longer works.
+        NotFoundError if the host profile does not exist.
+        """
+        now = self._clock.seconds()
+        challenge = _mint()
+
+        def issue_challenge(conn):
+            conn.execute(f"DELETE FROM challenges WHERE {ONE_HOST_PROFILE}", (host_uuid, profile_uuid))
+            _insert_challenge(conn, challenge, host_uuid, profile_uuid, now)
+            return challenge
+
+        return self._submit(issue_challenge)
 
     def consume_challenge(self, challenge, host_uuid, profile_uuid) -> defer.Deferred:
         """
@@ -93,7 +120,7 @@ class ChallengeQueries:
         def restore_challenge(conn):
             conn.execute(
                 "INSERT INTO challenges (challenge, host_uuid, profile_uuid, created_at) SELECT ?, ?, ?, ?"
-                f" WHERE EXISTS (SELECT 1 FROM host_profiles WHERE {_ONE_HOST_PROFILE})"
+                f" WHERE EXISTS (SELECT 1 FROM host_profiles WHERE {ONE_HOST_PROFILE})"
                 " ON CONFLICT (challenge) DO NOTHING",
                 attrs.astuple(consumed) + (consumed.host_uuid, consumed.profile_uuid),
             )
@@ -101,15 +128,15 @@ class ChallengeQueries:
         return self._submit(restore_challenge)
 
     def challenge_failed(self, host_uuid, profile_uuid, detail) -> defer.Deferred:
-        """Send the host profile back to NULL, to be re-sent with a fresh challenge, counting the retry."""
+        """
+        Count a failed attempt: back to NULL, to be re-sent with a fresh challenge, or 'failed'.
+
+        'failed' once the retries exceed the store's ``max_retries``.
+        """
         now = self._clock.seconds()
 
         def challenge_failed(conn):
-            conn.execute(
-                "UPDATE host_profiles SET status = NULL, retries = retries + 1, detail = ?, updated_at = ?"
-                f" WHERE {_ONE_HOST_PROFILE}",
-                (detail, now, host_uuid, profile_uuid),
-            )
+            count_failed_attempt(conn, host_uuid, profile_uuid, detail, now, self._max_retries)
 
         return self._submit(challenge_failed)
 
@@ -120,7 +147,7 @@ class ChallengeQueries:
         def enrollment_forwarded(conn):
             return conn.execute(
                 "UPDATE host_profiles SET status = 'verifying', updated_at = ?"
-                f" WHERE {_ONE_HOST_PROFILE} AND status = 'pending'",
+                f" WHERE {ONE_HOST_PROFILE} AND status = 'pending'",
                 (now, host_uuid, profile_uuid),
             ).rowcount == 1
 

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from scepproxyd.logs import get_logger
-from scepproxyd.store.models import StoreError, new_renewal_id
+from scepproxyd.store.models import StoreError, new_command_uuid, new_renewal_id, utc_iso
 
 log = get_logger(__name__)
 
@@ -118,8 +118,19 @@ class Database:
     a database whose schema is not exactly the one this code knows.
     """
 
-    def __init__(self, path, reactor, clock=None, challenge_ttl: float = 3600.0, busy_timeout: float = 5.0):
+    def __init__(
+        self,
+        path,
+        reactor,
+        clock=None,
+        challenge_ttl: float = 3600.0,
+        busy_timeout: float = 5.0,
+        max_retries: int = 3,
+    ):
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be a non-negative integer, not {max_retries!r}")
         self._path = path
+        self._max_retries = max_retries
         self._reactor = reactor
         self._clock = reactor if clock is None else clock
         self._challenge_ttl = challenge_ttl
@@ -197,6 +208,9 @@ class Database:
         conn.execute("PRAGMA foreign_keys = ON")
         # Lets one INSERT ... SELECT give every new host profile its own token.
         conn.create_function("new_renewal_id", 0, new_renewal_id)
+        # Named as PostgreSQL's built-in, so claiming SQL reads the same on both.
+        conn.create_function("gen_random_uuid", 0, new_command_uuid)
+        conn.create_function("utc_iso", 1, utc_iso, deterministic=True)
         self._conn = conn
 
     def stop(self) -> defer.Deferred:

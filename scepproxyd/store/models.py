@@ -7,11 +7,14 @@ field order is the column order of the queries that make them.
 
 from __future__ import annotations
 
+import datetime
 import secrets
+import uuid
 
 import attrs
 
 HOST_PROFILE_STATUSES = (None, "pending", "verifying", "verified", "failed")
+COMMAND_STATUSES = ("queued", "delivered", "acknowledged", "error", "superseded")
 PLATFORMS = ("macos", "ios", "ipados", "android")
 PROFILE_KINDS = ("mobileconfig", "android_template")
 
@@ -102,6 +105,10 @@ class HostProfile:
     created_at: float
     updated_at: float
     renewal_id: str | None = None
+    command_uuid: str | None = None
+    cert_serial: str | None = None
+    cert_not_before: float | None = None
+    cert_not_after: float | None = None
 
 
 @attrs.frozen
@@ -121,11 +128,69 @@ class ConsumedChallenge:
     created_at: float
 
 
+@attrs.frozen
+class Command:
+    """One attempt to deliver a host profile; only the host profile's current command is delivered."""
+
+    command_uuid: str
+    host_uuid: str
+    profile_uuid: str
+    backend: str
+    status: str
+    detail: str | None
+    attempts: int
+    next_attempt_at: float | None
+    created_at: float
+    updated_at: float
+
+
+@attrs.frozen
+class RenderJob:
+    """Everything needed to render one command, read in one query at hand-over time."""
+
+    command_uuid: str
+    host_uuid: str
+    profile_uuid: str
+    kind: str
+    content: bytes = attrs.field(repr=False)
+    ca_name: str | None
+    challenge_ciphertext: bytes | None = attrs.field(repr=False)
+    renewal_id: str | None
+    platform: str
+
+
+@attrs.frozen
+class ClaimResult:
+    """
+    What one claiming batch did.
+
+    ``claimed`` holds the new queued commands; ``failed`` the host profiles
+    that could not be sent, as ``(host_uuid, profile_uuid, detail)``.
+    """
+
+    claimed: tuple[Command, ...]
+    failed: tuple[tuple[str, str, str], ...]
+
+
 def new_renewal_id() -> str:
     """A token unique to one host profile, found later in its certificate's CN or OU."""
     return "sp-" + secrets.token_hex(8)
 
 
+def new_command_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def utc_iso(seconds: float) -> str:
+    """A time as the admin API shows it: ISO 8601 in UTC, to the second."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def check_choice(value, allowed: tuple, what: str) -> None:
     if value not in allowed:
         raise ValueError(f"{what} must be one of {', '.join(map(str, allowed))}, not {value!r}")
+
+
+def check_positive(value, what: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, not {value!r}")

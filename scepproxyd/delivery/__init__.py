@@ -1,0 +1,1 @@
+"""Delivery backends: hand rendered profiles to the systems that put them on devices."""

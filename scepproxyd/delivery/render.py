@@ -1,0 +1,60 @@
+"""Turn a claimed command into the bytes a device installs, with a fresh challenge.
+
+Rendering happens at hand-over (when an agent fetches the command, or when a
+push backend sends it), so the challenge's TTL starts when the device can
+actually get the profile. Each rendering mints a new challenge and retires
+the host profile's older ones: only the newest copy of the profile enrolls.
+"""
+
+import attrs
+from twisted.internet import threads
+
+from scepproxyd.profiles import ANDROID_TEMPLATE, proxy_url, render_profile
+
+CONTENT_TYPES = {
+    ANDROID_TEMPLATE: "application/json",
+}
+MOBILECONFIG_TYPE = "application/x-apple-aspen-config"
+
+
+@attrs.frozen
+class RenderedCommand:
+    command_uuid: str
+    host_uuid: str
+    profile_uuid: str
+    kind: str
+    content_type: str
+    payload: bytes = attrs.field(repr=False)
+
+
+class CommandRenderer:
+    """Mints the challenge (store), decrypts the CA's static challenge, renders off the reactor."""
+
+    def __init__(self, store, cipher, public_url: str, reactor):
+        self._store = store
+        self._cipher = cipher
+        self._public_url = public_url
+        self._reactor = reactor
+
+    async def render(self, job) -> RenderedCommand:
+        challenge = await self._store.issue_challenge(job.host_uuid, job.profile_uuid)
+        static = self._cipher.decrypt(job.challenge_ciphertext) if job.challenge_ciphertext else ""
+        url = proxy_url(self._public_url, job.host_uuid, job.profile_uuid, job.ca_name or "", challenge)
+        payload = await threads.deferToThreadPool(
+            self._reactor,
+            self._reactor.getThreadPool(),
+            render_profile,
+            job.kind,
+            job.content,
+            ca_challenge=static,
+            proxy_url=url,
+            renewal_id=job.renewal_id,
+        )
+        return RenderedCommand(
+            job.command_uuid,
+            job.host_uuid,
+            job.profile_uuid,
+            job.kind,
+            CONTENT_TYPES.get(job.kind, MOBILECONFIG_TYPE),
+            payload,
+        )

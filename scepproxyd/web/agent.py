@@ -1,0 +1,195 @@
+"""The agent / MDM-facing API (outbox delivery), on the device-facing listener with its own token.
+
+An agent on the host (or an MDM acting for it) polls for commands, installs
+the rendered profile, then reports back: acknowledgement or error per
+command, installed profiles, and the host's certificates. Rendering happens
+on fetch, so the one-time challenge is minted when the device can use it.
+"""
+
+import json
+
+from twisted.web import resource
+
+from scepproxyd.certificates import (
+    MAX_CERTIFICATES_PER_REPORT,
+    CertificateReportError,
+    parse_certificate,
+    split_pem_bundle,
+)
+from scepproxyd.keys import tokens_match
+from scepproxyd.logs import get_logger
+from scepproxyd.web.api import Invalid, JsonApi, NotFound, field, json_body
+
+log = get_logger(__name__)
+
+
+def _command_json(rendered) -> dict:
+    return {
+        "command_uuid": rendered.command_uuid,
+        "profile_uuid": rendered.profile_uuid,
+        "kind": rendered.kind,
+        "content_type": rendered.content_type,
+        "payload": rendered.payload.decode("utf-8"),
+    }
+
+
+class AgentRoutes:
+    def __init__(self, store, renderer, clock):
+        self._store = store
+        self._renderer = renderer
+        self._clock = clock
+
+    def routes(self):
+        host = r"/api/v1/agent/hosts/(?P<host>[A-Za-z0-9._-]{1,255})"
+        return [
+            ("GET", host + r"/commands", self.fetch_commands),
+            ("POST", host + r"/commands/(?P<command>[A-Za-z0-9-]{1,64})", self.command_result),
+            ("POST", host + r"/profiles", self.installed_profiles),
+            ("POST", host + r"/certificates", self.certificates),
+        ]
+
+    async def _require_host(self, host: str):
+        if await self._store.get_host(host) is None:
+            raise NotFound("no host %r" % (host,))
+
+    async def fetch_commands(self, request, host):
+        await self._require_host(host)
+        jobs = await self._store.commands_for_host(host, "outbox")
+        commands = []
+        for job in jobs:
+            rendered = await self._renderer.render(job)
+            await self._store.command_delivered(job.command_uuid)
+            commands.append(_command_json(rendered))
+        if commands:
+            log.info("agent fetched {count} commands for host {host}", count=len(commands), host=host)
+        return {"commands": commands}
+
+    async def command_result(self, request, host, command):
+        body = json_body(request)
+        status = field(body, "status")
+        if status not in ("acknowledged", "error"):
+            raise Invalid("status must be acknowledged or error", field="status")
+        error = field(body, "error", required=status == "error")
+        if error is not None and len(error) > 2000:
+            error = error[:2000]
+        hp = await self._store.command_result(command, ok=status == "acknowledged", detail=error, host_uuid=host)
+        if hp is None:
+            raise NotFound("no command %s for host %s" % (command, host))
+        log.info(
+            "agent reported command {command} for host {host} profile {profile}: {status}; host profile now {now}",
+            command=command, host=host, profile=hp.profile_uuid, status=status, now=hp.status or "NULL",
+        )
+        return {"host_uuid": hp.host_uuid, "profile_uuid": hp.profile_uuid, "status": hp.status, "retries": hp.retries}
+
+    async def installed_profiles(self, request, host):
+        await self._require_host(host)
+        installed = field(json_body(request), "installed", kind=list)
+        if not all(isinstance(item, str) and item for item in installed):
+            raise Invalid("installed must be a list of profile UUIDs or PayloadIdentifiers", field="installed")
+        count = await self._store.profiles_installed(host, installed)
+        return {"verified": count}
+
+    async def certificates(self, request, host):
+        await self._require_host(host)
+        content_type = (request.getHeader(b"Content-Type") or b"").decode("latin-1")
+        if "json" in content_type:
+            pems = field(json_body(request), "certificates", kind=list)
+            if not all(isinstance(item, str) for item in pems):
+                raise Invalid("certificates must be a list of PEM strings", field="certificates")
+        else:
+            pems = [block.decode("ascii") for block in split_pem_bundle(request.content.read().decode("ascii", "replace"))]
+        if not pems:
+            raise Invalid("no certificates in the report", field="certificates")
+        if len(pems) > MAX_CERTIFICATES_PER_REPORT:
+            raise Invalid("at most %d certificates per report" % (MAX_CERTIFICATES_PER_REPORT,), field="certificates")
+        parsed = []
+        for index, pem in enumerate(pems, 1):
+            try:
+                parsed.append(parse_certificate(pem))
+            except CertificateReportError as e:
+                raise Invalid("certificate %d: %s" % (index, e), field="certificates") from None
+        known = await self._store.renewal_ids_for_host(host)
+        now = self._clock.seconds()
+        counts = {"recorded": 0, "older": 0, "unknown": 0, "not_valid_now": 0}
+        for cert in parsed:
+            if not cert.valid_at(now):
+                counts["not_valid_now"] += 1
+                continue
+            matches = cert.renewal_ids(known)
+            if not matches:
+                counts["unknown"] += 1
+                continue
+            for renewal_id in matches:
+                outcome = await self._store.record_certificate(
+                    host, renewal_id, cert.serial, cert.not_before, cert.not_after
+                )
+                counts[outcome] += 1
+        log.info(
+            "agent reported {total} certificates for host {host}: {counts}",
+            total=len(parsed), host=host, counts=" ".join("%s=%d" % kv for kv in sorted(counts.items())),
+        )
+        return counts
+
+
+class NanoMDMWebhook(resource.Resource):
+    """``/webhooks/nanomdm/<webhook token>``: NanoMDM cannot send a bearer header, so a token
+    of its own (not the agent token: NanoMDM logs URLs) is in the path."""
+
+    isLeaf = True
+
+    def __init__(self, store, token: str):
+        super().__init__()
+        self._store = store
+        self._token = token
+
+    def render_POST(self, request):
+        from twisted.internet import defer
+        from twisted.web import server
+
+        from scepproxyd.delivery.nanomdm import parse_webhook
+
+        presented = request.postpath[0] if len(request.postpath) == 1 else b""
+        if not tokens_match(presented, self._token):
+            request.setResponseCode(401)
+            return b"missing or wrong token\n"
+        try:
+            reports = parse_webhook(request.content.read())
+        except ValueError as e:
+            request.setResponseCode(400)
+            return ("%s\n" % (e,)).encode("utf-8")
+
+        async def apply():
+            for report in reports:
+                if report.status == "NotNow":
+                    continue
+                ok = report.status == "Acknowledged"
+                # A user-channel enrollment id is "UDID:UserID"; hosts are known by UDID.
+                host_uuid = report.enrollment_id.partition(":")[0]
+                hp = await self._store.command_result(
+                    report.command_uuid, ok=ok, detail=report.error, host_uuid=host_uuid
+                )
+                log.info(
+                    "nanomdm reported command {command} for host {host}: {status}",
+                    command=report.command_uuid, host=report.enrollment_id, status=report.status,
+                    known="yes" if hp else "no",
+                )
+
+        d = defer.ensureDeferred(apply())
+
+        def done(_):
+            request.setResponseCode(200)
+            request.write(b"ok\n")
+            request.finish()
+
+        def failed(failure):
+            log.failure("nanomdm webhook failed", failure)
+            request.setResponseCode(500)
+            request.write(b"internal error\n")
+            request.finish()
+
+        d.addCallbacks(done, failed)
+        return server.NOT_DONE_YET
+
+
+def agent_resource(token: str, store, renderer, clock) -> JsonApi:
+    return JsonApi(token, AgentRoutes(store, renderer, clock).routes(), realm="agent")
