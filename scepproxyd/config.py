@@ -112,6 +112,43 @@ class AgentSettings:
     token_file: Path
 
 
+KEY_USAGES = (
+    "digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+)
+EXTENDED_KEY_USAGES = ("client_auth", "server_auth", "email_protection", "code_signing", "ipsec_ike")
+
+
+@attrs.frozen
+class CertificateTemplate:
+    name: str
+    validity: float
+    key_usage: tuple[str, ...]
+    extended_key_usage: tuple[str, ...]
+
+
+@attrs.frozen
+class CASettings:
+    enabled: bool
+    name: str
+    key_file: Path
+    certificate_file: Path
+    import_key: Path | None
+    import_certificate: Path | None
+    import_key_password_file: Path | None
+    key_size: int
+    subject: str
+    lifetime: float
+    ra: bool
+    challenge_file: Path
+    allow_renew_days: int
+    auto_approve: bool
+    auto_approve_subject: str
+    auto_approve_networks: tuple
+    crl_validity: float
+    default_template: str
+    templates: dict = attrs.field(hash=False)
+
+
 @attrs.frozen
 class Settings:
     config_path: Path
@@ -127,6 +164,7 @@ class Settings:
     renewal: RenewalSettings
     delivery: DeliverySettings
     agent: AgentSettings
+    ca: CASettings
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)", re.ASCII)
@@ -306,6 +344,74 @@ def _optional_url(value: str) -> str | None:
     return None if value.strip() == "-" else _public_url(value)
 
 
+def _optional_text(value: str) -> str | None:
+    return None if value.strip() == "-" else value.strip()
+
+
+def _boolean(value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("yes", "true", "on", "1"):
+        return True
+    if text in ("no", "false", "off", "0"):
+        return False
+    raise _Invalid("must be yes or no, got %r" % (value,))
+
+
+def _names(allowed: tuple[str, ...], allow_empty: bool = True) -> Callable[[str], tuple[str, ...]]:
+    def convert(value: str) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in value.split(",") if n.strip() and n.strip() != "-")
+        bad = [n for n in names if n not in allowed]
+        if bad or (not names and not allow_empty):
+            raise _Invalid("must be a comma-separated list of %s, got %r" % (", ".join(allowed), value))
+        return names
+
+    return convert
+
+
+def _distinguished_name(value: str) -> str:
+    from cryptography import x509
+
+    try:
+        name = x509.Name.from_rfc4514_string(value.strip())
+    except ValueError as e:
+        raise _Invalid("must be a distinguished name like 'CN=Example CA,O=Example' (%s), got %r" % (e, value))
+    if not len(name):
+        raise _Invalid("must name at least one attribute, got %r" % (value,))
+    return value.strip()
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise _Invalid("must be a regular expression (%s), got %r" % (e, value))
+    return value
+
+
+def _networks(value: str) -> tuple:
+    import ipaddress
+
+    networks = []
+    for part in value.split(","):
+        try:
+            networks.append(ipaddress.ip_network(part.strip(), strict=False))
+        except ValueError:
+            raise _Invalid("must be a comma-separated list of networks like 10.0.0.0/8, got %r" % (part.strip(),))
+    return tuple(networks)
+
+
+def _ca_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_]{1,255}", value.strip()):
+        raise _Invalid("must be 1-255 letters, digits or underscores, got %r" % (value,))
+    return value.strip()
+
+
+def _template_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value.strip()):
+        raise _Invalid("must be 1-64 letters, digits, '.', '_' or '-', got %r" % (value,))
+    return value.strip()
+
+
 # section -> key -> (default, converter). Defaults go through the converters
 # too, so a default can never be something a user could not write.
 _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
@@ -359,6 +465,38 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
     "agent": {
         "token_file": ("agent.token", _text),
     },
+    "ca": {
+        "enabled": ("yes", _boolean),
+        "name": ("builtin", _ca_name),
+        "key_file": ("ca/ca.key", _text),
+        "certificate_file": ("ca/ca.pem", _text),
+        "import_key": ("-", _optional_text),
+        "import_certificate": ("-", _optional_text),
+        "import_key_password_file": ("-", _optional_text),
+        "key_size": ("3072", lambda value: int(_choice("2048", "3072", "4096")(value))),
+        "subject": ("CN=scepproxyd CA", _distinguished_name),
+        "lifetime": ("3650d", _duration(DAY, 36500 * DAY, allow_low=True)),
+        "ra": ("no", _boolean),
+        "challenge_file": ("ca/challenge", _text),
+        "allow_renew_days": ("14", _whole(0, 3650)),
+        "auto_approve": ("yes", _boolean),
+        "auto_approve_subject": (".*", _regex),
+        "auto_approve_networks": ("0.0.0.0/0, ::/0", _networks),
+        "crl_validity": ("7d", _duration(MINUTE, 365 * DAY, allow_low=True)),
+        "certificate_validity": ("365d", _duration(MINUTE, 3650 * DAY, allow_low=True)),
+        "key_usage": ("digital_signature, key_encipherment", _names(KEY_USAGES)),
+        "extended_key_usage": ("client_auth", _names(EXTENDED_KEY_USAGES)),
+        "default_template": ("default", _template_name),
+    },
+}
+
+# [template.NAME] sections: certificate templates of the built-in CA, chosen
+# per dynamic challenge; [ca] holds the "default" template's values.
+_TEMPLATE_PREFIX = "template."
+_TEMPLATE_SCHEMA: dict[str, tuple[str, Callable[[str], object]]] = {
+    "validity": ("365d", _duration(MINUTE, 3650 * DAY, allow_low=True)),
+    "key_usage": ("digital_signature, key_encipherment", _names(KEY_USAGES)),
+    "extended_key_usage": ("client_auth", _names(EXTENDED_KEY_USAGES)),
 }
 
 
@@ -396,36 +534,76 @@ def _resolve(base: Path, value: str) -> Path:
     return Path(os.path.normpath(base / value))
 
 
+def _section_values(parser, config_path, section: str, keys) -> dict[str, object]:
+    given = dict(parser.items(section)) if parser.has_section(section) else {}
+    for key in given:
+        if key not in keys:
+            raise ConfigError(
+                config_path, section, key,
+                "unknown key; valid keys in [%s] are: %s" % (section, ", ".join(keys)),
+            )
+    values = {}
+    for key, (default, convert) in keys.items():
+        raw = given.get(key, default)
+        try:
+            if not raw.strip():
+                raise _Invalid("must not be empty")
+            values[key] = convert(raw)
+        except _Invalid as e:
+            raise ConfigError(config_path, section, key, str(e)) from None
+    return values
+
+
+def _ca_settings(values, template_sections, state_directory: Path, config_path) -> CASettings:
+    ca = dict(values["ca"])
+    templates = {
+        "default": CertificateTemplate(
+            "default", ca.pop("certificate_validity"), ca.pop("key_usage"), ca.pop("extended_key_usage")
+        )
+    }
+    for section in template_sections:
+        name = section[len(_TEMPLATE_PREFIX):]
+        templates[name] = CertificateTemplate(name, **values[section])
+    if ca["default_template"] not in templates:
+        raise ConfigError(
+            config_path, "ca", "default_template",
+            "names no template; define [template.%s] or use 'default'" % (ca["default_template"],),
+        )
+    if (ca["import_key"] is None) != (ca["import_certificate"] is None):
+        raise ConfigError(
+            config_path, "ca", "import_key" if ca["import_key"] is None else "import_certificate",
+            "import_key and import_certificate go together",
+        )
+    for key in ("key_file", "certificate_file", "challenge_file"):
+        ca[key] = _resolve(state_directory, ca[key])
+    for key in ("import_key", "import_certificate", "import_key_password_file"):
+        if ca[key] is not None:
+            ca[key] = _resolve(Path(os.path.abspath(config_path)).parent, ca[key])
+    return CASettings(templates=templates, **ca)
+
+
 def parse_settings(text: str, config_path: Path) -> Settings:
     """
     Validate INI C{text} as if read from C{config_path}, which names the
     file in messages and anchors relative paths.
     """
     parser = _read_ini(text, config_path)
+    template_sections = []
     for section in parser.sections():
-        if section not in _SCHEMA:
+        if section.startswith(_TEMPLATE_PREFIX):
+            try:
+                _template_name(section[len(_TEMPLATE_PREFIX):])
+            except _Invalid as e:
+                raise ConfigError(config_path, section, None, "template name %s" % (e,)) from None
+            template_sections.append(section)
+        elif section not in _SCHEMA:
             raise ConfigError(
                 config_path, section, None,
-                "unknown section; valid sections are: %s" % (", ".join(_SCHEMA),),
+                "unknown section; valid sections are: %s, and [template.NAME]" % (", ".join(_SCHEMA),),
             )
     values: dict[str, dict[str, object]] = {}
-    for section, keys in _SCHEMA.items():
-        given = dict(parser.items(section)) if parser.has_section(section) else {}
-        for key in given:
-            if key not in keys:
-                raise ConfigError(
-                    config_path, section, key,
-                    "unknown key; valid keys in [%s] are: %s" % (section, ", ".join(keys)),
-                )
-        values[section] = {}
-        for key, (default, convert) in keys.items():
-            raw = given.get(key, default)
-            try:
-                if not raw.strip():
-                    raise _Invalid("must not be empty")
-                values[section][key] = convert(raw)
-            except _Invalid as e:
-                raise ConfigError(config_path, section, key, str(e)) from None
+    for section, keys in list(_SCHEMA.items()) + [(t, _TEMPLATE_SCHEMA) for t in template_sections]:
+        values[section] = _section_values(parser, config_path, section, keys)
 
     absolute_config = Path(os.path.abspath(config_path))
     state_directory = _resolve(absolute_config.parent, values["state"]["directory"])
@@ -458,6 +636,7 @@ def parse_settings(text: str, config_path: Path) -> Settings:
         renewal=RenewalSettings(**values["renewal"]),
         delivery=DeliverySettings(**values["delivery"]),
         agent=AgentSettings(**values["agent"]),
+        ca=_ca_settings(values, template_sections, state_directory, config_path),
     )
 
 

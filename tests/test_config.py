@@ -363,6 +363,27 @@ EVERY_KEY = [
     ("delivery", "webhook_token_file"),
     ("delivery", "command_retention"),
     ("agent", "token_file"),
+    ("ca", "enabled"),
+    ("ca", "name"),
+    ("ca", "key_file"),
+    ("ca", "certificate_file"),
+    ("ca", "import_key"),
+    ("ca", "import_certificate"),
+    ("ca", "import_key_password_file"),
+    ("ca", "key_size"),
+    ("ca", "subject"),
+    ("ca", "lifetime"),
+    ("ca", "ra"),
+    ("ca", "challenge_file"),
+    ("ca", "allow_renew_days"),
+    ("ca", "auto_approve"),
+    ("ca", "auto_approve_subject"),
+    ("ca", "auto_approve_networks"),
+    ("ca", "crl_validity"),
+    ("ca", "certificate_validity"),
+    ("ca", "key_usage"),
+    ("ca", "extended_key_usage"),
+    ("ca", "default_template"),
 ]
 
 
@@ -387,7 +408,7 @@ def test_unknown_section():
     assert (error.section, error.key) == ("sever", None)
     assert str(error) == (
         "%s: [sever]: unknown section; valid sections are: "
-        "state, server, database, challenges, upstream, logging, admin, profiles, renewal, delivery, agent" % (CONFIG,)
+        "state, server, database, challenges, upstream, logging, admin, profiles, renewal, delivery, agent, ca, and [template.NAME]" % (CONFIG,)
     )
 
 
@@ -604,3 +625,38 @@ def test_engine_defaults():
     assert settings.renewal.short_fraction == 0.5
     assert settings.delivery.backend == "outbox" and settings.delivery.nanomdm_url is None
     assert settings.agent.token_file == Path("/srv/scep/var/agent.token")
+
+
+@pytest.mark.parametrize(
+    "text, section, key, expected",
+    [
+        ("[ca]\nkey_size = 1024\n", "ca", "key_size", "must be one of 2048, 3072, 4096"),
+        ("[ca]\nsubject = nonsense\n", "ca", "subject", "must be a distinguished name"),
+        ("[ca]\nauto_approve_subject = (\n", "ca", "auto_approve_subject", "must be a regular expression"),
+        ("[ca]\nauto_approve_networks = 10.0.0.0/8, lan\n", "ca", "auto_approve_networks", "got 'lan'"),
+        ("[ca]\nenabled = maybe\n", "ca", "enabled", "must be yes or no"),
+        ("[ca]\nname = built-in\n", "ca", "name", "letters, digits or underscores"),
+        ("[ca]\nkey_usage = signing\n", "ca", "key_usage", "comma-separated list of digital_signature"),
+        ("[ca]\ndefault_template = vpn\n", "ca", "default_template", "define [template.vpn]"),
+        ("[ca]\nimport_key = depot/ca.key\n", "ca", "import_certificate", "go together"),
+        ("[template.vpn]\nvalidity = forever\n", "template.vpn", "validity", "must be a duration"),
+        ("[template.vpn]\ncolour = red\n", "template.vpn", "colour", "unknown key"),
+    ],
+)
+def test_ca_settings_refused(text, section, key, expected):
+    error = refused(text)
+    assert (error.section, error.key) == (section, key)
+    assert expected in error.problem
+
+
+def test_ca_templates_and_paths():
+    settings = parse("[ca]\ndefault_template = vpn\nimport_key = depot/ca.key\nimport_certificate = depot/ca.pem\n"
+                     "[template.vpn]\nvalidity = 90d\nextended_key_usage = client_auth, ipsec_ike\n")
+    ca = settings.ca
+    assert ca.enabled and ca.name == "builtin" and ca.key_size == 3072
+    assert ca.key_file == Path("/srv/scep/var/ca/ca.key")
+    assert ca.import_key == CONFIG.parent / "depot" / "ca.key"
+    assert set(ca.templates) == {"default", "vpn"}
+    assert ca.templates["vpn"].validity == 90 * 86400.0
+    assert ca.templates["vpn"].extended_key_usage == ("client_auth", "ipsec_ike")
+    assert ca.templates["default"].key_usage == ("digital_signature", "key_encipherment")
