@@ -21,6 +21,16 @@ def get_logger(namespace: str) -> Logger:
     return Logger(namespace=namespace, observer=_observer)
 
 
+_level = LogLevel.info
+
+
 def set_level(level: LogLevel) -> None:
     """Lowest level of scepproxyd's own events that is written."""
+    global _level
+    _level = level
     _predicate.setLogLevelForNamespace("", level)
+
+
+def current_level() -> LogLevel:
+    """The configured level, for observers that filter every namespace (the journal's)."""
+    return _level
