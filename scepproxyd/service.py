@@ -13,8 +13,9 @@ from scepproxyd.keys import ChallengeCipher, KeyFileError, load_or_create_key, l
 from scepproxyd.scep.proxy import ScepProxy
 from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http_client
 from scepproxyd.store import Store
-from scepproxyd.web.admin import admin_resource
+from scepproxyd.web.admin import AdminRoutes
 from scepproxyd.web.agent import NanoMDMWebhook, agent_resource
+from scepproxyd.web.api import JsonApi
 from scepproxyd.web.proxy import ProxyResource
 from scepproxyd.web.site import BodyLimitedSite
 
@@ -50,9 +51,13 @@ class HTTPPoolService(service.Service):
         return self.pool.closeCachedConnections()
 
 
-def build_resource_tree(proxy, agent_api, webhook, clock) -> resource.Resource:
-    """The device-facing listener: the SCEP proxy, the agent API and NanoMDM's webhook."""
+def build_resource_tree(proxy, agent_api, webhook, clock, builtin_ca=None) -> resource.Resource:
+    """The device-facing listener: the SCEP proxy, the agent API, NanoMDM's webhook and the built-in CA."""
     root = resource.Resource()
+    if builtin_ca is not None:
+        from scepproxyd.web.ca import ScepResource
+
+        root.putChild(b"scep", ScepResource(builtin_ca.authority))
     mdm = resource.Resource()
     scep = resource.Resource()
     root.putChild(b"mdm", mdm)
@@ -81,6 +86,10 @@ def prepare_state(settings) -> None:
     load_or_create_token(settings.delivery.webhook_token_file)
     if settings.delivery.backend == "nanomdm":
         read_nanomdm_api_key(settings.delivery.nanomdm_api_key_file)
+    if settings.ca.enabled:
+        from scepproxyd.ca.material import prepare_ca_material
+
+        prepare_ca_material(settings.ca)
 
 
 def read_nanomdm_api_key(path: Path) -> str:
@@ -120,6 +129,17 @@ def make_service(settings, reactor) -> service.MultiService:
     upstream = UpstreamClient(http_client, reactor, timeouts, settings.upstream.caps_cache_seconds)
 
     cipher = ChallengeCipher(load_or_create_key(settings.key_file))
+    builtin_ca, admin_ca_routes = None, []
+    if settings.ca.enabled:
+        from scepproxyd.ca.local import UpstreamRouter
+        from scepproxyd.ca.wiring import ManagedCaService, build_builtin_ca
+        from scepproxyd.web.admin_ca import CaAdminRoutes
+
+        builtin_ca = build_builtin_ca(settings, store, reactor)
+        ManagedCaService(store, builtin_ca, cipher).setServiceParent(top)
+        # The proxy reaches the built-in CA in process, never over HTTP to itself.
+        upstream = UpstreamRouter(upstream, builtin_ca.local, builtin_ca.url)
+        admin_ca_routes = CaAdminRoutes(builtin_ca.authority, builtin_ca.manager, store, builtin_ca.name).routes()
     renderer = CommandRenderer(store, cipher, settings.server.public_url, reactor)
     pusher = None
     if settings.delivery.backend == "nanomdm":
@@ -160,6 +180,7 @@ def make_service(settings, reactor) -> service.MultiService:
             agent_resource(agent_token, store, renderer, reactor),
             NanoMDMWebhook(store, load_or_create_token(settings.delivery.webhook_token_file)),
             reactor,
+            builtin_ca,
         ),
         max_body_bytes=settings.server.max_body_bytes,
         idle_timeout=settings.server.idle_timeout,
@@ -170,7 +191,12 @@ def make_service(settings, reactor) -> service.MultiService:
     listener.setServiceParent(top)
 
     admin_site = BodyLimitedSite(
-        admin_resource(load_or_create_token(settings.admin.token_file), store, upstream, cipher, jobs),
+        JsonApi(
+            load_or_create_token(settings.admin.token_file),
+            # The built-in CA's routes first: they guard its CA row before the generic CA routes match.
+            admin_ca_routes + AdminRoutes(store, upstream, cipher, jobs).routes(),
+            realm="admin",
+        ),
         max_body_bytes=ADMIN_MAX_BODY_BYTES,
         idle_timeout=settings.server.idle_timeout,
         reactor=reactor,

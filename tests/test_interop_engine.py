@@ -102,7 +102,7 @@ def move_certificate_into_renewal_window(daemon, host, profile):
 async def set_up(daemon, upstream, template: bytes, content_type: str, host: str, platform: str):
     admin = Client(daemon.admin_url, daemon.admin_token)
     agent = Client(daemon.url, agent_token(daemon))
-    if not (await admin.call("GET", "/api/v1/cas"))["cas"]:
+    if "CORP_CA" not in [ca["name"] for ca in (await admin.call("GET", "/api/v1/cas"))["cas"]]:
         await admin.call("POST", "/api/v1/cas", {"name": "CORP_CA", "url": upstream.url, "challenge": STATIC})
     await admin.call("PUT", "/api/v1/hosts/" + host, {"serial": "SER" + host, "platform": platform})
     query = "?platform=" + platform

@@ -622,7 +622,7 @@ async def test_migrate_from_schema_2_keeps_data(tmp_path, clock):
     path = tmp_path / "old.sqlite"
     schema_2_database(path)
     before = raw(path).execute("SELECT * FROM host_profiles ORDER BY host_uuid").fetchall()
-    assert Store.migrate(path) == SCHEMA_VERSION == 3
+    assert Store.migrate(path) == SCHEMA_VERSION == 4
     conn = raw(path)
     assert conn.execute("SELECT * FROM host_profiles ORDER BY host_uuid").fetchall() == [
         row + (None, None, None, None) for row in before
@@ -631,7 +631,7 @@ async def test_migrate_from_schema_2_keeps_data(tmp_path, clock):
     assert conn.execute("SELECT COUNT(*) FROM commands").fetchone()[0] == 0
     indexes = {row[1] for row in conn.execute("PRAGMA index_list(commands)")}
     assert {"commands_host_status", "commands_backend_due", "commands_status_updated_at"} <= indexes
-    assert Store.migrate(path) == 3
+    assert Store.migrate(path) == SCHEMA_VERSION
     s = Store(path, reactor, clock=clock)
     await s.start()
     try:

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from scepproxyd.cli import commands
+from scepproxyd.cli import builtin_ca, commands
 from scepproxyd.cli.client import AdminClient, CliError, UsageError, target_from_endpoint, target_from_url
 from scepproxyd.cli.render import as_json
 
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
             arg("host", metavar="HOST"), arg("profile", metavar="PROFILE"))
     command(groups, "trigger", commands.trigger, "run a job now", arg("job", metavar="JOB"))
     command(groups, "jobs", commands.jobs, "list jobs")
+    builtin_ca.add_commands(command, group, arg)
     return parser
 
 

@@ -9,6 +9,14 @@ failed one leaves nothing behind.
 """
 
 from scepproxyd.store.assignments import STATUS_FILTERS, AssignmentQueries
+from scepproxyd.store.ca import (
+    CA_REQUEST_STATUSES,
+    CERTIFICATE_STATUSES,
+    CaAuthorityQueries,
+    CaRequest,
+    IssuedCertificate,
+    StateError,
+)
 from scepproxyd.store.cas import CaQueries
 from scepproxyd.store.challenges import ChallengeQueries
 from scepproxyd.store.commands import CommandQueries
@@ -41,6 +49,7 @@ from scepproxyd.store.renewals import RenewalQueries
 
 class Store(
     CaQueries,
+    CaAuthorityQueries,
     HostQueries,
     ProfileQueries,
     AssignmentQueries,
@@ -58,11 +67,14 @@ class Store(
 
 
 __all__ = [
+    "CA_REQUEST_STATUSES",
+    "CERTIFICATE_STATUSES",
     "COMMAND_STATUSES",
     "HOST_PROFILE_STATUSES",
     "PLATFORMS",
     "PROFILE_KINDS",
     "STATUS_FILTERS",
+    "CaRequest",
     "CertificateAuthority",
     "ClaimResult",
     "Command",
@@ -71,11 +83,13 @@ __all__ = [
     "Host",
     "HostProfile",
     "InUseError",
+    "IssuedCertificate",
     "NotFoundError",
     "PlatformMismatchError",
     "Profile",
     "ProxyTarget",
     "RenderJob",
+    "StateError",
     "Store",
     "StoreError",
     "new_renewal_id",

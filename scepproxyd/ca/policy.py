@@ -1,0 +1,97 @@
+"""Who gets a certificate from the built-in CA: challenges, auto-approval, renewal.
+
+Pure decisions on plain values, so every rule is tested without a network
+or a database; the authority applies them in order and turns a refusal into
+a CertRep FAILURE whose failInfoText is the reason given here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+
+import attrs
+
+DAY = 86400.0
+WRONG_CHALLENGE = "challenge password missing or wrong"
+
+
+@attrs.frozen
+class Policy:
+    """The [ca] rules, as plain values."""
+
+    static_challenge: str = attrs.field(repr=False)
+    auto_approve: bool
+    auto_approve_subject: str
+    auto_approve_networks: tuple
+    allow_renew_days: int
+    default_template: str
+
+    @classmethod
+    def from_settings(cls, settings, static_challenge: str) -> "Policy":
+        return cls(
+            static_challenge=static_challenge,
+            auto_approve=settings.auto_approve,
+            auto_approve_subject=settings.auto_approve_subject,
+            auto_approve_networks=tuple(settings.auto_approve_networks),
+            allow_renew_days=settings.allow_renew_days,
+            default_template=settings.default_template,
+        )
+
+    def is_static_challenge(self, presented: str | None) -> bool:
+        """Constant-time comparison, so timing reveals nothing about the static challenge."""
+        if presented is None:
+            return False
+        return hmac.compare_digest(presented.encode("utf-8", "replace"), self.static_challenge.encode("utf-8"))
+
+    def auto_approves(self, subject: str, requester: str | None) -> bool:
+        """
+        Whether a request with a valid challenge is issued at once.
+
+        ``subject`` is the RFC 4514 string, matched in full; ``requester``
+        the client's IP address. ``None`` means the request came in through
+        the SCEP proxy, which already spent a one-time challenge bound to a
+        host: the network rule has nothing to check then.
+        """
+        if not self.auto_approve:
+            return False
+        if re.fullmatch(self.auto_approve_subject, subject) is None:
+            return False
+        return requester is None or in_networks(requester, self.auto_approve_networks)
+
+    def renewal_refusal(self, record, now: float) -> str | None:
+        """
+        Why a RenewalReq signed by the certificate ``record`` (an IssuedCertificate or None) is refused.
+
+        ``None`` when allowed: the certificate is one this CA issued, is not
+        revoked, is still valid, and (unless ``allow_renew_days`` is 0) has
+        at most that many days left, as scepserver's ``-allowrenew``.
+        """
+        if record is None:
+            return "renewal must be signed by a certificate this CA issued"
+        if record.status != "valid":
+            return "the certificate being renewed is revoked"
+        if not record.not_before <= now <= record.not_after:
+            return "the certificate being renewed is not valid now"
+        if self.allow_renew_days and record.not_after - now > self.allow_renew_days * DAY:
+            return "renewal is allowed only in the last %d days of the certificate's validity" % (
+                self.allow_renew_days,
+            )
+        return None
+
+
+def in_networks(address: str, networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == network.version and ip in network for network in networks)
+
+
+def challenge_hash(challenge: str) -> str:
+    """What the store keeps of a dynamic challenge: its SHA-256, hex."""
+    return hashlib.sha256(challenge.encode("utf-8")).hexdigest()

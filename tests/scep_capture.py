@@ -1,0 +1,176 @@
+"""Codec interop kit: a tiny SCEP server that records what real clients send, and test PKI.
+
+It answers GetCACaps with the capabilities it is given and GetCACert with the
+certificates it is given, and keeps every PKIOperation message. By default it
+answers PKIOperation with HTTP 500 (the client gives up, and the test reads the
+recorded request); give it ``answer`` to reply with a CertRep instead.
+
+It runs on loopback on a free port, in a thread of the test process, and is
+shut down by the test (``with CaptureServer(...) as server:``).
+"""
+
+import base64
+import datetime
+import http.server
+import threading
+import urllib.parse
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import AttributeOID, NameOID
+
+from scepproxyd.scep.codec import degenerate_certificates
+
+CAPS_WITH_AES = "POSTPKIOperation\nSHA-1\nSHA-256\nSHA-384\nSHA-512\nAES\nDES3\nSCEPStandard\nRenewal\n"
+CAPS_WITHOUT_AES = "POSTPKIOperation\nSHA-1\nSHA-256\nDES3\n"
+
+
+def _decode_get_message(text: str) -> bytes:
+    """GET messages come in either base64 alphabet, padded or not (scepclient: base64url, unpadded)."""
+    text = text.replace("-", "+").replace("_", "/")
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+class CaptureServer:
+    def __init__(self, ca_certificates, caps=CAPS_WITH_AES, answer=None):
+        """``ca_certificates``: cryptography certificates, the CA first; ``answer(message) -> bytes | None``."""
+        self.ca_certificates = list(ca_certificates)
+        self.caps = caps
+        self.answer = answer
+        self.messages: list[bytes] = []
+        self.operations: list[str] = []
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d/scep" % (self._httpd.server_address[1],)
+
+    def __enter__(self) -> "CaptureServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
+
+    def _get_ca_cert(self) -> tuple[bytes, str]:
+        if len(self.ca_certificates) == 1:
+            return self.ca_certificates[0].public_bytes(serialization.Encoding.DER), "application/x-x509-ca-cert"
+        return degenerate_certificates(self.ca_certificates), "application/x-x509-ca-ra-cert"
+
+    def _handler(self):
+        capture = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output quiet
+                pass
+
+            def _reply(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _params(self) -> dict:
+                query = urllib.parse.urlsplit(self.path).query
+                # A literal '+' in a SCEP GET message is base64 data, not a space.
+                return dict(urllib.parse.parse_qsl(query.replace("+", "%2B"), keep_blank_values=True))
+
+            def _operation(self, params: dict, body: bytes | None) -> None:
+                operation = params.get("operation", "")
+                capture.operations.append(operation)
+                if operation == "GetCACaps":
+                    self._reply(200, capture.caps.encode())
+                elif operation == "GetCACert":
+                    self._reply(200, *capture._get_ca_cert())
+                elif operation == "PKIOperation":
+                    message = body if body is not None else _decode_get_message(params.get("message", ""))
+                    capture.messages.append(message)
+                    reply = capture.answer(message) if capture.answer else None
+                    if reply is None:
+                        self._reply(500, b"captured\n")
+                    else:
+                        self._reply(200, reply, "application/x-pki-message")
+                else:
+                    self._reply(400, b"unknown operation\n")
+
+            def do_GET(self):
+                self._operation(self._params(), None)
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                self._operation(self._params(), self.rfile.read(length))
+
+        return Handler
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def make_ca(common_name: str = "Codec Test CA", key_size: int = 2048):
+    """A self-signed RSA CA certificate that real clients accept as a SCEP CA, and its key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+    name = _name(common_name)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - datetime.timedelta(minutes=5))
+        .not_valid_after(_now() + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=True, data_encipherment=False,
+            key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
+        ), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def make_device(common_name: str = "device-1", challenge: str | None = "s3cret"):
+    """A device key, its self-signed signer certificate and a CSR (with a challengePassword)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = _name(common_name)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - datetime.timedelta(minutes=5))
+        .not_valid_after(_now() + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    builder = x509.CertificateSigningRequestBuilder().subject_name(name)
+    if challenge is not None:
+        builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge.encode())
+    return key, cert, builder.sign(key, hashes.SHA256())
+
+
+def issue(ca_cert, ca_key, csr, days: int = 7) -> x509.Certificate:
+    """What a CA would issue for ``csr`` (the test stands in for the CA)."""
+    return (
+        x509.CertificateBuilder().subject_name(csr.subject).issuer_name(ca_cert.subject)
+        .public_key(csr.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - datetime.timedelta(minutes=5))
+        .not_valid_after(_now() + datetime.timedelta(days=days))
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
+def pem(obj) -> bytes:
+    """PEM of a certificate or a private key (unencrypted PKCS#8)."""
+    if isinstance(obj, rsa.RSAPrivateKey):
+        return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+    return obj.public_bytes(serialization.Encoding.PEM)
+
+
+def der(obj) -> bytes:
+    return obj.public_bytes(serialization.Encoding.DER)

@@ -1,0 +1,542 @@
+"""The built-in CA's SCEP operations in process: a real store file, a fake clock, the codec as client.
+
+Real clients against the running daemon are in test_ca_interop.py; these
+pin down each rule (challenges, approval, polling, renewal, GetCert, GetCRL,
+hostile messages) one at a time.
+"""
+
+import ipaddress
+
+import pytest
+import pytest_twisted
+from asn1crypto import cms
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+
+from certs import self_signed
+from scepproxyd.ca.authority import CAPS, ScepCA
+from scepproxyd.ca.manage import CaManager, ManageError
+from scepproxyd.ca.material import CaMaterial, create_ca, create_ra
+from scepproxyd.ca.policy import WRONG_CHALLENGE, Policy
+from scepproxyd.config import CertificateTemplate
+from scepproxyd.scep import codec
+from scepproxyd.store import Store
+
+EPOCH = 1_700_000_000.0
+DAY = 86400.0
+STATIC = "static-challenge-0123456789abcdef"
+TEMPLATES = {
+    "default": CertificateTemplate("default", 365 * DAY, ("digital_signature", "key_encipherment"), ("client_auth",)),
+    "wifi": CertificateTemplate("wifi", 30 * DAY, ("digital_signature",), ("client_auth", "server_auth")),
+}
+FAIL_INFO_TEXT_OID = "1.3.6.1.5.5.7.24.1"
+
+_CA_CACHE = {}
+
+
+def ca_material(ra=False) -> CaMaterial:
+    """One CA (and RA) per test session: RSA key generation is the slow part."""
+    if "ca" not in _CA_CACHE:
+        _CA_CACHE["ca"] = create_ca("CN=Test Builtin CA,O=scepproxyd tests", 2048, 3650 * DAY)
+    key, cert = _CA_CACHE["ca"]
+    if not ra:
+        return CaMaterial(key, cert)
+    if "ra" not in _CA_CACHE:
+        _CA_CACHE["ra"] = create_ra(key, cert)
+    return CaMaterial(key, cert, *_CA_CACHE["ra"])
+
+
+def policy(**changes) -> Policy:
+    values = dict(
+        static_challenge=STATIC, auto_approve=True, auto_approve_subject=".*",
+        auto_approve_networks=(ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")),
+        allow_renew_days=14, default_template="default",
+    )
+    values.update(changes)
+    return Policy(**values)
+
+
+def in_line(function, *args, **kwargs):
+    return defer.maybeDeferred(function, *args, **kwargs)
+
+
+@pytest.fixture
+def clock():
+    c = Clock()
+    c.advance(EPOCH)
+    return c
+
+
+@pytest_twisted.async_yield_fixture
+async def store(tmp_path, clock):
+    path = tmp_path / "db.sqlite3"
+    Store.migrate(path)
+    s = Store(path, reactor, clock=clock)
+    await s.start()
+    yield s
+    await s.stop()
+
+
+def make_ca(store, clock, ra=False, **policy_changes) -> ScepCA:
+    return ScepCA(store, ca_material(ra), policy(**policy_changes), TEMPLATES, "http://ca.test:8080", 7 * DAY,
+                  clock, run_in_thread=in_line)
+
+
+class Device:
+    """A SCEP client made of the codec's client side: a key, a self-signed cert, requests."""
+
+    def __init__(self, cn="device-1", key=None):
+        self.cert, self.key = self_signed(cn, key=key or rsa.generate_private_key(public_exponent=65537,
+                                                                                   key_size=2048))
+        self.cn = cn
+
+    def csr(self, challenge=STATIC, cn=None, san=None, key=None):
+        builder = x509.CertificateSigningRequestBuilder().subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn or self.cn)])
+        )
+        if challenge is not None:
+            builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge.encode())
+        if san is not None:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(key or self.key, hashes.SHA256())
+
+    def request(self, ca: ScepCA, message_type="PKCSReq", signer=None, **kwargs) -> bytes:
+        cert, key = signer or (self.cert, self.key)
+        der, _ = codec.build_request(
+            message_type=message_type, signer_key=key, signer_certificate=cert,
+            recipient_certificate=ca.material.message_certificate, **kwargs,
+        )
+        return der
+
+    def read(self, ca: ScepCA, answer, signer=None):
+        cert, key = signer or (self.cert, self.key)
+        assert answer.status == 200, answer.body
+        return codec.read_response(answer.body, key, cert, ca.material.certificate)
+
+
+def fail_info_text(der: bytes) -> str | None:
+    signed = cms.ContentInfo.load(der)["content"]
+    for attribute in signed["signer_infos"][0]["signed_attrs"]:
+        if attribute["type"].dotted == FAIL_INFO_TEXT_OID:
+            return attribute["values"][0].native
+    return None
+
+
+async def enroll(ca, device, requester="10.0.0.5", **csr_args):
+    answer = await ca.pki_operation(device.request(ca, csr=device.csr(**csr_args)), requester)
+    return answer, device.read(ca, answer)
+
+
+# -- GetCACaps / GetCACert -------------------------------------------------------------
+
+
+def test_caps_list_what_strongswan_needs(store, clock):
+    ca = make_ca(store, clock)
+    answer = ca.get_ca_caps()
+    assert answer.body == CAPS
+    assert set(CAPS.decode().split()) >= {"POSTPKIOperation", "Renewal", "SHA-256", "SHA-384", "AES", "DES3",
+                                          "SCEPStandard"}
+
+
+def test_ca_cert_alone_or_with_ra(store, clock):
+    plain = make_ca(store, clock).get_ca_cert()
+    assert plain.content_type == b"application/x-x509-ca-cert"
+    assert x509.load_der_x509_certificate(plain.body) == ca_material().certificate
+    with_ra = make_ca(store, clock, ra=True).get_ca_cert()
+    assert with_ra.content_type == b"application/x-x509-ca-ra-cert"
+    assert codec.ca_certificates(with_ra.body)[1] == ca_material().certificate.public_bytes(Encoding.DER)
+
+
+# -- PKCSReq -----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_static_challenge_issues_per_template(store, clock):
+    ca, device = make_ca(store, clock), Device()
+    answer, (status, fail, certs) = await enroll(ca, device, san=[x509.DNSName("device-1.example")])
+    assert (status, fail, answer.outcome) == ("SUCCESS", None, "issued")
+    issued = certs[0]
+    issued.verify_directly_issued_by(ca.material.certificate)
+    assert issued.public_key().public_numbers() == device.key.public_key().public_numbers()
+    assert issued.subject == device.csr().subject
+    assert issued.signature_hash_algorithm.name == "sha256"
+    assert issued.not_valid_before_utc.timestamp() == EPOCH
+    assert issued.not_valid_after_utc.timestamp() == EPOCH + 365 * DAY
+    ext = issued.extensions
+    assert ext.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    assert ext.get_extension_for_class(x509.KeyUsage).value.key_encipherment is True
+    assert list(ext.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert ext.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == [
+        "device-1.example"]
+    points = ext.get_extension_for_class(x509.CRLDistributionPoints).value
+    assert points[0].full_name[0].value == "http://ca.test:8080/scep/crl"
+    ext.get_extension_for_class(x509.SubjectKeyIdentifier)
+    ext.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    assert 0 < issued.serial_number < 2 ** 128
+    record = await store.get_issued_certificate("%x" % issued.serial_number)
+    assert (record.status, record.requester, record.template, record.subject) == (
+        "valid", "10.0.0.5", "default", "CN=device-1")
+    request = await store.get_ca_request(record.transaction_id)
+    assert (request.status, request.issued_serial) == ("issued", record.serial)
+
+
+@pytest.mark.parametrize("challenge", [None, "wrong", STATIC + "x", ""])
+@pytest_twisted.ensureDeferred
+async def test_missing_or_wrong_challenge_is_bad_request(store, clock, challenge):
+    ca, device = make_ca(store, clock), Device()
+    answer, (status, fail, _) = await enroll(ca, device, challenge=challenge)
+    assert (status, fail, answer.outcome) == ("FAILURE", "badRequest", "failed")
+    assert fail_info_text(answer.body) == WRONG_CHALLENGE
+    assert await store.list_issued_certificates() == []
+    assert ca.outcomes["failed"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_dynamic_challenge_is_single_use_and_picks_its_template(store, clock):
+    ca = make_ca(store, clock)
+    manager = CaManager(ca, store, TEMPLATES, 3600)
+    challenge, expires_at = await manager.new_challenge("wifi", None)
+    assert expires_at == EPOCH + 3600
+    assert challenge not in str(await store.list_ca_requests())
+    answer, (status, _, certs) = await enroll(ca, Device(), challenge=challenge)
+    assert status == "SUCCESS"
+    assert certs[0].not_valid_after_utc.timestamp() == EPOCH + 30 * DAY
+    assert ExtendedKeyUsageOID.SERVER_AUTH in certs[0].extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    again, (status, fail, _) = await enroll(ca, Device("device-2"), challenge=challenge)
+    assert (status, fail) == ("FAILURE", "badRequest")
+
+
+@pytest_twisted.ensureDeferred
+async def test_dynamic_challenge_expires(store, clock):
+    ca = make_ca(store, clock)
+    challenge, _ = await CaManager(ca, store, TEMPLATES, 3600).new_challenge(None, 60)
+    clock.advance(61)
+    _, (status, fail, _) = await enroll(ca, Device(), challenge=challenge)
+    assert (status, fail) == ("FAILURE", "badRequest")
+
+
+@pytest_twisted.ensureDeferred
+async def test_minting_refuses_unknown_template_and_bad_ttl(store, clock):
+    manager = CaManager(make_ca(store, clock), store, TEMPLATES, 3600)
+    with pytest.raises(ManageError, match="template must be one of default, wifi"):
+        await manager.new_challenge("nope", None)
+    with pytest.raises(ManageError, match="ttl"):
+        await manager.new_challenge(None, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_subject_or_network_outside_rules_waits_for_admin(store, clock):
+    ca = make_ca(store, clock, auto_approve_subject=r"CN=laptop-\d+",
+                 auto_approve_networks=(ipaddress.ip_network("10.0.0.0/8"),))
+    answer, (status, _, _) = await enroll(ca, Device("laptop-7"), requester="10.1.2.3")
+    assert status == "SUCCESS"
+    answer, (status, _, _) = await enroll(ca, Device("printer"), requester="10.1.2.3")
+    assert (status, answer.outcome) == ("PENDING", "pending")
+    answer, (status, _, _) = await enroll(ca, Device("laptop-8"), requester="192.168.1.1")
+    assert status == "PENDING"
+    # Through the proxy (no address) only the subject rule applies.
+    answer, (status, _, _) = await enroll(ca, Device("laptop-9"), requester=None)
+    assert status == "SUCCESS"
+    assert sorted(r.subject for r in await store.list_ca_requests("pending")) == ["CN=laptop-8", "CN=printer"]
+
+
+# -- pending, approval, polling, retransmission --------------------------------------------
+
+
+def poll(ca, device, transaction_id):
+    return device.request(
+        ca, "CertPoll", transaction_id=transaction_id,
+        issuer_and_subject=(ca.material.certificate.subject, device.cert.subject),
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_pending_then_approved_then_polled(store, clock):
+    ca, device = make_ca(store, clock, auto_approve=False), Device()
+    manager = CaManager(ca, store, TEMPLATES, 3600)
+    request = device.request(ca, csr=device.csr())
+    header = codec.read_header(request)
+    first = await ca.pki_operation(request, "10.0.0.5")
+    assert device.read(ca, first)[0] == "PENDING"
+    polled = await ca.pki_operation(poll(ca, device, header.transaction_id), "10.0.0.5")
+    assert device.read(ca, polled)[0] == "PENDING"
+
+    approved = await manager.approve(header.transaction_id)
+    assert approved.status == "approved" and approved.issued_serial
+    with pytest.raises(ManageError, match="not pending"):
+        await manager.approve(header.transaction_id)
+
+    polled = await ca.pki_operation(poll(ca, device, header.transaction_id), "10.0.0.5")
+    status, _, certs = device.read(ca, polled)
+    assert status == "SUCCESS" and "%x" % certs[0].serial_number == approved.issued_serial
+    assert (await store.get_ca_request(header.transaction_id)).status == "issued"
+    # A second poll still gets it; a resent PKCSReq for a finished transaction does not.
+    assert device.read(ca, await ca.pki_operation(poll(ca, device, header.transaction_id), "x"))[0] == "SUCCESS"
+    replay = await ca.pki_operation(request, "10.0.0.5")
+    assert device.read(ca, replay)[:2] == ("FAILURE", "badRequest")
+    assert len(await store.list_issued_certificates()) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_resent_pkcsreq_is_how_scepclient_polls(store, clock):
+    ca, device = make_ca(store, clock, auto_approve=False), Device()
+    request = device.request(ca, csr=device.csr())
+    txid = codec.read_header(request).transaction_id
+    assert device.read(ca, await ca.pki_operation(request, "h"))[0] == "PENDING"
+    assert device.read(ca, await ca.pki_operation(request, "h"))[0] == "PENDING"
+    # While it is open, the transaction ID is not taken by another CSR.
+    other = device.request(ca, csr=device.csr(cn="someone-else"), transaction_id=txid)
+    assert device.read(ca, await ca.pki_operation(other, "h"))[:2] == ("FAILURE", "badRequest")
+    await CaManager(ca, store, TEMPLATES, 3600).approve(txid)
+    status, _, certs = device.read(ca, await ca.pki_operation(request, "h"))
+    assert status == "SUCCESS" and certs
+    assert device.read(ca, await ca.pki_operation(request, "h"))[:2] == ("FAILURE", "badRequest")
+
+
+@pytest_twisted.ensureDeferred
+async def test_rejected_request_fails_its_poll(store, clock):
+    ca, device = make_ca(store, clock, auto_approve=False), Device()
+    request = device.request(ca, csr=device.csr())
+    txid = codec.read_header(request).transaction_id
+    await ca.pki_operation(request, "h")
+    rejected = await CaManager(ca, store, TEMPLATES, 3600).reject(txid, "not one of ours")
+    assert (rejected.status, rejected.detail) == ("rejected", "not one of ours")
+    answer = await ca.pki_operation(poll(ca, device, txid), "h")
+    assert device.read(ca, answer)[:2] == ("FAILURE", "badRequest")
+    assert fail_info_text(answer.body) == "not one of ours"
+    assert answer.outcome == "rejected"
+    unknown = await ca.pki_operation(poll(ca, device, "no-such-transaction"), "h")
+    assert device.read(ca, unknown)[:2] == ("FAILURE", "badRequest")
+
+
+# -- RenewalReq ------------------------------------------------------------------------------
+
+
+async def issued_pair(ca, device):
+    _, (_, _, certs) = await enroll(ca, device)
+    return certs[0], device.key
+
+
+@pytest.mark.parametrize("allow_days, days_before_expiry, allowed", [
+    (0, 300, True), (14, 15, False), (14, 14, True), (14, 1, True), (14, -1, False),
+])
+@pytest_twisted.ensureDeferred
+async def test_renewal_window(store, clock, allow_days, days_before_expiry, allowed):
+    ca, device = make_ca(store, clock, allow_renew_days=allow_days), Device()
+    old = await issued_pair(ca, device)
+    clock.advance(365 * DAY - days_before_expiry * DAY)
+    new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    request = device.request(ca, "RenewalReq", signer=old, csr=device.csr(challenge=None, key=new_key))
+    answer = await ca.pki_operation(request, "10.9.9.9")
+    status, fail, certs = device.read(ca, answer, signer=old)
+    if allowed:
+        assert status == "SUCCESS"
+        record = await store.get_issued_certificate("%x" % certs[0].serial_number)
+        assert record.renewal_of == "%x" % old[0].serial_number
+        assert certs[0].public_key().public_numbers() == new_key.public_key().public_numbers()
+    else:
+        assert (status, fail) == ("FAILURE", "badRequest")
+
+
+@pytest_twisted.ensureDeferred
+async def test_renewal_refused_for_revoked_foreign_or_other_subject(store, clock):
+    ca, device = make_ca(store, clock, allow_renew_days=0), Device()
+    old = await issued_pair(ca, device)
+    other_subject = device.request(ca, "RenewalReq", signer=old, csr=device.csr(challenge=None, cn="admin"))
+    answer = await ca.pki_operation(other_subject, "h")
+    assert device.read(ca, answer, signer=old)[:2] == ("FAILURE", "badRequest")
+    assert "keep the subject" in fail_info_text(answer.body)
+
+    foreign = self_signed("device-1", key=device.key)
+    answer = await ca.pki_operation(device.request(ca, "RenewalReq", signer=foreign, csr=device.csr(None)), "h")
+    assert fail_info_text(answer.body) == "renewal must be signed by a certificate this CA issued"
+
+    await CaManager(ca, store, TEMPLATES, 3600).revoke("%x" % old[0].serial_number, "superseded")
+    answer = await ca.pki_operation(device.request(ca, "RenewalReq", signer=old, csr=device.csr(None)), "h")
+    assert fail_info_text(answer.body) == "the certificate being renewed is revoked"
+
+
+# -- GetCert / GetCRL / revocation ------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_cert_and_get_crl(store, clock):
+    ca, device = make_ca(store, clock), Device()
+    issued, _ = await issued_pair(ca, device)
+    subject = ca.material.certificate.subject
+    answer = await ca.pki_operation(
+        device.request(ca, "GetCert", issuer_and_serial=(subject, issued.serial_number)), "h")
+    assert device.read(ca, answer)[2] == [issued]
+    answer = await ca.pki_operation(device.request(ca, "GetCert", issuer_and_serial=(subject, 12345)), "h")
+    assert device.read(ca, answer)[:2] == ("FAILURE", "badCertId")
+
+    record = await CaManager(ca, store, TEMPLATES, 3600).revoke("%X" % issued.serial_number, "key_compromise")
+    assert record.status == "revoked" and record.revocation_reason == "key_compromise"
+    answer = await ca.pki_operation(
+        device.request(ca, "GetCRL", issuer_and_serial=(subject, issued.serial_number)), "h")
+    status, _, found = device.read(ca, answer)
+    crl = found[0]
+    assert status == "SUCCESS" and isinstance(crl, x509.CertificateRevocationList)
+    assert crl.is_signature_valid(ca.material.certificate.public_key())
+    entry = crl.get_revoked_certificate_by_serial_number(issued.serial_number)
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == x509.ReasonFlags.key_compromise
+    assert crl.next_update_utc.timestamp() == EPOCH + 7 * DAY
+
+
+@pytest_twisted.ensureDeferred
+async def test_revoke_refusals(store, clock):
+    ca, device = make_ca(store, clock), Device()
+    manager = CaManager(ca, store, TEMPLATES, 3600)
+    issued, _ = await issued_pair(ca, device)
+    with pytest.raises(ManageError, match="reason must be one of"):
+        await manager.revoke("%x" % issued.serial_number, "because")
+    with pytest.raises(ManageError) as missing:
+        await manager.revoke("abc", None)
+    assert missing.value.kind == "not_found"
+    await manager.revoke("%x" % issued.serial_number, None)
+    with pytest.raises(ManageError) as twice:
+        await manager.revoke("%x" % issued.serial_number, None)
+    assert twice.value.kind == "conflict"
+
+
+@pytest_twisted.ensureDeferred
+async def test_crl_is_cached_until_a_revocation(store, clock):
+    ca = make_ca(store, clock)
+    first = await ca.crl.der()
+    assert await ca.crl.der() is first
+    issued, _ = await issued_pair(ca, Device())
+    await CaManager(ca, store, TEMPLATES, 3600).revoke("%x" % issued.serial_number, None)
+    second = await ca.crl.der()
+    assert second != first
+    crl = x509.load_der_x509_crl(second)
+    assert crl.get_revoked_certificate_by_serial_number(issued.serial_number) is not None
+
+
+# -- RA ----------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_ra_decrypts_and_signs_with_ca_as_extra_certificate(store, clock):
+    ca, device = make_ca(store, clock, ra=True), Device()
+    answer, (status, _, certs) = await enroll(ca, device)
+    assert status == "SUCCESS"
+    certs[0].verify_directly_issued_by(ca.material.certificate)
+    signed = cms.ContentInfo.load(answer.body)["content"]
+    included = {c.chosen.dump() for c in signed["certificates"]}
+    assert ca.material.certificate.public_bytes(Encoding.DER) in included
+    assert ca.material.ra_certificate.public_bytes(Encoding.DER) in included
+
+
+# -- the profile engine ------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_issuance_with_renewal_id_records_the_host_certificate(store, clock):
+    await store.add_ca("builtin", "http://ca.test:8080/scep")
+    await store.upsert_host("H1", "S1", "macos")
+    await store.add_profile("P1", "Wi-Fi", "macos", b"<plist/>", "builtin")
+    hp = await store.assign_profile("H1", "P1")
+    await store.set_host_profile_status("H1", "P1", "pending")
+    ca = make_ca(store, clock)
+    _, (status, _, certs) = await enroll(ca, Device("wifi %s" % hp.renewal_id))
+    assert status == "SUCCESS"
+    after = await store.get_host_profile("H1", "P1")
+    assert after.status == "verified"
+    assert after.cert_serial == "%x" % certs[0].serial_number
+    assert after.cert_not_after == certs[0].not_valid_after_utc.timestamp()
+
+
+# -- hostile messages --------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreadable_messages_get_400_and_nothing_else(store, clock):
+    ca, device = make_ca(store, clock), Device()
+    good = device.request(ca, csr=device.csr())
+    for body in (b"", b"garbage", good[: len(good) // 2], good[:-7], b"\x30\x80" + b"\x00" * 10):
+        answer = await ca.pki_operation(body, "h")
+        assert (answer.status, answer.body, answer.outcome) == (400, b"not a SCEP message\n", "not_scep")
+    # One flipped byte in the signature: the header cannot be trusted, so no CertRep either.
+    tampered = bytearray(good)
+    tampered[-20] ^= 0xFF
+    answer = await ca.pki_operation(bytes(tampered), "h")
+    assert answer.status == 400
+    assert await store.list_issued_certificates() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_recipient_gets_bad_message_check(store, clock):
+    ca, device = make_ca(store, clock), Device()
+    stranger, _ = self_signed("Some Other CA")
+    der, _ = codec.build_request(message_type="PKCSReq", signer_key=device.key, signer_certificate=device.cert,
+                                 recipient_certificate=stranger, csr=device.csr())
+    answer = await ca.pki_operation(der, "h")
+    assert (answer.outcome, device.read(ca, answer)[:2]) == ("bad_message", ("FAILURE", "badMessageCheck"))
+    assert fail_info_text(answer.body) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_replayed_enrollment_never_yields_a_second_certificate(store, clock):
+    ca, device = make_ca(store, clock), Device()
+    request = device.request(ca, csr=device.csr())
+    assert device.read(ca, await ca.pki_operation(request, "10.0.0.5"))[0] == "SUCCESS"
+    for _ in range(3):
+        answer = await ca.pki_operation(request, "10.0.0.5")
+        assert device.read(ca, answer)[:2] == ("FAILURE", "badRequest")
+        assert fail_info_text(answer.body) == "this message was answered already"
+    assert len(await store.list_issued_certificates()) == 1
+
+
+
+class _MemoryStore:
+    """Just enough store for the property test, with no DB thread: every call finishes at once."""
+
+    def __init__(self):
+        self.requests = {}
+
+    async def get_ca_request(self, transaction_id):
+        return self.requests.get(transaction_id)
+
+    async def nonce_answered(self, nonce):
+        return False
+
+    async def consume_ca_challenge(self, challenge_hash):
+        return None
+
+    async def add_pending_request(self, request):
+        self.requests[request.transaction_id] = request
+
+
+_FUZZ_DEVICE = Device("fuzzed")
+_FUZZ_CA = ScepCA(_MemoryStore(), ca_material(), policy(auto_approve=False), TEMPLATES, "http://ca.test", DAY,
+                  Clock(), run_in_thread=in_line)
+_FUZZ_GOOD = _FUZZ_DEVICE.request(_FUZZ_CA, csr=_FUZZ_DEVICE.csr())
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_mutated_requests_never_break_the_ca(data):
+    """Any byte flipped, cut or inserted: a 400 or a readable CertRep, never an exception."""
+    good = _FUZZ_GOOD
+    position = data.draw(st.integers(0, len(good) - 1))
+    kind = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+    if kind == "flip":
+        body = good[:position] + bytes([good[position] ^ data.draw(st.integers(1, 255))]) + good[position + 1:]
+    elif kind == "cut":
+        body = good[:position]
+    else:
+        body = good[:position] + data.draw(st.binary(min_size=1, max_size=8)) + good[position:]
+    d = defer.ensureDeferred(_FUZZ_CA.pki_operation(body, "10.0.0.5"))
+    answer = d.result  # everything above finishes synchronously
+    if answer.status == 400:
+        assert answer.body == b"not a SCEP message\n"
+    else:
+        assert answer.status == 200
+        assert _FUZZ_DEVICE.read(_FUZZ_CA, answer)[0] in ("PENDING", "FAILURE")

@@ -1,0 +1,441 @@
+"""The built-in CA in the real daemon, with real clients: micromdm scepclient and strongSwan pki.
+
+Directly at ``/scep``: enrollment, renewal, wrong challenge, the pending
+flow with an admin's approval, revocation and the CRL, RA mode, hostile
+bodies. Through the proxy: a host profile using CA ``builtin``. Admin
+actions go through ``scepproxyctl`` and the admin API, as documented.
+"""
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import AttributeOID, NameOID
+from twisted.internet import reactor, threads
+
+from certs import self_signed
+from peers import Daemon, need
+from scepproxyd.scep import codec
+from scepproxyd.store import Store
+
+SCEPPROXYCTL = str(Path(sys.executable).with_name("scepproxyctl"))
+FAST = {"key_size": "2048"}
+
+
+def start(tmp_path, **ca) -> Daemon:
+    return Daemon(tmp_path, ca=dict(FAST, **ca)).start()
+
+
+@pytest.fixture
+def stop_after():
+    started = []
+    yield started.append
+    for daemon in started:
+        code = daemon.stop()
+        assert code in (0, -signal.SIGTERM), daemon.log()
+        assert "Traceback" not in daemon.log(), daemon.log()
+
+
+class Site:
+    """One running daemon with the built-in CA, and ways to talk to it."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+        self.state = daemon.directory / "state"
+        self.scep_url = daemon.url + "/scep"
+
+    @property
+    def ca_pem(self) -> Path:
+        return self.state / "ca" / "ca.pem"
+
+    @property
+    def static_challenge(self) -> str:
+        return (self.state / "ca" / "challenge").read_text().strip()
+
+    def http(self, method, url, body=None, headers=None):
+        request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.headers.get("Content-Type"), response.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Content-Type"), e.read()
+
+    def admin(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Authorization": "Bearer " + self.daemon.admin_token, "Content-Type": "application/json"}
+        status, _, raw = self.http(method, self.daemon.admin_url + path, data, headers)
+        return status, (json.loads(raw) if raw.strip() else None)
+
+    def ctl(self, *args):
+        return subprocess.run([SCEPPROXYCTL, "--config", str(self.daemon.config), *args],
+                              capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def site(tmp_path, stop_after):
+    def make(**ca):
+        daemon = start(tmp_path, **ca)
+        stop_after(daemon)
+        return Site(daemon)
+    return make
+
+
+def scepclient(workdir: Path, url: str, challenge: str | None, cn: str, *extra):
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = [need("scepclient"), "-private-key", str(workdir / "key.pem"), "-server-url", url, "-cn", cn, *extra]
+    if challenge is not None:
+        args.append("-challenge=" + challenge)
+    return subprocess.run(args, cwd=str(workdir), capture_output=True, text=True, timeout=90)
+
+
+def pki(*args, timeout=90):
+    result = subprocess.run([need("pki"), *args], capture_output=True, timeout=timeout)
+    return result
+
+
+def openssl_verify(ca_pem: Path, cert: Path, der=False) -> str:
+    if der:
+        pem = cert.with_suffix(".pem")
+        pem.write_bytes(x509.load_der_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.PEM))
+        cert = pem
+    result = subprocess.run([need("openssl"), "verify", "-CAfile", str(ca_pem), str(cert)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def load(path: Path) -> x509.Certificate:
+    data = path.read_bytes()
+    return x509.load_pem_x509_certificate(data) if data.startswith(b"-----") else x509.load_der_x509_certificate(data)
+
+
+# -- micromdm scepclient ------------------------------------------------------------------------
+
+
+def test_scepclient_enrolls_and_renews(site, tmp_path):
+    s = site(allow_renew_days="0")
+    status, content_type, caps = s.http("GET", s.scep_url + "?operation=GetCACaps")
+    assert (status, content_type) == (200, "text/plain")
+    assert b"Renewal" in caps and b"DES3" in caps
+
+    device = tmp_path / "device"
+    result = scepclient(device, s.scep_url, s.static_challenge, "laptop-1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert openssl_verify(s.ca_pem, device / "client.pem").strip().endswith("OK")
+    first = load(device / "client.pem")
+    assert first.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "laptop-1"
+
+    # Run again with client.pem in place: scepclient sends a RenewalReq signed by it.
+    result = scepclient(device, s.scep_url, None, "laptop-1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    renewed = load(device / "client.pem")
+    assert renewed.serial_number != first.serial_number
+    openssl_verify(s.ca_pem, device / "client.pem")
+    log = s.daemon.log()
+    assert "type=PKCSReq" in log and "type=RenewalReq" in log
+    assert log.count("outcome=issued") == 2
+    assert s.static_challenge not in log
+    status, listing = s.admin("GET", "/api/v1/ca/certificates")
+    by_serial = {c["serial"]: c for c in listing["certificates"]}
+    assert by_serial["%x" % renewed.serial_number]["renewal_of"] == "%x" % first.serial_number
+
+
+def test_scepclient_renewal_outside_window_and_wrong_challenge_fail(site, tmp_path):
+    s = site()  # allow_renew_days = 14, certificates valid 365 days
+    result = scepclient(tmp_path / "wrong", s.scep_url, "not-the-challenge", "intruder")
+    assert result.returncode != 0
+    assert "badRequest" in result.stdout + result.stderr
+    assert not (tmp_path / "wrong" / "client.pem").exists()
+    assert "outcome=failed" in s.daemon.log()
+    assert "challenge password missing or wrong" in s.daemon.log()
+    assert "not-the-challenge" not in s.daemon.log()
+
+    device = tmp_path / "device"
+    assert scepclient(device, s.scep_url, s.static_challenge, "laptop-2").returncode == 0
+    result = scepclient(device, s.scep_url, None, "laptop-2")
+    assert result.returncode != 0
+    assert "renewal is allowed only in the last 14 days" in s.daemon.log()
+
+
+def test_dynamic_challenge_from_cli_is_single_use(site, tmp_path):
+    s = site()
+    minted = s.ctl("builtin-ca", "challenge", "--ttl", "10m")
+    assert minted.returncode == 0, minted.stderr
+    challenge = minted.stdout.strip()
+    assert len(challenge) == 32 and "\n" not in challenge
+    assert challenge not in s.daemon.log()
+    assert scepclient(tmp_path / "a", s.scep_url, challenge, "one").returncode == 0
+    assert scepclient(tmp_path / "b", s.scep_url, challenge, "two").returncode != 0
+    assert challenge not in s.daemon.log()
+
+
+# -- strongSwan pki -------------------------------------------------------------------------------
+
+
+def strongswan_key(path: Path) -> Path:
+    result = pki("--gen", "--type", "rsa", "--size", "2048", "--outform", "der")
+    assert result.returncode == 0
+    path.write_bytes(result.stdout)
+    return path
+
+
+def test_strongswan_enrolls_and_renews_with_aes_sha256(site, tmp_path):
+    s = site(allow_renew_days="0")
+    ca_der = tmp_path / "ca.der"
+    result = pki("--scepca", "--url", s.scep_url, "--caout", str(ca_der))
+    assert result.returncode == 0, result.stderr
+    key = strongswan_key(tmp_path / "key.der")
+    cert = tmp_path / "cert.der"
+    result = pki("--scep", "--url", s.scep_url, "--in", str(key), "--dn", "CN=vpn-client,O=Example",
+                 "--san", "vpn-client.example", "--password", s.static_challenge, "--cacert-enc", str(ca_der),
+                 "--cacert-sig", str(ca_der), "--cipher", "aes", "--digest", "sha256")
+    assert result.returncode == 0, result.stderr.decode()
+    cert.write_bytes(result.stdout)
+    openssl_verify(s.ca_pem, cert, der=True)
+    issued = load(cert)
+    san = issued.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "vpn-client.example" in san.get_values_for_type(x509.DNSName)
+
+    new_key = strongswan_key(tmp_path / "key2.der")
+    result = pki("--scep", "--url", s.scep_url, "--in", str(new_key), "--dn", "CN=vpn-client,O=Example",
+                 "--cacert-enc", str(ca_der), "--cacert-sig", str(ca_der), "--cert", str(cert), "--key", str(key))
+    assert result.returncode == 0, result.stderr.decode()
+    renewed_path = tmp_path / "renewed.der"
+    renewed_path.write_bytes(result.stdout)
+    openssl_verify(s.ca_pem, renewed_path, der=True)
+    assert load(renewed_path).serial_number != issued.serial_number
+    assert "type=RenewalReq" in s.daemon.log()
+
+
+def test_pending_request_approved_by_admin_reaches_polling_client(site, tmp_path):
+    s = site(auto_approve="no")
+    ca_der = tmp_path / "ca.der"
+    assert pki("--scepca", "--url", s.scep_url, "--caout", str(ca_der)).returncode == 0
+    key = strongswan_key(tmp_path / "key.der")
+    client = subprocess.Popen(
+        [need("pki"), "--scep", "--url", s.scep_url, "--in", str(key), "--dn", "CN=waiting-device",
+         "--password", s.static_challenge, "--cacert-enc", str(ca_der), "--cacert-sig", str(ca_der),
+         "--interval", "1", "--maxpolltime", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        pending = []
+        for _ in range(100):
+            _, answer = s.admin("GET", "/api/v1/ca/requests?status=pending")
+            pending = answer["requests"]
+            if pending:
+                break
+            time.sleep(0.1)
+        assert [r["subject"] for r in pending] == ["CN=waiting-device"]
+        time.sleep(1.5)  # let it poll at least once while pending
+        approved = s.ctl("builtin-ca", "approve", pending[0]["transaction_id"])
+        assert approved.returncode == 0, approved.stderr
+        assert "approved request" in approved.stdout
+        out, err = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            os.kill(client.pid, signal.SIGTERM)
+            client.wait(10)
+    assert client.returncode == 0, err.decode()
+    cert = tmp_path / "cert.der"
+    cert.write_bytes(out)
+    openssl_verify(s.ca_pem, cert, der=True)
+    log = s.daemon.log()
+    assert "type=CertPoll" in log and "outcome=pending" in log and "outcome=delivered" in log
+    _, answer = s.admin("GET", "/api/v1/ca/requests?status=issued")
+    assert [r["transaction_id"] for r in answer["requests"]] == [pending[0]["transaction_id"]]
+
+
+def test_rejected_request_fails_the_polling_client(site, tmp_path):
+    s = site(auto_approve="no")
+    ca_der = tmp_path / "ca.der"
+    assert pki("--scepca", "--url", s.scep_url, "--caout", str(ca_der)).returncode == 0
+    key = strongswan_key(tmp_path / "key.der")
+    client = subprocess.Popen(
+        [need("pki"), "--scep", "--url", s.scep_url, "--in", str(key), "--dn", "CN=unwanted",
+         "--password", s.static_challenge, "--cacert-enc", str(ca_der), "--cacert-sig", str(ca_der),
+         "--interval", "1", "--maxpolltime", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(100):
+            _, answer = s.admin("GET", "/api/v1/ca/requests?status=pending")
+            if answer["requests"]:
+                break
+            time.sleep(0.1)
+        txid = answer["requests"][0]["transaction_id"]
+        status, rejected = s.admin("POST", "/api/v1/ca/requests/%s/reject" % quote(txid, safe=""),
+                                   {"reason": "unknown device"})
+        assert (status, rejected["status"]) == (200, "rejected")
+        client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            os.kill(client.pid, signal.SIGTERM)
+            client.wait(10)
+    assert client.returncode != 0
+    assert "outcome=rejected" in s.daemon.log()
+
+
+def test_ra_mode_serves_chain_and_clients_enroll(site, tmp_path):
+    s = site(ra="yes")
+    status, content_type, body = s.http("GET", s.scep_url + "?operation=GetCACert")
+    assert (status, content_type) == (200, "application/x-x509-ca-ra-cert")
+    assert len(codec.ca_certificates(body)) == 2
+    ca_der, ra_der = tmp_path / "ca.der", tmp_path / "ra.der"
+    result = pki("--scepca", "--url", s.scep_url, "--caout", str(ca_der), "--raout", str(ra_der))
+    assert result.returncode == 0, result.stderr
+    key = strongswan_key(tmp_path / "key.der")
+    result = pki("--scep", "--url", s.scep_url, "--in", str(key), "--dn", "CN=ra-client",
+                 "--password", s.static_challenge, "--cacert-enc", str(ra_der), "--cacert-sig", str(ra_der),
+                 "--cacert", str(ca_der))
+    assert result.returncode == 0, result.stderr.decode()
+    (tmp_path / "cert.der").write_bytes(result.stdout)
+    openssl_verify(s.ca_pem, tmp_path / "cert.der", der=True)
+    result = scepclient(tmp_path / "micromdm", s.scep_url, s.static_challenge, "ra-scepclient")
+    assert result.returncode == 0, result.stdout + result.stderr
+    openssl_verify(s.ca_pem, tmp_path / "micromdm" / "client.pem")
+
+
+# -- revocation and the CRL ------------------------------------------------------------------------
+
+
+def test_revoked_certificate_is_in_the_crl(site, tmp_path):
+    s = site()
+    assert scepclient(tmp_path / "device", s.scep_url, s.static_challenge, "to-revoke").returncode == 0
+    serial = "%x" % load(tmp_path / "device" / "client.pem").serial_number
+    listed = s.ctl("builtin-ca", "certificates", "--status", "valid")
+    assert serial in listed.stdout
+    revoked = s.ctl("builtin-ca", "revoke", serial, "--reason", "key_compromise")
+    assert revoked.returncode == 0, revoked.stderr
+    status, content_type, crl = s.http("GET", s.scep_url + "/crl")
+    assert (status, content_type) == (200, "application/pkix-crl")
+    crl_file = tmp_path / "ca.crl"
+    crl_file.write_bytes(crl)
+    text = subprocess.run([need("openssl"), "crl", "-inform", "DER", "-in", str(crl_file), "-noout", "-text"],
+                          capture_output=True, text=True, check=True).stdout
+    assert serial.upper().rjust(len(serial) + len(serial) % 2, "0") in text.replace(":", "").upper()
+    assert "Key Compromise" in text
+    verified = subprocess.run([need("openssl"), "crl", "-inform", "DER", "-in", str(crl_file), "-noout",
+                               "-CAfile", str(s.ca_pem)], capture_output=True, text=True)
+    assert "verify OK" in verified.stdout + verified.stderr
+    issued = load(tmp_path / "device" / "client.pem")
+    points = issued.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    assert points[0].full_name[0].value == s.scep_url + "/crl"
+    shown = s.ctl("--json", "builtin-ca", "show")
+    assert json.loads(shown.stdout)["certificates"] == {"valid": 0, "revoked": 1}
+
+
+# -- hostile bodies --------------------------------------------------------------------------------
+
+
+def codec_request(s: Site, challenge, cn="hostile", recipient=None):
+    cert, key = self_signed(cn)
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+           .add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge.encode()).sign(key, hashes.SHA256()))
+    der, _ = codec.build_request(message_type="PKCSReq", signer_key=key, signer_certificate=cert,
+                                 recipient_certificate=recipient or load(s.ca_pem), csr=csr)
+    return der, cert, key
+
+
+def test_hostile_bodies_get_failure_or_400_and_the_daemon_keeps_serving(site, tmp_path):
+    s = site()
+    url = s.scep_url + "?operation=PKIOperation"
+    good, cert, key = codec_request(s, s.static_challenge)
+    flipped = bytearray(good)
+    flipped[-10] ^= 0x01
+    for body in (b"garbage", good[:100], good[:-1], bytes(flipped), b"\x30\x80\x00\x00", os.urandom(4096)):
+        status, content_type, answer = s.http("POST", url, body)
+        assert (status, content_type, answer) == (400, "text/plain; charset=utf-8", b"not a SCEP message\n")
+
+    stranger, _ = self_signed("Another CA")
+    wrong, wcert, wkey = codec_request(s, s.static_challenge, recipient=stranger)
+    status, content_type, answer = s.http("POST", url, wrong)
+    assert (status, content_type) == (200, "application/x-pki-message")
+    assert codec.read_response(answer, wkey, wcert, load(s.ca_pem))[:2] == ("FAILURE", "badMessageCheck")
+
+    status, _, answer = s.http("POST", url, good)
+    assert codec.read_response(answer, key, cert, load(s.ca_pem))[0] == "SUCCESS"
+    answer_file = tmp_path / "certrep.der"
+    answer_file.write_bytes(answer)
+    cms = subprocess.run([need("openssl"), "cms", "-verify", "-inform", "DER", "-in", str(answer_file),
+                          "-CAfile", str(s.ca_pem), "-binary", "-purpose", "any", "-out", os.devnull],
+                         capture_output=True, text=True)
+    assert cms.returncode == 0, cms.stderr
+    for _ in range(2):  # a replay never yields a second certificate
+        status, _, answer = s.http("POST", url, good)
+        assert codec.read_response(answer, key, cert, load(s.ca_pem))[:2] == ("FAILURE", "badRequest")
+
+    # By GET: standard base64 with a literal "+" is data, as on the proxy.
+    for _ in range(20):
+        by_get, gcert, gkey = codec_request(s, s.static_challenge, cn="by-get")
+        encoded = base64.b64encode(by_get).decode()
+        if "+" in encoded:
+            break
+    status, _, answer = s.http("GET", s.scep_url + "?operation=PKIOperation&message=" + encoded)
+    assert codec.read_response(answer, gkey, gcert, load(s.ca_pem))[0] == "SUCCESS"
+
+    status, _, _ = s.http("GET", s.scep_url + "?operation=PKIOperation&message=%%%")
+    assert status == 400
+    status, _, body = s.http("GET", s.scep_url + "?operation=Nope")
+    assert status == 400 and b"unsupported operation" in body
+    assert s.http("GET", s.scep_url + "?operation=GetCACaps")[0] == 200
+    log = s.daemon.log()
+    assert "Traceback" not in log and "outcome=bad_message" in log and "outcome=not_scep" in log
+
+
+# -- through the proxy -----------------------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_proxy_enrolls_into_builtin_ca_in_process(tmp_path, stop_after):
+    daemon = start(tmp_path)
+    stop_after(daemon)
+    s = Site(daemon)
+    store = Store(daemon.database, reactor)
+    yield store.start()
+    try:
+        for _ in range(50):  # the daemon registers its CA row right after start
+            if (yield store.get_ca("builtin")) is not None:
+                break
+            yield threads.deferToThread(time.sleep, 0.1)
+        row = yield store.get_ca("builtin")
+        assert row.url == s.scep_url and row.challenge_ciphertext
+        yield store.upsert_host("HOST-1", "SERIAL-1", "macos")
+        yield store.add_profile("PROFILE-1", "Wi-Fi", "macos", b"<plist/>", "builtin")
+        hp = yield store.assign_profile("HOST-1", "PROFILE-1")
+        challenge = yield store.new_challenge("HOST-1", "PROFILE-1")
+        yield store.set_host_profile_status("HOST-1", "PROFILE-1", "pending")
+        url = daemon.url + "/mdm/scep/proxy/" + quote("HOST-1,PROFILE-1,builtin,%s" % (challenge,), safe="")
+        result = yield threads.deferToThread(scepclient, tmp_path / "device", url, s.static_challenge,
+                                             "wifi %s" % (hp.renewal_id,))
+        assert result.returncode == 0, result.stdout + result.stderr
+        openssl_verify(s.ca_pem, tmp_path / "device" / "client.pem")
+        issued = load(tmp_path / "device" / "client.pem")
+        after = yield store.get_host_profile("HOST-1", "PROFILE-1")
+        assert after.status == "verified"
+        assert after.cert_serial == "%x" % issued.serial_number
+        log = daemon.log()
+        assert "requester=proxy" in log and "outcome=issued" in log
+        assert "proxy PKIOperation host=HOST-1" in log
+        # It never looped back over HTTP: every PKIOperation the CA saw came from the proxy.
+        assert "requester=127.0.0.1" not in log
+        # The CA row belongs to the [ca] section.
+        status, answer = yield threads.deferToThread(s.admin, "PATCH", "/api/v1/cas/builtin", {"url": "http://x/"})
+        assert (status, answer["error"]) == (409, "CA 'builtin' is managed by the [ca] section of the configuration")
+        status, _ = yield threads.deferToThread(s.admin, "DELETE", "/api/v1/cas/builtin")
+        assert status == 409
+    finally:
+        yield store.stop()

@@ -1,0 +1,150 @@
+"""The store's built-in CA queries: issued certificates, transactions, one-time challenges."""
+
+import sqlite3
+
+import attrs
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+
+from scepproxyd.store import CaRequest, DuplicateError, IssuedCertificate, NotFoundError, StateError, Store
+
+EPOCH = 1_700_000_000.0
+
+
+@pytest.fixture
+def clock():
+    c = Clock()
+    c.advance(EPOCH)
+    return c
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    Store.migrate(path)
+    return path
+
+
+@pytest_twisted.async_yield_fixture
+async def store(db_path, clock):
+    s = Store(db_path, reactor, clock=clock)
+    await s.start()
+    yield s
+    await s.stop()
+
+
+def request(txid="T1", status="pending", csr=b"csr", nonce="n1"):
+    return CaRequest(txid, status, "CN=d", csr, b"signer", "10.0.0.1", "default", None, None, EPOCH, EPOCH, nonce)
+
+
+def certificate(serial="abc", txid="T1", nonce="n1"):
+    return IssuedCertificate(serial, "CN=d", EPOCH, EPOCH + 86400, "valid", None, None, "10.0.0.1", txid,
+                             "default", None, b"der", EPOCH, nonce)
+
+
+@pytest_twisted.ensureDeferred
+async def test_record_issued_keeps_request_and_certificate_together(store):
+    await store.record_issued(attrs.evolve(request(), status="issued", issued_serial="abc"), certificate())
+    assert (await store.get_ca_request("T1")).status == "issued"
+    assert (await store.get_issued_certificate("abc")).transaction_id == "T1"
+    assert await store.nonce_answered("n1") and not await store.nonce_answered("n2")
+    # A finished transaction ID may start again (a renewal with the same key) ...
+    await store.record_issued(attrs.evolve(request(nonce="n2"), status="issued", issued_serial="def"),
+                              certificate("def", nonce="n2"))
+    assert (await store.get_ca_request("T1")).issued_serial == "def"
+    # ... but a serial is never issued twice, and then nothing of it is kept.
+    with pytest.raises(DuplicateError):
+        await store.record_issued(attrs.evolve(request(nonce="n3"), status="issued"), certificate("def"))
+    assert (await store.get_ca_request("T1")).sender_nonce == "n2"
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_transaction_is_not_replaced(store):
+    await store.add_pending_request(request())
+    with pytest.raises(DuplicateError):
+        await store.add_pending_request(request(csr=b"other"))
+    with pytest.raises(DuplicateError):
+        await store.record_issued(attrs.evolve(request(), status="issued"), certificate())
+    assert await store.list_issued_certificates() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_approve_and_reject_only_pending(store, clock):
+    await store.add_pending_request(request("T1"))
+    await store.add_pending_request(request("T2"))
+    clock.advance(5)
+    approved = await store.approve_ca_request("T1", certificate("a1", "T1"))
+    assert (approved.status, approved.issued_serial, approved.updated_at) == ("approved", "a1", EPOCH + 5)
+    with pytest.raises(StateError) as again:
+        await store.approve_ca_request("T1", certificate("a2", "T1"))
+    assert again.value.status == "approved"
+    assert await store.get_issued_certificate("a2") is None
+    with pytest.raises(NotFoundError):
+        await store.reject_ca_request("nope", "x")
+    rejected = await store.reject_ca_request("T2", "no")
+    assert (rejected.status, rejected.detail) == ("rejected", "no")
+    with pytest.raises(StateError):
+        await store.reject_ca_request("T2", "no")
+    assert await store.ca_request_delivered("T1") is True
+    assert await store.ca_request_delivered("T1") is False
+    assert [r.transaction_id for r in await store.list_ca_requests("issued")] == ["T1"]
+    assert [r.transaction_id for r in await store.list_ca_requests("rejected")] == ["T2"]
+    with pytest.raises(ValueError):
+        await store.list_ca_requests("bogus")
+
+
+@pytest_twisted.ensureDeferred
+async def test_revocation_and_statistics(store, clock):
+    for serial, txid in (("a", "T1"), ("b", "T2")):
+        await store.record_issued(attrs.evolve(request(txid, nonce=txid), status="issued"),
+                                  certificate(serial, txid, txid))
+    clock.advance(60)
+    revoked = await store.revoke_certificate("a", "superseded")
+    assert (revoked.status, revoked.revoked_at, revoked.revocation_reason) == ("revoked", EPOCH + 60, "superseded")
+    with pytest.raises(StateError):
+        await store.revoke_certificate("a", "superseded")
+    with pytest.raises(NotFoundError):
+        await store.revoke_certificate("zz", None)
+    assert await store.revoked_certificates() == [("a", EPOCH + 60, "superseded")]
+    assert [c.serial for c in await store.list_issued_certificates("valid")] == ["b"]
+    stats = await store.ca_statistics()
+    assert stats == {"requests": {"pending": 0, "approved": 0, "rejected": 0, "issued": 2},
+                     "certificates": {"valid": 1, "revoked": 1}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_dynamic_challenge_consumed_once_even_concurrently(store, clock, db_path):
+    expires = await store.add_ca_challenge("h" * 64, "wifi", 600)
+    assert expires == EPOCH + 600
+    results = await defer.gatherResults([store.consume_ca_challenge("h" * 64) for _ in range(10)])
+    assert sorted(results, key=str) == [None] * 9 + ["wifi"]
+    # Only hashes are stored.
+    rows = sqlite3.connect(db_path).execute("SELECT * FROM ca_challenges").fetchall()
+    assert rows == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_expired_challenge_is_refused_and_swept(store, clock, db_path):
+    await store.add_ca_challenge("old", "default", 60)
+    clock.advance(61)
+    assert await store.consume_ca_challenge("old") is None
+    await store.add_ca_challenge("stale", "default", 60)
+    clock.advance(61)
+    await store.add_ca_challenge("new", "default", 60)
+    hashes = [h for (h,) in sqlite3.connect(db_path).execute("SELECT challenge_hash FROM ca_challenges")]
+    assert hashes == ["new"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_managed_ca_row_and_renewal_id_lookup(store):
+    await store.register_managed_ca("builtin", "http://a/scep", b"sealed-1")
+    await store.register_managed_ca("builtin", "http://b/scep", b"sealed-2")
+    ca = await store.get_ca("builtin")
+    assert (ca.url, ca.challenge_ciphertext) == ("http://b/scep", b"sealed-2")
+    await store.upsert_host("H1", None, "macos")
+    await store.add_profile("P1", "p", "macos", b"<plist/>", "builtin")
+    hp = await store.assign_profile("H1", "P1")
+    assert await store.host_for_renewal_id(hp.renewal_id) == "H1"
+    assert await store.host_for_renewal_id("sp-0000000000000000") is None

@@ -1,0 +1,466 @@
+"""The SCEP message codec: round trips, refusals, BER, and OpenSSL reading what we write."""
+
+import datetime
+import os
+import subprocess
+
+import pytest
+from asn1crypto import cms
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from certs import signed_blob
+from peers import need
+from scep_capture import der, issue, make_ca, make_device, pem
+from scepproxyd.scep import codec
+from scepproxyd.scep.codec import attributes as scep_attributes
+from scepproxyd.scep.codec import signed as scep_signed
+from scepproxyd.scep.codec.algorithms import digest
+from scepproxyd.scep.codec.enveloped import envelope as make_envelope
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return make_ca("Codec Unit CA")
+
+
+@pytest.fixture(scope="module")
+def device():
+    return make_device("unit-device", challenge="unit-challenge")
+
+
+def pkcs_req(ca, device, **kwargs):
+    ca_cert, _ = ca
+    key, cert, csr = device
+    return codec.build_request(message_type="PKCSReq", signer_key=key, signer_certificate=cert,
+                               recipient_certificate=ca_cert, csr=csr, **kwargs)
+
+
+def flip(data: bytes, index: int) -> bytes:
+    return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1:]
+
+
+def run_openssl(*args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([need("openssl"), *args], input=stdin, capture_output=True, timeout=30)
+
+
+# -- round trips ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key_transport", ["pkcs1v15", "oaep"])
+@pytest.mark.parametrize("digest_algorithm", ["sha1", "sha256", "sha512"])
+@pytest.mark.parametrize("content_encryption", ["des", "des3", "aes128", "aes192", "aes256"])
+def test_pkcs_req_and_cert_rep_round_trip(ca, device, content_encryption, digest_algorithm, key_transport):
+    ca_cert, ca_key = ca
+    key, cert, csr = device
+    message, header = pkcs_req(ca, device, content_encryption=content_encryption,
+                               digest_algorithm=digest_algorithm, key_transport=key_transport)
+
+    assert codec.read_header(message) == header
+    assert header.digest_algorithm == digest_algorithm
+    request = codec.read_request(message, ca_key, ca_cert)
+    assert request.header == header
+    assert request.content_encryption == content_encryption
+    assert request.csr == csr
+    assert request.issuer_and_subject is None and request.issuer_and_serial is None
+    assert codec.csr_challenge_password(request.csr) == "unit-challenge"
+
+    issued = issue(ca_cert, ca_key, request.csr)
+    answer = codec.build_cert_rep(header=request.header, status="SUCCESS", signer_key=ca_key,
+                                  signer_certificate=ca_cert, certificates=[issued],
+                                  content_encryption=codec.choose_content_encryption(request.content_encryption))
+    assert codec.read_response(answer, key, cert, ca_cert) == ("SUCCESS", None, [issued])
+    assert codec.cert_rep_status(answer) == ("SUCCESS", None)
+
+
+def test_default_transaction_id_is_a_hash_of_the_csr_key(ca, device):
+    message, header = pkcs_req(ca, device)
+    again, header_again = pkcs_req(ca, device)
+    assert header.transaction_id == header_again.transaction_id
+    assert len(header.transaction_id) == 64
+    assert header.sender_nonce != header_again.sender_nonce
+    assert pkcs_req(ca, device, transaction_id="chosen-id")[1].transaction_id == "chosen-id"
+
+
+def test_renewal_req_round_trip(ca, device):
+    ca_cert, ca_key = ca
+    key, cert, csr = device
+    message, header = codec.build_request(message_type="RenewalReq", signer_key=key, signer_certificate=cert,
+                                          recipient_certificate=ca_cert, csr=csr)
+    request = codec.read_request(message, ca_key, ca_cert)
+    assert request.header.message_type == "RenewalReq"
+    assert request.csr == csr
+
+
+def test_cert_poll_round_trip(ca, device):
+    ca_cert, ca_key = ca
+    key, cert, csr = device
+    message, _ = codec.build_request(message_type="CertPoll", signer_key=key, signer_certificate=cert,
+                                     recipient_certificate=ca_cert, transaction_id="tid-1",
+                                     issuer_and_subject=(ca_cert.subject, csr.subject))
+    request = codec.read_request(message, ca_key, ca_cert)
+    assert request.header.message_type == "CertPoll"
+    assert request.header.transaction_id == "tid-1"
+    assert request.issuer_and_subject == (ca_cert.subject, csr.subject)
+    assert request.csr is None
+
+
+@pytest.mark.parametrize("message_type", ["GetCert", "GetCRL"])
+def test_get_cert_and_get_crl_round_trip(ca, device, message_type):
+    ca_cert, ca_key = ca
+    key, cert, _ = device
+    message, _ = codec.build_request(message_type=message_type, signer_key=key, signer_certificate=cert,
+                                     recipient_certificate=ca_cert, issuer_and_serial=(ca_cert.subject, 2 ** 100 + 7))
+    request = codec.read_request(message, ca_key, ca_cert)
+    assert request.header.message_type == message_type
+    assert request.issuer_and_serial == (ca_cert.subject, 2 ** 100 + 7)
+
+
+def test_get_crl_answer_carries_the_crl(ca, device):
+    ca_cert, ca_key = ca
+    key, cert, _ = device
+    now = datetime.datetime.now(datetime.timezone.utc)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now)
+           .next_update(now + datetime.timedelta(days=1)).sign(ca_key, hashes.SHA256()))
+    message, header = codec.build_request(message_type="GetCRL", signer_key=key, signer_certificate=cert,
+                                          recipient_certificate=ca_cert, issuer_and_serial=(ca_cert.subject, 1))
+    answer = codec.build_cert_rep(header=header, status="SUCCESS", signer_key=ca_key, signer_certificate=ca_cert,
+                                  crl=crl)
+    assert codec.read_response(answer, key, cert, ca_cert) == ("SUCCESS", None, [crl])
+
+
+def test_unsorted_signed_attributes_still_verify(ca, device):
+    """Clients may send signed attributes in non-DER order; the signature covers that order."""
+    ca_cert, ca_key = ca
+    message, header = pkcs_req(ca, device, sort_attributes=False)
+    signer_info = scep_signed.load_signed_data(message)["signer_infos"][0]
+    sent = [attribute.dump() for attribute in signer_info["signed_attrs"]]
+    assert sent != sorted(sent)
+    assert codec.read_header(message) == header
+    assert codec.read_request(message, ca_key, ca_cert).header == header
+
+
+def test_failure_and_pending_cert_reps(ca, device):
+    ca_cert, ca_key = ca
+    key, cert, _ = device
+    _, header = pkcs_req(ca, device)
+    failure = codec.build_cert_rep(header=header, status="FAILURE", fail_info="badCertId",
+                                   fail_info_text="no such cert", signer_key=ca_key, signer_certificate=ca_cert)
+    assert codec.read_response(failure, key, cert, ca_cert) == ("FAILURE", "badCertId", [])
+    assert codec.cert_rep_status(failure) == ("FAILURE", "badCertId")
+    pending = codec.build_cert_rep(header=header, status="PENDING", signer_key=ca_key, signer_certificate=ca_cert)
+    assert codec.read_response(pending, key, cert, ca_cert) == ("PENDING", None, [])
+    assert codec.cert_rep_status(pending) == ("PENDING", None)
+    # No content at all: eContent is absent, eContentType is id-data.
+    for answer in (failure, pending):
+        encapsulated = scep_signed.load_signed_data(answer)["encap_content_info"]
+        assert encapsulated["content_type"].native == "data"
+        assert encapsulated["content"].native is None
+
+
+def test_cert_rep_attributes_mirror_the_request(ca, device):
+    ca_cert, ca_key = ca
+    _, header = pkcs_req(ca, device, digest_algorithm="sha512")
+    answer = codec.build_cert_rep(header=header, status="PENDING", signer_key=ca_key, signer_certificate=ca_cert)
+    opened = scep_signed.open_signed_data(answer)
+    assert opened.digest_algorithm == "sha512"
+    assert opened.signer_certificate == ca_cert
+    assert opened.attributes.string(scep_attributes.TRANSACTION_ID_OID, "transactionID") == header.transaction_id
+    assert opened.attributes.octets(scep_attributes.RECIPIENT_NONCE_OID, "recipientNonce") == header.sender_nonce
+    sender_nonce = opened.attributes.octets(scep_attributes.SENDER_NONCE_OID, "senderNonce")
+    assert len(sender_nonce) == 16 and sender_nonce != header.sender_nonce
+    assert opened.attributes.string(scep_attributes.MESSAGE_TYPE_OID, "messageType") == "3"
+    signer_info = opened.signed_data["signer_infos"][0]
+    # strongSwan refuses sha*WithRSAEncryption here: plain rsaEncryption it is.
+    assert signer_info["signature_algorithm"]["algorithm"].dotted == "1.2.840.113549.1.1.1"
+    assert opened.signed_data["version"].native == "v1"
+
+
+def test_cert_rep_signed_by_an_ra_carries_the_ca(ca, device):
+    ca_cert, ca_key = ca
+    key, cert, _ = device
+    ra_key, _, ra_csr = make_device("Codec RA", challenge=None)
+    ra_cert = issue(ca_cert, ca_key, ra_csr)
+    _, header = pkcs_req(ca, device)
+    answer = codec.build_cert_rep(header=header, status="SUCCESS", signer_key=ra_key, signer_certificate=ra_cert,
+                                  certificates=[cert], extra_certificates=[ca_cert])
+    assert codec.read_response(answer, key, cert, ca_cert) == ("SUCCESS", None, [cert])
+    bag = scep_signed.load_signed_data(answer)["certificates"]
+    assert [c.chosen.dump() for c in bag] == [der(ra_cert), der(ca_cert)]
+    # Signed by someone the CA never certified: refused.
+    stranger_cert, stranger_key = make_ca("Stranger")
+    forged = codec.build_cert_rep(header=header, status="SUCCESS", signer_key=stranger_key,
+                                  signer_certificate=stranger_cert, certificates=[cert])
+    with pytest.raises(codec.MessageError):
+        codec.read_response(forged, key, cert, ca_cert)
+
+
+def test_build_cert_rep_refuses_inconsistent_arguments(ca, device):
+    ca_cert, ca_key = ca
+    _, header = pkcs_req(ca, device)
+    common = {"header": header, "signer_key": ca_key, "signer_certificate": ca_cert}
+    with pytest.raises(ValueError):
+        codec.build_cert_rep(status="FAILURE", **common)
+    with pytest.raises(ValueError):
+        codec.build_cert_rep(status="FAILURE", fail_info="badLuck", **common)
+    with pytest.raises(ValueError):
+        codec.build_cert_rep(status="SUCCESS", **common)
+    with pytest.raises(ValueError):
+        codec.build_cert_rep(status="PENDING", fail_info="badAlg", **common)
+    with pytest.raises(ValueError):
+        codec.build_cert_rep(status="OK", **common)
+
+
+@pytest.mark.parametrize("client, ours", [
+    ("des", "des"), ("des3", "des3"), ("aes128", "aes128"), ("aes192", "aes192"), ("aes256", "aes256"),
+])
+def test_choose_content_encryption_mirrors_the_client(client, ours):
+    assert codec.choose_content_encryption(client) == ours
+
+
+def test_public_constants():
+    assert codec.MESSAGE_TYPES == {"CertRep": "3", "RenewalReq": "17", "PKCSReq": "19", "CertPoll": "20",
+                                   "GetCert": "21", "GetCRL": "22"}
+
+
+# -- refusals ------------------------------------------------------------------------------------
+
+
+def signature_offset(message: bytes) -> int:
+    signature = scep_signed.load_signed_data(message)["signer_infos"][0]["signature"].native
+    return message.index(signature)
+
+
+def test_tampered_signature_is_refused(ca, device):
+    ca_cert, ca_key = ca
+    message, _ = pkcs_req(ca, device)
+    tampered = flip(message, signature_offset(message) + 10)
+    with pytest.raises(codec.MessageError):
+        codec.read_header(tampered)
+    with pytest.raises(codec.MessageError):
+        codec.read_request(tampered, ca_key, ca_cert)
+
+
+def test_tampered_content_is_refused(ca, device):
+    ca_cert, ca_key = ca
+    message, _ = pkcs_req(ca, device)
+    content = bytes(scep_signed.load_signed_data(message)["encap_content_info"]["content"])
+    tampered = flip(message, message.index(content) + len(content) - 5)
+    with pytest.raises(codec.MessageError, match="messageDigest"):
+        codec.read_header(tampered)
+
+
+def test_tampered_signed_attribute_is_refused(ca, device):
+    message, header = pkcs_req(ca, device)
+    tampered = message.replace(header.sender_nonce, bytes(16))
+    with pytest.raises(codec.MessageError):
+        codec.read_header(tampered)
+
+
+def test_wrong_recipient_is_refused(ca, device):
+    message, _ = pkcs_req(ca, device)
+    other_cert, other_key = make_ca("Other CA")
+    with pytest.raises(codec.MessageError, match="not addressed"):
+        codec.read_request(message, other_key, other_cert)
+    # The right certificate with the wrong key: PKCS#1 v1.5 implicit rejection gives random bytes.
+    ca_cert, _ = ca
+    with pytest.raises(codec.MessageError):
+        codec.read_request(message, other_key, ca_cert)
+
+
+@pytest.mark.parametrize("content_encryption, wrong_key_size", [("des3", 16), ("aes256", 16), ("des", 24)])
+def test_key_length_mismatch_after_decrypt_is_refused(ca, device, content_encryption, wrong_key_size):
+    """The envelope's RSA-wrapped key has the wrong length for its cipher."""
+    ca_cert, ca_key = ca
+    key, cert, _ = device
+    message, _ = pkcs_req(ca, device, content_encryption=content_encryption)
+    envelope = cms.ContentInfo.load(bytes(scep_signed.load_signed_data(message)["encap_content_info"]["content"]))
+    recipient = envelope["content"]["recipient_infos"][0].chosen
+    recipient["encrypted_key"] = ca_cert.public_key().encrypt(os.urandom(wrong_key_size), padding.PKCS1v15())
+    resigned = resign(envelope.dump(force=True), key, cert)
+    with pytest.raises(codec.MessageError, match="content key is %d bytes" % (wrong_key_size,)):
+        codec.read_request(resigned, ca_key, ca_cert)
+
+
+def resign(envelope: bytes, key, cert, message_type="19", digest_algorithm="sha256") -> bytes:
+    """A request around an envelope made elsewhere (OpenSSL, or a tampered one)."""
+    attributes = scep_attributes.encode_attributes(
+        content_digest=digest(digest_algorithm, envelope), message_type=message_type,
+        transaction_id="resigned", sender_nonce=os.urandom(16))
+    return scep_signed.build_signed_data(content=envelope, attributes=attributes, signer_key=key,
+                                         signer_certificate=cert, digest_algorithm=digest_algorithm)
+
+
+@pytest.mark.parametrize("length", [0, 1, 2, 10, 100, 1000, -300, -1])
+def test_truncated_message_is_refused(ca, device, length):
+    ca_cert, ca_key = ca
+    message, _ = pkcs_req(ca, device)
+    with pytest.raises(codec.MessageError):
+        codec.read_request(message[:length], ca_key, ca_cert)
+    with pytest.raises(codec.MessageError):
+        codec.read_header(message[:length])
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x00", b"hello world", b"\x30\x80", b"\x30\x84\xff\xff\xff\xff",
+                                     b"\x30" + b"\x80" * 200, b"\x30\x03\x02\x01\x01", os.urandom(2000)])
+def test_garbage_is_refused(ca, garbage):
+    ca_cert, ca_key = ca
+    with pytest.raises(codec.MessageError):
+        codec.read_header(garbage)
+    with pytest.raises(codec.MessageError):
+        codec.read_request(garbage, ca_key, ca_cert)
+    assert not codec.looks_like_pki_message(garbage)
+    assert codec.cert_rep_status(garbage) == (None, None)
+    assert codec.ca_certificates(garbage) == []
+
+
+def test_cms_without_scep_attributes_is_refused():
+    with pytest.raises(codec.MessageError, match="messageType"):
+        codec.read_header(signed_blob())
+    assert codec.looks_like_pki_message(signed_blob())
+
+
+def test_a_cert_rep_is_not_a_request(ca, device):
+    ca_cert, ca_key = ca
+    _, header = pkcs_req(ca, device)
+    answer = codec.build_cert_rep(header=header, status="PENDING", signer_key=ca_key, signer_certificate=ca_cert)
+    with pytest.raises(codec.MessageError, match="not a request"):
+        codec.read_header(answer)
+
+
+def test_csr_with_a_bad_signature_is_refused(ca, device):
+    ca_cert, ca_key = ca
+    key, cert, csr = device
+    bad = bytearray(der(csr))
+    bad[-3] ^= 0x01
+    envelope = make_envelope(bytes(bad), ca_cert, "aes128")
+    with pytest.raises(codec.MessageError, match="CSR"):
+        codec.read_request(resign(envelope, key, cert), ca_key, ca_cert)
+
+
+def test_csr_without_challenge_password(device):
+    assert codec.csr_challenge_password(make_device("no-challenge", challenge=None)[2]) is None
+
+
+# -- BER -----------------------------------------------------------------------------------------
+
+
+def to_indefinite_ber(data: bytes) -> bytes:
+    """Re-encode DER with indefinite lengths everywhere and OCTET STRINGs in 7-byte chunks."""
+
+    def element(offset):
+        first = data[offset]
+        length_byte = data[offset + 1]
+        if length_byte & 0x80:
+            count = length_byte & 0x7F
+            length = int.from_bytes(data[offset + 2:offset + 2 + count], "big")
+            start = offset + 2 + count
+        else:
+            length, start = length_byte, offset + 2
+        body = data[start:start + length]
+        end = start + length
+        if first == 0x04 and len(body) > 7:
+            chunks = b"".join(b"\x04" + bytes([len(body[i:i + 7])]) + body[i:i + 7] for i in range(0, len(body), 7))
+            return b"\x24\x80" + chunks + b"\x00\x00", end
+        if first & 0x20:
+            children, position = [], start
+            while position < end:
+                child, position = element(position)
+                children.append(child)
+            return bytes([first]) + b"\x80" + b"".join(children) + b"\x00\x00", end
+        return data[offset:end], end
+
+    return element(0)[0]
+
+
+def test_indefinite_length_ber_request_decodes(ca, device):
+    ca_cert, ca_key = ca
+    message, header = pkcs_req(ca, device)
+    ber = to_indefinite_ber(message)
+    assert ber != message and b"\x30\x80" in ber
+    assert codec.read_header(ber) == header
+    assert codec.read_request(ber, ca_key, ca_cert).csr == device[2]
+    assert codec.looks_like_pki_message(ber)
+
+
+@pytest.mark.parametrize("cipher, ours", [("-aes256", "aes256"), ("-des3", "des3"), ("-aes128", "aes128")])
+@pytest.mark.parametrize("keyopt", [[], ["-keyopt", "rsa_padding_mode:oaep"]], ids=["pkcs1v15", "oaep-sha1"])
+def test_openssl_streamed_envelope_decodes(tmp_path, ca, device, cipher, ours, keyopt):
+    """OpenSSL's streaming CMS: indefinite lengths and a chunked encryptedContent (and OAEP defaults)."""
+    ca_cert, ca_key = ca
+    key, cert, csr = device
+    (tmp_path / "ca.pem").write_bytes(pem(ca_cert))
+    made = run_openssl("cms", "-encrypt", "-binary", "-stream", "-outform", "DER", cipher,
+                       "-recip", str(tmp_path / "ca.pem"), *keyopt, stdin=der(csr))
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith(b"\x30\x80")
+    request = codec.read_request(resign(made.stdout, key, cert), ca_key, ca_cert)
+    assert request.csr == csr
+    assert request.content_encryption == ours
+
+
+# -- what OpenSSL makes of our messages ----------------------------------------------------------
+
+
+def test_openssl_verifies_and_decrypts_our_request(tmp_path, ca, device):
+    ca_cert, ca_key = ca
+    message, _ = pkcs_req(ca, device, content_encryption="aes128", digest_algorithm="sha256")
+    (tmp_path / "ca.pem").write_bytes(pem(ca_cert))
+    (tmp_path / "ca.key").write_bytes(pem(ca_key))
+    verified = run_openssl("cms", "-verify", "-inform", "DER", "-noverify", stdin=message)
+    assert verified.returncode == 0, verified.stderr
+    decrypted = run_openssl("cms", "-decrypt", "-inform", "DER", "-recip", str(tmp_path / "ca.pem"),
+                            "-inkey", str(tmp_path / "ca.key"), stdin=verified.stdout)
+    assert decrypted.returncode == 0, decrypted.stderr
+    assert decrypted.stdout == der(device[2])
+
+
+@pytest.mark.parametrize("content_encryption", ["des3", "aes256"])
+def test_openssl_verifies_and_decrypts_our_success_cert_rep(tmp_path, ca, device, content_encryption):
+    ca_cert, ca_key = ca
+    key, cert, csr = device
+    _, header = pkcs_req(ca, device, digest_algorithm="sha1")
+    issued = issue(ca_cert, ca_key, csr)
+    answer = codec.build_cert_rep(header=header, status="SUCCESS", signer_key=ca_key, signer_certificate=ca_cert,
+                                  certificates=[issued], content_encryption=content_encryption)
+    (tmp_path / "device.pem").write_bytes(pem(cert))
+    (tmp_path / "device.key").write_bytes(pem(key))
+    verified = run_openssl("cms", "-verify", "-inform", "DER", "-noverify", stdin=answer)
+    assert verified.returncode == 0, verified.stderr
+    assert b"Verification successful" in verified.stderr
+    decrypted = run_openssl("cms", "-decrypt", "-inform", "DER", "-recip", str(tmp_path / "device.pem"),
+                            "-inkey", str(tmp_path / "device.key"), stdin=verified.stdout)
+    assert decrypted.returncode == 0, decrypted.stderr
+    printed = run_openssl("pkcs7", "-inform", "DER", "-print_certs", stdin=decrypted.stdout)
+    assert printed.returncode == 0, printed.stderr
+    assert x509.load_pem_x509_certificate(printed.stdout) == issued
+
+
+def test_openssl_prints_fail_info_of_our_failure_cert_rep(ca, device):
+    ca_cert, ca_key = ca
+    _, header = pkcs_req(ca, device)
+    answer = codec.build_cert_rep(header=header, status="FAILURE", fail_info="badMessageCheck",
+                                  fail_info_text="signature did not verify", signer_key=ca_key,
+                                  signer_certificate=ca_cert)
+    printed = run_openssl("cms", "-cmsout", "-print", "-inform", "DER", stdin=answer)
+    assert printed.returncode == 0, printed.stderr
+    text = printed.stdout.decode()
+    assert "2.16.840.1.113733.1.9.4" in text  # failInfo
+    fail_info = text.split("2.16.840.1.113733.1.9.4")[1]
+    assert "PRINTABLESTRING:1" in fail_info.split("object:")[0]
+    assert "1.3.6.1.5.5.7.24.1" in text and "UTF8STRING:signature did not verify" in text
+    assert "eContent: <ABSENT>" in text
+
+
+def test_degenerate_certificates_for_get_ca_cert(ca):
+    ca_cert, ca_key = ca
+    _, _, ra_csr = make_device("Codec RA", challenge=None)
+    ra_cert = issue(ca_cert, ca_key, ra_csr)
+    chain = codec.degenerate_certificates([ra_cert, ca_cert])
+    printed = run_openssl("pkcs7", "-inform", "DER", "-print_certs", stdin=chain)
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.count(b"BEGIN CERTIFICATE") == 2
+    assert codec.ca_certificates(chain) == [der(ra_cert), der(ca_cert)]
+    assert codec.ca_certificates(der(ca_cert)) == [der(ca_cert)]
+    assert codec.looks_like_pki_message(chain) is False
