@@ -50,6 +50,11 @@ class ServerSettings:
     public_url: str
     max_body_bytes: int
     idle_timeout: float
+    request_timeout: float
+    shutdown_grace: float
+    tls_certificate: Path | None
+    tls_key: Path | None
+    tls_chain: Path | None
 
 
 @attrs.frozen
@@ -424,6 +429,11 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
         "public_url": ("http://127.0.0.1:8080", _public_url),
         "max_body_bytes": ("64k", _size(1024, 100 * MiB)),
         "idle_timeout": ("30s", _duration(0, HOUR)),
+        "request_timeout": ("60s", _duration(0, HOUR)),
+        "shutdown_grace": ("10s", _duration(0, HOUR, allow_low=True)),
+        "tls_certificate": ("-", _optional_text),
+        "tls_key": ("-", _optional_text),
+        "tls_chain": ("-", _optional_text),
     },
     "database": {
         "path": ("scepproxyd.sqlite3", _text),
@@ -610,6 +620,17 @@ def parse_settings(text: str, config_path: Path) -> Settings:
     values["database"]["path"] = _resolve(state_directory, values["database"]["path"])
     values["admin"]["token_file"] = _resolve(state_directory, values["admin"]["token_file"])
     values["agent"]["token_file"] = _resolve(state_directory, values["agent"]["token_file"])
+    server = values["server"]
+    if (server["tls_certificate"] is None) != (server["tls_key"] is None):
+        raise ConfigError(
+            config_path, "server", "tls_key" if server["tls_key"] is None else "tls_certificate",
+            "tls_certificate and tls_key go together",
+        )
+    if server["tls_chain"] is not None and server["tls_certificate"] is None:
+        raise ConfigError(config_path, "server", "tls_chain", "needs tls_certificate and tls_key")
+    for key in ("tls_certificate", "tls_key", "tls_chain"):
+        if server[key] is not None:
+            server[key] = _resolve(Path(os.path.abspath(config_path)).parent, server[key])
     for key in ("nanomdm_api_key_file", "webhook_token_file"):
         values["delivery"][key] = _resolve(state_directory, values["delivery"][key])
     if values["delivery"]["backend"] == "nanomdm" and values["delivery"]["nanomdm_url"] is None:

@@ -98,11 +98,12 @@ class ScheduledJob:
     the caller always gets a run that started after it asked.
     """
 
-    def __init__(self, job, interval: float, clock):
+    def __init__(self, job, interval: float, clock, metrics=None):
         self.job = job
         self.name = job.name
         self.interval = interval
         self._clock = clock
+        self._metrics = metrics
         self._lock = defer.DeferredLock()
 
     def trigger(self) -> defer.Deferred:
@@ -110,7 +111,14 @@ class ScheduledJob:
 
     async def _run_logged(self) -> dict:
         started = self._clock.seconds()
-        result = await self.job.run()
+        try:
+            result = await self.job.run()
+        except Exception:
+            if self._metrics is not None:
+                self._metrics.job_finished(self.name, self._clock.seconds() - started, None)
+            raise
+        if self._metrics is not None:
+            self._metrics.job_finished(self.name, self._clock.seconds() - started, result)
         log.info(
             "job {job} finished in {ms:.1f} ms: {result}",
             job=self.name,

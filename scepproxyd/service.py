@@ -1,21 +1,33 @@
-"""Wire settings into one MultiService: store, upstream client, listeners, jobs."""
+"""Wire settings into the daemon's services: store, upstream client, CA, jobs, listeners.
+
+Children start in the order they are added and stop in reverse, one after
+another (lifecycle.OrderedMultiService): systemd is told STOPPING, the
+listeners stop accepting, jobs finish their run, in-flight requests get a
+grace period, then the upstream pool and finally the database close.
+"""
 
 from pathlib import Path
 
-from twisted.application import service, strports
-from twisted.internet import defer
-from scepproxyd.logs import get_logger, set_level
+from twisted.application import strports
 from twisted.web import resource
 
 from scepproxyd.delivery.render import CommandRenderer
 from scepproxyd.jobs import CleanupJob, ProcessProfilesJob, RenewalJob, ScheduledJob, backends_for
 from scepproxyd.keys import ChallengeCipher, KeyFileError, load_or_create_key, load_or_create_token
+from scepproxyd.lifecycle import DrainService, HTTPPoolService, InFlight, OrderedMultiService, StoreService
+from scepproxyd.logs import get_logger, set_level
+from scepproxyd.metrics import Metrics
+from scepproxyd.reload import ReloadService
 from scepproxyd.scep.proxy import ScepProxy
 from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http_client
+from scepproxyd.sdnotify import SystemdNotifier
 from scepproxyd.store import Store
+from scepproxyd.tls import UpstreamTrust, server_context, wrap_tls
 from scepproxyd.web.admin import AdminRoutes
+from scepproxyd.web.admin_backup import backup_routes
 from scepproxyd.web.agent import NanoMDMWebhook, agent_resource
 from scepproxyd.web.api import JsonApi
+from scepproxyd.web.health import CaMonitor, Health, MetricsPage, Ready
 from scepproxyd.web.proxy import ProxyResource
 from scepproxyd.web.site import BodyLimitedSite
 
@@ -25,34 +37,8 @@ log = get_logger(__name__)
 ADMIN_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
-class StoreService(service.Service):
-    """Opens the store's DB thread on start; closes the database on stop."""
-
-    def __init__(self, store):
-        self.store = store
-
-    def startService(self):
-        super().startService()
-        return self.store.start()
-
-    def stopService(self):
-        super().stopService()
-        return self.store.stop()
-
-
-class HTTPPoolService(service.Service):
-    """Closes the upstream connection pool on stop, so shutdown leaves no sockets behind."""
-
-    def __init__(self, pool):
-        self.pool = pool
-
-    def stopService(self):
-        super().stopService()
-        return self.pool.closeCachedConnections()
-
-
-def build_resource_tree(proxy, agent_api, webhook, clock, builtin_ca=None) -> resource.Resource:
-    """The device-facing listener: the SCEP proxy, the agent API, NanoMDM's webhook and the built-in CA."""
+def build_resource_tree(proxy, agent_api, webhook, clock, builtin_ca=None, health=None, metrics=None):
+    """The device-facing listener: SCEP proxy, agent API, NanoMDM webhook, built-in CA, health, metrics."""
     root = resource.Resource()
     if builtin_ca is not None:
         from scepproxyd.web.ca import ScepResource
@@ -62,16 +48,18 @@ def build_resource_tree(proxy, agent_api, webhook, clock, builtin_ca=None) -> re
     scep = resource.Resource()
     root.putChild(b"mdm", mdm)
     mdm.putChild(b"scep", scep)
-    scep.putChild(b"proxy", ProxyResource(proxy, clock))
+    scep.putChild(b"proxy", ProxyResource(proxy, clock, metrics))
     root.putChild(b"api", agent_api)
     webhooks = resource.Resource()
     root.putChild(b"webhooks", webhooks)
     webhooks.putChild(b"nanomdm", webhook)
+    for name, page in (health or {}).items():
+        root.putChild(name, page)
     return root
 
 
 def prepare_state(settings) -> None:
-    """Create the state directory and bring the database schema up to date.
+    """Create the state directory, bring the schema up to date, make keys and tokens.
 
     Runs once before the reactor does, so a problem here stops twistd with a
     clear message instead of a half-started daemon.
@@ -90,6 +78,8 @@ def prepare_state(settings) -> None:
         from scepproxyd.ca.material import prepare_ca_material
 
         prepare_ca_material(settings.ca)
+    if settings.server.tls_certificate is not None:
+        server_context(settings.server.tls_certificate, settings.server.tls_key, settings.server.tls_chain)
 
 
 def read_nanomdm_api_key(path: Path) -> str:
@@ -104,9 +94,21 @@ def read_nanomdm_api_key(path: Path) -> str:
     return key
 
 
-def make_service(settings, reactor) -> service.MultiService:
+def _listener(description: str, site, settings, reactor, name: str):
+    factory = site
+    if name == "proxy-listener" and settings.server.tls_certificate is not None:
+        context = server_context(settings.server.tls_certificate, settings.server.tls_key, settings.server.tls_chain)
+        factory = wrap_tls(site, context)
+    listener = strports.service(description, factory, reactor=reactor)
+    listener.setName(name)
+    return listener
+
+
+def make_service(settings, reactor) -> OrderedMultiService:
     set_level(settings.logging.level)
-    top = service.MultiService()
+    top = OrderedMultiService()
+    metrics = Metrics()
+    in_flight = InFlight()
 
     store = Store(
         settings.database.path,
@@ -116,17 +118,20 @@ def make_service(settings, reactor) -> service.MultiService:
         busy_timeout=settings.database.busy_timeout,
         max_retries=settings.profiles.max_retries,
     )
-    StoreService(store).setServiceParent(top)
+    store_service = StoreService(store)
+    store_service.setServiceParent(top)
 
-    http_client, pool = make_http_client(reactor, settings.upstream.connect_timeout)
+    trust = UpstreamTrust()
+    http_client, pool = make_http_client(reactor, settings.upstream.connect_timeout, trust)
     HTTPPoolService(pool).setServiceParent(top)
+    DrainService(in_flight, settings.server.shutdown_grace, reactor).setServiceParent(top)
     timeouts = UpstreamTimeouts(
         connect=settings.upstream.connect_timeout,
         response=settings.upstream.response_timeout,
         body=settings.upstream.body_timeout,
         max_response_bytes=settings.upstream.max_response_bytes,
     )
-    upstream = UpstreamClient(http_client, reactor, timeouts, settings.upstream.caps_cache_seconds)
+    upstream = UpstreamClient(http_client, reactor, timeouts, settings.upstream.caps_cache_seconds, metrics)
 
     cipher = ChallengeCipher(load_or_create_key(settings.key_file))
     builtin_ca, admin_ca_routes = None, []
@@ -140,7 +145,7 @@ def make_service(settings, reactor) -> service.MultiService:
         # The proxy reaches the built-in CA in process, never over HTTP to itself.
         upstream = UpstreamRouter(upstream, builtin_ca.local, builtin_ca.url)
         admin_ca_routes = CaAdminRoutes(builtin_ca.authority, builtin_ca.manager, store, builtin_ca.name).routes()
-    renderer = CommandRenderer(store, cipher, settings.server.public_url, reactor)
+    renderer = CommandRenderer(store, cipher, settings.server.public_url, reactor, metrics)
     pusher = None
     if settings.delivery.backend == "nanomdm":
         from scepproxyd.delivery.nanomdm import NanoMDMClient
@@ -156,24 +161,32 @@ def make_service(settings, reactor) -> service.MultiService:
     scheduled = [
         ScheduledJob(
             ProcessProfilesJob(store, settings.profiles.batch_size, backends_for(settings.delivery.backend), pusher),
-            settings.profiles.process_interval,
-            reactor,
+            settings.profiles.process_interval, reactor, metrics,
         ),
         ScheduledJob(
             RenewalJob(store, settings.renewal.threshold, settings.renewal.short_fraction),
-            settings.renewal.interval,
-            reactor,
+            settings.renewal.interval, reactor, metrics,
         ),
         ScheduledJob(
-            CleanupJob(store, settings.delivery.command_retention), settings.challenges.cleanup_interval, reactor
+            CleanupJob(store, settings.delivery.command_retention),
+            settings.challenges.cleanup_interval, reactor, metrics,
         ),
     ]
     jobs = {job.name: job for job in scheduled}
     for job in scheduled:
         job.service().setServiceParent(top)
 
+    reload_service = ReloadService(settings, store, trust, reactor)
+    reload_service.setServiceParent(top)
+
     agent_token = load_or_create_token(settings.agent.token_file)
-    proxy = ScepProxy(store, upstream)
+    proxy = ScepProxy(store, upstream, metrics)
+    listeners = []
+    health = {
+        b"healthz": Health(store, listeners),
+        b"readyz": Ready(store, listeners, CaMonitor(store, upstream)),
+        b"metrics": MetricsPage(store, metrics),
+    }
     site = BodyLimitedSite(
         build_resource_tree(
             proxy,
@@ -181,27 +194,34 @@ def make_service(settings, reactor) -> service.MultiService:
             NanoMDMWebhook(store, load_or_create_token(settings.delivery.webhook_token_file)),
             reactor,
             builtin_ca,
+            health,
+            metrics,
         ),
         max_body_bytes=settings.server.max_body_bytes,
         idle_timeout=settings.server.idle_timeout,
         reactor=reactor,
+        in_flight=in_flight,
+        request_timeout=settings.server.request_timeout,
     )
-    listener = strports.service(settings.server.listen, site, reactor=reactor)
-    listener.setName("proxy-listener")
-    listener.setServiceParent(top)
+    listeners.append(_listener(settings.server.listen, site, settings, reactor, "proxy-listener"))
 
+    admin_routes = AdminRoutes(store, upstream, cipher, jobs, trust)
     admin_site = BodyLimitedSite(
         JsonApi(
             load_or_create_token(settings.admin.token_file),
             # The built-in CA's routes first: they guard its CA row before the generic CA routes match.
-            admin_ca_routes + AdminRoutes(store, upstream, cipher, jobs).routes(),
+            admin_ca_routes + backup_routes(store, settings) + admin_routes.routes(),
             realm="admin",
         ),
         max_body_bytes=ADMIN_MAX_BODY_BYTES,
         idle_timeout=settings.server.idle_timeout,
         reactor=reactor,
+        in_flight=in_flight,
+        request_timeout=settings.server.request_timeout,
     )
-    admin_listener = strports.service(settings.admin.listen, admin_site, reactor=reactor)
-    admin_listener.setName("admin-listener")
-    admin_listener.setServiceParent(top)
+    listeners.append(_listener(settings.admin.listen, admin_site, settings, reactor, "admin-listener"))
+    for listener in listeners:
+        listener.setServiceParent(top)
+
+    SystemdNotifier(listeners, [lambda: store_service.ready, reload_service.started]).setServiceParent(top)
     return top

@@ -139,7 +139,8 @@ def test_edit_with_nothing_to_change_is_a_usage_error(tmp_path):
     token.write_text("t" * 20)
     code, out, err = run(["--url", "http://127.0.0.1:9", "--token-file", str(token), "ca", "edit", "UP"])
     assert (code, out) == (2, "")
-    assert err == "scepproxyctl: nothing to change; give --name, --url, --challenge-file or --challenge-stdin\n"
+    assert err == ("scepproxyctl: nothing to change; give --name, --url, --challenge-file, --challenge-stdin, "
+                   "--trust-bundle, --no-trust-bundle or --tls-verify\n")
 
 
 # -- endpoint -> URL -----------------------------------------------------------

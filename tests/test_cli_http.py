@@ -268,16 +268,29 @@ def test_ca_list_json_is_the_api_answer(tcp_api):
 
 
 def test_ca_show(tcp_api):
-    tcp_api.answer("GET", "/api/v1/cas/UPSTREAM", body=dict(CA, profiles=["p1"]))
+    tcp_api.answer("GET", "/api/v1/cas/UPSTREAM", body=dict(CA, profiles=["p1"], tls_verify=True, trust_bundle=False))
     code, out, err = ctl(tcp_api, "ca", "show", "UPSTREAM")
     assert code == 0
     assert out.splitlines() == [
-        "name:       UPSTREAM",
-        "url:        http://ca.example/scep",
-        "profiles:   p1",
-        "created_at: " + T0,
-        "updated_at: " + T0,
+        "name:         UPSTREAM",
+        "url:          http://ca.example/scep",
+        "profiles:     p1",
+        "tls_verify:   yes",
+        "trust_bundle: no",
+        "created_at:   " + T0,
+        "updated_at:   " + T0,
     ]
+
+
+def test_ca_add_with_trust_bundle_and_insecure(tcp_api, tmp_path):
+    bundle = tmp_path / "root.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    tcp_api.answer("POST", "/api/v1/cas", status=201, body=CA)
+    code, out, err = ctl(tcp_api, "ca", "add", "UPSTREAM", "--url", "https://ca/scep", "--trust-bundle", str(bundle),
+                         "--insecure-skip-verify", stdin="secret\n")
+    assert code == 0, err
+    sent = tcp_api.last.json()
+    assert sent["trust_bundle"] == bundle.read_text() and sent["tls_verify"] is False
 
 
 def test_ca_edit_rename_only_sends_no_challenge(tcp_api):

@@ -339,6 +339,11 @@ EVERY_KEY = [
     ("server", "public_url"),
     ("server", "max_body_bytes"),
     ("server", "idle_timeout"),
+    ("server", "request_timeout"),
+    ("server", "shutdown_grace"),
+    ("server", "tls_certificate"),
+    ("server", "tls_key"),
+    ("server", "tls_chain"),
     ("database", "path"),
     ("database", "busy_timeout"),
     ("challenges", "ttl"),
@@ -423,7 +428,8 @@ def test_unknown_key():
     assert (error.section, error.key) == ("server", "lisen")
     assert str(error) == (
         "%s: [server] lisen: unknown key; valid keys in [server] are: "
-        "listen, public_url, max_body_bytes, idle_timeout" % (CONFIG,)
+        "listen, public_url, max_body_bytes, idle_timeout, request_timeout, shutdown_grace, "
+        "tls_certificate, tls_key, tls_chain" % (CONFIG,)
     )
 
 
@@ -660,3 +666,11 @@ def test_ca_templates_and_paths():
     assert ca.templates["vpn"].validity == 90 * 86400.0
     assert ca.templates["vpn"].extended_key_usage == ("client_auth", "ipsec_ike")
     assert ca.templates["default"].key_usage == ("digital_signature", "key_encipherment")
+
+
+def test_tls_files_go_together_and_resolve():
+    assert refused("[server]\ntls_certificate = a.pem\n").key == "tls_key"
+    assert refused("[server]\ntls_chain = c.pem\n").problem == "needs tls_certificate and tls_key"
+    settings = parse("[server]\ntls_certificate = tls/cert.pem\ntls_key = tls/key.pem\n")
+    assert settings.server.tls_certificate == CONFIG.parent / "tls" / "cert.pem"
+    assert settings.server.tls_chain is None

@@ -28,7 +28,7 @@ from scepproxyd.store import (
 EPOCH = 1_700_000_000.0
 TTL = 3600.0
 HOST, PROFILE, CA = "host-1", "profile-1", "acme"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 RENEWAL_ID = re.compile(r"^sp-[0-9a-f]{16}$")
 
 

@@ -3,8 +3,10 @@ scepproxyctl: the admin command line of scepproxyd.
 
 It reads the admin endpoint and token file from the daemon's own INI file,
 makes one request to the admin API (docs/admin-api.md) and prints a table, or
-the API's JSON with ``--json``. Exit status: 0 done, 1 refused or unreachable,
-2 bad command line or configuration. The command reference is docs/cli.md.
+the API's JSON with ``--json``. ``restore`` is the exception: it works
+offline on the state files of the stopped daemon (``scepproxyd.backup``).
+Exit status: 0 done, 1 refused or unreachable, 2 bad command line or
+configuration. The command reference is docs/cli.md.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from scepproxyd.cli import builtin_ca, commands
+from scepproxyd.cli import backup, builtin_ca, commands
 from scepproxyd.cli.client import AdminClient, CliError, UsageError, target_from_endpoint, target_from_url
 from scepproxyd.cli.render import as_json
 
@@ -60,14 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     challenge_file = arg("--challenge-file", metavar="FILE",
                          help="read the CA's static challenge from FILE (- or absent: stdin, prompted on a terminal)")
 
+    trust_bundle = arg("--trust-bundle", metavar="PEM",
+                       help="verify the CA's https:// certificate against these roots instead of the system's")
+    insecure = arg("--insecure-skip-verify", action="store_true",
+                   help="do not verify the CA's https:// certificate (logged as a warning)")
     ca = group("ca", "CA integrations")
     command(ca, "add", commands.ca_add, "add a CA (it must answer GetCACert)",
-            arg("name", metavar="NAME"), arg("--url", required=True, help="the CA's SCEP URL"), challenge_file)
+            arg("name", metavar="NAME"), arg("--url", required=True, help="the CA's SCEP URL"), challenge_file,
+            trust_bundle, insecure)
     command(ca, "list", commands.ca_list, "list CAs")
     command(ca, "show", commands.ca_show, "show one CA", arg("name", metavar="NAME"))
     edit = command(ca, "edit", commands.ca_edit, "rename a CA, or change its URL or challenge",
                    arg("name", metavar="NAME"), arg("--name", dest="new_name", metavar="NEW", help="new name"),
-                   arg("--url", help="new SCEP URL (the challenge is then read too)"))
+                   arg("--url", help="new SCEP URL (the challenge is then read too)"),
+                   trust_bundle, arg("--no-trust-bundle", action="store_true", help="use the system's roots again"),
+                   arg("--tls-verify", choices=("yes", "no"), help="turn https:// verification on or off"))
     source = edit.add_mutually_exclusive_group()
     source.add_argument(*challenge_file[0], **challenge_file[1])
     source.add_argument("--challenge-stdin", action="store_true", help="read a new challenge from stdin")
@@ -108,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     command(groups, "trigger", commands.trigger, "run a job now", arg("job", metavar="JOB"))
     command(groups, "jobs", commands.jobs, "list jobs")
     builtin_ca.add_commands(command, group, arg)
+    backup.add_commands(command, groups, arg)
     return parser
 
 
@@ -161,7 +171,9 @@ def main(argv: list[str] | None = None, stdin=None, stdout=None, stderr=None) ->
         return 2
     args = build_parser().parse_args(argv)
     try:
-        answer, human = args.handler(make_client(args), args, stdin)
+        # restore works offline, on the state files: no API, no token.
+        client = None if getattr(args, "offline", False) else make_client(args)
+        answer, human = args.handler(client, args, stdin)
     except CliError as e:
         print("%s: %s" % (PROG, e), file=stderr)
         return e.exit_code

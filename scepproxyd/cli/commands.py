@@ -39,9 +39,26 @@ def _host_profile_row(hp: dict) -> tuple:
 # -- CAs -----------------------------------------------------------------------
 
 
+def _yes_no(value) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def _read_bundle(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError as e:
+        raise UsageError("cannot read trust bundle %s: %s" % (path, e.strerror))
+
+
 def ca_add(api, args, stdin):
     challenge = read_challenge(args.challenge_file, stdin, "Static challenge for CA %s: " % (args.name,))
-    _, ca = api.request("POST", api_path("cas"), {"name": args.name, "url": args.url, "challenge": challenge})
+    body = {"name": args.name, "url": args.url, "challenge": challenge}
+    if args.trust_bundle:
+        body["trust_bundle"] = _read_bundle(args.trust_bundle)
+    if args.insecure_skip_verify:
+        body["tls_verify"] = False
+    _, ca = api.request("POST", api_path("cas"), body)
     return ca, "added CA %s at %s" % (ca["name"], ca["url"])
 
 
@@ -57,6 +74,7 @@ def ca_show(api, args, stdin):
     _, ca = api.request("GET", api_path("cas", args.name))
     return ca, fields([
         ("name", ca["name"]), ("url", ca["url"]), ("profiles", ca.get("profiles")),
+        ("tls_verify", _yes_no(ca.get("tls_verify"))), ("trust_bundle", _yes_no(ca.get("trust_bundle"))),
         ("created_at", ca["created_at"]), ("updated_at", ca["updated_at"]),
     ])
 
@@ -67,6 +85,12 @@ def ca_edit(api, args, stdin):
         body["name"] = args.new_name
     if args.url is not None:
         body["url"] = args.url
+    if args.trust_bundle:
+        body["trust_bundle"] = _read_bundle(args.trust_bundle)
+    if args.no_trust_bundle:
+        body["trust_bundle"] = ""
+    if args.tls_verify is not None:
+        body["tls_verify"] = args.tls_verify == "yes"
     if args.challenge_file is not None or args.challenge_stdin or args.url is not None:
         # The API wants the challenge again with a new URL: it belongs to the CA at that URL.
         body["challenge"] = read_challenge(
@@ -74,7 +98,10 @@ def ca_edit(api, args, stdin):
             "Static challenge for CA %s: " % (args.new_name or args.name,),
         )
     if not body:
-        raise UsageError("nothing to change; give --name, --url, --challenge-file or --challenge-stdin")
+        raise UsageError(
+            "nothing to change; give --name, --url, --challenge-file, --challenge-stdin, --trust-bundle, "
+            "--no-trust-bundle or --tls-verify"
+        )
     _, ca = api.request("PATCH", api_path("cas", args.name), body)
     return ca, "changed CA %s (%s)" % (ca["name"], ", ".join(sorted(body)))
 

@@ -30,14 +30,17 @@ class RenderedCommand:
 class CommandRenderer:
     """Mints the challenge (store), decrypts the CA's static challenge, renders off the reactor."""
 
-    def __init__(self, store, cipher, public_url: str, reactor):
+    def __init__(self, store, cipher, public_url: str, reactor, metrics=None):
         self._store = store
         self._cipher = cipher
         self._public_url = public_url
         self._reactor = reactor
+        self._metrics = metrics
 
     async def render(self, job) -> RenderedCommand:
         challenge = await self._store.issue_challenge(job.host_uuid, job.profile_uuid)
+        if self._metrics is not None:
+            self._metrics.challenge("minted")
         static = self._cipher.decrypt(job.challenge_ciphertext) if job.challenge_ciphertext else ""
         url = proxy_url(self._public_url, job.host_uuid, job.profile_uuid, job.ca_name or "", challenge)
         payload = await threads.deferToThreadPool(

@@ -43,9 +43,14 @@ class ScepProxy:
 
     log = get_logger(__name__)
 
-    def __init__(self, store, upstream):
+    def __init__(self, store, upstream, metrics=None):
         self._store = store
         self._upstream = upstream
+        self._metrics = metrics
+
+    def _count(self, event: str) -> None:
+        if self._metrics is not None:
+            self._metrics.challenge(event)
 
     async def handle(self, identifier_segment: bytes, method: bytes, uri: bytes, body: bytes) -> ProxyAnswer:
         try:
@@ -101,25 +106,36 @@ class ScepProxy:
         if consumed is None:
             await self._store.challenge_failed(ident.host_uuid, ident.profile_uuid, CHALLENGE_FAILED)
             return _refusal(400, "challenge_failed", CHALLENGE_FAILED, **fields)
+        self._count("consumed")
         if target.status != "pending":
+            await self._store.challenge_settled(consumed)
             return _refusal(400, "not_pending", NOT_PENDING, **fields)
         try:
             answer = await self._upstream.pki_operation(target.ca_url, message, use_post)
         except UpstreamError as e:
-            if not e.answered:
+            if e.answered:
+                await self._store.challenge_settled(consumed)
+            else:
                 await self._store.restore_challenge(consumed)
+                self._count("restored")
             raise
-        if answer.status != 200:
-            raise UpstreamError("upstream CA failed (HTTP %d)" % (answer.status,), answered=True)
+        if answer.status != 200 or not codec.looks_like_pki_message(answer.body):
+            await self._store.challenge_settled(consumed)
+            if answer.status != 200:
+                raise UpstreamError("upstream CA failed (HTTP %d)" % (answer.status,), answered=True)
+            # Also what a body cut short looks like when the CA sent no length.
+            raise UpstreamError("upstream CA's answer is not a SCEP message", answered=True)
         pki_status, fail_info = codec.cert_rep_status(answer.body)
         outcome = {"SUCCESS": "ok", "PENDING": "pending", "FAILURE": "refused"}.get(pki_status, "ok")
         if pki_status == "PENDING":
             # The device will poll with the same URL; keep its challenge alive for that.
             await self._store.restore_challenge(consumed)
         elif pki_status == "FAILURE":
+            await self._store.challenge_settled(consumed)
             await self._store.challenge_failed(
                 ident.host_uuid, ident.profile_uuid, "upstream CA refused the request (%s)" % (fail_info,)
             )
         else:
+            await self._store.challenge_settled(consumed)
             await self._store.enrollment_forwarded(ident.host_uuid, ident.profile_uuid)
         return ProxyAnswer(200, PKI_MESSAGE_TYPE, answer.body, outcome, upstream_status=200, **fields)

@@ -14,7 +14,7 @@ from twisted.internet import defer, protocol
 from twisted.internet import error
 from twisted.internet.error import ConnectionDone
 from scepproxyd.logs import get_logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http import PotentialDataLoss
 
 from scepproxyd.scep.query import encode_message
@@ -84,15 +84,20 @@ class _BodyReader(protocol.Protocol):
             )
 
 
-def make_http_client(reactor, connect_timeout: float):
-    """One treq client over a persistent pool; the caller closes the pool on stop."""
+def make_http_client(reactor, connect_timeout: float, tls_policy=None):
+    """One treq client over a persistent pool; the caller closes the pool on stop.
+
+    ``tls_policy`` (tls.UpstreamTrust) decides how each CA's HTTPS is verified;
+    without one, Twisted's default verifies against the system trust store.
+    """
     import treq.client
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 32
     # Automatic retries could send a PKIOperation twice; idempotent GETs retry below instead.
     pool.retryAutomatically = False
-    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
+    kwargs = {"contextFactory": tls_policy} if tls_policy is not None else {}
+    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool, **kwargs)
     return treq.client.HTTPClient(agent), pool
 
 
@@ -109,14 +114,20 @@ class UpstreamClient:
 
     log = get_logger(__name__)
 
-    def __init__(self, http_client, clock, timeouts: UpstreamTimeouts, caps_cache_seconds: float):
+    #: Bound on cached GetCACaps / GetCACert answers: the key includes the
+    #: device-chosen GetCACert message, so the cache must not grow with it.
+    MAX_CACHE_ENTRIES = 256
+
+    def __init__(self, http_client, clock, timeouts: UpstreamTimeouts, caps_cache_seconds: float, metrics=None):
         self._http = http_client
         self._clock = clock
         self._timeouts = timeouts
         self._cache_seconds = caps_cache_seconds
         self._cache: dict[tuple, tuple[float, UpstreamAnswer]] = {}
+        self._metrics = metrics
 
-    async def _request(self, method: str, url: str, **kwargs) -> UpstreamAnswer:
+    async def _request(self, method: str, url: str, operation: str, **kwargs) -> UpstreamAnswer:
+        began = self._clock.seconds()
         pending = self._http.request(
             method, url, unbuffered=True, allow_redirects=False, reactor=self._clock, **kwargs
         )
@@ -136,6 +147,9 @@ class UpstreamClient:
                 raise UpstreamError(
                     "upstream CA sent no answer in time", answered=False, timed_out=True
                 ) from None
+            if isinstance(e, ResponseFailed) and not isinstance(e, ResponseNeverReceived):
+                # Bytes came back that are not HTTP: the CA got the request and answered badly.
+                raise UpstreamError("upstream CA sent a malformed HTTP answer", answered=True) from None
             raise UpstreamError(
                 "upstream CA unreachable (%s)" % (type(e).__name__,), answered=False
             ) from None
@@ -144,6 +158,8 @@ class UpstreamClient:
                 deadline.cancel()
         body = await self._read_body(response)
         content_type = (response.headers.getRawHeaders(b"Content-Type") or [b""])[0]
+        if self._metrics is not None:
+            self._metrics.upstream_answered(operation, self._clock.seconds() - began)
         return UpstreamAnswer(response.code, content_type, body)
 
     def _read_body(self, response) -> defer.Deferred:
@@ -174,22 +190,25 @@ class UpstreamClient:
 
         return finished.addBoth(done)
 
-    async def _get_idempotent(self, url: str) -> UpstreamAnswer:
+    async def _get_idempotent(self, url: str, operation: str) -> UpstreamAnswer:
         """GET once more when a pooled connection turned out to be dead before any answer."""
         try:
-            return await self._request("GET", url)
+            return await self._request("GET", url, operation)
         except UpstreamError as e:
             if e.answered or e.timed_out:
                 raise
-            return await self._request("GET", url)
+            return await self._request("GET", url, operation)
 
     async def _cached(self, key: tuple, url: str) -> UpstreamAnswer:
         now = self._clock.seconds()
         hit = self._cache.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
-        answer = await self._get_idempotent(url)
+        answer = await self._get_idempotent(url, key[1])
         if answer.status == 200 and self._cache_seconds > 0:
+            self._cache.pop(key, None)
+            while len(self._cache) >= self.MAX_CACHE_ENTRIES:
+                del self._cache[next(iter(self._cache))]  # the oldest entry
             self._cache[key] = (now + self._cache_seconds, answer)
         return answer
 
@@ -219,12 +238,13 @@ class UpstreamClient:
                 self._request(
                     "POST",
                     _url(ca_url, "PKIOperation"),
+                    "PKIOperation",
                     data=message,
                     headers={b"Content-Type": [PKI_MESSAGE_TYPE]},
                 )
             )
         return defer.ensureDeferred(
-            self._request("GET", _url(ca_url, "PKIOperation", encode_message(message)))
+            self._request("GET", _url(ca_url, "PKIOperation", encode_message(message)), "PKIOperation")
         )
 
     def forget(self, ca_url: str) -> None:

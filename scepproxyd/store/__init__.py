@@ -9,6 +9,7 @@ failed one leaves nothing behind.
 """
 
 from scepproxyd.store.assignments import STATUS_FILTERS, AssignmentQueries
+from scepproxyd.store.backup import BackupQueries
 from scepproxyd.store.ca import (
     CA_REQUEST_STATUSES,
     CERTIFICATE_STATUSES,
@@ -56,6 +57,7 @@ class Store(
     ChallengeQueries,
     CommandQueries,
     RenewalQueries,
+    BackupQueries,
     Database,
 ):
     """

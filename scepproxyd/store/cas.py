@@ -7,7 +7,7 @@ from twisted.internet import defer
 from scepproxyd.store.database import one
 from scepproxyd.store.models import CertificateAuthority, DuplicateError, InUseError, NotFoundError
 
-_CA_COLUMNS = "name, url, challenge_ciphertext, created_at, updated_at"
+_CA_COLUMNS = "name, url, challenge_ciphertext, created_at, updated_at, tls_trust_bundle, tls_verify"
 
 
 def _profiles_using(conn, name) -> list[str]:
@@ -27,15 +27,15 @@ def _refuse_in_use(conn, name) -> None:
 
 
 class CaQueries:
-    def add_ca(self, name, url, challenge_ciphertext=None) -> defer.Deferred:
+    def add_ca(self, name, url, challenge_ciphertext=None, tls_trust_bundle=None, tls_verify=True) -> defer.Deferred:
         """Add an upstream CA; a name already in use fails with DuplicateError."""
         now = self._clock.seconds()
 
         def add_ca(conn):
             cursor = conn.execute(
-                f"INSERT INTO cas ({_CA_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+                f"INSERT INTO cas ({_CA_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 f" ON CONFLICT (name) DO NOTHING RETURNING {_CA_COLUMNS}",
-                (name, url, challenge_ciphertext, now, now),
+                (name, url, challenge_ciphertext, now, now, tls_trust_bundle, int(bool(tls_verify))),
             )
             ca = one(CertificateAuthority, cursor)
             if ca is None:
@@ -56,9 +56,11 @@ class CaQueries:
 
         return self._submit(list_cas, write=False)
 
-    def update_ca(self, name, new_name=None, url=None, challenge_ciphertext=None) -> defer.Deferred:
+    def update_ca(self, name, new_name=None, url=None, challenge_ciphertext=None,
+                  tls_trust_bundle=None, tls_verify=None) -> defer.Deferred:
         """
-        Change a CA's name, URL or sealed challenge; None leaves a field as it is.
+        Change a CA's name, URL, sealed challenge or TLS trust; None leaves a field as it is
+        (an empty trust bundle removes the bundle).
 
         NotFoundError if there is no such CA; a rename fails with InUseError
         while profiles use the CA, and with DuplicateError if the new name is taken.
@@ -75,9 +77,12 @@ class CaQueries:
                     raise DuplicateError(f"a CA named {new_name!r} already exists")
             cursor = conn.execute(
                 "UPDATE cas SET name = ?, url = COALESCE(?, url),"
-                " challenge_ciphertext = COALESCE(?, challenge_ciphertext), updated_at = ?"
+                " challenge_ciphertext = COALESCE(?, challenge_ciphertext),"
+                " tls_trust_bundle = CASE WHEN ? IS NULL THEN tls_trust_bundle ELSE NULLIF(?, '') END,"
+                " tls_verify = COALESCE(?, tls_verify), updated_at = ?"
                 f" WHERE name = ? RETURNING {_CA_COLUMNS}",
-                (new_name if renaming else name, url, challenge_ciphertext, now, name),
+                (new_name if renaming else name, url, challenge_ciphertext, tls_trust_bundle, tls_trust_bundle,
+                 None if tls_verify is None else int(bool(tls_verify)), now, name),
             )
             return one(CertificateAuthority, cursor)
 

@@ -90,7 +90,8 @@ class ChallengeQueries:
         of concurrent callers exactly one wins, here and on PostgreSQL. A
         matching row past its TTL is refused, and deleted by a second one.
         """
-        cutoff = self._clock.seconds() - self._challenge_ttl
+        now = self._clock.seconds()
+        cutoff = now - self._challenge_ttl
         params = (challenge, host_uuid, profile_uuid, cutoff)
 
         def consume_challenge(conn):
@@ -100,6 +101,12 @@ class ChallengeQueries:
                 params,
             ).fetchall()  # fetched before the COMMIT that _run issues
             if rows:
+                # Same transaction: a crash leaves it either usable or recorded as in flight.
+                conn.execute(
+                    "INSERT INTO challenges_in_flight (challenge, host_uuid, profile_uuid, created_at, claimed_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    rows[0] + (now,),
+                )
                 return ConsumedChallenge(*rows[0])
             conn.execute(
                 "DELETE FROM challenges WHERE challenge = ? AND host_uuid = ? AND profile_uuid = ? AND created_at < ?",
@@ -118,6 +125,7 @@ class ChallengeQueries:
         """
 
         def restore_challenge(conn):
+            conn.execute("DELETE FROM challenges_in_flight WHERE challenge = ?", (consumed.challenge,))
             conn.execute(
                 "INSERT INTO challenges (challenge, host_uuid, profile_uuid, created_at) SELECT ?, ?, ?, ?"
                 f" WHERE EXISTS (SELECT 1 FROM host_profiles WHERE {ONE_HOST_PROFILE})"
@@ -126,6 +134,33 @@ class ChallengeQueries:
             )
 
         return self._submit(restore_challenge)
+
+    def challenge_settled(self, consumed: ConsumedChallenge) -> defer.Deferred:
+        """The upstream answered: the challenge is spent for good."""
+
+        def challenge_settled(conn):
+            conn.execute("DELETE FROM challenges_in_flight WHERE challenge = ?", (consumed.challenge,))
+
+        return self._submit(challenge_settled)
+
+    def restore_orphaned_challenges(self) -> defer.Deferred:
+        """
+        Put back challenges a previous run took but never settled (it died mid-call).
+
+        Called once at start, before serving. Fires the count. With one
+        daemon per database every in-flight row is an orphan at start.
+        """
+
+        def restore_orphaned_challenges(conn):
+            moved = conn.execute(
+                "INSERT INTO challenges (challenge, host_uuid, profile_uuid, created_at)"
+                " SELECT challenge, host_uuid, profile_uuid, created_at FROM challenges_in_flight"
+                " WHERE true ON CONFLICT (challenge) DO NOTHING"
+            ).rowcount
+            conn.execute("DELETE FROM challenges_in_flight")
+            return moved
+
+        return self._submit(restore_orphaned_challenges)
 
     def challenge_failed(self, host_uuid, profile_uuid, detail) -> defer.Deferred:
         """

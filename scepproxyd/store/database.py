@@ -118,6 +118,11 @@ class Database:
     a database whose schema is not exactly the one this code knows.
     """
 
+    #: When a reactor shutdown closes a store nobody stopped. The daemon's
+    #: StoreService sets "during", so its own ordered stop (in the "before"
+    #: phase, draining requests that still need the database) comes first.
+    shutdown_phase = "before"
+
     def __init__(
         self,
         path,
@@ -187,8 +192,10 @@ class Database:
         self._pool.start()
         self._running = True
         # Without stop() a reactor shutdown would leave the (non-daemon) DB
-        # thread behind; "before" triggers are waited for, so the close runs.
-        self._shutdown_trigger = self._reactor.addSystemEventTrigger("before", "shutdown", self._stop_at_shutdown)
+        # thread behind; the trigger's Deferred is waited for, so the close runs.
+        self._shutdown_trigger = self._reactor.addSystemEventTrigger(
+            self.shutdown_phase, "shutdown", self._stop_at_shutdown
+        )
 
         def failed(failure):
             self._running = False

@@ -67,9 +67,11 @@ class PlatformMismatchError(StoreError):
 class CertificateAuthority:
     name: str
     url: str
-    challenge_ciphertext: bytes | None
+    challenge_ciphertext: bytes | None = attrs.field(repr=False)
     created_at: float
     updated_at: float
+    tls_trust_bundle: str | None = None
+    tls_verify: bool = attrs.field(default=True, converter=bool)
 
 
 @attrs.frozen

@@ -7,17 +7,21 @@ logs a static challenge. The full contract is in docs/admin-api.md.
 import datetime
 import uuid as uuid_module
 
+import attrs
+
 from scepproxyd import admin
 from scepproxyd.logs import get_logger
 from scepproxyd.profiles import ProfileError, parse_profile
 from scepproxyd.store import (
     HOST_PROFILE_STATUSES,
+    CertificateAuthority,
     PLATFORMS,
     DuplicateError,
     InUseError,
     NotFoundError,
     PlatformMismatchError,
 )
+from scepproxyd.tls import TLSConfigError, load_certificates
 from scepproxyd.web.api import Conflict, Invalid, JsonApi, NotFound, field, json_body
 
 log = get_logger(__name__)
@@ -33,7 +37,14 @@ def _time(seconds: float | None) -> str | None:
 
 
 def ca_json(ca, profiles=None) -> dict:
-    body = {"name": ca.name, "url": ca.url, "created_at": _time(ca.created_at), "updated_at": _time(ca.updated_at)}
+    body = {
+        "name": ca.name,
+        "url": ca.url,
+        "tls_verify": ca.tls_verify,
+        "trust_bundle": bool(ca.tls_trust_bundle),
+        "created_at": _time(ca.created_at),
+        "updated_at": _time(ca.updated_at),
+    }
     if profiles is not None:
         body["profiles"] = profiles
     return body
@@ -82,11 +93,32 @@ def _query(request, name: str) -> str | None:
 class AdminRoutes:
     """Handlers for the admin API; collaborators come in, nothing is global."""
 
-    def __init__(self, store, upstream, cipher, jobs: dict):
+    def __init__(self, store, upstream, cipher, jobs: dict, trust=None):
         self._store = store
         self._upstream = upstream
         self._cipher = cipher
         self._jobs = jobs
+        self._trust = trust
+
+    async def _apply_trust(self, candidate=None) -> None:
+        """Load every CA's TLS trust into the upstream client (plus one being checked)."""
+        if self._trust is None:
+            return
+        cas = await self._store.list_cas()
+        if candidate is not None:
+            cas = [ca for ca in cas if ca.name != candidate.name] + [candidate]
+        self._trust.configure(cas)
+
+    @staticmethod
+    def _tls_fields(body) -> tuple[str | None, bool | None]:
+        bundle = field(body, "trust_bundle", required=False)
+        verify = field(body, "tls_verify", kind=bool, required=False)
+        if bundle:
+            try:
+                load_certificates(bundle.encode("utf-8", "replace"), "trust_bundle")
+            except TLSConfigError as e:
+                raise Invalid(str(e), field="trust_bundle") from None
+        return bundle, verify
 
     def routes(self):
         ca = r"/api/v1/cas/(?P<name>[^/]+)"
@@ -135,21 +167,30 @@ class AdminRoutes:
         name = admin.check_ca_name(field(body, "name"))
         url = admin.check_ca_url(field(body, "url"))
         challenge = admin.check_challenge(field(body, "challenge"))
+        bundle, verify = self._tls_fields(body)
         if await self._store.get_ca(name) is not None:
             raise Conflict("a CA named %r already exists" % (name,), field="name")
-        await admin.check_ca_answers(self._upstream, url)
+        candidate = CertificateAuthority(name, url, None, 0.0, 0.0, bundle, True if verify is None else verify)
         try:
-            ca = await self._store.add_ca(name, url, self._cipher.encrypt(challenge))
+            await self._apply_trust(candidate)
+            await admin.check_ca_answers(self._upstream, url)
+            ca = await self._store.add_ca(name, url, self._cipher.encrypt(challenge), bundle or None,
+                                          True if verify is None else verify)
         except DuplicateError:
             raise Conflict("a CA named %r already exists" % (name,), field="name") from None
+        finally:
+            await self._apply_trust()
         log.info("admin added CA {ca} at {url}", ca=name, url=url)
         return (201, ca_json(ca, []))
 
     async def edit_ca(self, request, name):
         body = json_body(request)
-        unknown = set(body) - {"name", "url", "challenge"}
+        unknown = set(body) - {"name", "url", "challenge", "trust_bundle", "tls_verify"}
         if unknown:
-            raise Invalid("unknown field %s; a CA has name, url, challenge" % (sorted(unknown)[0],), field=sorted(unknown)[0])
+            raise Invalid(
+                "unknown field %s; a CA has name, url, challenge, trust_bundle, tls_verify" % (sorted(unknown)[0],),
+                field=sorted(unknown)[0],
+            )
         current = await self._store.get_ca(name)
         if current is None:
             raise NotFound("no CA named %r" % (name,))
@@ -164,14 +205,25 @@ class AdminRoutes:
                 raise Invalid("changing the URL requires the challenge again", field="challenge")
         if challenge is not None:
             admin.check_challenge(challenge)
-        if url is not None and url != current.url:
-            await admin.check_ca_answers(self._upstream, url)
+        bundle, verify = self._tls_fields(body)
+        trust_changes = bundle is not None or verify is not None
         try:
+            if (url is not None and url != current.url) or trust_changes:
+                candidate = attrs.evolve(
+                    current,
+                    url=url or current.url,
+                    tls_trust_bundle=current.tls_trust_bundle if bundle is None else (bundle or None),
+                    tls_verify=current.tls_verify if verify is None else verify,
+                )
+                await self._apply_trust(candidate)
+                await admin.check_ca_answers(self._upstream, candidate.url)
             ca = await self._store.update_ca(
                 name,
                 new_name=new_name if new_name != name else None,
                 url=url,
                 challenge_ciphertext=self._cipher.encrypt(challenge) if challenge is not None else None,
+                tls_trust_bundle=bundle,
+                tls_verify=verify,
             )
         except InUseError as e:
             raise Conflict(
@@ -181,6 +233,8 @@ class AdminRoutes:
             ) from None
         except DuplicateError:
             raise Conflict("a CA named %r already exists" % (new_name,), field="name") from None
+        finally:
+            await self._apply_trust()
         self._upstream.forget(current.url)
         log.info("admin changed CA {ca}", ca=ca.name)
         return ca_json(ca, await self._store.profiles_using_ca(ca.name))

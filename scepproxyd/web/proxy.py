@@ -16,15 +16,20 @@ class ProxyResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, proxy, clock):
+    def __init__(self, proxy, clock, metrics=None):
         super().__init__()
         self._proxy = proxy
         self._clock = clock
+        self._metrics = metrics
 
-    def render_GET(self, request):
-        return self._serve(request)
-
-    render_POST = render_GET
+    def render(self, request):
+        if request.method in (b"GET", b"POST"):
+            return self._serve(request)
+        started = self._clock.seconds()
+        request.setHeader(b"Allow", b"GET, POST")
+        answer = ProxyAnswer(405, TEXT, b"SCEP uses GET or POST\n", "bad_method")
+        self._finish(request, answer, started)
+        return server.NOT_DONE_YET
 
     def _serve(self, request):
         started = self._clock.seconds()
@@ -53,6 +58,8 @@ class ProxyResource(resource.Resource):
     def _finish(self, request, answer: ProxyAnswer, started: float, gone=()) -> None:
         elapsed_ms = (self._clock.seconds() - started) * 1000.0
         ident = answer.identifier
+        if self._metrics is not None:
+            self._metrics.proxied(answer.operation, answer.outcome)
         log.info(
             "proxy {operation} host={host} profile={profile} ca={ca} outcome={outcome} "
             "status={status} upstream_status={upstream_status} ms={ms:.1f}",

@@ -1,0 +1,131 @@
+"""Services that give the daemon an orderly start and stop.
+
+twistd stops an application by calling stopService and waiting for the
+Deferred. A plain MultiService stops its children all at once, which would
+close the database under requests still being served; here children stop one
+after another in reverse order, and in-flight requests get a grace period
+to finish after the listeners stop accepting.
+"""
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from scepproxyd.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class OrderedMultiService(service.MultiService):
+    """Start children in order; stop them in reverse order, each after the previous finished."""
+
+    def stopService(self):
+        service.Service.stopService(self)
+        d = defer.succeed(None)
+        for child in reversed(list(self)):
+            d.addCallback(lambda _, child=child: defer.maybeDeferred(child.stopService))
+            d.addErrback(lambda f, child=child: log.failure("stopping {name} failed", f, name=child.name or child))
+        return d
+
+
+class StoreService(service.Service):
+    """Opens the store's DB thread on start; closes the database on stop.
+
+    ``ready`` fires once the database is open (or fails with the reason).
+    """
+
+    name = "store"
+
+    def __init__(self, store):
+        self.store = store
+        # This service stops the store in order; the store's own safety net waits until after that.
+        store.shutdown_phase = "during"
+        self.ready = defer.Deferred()
+
+    def startService(self):
+        super().startService()
+        d = self.store.start()
+        d.addCallback(lambda _: self.store.restore_orphaned_challenges())
+        d.addCallback(self._report_orphans)
+
+        def settle(result):
+            if isinstance(result, Failure):
+                self.ready.errback(result)
+            else:
+                self.ready.callback(None)
+
+        d.addBoth(settle)
+
+    def _report_orphans(self, count):
+        if count:
+            log.warn("put back {count} one-time challenges that a previous run took but never forwarded",
+                     count=count)
+
+    def stopService(self):
+        super().stopService()
+        return self.store.stop()
+
+
+class HTTPPoolService(service.Service):
+    """Closes the upstream connection pool on stop, so shutdown leaves no sockets behind."""
+
+    name = "upstream-pool"
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def stopService(self):
+        super().stopService()
+        return self.pool.closeCachedConnections()
+
+
+class InFlight:
+    """Counts requests being served, so shutdown can wait for them."""
+
+    def __init__(self):
+        self.count = 0
+        self._idle: list[defer.Deferred] = []
+
+    def started(self, request) -> None:
+        self.count += 1
+        request.notifyFinish().addBoth(self._finished)
+
+    def _finished(self, _):
+        self.count -= 1
+        if self.count == 0:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+
+    def idle(self) -> defer.Deferred:
+        if self.count == 0:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._idle.append(d)
+        return d
+
+
+class DrainService(service.Service):
+    """On stop, wait up to ``grace`` seconds for in-flight requests, then let shutdown cut them."""
+
+    name = "drain"
+
+    def __init__(self, in_flight: InFlight, grace: float, clock):
+        self._in_flight = in_flight
+        self._grace = grace
+        self._clock = clock
+
+    def stopService(self):
+        super().stopService()
+        if self._in_flight.count == 0:
+            return None
+        log.info("waiting up to {grace:.0f} s for {count} requests in flight",
+                 grace=self._grace, count=self._in_flight.count)
+        d = self._in_flight.idle()
+        d.addTimeout(self._grace, self._clock)
+
+        def cut(failure):
+            failure.trap(defer.TimeoutError)
+            log.warn("grace period over: cutting {count} requests still in flight", count=self._in_flight.count)
+
+        return d.addErrback(cut)

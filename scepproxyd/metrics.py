@@ -1,0 +1,79 @@
+"""Prometheus metrics: what operators graph and alert on.
+
+One registry per daemon (not prometheus_client's global one), so tests and
+several services in one process never mix their figures. Counting happens
+where things happen (proxy, renderer, jobs); the host-profile gauge is read
+from the store when /metrics is scraped, on the DB thread.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST.encode("ascii")
+
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.proxy_requests = Counter(
+            "scepproxyd_proxy_requests", "Proxied SCEP requests by operation and outcome.",
+            ["operation", "outcome"], registry=self.registry,
+        )
+        self.upstream_latency = Histogram(
+            "scepproxyd_upstream_latency_seconds", "Time to an upstream CA's complete answer.",
+            ["operation"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.challenges = Counter(
+            "scepproxyd_challenges", "One-time challenges by event (minted, consumed, restored, expired).",
+            ["event"], registry=self.registry,
+        )
+        self.job_duration = Histogram(
+            "scepproxyd_job_duration_seconds", "Duration of job runs.",
+            ["job"], buckets=LATENCY_BUCKETS + (60.0, 300.0), registry=self.registry,
+        )
+        self.job_runs = Counter(
+            "scepproxyd_job_runs", "Job runs by outcome.", ["job", "outcome"], registry=self.registry,
+        )
+        self.job_items = Counter(
+            "scepproxyd_job_items", "What job runs did, by count name.", ["job", "item"], registry=self.registry,
+        )
+        self.host_profiles = Gauge(
+            "scepproxyd_host_profiles", "Host profiles by status (null = waiting to be sent).",
+            ["status"], registry=self.registry,
+        )
+        self.ca_operations = Counter(
+            "scepproxyd_ca_operations", "Built-in CA operations by message type and outcome.",
+            ["operation", "outcome"], registry=self.registry,
+        )
+
+    def proxied(self, operation: str | None, outcome: str) -> None:
+        self.proxy_requests.labels(operation or "-", outcome).inc()
+
+    def upstream_answered(self, operation: str, seconds: float) -> None:
+        self.upstream_latency.labels(operation).observe(seconds)
+
+    def challenge(self, event: str, count: int = 1) -> None:
+        if count:
+            self.challenges.labels(event).inc(count)
+
+    def job_finished(self, job: str, seconds: float, result: dict | None) -> None:
+        self.job_duration.labels(job).observe(seconds)
+        self.job_runs.labels(job, "ok" if result is not None else "failed").inc()
+        for item, count in (result or {}).items():
+            if isinstance(count, int) and count:
+                self.job_items.labels(job, item).inc(count)
+        if result and result.get("expired_challenges_removed"):
+            self.challenge("expired", result["expired_challenges_removed"])
+
+    def set_host_profile_counts(self, counts: dict) -> None:
+        for status, count in counts.items():
+            self.host_profiles.labels(status or "null").set(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class NoMetrics(Metrics):
+    """For code paths built without a daemon (unit tests): counts into a throwaway registry."""

@@ -1,0 +1,114 @@
+"""``/healthz``, ``/readyz`` and ``/metrics`` on the device-facing listener.
+
+/healthz is for "restart me?" (the database answers, the listeners are up);
+/readyz is for "send me traffic?" (also: every CA answered recently).
+Both do their checking off the reactor thread and answer plain text.
+"""
+
+from twisted.internet import defer
+from twisted.web import resource, server
+
+from scepproxyd.logs import get_logger
+
+log = get_logger(__name__)
+
+
+def _answer(request, code: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8"):
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", content_type)
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.write(body)
+    request.finish()
+
+
+class _AsyncLeaf(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        gone = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        d = defer.ensureDeferred(self.check())
+
+        def done(result):
+            if not gone:
+                _answer(request, *result)
+
+        def failed(failure):
+            log.failure("{path} check failed", failure, path=request.path.decode("ascii", "replace"))
+            if not gone:
+                _answer(request, 503, b"unhealthy: internal error\n")
+
+        d.addCallbacks(done, failed)
+        return server.NOT_DONE_YET
+
+
+class Health(_AsyncLeaf):
+    def __init__(self, store, listeners):
+        super().__init__()
+        self._store = store
+        self._listeners = listeners
+
+    async def problems(self) -> list[str]:
+        problems = []
+        try:
+            await self._store.ping()
+        except Exception as e:  # any database failure means unhealthy
+            problems.append("database: %s" % (type(e).__name__,))
+        for svc in self._listeners:
+            if not svc.running:
+                problems.append("listener %s is not running" % (svc.name,))
+        return problems
+
+    async def check(self):
+        problems = await self.problems()
+        if problems:
+            return 503, ("unhealthy: %s\n" % ("; ".join(problems),)).encode()
+        return 200, b"ok\n"
+
+
+class Ready(Health):
+    """Also requires every CA integration to have answered within ``max_age`` seconds."""
+
+    def __init__(self, store, listeners, ca_monitor):
+        super().__init__(store, listeners)
+        self._ca_monitor = ca_monitor
+
+    async def check(self):
+        problems = await self.problems()
+        problems.extend(await self._ca_monitor.problems())
+        if problems:
+            return 503, ("not ready: %s\n" % ("; ".join(problems),)).encode()
+        return 200, b"ready\n"
+
+
+class MetricsPage(_AsyncLeaf):
+    def __init__(self, store, metrics):
+        super().__init__()
+        self._store = store
+        self._metrics = metrics
+
+    async def check(self):
+        self._metrics.set_host_profile_counts(await self._store.count_host_profiles_by_status())
+        return 200, self._metrics.render(), self._metrics.content_type
+
+
+class CaMonitor:
+    """Is every CA integration reachable? Asks GetCACaps (cached answers count as recent)."""
+
+    def __init__(self, store, upstream):
+        self._store = store
+        self._upstream = upstream
+
+    async def problems(self) -> list[str]:
+        from scepproxyd.scep.upstream import UpstreamError
+
+        problems = []
+        for ca in await self._store.list_cas():
+            try:
+                answer = await self._upstream.get_ca_caps(ca.url)
+            except UpstreamError as e:
+                problems.append("CA %s: %s" % (ca.name, e.reason))
+                continue
+            if answer.status != 200:
+                problems.append("CA %s: GetCACaps answered HTTP %d" % (ca.name, answer.status))
+        return problems

@@ -1,0 +1,33 @@
+"""A challenge taken by the proxy is either settled, put back, or put back at the next start."""
+
+import pytest_twisted
+from twisted.internet import reactor
+
+from scepproxyd.store import Store
+from test_store import CA, HOST, PROFILE, db_path, clock, seed  # noqa: F401 (fixtures)
+
+
+@pytest_twisted.ensureDeferred
+async def test_settled_challenge_stays_spent_and_orphans_come_back(db_path, clock):
+    store = Store(db_path, reactor, clock=clock)
+    await store.start()
+    try:
+        await seed(store)
+        spent = await store.new_challenge(HOST, PROFILE)
+        orphan = await store.new_challenge(HOST, PROFILE)
+        taken = await store.consume_challenge(spent, HOST, PROFILE)
+        await store.challenge_settled(taken)
+        assert await store.consume_challenge(orphan, HOST, PROFILE) is not None  # then the daemon "dies"
+    finally:
+        await store.stop()
+
+    restarted = Store(db_path, reactor, clock=clock)
+    await restarted.start()
+    try:
+        assert await restarted.restore_orphaned_challenges() == 1
+        assert await restarted.restore_orphaned_challenges() == 0
+        assert await restarted.consume_challenge(spent, HOST, PROFILE) is None
+        again = await restarted.consume_challenge(orphan, HOST, PROFILE)
+        assert again is not None and again.challenge == orphan
+    finally:
+        await restarted.stop()
