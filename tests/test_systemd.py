@@ -96,12 +96,22 @@ class NotifySocket:
         return self.sock.recv(4096).decode()
 
 
-def test_socket_activation_ready_and_stopping(tmp_path):
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_socket_activation_ready_and_stopping(tmp_path, tls):
     listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listening.bind(("127.0.0.1", 0))
     listening.listen(16)
     port = listening.getsockname()[1]
-    config = daemon_config(tmp_path, port, server={"listen": "systemd:domain=INET:name=scep"})
+    server = {"listen": "systemd:domain=INET:name=scep"}
+    context = None
+    if tls:
+        from test_operations import PrivateCA
+
+        ca = PrivateCA(tmp_path)
+        cert, key = ca.server("proxy")
+        server.update(tls_certificate=str(cert), tls_key=str(key))
+        context = __import__("ssl").create_default_context(cafile=str(ca.pem))
+    config = daemon_config(tmp_path, port, server=server)
     notify = NotifySocket(tmp_path / "notify.sock")
     environ = dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES="scep", NOTIFY_SOCKET=str(notify.path))
     command = "LISTEN_PID=$$ exec %s --nodaemon --pidfile= --logger scepproxyd.journald.observer scepproxyd --config %s" % (
@@ -116,7 +126,8 @@ def test_socket_activation_ready_and_stopping(tmp_path):
     )
     try:
         assert notify.receive().startswith("READY=1")
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            s = context.wrap_socket(raw, server_hostname="localhost") if context else raw
             s.sendall(b"GET /mdm/scep/proxy/x,y,z,w?operation=GetCACaps HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert s.recv(1024).startswith(b"HTTP/1.1 400 ")
         process.send_signal(signal.SIGTERM)
