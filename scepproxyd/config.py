@@ -263,20 +263,31 @@ def _endpoint(value: str) -> str:
     Check a strports description by building (not listening on) the endpoint.
 
     The reactor is a dummy: parsing never touches it, and a real one would
-    invite someone to listen here by mistake.
+    invite someone to listen here by mistake. A ``systemd:`` description is
+    checked for its form only: the socket exists only when systemd starts
+    the daemon, and scepproxyctl reads the same file outside systemd (the
+    daemon checks the socket itself at start).
     """
     try:
         serverFromString(object(), value)
     except Exception as e:
-        if value.startswith("systemd:") and isinstance(e, LookupError):
-            reason = "systemd passed in no such socket (is the socket unit active?)"
-        else:
-            reason = str(e) or type(e).__name__
+        if value.startswith("systemd:") and isinstance(e, (LookupError, ValueError)) and _systemd_form(value):
+            return value
+        reason = str(e) or type(e).__name__
         raise _Invalid(
             "not a valid Twisted endpoint description: %s; expected e.g. "
             "'tcp:8080:interface=127.0.0.1', got %r" % (reason, value)
         )
     return value
+
+
+def _systemd_form(value: str) -> bool:
+    """``systemd:domain=INET:name=NAME`` or ``...:index=N``: the forms Twisted accepts."""
+    params = dict(part.partition("=")[::2] for part in value.split(":")[1:])
+    has_one = ("name" in params) != ("index" in params)
+    return params.get("domain") in ("INET", "INET6", "UNIX") and has_one and (
+        "index" not in params or params["index"].isdigit()
+    )
 
 
 def _public_url(value: str) -> str:

@@ -58,12 +58,32 @@ def build_resource_tree(proxy, agent_api, webhook, clock, builtin_ca=None, healt
     return root
 
 
+class StartupError(Exception):
+    """Something outside the file stops the daemon at start; ``str()`` says what."""
+
+
+def check_listeners(settings) -> None:
+    """A systemd: listener needs the socket systemd passes in; say so before anything starts."""
+    from twisted.internet.endpoints import serverFromString
+
+    for section, description in (("server", settings.server.listen), ("admin", settings.admin.listen)):
+        if description.startswith("systemd:"):
+            try:
+                serverFromString(object(), description)
+            except (LookupError, ValueError):
+                raise StartupError(
+                    "[%s] listen: systemd passed in no such socket (%s); is the socket unit active?"
+                    % (section, description)
+                ) from None
+
+
 def prepare_state(settings) -> None:
     """Create the state directory, bring the schema up to date, make keys and tokens.
 
     Runs once before the reactor does, so a problem here stops twistd with a
     clear message instead of a half-started daemon.
     """
+    check_listeners(settings)
     state: Path = settings.state_directory
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.database.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -131,7 +151,7 @@ def make_service(settings, reactor) -> OrderedMultiService:
         body=settings.upstream.body_timeout,
         max_response_bytes=settings.upstream.max_response_bytes,
     )
-    upstream = UpstreamClient(http_client, reactor, timeouts, settings.upstream.caps_cache_seconds, metrics)
+    upstream = UpstreamClient(http_client, reactor, timeouts, settings.upstream.caps_cache_seconds, metrics, pool)
 
     cipher = ChallengeCipher(load_or_create_key(settings.key_file))
     builtin_ca, admin_ca_routes = None, []
@@ -182,9 +202,10 @@ def make_service(settings, reactor) -> OrderedMultiService:
     agent_token = load_or_create_token(settings.agent.token_file)
     proxy = ScepProxy(store, upstream, metrics)
     listeners = []
+    started = lambda: store_service.ready.called  # noqa: E731 - open, orphaned challenges put back
     health = {
-        b"healthz": Health(store, listeners),
-        b"readyz": Ready(store, listeners, CaMonitor(store, upstream)),
+        b"healthz": Health(store, listeners, started),
+        b"readyz": Ready(store, listeners, CaMonitor(store, upstream), started),
         b"metrics": MetricsPage(store, metrics),
     }
     site = BodyLimitedSite(

@@ -27,12 +27,15 @@ def makeService(config, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     from scepproxyd.keys import KeyFileError
-    from scepproxyd.service import make_service, prepare_state
+    from scepproxyd.service import StartupError, make_service, prepare_state
     from scepproxyd.store import StoreError
+    from scepproxyd.tls import TLSConfigError
 
     settings = config["settings"]
     try:
         prepare_state(settings)
-    except (OSError, StoreError, KeyFileError) as e:
+    except StartupError as e:
+        sys.exit("scepproxyd: %s: %s" % (settings.config_path, e))
+    except (OSError, StoreError, KeyFileError, TLSConfigError) as e:
         sys.exit("scepproxyd: cannot prepare state in %s: %s" % (settings.state_directory, e))
     return make_service(settings, reactor)

@@ -171,10 +171,33 @@ class Daemon:
         try:
             wait_for_port(self.port, self.process)
             wait_for_port(self.admin_port, self.process)
+            self.wait_healthy()
         except RuntimeError:
             output = self.process.stdout.read().decode(errors="replace") if self.process.poll() is not None else ""
             raise RuntimeError("daemon did not start: %s\n%s" % (output, self.log()))
         return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until /healthz answers 200: the database is open and start-up work (e.g. putting
+        back challenges a killed run left in flight) is done, as systemd's READY=1 means."""
+        import http.client
+
+        deadline = time.monotonic() + timeout
+        scheme_tls = "tls_certificate" in self.config.read_text()
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("daemon exited with %s" % (self.process.returncode,))
+            if scheme_tls:
+                return  # the TLS tests check health themselves
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                connection.request("GET", "/healthz")
+                if connection.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("/healthz did not answer 200 within %.0f s" % (timeout,))
 
     def stop(self) -> int:
         if self.process is None:

@@ -279,10 +279,12 @@ def test_listen_refused(value):
     assert repr(value) in str(error)
 
 
-def test_listen_systemd_socket_missing(monkeypatch):
+def test_listen_systemd_checked_for_form_only(monkeypatch):
+    """scepproxyctl reads the production file outside systemd; the daemon checks the socket at start."""
     monkeypatch.delenv("LISTEN_PID", raising=False)
-    error = refused("[server]\nlisten = systemd:domain=INET:name=scep\n")
-    assert "systemd passed in no such socket" in error.problem
+    assert parse("[server]\nlisten = systemd:domain=INET:name=scep\n").server.listen == "systemd:domain=INET:name=scep"
+    for bad in ("systemd:domain=INET", "systemd:domain=IPX:name=a", "systemd:domain=INET:index=x"):
+        assert "not a valid Twisted endpoint description" in refused("[server]\nlisten = %s\n" % bad).problem
 
 
 # -- one message per bad value ----------------------------------------------

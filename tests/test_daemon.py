@@ -133,3 +133,25 @@ def test_proxy_listener_never_serves_admin_api(daemon):
     # The device-facing listener has only the agent API under /api, which refuses the admin token.
     assert raw_http(daemon.port, request).startswith(b"HTTP/1.1 401 ")
     assert raw_http(daemon.admin_port, request).startswith(b"HTTP/1.1 200 ")
+
+
+def test_systemd_listener_without_socket_is_refused_clearly(tmp_path):
+    config = daemon_config(tmp_path, free_port(), server={"listen": "systemd:domain=INET:name=scep"})
+    result = run_twistd(config)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "[server] listen: systemd passed in no such socket" in output
+    assert "Traceback" not in output
+
+
+def test_mismatched_tls_key_is_refused_clearly(tmp_path):
+    from test_operations import PrivateCA
+
+    ca = PrivateCA(tmp_path)
+    cert, _ = ca.server("one")
+    _, other_key = ca.server("two")
+    config = daemon_config(tmp_path, free_port(), server={"tls_certificate": str(cert), "tls_key": str(other_key)})
+    result = run_twistd(config)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "does not match the key in" in output and "Traceback" not in output

@@ -69,3 +69,6 @@ class UpstreamRouter:
 
     def forget(self, ca_url):
         return self._pick(ca_url).forget(ca_url)
+
+    def drop_connections(self):
+        return self._remote.drop_connections()

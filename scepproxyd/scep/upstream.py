@@ -118,8 +118,10 @@ class UpstreamClient:
     #: device-chosen GetCACert message, so the cache must not grow with it.
     MAX_CACHE_ENTRIES = 256
 
-    def __init__(self, http_client, clock, timeouts: UpstreamTimeouts, caps_cache_seconds: float, metrics=None):
+    def __init__(self, http_client, clock, timeouts: UpstreamTimeouts, caps_cache_seconds: float, metrics=None,
+                 pool=None):
         self._http = http_client
+        self._pool = pool
         self._clock = clock
         self._timeouts = timeouts
         self._cache_seconds = caps_cache_seconds
@@ -246,6 +248,12 @@ class UpstreamClient:
         return defer.ensureDeferred(
             self._request("GET", _url(ca_url, "PKIOperation", encode_message(message)), "PKIOperation")
         )
+
+    def drop_connections(self):
+        """Close idle pooled connections, so a changed TLS trust applies to the next request."""
+        if self._pool is None:
+            return defer.succeed(None)
+        return self._pool.closeCachedConnections()
 
     def forget(self, ca_url: str) -> None:
         """Drop cached answers of one CA (after the admin changes it)."""

@@ -108,6 +108,10 @@ class AdminRoutes:
         if candidate is not None:
             cas = [ca for ca in cas if ca.name != candidate.name] + [candidate]
         self._trust.configure(cas)
+        # A pooled connection made under the old trust must not answer for the new one.
+        drop = getattr(self._upstream, "drop_connections", None)
+        if drop is not None:
+            await drop()
 
     @staticmethod
     def _tls_fields(body) -> tuple[str | None, bool | None]:
@@ -246,6 +250,7 @@ class AdminRoutes:
             raise NotFound("no CA named %r" % (name,)) from None
         except InUseError as e:
             raise Conflict("CA %r is used by profiles %s; delete those first" % (name, ", ".join(e.profiles))) from None
+        await self._apply_trust()
         log.info("admin deleted CA {ca}", ca=name)
         return (204, None)
 

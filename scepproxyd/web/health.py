@@ -43,13 +43,17 @@ class _AsyncLeaf(resource.Resource):
 
 
 class Health(_AsyncLeaf):
-    def __init__(self, store, listeners):
+    def __init__(self, store, listeners, started=lambda: True):
         super().__init__()
         self._store = store
         self._listeners = listeners
+        self._started = started
 
     async def problems(self) -> list[str]:
         problems = []
+        if not self._started():
+            # Listeners are bound before the database is open and start-up work is done.
+            return ["starting"]
         try:
             await self._store.ping()
         except Exception as e:  # any database failure means unhealthy
@@ -69,8 +73,8 @@ class Health(_AsyncLeaf):
 class Ready(Health):
     """Also requires every CA integration to have answered within ``max_age`` seconds."""
 
-    def __init__(self, store, listeners, ca_monitor):
-        super().__init__(store, listeners)
+    def __init__(self, store, listeners, ca_monitor, started=lambda: True):
+        super().__init__(store, listeners, started)
         self._ca_monitor = ca_monitor
 
     async def check(self):

@@ -1,0 +1,104 @@
+"""Seeding a running daemon the way an admin and an agent do: its admin API and agent API only.
+
+Nothing here touches the database directly. A site is: one CA integration
+(scepserver, its static challenge), the fleet-custom-scep-apple fixture profile
+naming that CA, N macOS hosts imported as JSON in chunks, the profile assigned
+by platform (N host profiles, status NULL), the process_profiles job triggered
+(N commands queued, host profiles pending), then, per host, the agent's fetch of
+its commands: that renders the profile with a fresh one-time challenge in the
+proxy URL. The URL and the (rendered) static challenge are read back from the
+SCEP payload, exactly what a device would use.
+"""
+
+import http.client
+import json
+import plistlib
+import time
+from urllib.parse import urlsplit
+
+REPO_FIXTURE = "tests/fixtures/profiles/fleet-custom-scep-apple.mobileconfig"
+IMPORT_CHUNK = 5000
+
+
+class Api:
+    """A keep-alive JSON client for one listener with one bearer token."""
+
+    def __init__(self, port: int, token: str, timeout: float = 600.0):
+        self.port, self.token, self.timeout = port, token, timeout
+        self.conn = None
+
+    def call(self, method: str, path: str, body=None, content_type="application/json", expect=(200, 201)):
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        for attempt in (1, 2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+            try:
+                self.conn.request(method, path, body=body, headers=headers)
+                response = self.conn.getresponse()
+                data = response.read()
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.close()
+                if attempt == 2:
+                    raise
+        if response.status not in expect:
+            raise RuntimeError(f"{method} {path} answered {response.status}: {data[:300]!r}")
+        return json.loads(data) if data else None
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def add_ca(admin: Api, name: str, url: str, challenge: str) -> None:
+    admin.call("POST", "/api/v1/cas", {"name": name, "url": url, "challenge": challenge})
+
+
+def upload_profile(admin: Api, fixture_bytes: bytes, ca_name: str) -> str:
+    content = fixture_bytes.replace(b"CA_NAME", ca_name.encode())
+    answer = admin.call("POST", "/api/v1/profiles?platform=macos&name=bench", content,
+                        content_type="application/x-apple-aspen-config")
+    return answer["uuid"]
+
+
+def import_hosts(admin: Api, prefix: str, count: int, chunk: int = IMPORT_CHUNK) -> list[str]:
+    """``count`` macOS hosts named PREFIX-00000000..., imported as JSON in chunks."""
+    names = [f"{prefix}-{i:08d}" for i in range(count)]
+    for first in range(0, count, chunk):
+        rows = [{"uuid": n, "serial": "SN" + n, "platform": "macos"} for n in names[first:first + chunk]]
+        admin.call("POST", "/api/v1/hosts/import", rows)
+    return names
+
+
+def assign_platform(admin: Api, profile_uuid: str) -> int:
+    return admin.call("POST", f"/api/v1/profiles/{profile_uuid}/assign", {"platform": "macos"})["assigned"]
+
+
+def process_profiles(admin: Api) -> tuple[dict, float]:
+    started = time.perf_counter()
+    answer = admin.call("POST", "/api/v1/jobs/process_profiles")
+    return answer.get("result", answer), time.perf_counter() - started
+
+
+def scep_payload(mobileconfig: str) -> dict:
+    """The com.apple.security.scep payload's content of a rendered profile."""
+    plist = plistlib.loads(mobileconfig.encode())
+    for payload in plist["PayloadContent"]:
+        if payload.get("PayloadType") == "com.apple.security.scep":
+            return payload["PayloadContent"]
+    raise ValueError("rendered profile has no SCEP payload")
+
+
+def fetch_enrollment(agent: Api, host: str) -> tuple[str, str]:
+    """The agent fetches the host's commands: (proxy path with the one-time challenge, static challenge)."""
+    commands = agent.call("GET", f"/api/v1/agent/hosts/{host}/commands")["commands"]
+    if len(commands) != 1:
+        raise RuntimeError(f"host {host} has {len(commands)} commands, expected 1")
+    scep = scep_payload(commands[0]["payload"])
+    parts = urlsplit(scep["URL"])
+    return parts.path, scep["Challenge"]

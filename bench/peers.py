@@ -1,0 +1,190 @@
+"""Benchmark: scepproxyd beside real peers on loopback; issue 7's "Benchmarks" table in one command.
+
+Every run is a set of fresh child processes, and each figure is the median over --runs:
+
+- PKIOperation enrollments/s through scepproxyd vs direct to micromdm scepserver, same
+  concurrency, real PKCSReq bodies (codec.build_request, built before timing), one
+  pre-minted one-time challenge per enrollment from pending host profiles; ratio >= 0.95.
+- latency scepproxyd adds to a PKIOperation at concurrency 1 (proxy minus direct, p50
+  and p99, requests alternating between the two); p50 <= 2 ms.
+- GetCACaps and GetCACert requests/s through scepproxyd vs nginx proxy_pass (wrk);
+  >= 5,000/s on one core (the daemon's reactor is one thread, plus one DB thread).
+- the processing job at 10,000 and 100,000 and the reactor stall meanwhile: the child
+  runs of bench/process_profiles.py (--child), not rewritten here.
+- challenge consumption through the store, consumes/s (bench/_peers_store.py); >= 5,000.
+- the twistd process's RSS with 100,000 hosts and host profiles; <= 150 MB.
+
+bench/_peers_run.py does one run against the real processes; see bench/README.md.
+
+    .venv/bin/python bench/peers.py [--runs 3] [--duration 10] [--profile DIR]
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path[:0] = [str(BENCH), str(REPO)]
+
+
+def child(script, *args, timeout=1800):
+    """Run one child process; its RESULT json, or None (with its stderr shown)."""
+    try:
+        proc = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)],
+                              capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"{script} {' '.join(map(str, args))}: timed out after {timeout} s", file=sys.stderr)
+        return None
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        print(f"{script} {' '.join(map(str, args))}: FAILED (exit {proc.returncode})\n{proc.stderr[-3000:]}",
+              file=sys.stderr)
+        return None
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def run_child(opts_json):
+    import _peers_run
+    opts = argparse.Namespace(**json.loads(opts_json))
+    print("RESULT " + json.dumps(_peers_run.one_run(opts)), flush=True)
+
+
+def med(rows, get):
+    values = [v for v in (get(r) for r in rows) if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(value, spec=".0f", suffix=""):
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def verdict(value, ok):
+    return "n/a" if value is None else ("PASS" if ok(value) else "MISS")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10, help="seconds of each wrk run")
+    parser.add_argument("--concurrency", type=int, default=8, help="PKIOperation throughput concurrency")
+    parser.add_argument("--enrollments", type=int, default=600, help="PKIOperations per leg (throughput)")
+    parser.add_argument("--latency-requests", type=int, default=200, help="sequential PKIOperations per leg")
+    parser.add_argument("--wrk-connections", type=int, default=16)
+    parser.add_argument("--fleet", type=int, default=100_000, help="hosts and host profiles for the RSS figure")
+    parser.add_argument("--challenges", type=int, default=20_000)
+    parser.add_argument("--store-concurrency", type=int, default=64)
+    parser.add_argument("--processing-sizes", default="10000,100000", help="'' skips process_profiles.py")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy the daemon in each load phase (figures then skewed)")
+    parser.add_argument("--child-run", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_run:
+        return run_child(args.child_run)
+
+    sizes = [int(s) for s in args.processing_sizes.split(",") if s.strip()]
+    peers, stores, processing = [], [], {size: [] for size in sizes}
+    for run in range(1, args.runs + 1):
+        profile_dir = None
+        if args.profile:
+            profile_dir = Path(args.profile).resolve() / f"run{run}"
+            profile_dir.mkdir(parents=True, exist_ok=True)
+        opts = {k: getattr(args, k) for k in ("duration", "concurrency", "enrollments", "latency_requests",
+                                              "wrk_connections", "fleet")}
+        opts["profile_dir"] = str(profile_dir) if profile_dir else None
+        r = child("peers.py", "--child-run", json.dumps(opts), timeout=3600)
+        if r is not None:
+            peers.append(r)
+            e, lat = r["enroll"], r["latency"]
+            w = {k: fmt(v["rps"]) for k, v in r["wrk"].items()}
+            print(f"run {run}: enroll/s proxy {e['proxy']['rate']:.1f} direct {e['direct']['rate']:.1f}"
+                  f" (not SUCCESS: proxy {e['proxy']['other'] or 0}, direct {e['direct']['other'] or 0});"
+                  f" c=1 p50 {fmt(lat['proxy_p50'], '.1f')}/{fmt(lat['direct_p50'], '.1f')} ms"
+                  f" p99 {fmt(lat['proxy_p99'], '.1f')}/{fmt(lat['direct_p99'], '.1f')} ms; wrk {w};"
+                  f" daemon CPU in wrk {[round(v['daemon_cpu'], 2) for k, v in r['wrk'].items() if 'proxy' in k]};"
+                  f" RSS {r['mem_after_fleet']['VmRSS']:.0f} MB seeded, {r['mem_after_process']['VmRSS']:.0f} MB"
+                  f" processed, peak {r['mem_after_process']['VmHWM']:.0f} MB ({r['fleet_assigned']} assigned,"
+                  f" processed in {r['fleet_process']['seconds']:.1f} s)", flush=True)
+            wrk_bad = {k: (v["non2xx"], v["socket_errors"]) for k, v in r["wrk"].items() if v["non2xx"] or v["rps"] is None}
+            if wrk_bad:
+                print(f"run {run}: wrk non-2xx / errors: {wrk_bad}", flush=True)
+        s = child("_peers_store.py", "--challenges", args.challenges, "--concurrency", args.store_concurrency)
+        if s is not None:
+            stores.append(s)
+            print(f"run {run}: store consumed {s['consumed']}/{s['challenges']} in {s['consume_seconds']:.2f} s"
+                  f" ({fmt(s['consumes_per_s'])}/s; minted in {s['mint_seconds']:.2f} s)", flush=True)
+        for size in sizes:
+            p = child("process_profiles.py", "--child", size, "--batch-size", 1000)
+            if p is not None:
+                processing[size].append(p)
+                print(f"run {run}: process_profiles {size}: {p['process_seconds']:.2f} s {p['job_result']},"
+                      f" stall {p['job']['longest_stall_ms']:.0f} ms", flush=True)
+    print_table(args, peers, stores, processing)
+    if args.profile:
+        print_profiles(peers)
+    return 0
+
+
+def ratio_row(rows, get_a, get_b):
+    return med(rows, lambda r: (get_a(r) / get_b(r)) if get_a(r) and get_b(r) else None)
+
+
+def print_table(args, peers, stores, processing):
+    rows = []  # figure, scepproxyd, peer, peer figure, ratio, target, verdict
+    p_rate, d_rate = med(peers, lambda r: r["enroll"]["proxy"]["rate"]), med(peers, lambda r: r["enroll"]["direct"]["rate"])
+    ratio = ratio_row(peers, lambda r: r["enroll"]["proxy"]["rate"], lambda r: r["enroll"]["direct"]["rate"])
+    rows.append((f"PKIOperation enrollments/s, c={args.concurrency}", fmt(p_rate, ".1f"), "scepserver direct",
+                 fmt(d_rate, ".1f"), fmt(ratio, ".3f"), "ratio >= 0.95", verdict(ratio, lambda v: v >= 0.95)))
+    for q in ("50", "99"):
+        prox, dire = med(peers, lambda r: r["latency"][f"proxy_p{q}"]), med(peers, lambda r: r["latency"][f"direct_p{q}"])
+        added = med(peers, lambda r: r["latency"][f"proxy_p{q}"] - r["latency"][f"direct_p{q}"])
+        target, ok = ("added p50 <= 2 ms", verdict(added, lambda v: v <= 2.0)) if q == "50" else ("(reported)", "")
+        rows.append((f"PKIOperation latency p{q} ms, c=1", fmt(prox, ".2f"), "scepserver direct", fmt(dire, ".2f"),
+                     f"+{fmt(added, '.2f')} ms", target, ok))
+    for op in ("GetCACaps", "GetCACert"):
+        prox, ngx = med(peers, lambda r: r["wrk"][f"{op} proxy"]["rps"]), med(peers, lambda r: r["wrk"][f"{op} nginx"]["rps"])
+        ratio = ratio_row(peers, lambda r: r["wrk"][f"{op} proxy"]["rps"], lambda r: r["wrk"][f"{op} nginx"]["rps"])
+        rows.append((f"{op} req/s (wrk -c{args.wrk_connections})", fmt(prox), "nginx proxy_pass", fmt(ngx),
+                     fmt(ratio, ".2f"), ">= 5,000/s, one core", verdict(prox, lambda v: v >= 5000)))
+    for size, runs in processing.items():
+        secs = med(runs, lambda r: r["process_seconds"])
+        target, ok = ("<= 10 s", verdict(secs, lambda v: v <= 10.0)) if size == 100_000 else ("(reported)", "")
+        rows.append((f"processing job, {size:,} host profiles, s", fmt(secs, ".2f"), "", "",
+                     f"{fmt(size / secs if secs else None)} hp/s", target, ok))
+        stall = med(runs, lambda r: r["job"]["longest_stall_ms"])
+        idle, job = med(runs, lambda r: r["idle"]["proxy_p99_ms"]), med(runs, lambda r: r["job"]["proxy_p99_ms"])
+        target, ok = ("stall <= 50 ms", verdict(stall, lambda v: v <= 50.0)) if size == 100_000 else ("(reported)", "")
+        rows.append((f"  longest reactor stall ms; proxy p99 job vs idle", fmt(stall, ".1f"), "proxy p99 idle/job ms",
+                     f"{fmt(idle, '.1f')}/{fmt(job, '.1f')}", f"{fmt(job / idle if idle and job else None, '.1f')}x",
+                     target, ok))
+    cps = med(stores, lambda s: s["consumes_per_s"])
+    rows.append((f"challenge consumes/s (store, {args.store_concurrency} outstanding)", fmt(cps), "", "", "",
+                 ">= 5,000/s", verdict(cps, lambda v: v >= 5000)))
+    peak = med(peers, lambda r: r["mem_after_process"]["VmHWM"])
+    seeded = med(peers, lambda r: r["mem_after_fleet"]["VmRSS"])
+    after = med(peers, lambda r: r["mem_after_process"]["VmRSS"])
+    rows.append((f"twistd RSS MB, {args.fleet:,} hosts+host profiles", f"{fmt(seeded)} seeded", "after processing / peak",
+                 f"{fmt(after)} / {fmt(peak)}", "", "peak <= 150 MB", verdict(peak, lambda v: v <= 150.0)))
+    head = ("figure", "scepproxyd", "peer", "peer figure", "ratio", "target", "verdict")
+    widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
+    print(f"\nscepproxyd vs peers on loopback, medians of {len(peers)} peer runs / {len(stores)} store runs"
+          f" (wrk {args.duration} s; {args.enrollments} PKIOperations per leg, {args.latency_requests} at c=1)\n")
+    for line in [head, tuple("-" * w for w in widths)] + rows:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
+    print("\nThe daemon's reactor is one thread (plus one DB thread for SQL), so its figures are one process on"
+          " one core at most; nginx runs one worker; scepserver (Go) uses both cores.")
+
+
+def print_profiles(peers):
+    from _peers_profile import summarize
+    from _peers_run import SPY_RATE
+    for name, (raw, seconds) in (peers[0]["profiles"] if peers else {}).items():
+        print(f"\npy-spy, run 1, phase {name} ({raw}):")
+        print(summarize(Path(raw), SPY_RATE, seconds))
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
