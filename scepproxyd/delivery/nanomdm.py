@@ -18,11 +18,9 @@ import plistlib
 from urllib.parse import quote
 
 import attrs
-from twisted.internet import defer, error, protocol
-from twisted.internet.error import ConnectionDone
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.internet import defer, error
 
+from scepproxyd.httpbody import BodyTooLarge, read_limited
 from scepproxyd.logs import get_logger
 
 API_USER = "nanomdm"
@@ -77,40 +75,6 @@ def _short(text: object, secrets: tuple[str, ...] = ()) -> str:
             text = text.replace(secret, "***")
     text = " ".join(text.split())
     return text if len(text) <= _SHORT else text[: _SHORT - 1] + "…"
-
-
-class _AnswerReader(protocol.Protocol):
-    """Collect NanoMDM's small JSON answer; cancelling drops the connection."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.too_big = False
-        self.finished: defer.Deferred = defer.Deferred(lambda d: self._drop())
-
-    def _drop(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.finished.called:
-            return
-        self.size += len(data)
-        if self.size > self.limit:
-            self.too_big = True
-            self.finished.callback(b"")
-            self._drop()
-            return
-        self.chunks.append(data)
-
-    def connectionLost(self, reason) -> None:
-        if self.finished.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss, ConnectionDone):
-            self.finished.callback(b"".join(self.chunks))
-        else:
-            self.finished.errback(reason)
 
 
 class NanoMDMClient:
@@ -176,11 +140,11 @@ class NanoMDMClient:
                 raise DeliveryError(
                     "NanoMDM unreachable (%s)" % (type(e).__name__,), retryable=True
                 ) from None
-            reader = _AnswerReader(MAX_ANSWER_BYTES)
-            stage[0] = reader.finished
-            response.deliverBody(reader)
+            stage[0] = read_limited(response, MAX_ANSWER_BYTES)
             try:
-                raw = await reader.finished
+                raw = await stage[0]
+            except BodyTooLarge:
+                raw = None  # judged as "not NanoMDM's answer"
             except Exception:
                 if expired:
                     raise DeliveryError(
@@ -191,7 +155,7 @@ class NanoMDMClient:
                     "NanoMDM connection failed while it answered (HTTP %d)" % (response.code,),
                     retryable=True, status=response.code,
                 ) from None
-            return response.code, (None if reader.too_big else raw)
+            return response.code, raw
         finally:
             if deadline.active():
                 deadline.cancel()

@@ -10,12 +10,10 @@ so that it can never reach the upstream twice.
 from urllib.parse import quote
 
 import attrs
-from twisted.internet import defer, protocol
-from twisted.internet import error
-from twisted.internet.error import ConnectionDone
-from scepproxyd.logs import get_logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived
-from twisted.web.http import PotentialDataLoss
+from twisted.internet import defer, error
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
+
+from scepproxyd.httpbody import BodyTooLarge, read_limited
 
 from scepproxyd.scep.query import encode_message
 
@@ -52,38 +50,6 @@ class UpstreamTimeouts:
     max_response_bytes: int = 1024 * 1024
 
 
-class _BodyReader(protocol.Protocol):
-    """Collect a response body up to a size limit and a deadline."""
-
-    def __init__(self, finished: defer.Deferred, limit: int):
-        self.finished = finished
-        self.limit = limit
-        self.chunks: list[bytes] = []
-        self.size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.finished.called:
-            return
-        self.size += len(data)
-        if self.size > self.limit:
-            self.finished.errback(
-                UpstreamError("upstream answer larger than %d bytes" % (self.limit,), answered=True)
-            )
-            self.transport.stopProducing()
-            return
-        self.chunks.append(data)
-
-    def connectionLost(self, reason) -> None:
-        if self.finished.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss, ConnectionDone):
-            self.finished.callback(b"".join(self.chunks))
-        else:
-            self.finished.errback(
-                UpstreamError("upstream connection failed while sending its answer", answered=True)
-            )
-
-
 def make_http_client(reactor, connect_timeout: float, tls_policy=None):
     """One treq client over a persistent pool; the caller closes the pool on stop.
 
@@ -112,7 +78,6 @@ def _url(base: str, operation: str, message: str | None = None) -> str:
 class UpstreamClient:
     """GetCACaps, GetCACert and PKIOperation against upstream SCEP CAs."""
 
-    log = get_logger(__name__)
 
     #: Bound on cached GetCACaps / GetCACert answers: the key includes the
     #: device-chosen GetCACert message, so the cache must not grow with it.
@@ -165,32 +130,20 @@ class UpstreamClient:
         return UpstreamAnswer(response.code, content_type, body)
 
     def _read_body(self, response) -> defer.Deferred:
-        finished: defer.Deferred = defer.Deferred()
-        length = response.length
-        if isinstance(length, int) and length > self._timeouts.max_response_bytes:
-            response.deliverBody(protocol.Protocol())  # let the connection go
-            return defer.fail(
-                UpstreamError("upstream answer larger than %d bytes" % (self._timeouts.max_response_bytes,), answered=True, status=response.code)
-            )
-        reader = _BodyReader(finished, self._timeouts.max_response_bytes)
-        response.deliverBody(reader)
+        """The answer's body within the size limit and the body timeout."""
+        limit = self._timeouts.max_response_bytes
+        d = read_limited(response, limit)
+        d.addTimeout(self._timeouts.body, self._clock)
 
-        def too_slow():
-            if not finished.called:
-                finished.errback(
-                    UpstreamError("upstream CA did not finish its answer in time", answered=True, timed_out=True)
-                )
-                if reader.transport is not None:
-                    reader.transport.stopProducing()
+        def failed(failure):
+            if failure.check(BodyTooLarge):
+                raise UpstreamError("upstream answer larger than %d bytes" % (limit,), answered=True,
+                                    status=response.code)
+            if failure.check(defer.TimeoutError):
+                raise UpstreamError("upstream CA did not finish its answer in time", answered=True, timed_out=True)
+            raise UpstreamError("upstream connection failed while sending its answer", answered=True)
 
-        deadline = self._clock.callLater(self._timeouts.body, too_slow)
-
-        def done(result):
-            if deadline.active():
-                deadline.cancel()
-            return result
-
-        return finished.addBoth(done)
+        return d.addErrback(failed)
 
     async def _get_idempotent(self, url: str, operation: str) -> UpstreamAnswer:
         """GET once more when a pooled connection turned out to be dead before any answer."""

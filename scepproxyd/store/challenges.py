@@ -188,7 +188,6 @@ class ChallengeQueries:
 
         return self._submit(enrollment_forwarded)
 
-    @defer.inlineCallbacks
     def delete_expired_challenges(self):
         """
         Delete challenges older than the TTL; fires the count.
@@ -205,9 +204,4 @@ class ChallengeQueries:
                 (cutoff, _EXPIRED_BATCH),
             ).rowcount
 
-        total = 0
-        while True:
-            count = yield self._submit(delete_expired_challenges)
-            total += count
-            if count < _EXPIRED_BATCH:
-                return total
+        return self._delete_in_batches(delete_expired_challenges, _EXPIRED_BATCH)

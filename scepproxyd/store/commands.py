@@ -229,7 +229,6 @@ class CommandQueries:
 
         return self._submit(command_result)
 
-    @defer.inlineCallbacks
     def delete_finished_commands(self, older_than_seconds: float):
         """
         Delete acknowledged, failed and superseded commands not touched for ``older_than_seconds``; fires the count.
@@ -245,9 +244,4 @@ class CommandQueries:
                 (cutoff, _FINISHED_BATCH),
             ).rowcount
 
-        total = 0
-        while True:
-            count = yield self._submit(delete_finished_commands)
-            total += count
-            if count < _FINISHED_BATCH:
-                return total
+        return self._delete_in_batches(delete_finished_commands, _FINISHED_BATCH)

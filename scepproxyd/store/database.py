@@ -262,6 +262,20 @@ class Database:
 
     # -- running jobs on the DB thread --------------------------------------
 
+    @defer.inlineCallbacks
+    def _delete_in_batches(self, delete_batch, batch: int):
+        """Run ``delete_batch(conn)`` (returning a rowcount of at most ``batch``) until it deletes less.
+
+        Each batch is its own job, so calls queued meanwhile (the proxy's)
+        are not held behind one long delete. Fires the total.
+        """
+        total = 0
+        while True:
+            count = yield self._submit(delete_batch)
+            total += count
+            if count < batch:
+                return total
+
     def _submit(self, fn, write: bool = True) -> defer.Deferred:
         """
         Queue ``fn(conn)`` on the DB thread; a write gets a transaction of its own.

@@ -6,8 +6,6 @@ command, installed profiles, and the host's certificates. Rendering happens
 on fetch, so the one-time challenge is minted when the device can use it.
 """
 
-import json
-
 from twisted.web import resource
 
 from scepproxyd.certificates import (
