@@ -7,6 +7,7 @@ off), a plain ``proxy_pass`` to scepserver with a keep-alive upstream: the
 yardstick for what a forwarding proxy costs. Every process is stopped by its pid.
 """
 
+import importlib.util
 import os
 import re
 import shutil
@@ -16,9 +17,19 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 
-from peers import Daemon, ScepServer, free_port, stop, wait_for_port  # noqa: E402
+
+def _test_peers():
+    """tests/peers.py, loaded under its own name (bench/peers.py is also a module called peers)."""
+    spec = importlib.util.spec_from_file_location("scepproxyd_test_peers", REPO / "tests" / "peers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_tests = _test_peers()
+Daemon, ScepServer, free_port, stop, wait_for_port = (
+    _tests.Daemon, _tests.ScepServer, _tests.free_port, _tests.stop, _tests.wait_for_port)
 
 __all__ = ["Daemon", "Nginx", "ScepServer", "free_port", "proc_memory_mb", "py_spy", "py_spy_stop", "stop", "wrk"]
 
@@ -121,7 +132,7 @@ def py_spy(pid: int, raw: Path) -> subprocess.Popen:
     """Start ``py-spy record`` on a pid, raw collapsed stacks to ``raw``, until py_spy_stop()."""
     binary = str(Path(sys.executable).with_name("py-spy"))
     return subprocess.Popen([binary, "record", "--pid", str(pid), "--rate", str(SPY_RATE), "--format", "raw",
-                             "--threads", "--nolineno", "--nonblocking", "--output", str(raw)],
+                             "--threads", "--nolineno", "--gil", "--nonblocking", "--output", str(raw)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

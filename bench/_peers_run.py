@@ -12,15 +12,17 @@ All request bodies are built before any timing. In order:
 2. PKIOperation throughput at ``concurrency``: direct to scepserver and through
    scepproxyd (one pre-minted one-time challenge each), in the order direct, proxy,
    proxy, direct, so scepserver's depot growth (its index.txt is rescanned at every
-   issue) weighs on both alike. Only CertReps with pkiStatus SUCCESS count.
+   issue) weighs on both alike. Only CertReps with pkiStatus SUCCESS count as
+   enrollments; all CertReps, and scepserver's and the daemon's CPU, are recorded too.
 3. PKIOperation latency at concurrency 1: requests alternate direct / proxy.
-4. RSS: 100,000 more hosts imported (JSON chunks of 5,000), assigned by platform,
-   VmRSS/VmHWM of the twistd pid; then the process_profiles job and again.
+4. RSS: ``fleet`` (100,000) more hosts imported (JSON chunks of 5,000), assigned by
+   platform, VmRSS/VmHWM of the twistd pid; then the process_profiles job and again.
+
+With a profile directory, py-spy records the daemon during each load phase (Spy).
 """
 
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,20 +31,26 @@ from cryptography import x509
 
 import _peers_load as load
 import _peers_site as site
-from _peers_procs import REPO, SPY_RATE, Daemon, Nginx, ScepServer, proc_memory_mb, py_spy, py_spy_stop, wrk
+from _peers_procs import REPO, Daemon, Nginx, ScepServer, proc_memory_mb, py_spy, py_spy_stop, wrk
 
 STATIC_CHALLENGE = "bench-static-challenge"
 CA_NAME = "BENCH_CA"
 
 
 def pct(values, q):
+    """Nearest-rank percentile (q in 0..100); None when there are no values."""
     ordered = sorted(values)
     return ordered[max(0, -(-len(ordered) * q // 100) - 1)] if ordered else None
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process so far (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 class Spy:
@@ -64,24 +72,41 @@ class Spy:
             self.current = None
 
 
-def _enroll_legs(scep_port, proxy_port, direct, proxied, concurrency, spy):
-    """ABBA: direct half, proxy half, proxy half, direct half; per leg (enrollments, seconds, other answers)."""
+def _enroll_legs(scep, proxy_port, daemon_pid, direct, proxied, concurrency, spy):
+    """
+    ABBA: direct half, proxy half, proxy half, direct half.
+
+    Per leg: SUCCESS CertReps, all CertReps, seconds, other answers, and the CPU seconds
+    scepserver and the daemon used per answered PKIOperation (from /proc/PID/stat).
+    """
     half_d, half_p = len(direct) // 2, len(proxied) // 2
-    legs = {"direct": [0, 0.0, {}], "proxy": [0, 0.0, {}]}
+    scep_port, scep_pid = scep.port, scep.process.pid
+    legs = {leg: {"enrolled": 0, "certreps": 0, "seconds": 0.0, "other": {}, "scep_cpu": 0.0, "daemon_cpu": 0.0}
+            for leg in ("direct", "proxy")}
     for leg, port, reqs in (("direct", scep_port, direct[:half_d]), ("proxy", proxy_port, proxied[:half_p]),
                             ("proxy", proxy_port, proxied[half_p:]), ("direct", scep_port, direct[half_d:])):
         if leg == "proxy" and "pkioperation" not in spy.files:
             spy.start("pkioperation")
+        cpu = (cpu_seconds(scep_pid), cpu_seconds(daemon_pid))
         results, seconds = load.drive(port, reqs, concurrency)
         spy.stop()
-        legs[leg][1] += seconds
+        got = legs[leg]
+        got["scep_cpu"] += cpu_seconds(scep_pid) - cpu[0]
+        got["daemon_cpu"] += cpu_seconds(daemon_pid) - cpu[1]
+        got["seconds"] += seconds
         for status, body, _ in results:
+            got["certreps"] += status == 200 and load.codec.looks_like_pki_message(body)
             if status == 200 and load.enrolled(body):
-                legs[leg][0] += 1
+                got["enrolled"] += 1
             else:
                 key = f"{status} {load.describe(status, body)}"
-                legs[leg][2][key] = legs[leg][2].get(key, 0) + 1
-    return {leg: {"enrolled": n, "seconds": s, "rate": n / s, "other": other} for leg, (n, s, other) in legs.items()}
+                got["other"][key] = got["other"].get(key, 0) + 1
+    for got in legs.values():
+        got["rate"] = got["enrolled"] / got["seconds"]
+        got["certrep_rate"] = got["certreps"] / got["seconds"]
+        got["scep_cpu_ms"] = 1000 * got["scep_cpu"] / max(1, got["certreps"])
+        got["daemon_cpu_ms"] = 1000 * got["daemon_cpu"] / max(1, got["certreps"])
+    return legs
 
 
 def one_run(opts) -> dict:
@@ -137,16 +162,18 @@ def one_run(opts) -> dict:
                               ("nginx", nginx.url(query))):
                 if peer == "proxy":
                     spy.start(f"wrk-{op}")
-                cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+                cpu0, wall0 = cpu_times(pid), time.perf_counter()
                 result = wrk(url, opts.duration, connections=opts.wrk_connections)
-                result["daemon_cpu"] = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - wall0)
+                cpu1, wall = cpu_times(pid), time.perf_counter() - wall0
+                result["daemon_user"], result["daemon_sys"] = (cpu1[0] - cpu0[0]) / wall, (cpu1[1] - cpu0[1]) / wall
+                result["daemon_cpu"] = result["daemon_user"] + result["daemon_sys"]
                 spy.stop()
                 out["wrk"][f"{op} {peer}"] = result
 
         # -- 2. PKIOperation throughput, ABBA ------------------------------------------------
         for port, path in ((scep.port, "/scep?operation=GetCACaps"), (daemon.port, caps_path + "?operation=GetCACaps")):
             load.drive(port, [("GET", path, b"")], 1)  # warm: keep-alive, caps cache
-        out["enroll"] = _enroll_legs(scep.port, daemon.port, direct_t, proxy_t, opts.concurrency, spy)
+        out["enroll"] = _enroll_legs(scep, daemon.port, pid, direct_t, proxy_t, opts.concurrency, spy)
 
         # -- 3. latency at concurrency 1, alternating ------------------------------------------
         d_res, p_res = load.alternate([(scep.port, direct_l), (daemon.port, proxy_l)])
@@ -154,9 +181,7 @@ def one_run(opts) -> dict:
         p_ms = [1000 * s for st, b, s in p_res if st == 200 and load.enrolled(b)]
         out["latency"] = {"direct_p50": pct(d_ms, 50), "direct_p99": pct(d_ms, 99), "proxy_p50": pct(p_ms, 50),
                           "proxy_p99": pct(p_ms, 99), "direct_n": len(d_ms), "proxy_n": len(p_ms),
-                          "requests": len(d_res),
-                          "paired_median_added": statistics.median(
-                              [p[2] * 1000 - d[2] * 1000 for d, p in zip(d_res, p_res)])}
+                          "requests": len(d_res)}
 
         # -- 4. RSS with 100,000 more hosts and host profiles ---------------------------------
         out["mem_before_fleet"] = proc_memory_mb(pid)

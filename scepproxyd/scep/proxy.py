@@ -119,13 +119,14 @@ class ScepProxy:
                 await self._store.restore_challenge(consumed)
                 self._count("restored")
             raise
-        if answer.status != 200 or not codec.looks_like_pki_message(answer.body):
+        # One parse of a CertRep in the common case; a second look only for answers without pkiStatus.
+        pki_status, fail_info = codec.cert_rep_status(answer.body) if answer.status == 200 else (None, None)
+        if pki_status is None and (answer.status != 200 or not codec.looks_like_pki_message(answer.body)):
             await self._store.challenge_settled(consumed)
             if answer.status != 200:
                 raise UpstreamError("upstream CA failed (HTTP %d)" % (answer.status,), answered=True)
             # Also what a body cut short looks like when the CA sent no length.
             raise UpstreamError("upstream CA's answer is not a SCEP message", answered=True)
-        pki_status, fail_info = codec.cert_rep_status(answer.body)
         outcome = {"SUCCESS": "ok", "PENDING": "pending", "FAILURE": "refused"}.get(pki_status, "ok")
         if pki_status == "PENDING":
             # The device will poll with the same URL; keep its challenge alive for that.
