@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from hostile import raw_http
 from peers import REPO, TWISTD, Daemon, daemon_config, free_port, wait_for_port
 
 
@@ -65,21 +66,6 @@ def test_shipped_config_starts_and_answers(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) in (0, -signal.SIGTERM)
-
-
-def raw_http(port, request: bytes, read_timeout=10.0) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as s:
-        s.sendall(request)
-        chunks = []
-        while True:
-            try:
-                data = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        return b"".join(chunks)
 
 
 @pytest.fixture
