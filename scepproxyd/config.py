@@ -145,6 +145,7 @@ class CASettings:
     lifetime: float
     ra: bool
     challenge_file: Path
+    static_challenge: bool
     allow_renew_days: int
     auto_approve: bool
     auto_approve_subject: str
@@ -407,6 +408,8 @@ def _regex(value: str) -> str:
 def _networks(value: str) -> tuple:
     import ipaddress
 
+    if value.strip() == "-":
+        return ()
     networks = []
     for part in value.split(","):
         try:
@@ -499,10 +502,11 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
         "lifetime": ("3650d", _duration(DAY, 36500 * DAY, allow_low=True)),
         "ra": ("no", _boolean),
         "challenge_file": ("ca/challenge", _text),
+        "static_challenge": ("no", _boolean),
         "allow_renew_days": ("14", _whole(0, 3650)),
         "auto_approve": ("yes", _boolean),
         "auto_approve_subject": (".*", _regex),
-        "auto_approve_networks": ("0.0.0.0/0, ::/0", _networks),
+        "auto_approve_networks": ("-", _networks),
         "crl_validity": ("7d", _duration(MINUTE, 365 * DAY, allow_low=True)),
         "certificate_validity": ("365d", _duration(MINUTE, 3650 * DAY, allow_low=True)),
         "key_usage": ("digital_signature, key_encipherment", _names(KEY_USAGES)),

@@ -47,12 +47,22 @@ class Metrics:
             "scepproxyd_ca_operations", "Built-in CA operations by message type and outcome.",
             ["operation", "outcome"], registry=self.registry,
         )
+        self.ca_refusals = Counter(
+            "scepproxyd_ca_policy_refusals", "Built-in CA requests refused by the issuance policy, by check.",
+            ["check"], registry=self.registry,
+        )
 
     def proxied(self, operation: str | None, outcome: str) -> None:
         self.proxy_requests.labels(operation or "-", outcome).inc()
 
     def upstream_answered(self, operation: str, seconds: float) -> None:
         self.upstream_latency.labels(operation).observe(seconds)
+
+    def ca_operation(self, operation: str, outcome: str) -> None:
+        self.ca_operations.labels(operation, outcome).inc()
+
+    def ca_refused(self, check: str) -> None:
+        self.ca_refusals.labels(check).inc()
 
     def challenge(self, event: str, count: int = 1) -> None:
         if count:

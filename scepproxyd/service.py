@@ -160,12 +160,14 @@ def make_service(settings, reactor) -> OrderedMultiService:
         from scepproxyd.ca.wiring import ManagedCaService, build_builtin_ca
         from scepproxyd.web.admin_ca import CaAdminRoutes
 
-        builtin_ca = build_builtin_ca(settings, store, reactor)
-        ManagedCaService(store, builtin_ca, cipher).setServiceParent(top)
+        builtin_ca = build_builtin_ca(settings, store, reactor, metrics)
+        ManagedCaService(store, builtin_ca).setServiceParent(top)
         # The proxy reaches the built-in CA in process, never over HTTP to itself.
         upstream = UpstreamRouter(upstream, builtin_ca.local, builtin_ca.url)
         admin_ca_routes = CaAdminRoutes(builtin_ca.authority, builtin_ca.manager, store, builtin_ca.name).routes()
-    renderer = CommandRenderer(store, cipher, settings.server.public_url, reactor, metrics)
+    renderer = CommandRenderer(
+        store, cipher, settings.server.public_url, reactor, metrics, builtin_template=settings.ca.default_template
+    )
     pusher = None
     if settings.delivery.backend == "nanomdm":
         from scepproxyd.delivery.nanomdm import NanoMDMClient

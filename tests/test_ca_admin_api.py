@@ -40,7 +40,7 @@ def api(tmp_path):
     clock.advance(EPOCH)
     store = Store(path, reactor, clock=clock)
     pytest_twisted.blockon(store.start())
-    pytest_twisted.blockon(store.register_managed_ca("builtin", "http://ca.test:8080/scep", b"sealed"))
+    pytest_twisted.blockon(store.register_managed_ca("builtin", "http://ca.test:8080/scep"))
     ca = make_ca(store, clock, auto_approve=False)
     routes = CaAdminRoutes(ca, CaManager(ca, store, TEMPLATES, 3600), store, "builtin").routes()
     routes += AdminRoutes(store, None, None, {}).routes()

@@ -6,6 +6,7 @@ hostile messages) one at a time.
 """
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -22,9 +23,9 @@ from twisted.internet.task import Clock
 
 from certs import self_signed
 from scepproxyd.ca.authority import CAPS, ScepCA
-from scepproxyd.ca.manage import CaManager, ManageError
+from scepproxyd.ca.manage import CaManager, ManageError, mint_challenge
 from scepproxyd.ca.material import CaMaterial, create_ca, create_ra
-from scepproxyd.ca.policy import WRONG_CHALLENGE, Policy
+from scepproxyd.ca.policy import WRONG_CHALLENGE, Policy, challenge_hash
 from scepproxyd.config import CertificateTemplate
 from scepproxyd.scep import codec
 from scepproxyd.store import Store
@@ -55,7 +56,7 @@ def ca_material(ra=False) -> CaMaterial:
 
 def policy(**changes) -> Policy:
     values = dict(
-        static_challenge=STATIC, auto_approve=True, auto_approve_subject=".*",
+        static_challenge=STATIC, static_enabled=True, auto_approve=True, auto_approve_subject=".*",
         auto_approve_networks=(ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")),
         allow_renew_days=14, default_template="default",
     )
@@ -97,9 +98,9 @@ class Device:
                                                                                    key_size=2048))
         self.cn = cn
 
-    def csr(self, challenge=STATIC, cn=None, san=None, key=None):
+    def csr(self, challenge=STATIC, cn=None, san=None, key=None, subject=None):
         builder = x509.CertificateSigningRequestBuilder().subject_name(
-            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn or self.cn)])
+            subject or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn or self.cn)])
         )
         if challenge is not None:
             builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge.encode())
@@ -241,10 +242,10 @@ async def test_subject_or_network_outside_rules_waits_for_admin(store, clock):
     assert (status, answer.outcome) == ("PENDING", "pending")
     answer, (status, _, _) = await enroll(ca, Device("laptop-8"), requester="192.168.1.1")
     assert status == "PENDING"
-    # Through the proxy (no address) only the subject rule applies.
+    # The static challenge through the proxy has no network to match: a reusable secret waits for an admin.
     answer, (status, _, _) = await enroll(ca, Device("laptop-9"), requester=None)
-    assert status == "SUCCESS"
-    assert sorted(r.subject for r in await store.list_ca_requests("pending")) == ["CN=laptop-8", "CN=printer"]
+    assert status == "PENDING"
+    assert sorted(r.subject for r in await store.list_ca_requests("pending")) == ["CN=laptop-8", "CN=laptop-9", "CN=printer"]
 
 
 # -- pending, approval, polling, retransmission --------------------------------------------
@@ -437,20 +438,104 @@ async def test_ra_decrypts_and_signs_with_ca_as_extra_certificate(store, clock):
 # -- the profile engine ------------------------------------------------------------------------
 
 
+FLEET_PROFILE = (Path(__file__).parent / "fixtures" / "profiles" / "fleet-custom-scep-apple.mobileconfig")
+
+
+async def host_profile_challenge(store, host="H1", serial="S1", profile="P1"):
+    """A pending host profile using the Fleet sample with CA builtin, and its rendered one-time CA challenge."""
+    if await store.get_ca("builtin") is None:
+        await store.add_ca("builtin", "http://ca.test:8080/scep")
+    await store.upsert_host(host, serial, "macos")
+    if await store.get_profile(profile) is None:
+        content = FLEET_PROFILE.read_bytes().replace(b"CA_NAME", b"builtin")
+        await store.add_profile(profile, "Wi-Fi", "macos", content, "builtin")
+    hp = await store.assign_profile(host, profile)
+    await store.set_host_profile_status(host, profile, "pending")
+    challenge = mint_challenge()
+    await store.issue_host_profile_ca_challenge(host, profile, challenge_hash(challenge), "default")
+    return hp, challenge
+
+
+def rendered_subject(serial, renewal_id):
+    """The subject the Fleet sample renders: CN '<serial> WIFI <renewal ID>', OU 'FLEET DEVICE MANAGEMENT'."""
+    return x509.Name([
+        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, "%s WIFI %s" % (serial, renewal_id))]),
+        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME,
+                                                           "FLEET DEVICE MANAGEMENT")]),
+    ])
+
+
 @pytest_twisted.ensureDeferred
-async def test_issuance_with_renewal_id_records_the_host_certificate(store, clock):
-    await store.add_ca("builtin", "http://ca.test:8080/scep")
-    await store.upsert_host("H1", "S1", "macos")
-    await store.add_profile("P1", "Wi-Fi", "macos", b"<plist/>", "builtin")
-    hp = await store.assign_profile("H1", "P1")
-    await store.set_host_profile_status("H1", "P1", "pending")
-    ca = make_ca(store, clock)
-    _, (status, _, certs) = await enroll(ca, Device("wifi %s" % hp.renewal_id))
-    assert status == "SUCCESS"
+async def test_host_profile_challenge_issues_once_and_records_on_that_host_profile(store, clock):
+    hp, challenge = await host_profile_challenge(store)
+    ca = make_ca(store, clock, static_enabled=False, auto_approve_networks=())
+    device = Device()
+    subject = rendered_subject("S1", hp.renewal_id)
+    answer, (status, _, certs) = await enroll(ca, device, challenge=challenge, subject=subject)
+    assert (status, answer.outcome) == ("SUCCESS", "issued")
     after = await store.get_host_profile("H1", "P1")
     assert after.status == "verified"
     assert after.cert_serial == "%x" % certs[0].serial_number
     assert after.cert_not_after == certs[0].not_valid_after_utc.timestamp()
+    record = (await store.list_issued_certificates())[0]
+    assert (record.host_uuid, record.profile_uuid) == ("H1", "P1")
+    # The one-time challenge works once: a second request with it gets no certificate.
+    again, (status, fail, _) = await enroll(ca, Device("device-2"), challenge=challenge, subject=subject)
+    assert (status, fail, fail_info_text(again.body)) == ("FAILURE", "badRequest", WRONG_CHALLENGE)
+    assert len(await store.list_issued_certificates()) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_certificate_never_lands_on_the_host_profile_its_subject_names(store, clock):
+    victim, _ = await host_profile_challenge(store, host="H2", serial="S2")
+    ca = make_ca(store, clock)  # static challenge on, any network auto-approved: the loosest configuration
+    answer, (status, _, _) = await enroll(ca, Device("wifi %s" % victim.renewal_id))
+    assert status == "SUCCESS"
+    record = (await store.list_issued_certificates())[0]
+    assert (record.host_uuid, record.profile_uuid) == (None, None)
+    after = await store.get_host_profile("H2", "P1")
+    assert (after.status, after.cert_serial) == ("pending", None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_static_challenge_is_refused_while_off(store, clock):
+    ca = make_ca(store, clock, static_enabled=False)
+    answer, (status, fail, _) = await enroll(ca, Device())
+    assert (status, fail, fail_info_text(answer.body)) == ("FAILURE", "badRequest", WRONG_CHALLENGE)
+    assert await store.list_issued_certificates() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_cert_poll_answers_only_the_requesting_key(store, clock):
+    ca, device = make_ca(store, clock, auto_approve=False), Device()
+    request = device.request(ca, csr=device.csr())
+    txid = codec.read_header(request).transaction_id
+    await ca.pki_operation(request, "h")
+    await CaManager(ca, store, TEMPLATES, 3600).approve(txid)
+    stranger = Device("stranger")
+    for message in (poll(ca, stranger, txid), stranger.request(ca, csr=device.csr())):
+        answer = await ca.pki_operation(message, "h")
+        assert stranger.read(ca, answer)[:2] == ("FAILURE", "badRequest")
+    assert (await store.get_ca_request(txid)).status == "approved"  # the stranger changed nothing
+    status, _, certs = device.read(ca, await ca.pki_operation(poll(ca, device, txid), "h"))
+    assert status == "SUCCESS" and certs
+    assert (await store.get_ca_request(txid)).status == "issued"
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_cert_answers_only_the_holder_or_requester(store, clock):
+    ca, device = make_ca(store, clock), Device()
+    _, (_, _, certs) = await enroll(ca, device)
+    subject, serial = ca.material.certificate.subject, certs[0].serial_number
+    stranger = Device("stranger")
+    answer = await ca.pki_operation(stranger.request(ca, "GetCert", issuer_and_serial=(subject, serial)), "h")
+    assert stranger.read(ca, answer)[:2] == ("FAILURE", "badCertId")
+    answer = await ca.pki_operation(device.request(ca, "GetCert", issuer_and_serial=(subject, serial)), "h")
+    assert device.read(ca, answer)[0] == "SUCCESS"
+    holder = (certs[0], device.key)  # signed with the issued certificate itself
+    answer = await ca.pki_operation(device.request(ca, "GetCert", signer=holder, issuer_and_serial=(subject, serial)),
+                                    "h")
+    assert device.read(ca, answer, signer=holder)[0] == "SUCCESS"
 
 
 # -- hostile messages --------------------------------------------------------------------------

@@ -19,19 +19,18 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-import pytest_twisted
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import AttributeOID, NameOID
-from twisted.internet import reactor, threads
 
 from certs import self_signed
 from peers import Daemon, need
 from scepproxyd.scep import codec
-from scepproxyd.store import Store
 
 SCEPPROXYCTL = str(Path(sys.executable).with_name("scepproxyctl"))
-FAST = {"key_size": "2048"}
+# These tests drive /scep as network equipment would: with the static challenge,
+# which an admin turns on ([ca] static_challenge) and lets loopback auto-approve.
+FAST = {"key_size": "2048", "static_challenge": "yes", "auto_approve_networks": "127.0.0.0/8"}
 
 
 def start(tmp_path, **ca) -> Daemon:
@@ -394,48 +393,3 @@ def test_hostile_bodies_get_failure_or_400_and_the_daemon_keeps_serving(site, tm
     assert s.http("GET", s.scep_url + "?operation=GetCACaps")[0] == 200
     log = s.daemon.log()
     assert "Traceback" not in log and "outcome=bad_message" in log and "outcome=not_scep" in log
-
-
-# -- through the proxy -----------------------------------------------------------------------------
-
-
-@pytest_twisted.inlineCallbacks
-def test_proxy_enrolls_into_builtin_ca_in_process(tmp_path, stop_after):
-    daemon = start(tmp_path)
-    stop_after(daemon)
-    s = Site(daemon)
-    store = Store(daemon.database, reactor)
-    yield store.start()
-    try:
-        for _ in range(50):  # the daemon registers its CA row right after start
-            if (yield store.get_ca("builtin")) is not None:
-                break
-            yield threads.deferToThread(time.sleep, 0.1)
-        row = yield store.get_ca("builtin")
-        assert row.url == s.scep_url and row.challenge_ciphertext
-        yield store.upsert_host("HOST-1", "SERIAL-1", "macos")
-        yield store.add_profile("PROFILE-1", "Wi-Fi", "macos", b"<plist/>", "builtin")
-        hp = yield store.assign_profile("HOST-1", "PROFILE-1")
-        challenge = yield store.new_challenge("HOST-1", "PROFILE-1")
-        yield store.set_host_profile_status("HOST-1", "PROFILE-1", "pending")
-        url = daemon.url + "/mdm/scep/proxy/" + quote("HOST-1,PROFILE-1,builtin,%s" % (challenge,), safe="")
-        result = yield threads.deferToThread(scepclient, tmp_path / "device", url, s.static_challenge,
-                                             "wifi %s" % (hp.renewal_id,))
-        assert result.returncode == 0, result.stdout + result.stderr
-        openssl_verify(s.ca_pem, tmp_path / "device" / "client.pem")
-        issued = load(tmp_path / "device" / "client.pem")
-        after = yield store.get_host_profile("HOST-1", "PROFILE-1")
-        assert after.status == "verified"
-        assert after.cert_serial == "%x" % issued.serial_number
-        log = daemon.log()
-        assert "requester=proxy" in log and "outcome=issued" in log
-        assert "proxy PKIOperation host=HOST-1" in log
-        # It never looped back over HTTP: every PKIOperation the CA saw came from the proxy.
-        assert "requester=127.0.0.1" not in log
-        # The CA row belongs to the [ca] section.
-        status, answer = yield threads.deferToThread(s.admin, "PATCH", "/api/v1/cas/builtin", {"url": "http://x/"})
-        assert (status, answer["error"]) == (409, "CA 'builtin' is managed by the [ca] section of the configuration")
-        status, _ = yield threads.deferToThread(s.admin, "DELETE", "/api/v1/cas/builtin")
-        assert status == 409
-    finally:
-        yield store.stop()

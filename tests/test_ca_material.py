@@ -222,7 +222,7 @@ def test_csr_checks():
 
 
 def make_policy(**changes):
-    values = dict(static_challenge="secret", auto_approve=True, auto_approve_subject=r"CN=.*\.corp",
+    values = dict(static_challenge="secret", static_enabled=True, auto_approve=True, auto_approve_subject=r"CN=.*\.corp",
                   auto_approve_networks=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")),
                   allow_renew_days=14, default_template="default")
     values.update(changes)
@@ -236,19 +236,37 @@ def test_static_challenge_comparison():
     assert not policy.is_static_challenge(None)
     assert not policy.is_static_challenge("")
     assert "secret" not in repr(policy)
+    # Off (the shipped default), the static challenge is just a wrong challenge.
+    assert not make_policy(static_enabled=False).is_static_challenge("secret")
 
 
-def test_auto_approval_rules():
+def test_auto_approval_rules_for_the_static_challenge():
     policy = make_policy()
-    assert policy.auto_approves("CN=a.corp", "10.1.1.1")
-    assert policy.auto_approves("CN=a.corp", "::ffff:10.1.1.1")
-    assert policy.auto_approves("CN=a.corp", "fd00::5")
-    assert not policy.auto_approves("CN=a.corp,O=x", "10.1.1.1")  # full match, not search
-    assert not policy.auto_approves("CN=a.corp", "192.168.0.1")
-    assert not policy.auto_approves("CN=a.corp", "not-an-address")
-    assert policy.auto_approves("CN=a.corp", None)
-    assert not make_policy(auto_approve=False).auto_approves("CN=a.corp", "10.1.1.1")
+    static = dict(grant="static")
+    assert policy.auto_approves("CN=a.corp", "10.1.1.1", **static)
+    assert policy.auto_approves("CN=a.corp", "::ffff:10.1.1.1", **static)
+    assert policy.auto_approves("CN=a.corp", "fd00::5", **static)
+    assert not policy.auto_approves("CN=a.corp,O=x", "10.1.1.1", **static)  # full match, not search
+    assert not policy.auto_approves("CN=a.corp", "192.168.0.1", **static)
+    assert not policy.auto_approves("CN=a.corp", "not-an-address", **static)
+    # Through the proxy there is no address: a reusable secret is held for an admin.
+    assert not policy.auto_approves("CN=a.corp", None, **static)
+    assert not make_policy(auto_approve=False).auto_approves("CN=a.corp", "10.1.1.1", **static)
+    assert not make_policy(auto_approve_networks=()).auto_approves("CN=a.corp", "10.1.1.1", **static)
     assert in_networks("127.0.0.1", (ipaddress.ip_network("127.0.0.0/8"),))
+
+
+def test_auto_approval_rules_for_one_time_challenges():
+    policy = make_policy()
+    # Bound to a host profile (its CSR already matched the profile): no subject or network rule.
+    assert policy.auto_approves("CN=anything", "192.168.0.1", grant="host_profile")
+    assert policy.auto_approves("CN=anything", None, grant="host_profile")
+    # Minted by an admin and handed out: the subject rule, from any network.
+    assert policy.auto_approves("CN=a.corp", "192.168.0.1", grant="minted")
+    assert not policy.auto_approves("CN=other", "10.1.1.1", grant="minted")
+    off = make_policy(auto_approve=False)
+    assert not off.auto_approves("CN=a.corp", "10.1.1.1", grant="host_profile")
+    assert not off.auto_approves("CN=a.corp", "10.1.1.1", grant="minted")
 
 
 class Record:

@@ -9,6 +9,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 
 from scepproxyd.store import CaRequest, DuplicateError, IssuedCertificate, NotFoundError, StateError, Store
+from scepproxyd.store.ca import CaGrant
 
 EPOCH = 1_700_000_000.0
 
@@ -119,7 +120,8 @@ async def test_dynamic_challenge_consumed_once_even_concurrently(store, clock, d
     expires = await store.add_ca_challenge("h" * 64, "wifi", 600)
     assert expires == EPOCH + 600
     results = await defer.gatherResults([store.consume_ca_challenge("h" * 64) for _ in range(10)])
-    assert sorted(results, key=str) == [None] * 9 + ["wifi"]
+    assert [r for r in results if r is not None] == [CaGrant("wifi", None, None)]
+    assert results.count(None) == 9
     # Only hashes are stored.
     rows = sqlite3.connect(db_path).execute("SELECT * FROM ca_challenges").fetchall()
     assert rows == []
@@ -138,13 +140,31 @@ async def test_expired_challenge_is_refused_and_swept(store, clock, db_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_managed_ca_row_and_renewal_id_lookup(store):
-    await store.register_managed_ca("builtin", "http://a/scep", b"sealed-1")
-    await store.register_managed_ca("builtin", "http://b/scep", b"sealed-2")
+async def test_managed_ca_row_is_builtin_and_keeps_no_static_challenge(store, db_path):
+    # An install from before one-time CA challenges: the row carries a sealed static challenge.
+    await store.add_ca("builtin", "http://a/scep", b"sealed-1")
+    assert await store.register_managed_ca("builtin", "http://b/scep") is True  # what changed is reported once
+    assert await store.register_managed_ca("builtin", "http://b/scep") is False
     ca = await store.get_ca("builtin")
-    assert (ca.url, ca.challenge_ciphertext) == ("http://b/scep", b"sealed-2")
+    assert (ca.url, ca.challenge_ciphertext) == ("http://b/scep", None)
+    assert sqlite3.connect(db_path).execute("SELECT builtin FROM cas WHERE name = 'builtin'").fetchone() == (1,)
+    assert await store.register_managed_ca("fresh", "http://c/scep") is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_profile_ca_challenge_is_bound_retired_and_cascaded(store, clock, db_path):
+    await store.add_ca("builtin", "http://ca.test:8080/scep")
     await store.upsert_host("H1", None, "macos")
     await store.add_profile("P1", "p", "macos", b"<plist/>", "builtin")
-    hp = await store.assign_profile("H1", "P1")
-    assert await store.host_for_renewal_id(hp.renewal_id) == "H1"
-    assert await store.host_for_renewal_id("sp-0000000000000000") is None
+    await store.assign_profile("H1", "P1")
+    assert await store.issue_host_profile_ca_challenge("H1", "P1", "first", "default") == EPOCH + 3600
+    await store.issue_host_profile_ca_challenge("H1", "P1", "second", "default")
+    # Rendering again retires the older copy's challenge.
+    assert await store.consume_ca_challenge("first") is None
+    assert await store.consume_ca_challenge("second") == CaGrant("default", "H1", "P1")
+    assert await store.consume_ca_challenge("second") is None
+    with pytest.raises(NotFoundError):
+        await store.issue_host_profile_ca_challenge("H1", "nope", "third", "default")
+    await store.issue_host_profile_ca_challenge("H1", "P1", "fourth", "default")
+    await store.unassign_profile("P1", ["H1"])
+    assert sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM ca_challenges").fetchone() == (0,)

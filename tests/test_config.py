@@ -382,6 +382,7 @@ EVERY_KEY = [
     ("ca", "lifetime"),
     ("ca", "ra"),
     ("ca", "challenge_file"),
+    ("ca", "static_challenge"),
     ("ca", "allow_renew_days"),
     ("ca", "auto_approve"),
     ("ca", "auto_approve_subject"),

@@ -12,12 +12,9 @@ reactor; all SQL goes through the store.
 
 from __future__ import annotations
 
-import re
-
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 from twisted.internet import defer, threads
 
 from scepproxyd.ca.crl import CrlCache
@@ -25,7 +22,10 @@ from scepproxyd.ca.issuer import CsrError, build_certificate, check_csr, serial_
 from scepproxyd.ca.policy import WRONG_CHALLENGE, challenge_hash
 from scepproxyd.logs import get_logger
 from scepproxyd.scep import codec
+from scepproxyd.ca import csr_policy
+from scepproxyd.profiles import binding
 from scepproxyd.store import CaRequest, DuplicateError, IssuedCertificate
+from scepproxyd.store.ca import CaGrant
 
 CAPS = b"POSTPKIOperation\nRenewal\nSHA-1\nSHA-256\nSHA-384\nSHA-512\nAES\nDES3\nSCEPStandard\n"
 TEXT = b"text/plain; charset=utf-8"
@@ -33,7 +33,6 @@ CA_CERT_TYPE = b"application/x-x509-ca-cert"
 CA_RA_CERT_TYPE = b"application/x-x509-ca-ra-cert"
 PKI_MESSAGE_TYPE = b"application/x-pki-message"
 NOT_SCEP = b"not a SCEP message\n"
-RENEWAL_ID = re.compile(r"sp-[0-9a-f]{16}")
 
 
 @attrs.frozen
@@ -56,15 +55,6 @@ def _in_thread(function, *args, **kwargs) -> defer.Deferred:
     return threads.deferToThread(function, *args, **kwargs)
 
 
-def renewal_ids(certificate: x509.Certificate) -> list[str]:
-    """Renewal IDs (``sp-`` and 16 hex digits) found in the certificate's CN or OU."""
-    found = []
-    for oid in (NameOID.COMMON_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME):
-        for attribute in certificate.subject.get_attributes_for_oid(oid):
-            found.extend(RENEWAL_ID.findall(str(attribute.value)))
-    return list(dict.fromkeys(found))
-
-
 class _Refusal(Exception):
     """A FAILURE CertRep to send: RFC 8894 failInfo name and a short text for the device."""
 
@@ -81,8 +71,10 @@ class ScepCA:
     log = get_logger(__name__)
 
     def __init__(self, store, material, policy, templates: dict, public_url: str, crl_validity: float,
-                 clock, run_in_thread=_in_thread):
+                 clock, run_in_thread=_in_thread, key_policy=None, metrics=None):
         self._store = store
+        self._key_policy = key_policy if key_policy is not None else csr_policy.KeyPolicy()
+        self._metrics = metrics
         self.material = material
         self._policy = policy
         self._templates = templates
@@ -114,6 +106,8 @@ class ScepCA:
     async def pki_operation(self, message: bytes, requester: str | None) -> CaAnswer:
         """Answer one PKIOperation; ``requester`` is the client's IP, or None through the proxy."""
         answer = await self._pki_operation(message, requester)
+        if self._metrics is not None:
+            self._metrics.ca_operation(answer.message_type or "-", answer.outcome)
         self.log.info(
             "ca {operation} type={message_type} transaction={transaction_id} outcome={outcome} serial={serial} "
             "requester={requester} detail={detail}",
@@ -195,29 +189,77 @@ class ScepCA:
         if known is not None:
             return known
         csr = self._checked_csr(request)
-        try:
-            challenge = codec.csr_challenge_password(csr)
-        except codec.MessageError:
-            challenge = None
-        template = None
-        if self._policy.is_static_challenge(challenge):
-            template = self._policy.default_template
-        elif challenge:
-            template = await self._store.consume_ca_challenge(challenge_hash(challenge))
-        if template is None:
-            raise _Refusal("badRequest", WRONG_CHALLENGE)
-        if template not in self._templates:
-            raise _Refusal("badRequest", "certificate template %s no longer exists" % (template,))
+        grant, kind = await self._spend_challenge(csr)
+        if grant.template not in self._templates:
+            raise _Refusal("badRequest", "certificate template %s no longer exists" % (grant.template,))
+        await self._judge(request, csr, grant)
         subject = csr.subject.rfc4514_string()
-        row = self._request_row(request, "pending", template, requester)
-        if not self._policy.auto_approves(subject, requester):
+        row = self._request_row(request, "pending", grant.template, requester, grant)
+        if not self._policy.auto_approves(subject, requester, grant=kind):
             try:
                 await self._store.add_pending_request(row)
             except DuplicateError:
                 raise _Refusal("badRequest", "transaction ID is already in use") from None
             return "PENDING", {"outcome": "pending"}
-        certificate = await self.issue(csr, template, row)
+        certificate = await self.issue(csr, grant.template, row)
         return self._success(certificate, "issued")
+
+    async def _spend_challenge(self, csr) -> tuple[CaGrant, str]:
+        """
+        What authorises this CSR, and how: ``(grant, kind)``; a refusal if nothing does.
+
+        A one-time challenge (rendered into one host profile's profile, or
+        minted by an admin) is spent here, once; the static challenge only
+        counts while ``[ca] static_challenge`` is on.
+        """
+        try:
+            challenge = codec.csr_challenge_password(csr)
+        except codec.MessageError:
+            challenge = None
+        if self._policy.is_static_challenge(challenge):
+            return CaGrant(self._policy.default_template, None, None), "static"
+        grant = await self._store.consume_ca_challenge(challenge_hash(challenge)) if challenge else None
+        if grant is None:
+            self._refused_by_policy("challenge")
+            raise _Refusal("badRequest", WRONG_CHALLENGE)
+        return grant, ("host_profile" if grant.host_uuid is not None else "minted")
+
+    async def _judge(self, request, csr, grant: CaGrant) -> None:
+        """
+        Apply the issuance policy; a refusal (FAILURE CertRep) if the CSR does not pass.
+
+        A request tied to a host profile must ask for what that profile
+        rendered for that host; every request meets the key policy and its
+        template's SAN policy. A refused host profile request spends its
+        challenge, so the host profile is sent again with a fresh one, its
+        ``detail`` saying why.
+        """
+        expected = None
+        if grant.host_uuid is not None:
+            facts = await self._store.binding_facts(grant.host_uuid, grant.profile_uuid)
+            if facts is None:
+                raise _Refusal("badRequest", "the host profile this challenge was issued for no longer exists")
+            expected = await self._thread(expected_for, facts)
+        refusal = await self._thread(
+            csr_policy.refusal, csr, key_policy=self._key_policy,
+            san_policy=self._templates[grant.template].san_policy,
+            ca_subject=self.material.certificate.subject, expected=expected,
+        )
+        if refusal is None:
+            return
+        self._refused_by_policy(refusal.check)
+        self.log.warn(
+            "ca refused {transaction_id} for host {host} profile {profile}: {reason}",
+            transaction_id=request.header.transaction_id, host=grant.host_uuid or "-",
+            profile=grant.profile_uuid or "-", reason=refusal.reason,
+        )
+        if grant.host_uuid is not None:
+            await self._store.ca_request_refused(grant.host_uuid, grant.profile_uuid, refusal.reason)
+        raise _Refusal(refusal.fail_info, refusal.reason, "refused")
+
+    def _refused_by_policy(self, check: str) -> None:
+        if self._metrics is not None:
+            self._metrics.ca_refused(check)
 
     async def _renew(self, request, requester):
         header = request.header
@@ -237,11 +279,14 @@ class ScepCA:
         if csr.subject.rfc4514_string() != record.subject:
             raise _Refusal("badRequest", "renewal must keep the subject of the certificate it renews")
         template = record.template if record.template in self._templates else self._policy.default_template
-        row = self._request_row(request, "pending", template, requester)
+        # A renewal stays on the host profile of the certificate it renews, under the same policy.
+        grant = CaGrant(template, record.host_uuid, record.profile_uuid)
+        await self._judge(request, csr, grant)
+        row = self._request_row(request, "pending", template, requester, grant)
         certificate = await self.issue(csr, template, row, renewal_of=record.serial)
         return self._success(certificate, "issued")
 
-    def _request_row(self, request, status, template, requester) -> CaRequest:
+    def _request_row(self, request, status, template, requester, grant: CaGrant) -> CaRequest:
         now = self._clock.seconds()
         return CaRequest(
             transaction_id=request.header.transaction_id, status=status,
@@ -250,6 +295,7 @@ class ScepCA:
             signer_certificate=request.header.signer_certificate.public_bytes(serialization.Encoding.DER),
             requester=requester, template=template, detail=None, issued_serial=None,
             created_at=now, updated_at=now, sender_nonce=request.header.sender_nonce.hex(),
+            host_uuid=grant.host_uuid, profile_uuid=grant.profile_uuid,
         )
 
     async def _known_transaction(self, request):
@@ -267,7 +313,7 @@ class ScepCA:
         if existing is not None:
             same_csr = request.csr is not None and request.csr.public_bytes(serialization.Encoding.DER) == existing.csr
             if existing.status in ("pending", "approved"):
-                if not same_csr:
+                if not same_csr or not _same_signer(request, existing):
                     raise _Refusal("badRequest", "transaction ID is already in use")
                 if existing.status == "approved":
                     return await self._deliver(existing)
@@ -295,8 +341,14 @@ class ScepCA:
     # -- CertPoll / GetCert / GetCRL ---------------------------------------------------
 
     async def _poll(self, request, requester):
+        """
+        CertPoll: only the requester may poll, so it must be signed with the original request's key.
+
+        Anyone else (a transaction ID is no secret) hears "unknown
+        transaction" and changes nothing.
+        """
         existing = await self._store.get_ca_request(request.header.transaction_id)
-        if existing is None:
+        if existing is None or not _same_signer(request, existing):
             raise _Refusal("badRequest", "unknown transaction")
         answer = self._poll_answer(existing)
         if answer is not None:
@@ -308,9 +360,19 @@ class ScepCA:
         record = None
         if issuer == self.material.certificate.subject and serial is not None:
             record = await self._store.get_issued_certificate(serial_hex(serial))
-        if record is None:
+        if record is None or not await self._asked_by_holder(request, record):
             raise _Refusal("badCertId", "no such certificate")
         return self._success(x509.load_der_x509_certificate(record.der))
+
+    async def _asked_by_holder(self, request, record: IssuedCertificate) -> bool:
+        """GetCert answers only the certificate's own key or the key that requested it."""
+        signer = _public_key_der(request.header.signer_certificate)
+        if signer == _public_key_der(x509.load_der_x509_certificate(record.der)):
+            return True
+        if record.transaction_id is None:
+            return False
+        origin = await self._store.get_ca_request(record.transaction_id)
+        return origin is not None and origin.issued_serial == record.serial and _same_signer(request, origin)
 
     async def _get_crl(self, request, requester):
         der = await self.crl.der()
@@ -339,7 +401,7 @@ class ScepCA:
             status="valid", revoked_at=None, revocation_reason=None, requester=request.requester,
             transaction_id=request.transaction_id, template=template, renewal_of=renewal_of,
             der=certificate.public_bytes(serialization.Encoding.DER), created_at=now,
-            sender_nonce=request.sender_nonce,
+            sender_nonce=request.sender_nonce, host_uuid=request.host_uuid, profile_uuid=request.profile_uuid,
         )
         if approve:
             await self._store.approve_ca_request(request.transaction_id, record)
@@ -350,20 +412,34 @@ class ScepCA:
                 )
             except DuplicateError:
                 raise _Refusal("badRequest", "transaction ID is already in use") from None
-        await self._feed_profile_engine(certificate, record)
+        if record.host_uuid is not None:
+            # Recorded on the host profile whose challenge earned it, in the same store transaction;
+            # never on whatever renewal ID its subject names.
+            self.log.info("ca certificate {serial} recorded for host {host} profile {profile}",
+                          serial=record.serial, host=record.host_uuid, profile=record.profile_uuid)
         return certificate
 
-    async def _feed_profile_engine(self, certificate, record: IssuedCertificate) -> None:
-        """A renewal ID in CN/OU ties the certificate to a host profile: record it there for renewal."""
-        for renewal_id in renewal_ids(certificate):
-            try:
-                host = await self._store.host_for_renewal_id(renewal_id)
-                if host is not None:
-                    result = await self._store.record_certificate(
-                        host, renewal_id, record.serial, record.not_before, record.not_after
-                    )
-                    self.log.info("ca certificate {serial} {result} for host {host} ({renewal_id})",
-                                  serial=record.serial, result=result, host=host, renewal_id=renewal_id)
-            except Exception:
-                self.log.failure("ca could not record certificate {serial} for the profile engine",
-                                 serial=record.serial)
+
+def _public_key_der(certificate: x509.Certificate) -> bytes:
+    return certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _same_signer(request, existing: CaRequest) -> bool:
+    """Whether ``request`` is signed with the same key as the transaction ``existing`` (RFC 8894 polling)."""
+    if existing.signer_certificate is None:
+        return False
+    try:
+        original = x509.load_der_x509_certificate(existing.signer_certificate)
+    except ValueError:
+        return False
+    return _public_key_der(request.header.signer_certificate) == _public_key_der(original)
+
+
+def expected_for(facts) -> "binding.ExpectedRequest":
+    """What the host profile in ``facts`` (a store BindingFacts) asks its device to request."""
+    return binding.expected_request(
+        facts.kind, facts.content, renewal_id=facts.renewal_id,
+        host=binding.HostFacts(uuid=facts.host_uuid, serial=facts.serial, platform=facts.platform),
+    )

@@ -23,6 +23,8 @@ class Policy:
     """The [ca] rules, as plain values."""
 
     static_challenge: str = attrs.field(repr=False)
+    #: Whether /scep accepts the static challenge at all ([ca] static_challenge).
+    static_enabled: bool
     auto_approve: bool
     auto_approve_subject: str
     auto_approve_networks: tuple
@@ -33,6 +35,7 @@ class Policy:
     def from_settings(cls, settings, static_challenge: str) -> "Policy":
         return cls(
             static_challenge=static_challenge,
+            static_enabled=settings.static_challenge,
             auto_approve=settings.auto_approve,
             auto_approve_subject=settings.auto_approve_subject,
             auto_approve_networks=tuple(settings.auto_approve_networks),
@@ -41,25 +44,39 @@ class Policy:
         )
 
     def is_static_challenge(self, presented: str | None) -> bool:
-        """Constant-time comparison, so timing reveals nothing about the static challenge."""
-        if presented is None:
+        """
+        Whether ``presented`` is the static challenge and the static challenge is on.
+
+        Constant-time comparison, so timing reveals nothing about it. Off
+        (the shipped default), it is refused like any wrong challenge.
+        """
+        if presented is None or not self.static_enabled:
             return False
         return hmac.compare_digest(presented.encode("utf-8", "replace"), self.static_challenge.encode("utf-8"))
 
-    def auto_approves(self, subject: str, requester: str | None) -> bool:
+    def auto_approves(self, subject: str, requester: str | None, *, grant: str) -> bool:
         """
-        Whether a request with a valid challenge is issued at once.
+        Whether a request with a valid challenge is issued at once rather than held PENDING.
 
-        ``subject`` is the RFC 4514 string, matched in full; ``requester``
-        the client's IP address. ``None`` means the request came in through
-        the SCEP proxy, which already spent a one-time challenge bound to a
-        host: the network rule has nothing to check then.
+        ``grant`` says what authorised it: ``"host_profile"`` (a one-time
+        challenge rendered into one host's profile, whose CSR has already
+        passed the binding to that profile), ``"minted"`` (a one-time
+        challenge an admin handed out) or ``"static"`` (the reusable
+        static challenge, for network equipment). ``subject`` is the RFC
+        4514 string, matched in full; ``requester`` the client's IP address,
+        or ``None`` through the proxy. Only a static-challenge request is
+        judged by its network, and one through the proxy has none to judge:
+        a reusable secret is worth holding for an admin.
         """
         if not self.auto_approve:
             return False
+        if grant == "host_profile":
+            return True
         if re.fullmatch(self.auto_approve_subject, subject) is None:
             return False
-        return requester is None or in_networks(requester, self.auto_approve_networks)
+        if grant == "minted":
+            return True
+        return requester is not None and in_networks(requester, self.auto_approve_networks)
 
     def renewal_refusal(self, record, now: float) -> str | None:
         """

@@ -31,13 +31,13 @@ class BuiltinCA:
     static_challenge: str = attrs.field(repr=False)
 
 
-def build_builtin_ca(settings, store, clock) -> BuiltinCA:
+def build_builtin_ca(settings, store, clock, metrics=None) -> BuiltinCA:
     """The built-in CA for ``settings`` (the whole Settings: it needs [ca], [server] and [challenges])."""
     ca = settings.ca
     static = read_static_challenge(ca)
     authority = ScepCA(
         store, load_ca_material(ca), Policy.from_settings(ca, static), ca.templates,
-        settings.server.public_url, ca.crl_validity, clock,
+        settings.server.public_url, ca.crl_validity, clock, key_policy=ca.key_policy, metrics=metrics,
     )
     return BuiltinCA(
         name=ca.name,
@@ -53,22 +53,30 @@ class ManagedCaService(service.Service):
     """
     Registers the built-in CA as the CA integration ``[ca] name`` at start.
 
-    Its URL and sealed static challenge are refreshed every start, so a
-    changed ``public_url`` or challenge file reaches rendered profiles.
-    The store queues this behind its own start-up, so ordering is safe.
+    Its URL is refreshed every start, so a changed ``public_url`` reaches
+    rendered profiles. The row is marked built-in and holds no static
+    challenge: its profiles get one-time CA challenges. An install that
+    rendered the static challenge before is told once what changed. The
+    store queues this behind its own start-up, so ordering is safe.
     """
 
-    def __init__(self, store, builtin: BuiltinCA, cipher):
+    def __init__(self, store, builtin: BuiltinCA):
         self._store = store
         self._builtin = builtin
-        self._cipher = cipher
 
     def startService(self):
         super().startService()
-        d = self._store.register_managed_ca(
-            self._builtin.name, self._builtin.url, self._cipher.encrypt(self._builtin.static_challenge)
-        )
-        d.addCallback(lambda _: log.info("built-in CA registered as CA {name} at {url}",
-                                         name=self._builtin.name, url=self._builtin.url))
+        d = self._store.register_managed_ca(self._builtin.name, self._builtin.url)
+        d.addCallback(self._registered)
         d.addErrback(lambda f: log.failure("could not register the built-in CA as CA {name}", f,
                                            name=self._builtin.name))
+
+    def _registered(self, had_static_challenge: bool) -> None:
+        log.info("built-in CA registered as CA {name} at {url}", name=self._builtin.name, url=self._builtin.url)
+        if had_static_challenge:
+            log.warn(
+                "built-in CA {name}: profiles now carry a one-time CA challenge bound to their host profile instead"
+                " of the static challenge, and /scep refuses the static challenge unless [ca] static_challenge = yes;"
+                " devices holding an older profile fail once and are sent a fresh one",
+                name=self._builtin.name,
+            )

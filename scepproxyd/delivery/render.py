@@ -9,6 +9,8 @@ the host profile's older ones: only the newest copy of the profile enrolls.
 import attrs
 from twisted.internet import threads
 
+from scepproxyd.ca.manage import mint_challenge
+from scepproxyd.ca.policy import challenge_hash
 from scepproxyd.profiles import ANDROID_TEMPLATE, proxy_url, render_profile
 
 CONTENT_TYPES = {
@@ -28,20 +30,37 @@ class RenderedCommand:
 
 
 class CommandRenderer:
-    """Mints the challenge (store), decrypts the CA's static challenge, renders off the reactor."""
+    """
+    Mints the challenges (store), decrypts an upstream CA's static challenge, renders off the reactor.
 
-    def __init__(self, store, cipher, public_url: str, reactor, metrics=None):
+    A profile that names the built-in CA never carries a reusable secret:
+    its challenge variable becomes a one-time CA challenge minted for that
+    host profile (kept only as a hash), which authorises one certificate
+    request bound to it under ``builtin_template``.
+    """
+
+    def __init__(self, store, cipher, public_url: str, reactor, metrics=None, builtin_template: str = "default"):
         self._store = store
         self._cipher = cipher
         self._public_url = public_url
         self._reactor = reactor
         self._metrics = metrics
+        self._builtin_template = builtin_template
+
+    async def _ca_challenge(self, job) -> str:
+        if job.ca_builtin:
+            ca_challenge = mint_challenge()
+            await self._store.issue_host_profile_ca_challenge(
+                job.host_uuid, job.profile_uuid, challenge_hash(ca_challenge), self._builtin_template
+            )
+            return ca_challenge
+        return self._cipher.decrypt(job.challenge_ciphertext) if job.challenge_ciphertext else ""
 
     async def render(self, job) -> RenderedCommand:
         challenge = await self._store.issue_challenge(job.host_uuid, job.profile_uuid)
         if self._metrics is not None:
             self._metrics.challenge("minted")
-        static = self._cipher.decrypt(job.challenge_ciphertext) if job.challenge_ciphertext else ""
+        static = await self._ca_challenge(job)
         url = proxy_url(self._public_url, job.host_uuid, job.profile_uuid, job.ca_name or "", challenge)
         payload = await threads.deferToThreadPool(
             self._reactor,

@@ -12,6 +12,9 @@ from __future__ import annotations
 import attrs
 from twisted.internet import defer
 
+import sqlite3
+
+from scepproxyd.store.assignments import count_failed_attempt
 from scepproxyd.store.database import one
 from scepproxyd.store.models import DuplicateError, NotFoundError, StoreError
 
@@ -43,6 +46,9 @@ class IssuedCertificate:
     der: bytes = attrs.field(repr=False)
     created_at: float
     sender_nonce: str | None = None
+    #: The host profile whose one-time challenge authorised it; None for static or admin-minted challenges.
+    host_uuid: str | None = None
+    profile_uuid: str | None = None
 
 
 @attrs.frozen
@@ -59,23 +65,57 @@ class CaRequest:
     created_at: float
     updated_at: float
     sender_nonce: str | None = None
+    host_uuid: str | None = None
+    profile_uuid: str | None = None
+
+
+@attrs.frozen
+class CaGrant:
+    """What a spent one-time CA challenge authorised: a template, and the host profile it was rendered for."""
+
+    template: str
+    host_uuid: str | None
+    profile_uuid: str | None
+
+
+@attrs.frozen
+class BindingFacts:
+    """What the CA needs to know of a host profile to judge a CSR against it."""
+
+    host_uuid: str
+    profile_uuid: str
+    serial: str | None
+    platform: str
+    kind: str
+    content: bytes = attrs.field(repr=False)
+    renewal_id: str
+    status: str | None
 
 
 _CERT_COLUMNS = (
     "serial, subject, not_before, not_after, status, revoked_at, revocation_reason,"
-    " requester, transaction_id, template, renewal_of, der, created_at, sender_nonce"
+    " requester, transaction_id, template, renewal_of, der, created_at, sender_nonce, host_uuid, profile_uuid"
 )
 _REQUEST_COLUMNS = (
     "transaction_id, status, subject, csr, signer_certificate, requester, template, detail,"
-    " issued_serial, created_at, updated_at, sender_nonce"
+    " issued_serial, created_at, updated_at, sender_nonce, host_uuid, profile_uuid"
+)
+# A certificate the CA issued for a host profile lands there at once, on
+# that host profile only; dates never move backwards. An awaiting host
+# profile becomes verified, as when its device reports the certificate.
+_RECORD_ON_HOST_PROFILE = (
+    "UPDATE host_profiles SET cert_serial = ?, cert_not_before = ?, cert_not_after = ?,"
+    " status = CASE WHEN status IN ('pending', 'verifying') THEN 'verified' ELSE status END, updated_at = ?"
+    " WHERE host_uuid = ? AND profile_uuid = ? AND (cert_not_before IS NULL OR cert_not_before < ?)"
 )
 # A new request under a known transaction ID replaces it only once that one is finished.
 _UPSERT_REQUEST = (
-    f"INSERT INTO ca_requests ({_REQUEST_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+    f"INSERT INTO ca_requests ({_REQUEST_COLUMNS}) VALUES ({', '.join('?' * 14)})"
     " ON CONFLICT (transaction_id) DO UPDATE SET status = excluded.status, subject = excluded.subject,"
     " csr = excluded.csr, signer_certificate = excluded.signer_certificate, requester = excluded.requester,"
     " template = excluded.template, detail = excluded.detail, issued_serial = excluded.issued_serial,"
-    " created_at = excluded.created_at, updated_at = excluded.updated_at, sender_nonce = excluded.sender_nonce"
+    " created_at = excluded.created_at, updated_at = excluded.updated_at, sender_nonce = excluded.sender_nonce,"
+    " host_uuid = excluded.host_uuid, profile_uuid = excluded.profile_uuid"
     " WHERE ca_requests.status IN ('issued', 'rejected') RETURNING transaction_id"
 )
 
@@ -84,9 +124,15 @@ def _insert_certificate(conn, cert: IssuedCertificate) -> None:
     if conn.execute("SELECT 1 FROM issued_certificates WHERE serial = ?", (cert.serial,)).fetchone():
         raise DuplicateError(f"a certificate with serial {cert.serial} was issued already")
     conn.execute(
-        f"INSERT INTO issued_certificates ({_CERT_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+        f"INSERT INTO issued_certificates ({_CERT_COLUMNS}) VALUES ({', '.join('?' * 16)})",
         attrs.astuple(cert),
     )
+    if cert.host_uuid is not None:
+        conn.execute(
+            _RECORD_ON_HOST_PROFILE,
+            (cert.serial, cert.not_before, cert.not_after, cert.created_at, cert.host_uuid, cert.profile_uuid,
+             cert.not_before),
+        )
 
 
 def _save_request(conn, request: CaRequest) -> None:
@@ -305,9 +351,35 @@ class CaAuthorityQueries:
 
         return self._submit(add_ca_challenge)
 
+    def issue_host_profile_ca_challenge(self, host_uuid, profile_uuid, challenge_hash: str,
+                                        template: str) -> defer.Deferred:
+        """
+        Keep the hash of the one-time CA challenge rendered into a host profile's profile.
+
+        The host profile's older CA challenges are retired in the same
+        transaction, so only the newest rendered copy can enroll; it lives
+        as long as the proxy's one-time challenges. NotFoundError if the
+        host profile does not exist.
+        """
+        now = self._clock.seconds()
+
+        def issue_host_profile_ca_challenge(conn):
+            conn.execute("DELETE FROM ca_challenges WHERE host_uuid = ? AND profile_uuid = ?", (host_uuid, profile_uuid))
+            try:
+                conn.execute(
+                    "INSERT INTO ca_challenges (challenge_hash, template, created_at, expires_at, host_uuid, profile_uuid)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (challenge_hash, template, now, now + self._challenge_ttl, host_uuid, profile_uuid),
+                )
+            except sqlite3.IntegrityError as e:
+                raise NotFoundError(f"no profile {profile_uuid} assigned to host {host_uuid}") from e
+            return now + self._challenge_ttl
+
+        return self._submit(issue_host_profile_ca_challenge)
+
     def consume_ca_challenge(self, challenge_hash: str) -> defer.Deferred:
         """
-        Use up a dynamic challenge: fires its template the first time, None after or once expired.
+        Use up a one-time CA challenge: fires a CaGrant the first time, None after or once expired.
 
         One statement, so of any number of concurrent requests exactly one wins.
         """
@@ -315,37 +387,73 @@ class CaAuthorityQueries:
 
         def consume_ca_challenge(conn):
             rows = conn.execute(
-                "DELETE FROM ca_challenges WHERE challenge_hash = ? RETURNING template, expires_at",
+                "DELETE FROM ca_challenges WHERE challenge_hash = ?"
+                " RETURNING template, expires_at, host_uuid, profile_uuid",
                 (challenge_hash,),
             ).fetchall()  # fetched before the COMMIT that _run issues
             if rows and rows[0][1] > now:
-                return rows[0][0]
+                template, _expires_at, host_uuid, profile_uuid = rows[0]
+                return CaGrant(template, host_uuid, profile_uuid)
             return None
 
         return self._submit(consume_ca_challenge)
 
     # -- the profile engine --------------------------------------------------
 
-    def host_for_renewal_id(self, renewal_id) -> defer.Deferred:
-        """The host UUID whose host profile carries this renewal ID, or None."""
+    def binding_facts(self, host_uuid, profile_uuid) -> defer.Deferred:
+        """The host profile's BindingFacts, or None if it is gone."""
 
-        def host_for_renewal_id(conn):
-            row = conn.execute("SELECT host_uuid FROM host_profiles WHERE renewal_id = ?", (renewal_id,)).fetchone()
-            return None if row is None else row[0]
+        def binding_facts(conn):
+            return one(
+                BindingFacts,
+                conn.execute(
+                    "SELECT hp.host_uuid, hp.profile_uuid, h.serial, h.platform, p.kind, p.content, hp.renewal_id,"
+                    " hp.status FROM host_profiles hp JOIN hosts h ON h.uuid = hp.host_uuid"
+                    " JOIN profiles p ON p.uuid = hp.profile_uuid WHERE hp.host_uuid = ? AND hp.profile_uuid = ?",
+                    (host_uuid, profile_uuid),
+                ),
+            )
 
-        return self._submit(host_for_renewal_id, write=False)
+        return self._submit(binding_facts, write=False)
 
-    def register_managed_ca(self, name, url, challenge_ciphertext) -> defer.Deferred:
-        """Create or refresh the CA integration row of the built-in CA (its URL and sealed static challenge)."""
+    def ca_request_refused(self, host_uuid, profile_uuid, detail: str) -> defer.Deferred:
+        """
+        The CA refused a request its one-time challenge tied to this host profile.
+
+        The challenge is spent, so a pending host profile goes back to NULL
+        (retries + 1, ``detail`` kept) to be sent again with a fresh one;
+        one in any other state is left alone. Fires whether it changed.
+        """
+        now = self._clock.seconds()
+
+        def ca_request_refused(conn):
+            return count_failed_attempt(
+                conn, host_uuid, profile_uuid, detail, now, self._max_retries, " AND status = 'pending'"
+            ) is not None
+
+        return self._submit(ca_request_refused)
+
+    def register_managed_ca(self, name, url) -> defer.Deferred:
+        """
+        Create or refresh the CA integration row of the built-in CA; fires whether it changed from a static challenge.
+
+        The row is marked built-in and keeps no static challenge: profiles
+        that name it are rendered with one-time CA challenges. True means
+        the row carried a sealed static challenge until now (an upgrade),
+        so the caller can say what changed.
+        """
         now = self._clock.seconds()
 
         def register_managed_ca(conn):
+            before = conn.execute("SELECT challenge_ciphertext FROM cas WHERE name = ?", (name,)).fetchone()
             conn.execute(
-                "INSERT INTO cas (name, url, challenge_ciphertext, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET url = excluded.url,"
-                " challenge_ciphertext = excluded.challenge_ciphertext, updated_at = excluded.updated_at",
-                (name, url, challenge_ciphertext, now, now),
+                "INSERT INTO cas (name, url, challenge_ciphertext, builtin, created_at, updated_at)"
+                " VALUES (?, ?, NULL, 1, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET url = excluded.url, challenge_ciphertext = NULL, builtin = 1,"
+                " updated_at = excluded.updated_at",
+                (name, url, now, now),
             )
+            return before is not None and before[0] is not None
 
         return self._submit(register_managed_ca)
 

@@ -59,7 +59,7 @@ _INSERT_COMMAND = (
 # that host profile is pending. RenderJob's fields, in order.
 _RENDER_JOBS = (
     "SELECT c.command_uuid, c.host_uuid, c.profile_uuid, p.kind, p.content, p.ca_name, ca.challenge_ciphertext,"
-    " hp.renewal_id, h.platform FROM commands c"
+    " hp.renewal_id, h.platform, COALESCE(ca.builtin, 0) FROM commands c"
     " JOIN host_profiles hp ON hp.host_uuid = c.host_uuid AND hp.profile_uuid = c.profile_uuid"
     "  AND hp.command_uuid = c.command_uuid AND hp.status = 'pending'"
     " JOIN profiles p ON p.uuid = c.profile_uuid"
@@ -69,10 +69,11 @@ _RENDER_JOBS = (
 
 
 def _render_job(row) -> RenderJob:
-    command_uuid, host_uuid, profile_uuid, kind, content, ca_name, ciphertext, renewal_id, platform = row
+    command_uuid, host_uuid, profile_uuid, kind, content, ca_name, ciphertext, renewal_id, platform, builtin = row
     ciphertext = None if ciphertext is None else bytes(ciphertext)
     return RenderJob(
-        command_uuid, host_uuid, profile_uuid, kind, bytes(content), ca_name, ciphertext, renewal_id, platform
+        command_uuid, host_uuid, profile_uuid, kind, bytes(content), ca_name, ciphertext, renewal_id, platform,
+        bool(builtin),
     )
 
 

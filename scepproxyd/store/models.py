@@ -159,6 +159,8 @@ class RenderJob:
     challenge_ciphertext: bytes | None = attrs.field(repr=False)
     renewal_id: str | None
     platform: str
+    #: The profile names the built-in CA: its challenge variable gets a one-time CA challenge.
+    ca_builtin: bool = False
 
 
 @attrs.frozen

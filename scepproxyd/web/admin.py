@@ -81,6 +81,8 @@ def host_profile_json(hp) -> dict:
         "status": hp.status,
         "detail": hp.detail,
         "retries": hp.retries,
+        "cert_serial": hp.cert_serial,
+        "cert_not_after": _time(hp.cert_not_after),
         "updated_at": _time(hp.updated_at),
     }
 

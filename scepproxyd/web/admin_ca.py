@@ -39,7 +39,8 @@ def certificate_json(c) -> dict:
         "serial": c.serial, "subject": c.subject, "not_before": _time(c.not_before), "not_after": _time(c.not_after),
         "status": c.status, "revoked_at": _time(c.revoked_at), "revocation_reason": c.revocation_reason,
         "requester": c.requester, "transaction_id": c.transaction_id, "template": c.template,
-        "renewal_of": c.renewal_of, "created_at": _time(c.created_at),
+        "renewal_of": c.renewal_of, "host_uuid": c.host_uuid, "profile_uuid": c.profile_uuid,
+        "created_at": _time(c.created_at),
     }
 
 

@@ -1,0 +1,180 @@
+"""Every certificate is bound to its host profile: the attacks, tried with real clients, refused.
+
+The daemon runs with the shipped defaults for the built-in CA (static
+challenge off), as the README runs it. Set-up and every check go through
+the documented admin and agent APIs; the devices are micromdm scepclient and
+strongSwan ``pki --scep``, talking to the proxy URL and to ``/scep``.
+"""
+
+import re
+
+import pytest
+import pytest_twisted
+from cryptography.x509.oid import NameOID
+from twisted.internet import threads
+
+from peers import Daemon
+from test_ca_interop import load, openssl_verify, pki, scepclient, strongswan_key
+from test_interop_engine import Client, agent_token, scep_settings_from_mobileconfig, status_of
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "profiles"
+OU = "FLEET DEVICE MANAGEMENT"
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    # Jobs are triggered by the test; enough retries that every attack below can count one.
+    d = Daemon(tmp_path, ca={"key_size": "2048"},
+               profiles={"process_interval": "1h", "max_retries": "20"}).start()
+    yield d
+    d.stop()
+    assert "Traceback" not in d.log(), d.log()
+
+
+class Fleet:
+    """Two Macs with the built-in CA's Wi-Fi profile, driven through the admin and agent APIs."""
+
+    def __init__(self, daemon):
+        self.daemon = daemon
+        self.admin = Client(daemon.admin_url, daemon.admin_token)
+        self.agent = Client(daemon.url, agent_token(daemon))
+        self.profile = None
+
+    async def set_up(self, hosts):
+        for host in hosts:
+            await self.admin.call("PUT", "/api/v1/hosts/" + host, {"serial": "SER-" + host, "platform": "macos"})
+        template = (FIXTURES / "builtin-ca-wifi.mobileconfig").read_bytes()
+        created = await self.admin.call("POST", "/api/v1/profiles?platform=macos", raw=template,
+                                        content_type="application/x-apple-aspen-config")
+        self.profile = created["uuid"]
+        await self.admin.call("POST", "/api/v1/profiles/%s/assign" % self.profile, {"hosts": list(hosts)})
+
+    async def deliver(self, host):
+        """Process, then fetch as the host's agent: (proxy URL, challenge, CN as the device expands it)."""
+        await self.admin.call("POST", "/api/v1/jobs/process_profiles")
+        commands = (await self.agent.call("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
+        (command,) = [c for c in commands if c["profile_uuid"] == self.profile]
+        url, challenge, cn = scep_settings_from_mobileconfig(command["payload"])
+        return url, challenge, cn.replace("%SerialNumber%", "SER-" + host)
+
+    async def status(self, host):
+        return await status_of(self.admin, host, self.profile)
+
+    async def issued(self):
+        return (await self.admin.call("GET", "/api/v1/ca/certificates"))["certificates"]
+
+
+def device(workdir, url, challenge, cn, *extra):
+    """micromdm scepclient asking for exactly OU + CN (no O or C of its own)."""
+    return scepclient(workdir, url, challenge, cn, "-organization", "", "-country", "", "-ou", OU, *extra)
+
+
+def refused(result, text=""):
+    output = result.stdout + result.stderr
+    return result.returncode != 0 and text in output
+
+
+@pytest_twisted.ensureDeferred
+async def test_rendered_challenge_is_one_time_bound_and_never_the_static_one(tmp_path, daemon):
+    fleet = Fleet(daemon)
+    await fleet.set_up(["MAC-A"])
+    url, challenge, cn = await fleet.deliver("MAC-A")
+    static = (daemon.directory / "state" / "ca" / "challenge").read_text().strip()
+    assert challenge != static and len(challenge) == 32
+
+    # The static challenge is off in the shipped configuration: no certificate at /scep, whatever the subject.
+    result = await threads.deferToThread(device, tmp_path / "static", daemon.url + "/scep", static, "anything")
+    assert refused(result, "badRequest")
+    assert await fleet.issued() == []
+
+    # The profile's own challenge enrolls once, through its proxy URL, for the subject it rendered.
+    result = await threads.deferToThread(device, tmp_path / "mac", url, challenge, cn)
+    assert result.returncode == 0, result.stdout + result.stderr
+    certificate = load(tmp_path / "mac" / "client.pem")
+    openssl_verify(daemon.directory / "state" / "ca" / "ca.pem", tmp_path / "mac" / "client.pem")
+    assert certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == cn
+    row = await fleet.status("MAC-A")
+    assert (row["status"], row["retries"]) == ("verified", 0)
+    assert row["cert_serial"] == "%x" % certificate.serial_number
+
+    # ... and never twice: not through the proxy URL, not at /scep.
+    for where, target in (("again-proxy", url), ("again-scep", daemon.url + "/scep")):
+        result = await threads.deferToThread(device, tmp_path / where, target, challenge, cn)
+        assert refused(result), where
+    assert len(await fleet.issued()) == 1
+    row = await fleet.status("MAC-A")
+    assert (row["status"], row["retries"], row["cert_serial"]) == ("verified", 0, "%x" % certificate.serial_number)
+    log = daemon.log()
+    assert challenge not in log and static not in log
+    # Reached in process: every PKIOperation the CA saw came from the proxy, never over HTTP to itself.
+    assert "requester=proxy" in log and "outcome=issued" in log
+    assert "proxy PKIOperation host=MAC-A" in log
+    # The CA row belongs to the [ca] section of the configuration.
+    with pytest.raises(AssertionError, match="409"):
+        await fleet.admin.call("PATCH", "/api/v1/cas/builtin", {"url": "http://x/"})
+    with pytest.raises(AssertionError, match="409"):
+        await fleet.admin.call("DELETE", "/api/v1/cas/builtin")
+
+
+@pytest_twisted.ensureDeferred
+async def test_csr_that_differs_from_the_profile_gets_failure_and_no_certificate(tmp_path, daemon):
+    fleet = Fleet(daemon)
+    await fleet.set_up(["MAC-A", "MAC-B"])
+    _, _, cn_b = await fleet.deliver("MAC-B")
+    renewal_id_b = re.search(r"sp-[0-9a-f]{16}", cn_b).group(0)
+    attempts = 0
+
+    async def attack(name, make_cn, *extra, text="badRequest"):
+        nonlocal attempts
+        url, challenge, cn = await fleet.deliver("MAC-A")
+        result = await threads.deferToThread(device, tmp_path / name, url, challenge, make_cn(cn), *extra)
+        assert refused(result, text), (name, result.stdout + result.stderr)
+        attempts += 1
+        row = await fleet.status("MAC-A")
+        # The spent challenge sends MAC-A's profile again; the reason is kept for the admin.
+        assert (row["status"], row["retries"]) == (None, attempts), name
+        return row["detail"]
+
+    assert "subject" in await attack("other-cn", lambda cn: "anything")
+    # Host A's own one-time challenge with host B's renewal ID in the CN.
+    assert "subject" in await attack("hijack", lambda cn: re.sub(r"sp-[0-9a-f]{16}", renewal_id_b, cn))
+    assert "key" in await attack("weak-key", lambda cn: cn, "-keySize", "1024", text="badAlg")
+    assert await fleet.issued() == []
+    # Nothing happened to host B, whose renewal ID the attacker named.
+    row = await fleet.status("MAC-B")
+    assert (row["status"], row["retries"], row["cert_serial"]) == ("pending", 0, None)
+
+
+def strongswan_enroll(tmp_path, name, url, challenge, dn, *sans):
+    ca = tmp_path / (name + "-ca.der")
+    result = pki("--scepca", "--url", url, "--caout", str(ca))
+    assert result.returncode == 0, result.stderr
+    key = strongswan_key(tmp_path / (name + "-key.der"))
+    args = ["--scep", "--url", url, "--in", str(key), "--dn", dn, "--password", challenge,
+            "--cacert-enc", str(ca), "--cacert-sig", str(ca), "--cipher", "aes", "--digest", "sha256",
+            "--maxpolltime", "5", "--interval", "1", "--outform", "der"]
+    for san in sans:
+        args += ["--san", san]
+    return pki(*args, timeout=60)
+
+
+@pytest_twisted.ensureDeferred
+async def test_strongswan_gets_only_what_the_profile_renders(tmp_path, daemon):
+    fleet = Fleet(daemon)
+    await fleet.set_up(["MAC-S"])
+    url, challenge, cn = await fleet.deliver("MAC-S")
+    dn = "OU=%s, CN=%s" % (OU, cn)
+    # A subjectAltName the profile did not ask for: FAILURE, no certificate.
+    result = await threads.deferToThread(strongswan_enroll, tmp_path, "san", url, challenge, dn, "*.corp.example")
+    assert result.returncode != 0
+    assert await fleet.issued() == []
+    row = await fleet.status("MAC-S")
+    assert row["status"] is None and "subjectAltName" in row["detail"]
+
+    # The fresh profile, asked for exactly: issued, over AES and SHA-256.
+    url, challenge, cn = await fleet.deliver("MAC-S")
+    result = await threads.deferToThread(strongswan_enroll, tmp_path, "ok", url, challenge, "OU=%s, CN=%s" % (OU, cn))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (issued,) = await fleet.issued()
+    assert issued["subject"] == "CN=%s,OU=%s" % (cn, OU)
+    assert (await fleet.status("MAC-S"))["status"] == "verified"
