@@ -66,8 +66,8 @@ class StoreService(service.Service):
     def _report_shared_identifiers(self, shared):
         for kind, identifier, uuids in shared:
             log.warn(
-                "profiles {profiles} ({kind}) share the identifier {identifier}, so a device reporting one"
-                " verifies all of them; delete all but one (uploads refuse a taken identifier since schema 7)",
+                "profiles {profiles} ({kind}) share the identifier {identifier}: a host's report of it"
+                " installed verifies each of them; delete all but one",
                 profiles=", ".join(uuids), kind=kind, identifier=identifier,
             )
 
