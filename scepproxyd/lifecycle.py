@@ -47,6 +47,8 @@ class StoreService(service.Service):
         d = self.store.start()
         d.addCallback(lambda _: self.store.restore_orphaned_challenges())
         d.addCallback(self._report_orphans)
+        d.addCallback(lambda _: self.store.shared_profile_identifiers())
+        d.addCallback(self._report_shared_identifiers)
 
         def settle(result):
             if isinstance(result, Failure):
@@ -60,6 +62,14 @@ class StoreService(service.Service):
         if count:
             log.warn("put back {count} one-time challenges that a previous run took but never forwarded",
                      count=count)
+
+    def _report_shared_identifiers(self, shared):
+        for kind, identifier, uuids in shared:
+            log.warn(
+                "profiles {profiles} ({kind}) share the identifier {identifier}: a host's report of it"
+                " installed verifies each of them; delete all but one",
+                profiles=", ".join(uuids), kind=kind, identifier=identifier,
+            )
 
     def stopService(self):
         super().stopService()

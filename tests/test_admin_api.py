@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.web import resource, server
 
 from certs import self_signed_der
@@ -285,6 +285,77 @@ async def test_profile_upload_refusals(api):
     assert code == 422 and body["field"]
     code, body = await api.call("POST", "/api/v1/profiles", raw=sample_profile("fleet-custom-scep-braces.mobileconfig"))
     assert code == 422 and "RENEWAL_ID" in body["error"]
+
+
+async def upload(api, content, query=""):
+    return await api.call("POST", "/api/v1/profiles" + query, raw=content, content_type="application/x-apple-aspen-config")
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_payload_identifier_twice_is_409_naming_the_holder(api):
+    await add_ca(api)
+    code, first = await upload(api, sample_profile())
+    assert code == 201 and first["identifier"] == "Fleet.WiFi"
+    message = (
+        "PayloadIdentifier 'Fleet.WiFi' is already used by profile %s (SCEP proxy cert);"
+        " give this one another PayloadIdentifier, or delete that profile first" % (first["uuid"],)
+    )
+    # Another name or another Apple platform does not make it another profile on a device.
+    for query in ("", "?platform=ios", "?name=Other"):
+        assert await upload(api, sample_profile(), query) == (409, {"error": message, "field": "PayloadIdentifier"})
+    assert [p["uuid"] for p in (await api.call("GET", "/api/v1/profiles"))[1]["profiles"]] == [first["uuid"]]
+    code, second = await upload(api, sample_profile().replace(b"Fleet.WiFi", b"Fleet.WiFi.ios"), "?platform=ios")
+    assert code == 201 and second["identifier"] == "Fleet.WiFi.ios"
+    assert (await api.call("DELETE", "/api/v1/profiles/" + first["uuid"]))[0] == 204
+    assert (await upload(api, sample_profile()))[0] == 201
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_android_template_twice_is_409_naming_the_holder(api):
+    await add_ca(api, "CORP_CA")
+    template = sample_profile("android-corp-wifi.json")
+    code, first = await api.call("POST", "/api/v1/profiles", raw=template, content_type="application/json")
+    assert code == 201 and first["identifier"] == "Corporate Wi-Fi"
+    assert await api.call("POST", "/api/v1/profiles?name=Again", raw=template, content_type="application/json") == (409, {
+        "error": "template name 'Corporate Wi-Fi' is already used by profile %s (Corporate Wi-Fi);"
+                 " give this one another template name, or delete that profile first" % (first["uuid"],),
+        "field": "name",
+    })
+    renamed = template.replace(b'"name": "Corporate Wi-Fi"', b'"name": "Guest Wi-Fi"')
+    assert renamed != template
+    assert (await api.call("POST", "/api/v1/profiles", raw=renamed, content_type="application/json"))[0] == 201
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_uploads_of_one_identifier_one_wins(api):
+    await add_ca(api)
+    answers = await defer.gatherResults([defer.ensureDeferred(upload(api, sample_profile())) for _ in range(6)])
+    assert sorted(code for code, _ in answers) == [201] + [409] * 5
+    (winner,) = [body["uuid"] for code, body in answers if code == 201]
+    assert all(winner in body["error"] for code, body in answers if code == 409)
+    assert [p["uuid"] for p in (await api.call("GET", "/api/v1/profiles"))[1]["profiles"]] == [winner]
+
+
+@pytest_twisted.ensureDeferred
+async def test_contradicting_profiles_are_422_and_store_nothing(api):
+    await add_ca(api)
+    repeated = sample_profile().replace(
+        b"<key>Challenge</key>", b"<key>Challenge</key><string>static-secret</string><key>Challenge</key>", 1)
+    assert await upload(api, repeated) == (422, {
+        "error": 'key "Challenge" appears more than once in the dictionary at PayloadContent > item 1 >'
+                 " PayloadContent; each key may appear only once in a dictionary",
+        "field": "profile",
+    })
+    nested = sample_profile().replace(
+        b"<key>PayloadDisplayName</key>\n    <string>SCEP proxy cert</string>",
+        b"<key>Hidden</key><dict><key>PayloadType</key><string>com.apple.security.scep</string>"
+        b"<key>Challenge</key><string>static-secret</string></dict>",
+    )
+    assert nested != sample_profile()
+    code, body = await upload(api, nested)
+    assert (code, body["error"]) == (422, "profile has a com.apple.security.scep payload at Hidden; a profile may"
+                                          " have one SCEP payload, directly in its top-level PayloadContent")
+    assert (await api.call("GET", "/api/v1/profiles"))[1] == {"profiles": []}
 
 
 @pytest_twisted.ensureDeferred

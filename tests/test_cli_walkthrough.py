@@ -114,6 +114,12 @@ def test_walkthrough(tmp_path, upstream, daemon):
     uuid = profile["uuid"]
     assert (profile["ca"], profile["platform"], profile["kind"]) == (CA_NAME, "macos", "mobileconfig")
     assert uuid in ctl("profile", "list").stdout
+    # The same profile again: its PayloadIdentifier is taken, and the answer says by which profile.
+    again = ctl("profile", "upload", str(sample_profile(tmp_path)), "--platform", "ios", expect=1)
+    assert again.stderr == (
+        "scepproxyctl: PayloadIdentifier 'Fleet.WiFi' is already used by profile %s (SCEP proxy cert);"
+        " give this one another PayloadIdentifier, or delete that profile first (field: PayloadIdentifier)\n" % (uuid,))
+    assert [p["uuid"] for p in ctl.json("profile", "list")["profiles"]] == [uuid]
     assert ctl("profile", "assign", uuid, *HOSTS).stdout == "assigned profile %s to 3 new hosts\n" % (uuid,)
     assert ctl("profile", "assign", uuid, HOSTS[0]).stdout == "assigned profile %s to 0 new hosts\n" % (uuid,)
     mismatch = ctl("profile", "assign", uuid, "IPAD-1", expect=1)

@@ -241,3 +241,24 @@ def test_mangled_good_profile_refused_with_a_reason(position, junk):
         parse_profile(GOOD[:position] + junk + GOOD[position + len(junk):])
     except ProfileError as e:
         assert str(e)
+
+
+def test_contradiction_refusals_are_in_the_documented_list():
+    # The fixed parts of each message; the tests of each rule check the whole message.
+    docs = (Path(__file__).parents[1] / "docs" / "profiles.md").read_text()
+    for fragment in [
+        'key "K" appears more than once in the dictionary at PayloadContent > item 1 > PayloadContent;'
+        " each key may appear only once in a dictionary",
+        "`in the top-level dictionary`",
+        "profile has more than one top-level value in its <plist>; devices and scepproxyd could read"
+        " different ones, so the profile must be a single dictionary",
+        "profile has a com.apple.security.scep payload at PATH; a profile may have one SCEP payload,"
+        " directly in its top-level PayloadContent",
+        'template has duplicate key "K"',
+        "PayloadIdentifier 'X' is already used by profile UUID (NAME); give this one another"
+        " PayloadIdentifier, or delete that profile first",
+        "template name 'X' is already used by profile UUID (NAME); give this one another template name,"
+        " or delete that profile first",
+        "share the identifier X: a host's report of it installed verifies each of them; delete all but one",
+    ]:
+        assert fragment in docs

@@ -84,6 +84,19 @@ def test_duplicate_keys():
     refused(b'{"name": "a", "name": "b"}', 'template has duplicate key "name"')
 
 
+def test_static_challenge_hidden_behind_a_duplicate_key():
+    # json keeps the last of two equal keys: the variable would pass the rules, the static one reach agents.
+    content = GOOD_BYTES.replace(b'"challenge": ', b'"challenge": "static-secret", "challenge": ', 1)
+    assert json.loads(content)["scep"]["challenge"] == CHALLENGE
+    refused(content, 'template has duplicate key "challenge"')
+
+
+def test_duplicate_key_in_a_nested_object():
+    content = GOOD_BYTES.replace(b'"dns": []', b'"dns": [], "dns": ["evil.example"]', 1)
+    assert content != GOOD_BYTES
+    refused(content, 'template has duplicate key "dns"')
+
+
 @pytest.mark.parametrize("value", [None, "scepproxyd.android-certificate-template/2", 1])
 def test_wrong_format(value):
     def change(t):

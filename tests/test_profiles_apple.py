@@ -357,3 +357,144 @@ def test_variable_in_cdata():
 def test_variable_spelled_with_character_references():
     content = GOOD_BYTES.replace(RENEWAL_ID.encode(), b"&#36;FLEET_VAR_SCEP_RENEWAL_ID")
     refused(content, HIDDEN % RENEWAL_ID)
+
+
+# -- what plistlib would keep quietly: repeated keys, a second top level --------
+
+STATIC_FIRST = (
+    b"<key>Challenge</key>\n             <string>static-secret</string>\n"
+    b"             <key>Challenge</key>"
+)
+
+
+def test_static_challenge_hidden_behind_a_repeated_key():
+    content = GOOD_BYTES.replace(b"<key>Challenge</key>", STATIC_FIRST, 1)
+    assert plistlib.loads(content)["PayloadContent"][0]["PayloadContent"]["Challenge"] == CHALLENGE
+    refused(
+        content,
+        'key "Challenge" appears more than once in the dictionary at PayloadContent > item 1 > PayloadContent;'
+        " each key may appear only once in a dictionary",
+    )
+
+
+def test_repeated_key_at_the_top_level():
+    content = GOOD_BYTES.replace(
+        b"<key>PayloadIdentifier</key>\n    <string>Fleet.WiFi</string>",
+        b"<key>PayloadIdentifier</key><string>a</string><key>PayloadIdentifier</key><string>Fleet.WiFi</string>",
+    )
+    refused(
+        content,
+        'key "PayloadIdentifier" appears more than once in the top-level dictionary;'
+        " each key may appear only once in a dictionary",
+    )
+
+
+def test_repeated_key_spelled_with_a_character_reference_is_the_same_key():
+    content = GOOD_BYTES.replace(b"<key>Challenge</key>", STATIC_FIRST.replace(b"<key>Ch", b"<key>&#67;h", 1), 1)
+    refused(
+        content,
+        'key "Challenge" appears more than once in the dictionary at PayloadContent > item 1 > PayloadContent;'
+        " each key may appear only once in a dictionary",
+    )
+
+
+def test_repeated_key_whose_value_is_a_dictionary():
+    def change(profile, scep, fields):
+        profile["PayloadContent"].append({"PayloadType": "com.apple.wifi.managed", "EAPClientConfiguration": {}})
+
+    content = variant(change).replace(
+        b"<key>EAPClientConfiguration</key>",
+        b"<key>EAPClientConfiguration</key><dict/><key>EAPClientConfiguration</key>",
+    )
+    refused(
+        content,
+        'key "EAPClientConfiguration" appears more than once in the dictionary at PayloadContent > item 2;'
+        " each key may appear only once in a dictionary",
+    )
+
+
+def test_repeated_key_deep_down_is_named_with_a_shortened_path():
+    nested = {"PayloadType": "com.example.deep"}
+    inner = nested
+    for level in range(12):
+        inner["Level%d" % (level,)] = [{}]
+        inner = inner["Level%d" % (level,)][0]
+    inner["Leaf"] = "x"
+    content = variant(lambda p, s, f: p["PayloadContent"].append(nested))
+    content = content.replace(b"<key>Leaf</key>", b"<key>Leaf</key><string>y</string><key>Leaf</key>")
+    refused(
+        content,
+        'key "Leaf" appears more than once in the dictionary at PayloadContent > item 2 > ... > item 1 > Level10'
+        " > item 1 > Level11 > item 1; each key may appear only once in a dictionary",
+    )
+
+
+def test_long_repeated_key_is_shortened_in_the_message():
+    key = "K" * 500
+    content = GOOD_BYTES.replace(
+        b"<key>PayloadVersion</key>\n    <integer>1</integer>\n</dict>",
+        b"<key>%s</key><true/><key>%s</key><false/></dict>" % (key.encode(), key.encode()),
+    )
+    refused(
+        content,
+        'key "%s..." appears more than once in the top-level dictionary;'
+        " each key may appear only once in a dictionary" % ("K" * 77,),
+    )
+
+
+def test_repeated_keys_in_separate_dictionaries_are_fine():
+    # Every payload has its own PayloadType, PayloadIdentifier, ...: only a repeat within one dictionary counts.
+    parsed = parse_profile(
+        variant(lambda p, s, f: p["PayloadContent"].append({"PayloadType": "com.apple.wifi.managed",
+                                                            "PayloadIdentifier": "wifi"}))
+    )
+    assert parsed.identifier == "Fleet.WiFi"
+
+
+def test_second_top_level_dictionary():
+    decoy = GOOD_BYTES.split(b"<plist version=\"1.0\">")[1].split(b"</plist>")[0]
+    static = decoy.replace(CHALLENGE.encode(), b"static-secret")
+    content = GOOD_BYTES.replace(b"<plist version=\"1.0\">", b"<plist version=\"1.0\">" + static, 1)
+    assert plistlib.loads(content) == GOOD  # plistlib keeps the last
+    refused(
+        content,
+        "profile has more than one top-level value in its <plist>; devices and scepproxyd could"
+        " read different ones, so the profile must be a single dictionary",
+    )
+
+
+# -- only one SCEP payload, wherever it is written -------------------------------
+
+NESTED = (
+    "profile has a com.apple.security.scep payload at %s; a profile may have one SCEP payload,"
+    " directly in its top-level PayloadContent"
+)
+
+
+def test_scep_payload_nested_in_another_payload():
+    def change(profile, scep, fields):
+        extra = copy.deepcopy(scep)
+        extra["PayloadContent"]["Challenge"] = "static-secret"
+        extra["PayloadContent"]["URL"] = "https://ca.example/scep"
+        extra["PayloadContent"]["Subject"] = [[["CN", "device"]]]
+        profile["PayloadContent"].append({"PayloadType": "com.apple.wifi.managed", "Extra": [extra]})
+
+    refused(variant(change), NESTED % ("PayloadContent > item 2 > Extra > item 1",))
+
+
+def test_scep_payload_nested_inside_the_scep_payload():
+    def change(profile, scep, fields):
+        fields["Nested"] = {"PayloadType": "com.apple.security.scep", "Challenge": "static-secret"}
+
+    refused(variant(change), NESTED % ("PayloadContent > item 1 > PayloadContent > Nested",))
+
+
+def test_only_scep_payload_nested_is_refused_where_it_is():
+    def change(profile, scep, fields):
+        profile["PayloadContent"] = [{"PayloadType": "com.apple.wifi.managed", "PayloadContent": [scep]}]
+
+    refused(variant(change), NESTED % ("PayloadContent > item 1 > PayloadContent > item 1",))
+
+
+def test_profile_dictionary_typed_as_a_scep_payload():
+    refused(variant(lambda p, s, f: p.update(PayloadType="com.apple.security.scep")), NESTED % ("the top level",))

@@ -1,18 +1,26 @@
 """Tests for the store's admin plane: CAs, hosts and profiles."""
 
+import sqlite3
+from importlib import resources
+
 import pytest
 import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.logger import globalLogPublisher
 
+from scepproxyd.lifecycle import StoreService
 from scepproxyd.store import (
     CertificateAuthority,
     DuplicateError,
     Host,
+    IdentifierInUseError,
     InUseError,
     NotFoundError,
     Profile,
+    Store,
     StoreError,
 )
-from test_store import CA, EPOCH, HOST, PROFILE, clock, db_path, raw, seed, store  # noqa: F401 (fixtures)
+from test_store import CA, EPOCH, HOST, PROFILE, SCHEMA_VERSION, clock, db_path, raw, seed, store  # noqa: F401 (fixtures)
 
 URL = "https://ca.example/scep"
 
@@ -212,6 +220,124 @@ async def test_add_profile_errors(store, db_path):
     await store.add_profile(PROFILE, "p", "ios", b"x", None)
     with pytest.raises(DuplicateError, match=f"uuid {PROFILE} already exists"):
         await store.add_profile(PROFILE, "other", "ios", b"y", None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_identifier_belongs_to_one_profile_of_its_kind(store, db_path):
+    await store.add_profile("first", "Wi-Fi", "macos", b"<plist/>", None, identifier="com.example.wifi")
+    with pytest.raises(IdentifierInUseError) as e:
+        await store.add_profile("second", "Wi-Fi again", "ios", b"<plist/>", None, identifier="com.example.wifi")
+    assert (e.value.kind, e.value.identifier, e.value.profile_uuid, e.value.profile_name) == (
+        "mobileconfig", "com.example.wifi", "first", "Wi-Fi")
+    assert isinstance(e.value, DuplicateError)
+    assert [row[0] for row in table(db_path, "profiles")] == ["first"]
+    # The other kind has its own names; profiles without an identifier (older than schema 2) never clash.
+    await store.add_profile("android", "t", "android", b"{}", None, kind="android_template", identifier="com.example.wifi")
+    with pytest.raises(IdentifierInUseError, match="android_template identifier 'com.example.wifi' is already used by profile android"):
+        await store.add_profile("android-2", "t", "android", b"{}", None, kind="android_template", identifier="com.example.wifi")
+    await store.add_profile("old-1", "p", "macos", b"<plist/>", None)
+    await store.add_profile("old-2", "p", "macos", b"<plist/>", None)
+    # Free again once its holder is gone.
+    assert await store.delete_profile("first")
+    await store.add_profile("second", "Wi-Fi again", "ios", b"<plist/>", None, identifier="com.example.wifi")
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_adds_of_one_identifier_one_wins(store, db_path):
+    adds = [
+        store.add_profile("p%d" % i, "p", "macos", b"<plist/>", None, identifier="com.example.race")
+        for i in range(5)
+    ]
+    results = await defer.DeferredList(adds, consumeErrors=True)
+    won = [value for ok, value in results if ok]
+    lost = [value.value for ok, value in results if not ok]
+    assert len(won) == 1 and len(lost) == 4
+    assert all(isinstance(error, IdentifierInUseError) and error.profile_uuid == won[0].uuid for error in lost)
+    assert [row[0] for row in table(db_path, "profiles")] == [won[0].uuid]
+
+
+def test_unique_index_refuses_a_second_identifier_written_around_the_store(db_path):
+    conn = raw(db_path)
+    insert = ("INSERT INTO profiles (uuid, name, platform, content, created_at, updated_at, kind, identifier)"
+              " VALUES (?, 'p', 'macos', x'00', 0, 0, 'mobileconfig', 'com.example.wifi')")
+    conn.execute(insert, ("a",))
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed: profiles.kind, profiles.identifier"):
+        conn.execute(insert, ("b",))
+
+
+def pre_unique_identifiers_database(path):
+    """A database as the release before one-profile-per-identifier left it, holding a shared identifier."""
+    conn = raw(path)
+    for entry in sorted(resources.files("scepproxyd.store").joinpath("schema").iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        if entry.name.endswith("_unique_profile_identifiers.sql"):
+            break
+        conn.executescript(entry.read_text(encoding="utf-8"))
+        conn.execute("PRAGMA user_version = %d" % (int(entry.name[:4]),))
+    conn.executemany(
+        "INSERT INTO profiles (uuid, name, platform, content, created_at, updated_at, kind, identifier)"
+        " VALUES (?, ?, 'macos', x'00', ?, ?, ?, ?)",
+        [
+            ("twin-b", "Wi-Fi (copy)", EPOCH + 1, EPOCH + 1, "mobileconfig", "com.example.wifi"),
+            ("twin-a", "Wi-Fi", EPOCH, EPOCH, "mobileconfig", "com.example.wifi"),
+            ("alone", "VPN", EPOCH, EPOCH, "mobileconfig", "com.example.vpn"),
+            ("android", "Wi-Fi", EPOCH, EPOCH, "android_template", "com.example.wifi"),
+            ("legacy-1", "p", EPOCH, EPOCH, "mobileconfig", None),
+            ("legacy-2", "p", EPOCH, EPOCH, "mobileconfig", None),
+        ],
+    )
+    conn.commit()
+    conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_migration_keeps_shared_identifiers_and_still_refuses_new_ones(tmp_path, clock):
+    path = tmp_path / "old.sqlite"
+    pre_unique_identifiers_database(path)
+    assert Store.migrate(path) == SCHEMA_VERSION
+    conn = raw(path)
+    assert conn.execute("SELECT uuid, identifier, identifier_shared FROM profiles ORDER BY uuid").fetchall() == [
+        ("alone", "com.example.vpn", 0), ("android", "com.example.wifi", 0), ("legacy-1", None, 0),
+        ("legacy-2", None, 0), ("twin-a", "com.example.wifi", 1), ("twin-b", "com.example.wifi", 1),
+    ]
+    s = Store(path, reactor, clock=clock)
+    await s.start()
+    try:
+        assert await s.shared_profile_identifiers() == [("mobileconfig", "com.example.wifi", ["twin-a", "twin-b"])]
+        with pytest.raises(IdentifierInUseError) as e:
+            await s.add_profile("new", "n", "macos", b"<plist/>", None, identifier="com.example.wifi")
+        assert (e.value.profile_uuid, e.value.profile_name) == ("twin-a", "Wi-Fi")
+        with pytest.raises(IdentifierInUseError):
+            await s.add_profile("new", "n", "macos", b"<plist/>", None, identifier="com.example.vpn")
+        await s.add_profile("new", "n", "macos", b"<plist/>", None, identifier="com.example.other")
+        # The admin deletes one twin: no warning left, and the identifier stays the other's.
+        assert await s.delete_profile("twin-b")
+        assert await s.shared_profile_identifiers() == []
+        with pytest.raises(IdentifierInUseError, match="used by profile twin-a"):
+            await s.add_profile("newer", "n", "macos", b"<plist/>", None, identifier="com.example.wifi")
+    finally:
+        await s.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_warns_about_profiles_sharing_an_identifier(tmp_path):
+    path = tmp_path / "old.sqlite"
+    pre_unique_identifiers_database(path)
+    Store.migrate(path)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    service = StoreService(Store(path, reactor))
+    try:
+        service.startService()
+        await service.ready
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await service.stopService()
+    warnings = [e for e in events if "share the identifier" in e.get("log_format", "")]
+    assert [(e["profiles"], e["kind"], e["identifier"]) for e in warnings] == [
+        ("twin-a, twin-b", "mobileconfig", "com.example.wifi")
+    ]
 
 
 @pytest_twisted.ensureDeferred

@@ -52,6 +52,7 @@ def parse(content: bytes) -> ParsedProfile:
     name = display_name if isinstance(display_name, str) and display_name.strip() else identifier
     occurrences = list(_occurrences(plist, ()))
     _refuse_hidden(text, in_text, occurrences)
+    _refuse_nested_scep(plist)
 
     scep = [i for i, p in enumerate(payloads) if p.get("PayloadType") == SCEP_PAYLOAD_TYPE]
     if not occurrences:
@@ -130,11 +131,106 @@ def _text(content: bytes) -> str:
         raise ProfileError("profile is not valid UTF-8: %s" % (e,)) from None
 
 
+class _DuplicateKey(Exception):
+    """Raised from inside plistlib (so not one of the errors it reports bad input with)."""
+
+    def __init__(self, key: str, where: dict) -> None:
+        super().__init__(key)
+        self.key = key
+        self.where = where
+
+
 def _load(content: bytes) -> object:
+    """Parse the plist, refusing what plistlib would silently drop.
+
+    plistlib keeps the last of two equal keys in a dictionary, and the last
+    of two top-level values, so a first one that a device may read instead
+    (a static challenge, say) would hide behind a second that passes the
+    rules. Its dictionaries are built by ``dict_type``, so a dictionary that
+    refuses a key it already has sees exactly the keys plistlib sees, with
+    no second reading of the XML.
+    """
+    made = []
+
+    class Once(dict):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+        def __setitem__(self, key, value) -> None:
+            if key in self:
+                raise _DuplicateKey(key, self)
+            super().__setitem__(key, value)
+
     try:
-        return plistlib.loads(content, fmt=plistlib.FMT_XML)
+        plist = plistlib.loads(content, fmt=plistlib.FMT_XML, dict_type=Once)
+    except _DuplicateKey as e:
+        # The first dictionary made is the root (a profile's root is one); the
+        # one at fault is already linked into it.
+        where = _path_to(made[0], e.where) if made else None
+        raise ProfileError(
+            'key "%s" appears more than once in %s; each key may appear only once in a dictionary'
+            % (_shorten(e.key), _dictionary_at(where))
+        ) from None
     except _PLIST_ERRORS as e:
         raise ProfileError("profile is not a valid XML plist: %s" % (_reason(e),)) from None
+    if made and isinstance(plist, dict) and plist is not made[0]:
+        raise ProfileError(
+            "profile has more than one top-level value in its <plist>; devices and scepproxyd could"
+            " read different ones, so the profile must be a single dictionary"
+        )
+    return plist
+
+
+def _walk(plist: object):
+    """Every dictionary and array in ``plist`` as (value, link), iteratively.
+
+    ``link`` is (parent link, key or index) back to the root, so a path is
+    built only for the one value a message names, whatever the depth.
+    """
+    pending = [(plist, None)]
+    while pending:
+        value, link = pending.pop()
+        yield value, link
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        children = [(item, (link, step)) for step, item in items if isinstance(item, (dict, list))]
+        pending.extend(reversed(children))  # document order
+
+
+def _path(link) -> tuple:
+    steps = []
+    while link is not None:
+        link, step = link
+        steps.append(step)
+    return tuple(reversed(steps))
+
+
+def _path_to(root: object, target: object) -> tuple | None:
+    for value, link in _walk(root):
+        if value is target:
+            return _path(link)
+    return None
+
+
+_SHOWN_STEPS = 8
+
+
+def _where(path: tuple) -> str:
+    """``("PayloadContent", 0, "Subject")`` as ``PayloadContent > item 1 > Subject``."""
+    steps = ["item %d" % (step + 1,) if isinstance(step, int) else _shorten(step) for step in path]
+    if len(steps) > _SHOWN_STEPS:
+        steps = steps[:2] + ["..."] + steps[-(_SHOWN_STEPS - 3):]
+    return " > ".join(steps)
+
+
+def _dictionary_at(path: tuple | None) -> str:
+    if path is None:
+        return "a dictionary"
+    return "the top-level dictionary" if not path else "the dictionary at %s" % (_where(path),)
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _reason(error: Exception) -> str:
@@ -193,6 +289,24 @@ def _refuse_hidden(text: str, in_text: list[variables.Found], parsed: list[check
     for name in sorted(seen_in_text.keys() | seen_parsed.keys()):
         if seen_in_text[name] != seen_parsed[name]:
             raise ProfileError(message % ("$" + name,))
+
+
+def _refuse_nested_scep(plist: dict) -> None:
+    """A SCEP payload anywhere but directly in the top-level PayloadContent is refused.
+
+    Only those are validated; one nested deeper (in another payload, say)
+    would reach the device with whatever URL and challenge it carries.
+    """
+    for value, link in _walk(plist):
+        if not isinstance(value, dict) or value.get("PayloadType") != SCEP_PAYLOAD_TYPE:
+            continue
+        path = _path(link)
+        if len(path) == 2 and path[0] == "PayloadContent" and isinstance(path[1], int):
+            continue
+        raise ProfileError(
+            "profile has a %s payload at %s; a profile may have one SCEP payload, directly in its"
+            " top-level PayloadContent" % (SCEP_PAYLOAD_TYPE, _where(path) or "the top level")
+        )
 
 
 def _scep_fields(payload: dict, scep_path: tuple) -> tuple[tuple, dict]:

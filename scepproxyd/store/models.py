@@ -27,6 +27,24 @@ class DuplicateError(StoreError):
     """The row being added already exists."""
 
 
+class IdentifierInUseError(DuplicateError):
+    """
+    Another profile of the same kind already has this identifier.
+
+    The identifier (Apple PayloadIdentifier, Android template name) is how
+    an installed-profiles report names a profile, so two profiles sharing one
+    would verify each other. ``profile_uuid`` and ``profile_name`` say which
+    profile holds it, so the admin can tell which to change or delete.
+    """
+
+    def __init__(self, kind: str, identifier: str, profile_uuid: str, profile_name: str):
+        super().__init__(f"{kind} identifier {identifier!r} is already used by profile {profile_uuid} ({profile_name})")
+        self.kind = kind
+        self.identifier = identifier
+        self.profile_uuid = profile_uuid
+        self.profile_name = profile_name
+
+
 class NotFoundError(StoreError):
     """An operation names a CA, host, profile or host profile that does not exist."""
 

@@ -10,6 +10,7 @@ from scepproxyd.store.models import (
     PLATFORMS,
     PROFILE_KINDS,
     DuplicateError,
+    IdentifierInUseError,
     NotFoundError,
     Profile,
     check_choice,
@@ -42,6 +43,10 @@ class ProfileQueries:
 
         ``identifier`` is the Apple PayloadIdentifier or the template name;
         ``variables`` the variable names found in it, kept for display.
+        IdentifierInUseError if another profile of the same kind has that
+        identifier: the check runs in the insert's own transaction (so of two
+        concurrent uploads one fails), with the unique index of schema 7
+        behind it.
         """
         now = self._clock.seconds()
         variables = tuple(variables)
@@ -51,6 +56,13 @@ class ProfileQueries:
             check_choice(kind, PROFILE_KINDS, "profile kind")
             if conn.execute("SELECT 1 FROM profiles WHERE uuid = ?", (uuid,)).fetchone() is not None:
                 raise DuplicateError(f"a profile with uuid {uuid} already exists")
+            if identifier is not None:
+                holder = conn.execute(
+                    "SELECT uuid, name FROM profiles WHERE kind = ? AND identifier = ? ORDER BY created_at, uuid LIMIT 1",
+                    (kind, identifier),
+                ).fetchone()
+                if holder is not None:
+                    raise IdentifierInUseError(kind, identifier, *holder)
             if ca_name is not None and conn.execute("SELECT 1 FROM cas WHERE name = ?", (ca_name,)).fetchone() is None:
                 raise NotFoundError(f"profile {uuid} uses CA {ca_name!r}, which does not exist")
             row = conn.execute(
@@ -84,3 +96,22 @@ class ProfileQueries:
             return conn.execute("DELETE FROM profiles WHERE uuid = ?", (uuid,)).rowcount == 1
 
         return self._submit(delete_profile)
+
+    def shared_profile_identifiers(self) -> defer.Deferred:
+        """
+        Identifiers that more than one profile of a kind holds, as ``[(kind, identifier, [uuids])]``.
+
+        Only databases made before schema 7 can have them (uploads refuse a
+        taken identifier since); the daemon warns about them at start.
+        """
+
+        def shared_profile_identifiers(conn):
+            shared = {}
+            for kind, identifier, uuid in conn.execute(
+                "SELECT kind, identifier, uuid FROM profiles WHERE identifier_shared = 1"
+                " ORDER BY kind, identifier, created_at, uuid"
+            ):
+                shared.setdefault((kind, identifier), []).append(uuid)
+            return [(kind, identifier, uuids) for (kind, identifier), uuids in shared.items() if len(uuids) > 1]
+
+        return self._submit(shared_profile_identifiers, write=False)

@@ -11,12 +11,13 @@ import attrs
 
 from scepproxyd import admin
 from scepproxyd.logs import get_logger
-from scepproxyd.profiles import ProfileError, parse_profile
+from scepproxyd.profiles import ANDROID_TEMPLATE, MOBILECONFIG, ProfileError, parse_profile
 from scepproxyd.store import (
     HOST_PROFILE_STATUSES,
     CertificateAuthority,
     PLATFORMS,
     DuplicateError,
+    IdentifierInUseError,
     InUseError,
     NotFoundError,
     PlatformMismatchError,
@@ -85,6 +86,18 @@ def host_profile_json(hp) -> dict:
         "cert_not_after": _time(hp.cert_not_after),
         "updated_at": _time(hp.updated_at),
     }
+
+
+# What the identifier is called in each kind of profile, for messages and ``field``.
+_IDENTIFIER_FIELD = {MOBILECONFIG: "PayloadIdentifier", ANDROID_TEMPLATE: "name"}
+_IDENTIFIER_LABEL = {MOBILECONFIG: "PayloadIdentifier", ANDROID_TEMPLATE: "template name"}
+
+
+def _identifier_in_use_message(error: IdentifierInUseError) -> str:
+    return "%s %r is already used by profile %s (%s); give this one another %s, or delete that profile first" % (
+        _IDENTIFIER_LABEL[error.kind], error.identifier, error.profile_uuid, error.profile_name,
+        _IDENTIFIER_LABEL[error.kind],
+    )
 
 
 def _query(request, name: str) -> str | None:
@@ -321,7 +334,7 @@ class AdminRoutes:
         except ProfileError as e:
             raise Invalid(str(e), field=getattr(e, "field", None) or "profile") from None
         platform = _query(request, "platform")
-        if parsed.kind == "android_template":
+        if parsed.kind == ANDROID_TEMPLATE:
             if platform not in (None, "android"):
                 raise Invalid("an Android certificate template is for platform android", field="platform")
             platform = "android"
@@ -342,6 +355,8 @@ class AdminRoutes:
                 profile_uuid, name, platform, content, parsed.ca_name,
                 kind=parsed.kind, identifier=parsed.identifier, variables=parsed.variables,
             )
+        except IdentifierInUseError as e:
+            raise Conflict(_identifier_in_use_message(e), field=_IDENTIFIER_FIELD[e.kind]) from None
         except NotFoundError:
             raise Invalid("profile uses CA %r, which does not exist" % (parsed.ca_name,), field="profile") from None
         log.info("admin uploaded profile {profile} ({name}) for {platform}", profile=profile_uuid, name=name, platform=platform)
