@@ -168,10 +168,10 @@ class Matcher:
         return len(value) in positions
 
     def describe(self) -> str:
-        """The value as the profile renders it, for messages; says what %SerialNumber% must be."""
+        """The value as the profile renders it, quoted, for messages; says what %SerialNumber% must be."""
         if self.serial is None:
-            return self.template
-        return "%s with %%%s%% = %s" % (self.template, variables.SERIAL_NUMBER, self.serial)
+            return "'%s'" % (self.template,)
+        return "'%s' with %%%s%% = '%s'" % (self.template, variables.SERIAL_NUMBER, self.serial)
 
 
 @attrs.frozen
