@@ -204,7 +204,8 @@ def test_san_pattern_must_match_the_whole_name():
 ], ids=["dirname", "registered-id", "other-name", "upn-ia5", "ip-network"])
 def test_unissuable_san_types_refused_whatever_the_policy(general_name, described):
     assert judge(csr(rsa_key(), "device", [general_name]), san_policy=EVERY_SAN) == Refusal(
-        "badRequest", "CSR asks for %s subjectAltName; only dns, email, uri, ip, upn names can be issued" % (described,))
+        "badRequest",
+        "CSR asks for %s subjectAltName; only dns, email, uri, ip, upn names can be issued" % (described,))
 
 
 def test_device_text_in_reasons_is_escaped_and_cut():

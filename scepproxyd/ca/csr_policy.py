@@ -313,7 +313,7 @@ def _name_of(oid: str) -> str:
 
 
 def _rdn_label(oids) -> str:
-    return "+".join(_name_of(oid) for oid in oids)
+    return "+".join(sorted(_name_of(oid) for oid in oids))
 
 
 def _check_subject(subject: x509.Name, expected_rdns: tuple) -> None:
