@@ -123,12 +123,26 @@ KEY_USAGES = (
 EXTENDED_KEY_USAGES = ("client_auth", "server_auth", "email_protection", "code_signing", "ipsec_ike")
 
 
+def _no_sans():
+    from scepproxyd.ca.csr_policy import SanPolicy
+
+    return SanPolicy()
+
+
+def _default_key_policy():
+    from scepproxyd.ca.csr_policy import KeyPolicy
+
+    return KeyPolicy()
+
+
 @attrs.frozen
 class CertificateTemplate:
     name: str
     validity: float
     key_usage: tuple[str, ...]
     extended_key_usage: tuple[str, ...]
+    #: scepproxyd.ca.csr_policy.SanPolicy: the subjectAltNames its certificates may carry.
+    san_policy: object = attrs.field(factory=_no_sans)
 
 
 @attrs.frozen
@@ -153,6 +167,8 @@ class CASettings:
     crl_validity: float
     default_template: str
     templates: dict = attrs.field(hash=False)
+    #: scepproxyd.ca.csr_policy.KeyPolicy: the public keys the CA signs.
+    key_policy: object = attrs.field(factory=_default_key_policy)
 
 
 @attrs.frozen
@@ -405,6 +421,31 @@ def _regex(value: str) -> str:
     return value
 
 
+def _san_pattern(value: str) -> str | None:
+    """A subjectAltName pattern, or None for "-" (no names of that type)."""
+    if value.strip() == "-":
+        return None
+    try:
+        re.compile(value.strip())
+    except re.error as e:
+        raise _Invalid("must be a regular expression (%s) or -, got %r" % (e, value))
+    return value.strip()
+
+
+def _rsa_exponents(value: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in value.split(",")]
+    if not all(p.isdigit() and int(p) >= 3 and int(p) % 2 == 1 for p in parts):
+        raise _Invalid("must be a comma-separated list of odd whole numbers of 3 or more, e.g. 65537, got %r"
+                       % (value,))
+    return tuple(int(p) for p in parts)
+
+
+def _ec_curves(value: str) -> tuple[str, ...]:
+    from scepproxyd.ca.csr_policy import EC_CURVES
+
+    return _names(EC_CURVES)(value)
+
+
 def _networks(value: str) -> tuple:
     import ipaddress
 
@@ -430,6 +471,9 @@ def _template_name(value: str) -> str:
         raise _Invalid("must be 1-64 letters, digits, '.', '_' or '-', got %r" % (value,))
     return value.strip()
 
+
+# The subjectAltName types of scepproxyd.profiles.binding.SAN_TYPES, one san_TYPE key each.
+_SAN_TYPES = ("dns", "email", "uri", "ip", "upn")
 
 # section -> key -> (default, converter). Defaults go through the converters
 # too, so a default can never be something a user could not write.
@@ -512,6 +556,11 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
         "key_usage": ("digital_signature, key_encipherment", _names(KEY_USAGES)),
         "extended_key_usage": ("client_auth", _names(EXTENDED_KEY_USAGES)),
         "default_template": ("default", _template_name),
+        "key_rsa_min_bits": ("2048", _whole(1024, 16384)),
+        "key_rsa_exponents": ("65537", _rsa_exponents),
+        "key_ec_curves": ("secp256r1, secp384r1, secp521r1", _ec_curves),
+        "key_allow_ed25519": ("no", _boolean),
+        **{"san_" + san_type: ("-", _san_pattern) for san_type in _SAN_TYPES},
     },
 }
 
@@ -522,6 +571,7 @@ _TEMPLATE_SCHEMA: dict[str, tuple[str, Callable[[str], object]]] = {
     "validity": ("365d", _duration(MINUTE, 3650 * DAY, allow_low=True)),
     "key_usage": ("digital_signature, key_encipherment", _names(KEY_USAGES)),
     "extended_key_usage": ("client_auth", _names(EXTENDED_KEY_USAGES)),
+    **{"san_" + san_type: ("-", _san_pattern) for san_type in _SAN_TYPES},
 }
 
 
@@ -579,16 +629,34 @@ def _section_values(parser, config_path, section: str, keys) -> dict[str, object
     return values
 
 
+def _san_policy(values: dict, section: str):
+    """Pop the san_TYPE keys of a template's ``values`` into its SanPolicy."""
+    from scepproxyd.ca.csr_policy import SanPolicy
+
+    return SanPolicy.from_patterns({t: values.pop("san_" + t) for t in _SAN_TYPES}, section)
+
+
 def _ca_settings(values, template_sections, state_directory: Path, config_path) -> CASettings:
+    from scepproxyd.ca.csr_policy import KeyPolicy
+
     ca = dict(values["ca"])
+    key_policy = KeyPolicy(
+        rsa_min_bits=ca.pop("key_rsa_min_bits"),
+        rsa_exponents=ca.pop("key_rsa_exponents"),
+        ec_curves=ca.pop("key_ec_curves"),
+        allow_ed25519=ca.pop("key_allow_ed25519"),
+    )
     templates = {
         "default": CertificateTemplate(
-            "default", ca.pop("certificate_validity"), ca.pop("key_usage"), ca.pop("extended_key_usage")
+            "default", ca.pop("certificate_validity"), ca.pop("key_usage"), ca.pop("extended_key_usage"),
+            _san_policy(ca, "ca"),
         )
     }
     for section in template_sections:
         name = section[len(_TEMPLATE_PREFIX):]
-        templates[name] = CertificateTemplate(name, **values[section])
+        template = dict(values[section])
+        san_policy = _san_policy(template, section)
+        templates[name] = CertificateTemplate(name, san_policy=san_policy, **template)
     if ca["default_template"] not in templates:
         raise ConfigError(
             config_path, "ca", "default_template",
@@ -604,7 +672,7 @@ def _ca_settings(values, template_sections, state_directory: Path, config_path) 
     for key in ("import_key", "import_certificate", "import_key_password_file"):
         if ca[key] is not None:
             ca[key] = _resolve(Path(os.path.abspath(config_path)).parent, ca[key])
-    return CASettings(templates=templates, **ca)
+    return CASettings(templates=templates, key_policy=key_policy, **ca)
 
 
 def parse_settings(text: str, config_path: Path) -> Settings:

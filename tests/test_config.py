@@ -392,6 +392,15 @@ EVERY_KEY = [
     ("ca", "key_usage"),
     ("ca", "extended_key_usage"),
     ("ca", "default_template"),
+    ("ca", "key_rsa_min_bits"),
+    ("ca", "key_rsa_exponents"),
+    ("ca", "key_ec_curves"),
+    ("ca", "key_allow_ed25519"),
+    ("ca", "san_dns"),
+    ("ca", "san_email"),
+    ("ca", "san_uri"),
+    ("ca", "san_ip"),
+    ("ca", "san_upn"),
 ]
 
 
@@ -677,3 +686,75 @@ def test_tls_files_go_together_and_resolve():
     settings = parse("[server]\ntls_certificate = tls/cert.pem\ntls_key = tls/key.pem\n")
     assert settings.server.tls_certificate == CONFIG.parent / "tls" / "cert.pem"
     assert settings.server.tls_chain is None
+
+
+# -- issuance policy: [ca] key_* and san_* keys -----------------------------
+
+
+def test_issuance_policy_defaults():
+    from scepproxyd.ca.csr_policy import KeyPolicy, SanPolicy
+
+    ca = parse("[template.vpn]\nvalidity = 90d\n").ca
+    assert ca.key_policy == KeyPolicy(2048, (65537,), ("secp256r1", "secp384r1", "secp521r1"), False)
+    assert ca.templates["default"].san_policy == SanPolicy((), "ca")
+    assert ca.templates["vpn"].san_policy == SanPolicy((), "template.vpn")
+
+
+def test_key_policy_keys():
+    ca = parse("[ca]\nkey_rsa_min_bits = 3072\nkey_rsa_exponents = 65537, 3\nkey_ec_curves = secp384r1\n"
+               "key_allow_ed25519 = yes\n").ca
+    assert ca.key_policy.rsa_min_bits == 3072
+    assert ca.key_policy.rsa_exponents == (65537, 3)
+    assert ca.key_policy.ec_curves == ("secp384r1",)
+    assert ca.key_policy.allow_ed25519 is True
+    assert parse("[ca]\nkey_ec_curves = -\n").ca.key_policy.ec_curves == ()
+
+
+def test_san_policy_per_template():
+    ca = parse("[ca]\nsan_dns = [a-z0-9-]+\\.corp\\.example\n"
+               "[template.vpn]\nsan_ip = 10\\.20\\.[0-9.]+\nsan_upn = [a-z]+@corp\\.example\n").ca
+    default, vpn = ca.templates["default"].san_policy, ca.templates["vpn"].san_policy
+    assert [t for t, _ in default.allowed] == ["dns"] and default.section == "ca"
+    assert default.pattern_for("dns").fullmatch("GW-1.corp.example")  # DNS ignores case
+    assert default.pattern_for("dns").fullmatch("*.corp.example") is None
+    assert default.pattern_for("ip") is None
+    assert [t for t, _ in vpn.allowed] == ["ip", "upn"] and vpn.section == "template.vpn"
+    assert vpn.pattern_for("upn").fullmatch("ann@corp.example")
+    assert vpn.pattern_for("upn").fullmatch("Ann@corp.example") is None  # only DNS ignores case
+
+
+def test_config_san_types_are_the_binding_ones():
+    from scepproxyd.config import _SAN_TYPES
+    from scepproxyd.profiles.binding import SAN_TYPES
+
+    assert _SAN_TYPES == SAN_TYPES
+
+
+@pytest.mark.parametrize(
+    "text, section, key, expected",
+    [
+        ("[ca]\nkey_rsa_min_bits = 512\n", "ca", "key_rsa_min_bits",
+         "must be a whole number from 1024 to 16384, got '512'"),
+        ("[ca]\nkey_rsa_min_bits = big\n", "ca", "key_rsa_min_bits", "whole number from 1024 to 16384"),
+        ("[ca]\nkey_rsa_exponents = 65536\n", "ca", "key_rsa_exponents",
+         "must be a comma-separated list of odd whole numbers of 3 or more, e.g. 65537, got '65536'"),
+        ("[ca]\nkey_rsa_exponents = 1\n", "ca", "key_rsa_exponents", "odd whole numbers of 3 or more"),
+        ("[ca]\nkey_rsa_exponents = 65537,\n", "ca", "key_rsa_exponents", "odd whole numbers"),
+        ("[ca]\nkey_ec_curves = P-256\n", "ca", "key_ec_curves",
+         "must be a comma-separated list of secp192r1, secp224r1, secp256r1"),
+        ("[ca]\nkey_allow_ed25519 = sometimes\n", "ca", "key_allow_ed25519", "must be yes or no"),
+        ("[ca]\nsan_dns = [a-z\n", "ca", "san_dns", "must be a regular expression ("),
+        ("[ca]\nsan_email = (\n", "ca", "san_email", "or -, got '('"),
+        ("[ca]\nsan_uri = *\n", "ca", "san_uri", "must be a regular expression"),
+        ("[ca]\nsan_ip = )\n", "ca", "san_ip", "must be a regular expression"),
+        ("[ca]\nsan_upn = [\n", "ca", "san_upn", "must be a regular expression"),
+        ("[template.vpn]\nsan_dns = (\n", "template.vpn", "san_dns", "must be a regular expression"),
+        ("[template.vpn]\nsan_dnsname = x\n", "template.vpn", "san_dnsname", "unknown key"),
+        ("[template.vpn]\nkey_rsa_min_bits = 4096\n", "template.vpn", "key_rsa_min_bits", "unknown key"),
+    ],
+)
+def test_issuance_policy_refused(text, section, key, expected):
+    error = refused(text)
+    assert (error.path, error.section, error.key) == (str(CONFIG), section, key)
+    assert str(error).startswith("%s: [%s] %s: " % (CONFIG, section, key))
+    assert expected in error.problem

@@ -2,9 +2,12 @@
 
 The CSR supplies only the subject, the public key and the subjectAltName;
 everything that says what the certificate may be used for (key usage,
-extended key usage, validity) comes from the CA's template, so a device
-cannot ask for more than the operator allowed. A certificate never outlives
-the CA that signed it.
+extended key usage, validity, basicConstraints CA:false) comes from the
+CA's template, so a device cannot ask for more than the operator allowed.
+Which subjects, keys and names may be signed at all is csr_policy's
+question, asked before building; building still refuses the CA's own
+subject and names of a type the policy never allows, so no caller can
+issue those by skipping it. A certificate never outlives the CA that signed it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from scepproxyd.ca import csr_policy
 from scepproxyd.ca.material import new_serial
 
 _EKU_OIDS = {
@@ -59,11 +63,15 @@ def _key_usage(names) -> x509.KeyUsage:
 
 
 def _requested_san(csr: x509.CertificateSigningRequest):
+    """The CSR's subjectAltName to copy; refuses one csr_policy would have refused for its form."""
     try:
-        return csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        extensions = csr_policy.requested_extensions(csr)
+        csr_policy.requested_sans(extensions)
+    except csr_policy.Refused as refused:
+        raise CsrError(refused.refusal.reason) from None
+    try:
+        return extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return None
-    except ValueError:  # a malformed extension request: sign without it rather than fail
         return None
 
 
@@ -94,10 +102,15 @@ def build_certificate(
     """
     Sign ``csr`` under ``template`` (a config CertificateTemplate) at time ``now`` (epoch seconds).
 
-    The caller has checked the CSR (``check_csr``) and the policy; this
-    only builds. Validity runs from ``now`` for the template's validity,
-    cut at the CA's own expiry.
+    The caller has checked the CSR (``check_csr``) and the policy
+    (``csr_policy.refusal``), so every subjectAltName in it is allowed and
+    is copied. Raises L{CsrError} for a subject equal to the CA's or a
+    name of a type that is never issued. Validity runs from ``now`` for the
+    template's validity, cut at the CA's own expiry.
     """
+    if csr_policy.same_name(csr.subject, ca_certificate.subject):
+        raise CsrError(csr_policy.CA_SUBJECT)
+    san = _requested_san(csr)
     start = datetime.datetime.fromtimestamp(int(now), datetime.timezone.utc)
     end = min(start + datetime.timedelta(seconds=template.validity), ca_certificate.not_valid_after_utc)
     public_key = csr.public_key()
@@ -125,7 +138,6 @@ def build_certificate(
         builder = builder.add_extension(
             x509.ExtendedKeyUsage([_EKU_OIDS[name] for name in template.extended_key_usage]), critical=False
         )
-    san = _requested_san(csr)
     if san is not None:
         builder = builder.add_extension(san, critical=False)
     return builder.sign(ca_key, hashes.SHA256())

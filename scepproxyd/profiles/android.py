@@ -192,6 +192,40 @@ def _list_of(value: object, acceptable) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) and acceptable(v) for v in value)
 
 
+def load(content: bytes) -> dict:
+    """An accepted template as a JSON object (the parse rules have been applied at upload)."""
+    return _load(content)
+
+
+def subject_attributes(subject: str) -> list[tuple[str, str]]:
+    """The template's subject as written, left to right: (TYPE, value) with escapes undone.
+
+    Raises L{ProfileError} when it is not a DN (the upload rules refuse those).
+    """
+    attributes = _split_dn(subject)
+    if attributes is None:
+        raise ProfileError('template "subject" must be a DN such as "CN=name,OU=unit"', _SUBJECT)
+    return [(kind, _dn_unescape(value)) for kind, value in attributes]
+
+
+def _dn_unescape(value: str) -> str:
+    """RFC 4514 escapes undone: ``\\,`` is a comma, ``\\2C`` the byte 0x2C (UTF-8)."""
+    out = bytearray()
+    position = 0
+    while position < len(value):
+        char = value[position]
+        if char == "\\" and re.fullmatch("[0-9A-Fa-f]{2}", value[position + 1 : position + 3]):
+            out.append(int(value[position + 1 : position + 3], 16))
+            position += 3
+        elif char == "\\" and position + 1 < len(value):
+            out.extend(value[position + 1].encode("utf-8"))
+            position += 2
+        else:
+            out.extend(char.encode("utf-8"))
+            position += 1
+    return out.decode("utf-8", "replace")
+
+
 def _split_dn(subject: str) -> list[tuple[str, str]] | None:
     """``CN=a,OU=b`` into ``[("CN", "a"), ("OU", "b")]``; None when it is not a DN.
 

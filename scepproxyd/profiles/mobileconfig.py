@@ -107,6 +107,15 @@ def render(content: bytes, values: variables.Values) -> bytes:
     return rendered
 
 
+def scep_fields(content: bytes) -> dict:
+    """The keys of the one SCEP payload of a profile (``Subject``, ``Keysize``, ...), as parsed."""
+    payloads = _payloads(_load(content))
+    scep = [p for p in payloads if p.get("PayloadType") == SCEP_PAYLOAD_TYPE]
+    if len(scep) != 1:
+        raise ProfileError("profile has %d SCEP payloads; exactly one is allowed" % (len(scep),))
+    return _scep_fields(scep[0], ())[1]
+
+
 def _xml_escape(value: str) -> str:
     if _NOT_XML.search(value):
         raise ProfileError(

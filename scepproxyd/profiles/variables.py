@@ -10,7 +10,8 @@ of letters, digits and underscores, so ``$FLEET_VAR_CUSTOM_SCEP_CHALLENGE_CA_NAM
 names the CA ``CA_NAME``; ``${...}`` delimits the name explicitly. Any other
 ``$FLEET_VAR_...`` is refused, so a typo is caught at upload instead of being
 delivered to a device verbatim. Text such as ``%SerialNumber%`` belongs to
-the device and is left alone.
+the device and is left alone when rendering; the CA's issuance policy reads
+it (L{device_placeholders}) to know what the device will write there.
 """
 
 import re
@@ -38,6 +39,26 @@ CHALLENGE_PLACEHOLDER = "$" + CHALLENGE_PREFIX + "<CA>"
 PROXY_URL_PLACEHOLDER = "$" + PROXY_URL_PREFIX + "<CA>"
 #: How messages spell the renewal ID variable.
 RENEWAL_ID_PLACEHOLDER = "$" + RENEWAL_ID
+
+#: Device-side placeholders: written as ``%Name%``, filled in by the device
+#: itself when it builds its certificate request, never by scepproxyd.
+SERIAL_NUMBER = "SerialNumber"
+HARDWARE_UUID = "HardwareUUID"
+UDID = "UDID"
+#: The placeholders scepproxyd knows by name. Only ``%SerialNumber%`` is
+#: checked against a known value (the host's serial); the others, and any
+#: other ``%Name%``, stand for whatever the device writes (see
+#: scepproxyd.profiles.binding for why the host UUID is not assumed).
+DEVICE_PLACEHOLDERS = (
+    SERIAL_NUMBER,
+    HARDWARE_UUID,
+    UDID,
+    "ComputerName",
+    "HostName",
+    "LocalHostName",
+    "MACAddress",
+)
+_DEVICE_PLACEHOLDER = re.compile(r"%([A-Za-z][A-Za-z0-9_]*)%")
 
 _P = re.escape(PREFIX)
 _C = "[A-Za-z0-9_]"
@@ -126,3 +147,29 @@ def substitute(text: str, values: Values, escape: Callable[[str], str]) -> str:
         position = occurrence.end
     pieces.append(text[position:])
     return "".join(pieces)
+
+
+def substitute_renewal_id(text: str, renewal_id: str) -> str:
+    """Replace the renewal ID variable in ``text``; any other variable is refused.
+
+    What a subject or subjectAltName value of an accepted profile says once
+    the daemon has filled in the one variable the upload rules allow there.
+    """
+    pieces = []
+    position = 0
+    for occurrence in find(text):
+        if occurrence.variable.kind != RENEWAL:
+            raise ProfileError(
+                "variable %s cannot appear in a certificate's subject or names"
+                % (occurrence.variable.spelled,)
+            )
+        pieces.append(text[position : occurrence.start])
+        pieces.append(renewal_id)
+        position = occurrence.end
+    pieces.append(text[position:])
+    return "".join(pieces)
+
+
+def device_placeholders(text: str) -> list[tuple[int, int, str]]:
+    """Every ``%Name%`` in ``text``: (start, end, name), left to right."""
+    return [(m.start(), m.end(), m.group(1)) for m in _DEVICE_PLACEHOLDER.finditer(text)]
