@@ -23,10 +23,12 @@ from twisted.internet.task import Clock
 
 from certs import self_signed
 from scepproxyd.ca.authority import CAPS, ScepCA
+from scepproxyd.ca.csr_policy import SanPolicy
 from scepproxyd.ca.manage import CaManager, ManageError, mint_challenge
 from scepproxyd.ca.material import CaMaterial, create_ca, create_ra
 from scepproxyd.ca.policy import WRONG_CHALLENGE, Policy, challenge_hash
 from scepproxyd.config import CertificateTemplate
+from scepproxyd.metrics import Metrics
 from scepproxyd.scep import codec
 from scepproxyd.store import Store
 
@@ -34,7 +36,9 @@ EPOCH = 1_700_000_000.0
 DAY = 86400.0
 STATIC = "static-challenge-0123456789abcdef"
 TEMPLATES = {
-    "default": CertificateTemplate("default", 365 * DAY, ("digital_signature", "key_encipherment"), ("client_auth",)),
+    # The default template may carry DNS names under .example; "wifi" carries no subjectAltName (the default).
+    "default": CertificateTemplate("default", 365 * DAY, ("digital_signature", "key_encipherment"), ("client_auth",),
+                                   SanPolicy.from_patterns({"dns": r"[a-z0-9-]+\.example"})),
     "wifi": CertificateTemplate("wifi", 30 * DAY, ("digital_signature",), ("client_auth", "server_auth")),
 }
 FAIL_INFO_TEXT_OID = "1.3.6.1.5.5.7.24.1"
@@ -186,6 +190,32 @@ async def test_static_challenge_issues_per_template(store, clock):
         "valid", "10.0.0.5", "default", "CN=device-1")
     request = await store.get_ca_request(record.transaction_id)
     assert (request.status, request.issued_serial) == ("issued", record.serial)
+
+
+@pytest_twisted.ensureDeferred
+async def test_policy_refusals_are_failures_with_their_reason_and_a_metric(store, clock):
+    metrics = Metrics()
+    ca = ScepCA(store, ca_material(), policy(), TEMPLATES, "http://ca.test:8080", 7 * DAY, clock,
+                run_in_thread=in_line, metrics=metrics)
+    device = Device()
+    cases = [
+        (dict(san=[x509.DNSName("*.example")]), "badRequest", "san", "dns '*.example'"),
+        (dict(san=[x509.DNSName("device-1.other")]), "badRequest", "san", "[ca] san_dns does not allow"),
+        (dict(key=rsa.generate_private_key(public_exponent=65537, key_size=1024)), "badAlg", "key", "1024"),
+        (dict(cn="Test Builtin CA"), None, None, None),  # not the CA's whole subject: fine
+    ]
+    for csr_args, fail, check, text in cases:
+        answer, (status, fail_info, _) = await enroll(ca, device, **csr_args)
+        if fail is None:
+            assert status == "SUCCESS"
+            continue
+        assert (status, fail_info, answer.outcome) == ("FAILURE", fail, "refused")
+        assert text in fail_info_text(answer.body)
+        assert metrics.ca_refusals.labels(check)._value.get() >= 1
+    ca_subject = ca.material.certificate.subject
+    answer, (status, fail_info, _) = await enroll(ca, Device(), subject=ca_subject)
+    assert (status, fail_info) == ("FAILURE", "badRequest")
+    assert [c.subject for c in await store.list_issued_certificates()] == ["CN=Test Builtin CA"]
 
 
 @pytest.mark.parametrize("challenge", [None, "wrong", STATIC + "x", ""])

@@ -17,13 +17,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer, threads
 
+from scepproxyd.ca import csr_policy
 from scepproxyd.ca.crl import CrlCache
 from scepproxyd.ca.issuer import CsrError, build_certificate, check_csr, serial_hex
 from scepproxyd.ca.policy import WRONG_CHALLENGE, challenge_hash
 from scepproxyd.logs import get_logger
+from scepproxyd.profiles import ProfileError, binding
 from scepproxyd.scep import codec
-from scepproxyd.ca import csr_policy
-from scepproxyd.profiles import binding
 from scepproxyd.store import CaRequest, DuplicateError, IssuedCertificate
 from scepproxyd.store.ca import CaGrant
 
@@ -55,7 +55,11 @@ def _in_thread(function, *args, **kwargs) -> defer.Deferred:
     return threads.deferToThread(function, *args, **kwargs)
 
 
-class _Refusal(Exception):
+class RefusedToIssue(Exception):
+    """The CA will not sign this request; ``str()`` says why (never a secret)."""
+
+
+class _Refusal(RefusedToIssue):
     """A FAILURE CertRep to send: RFC 8894 failInfo name and a short text for the device."""
 
     def __init__(self, fail_info: str, text: str | None, outcome: str = "failed"):
@@ -234,17 +238,7 @@ class ScepCA:
         challenge, so the host profile is sent again with a fresh one, its
         ``detail`` saying why.
         """
-        expected = None
-        if grant.host_uuid is not None:
-            facts = await self._store.binding_facts(grant.host_uuid, grant.profile_uuid)
-            if facts is None:
-                raise _Refusal("badRequest", "the host profile this challenge was issued for no longer exists")
-            expected = await self._thread(expected_for, facts)
-        refusal = await self._thread(
-            csr_policy.refusal, csr, key_policy=self._key_policy,
-            san_policy=self._templates[grant.template].san_policy,
-            ca_subject=self.material.certificate.subject, expected=expected,
-        )
+        refusal = await self._policy_refusal(csr, grant)
         if refusal is None:
             return
         self._refused_by_policy(refusal.check)
@@ -256,6 +250,23 @@ class ScepCA:
         if grant.host_uuid is not None:
             await self._store.ca_request_refused(grant.host_uuid, grant.profile_uuid, refusal.reason)
         raise _Refusal(refusal.fail_info, refusal.reason, "refused")
+
+    async def _policy_refusal(self, csr, grant: CaGrant):
+        """The issuance policy's csr_policy.Refusal for ``csr``, or None when it may be signed."""
+        expected = None
+        if grant.host_uuid is not None:
+            facts = await self._store.binding_facts(grant.host_uuid, grant.profile_uuid)
+            if facts is None:
+                raise _Refusal("badRequest", "the host profile this challenge was issued for no longer exists")
+            try:
+                expected = await self._thread(expected_for, facts)
+            except ProfileError as e:
+                return csr_policy.Refusal("badRequest", "its host profile cannot be checked: %s" % (e,), "profile")
+        return await self._thread(
+            csr_policy.refusal, csr, key_policy=self._key_policy,
+            san_policy=self._templates[grant.template].san_policy,
+            ca_subject=self.material.certificate.subject, expected=expected,
+        )
 
     def _refused_by_policy(self, check: str) -> None:
         if self._metrics is not None:
@@ -390,10 +401,14 @@ class ScepCA:
         instead (the device fetches the certificate with CertPoll).
         """
         now = self._clock.seconds()
-        certificate = await self._thread(
-            build_certificate, csr, self.material.key, self.material.certificate,
-            self._templates[template], self.crl_url, now,
-        )
+        try:
+            certificate = await self._thread(
+                build_certificate, csr, self.material.key, self.material.certificate,
+                self._templates[template], self.crl_url, now,
+            )
+        except CsrError as e:
+            # The issuance policy refuses all of these first; this is the signer's own last word.
+            raise _Refusal("badRequest", str(e)) from None
         record = IssuedCertificate(
             serial=serial_hex(certificate.serial_number), subject=certificate.subject.rfc4514_string(),
             not_before=certificate.not_valid_before_utc.timestamp(),

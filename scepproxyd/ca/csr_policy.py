@@ -98,6 +98,8 @@ class Refusal:
 
     fail_info: str
     reason: str
+    #: Which rule refused it, a metric label: extensions, key, ca_subject, subject, san (or profile).
+    check: str = attrs.field(default="policy", eq=False)
 
 
 class Refused(Exception):
@@ -105,7 +107,8 @@ class Refused(Exception):
 
     def __init__(self, fail_info: str, reason: str):
         super().__init__(reason)
-        self.refusal = Refusal(fail_info, reason)
+        self.fail_info = fail_info
+        self.reason = reason
 
 
 def refusal(
@@ -125,20 +128,26 @@ def refusal(
     challenge an admin minted), which the key and SAN policies alone judge.
     The CSR's own signature is checked elsewhere (issuer.check_csr).
     """
+    check = "extensions"
     try:
         extensions = requested_extensions(csr)
+        check = "key"
         key = _public_key(csr)
         _check_key(key, key_policy)
         if expected is not None:
             _check_profile_key(key, expected)
+        check = "ca_subject"
         if same_name(csr.subject, ca_subject):
             raise Refused(BAD_REQUEST, CA_SUBJECT)
+        check = "subject"
         if expected is not None:
             _check_subject(csr.subject, expected.subject)
+        check = "extensions"
         _check_basic_constraints(extensions)
+        check = "san"
         _check_sans(requested_sans(extensions), san_policy, expected)
     except Refused as refused:
-        return refused.refusal
+        return Refusal(refused.fail_info, refused.reason, check)
     return None
 
 

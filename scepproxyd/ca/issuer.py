@@ -68,7 +68,7 @@ def _requested_san(csr: x509.CertificateSigningRequest):
         extensions = csr_policy.requested_extensions(csr)
         csr_policy.requested_sans(extensions)
     except csr_policy.Refused as refused:
-        raise CsrError(refused.refusal.reason) from None
+        raise CsrError(refused.reason) from None
     try:
         return extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:

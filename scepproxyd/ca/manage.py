@@ -13,6 +13,7 @@ import secrets
 
 from cryptography import x509
 
+from scepproxyd.ca.authority import RefusedToIssue
 from scepproxyd.ca.crl import REVOCATION_REASONS
 from scepproxyd.ca.policy import challenge_hash
 from scepproxyd.logs import get_logger
@@ -59,6 +60,8 @@ class CaManager:
         csr = x509.load_der_x509_csr(request.csr)
         try:
             await self._ca.issue(csr, request.template, request, approve=True)
+        except RefusedToIssue as e:
+            raise ManageError("request %s cannot be issued: %s" % (transaction_id, e), "conflict") from None
         except StateError as e:
             raise ManageError("request %s is %s, not pending" % (transaction_id, e.status), "conflict") from None
         self._ca.outcomes["issued"] += 1
