@@ -7,6 +7,7 @@ import base64
 import re
 import sqlite3
 import threading
+from importlib import resources
 
 import pytest
 import pytest_twisted
@@ -28,7 +29,11 @@ from scepproxyd.store import (
 EPOCH = 1_700_000_000.0
 TTL = 3600.0
 HOST, PROFILE, CA = "host-1", "profile-1", "acme"
-SCHEMA_VERSION = 5
+# The latest schema this code knows, read from the packaged files (never a hard-coded number).
+SCHEMA_VERSION = max(
+    int(entry.name[:4]) for entry in resources.files("scepproxyd.store").joinpath("schema").iterdir()
+    if entry.name.endswith(".sql")
+)
 RENEWAL_ID = re.compile(r"^sp-[0-9a-f]{16}$")
 
 
