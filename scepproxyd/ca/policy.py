@@ -92,5 +92,3 @@ def in_networks(address: str, networks) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return any(ip.version == network.version and ip in network for network in networks)
-
-
