@@ -69,6 +69,11 @@ async def test_64_concurrent_pkioperations_one_challenge_one_upstream_request(da
     replay = await treq.post(url + "?operation=PKIOperation", data=blob)
     assert (replay.code, await replay.text()) == (400, CHALLENGE_FAILED)
     assert upstream.operations("PKIOperation") - before == 1
+    # Losers that came while the winner's request was in flight moved nothing; the first refusal after
+    # its answer (the host profile still pending, its latest challenge spent) sends it again, once.
+    (row,) = admin.call("GET", "/api/v1/host-profiles?host=race-host-1&profile=%s" % (profile,))["host_profiles"]
+    assert (row["status"], row["retries"]) == (None, 1), row
+    assert admin.call("POST", "/api/v1/jobs/process_profiles")["result"]["claimed"] == 1
     assert_log_clean(daemon, [challenge, STATIC])
 
 

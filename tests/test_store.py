@@ -17,6 +17,7 @@ from scepproxyd.store import challenges as challenges_module
 from scepproxyd.store.database import _schema_files
 from scepproxyd.store import (
     CertificateAuthority,
+    ChallengeRefusal,
     ConsumedChallenge,
     DuplicateError,
     HostProfile,
@@ -66,6 +67,12 @@ async def seed(s, host=HOST, profile=PROFILE, ca=CA):
     await s.upsert_host(host, "C02XYZ", "macos")
     await s.add_profile(profile, "Wi-Fi cert", "macos", b"<plist/>", ca)
     return await s.assign_profile(host, profile)
+
+
+async def refuse_latest(s, host=HOST, profile=PROFILE, detail="custom scep challenge failed"):
+    """A refused challenge that counts: the host profile's latest one (it must be pending); fires the ChallengeRefusal."""
+    challenge = await s.issue_challenge(host, profile)
+    return await s.challenge_failed(challenge, host, profile, detail)
 
 
 def raw(path):
@@ -364,11 +371,16 @@ async def test_delete_expired_challenges_counts(store, clock, monkeypatch):
 async def test_challenge_failed_resets_and_counts(store, clock):
     await seed(store)
     await store.set_host_profile_status(HOST, PROFILE, "pending")
+    latest = await store.issue_challenge(HOST, PROFILE)
     clock.advance(2)
-    await store.challenge_failed(HOST, PROFILE, "custom scep challenge failed")
-    await store.challenge_failed(HOST, PROFILE, "again")
+    assert await store.challenge_failed(latest, HOST, PROFILE, "custom scep challenge failed") == ChallengeRefusal(
+        True, "latest", None
+    )
+    await store.set_host_profile_status(HOST, PROFILE, "pending")
+    clock.advance(1)
+    assert (await refuse_latest(store, detail="again")).counted
     hp = await store.get_host_profile(HOST, PROFILE)
-    assert (hp.status, hp.retries, hp.detail, hp.updated_at) == (None, 2, "again", EPOCH + 2)
+    assert (hp.status, hp.retries, hp.detail, hp.updated_at) == (None, 2, "again", EPOCH + 3)
 
 
 @pytest_twisted.ensureDeferred

@@ -18,6 +18,7 @@ from test_store import (  # noqa: F401 (fixtures)
     clock,
     db_path,
     raw,
+    refuse_latest,
     seed,
     store,
 )
@@ -227,7 +228,7 @@ async def test_resend_resets_and_removes_challenges(store, clock, db_path):
     assigned = await seed(store)
     await seed(store, host="host-2", profile="profile-2")
     await store.set_host_profile_status(HOST, PROFILE, "pending")
-    await store.challenge_failed(HOST, PROFILE, "custom scep challenge failed")
+    assert (await refuse_latest(store)).counted
     await store.set_host_profile_status(HOST, PROFILE, "failed", "gave up")
     stale = [await store.new_challenge(HOST, PROFILE) for _ in range(2)]
     other = await store.new_challenge("host-2", "profile-2")

@@ -1,5 +1,6 @@
 """Tests for the profile engine's storage: claiming, commands, device reports, renewal and cleanup."""
 
+import hashlib
 import sqlite3
 import time
 import uuid
@@ -9,7 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from scepproxyd.store import ClaimResult, Command, HostProfile, NotFoundError, RenderJob, Store
+from scepproxyd.store import ChallengeRefusal, ClaimResult, Command, HostProfile, NotFoundError, RenderJob, Store
 from scepproxyd.store import commands as commands_module
 from scepproxyd.store import database as database_module
 from test_store import (  # noqa: F401 (fixtures)
@@ -22,6 +23,7 @@ from test_store import (  # noqa: F401 (fixtures)
     db_path,
     make_clock,
     raw,
+    refuse_latest,
     store,
 )
 
@@ -76,7 +78,8 @@ def test_max_retries_must_be_a_whole_number(db_path):
 @pytest_twisted.ensureDeferred
 async def test_claim_makes_pending_host_profiles_with_queued_commands(store, clock, db_path):
     await fleet(store, clock)
-    await store.challenge_failed("m1", MAC, "earlier trouble")  # detail is cleared by the claim
+    await store.set_host_profile_status("m1", MAC, "pending")
+    assert (await refuse_latest(store, "m1", MAC, "earlier trouble")).counted  # detail is cleared by the claim
     clock.advance(10)
     now = clock.seconds()
     result = await store.claim_host_profiles(10, BACKENDS)
@@ -197,8 +200,9 @@ async def test_claim_supersedes_outstanding_commands(store, clock, db_path):
     first = await claim_all(store)
     await store.command_delivered(first[("m1", MAC)].command_uuid)
     await store.command_result(first[("m2", MAC)].command_uuid, ok=True)
-    await store.challenge_failed("m1", MAC, "custom scep challenge failed")  # back to NULL, command delivered
-    await store.challenge_failed("m2", MAC, "custom scep challenge failed")  # back to NULL, command acknowledged
+    assert (await refuse_latest(store, "m1", MAC)).counted  # back to NULL, command delivered
+    assert (await refuse_latest(store, "m2", MAC)).status == "verifying"  # acknowledged: not pending, unchanged
+    await store.set_host_profile_status("m2", MAC, None)
     clock.advance(3)
     second = await claim_all(store)
     assert (await store.get_command(first[("m1", MAC)].command_uuid)).status == "superseded"
@@ -314,7 +318,7 @@ async def test_due_commands_and_delivery_attempts(store, clock):
 async def test_due_commands_skips_host_profiles_no_longer_pending(store, clock):
     await fleet(store, clock, macs=("m1", "m2"), androids=())
     await claim_all(store)
-    await store.challenge_failed("m1", MAC, "custom scep challenge failed")
+    assert (await refuse_latest(store, "m1", MAC)).counted
     assert [job.host_uuid for job in await store.due_commands("nanomdm", 10)] == ["m2"]
 
 
@@ -379,9 +383,13 @@ async def test_command_errors_past_max_retries_fail(strict_store, clock):
 async def test_challenge_failed_applies_max_retries(strict_store, clock):
     store = strict_store
     await fleet(store, clock, macs=("m1",), androids=())
-    await store.challenge_failed("m1", MAC, "custom scep challenge failed")
+    await claim_all(store)
+    assert await refuse_latest(store, "m1", MAC) == ChallengeRefusal(True, "latest", None)
     assert ((await store.get_host_profile("m1", MAC)).status, (await store.get_host_profile("m1", MAC)).retries) == (None, 1)
-    await store.challenge_failed("m1", MAC, "custom scep challenge failed again")
+    await claim_all(store)
+    assert await refuse_latest(store, "m1", MAC, "custom scep challenge failed again") == ChallengeRefusal(
+        True, "latest", "failed"
+    )
     hp = await store.get_host_profile("m1", MAC)
     assert (hp.status, hp.retries, hp.detail) == ("failed", 2, "custom scep challenge failed again")
 
@@ -391,7 +399,8 @@ async def test_challenge_failed_default_allows_three_retries(store, clock):
     await fleet(store, clock, macs=("m1",), androids=())
     statuses = []
     for _ in range(4):
-        await store.challenge_failed("m1", MAC, "custom scep challenge failed")
+        await claim_all(store)
+        await refuse_latest(store, "m1", MAC)
         statuses.append((await store.get_host_profile("m1", MAC)).status)
     assert statuses == [None, None, None, "failed"]
 
@@ -624,8 +633,11 @@ async def test_migrate_from_schema_2_keeps_data(tmp_path, clock):
     before = raw(path).execute("SELECT * FROM host_profiles ORDER BY host_uuid").fetchall()
     assert Store.migrate(path) == SCHEMA_VERSION
     conn = raw(path)
+    # Later columns start empty, except the latest proxy challenge's hash (schema 8): the pending
+    # host profile gets its live challenge's SHA-256, the NULL one nothing.
+    latest = {"h1": hashlib.sha256(b"c1").hexdigest(), "h2": None}
     assert conn.execute("SELECT * FROM host_profiles ORDER BY host_uuid").fetchall() == [
-        row + (None, None, None, None) for row in before
+        row + (None, None, None, None, latest[row[0]]) for row in before
     ]
     assert conn.execute("SELECT * FROM challenges").fetchall() == [("c1", "h1", "p1", EPOCH)]
     assert conn.execute("SELECT COUNT(*) FROM commands").fetchone()[0] == 0

@@ -7,12 +7,14 @@ a CertRep FAILURE whose failInfoText is the reason given here.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import re
 
 import attrs
+
+# One-time CA challenges are kept hashed as the store keeps proxy challenges.
+from scepproxyd.store.models import challenge_hash  # noqa: F401 (used by the authority and the manager)
 
 DAY = 86400.0
 WRONG_CHALLENGE = "challenge password missing or wrong"
@@ -107,8 +109,3 @@ def in_networks(address: str, networks) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return any(ip.version == network.version and ip in network for network in networks)
-
-
-def challenge_hash(challenge: str) -> str:
-    """What the store keeps of a dynamic challenge: its SHA-256, hex."""
-    return hashlib.sha256(challenge.encode("utf-8")).hexdigest()

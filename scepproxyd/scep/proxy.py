@@ -27,7 +27,7 @@ class ProxyAnswer:
     status: int
     content_type: bytes
     body: bytes = attrs.field(repr=False)
-    #: Short word for logs and metrics: ok, bad_request, unknown, challenge_failed, ...
+    #: Short word for logs and metrics: ok, bad_request, unknown, challenge_failed, challenge_stale, ...
     outcome: str
     operation: str | None = None
     identifier: ProxyIdentifier | None = None
@@ -104,8 +104,19 @@ class ScepProxy:
         use_post = await self._upstream.supports_post(target.ca_url)
         consumed = await self._store.consume_challenge(ident.challenge, ident.host_uuid, ident.profile_uuid)
         if consumed is None:
-            await self._store.challenge_failed(ident.host_uuid, ident.profile_uuid, CHALLENGE_FAILED)
-            return _refusal(400, "challenge_failed", CHALLENGE_FAILED, **fields)
+            refusal = await self._store.challenge_failed(
+                ident.challenge, ident.host_uuid, ident.profile_uuid, CHALLENGE_FAILED
+            )
+            if refusal.counted:
+                return _refusal(400, "challenge_failed", CHALLENGE_FAILED, **fields)
+            # Same answer to the device (no oracle); the host profile is left alone.
+            self.log.warn(
+                "stale proxy challenge refused, host profile unchanged: host={host} profile={profile} ca={ca}"
+                " reason={reason} host_profile_status={hp_status}",
+                host=ident.host_uuid, profile=ident.profile_uuid, ca=ident.ca_name,
+                reason=refusal.reason, hp_status=refusal.status or "NULL",
+            )
+            return _refusal(400, "challenge_stale", CHALLENGE_FAILED, **fields)
         self._count("consumed")
         if target.status != "pending":
             await self._store.challenge_settled(consumed)
@@ -132,10 +143,8 @@ class ScepProxy:
             # The device will poll with the same URL; keep its challenge alive for that.
             await self._store.restore_challenge(consumed)
         elif pki_status == "FAILURE":
-            await self._store.challenge_settled(consumed)
-            await self._store.challenge_failed(
-                ident.host_uuid, ident.profile_uuid, "upstream CA refused the request (%s)" % (fail_info,)
-            )
+            # Counts only while the host profile is pending on this very challenge.
+            await self._store.enrollment_refused(consumed, "upstream CA refused the request (%s)" % (fail_info,))
         else:
             await self._store.challenge_settled(consumed)
             await self._store.enrollment_forwarded(ident.host_uuid, ident.profile_uuid)

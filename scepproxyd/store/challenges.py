@@ -11,9 +11,16 @@ from twisted.internet import defer
 
 from scepproxyd.store.assignments import ONE_HOST_PROFILE, count_failed_attempt
 from scepproxyd.store.database import one
-from scepproxyd.store.models import ConsumedChallenge, NotFoundError, ProxyTarget
+from scepproxyd.store.models import ChallengeRefusal, ConsumedChallenge, NotFoundError, ProxyTarget, challenge_hash
 
 _EXPIRED_BATCH = 1000
+# What schema 8 marks a pending host profile with when its challenge was gone
+# before the upgrade: its next refused challenge counts, as before.
+LEGACY_HASH = "legacy"
+# A refused challenge counts only as the latest one of a pending host profile.
+_LATEST_WHILE_PENDING = " AND status = 'pending' AND proxy_challenge_hash IN (?, ?)"
+# ... and, when the device's request failed to take it, while no other request holds it.
+_NOT_IN_FLIGHT = " AND NOT EXISTS (SELECT 1 FROM challenges_in_flight WHERE challenge = ?)"
 
 
 def _mint() -> str:
@@ -22,6 +29,7 @@ def _mint() -> str:
 
 
 def _insert_challenge(conn, challenge, host_uuid, profile_uuid, now) -> None:
+    """Store a new challenge and make it the host profile's latest, in the caller's transaction."""
     try:
         conn.execute(
             "INSERT INTO challenges (challenge, host_uuid, profile_uuid, created_at) VALUES (?, ?, ?, ?)",
@@ -29,6 +37,24 @@ def _insert_challenge(conn, challenge, host_uuid, profile_uuid, now) -> None:
         )
     except sqlite3.IntegrityError as e:
         raise NotFoundError(f"no profile {profile_uuid} assigned to host {host_uuid}") from e
+    conn.execute(
+        f"UPDATE host_profiles SET proxy_challenge_hash = ? WHERE {ONE_HOST_PROFILE}",
+        (challenge_hash(challenge), host_uuid, profile_uuid),
+    )
+
+
+def _why_not_counted(conn, host_uuid, profile_uuid, hashed) -> ChallengeRefusal:
+    """After a guarded failure matched nothing: why, in one word (same transaction, no second round trip)."""
+    row = conn.execute(
+        f"SELECT status, proxy_challenge_hash IN (?, ?) FROM host_profiles WHERE {ONE_HOST_PROFILE}",
+        (hashed, LEGACY_HASH, host_uuid, profile_uuid),
+    ).fetchone()
+    if row is None:
+        return ChallengeRefusal(False, "gone", None)
+    status, latest = row
+    if status != "pending":
+        return ChallengeRefusal(False, "not_pending", status)
+    return ChallengeRefusal(False, "in_flight" if latest else "not_latest", status)
 
 
 class ChallengeQueries:
@@ -162,18 +188,57 @@ class ChallengeQueries:
 
         return self._submit(restore_orphaned_challenges)
 
-    def challenge_failed(self, host_uuid, profile_uuid, detail) -> defer.Deferred:
+    def challenge_failed(self, challenge, host_uuid, profile_uuid, detail) -> defer.Deferred:
         """
-        Count a failed attempt: back to NULL, to be re-sent with a fresh challenge, or 'failed'.
+        A device presented a challenge that could not be taken: fires a ChallengeRefusal.
 
-        'failed' once the retries exceed the store's ``max_retries``.
+        The retry rule (back to NULL to be sent again with a fresh challenge,
+        or 'failed' past ``max_retries``) applies only when ``challenge`` is
+        the one most recently issued to this host profile, the host profile
+        is still 'pending', and no other request holds the challenge right
+        now. Anything else (an older copy of the profile, a replayed or
+        made-up URL, another host profile's challenge, a host profile
+        already verifying or verified) changes nothing, so replaying a proxy
+        URL cannot hurt. One guarded UPDATE decides; the challenge itself is
+        compared by hash, so this works after its row is spent or deleted.
         """
         now = self._clock.seconds()
+        hashed = challenge_hash(challenge)
 
         def challenge_failed(conn):
-            count_failed_attempt(conn, host_uuid, profile_uuid, detail, now, self._max_retries)
+            counted = count_failed_attempt(
+                conn, host_uuid, profile_uuid, detail, now, self._max_retries,
+                _LATEST_WHILE_PENDING + _NOT_IN_FLIGHT, (hashed, LEGACY_HASH, challenge),
+            )
+            if counted is not None:
+                return ChallengeRefusal(True, "latest", counted.status)
+            return _why_not_counted(conn, host_uuid, profile_uuid, hashed)
 
         return self._submit(challenge_failed)
+
+    def enrollment_refused(self, consumed: ConsumedChallenge, detail) -> defer.Deferred:
+        """
+        The CA answered a forwarded request with FAILURE: settle the challenge and count it; fires a ChallengeRefusal.
+
+        One transaction. Counts (the retry rule) only while the host profile
+        is 'pending' and this is still its latest challenge, so a refusal
+        that arrives after the host profile was verified, or after the
+        profile was rendered again, moves nothing.
+        """
+        now = self._clock.seconds()
+        hashed = challenge_hash(consumed.challenge)
+
+        def enrollment_refused(conn):
+            conn.execute("DELETE FROM challenges_in_flight WHERE challenge = ?", (consumed.challenge,))
+            counted = count_failed_attempt(
+                conn, consumed.host_uuid, consumed.profile_uuid, detail, now, self._max_retries,
+                _LATEST_WHILE_PENDING, (hashed, LEGACY_HASH),
+            )
+            if counted is not None:
+                return ChallengeRefusal(True, "latest", counted.status)
+            return _why_not_counted(conn, consumed.host_uuid, consumed.profile_uuid, hashed)
+
+        return self._submit(enrollment_refused)
 
     def enrollment_forwarded(self, host_uuid, profile_uuid) -> defer.Deferred:
         """Move pending -> verifying; fires whether it changed (only from pending)."""

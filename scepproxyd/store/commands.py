@@ -36,6 +36,8 @@ _FINISHED_BATCH = 1000
 # One statement picks the batch (oldest first), sees whether each one's CA is
 # gone, and claims it: 'pending' with a new command uuid, or 'failed'. The
 # outer ``hp.status IS NULL`` is what keeps a concurrent claimer off the row.
+# A new attempt has issued no proxy challenge yet, so the latest one's hash is
+# cleared: a replay of the last attempt's URL must not count against this one.
 # gen_random_uuid() is PostgreSQL's built-in; the SQLite connection defines it.
 _CLAIM = (
     "UPDATE host_profiles SET"
@@ -43,7 +45,7 @@ _CLAIM = (
     " detail = CASE WHEN batch.missing_ca IS NULL THEN NULL"
     " ELSE 'CA ''' || batch.missing_ca || ''' no longer exists' END,"
     " command_uuid = CASE WHEN batch.missing_ca IS NULL THEN gen_random_uuid() END,"
-    " updated_at = ?"
+    " proxy_challenge_hash = NULL, updated_at = ?"
     " FROM (SELECT w.host_uuid, w.profile_uuid, CASE WHEN ca.name IS NULL THEN p.ca_name END AS missing_ca"
     "  FROM host_profiles w JOIN profiles p ON p.uuid = w.profile_uuid LEFT JOIN cas ca ON ca.name = p.ca_name"
     "  WHERE w.status IS NULL ORDER BY w.updated_at LIMIT ?) AS batch"

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from scepproxyd.logs import get_logger
-from scepproxyd.store.models import StoreError, new_command_uuid, new_renewal_id, utc_iso
+from scepproxyd.store.models import StoreError, challenge_hash, new_command_uuid, new_renewal_id, utc_iso
 
 log = get_logger(__name__)
 
@@ -159,6 +159,8 @@ class Database:
         """
         files = _schema_files()
         conn = _open(path, busy_timeout=5.0)
+        # Schema 8 backfills the hash of each pending host profile's newest challenge.
+        conn.create_function("sha256_hex", 1, challenge_hash, deterministic=True)
         try:
             for number, script in files:
                 conn.execute("BEGIN IMMEDIATE")

@@ -8,6 +8,7 @@ field order is the column order of the queries that make them.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import secrets
 import uuid
 
@@ -149,6 +150,25 @@ class ConsumedChallenge:
 
 
 @attrs.frozen
+class ChallengeRefusal:
+    """
+    What a refused proxy challenge did to its host profile.
+
+    ``counted``: it was the challenge most recently issued to the host
+    profile, the host profile was 'pending', and the retry rule applied
+    (``status`` is then NULL or 'failed'). Otherwise nothing changed and
+    ``reason`` says why, in one word for logs: ``not_latest`` (an older,
+    unknown or another host profile's challenge), ``not_pending`` (the host
+    profile is in ``status``), ``in_flight`` (another request holds it right
+    now; its answer decides) or ``gone`` (no such host profile).
+    """
+
+    counted: bool
+    reason: str
+    status: str | None
+
+
+@attrs.frozen
 class Command:
     """One attempt to deliver a host profile; only the host profile's current command is delivered."""
 
@@ -192,6 +212,11 @@ class ClaimResult:
 
     claimed: tuple[Command, ...]
     failed: tuple[tuple[str, str, str], ...]
+
+
+def challenge_hash(challenge: str) -> str:
+    """What the store keeps of a challenge it must recognise later without keeping it: its SHA-256, hex."""
+    return hashlib.sha256(challenge.encode("utf-8")).hexdigest()
 
 
 def new_renewal_id() -> str:
