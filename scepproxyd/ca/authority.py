@@ -12,7 +12,6 @@ reactor; all SQL goes through the store.
 
 from __future__ import annotations
 
-import re
 
 import attrs
 from cryptography import x509
@@ -26,6 +25,7 @@ from scepproxyd.ca.policy import WRONG_CHALLENGE, challenge_hash
 from scepproxyd.logs import get_logger
 from scepproxyd.scep import codec
 from scepproxyd.store import CaRequest, DuplicateError, IssuedCertificate
+from scepproxyd.store.models import RENEWAL_ID_PATTERN
 
 CAPS = b"POSTPKIOperation\nRenewal\nSHA-1\nSHA-256\nSHA-384\nSHA-512\nAES\nDES3\nSCEPStandard\n"
 TEXT = b"text/plain; charset=utf-8"
@@ -33,7 +33,7 @@ CA_CERT_TYPE = b"application/x-x509-ca-cert"
 CA_RA_CERT_TYPE = b"application/x-x509-ca-ra-cert"
 PKI_MESSAGE_TYPE = b"application/x-pki-message"
 NOT_SCEP = b"not a SCEP message\n"
-RENEWAL_ID = re.compile(r"sp-[0-9a-f]{16}")
+RENEWAL_ID = RENEWAL_ID_PATTERN
 
 
 @attrs.frozen

@@ -8,6 +8,7 @@ field order is the column order of the queries that make them.
 from __future__ import annotations
 
 import datetime
+import re
 import secrets
 import uuid
 
@@ -172,6 +173,10 @@ class ClaimResult:
 
     claimed: tuple[Command, ...]
     failed: tuple[tuple[str, str, str], ...]
+
+
+#: What new_renewal_id() makes, to find renewal IDs in a certificate subject.
+RENEWAL_ID_PATTERN = re.compile(r"sp-[0-9a-f]{16}")
 
 
 def new_renewal_id() -> str:
