@@ -50,7 +50,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "profiles" / "fleet-custom-scep-a
 DB_NAME = "scepproxyd.sqlite3"
 # Every file a state with an RA and a NanoMDM key holds, by its name relative to the state directory.
 STATE_NAMES = {
-    "secrets.key", "admin.token", "agent.token", "nanomdm-webhook.token", "nanomdm.key",
+    "secrets.key", "admin.token", "nanomdm-webhook.token", "nanomdm.key",
     "ca/ca.key", "ca/ca.pem", "ca/challenge", "ca/ra.key", "ca/ra.pem",
 }
 FAST_CA = {"key_size": "2048"}
@@ -131,7 +131,7 @@ def test_state_files_are_the_existing_secrets(settings):
 def test_state_files_without_ra_or_ca(tmp_path):
     s = make_settings(tmp_path / "plain", ra=False, ca={"enabled": "no"})
     names = {p.relative_to(s.state_directory).as_posix() for p in state_files(s)}
-    assert names == {"secrets.key", "admin.token", "agent.token", "nanomdm-webhook.token"}
+    assert names == {"secrets.key", "admin.token", "nanomdm-webhook.token"}
 
 
 # -- taking a backup -------------------------------------------------------------------
@@ -470,11 +470,10 @@ def ctl(config, *argv, expect=0):
 class Load:
     """Writers on every listener, each recording when its requests were sent and acknowledged."""
 
-    def __init__(self, daemon: Daemon, agent_hosts):
+    def __init__(self, daemon: Daemon, agent_credentials: dict[str, str]):
         self.admin = Http(daemon.admin_url, daemon.admin_token)
-        self.agent = Http(daemon.url, (daemon.directory / "state" / "agent.token").read_text().strip())
+        self.agents = {host: Http(daemon.url, token) for host, token in agent_credentials.items()}
         self.proxy_url = daemon.url
-        self.agent_hosts = agent_hosts
         self.stop = threading.Event()
         self.puts: list[tuple[str, float, float]] = []  # (uuid, sent, acknowledged)
         self.imports: list[tuple[list[str], float, float]] = []
@@ -512,8 +511,8 @@ class Load:
 
     def _agent(self):
         while not self.stop.is_set():
-            for host in self.agent_hosts:
-                status, answer = self.agent("GET", "/api/v1/agent/hosts/%s/commands" % (host,))
+            for host, agent in self.agents.items():
+                status, answer = agent("GET", "/api/v1/agent/hosts/%s/commands" % (host,))
                 assert status == 200, (status, answer)
                 self.counts["agent"] += 1
 
@@ -567,7 +566,10 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
         status, _ = admin("POST", "/api/v1/jobs/process_profiles")
         assert status == 200
 
-        load = Load(first, agent_hosts).start()
+        status, issued = admin("POST", "/api/v1/agent-credentials", {"hosts": agent_hosts})
+        assert status == 200 and len(issued["issued"]) == 5, issued
+        agent_credentials = {item["host_uuid"]: item["token"] for item in issued["issued"]}
+        load = Load(first, agent_credentials).start()
         time.sleep(1.0)
         backup = tmp_path / "backups" / "nightly"
         started = time.monotonic()
@@ -575,14 +577,13 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
         returned = time.monotonic()
         time.sleep(0.5)
         load.finish()
-        assert result.stdout.strip() == "backed up 10 files to %s" % (backup,)
+        assert result.stdout.strip() == "backed up 9 files to %s" % (backup,)
         assert all(load.counts.values()) and load.puts and load.imports, load.counts
         # Writes were in flight while the backup ran.
         assert any(sent < returned and acked > started for _, sent, acked in load.puts + load.imports)
 
         _, ca_before = admin("GET", "/api/v1/ca")
         admin_token = first.admin_token
-        agent_token = (first.directory / "state" / "agent.token").read_text().strip()
         first.stop()
         live = first.database
         ca_row = rows(live, "SELECT name, url, challenge_ciphertext, created_at FROM cas WHERE name = 'builtin'")
@@ -590,7 +591,7 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
         # Restore into a new state directory, offline, then serve from it.
         second = make_daemon(tmp_path / "second")
         restored = ctl(second.config, "restore", str(backup)).stdout
-        assert restored.startswith("restored 10 files from %s into %s" % (backup, second.directory / "state"))
+        assert restored.startswith("restored 9 files from %s into %s" % (backup, second.directory / "state"))
         assert rows(second.database, "PRAGMA integrity_check") == [("ok",)]
         assert rows(second.database, "SELECT name, url, challenge_ciphertext, created_at FROM cas "
                                      "WHERE name = 'builtin'") == ca_row
@@ -609,7 +610,7 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
         assert {"BASE-%05d" % (i,) for i in range(4000)} <= hosts
 
         for name in ("ca/ca.key", "ca/ca.pem", "ca/ra.key", "ca/ra.pem", "ca/challenge", "secrets.key",
-                     "admin.token", "agent.token", "nanomdm-webhook.token"):
+                     "admin.token", "nanomdm-webhook.token"):
             assert (second.directory / "state" / name).read_bytes() == (first.directory / "state" / name).read_bytes()
 
         second.start()
@@ -622,7 +623,9 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
         assert ca_after["ra"]["fingerprint"] == ca_before["ra"]["fingerprint"]
         status, listed = admin2("GET", "/api/v1/hosts")
         assert status == 200 and {h["uuid"] for h in listed["hosts"]} == hosts
-        status, _ = Http(second.url, agent_token)("GET", "/api/v1/agent/hosts/%s/commands" % (agent_hosts[0],))
+        # Agent credentials live (hashed) in the database: the restored daemon accepts them.
+        status, _ = Http(second.url, agent_credentials[agent_hosts[0]])(
+            "GET", "/api/v1/agent/hosts/%s/commands" % (agent_hosts[0],))
         assert status == 200
         # The restored key still opens the sealed CA challenge the new daemon wrote with it.
         cipher = ChallengeCipher(load_or_create_key(second.directory / "state" / "secrets.key"))
@@ -639,9 +642,11 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
         assert {h["uuid"] for h in listed["hosts"]} == hosts
         # The daemon logged the backup, by name only.
         log = first.log()
-        assert "backed up 10 files" in log
-        for name in ("secrets.key", "admin.token", "agent.token", "ca/challenge"):
+        assert "backed up 9 files" in log
+        for name in ("secrets.key", "admin.token", "ca/challenge"):
             assert (first.directory / "state" / name).read_text().strip() not in log
+        for token in agent_credentials.values():
+            assert token not in log
     finally:
         first.stop()
         if second is not None:
