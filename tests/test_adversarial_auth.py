@@ -138,7 +138,6 @@ def test_agent_api_refuses_every_other_credential(daemon, site):
         "agent token without scheme": {"Authorization": agent},
         "agent token plus a byte": {"Authorization": "Bearer " + agent + "x"},
         "basic with agent token": {"Authorization": "Basic " + base64.b64encode(b"agent:" + agent.encode()).decode()},
-        "another host's agent credential": {"Authorization": "Bearer " + other},
     }
     endpoints = [("GET", "/api/v1/agent/hosts/auth-host/commands"),
                  ("POST", "/api/v1/agent/hosts/auth-host/commands/00000000-0000-0000-0000-000000000000"),
@@ -153,6 +152,14 @@ def test_agent_api_refuses_every_other_credential(daemon, site):
             assert status == 401, (name, method, path, status, answer)
             assert admin_token.encode() not in answer and agent.encode() not in answer
             assert b"auth-" not in answer  # names no host
+    # Another host's credential opens none of this host's endpoints, and is answered like a wrong one.
+    for method, path in endpoints[:-1]:
+        for host_path in (path, path.replace("auth-host", "no-such-host")):
+            status, answer = request_once(daemon.port, method, host_path.encode(),
+                                          body=b'{"status": "acknowledged"}' if method == "POST" else None,
+                                          headers={"Authorization": "Bearer " + other,
+                                                   "Content-Type": "application/json"})
+            assert (status, answer) == (401, b'{"error": "missing or wrong bearer token"}\n'), (method, host_path)
     # The agent credential is for the device-facing listener only.
     for method, path in endpoints:
         status, _ = request_once(daemon.admin_port, method, path.encode(), headers={"Authorization": "Bearer " + agent},
