@@ -317,6 +317,27 @@ async def test_restore_over_the_old_state(store, settings, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_restore_of_an_older_backup_skips_the_retired_agent_token(store, settings, tmp_path):
+    """A backup from before per-host agent credentials holds agent.token: checked, never put back."""
+    directory = tmp_path / "backup"
+    await backed_up(store, settings, directory)
+    old_token = b"old-shared-agent-token-0123456789\n"
+    (directory / "agent.token").write_bytes(old_token)
+    manifest = json.loads((directory / MANIFEST).read_text())
+    manifest["files"].append({"name": "agent.token", "role": "agent.token_file", "bytes": len(old_token),
+                              "sha256": hashlib.sha256(old_token).hexdigest()})
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    target = new_settings(tmp_path / "new", ca={"ra": "yes"})
+    names = restore_backup(directory, target)
+    assert set(names) == STATE_NAMES | {DB_NAME}
+    assert not (target.state_directory / "agent.token").exists()
+    # Still checked like every file: an altered one is refused.
+    (directory / "agent.token").write_bytes(b"x" + old_token[1:])
+    with pytest.raises(BackupError, match="agent.token does not match MANIFEST.json"):
+        restore_backup(directory, new_settings(tmp_path / "newer", ca={"ra": "yes"}))
+
+
+@pytest_twisted.ensureDeferred
 async def test_restore_refuses_while_the_database_is_open(store, settings, tmp_path):
     directory = tmp_path / "backup"
     await take_backup(store, settings, directory)
@@ -418,7 +439,7 @@ async def test_ctl_restore_needs_no_api(store, settings, tmp_path):
     # No daemon, no admin token: restore reads only the config and the backup.
     code, out, err = run_ctl("--config", str(target.config_path), "restore", str(directory))
     assert (code, err) == (0, "")
-    assert out.startswith("restored 11 files from %s into %s:\n" % (directory, target.state_directory))
+    assert out.startswith("restored 10 files from %s into %s:\n" % (directory, target.state_directory))
     assert "  ca/ca.key\n" in out and "  %s\n" % (DB_NAME,) in out
     other = new_settings(tmp_path / "other")
     code, out, err = run_ctl("--config", str(other.config_path), "--json", "restore", str(directory))

@@ -285,8 +285,9 @@ def test_migrate_from_schema_1_keeps_data_and_backfills_renewal_ids(tmp_path):
     assert Store.migrate(path) == SCHEMA_VERSION
     conn = raw(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    # Later versions add TLS columns with their defaults (no bundle, verified).
-    assert conn.execute("SELECT * FROM cas").fetchall() == [(CA, "https://ca.example/scep", b"sealed", EPOCH, EPOCH, None, 1)]
+    # Later versions add TLS columns with their defaults (no bundle, verified) and the built-in flag (not built in).
+    assert conn.execute("SELECT * FROM cas").fetchall() == [
+        (CA, "https://ca.example/scep", b"sealed", EPOCH, EPOCH, None, 1, 0)]
     assert conn.execute("SELECT COUNT(*) FROM hosts").fetchone()[0] == 2
     assert conn.execute("SELECT * FROM challenges").fetchall() == [("c1", "h1", "p1", EPOCH)]
     assert conn.execute("SELECT uuid, kind, identifier, variables, content FROM profiles").fetchall() == [
