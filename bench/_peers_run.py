@@ -123,7 +123,7 @@ def one_run(opts) -> dict:
         pid = daemon.process.pid
         spy = Spy(opts.profile_dir, pid)
         admin = site.Api(daemon.admin_port, daemon.admin_token)
-        agent = site.Api(daemon.port, (top / "daemon" / "state" / "agent.token").read_text().strip())
+        agent = site.Api(daemon.port, None)  # each host's agent: its own credential per request
 
         # -- seed: CA, profile, hosts that will enroll, assignment, processing, agent fetch --
         started = time.perf_counter()
@@ -133,7 +133,8 @@ def one_run(opts) -> dict:
         hosts = site.import_hosts(admin, "ENROLL", needed)
         site.assign_platform(admin, profile)
         site.process_profiles(admin)
-        fetched = [site.fetch_enrollment(agent, h) for h in hosts]
+        credentials = site.issue_agent_credentials(admin, hosts)
+        fetched = [site.fetch_enrollment(agent, h, credentials[h]) for h in hosts]
         paths = [path for path, _ in fetched]
         device_challenge = fetched[0][1]
         out["seed_seconds"] = time.perf_counter() - started

@@ -4,8 +4,8 @@ Nothing here touches the database directly. A site is: one CA integration
 (scepserver, its static challenge), the fleet-custom-scep-apple fixture profile
 naming that CA, N macOS hosts imported as JSON in chunks, the profile assigned
 by platform (N host profiles, status NULL), the process_profiles job triggered
-(N commands queued, host profiles pending), then, per host, the agent's fetch of
-its commands: that renders the profile with a fresh one-time challenge in the
+(N commands queued, host profiles pending), each host's agent credential issued
+in one bulk call, then, per host, its agent's fetch of its commands: that renders the profile with a fresh one-time challenge in the
 proxy URL. The URL and the (rendered) static challenge are read back from the
 SCEP payload, exactly what a device would use.
 """
@@ -27,10 +27,12 @@ class Api:
         self.port, self.token, self.timeout = port, token, timeout
         self.conn = None
 
-    def call(self, method: str, path: str, body=None, content_type="application/json", expect=(200, 201)):
+    def call(self, method: str, path: str, body=None, content_type="application/json", expect=(200, 201),
+             token: str | None = None):
+        """``token``: this request's bearer token instead of the client's (an agent's per-host credential)."""
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode()
-        headers = {"Authorization": f"Bearer {self.token}"}
+        headers = {"Authorization": f"Bearer {token or self.token}"}
         if body is not None:
             headers["Content-Type"] = content_type
         for attempt in (1, 2):
@@ -94,9 +96,15 @@ def scep_payload(mobileconfig: str) -> dict:
     raise ValueError("rendered profile has no SCEP payload")
 
 
-def fetch_enrollment(agent: Api, host: str) -> tuple[str, str]:
-    """The agent fetches the host's commands: (proxy path with the one-time challenge, static challenge)."""
-    commands = agent.call("GET", f"/api/v1/agent/hosts/{host}/commands")["commands"]
+def issue_agent_credentials(admin: Api, hosts: list[str]) -> dict[str, str]:
+    """Each host's own agent credential, issued in one bulk admin call: ``{host: credential}``."""
+    answer = admin.call("POST", "/api/v1/agent-credentials", {"hosts": hosts, "rotate": True})
+    return {item["host_uuid"]: item["token"] for item in answer["issued"]}
+
+
+def fetch_enrollment(agent: Api, host: str, credential: str) -> tuple[str, str]:
+    """The host's agent fetches its commands: (proxy path with the one-time challenge, static challenge)."""
+    commands = agent.call("GET", f"/api/v1/agent/hosts/{host}/commands", token=credential)["commands"]
     if len(commands) != 1:
         raise RuntimeError(f"host {host} has {len(commands)} commands, expected 1")
     scep = scep_payload(commands[0]["payload"])

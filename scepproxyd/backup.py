@@ -47,6 +47,9 @@ log = get_logger(__name__)
 MANIFEST = "MANIFEST.json"
 FORMAT = 1
 DATABASE_ROLE = "database"
+#: Roles older backups may hold whose files are no longer used: checked, then not restored.
+#: (agent.token_file: the shared agent token, replaced by per-host agent credentials in the database.)
+RETIRED_ROLES = frozenset({"agent.token_file"})
 #: How long restore waits for the live database's lock before deciding a daemon holds it.
 LOCK_TIMEOUT = 0.5
 _CHUNK = 1024 * 1024
@@ -80,7 +83,6 @@ def _roles(settings) -> list[tuple[str, Path]]:
     return [
         ("state.key_file", settings.key_file),
         ("admin.token_file", settings.admin.token_file),
-        ("agent.token_file", settings.agent.token_file),
         ("delivery.webhook_token_file", settings.delivery.webhook_token_file),
         ("delivery.nanomdm_api_key_file", settings.delivery.nanomdm_api_key_file),
         ("ca.key_file", ca.key_file),
@@ -567,9 +569,10 @@ def restore_backup(directory: Path, settings) -> list[str]:
     staged: list[tuple[Path, Path]] = []
     try:
         manifest = _read_manifest(directory)
-        entries = _check_manifest(manifest, paths)
+        entries = _check_manifest(manifest, set(paths) | RETIRED_ROLES)
         for entry in entries:
             _verify_file(directory, entry)
+        entries = [entry for entry in entries if entry["role"] not in RETIRED_ROLES]
         database_entry = next(e for e in entries if e["role"] == DATABASE_ROLE)
         _check_database(directory / database_entry["name"])
         targets = [(entry, paths[entry["role"]]) for entry in entries]

@@ -11,6 +11,8 @@ import attrs
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from scepproxyd.store.models import RENEWAL_ID_PATTERN
+
 MAX_CERTIFICATES_PER_REPORT = 100
 
 _PEM_BLOCK = re.compile(
@@ -35,6 +37,11 @@ class ReportedCertificate:
     def renewal_ids(self, known: dict[str, str]) -> list[str]:
         """The known renewal IDs found in this certificate's CN or OU."""
         return [rid for rid in known if any(rid in value for value in self.subject_values)]
+
+    def renewal_id_candidates(self) -> list[str]:
+        """Everything in the CN or OU shaped like a renewal ID, known or not (to spot another host's)."""
+        found = [rid for value in self.subject_values for rid in RENEWAL_ID_PATTERN.findall(value)]
+        return list(dict.fromkeys(found))
 
 
 def parse_certificate(pem: str | bytes) -> ReportedCertificate:

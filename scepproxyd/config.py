@@ -112,11 +112,6 @@ class DeliverySettings:
     command_retention: float
 
 
-@attrs.frozen
-class AgentSettings:
-    token_file: Path
-
-
 KEY_USAGES = (
     "digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
 )
@@ -185,8 +180,11 @@ class Settings:
     profiles: ProfileSettings
     renewal: RenewalSettings
     delivery: DeliverySettings
-    agent: AgentSettings
     ca: CASettings
+    #: Where the retired shared agent token lived; the daemon warns if the file is still there.
+    retired_agent_token_file: Path
+    #: One line per retired setting the file still sets (ignored; the daemon warns at start).
+    ignored: tuple[str, ...] = ()
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)", re.ASCII)
@@ -530,9 +528,6 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
         "webhook_token_file": ("nanomdm-webhook.token", _text),
         "command_retention": ("7d", _duration(0, 3650 * DAY)),
     },
-    "agent": {
-        "token_file": ("agent.token", _text),
-    },
     "ca": {
         "enabled": ("yes", _boolean),
         "name": ("builtin", _ca_name),
@@ -636,6 +631,32 @@ def _san_policy(values: dict, section: str):
     return SanPolicy.from_patterns({t: values.pop("san_" + t) for t in _SAN_TYPES}, section)
 
 
+#: Settings that once existed: accepted so an old file still starts, then ignored with a warning.
+_RETIRED = {
+    "agent": {
+        "token_file": "per-host agent credentials replaced the shared agent token, which is no longer accepted; "
+                      "see docs/agent-api.md",
+    },
+}
+
+
+def _retired_values(parser, config_path) -> tuple[dict[str, str], list[str]]:
+    """The retired keys the file sets, ``{"section.key": value}``, and a warning line for each."""
+    given, warnings = {}, []
+    for section, keys in _RETIRED.items():
+        if not parser.has_section(section):
+            continue
+        for key, value in parser.items(section):
+            if key not in keys:
+                raise ConfigError(
+                    config_path, section, key,
+                    "unknown key; [%s] is retired and has no settings (%s)" % (section, keys[next(iter(keys))]),
+                )
+            given["%s.%s" % (section, key)] = value
+            warnings.append("[%s] %s is ignored: %s" % (section, key, keys[key]))
+    return given, warnings
+
+
 def _ca_settings(values, template_sections, state_directory: Path, config_path) -> CASettings:
     from scepproxyd.ca.csr_policy import KeyPolicy
 
@@ -689,7 +710,7 @@ def parse_settings(text: str, config_path: Path) -> Settings:
             except _Invalid as e:
                 raise ConfigError(config_path, section, None, "template name %s" % (e,)) from None
             template_sections.append(section)
-        elif section not in _SCHEMA:
+        elif section not in _SCHEMA and section not in _RETIRED:
             raise ConfigError(
                 config_path, section, None,
                 "unknown section; valid sections are: %s, and [template.NAME]" % (", ".join(_SCHEMA),),
@@ -702,7 +723,7 @@ def parse_settings(text: str, config_path: Path) -> Settings:
     state_directory = _resolve(absolute_config.parent, values["state"]["directory"])
     values["database"]["path"] = _resolve(state_directory, values["database"]["path"])
     values["admin"]["token_file"] = _resolve(state_directory, values["admin"]["token_file"])
-    values["agent"]["token_file"] = _resolve(state_directory, values["agent"]["token_file"])
+    retired, ignored = _retired_values(parser, config_path)
     server = values["server"]
     if (server["tls_certificate"] is None) != (server["tls_key"] is None):
         raise ConfigError(
@@ -739,8 +760,9 @@ def parse_settings(text: str, config_path: Path) -> Settings:
         profiles=ProfileSettings(**values["profiles"]),
         renewal=RenewalSettings(**values["renewal"]),
         delivery=DeliverySettings(**values["delivery"]),
-        agent=AgentSettings(**values["agent"]),
         ca=_ca_settings(values, template_sections, state_directory, config_path),
+        retired_agent_token_file=_resolve(state_directory, retired.get("agent.token_file") or "agent.token"),
+        ignored=tuple(ignored),
     )
 
 

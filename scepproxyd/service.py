@@ -24,6 +24,7 @@ from scepproxyd.sdnotify import SystemdNotifier
 from scepproxyd.store import Store
 from scepproxyd.tls import UpstreamTrust, server_context, wrap_tls
 from scepproxyd.web.admin import AdminRoutes
+from scepproxyd.web.admin_agents import AgentCredentialRoutes
 from scepproxyd.web.admin_backup import backup_routes
 from scepproxyd.web.agent import NanoMDMWebhook, agent_resource
 from scepproxyd.web.api import JsonApi
@@ -90,7 +91,6 @@ def prepare_state(settings) -> None:
     Store.migrate(settings.database.path)
     load_or_create_key(settings.key_file)
     load_or_create_token(settings.admin.token_file)
-    load_or_create_token(settings.agent.token_file)
     load_or_create_token(settings.delivery.webhook_token_file)
     if settings.delivery.backend == "nanomdm":
         read_nanomdm_api_key(settings.delivery.nanomdm_api_key_file)
@@ -100,6 +100,19 @@ def prepare_state(settings) -> None:
         prepare_ca_material(settings.ca)
     if settings.server.tls_certificate is not None:
         server_context(settings.server.tls_certificate, settings.server.tls_key, settings.server.tls_chain)
+
+
+def warn_retired(settings) -> None:
+    """One warn line per retired setting still in the file, and for the old shared agent token file."""
+    for message in settings.ignored:
+        log.warn("{config}: {message}", config=str(settings.config_path), message=message)
+    if settings.retired_agent_token_file.exists():
+        log.warn(
+            "{path} holds the old shared agent token, which is no longer accepted: issue each host's agent its own "
+            "credential (scepproxyctl agent-credential issue HOST, or issue-bulk), give it to that host's agent, "
+            "then delete the file (docs/agent-api.md, Migrating from the shared agent token)",
+            path=str(settings.retired_agent_token_file),
+        )
 
 
 def read_nanomdm_api_key(path: Path) -> str:
@@ -201,7 +214,7 @@ def make_service(settings, reactor) -> OrderedMultiService:
     reload_service = ReloadService(settings, store, trust, reactor)
     reload_service.setServiceParent(top)
 
-    agent_token = load_or_create_token(settings.agent.token_file)
+    warn_retired(settings)
     proxy = ScepProxy(store, upstream, metrics)
     listeners = []
     started = lambda: store_service.ready.called  # noqa: E731 - open, orphaned challenges put back
@@ -213,7 +226,7 @@ def make_service(settings, reactor) -> OrderedMultiService:
     site = BodyLimitedSite(
         build_resource_tree(
             proxy,
-            agent_resource(agent_token, store, renderer, reactor),
+            agent_resource(store, renderer, reactor),
             NanoMDMWebhook(store, load_or_create_token(settings.delivery.webhook_token_file)),
             reactor,
             builtin_ca,
@@ -233,7 +246,8 @@ def make_service(settings, reactor) -> OrderedMultiService:
         JsonApi(
             load_or_create_token(settings.admin.token_file),
             # The built-in CA's routes first: they guard its CA row before the generic CA routes match.
-            admin_ca_routes + backup_routes(store, settings) + admin_routes.routes(),
+            admin_ca_routes + backup_routes(store, settings) + admin_routes.routes()
+            + AgentCredentialRoutes(store).routes(),
             realm="admin",
         ),
         max_body_bytes=ADMIN_MAX_BODY_BYTES,

@@ -2,7 +2,7 @@
 
 The daemon runs as the README runs it in front of a real micromdm scepserver.
 The admin API and the agent API are tried with no token, wrong tokens, each
-other's token and the webhook token, in malformed headers and in the query
+other's credentials, another host's agent credential and the webhook token, in malformed headers and in the query
 string, and over the wrong listener. Then a whole enrollment runs (admin
 set-up, processing, agent fetch, real scepclient, reports) while every
 answer is recorded: no API answer and no line of the daemon's log may carry
@@ -19,7 +19,6 @@ import pytest
 from hostile import (
     Api,
     add_ca,
-    agent_token,
     apis,
     assert_log_clean,
     challenge_from_url,
@@ -54,9 +53,17 @@ def daemon(tmp_path_factory, upstream):
     d.stop()
 
 
-def credentials(daemon) -> dict[str, dict]:
+@pytest.fixture(scope="module")
+def site(daemon):
+    """The admin API and the agents, one set for the module (each host's credential issued once)."""
+    admin, agent = apis(daemon)
+    agent.credential("auth-host")
+    return admin, agent
+
+
+def credentials(daemon, agent_credential) -> dict[str, dict]:
     """Authorization headers that must not open the admin API, by name."""
-    admin, agent, hook = daemon.admin_token, agent_token(daemon), webhook_token(daemon)
+    admin, agent, hook = daemon.admin_token, agent_credential, webhook_token(daemon)
     basic = base64.b64encode(("admin:" + admin).encode()).decode()
     return {
         "none": {},
@@ -64,7 +71,7 @@ def credentials(daemon) -> dict[str, dict]:
         "scheme only": {"Authorization": "Bearer"},
         "empty token": {"Authorization": "Bearer "},
         "wrong": {"Authorization": "Bearer " + "w" * 43},
-        "agent token": {"Authorization": "Bearer " + agent},
+        "agent credential": {"Authorization": "Bearer " + agent},
         "webhook token": {"Authorization": "Bearer " + hook},
         "basic with admin token": {"Authorization": "Basic " + basic},
         "admin token without scheme": {"Authorization": admin},
@@ -85,10 +92,10 @@ ADMIN_ENDPOINTS = [
 ]
 
 
-def test_admin_api_refuses_every_other_credential(daemon):
-    admin, _ = apis(daemon)
-    secrets = [daemon.admin_token, agent_token(daemon), webhook_token(daemon), STATIC]
-    for name, headers in credentials(daemon).items():
+def test_admin_api_refuses_every_other_credential(daemon, site):
+    admin, agent = site
+    secrets = [daemon.admin_token, agent.credential("auth-host"), webhook_token(daemon), STATIC]
+    for name, headers in credentials(daemon, agent.credential("auth-host")).items():
         for method, path in ADMIN_ENDPOINTS:
             body = b'{"name": "EVIL", "url": "http://127.0.0.1:9/", "challenge": "x"}' if method != "GET" else None
             status, answer = request_once(daemon.admin_port, method, path.encode(), body=body,
@@ -118,8 +125,11 @@ def test_admin_api_is_not_on_the_proxy_listener(daemon):
             assert b"AUTH_CA" not in answer and b"auth-host" not in answer
 
 
-def test_agent_api_refuses_every_other_credential(daemon):
-    admin_token, agent, hook = daemon.admin_token, agent_token(daemon), webhook_token(daemon)
+def test_agent_api_refuses_every_other_credential(daemon, site):
+    admin, agents = site
+    admin.call("PUT", "/api/v1/hosts/auth-other", {"serial": "SER-OTHER", "platform": "macos"})
+    admin_token, agent, hook = daemon.admin_token, agents.credential("auth-host"), webhook_token(daemon)
+    other = agents.credential("auth-other")
     refused = {
         "none": {},
         "wrong": {"Authorization": "Bearer " + "w" * 43},
@@ -141,7 +151,16 @@ def test_agent_api_refuses_every_other_credential(daemon):
                                           headers=dict(headers, **{"Content-Type": "application/json"}))
             assert status == 401, (name, method, path, status, answer)
             assert admin_token.encode() not in answer and agent.encode() not in answer
-    # The agent token is for the device-facing listener only.
+            assert b"auth-" not in answer  # names no host
+    # Another host's credential opens none of this host's endpoints, and is answered like a wrong one.
+    for method, path in endpoints[:-1]:
+        for host_path in (path, path.replace("auth-host", "no-such-host")):
+            status, answer = request_once(daemon.port, method, host_path.encode(),
+                                          body=b'{"status": "acknowledged"}' if method == "POST" else None,
+                                          headers={"Authorization": "Bearer " + other,
+                                                   "Content-Type": "application/json"})
+            assert (status, answer) == (401, b'{"error": "missing or wrong bearer token"}\n'), (method, host_path)
+    # The agent credential is for the device-facing listener only.
     for method, path in endpoints:
         status, _ = request_once(daemon.admin_port, method, path.encode(), headers={"Authorization": "Bearer " + agent},
                                  body=b"{}" if method == "POST" else None)
@@ -164,8 +183,8 @@ def enroll(workdir, url, static, cn):
     return (workdir / "client.pem").read_text()
 
 
-def test_secrets_never_in_answers_or_log(daemon, upstream, tmp_path):
-    admin, agent = apis(daemon)
+def test_secrets_never_in_answers_or_log(daemon, upstream, tmp_path, site):
+    admin, agent = site
     device = Api(daemon.port, None)
     profile = upload_profile(admin, "AUTH_CA", "auth.wifi")
     admin.call("POST", "/api/v1/profiles/%s/assign" % (profile,), {"hosts": ["auth-host"]})
@@ -203,7 +222,8 @@ def test_secrets_never_in_answers_or_log(daemon, upstream, tmp_path):
     # Reports, and every admin read there is.
     agent.request("POST", "/api/v1/agent/hosts/auth-host/certificates", {"certificates": [pem]})
     agent.request("POST", "/api/v1/agent/hosts/auth-host/profiles", {"installed": [profile]})
-    agent.request("POST", "/api/v1/agent/hosts/nobody/certificates", {"certificates": [pem]})
+    agent.request("POST", "/api/v1/agent/hosts/nobody/certificates", {"certificates": [pem]},
+                  token=agent.credential("auth-host"))
     agent.request("GET", "/api/v1/agent/hosts/auth-host/commands")
     for path in ("/api/v1/cas", "/api/v1/cas/AUTH_CA", "/api/v1/hosts", "/api/v1/hosts/auth-host", "/api/v1/profiles",
                  "/api/v1/profiles/" + profile, "/api/v1/host-profiles", "/api/v1/jobs"):
@@ -223,10 +243,11 @@ def test_secrets_never_in_answers_or_log(daemon, upstream, tmp_path):
     admin.call("PATCH", "/api/v1/cas/AUTH_CA", {"challenge": NEW_STATIC})
     admin.call("GET", "/api/v1/cas/AUTH_CA")
     # Presented tokens are not echoed either.
-    Api(daemon.admin_port, agent_token(daemon)).request("GET", "/api/v1/cas")
+    Api(daemon.admin_port, agent.credential("auth-host")).request("GET", "/api/v1/cas")
     Api(daemon.port, daemon.admin_token).request("GET", "/api/v1/agent/hosts/auth-host/commands")
 
-    secrets = [STATIC, NEW_STATIC, daemon.admin_token, agent_token(daemon), webhook_token(daemon)] + one_time
+    secrets = [STATIC, NEW_STATIC, daemon.admin_token, webhook_token(daemon)] + one_time
+    secrets += list(agent.credentials.values())
     answers = admin.seen + agent.seen + device.seen
     assert len(answers) > 30
     for answer in answers:

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import defer
+from twisted.internet import defer, threads
 
 from certs import signed_blob
 from hostile import add_ca, apis, assert_log_clean, challenge_from_url, db, enrollment_url, upload_profile
@@ -102,11 +102,12 @@ def check_one_current_command_each(daemon, hosts: list[str], profiles: list[str]
 
 
 async def agent_fetch_all(daemon, agent, hosts, profiles):
-    """Every host's agent fetches at once; each gets exactly one command per host profile."""
-    token = {b"Authorization": [b"Bearer " + agent.token.encode()]}
+    """Every host's agent fetches at once, with its own credential; each gets exactly one command per host profile."""
+    await threads.deferToThread(agent.issue_bulk, hosts)
     limit = defer.DeferredSemaphore(16)
 
     async def fetch(host):
+        token = {b"Authorization": [b"Bearer " + agent.credential(host).encode()]}
         response = await treq.get(daemon.url + "/api/v1/agent/hosts/%s/commands" % (host,), headers=token)
         assert response.code == 200
         return host, await response.json()

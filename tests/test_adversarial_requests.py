@@ -24,7 +24,6 @@ from hostile import (
     CA_CAPS,
     HostileCA,
     add_ca,
-    agent_token,
     apis,
     assert_log_clean,
     b64,
@@ -61,9 +60,21 @@ def daemon(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def target(daemon, ca):
+def site(daemon):
+    """The admin API and the agents for the module (each host's agent credential issued once)."""
+    return apis(daemon)
+
+
+@pytest.fixture(scope="module")
+def agent_credential(site, target):
+    """The agent credential of the target's host."""
+    return site[1].credential(target[0])
+
+
+@pytest.fixture(scope="module")
+def target(site, ca):
     """A real host profile on a healthy CA: (host, profile, CA, its live challenge)."""
-    admin, agent = apis(daemon)
+    admin, agent = site
     add_ca(admin, "FUZZ_CA", ca.url("ok"), STATIC)
     url, profile = enrollment_url(admin, agent, "FUZZ_CA", "fuzz-host")
     return "fuzz-host", profile, "FUZZ_CA", challenge_from_url(url)
@@ -213,7 +224,7 @@ OBJECTS = st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=4)
 
 @FUZZ
 @given(data=st.data())
-def test_fuzz_agent_api(daemon, target, data):
+def test_fuzz_agent_api(daemon, target, agent_credential, data):
     host = data.draw(st.one_of(st.just(target[0]), st.text(alphabet=PATH_CHARS, min_size=1, max_size=40)))
     path = data.draw(st.sampled_from(["/commands", "/commands/%s" % data.draw(st.text(PATH_CHARS, max_size=70)),
                                       "/profiles", "/certificates", ""]))
@@ -222,7 +233,8 @@ def test_fuzz_agent_api(daemon, target, data):
                                st.binary(max_size=300),
                                st.just(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")))
     content_type = data.draw(st.sampled_from(["application/json", "application/x-pem-file", "text/plain", ""]))
-    headers = {"Authorization": "Bearer " + agent_token(daemon)}
+    # Any other host in the path is refused like a wrong credential: fuzzed too.
+    headers = {"Authorization": "Bearer " + agent_credential}
     if content_type:
         headers["Content-Type"] = content_type
     target_bytes = ("/api/v1/agent/hosts/%s%s" % (host, path)).encode()
@@ -259,9 +271,9 @@ def test_fuzz_admin_api(daemon, target, data):
     assert status < 500, (status, answer, method, target_bytes, body[:300])
 
 
-def test_fuzzing_left_no_trace(daemon, target, snapshot):
+def test_fuzzing_left_no_trace(daemon, target, agent_credential, snapshot):
     """Runs after the fuzzers: no traceback or 500 in the log, and the daemon still serves."""
-    assert_log_clean(daemon, [STATIC, target[3], daemon.admin_token, agent_token(daemon)])
+    assert_log_clean(daemon, [STATIC, target[3], daemon.admin_token, agent_credential])
     assert integrity(daemon) == "ok"
 
 
@@ -416,11 +428,11 @@ SQL_IDENTIFIERS = [
 ]
 
 
-def test_path_traversal_and_sql_identifiers_are_plain_refusals(daemon, target, snapshot):
+def test_path_traversal_and_sql_identifiers_are_plain_refusals(daemon, target, agent_credential, snapshot):
     before = snapshot()
     admin_token = daemon.admin_token.encode()
     for path in TRAVERSALS:
-        for token in (b"", admin_token, agent_token(daemon).encode()):
+        for token in (b"", admin_token, agent_credential.encode()):
             status, body = request_once(daemon.port, "GET", path, headers={"Authorization": b"Bearer " + token})
             assert status == 400, (path, status, body)
             assert b'"cas"' not in body and b"root:" not in body
@@ -436,7 +448,7 @@ def test_path_traversal_and_sql_identifiers_are_plain_refusals(daemon, target, s
             assert status == 400, (ident, status, body)
 
     # The admin API treats the same strings as data, too.
-    admin, _ = apis(daemon)
+    admin, _ = apis(daemon)  # admin calls only: no agent credential is issued here
     for value in SQLISH + ["%25", "%", "*"]:
         quoted = quote(value, safe="")
         assert admin.request("GET", "/api/v1/hosts/" + quoted)[0] == 404
@@ -454,4 +466,4 @@ def test_path_traversal_and_sql_identifiers_are_plain_refusals(daemon, target, s
     assert snapshot() == dict(before, hosts=before["hosts"] + len(well_formed))
     assert admin.call("GET", "/api/v1/cas/FUZZ_CA")["name"] == "FUZZ_CA"
     assert admin.call("GET", "/api/v1/hosts/fuzz-host")["uuid"] == "fuzz-host"
-    assert_log_clean(daemon, [STATIC, target[3], daemon.admin_token, agent_token(daemon)])
+    assert_log_clean(daemon, [STATIC, target[3], daemon.admin_token, agent_credential])

@@ -17,7 +17,6 @@ import pytest
 from hostile import (
     HostileCA,
     add_ca,
-    agent_token,
     apis,
     assert_log_clean,
     challenge_from_url,
@@ -250,4 +249,4 @@ def test_hanging_upstream_stalls_nothing_else(patient_daemon, healthy):
     finally:
         held.stop()
         pool.shutdown(wait=True)
-    assert_log_clean(daemon, [STATIC, daemon.admin_token, agent_token(daemon)])
+    assert_log_clean(daemon, [STATIC, daemon.admin_token] + list(agent.credentials.values()))

@@ -49,7 +49,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "profiles" / "fleet-custom-scep-a
 DB_NAME = "scepproxyd.sqlite3"
 # Every file a state with an RA and a NanoMDM key holds, by its name relative to the state directory.
 STATE_NAMES = {
-    "secrets.key", "admin.token", "agent.token", "nanomdm-webhook.token", "nanomdm.key",
+    "secrets.key", "admin.token", "nanomdm-webhook.token", "nanomdm.key",
     "ca/ca.key", "ca/ca.pem", "ca/challenge", "ca/ra.key", "ca/ra.pem",
 }
 FAST_CA = {"key_size": "2048"}
@@ -130,7 +130,7 @@ def test_state_files_are_the_existing_secrets(settings):
 def test_state_files_without_ra_or_ca(tmp_path):
     s = make_settings(tmp_path / "plain", ra=False, ca={"enabled": "no"})
     names = {p.relative_to(s.state_directory).as_posix() for p in state_files(s)}
-    assert names == {"secrets.key", "admin.token", "agent.token", "nanomdm-webhook.token"}
+    assert names == {"secrets.key", "admin.token", "nanomdm-webhook.token"}
 
 
 # -- taking a backup -------------------------------------------------------------------
@@ -316,6 +316,27 @@ async def test_restore_over_the_old_state(store, settings, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_restore_of_an_older_backup_skips_the_retired_agent_token(store, settings, tmp_path):
+    """A backup from before per-host agent credentials holds agent.token: checked, never put back."""
+    directory = tmp_path / "backup"
+    await backed_up(store, settings, directory)
+    old_token = b"old-shared-agent-token-0123456789\n"
+    (directory / "agent.token").write_bytes(old_token)
+    manifest = json.loads((directory / MANIFEST).read_text())
+    manifest["files"].append({"name": "agent.token", "role": "agent.token_file", "bytes": len(old_token),
+                              "sha256": hashlib.sha256(old_token).hexdigest()})
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    target = new_settings(tmp_path / "new", ca={"ra": "yes"})
+    names = restore_backup(directory, target)
+    assert set(names) == STATE_NAMES | {DB_NAME}
+    assert not (target.state_directory / "agent.token").exists()
+    # Still checked like every file: an altered one is refused.
+    (directory / "agent.token").write_bytes(b"x" + old_token[1:])
+    with pytest.raises(BackupError, match="agent.token does not match MANIFEST.json"):
+        restore_backup(directory, new_settings(tmp_path / "newer", ca={"ra": "yes"}))
+
+
+@pytest_twisted.ensureDeferred
 async def test_restore_refuses_while_the_database_is_open(store, settings, tmp_path):
     directory = tmp_path / "backup"
     await take_backup(store, settings, directory)
@@ -417,7 +438,7 @@ async def test_ctl_restore_needs_no_api(store, settings, tmp_path):
     # No daemon, no admin token: restore reads only the config and the backup.
     code, out, err = run_ctl("--config", str(target.config_path), "restore", str(directory))
     assert (code, err) == (0, "")
-    assert out.startswith("restored 11 files from %s into %s:\n" % (directory, target.state_directory))
+    assert out.startswith("restored 10 files from %s into %s:\n" % (directory, target.state_directory))
     assert "  ca/ca.key\n" in out and "  %s\n" % (DB_NAME,) in out
     other = new_settings(tmp_path / "other")
     code, out, err = run_ctl("--config", str(other.config_path), "--json", "restore", str(directory))
@@ -469,11 +490,10 @@ def ctl(config, *argv, expect=0):
 class Load:
     """Writers on every listener, each recording when its requests were sent and acknowledged."""
 
-    def __init__(self, daemon: Daemon, agent_hosts):
+    def __init__(self, daemon: Daemon, agent_credentials: dict[str, str]):
         self.admin = Http(daemon.admin_url, daemon.admin_token)
-        self.agent = Http(daemon.url, (daemon.directory / "state" / "agent.token").read_text().strip())
+        self.agents = {host: Http(daemon.url, token) for host, token in agent_credentials.items()}
         self.proxy_url = daemon.url
-        self.agent_hosts = agent_hosts
         self.stop = threading.Event()
         self.puts: list[tuple[str, float, float]] = []  # (uuid, sent, acknowledged)
         self.imports: list[tuple[list[str], float, float]] = []
@@ -511,8 +531,8 @@ class Load:
 
     def _agent(self):
         while not self.stop.is_set():
-            for host in self.agent_hosts:
-                status, answer = self.agent("GET", "/api/v1/agent/hosts/%s/commands" % (host,))
+            for host, agent in self.agents.items():
+                status, answer = agent("GET", "/api/v1/agent/hosts/%s/commands" % (host,))
                 assert status == 200, (status, answer)
                 self.counts["agent"] += 1
 
@@ -566,7 +586,10 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
         status, _ = admin("POST", "/api/v1/jobs/process_profiles")
         assert status == 200
 
-        load = Load(first, agent_hosts).start()
+        status, issued = admin("POST", "/api/v1/agent-credentials", {"hosts": agent_hosts})
+        assert status == 200 and len(issued["issued"]) == 5, issued
+        agent_credentials = {item["host_uuid"]: item["token"] for item in issued["issued"]}
+        load = Load(first, agent_credentials).start()
         time.sleep(1.0)
         backup = tmp_path / "backups" / "nightly"
         started = time.monotonic()
@@ -574,14 +597,13 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
         returned = time.monotonic()
         time.sleep(0.5)
         load.finish()
-        assert result.stdout.strip() == "backed up 10 files to %s" % (backup,)
+        assert result.stdout.strip() == "backed up 9 files to %s" % (backup,)
         assert all(load.counts.values()) and load.puts and load.imports, load.counts
         # Writes were in flight while the backup ran.
         assert any(sent < returned and acked > started for _, sent, acked in load.puts + load.imports)
 
         _, ca_before = admin("GET", "/api/v1/ca")
         admin_token = first.admin_token
-        agent_token = (first.directory / "state" / "agent.token").read_text().strip()
         first.stop()
         live = first.database
         ca_row = rows(live, "SELECT name, url, challenge_ciphertext, created_at FROM cas WHERE name = 'builtin'")
@@ -589,7 +611,7 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
         # Restore into a new state directory, offline, then serve from it.
         second = make_daemon(tmp_path / "second")
         restored = ctl(second.config, "restore", str(backup)).stdout
-        assert restored.startswith("restored 10 files from %s into %s" % (backup, second.directory / "state"))
+        assert restored.startswith("restored 9 files from %s into %s" % (backup, second.directory / "state"))
         assert rows(second.database, "PRAGMA integrity_check") == [("ok",)]
         assert rows(second.database, "SELECT name, url, challenge_ciphertext, created_at FROM cas "
                                      "WHERE name = 'builtin'") == ca_row
@@ -608,7 +630,7 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
         assert {"BASE-%05d" % (i,) for i in range(4000)} <= hosts
 
         for name in ("ca/ca.key", "ca/ca.pem", "ca/ra.key", "ca/ra.pem", "ca/challenge", "secrets.key",
-                     "admin.token", "agent.token", "nanomdm-webhook.token"):
+                     "admin.token", "nanomdm-webhook.token"):
             assert (second.directory / "state" / name).read_bytes() == (first.directory / "state" / name).read_bytes()
 
         second.start()
@@ -621,7 +643,9 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
         assert ca_after["ra"]["fingerprint"] == ca_before["ra"]["fingerprint"]
         status, listed = admin2("GET", "/api/v1/hosts")
         assert status == 200 and {h["uuid"] for h in listed["hosts"]} == hosts
-        status, _ = Http(second.url, agent_token)("GET", "/api/v1/agent/hosts/%s/commands" % (agent_hosts[0],))
+        # Agent credentials live (hashed) in the database: the restored daemon accepts them.
+        status, _ = Http(second.url, agent_credentials[agent_hosts[0]])(
+            "GET", "/api/v1/agent/hosts/%s/commands" % (agent_hosts[0],))
         assert status == 200
         # The built-in CA's row holds no reusable secret: its profiles get one-time CA challenges.
         assert rows(second.database, "SELECT challenge_ciphertext, builtin FROM cas WHERE name = 'builtin'") == [
@@ -637,9 +661,11 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
         assert {h["uuid"] for h in listed["hosts"]} == hosts
         # The daemon logged the backup, by name only.
         log = first.log()
-        assert "backed up 10 files" in log
-        for name in ("secrets.key", "admin.token", "agent.token", "ca/challenge"):
+        assert "backed up 9 files" in log
+        for name in ("secrets.key", "admin.token", "ca/challenge"):
             assert (first.directory / "state" / name).read_text().strip() not in log
+        for token in agent_credentials.values():
+            assert token not in log
     finally:
         first.stop()
         if second is not None:

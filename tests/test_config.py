@@ -369,7 +369,6 @@ EVERY_KEY = [
     ("delivery", "nanomdm_api_key_file"),
     ("delivery", "webhook_token_file"),
     ("delivery", "command_retention"),
-    ("agent", "token_file"),
     ("ca", "enabled"),
     ("ca", "name"),
     ("ca", "key_file"),
@@ -425,7 +424,7 @@ def test_unknown_section():
     assert (error.section, error.key) == ("sever", None)
     assert str(error) == (
         "%s: [sever]: unknown section; valid sections are: "
-        "state, server, database, challenges, upstream, logging, admin, profiles, renewal, delivery, agent, ca, and [template.NAME]" % (CONFIG,)
+        "state, server, database, challenges, upstream, logging, admin, profiles, renewal, delivery, ca, and [template.NAME]" % (CONFIG,)
     )
 
 
@@ -642,7 +641,24 @@ def test_engine_defaults():
     assert settings.renewal.threshold == 30 * 86400.0
     assert settings.renewal.short_fraction == 0.5
     assert settings.delivery.backend == "outbox" and settings.delivery.nanomdm_url is None
-    assert settings.agent.token_file == Path("/srv/scep/var/agent.token")
+    assert settings.retired_agent_token_file == Path("/srv/scep/var/agent.token")
+    assert settings.ignored == ()
+
+
+def test_retired_agent_token_file_is_accepted_and_ignored():
+    """A file written for the shared agent token still starts; the setting only makes a warning."""
+    settings = parse("[agent]\ntoken_file = old/agent-shared.token\n")
+    assert settings.retired_agent_token_file == Path("/srv/scep/var/old/agent-shared.token")
+    (line,) = settings.ignored
+    assert line.startswith("[agent] token_file is ignored: per-host agent credentials replaced the shared agent token")
+    assert "docs/agent-api.md" in line
+    assert not hasattr(settings, "agent")
+
+
+def test_retired_agent_section_takes_no_new_keys():
+    error = refused("[agent]\ntoken = x\n")
+    assert (error.section, error.key) == ("agent", "token")
+    assert "unknown key; [agent] is retired and has no settings" in error.problem
 
 
 @pytest.mark.parametrize(

@@ -64,8 +64,9 @@ def daemon(tmp_path):
     d.stop()
 
 
-def agent_token(daemon):
-    return (daemon.directory / "state" / "agent.token").read_text().strip()
+async def issue_agent_credential(admin, host) -> str:
+    """The host's own agent credential, issued the documented way."""
+    return (await admin.call("POST", "/api/v1/hosts/%s/agent-credential" % host))["token"]
 
 
 def enroll(workdir, url, challenge, cn, ou=None):
@@ -101,10 +102,10 @@ def move_certificate_into_renewal_window(daemon, host, profile):
 
 async def set_up(daemon, upstream, template: bytes, content_type: str, host: str, platform: str):
     admin = Client(daemon.admin_url, daemon.admin_token)
-    agent = Client(daemon.url, agent_token(daemon))
     if "CORP_CA" not in [ca["name"] for ca in (await admin.call("GET", "/api/v1/cas"))["cas"]]:
         await admin.call("POST", "/api/v1/cas", {"name": "CORP_CA", "url": upstream.url, "challenge": STATIC})
     await admin.call("PUT", "/api/v1/hosts/" + host, {"serial": "SER" + host, "platform": platform})
+    agent = Client(daemon.url, await issue_agent_credential(admin, host))
     query = "?platform=" + platform
     profile = await admin.call("POST", "/api/v1/profiles" + query, raw=template, content_type=content_type)
     assert (await admin.call("POST", "/api/v1/profiles/%s/assign" % profile["uuid"], {"hosts": [host]})) == {"assigned": 1}
@@ -142,6 +143,18 @@ async def test_apple_flow_enroll_verify_renew(tmp_path, upstream, daemon):
     report = await agent.call("POST", "/api/v1/agent/hosts/%s/certificates" % host, {"certificates": [pem]})
     assert report["recorded"] == 1
     assert (await status_of(admin, host, profile))["status"] == "verified"
+
+    # Another host's agent can neither read this host's commands nor claim its certificate.
+    await admin.call("PUT", "/api/v1/hosts/MAC-0002", {"serial": "SERMAC-0002", "platform": "macos"})
+    other = await issue_agent_credential(admin, "MAC-0002")
+    response = await treq.get(daemon.url + "/api/v1/agent/hosts/%s/commands" % host,
+                              headers={b"Authorization": [b"Bearer " + other.encode()]})
+    assert response.code == 401 and (await response.json()) == {"error": "missing or wrong bearer token"}
+    report = await Client(daemon.url, other).call("POST", "/api/v1/agent/hosts/MAC-0002/certificates",
+                                                  {"certificates": [pem]})
+    assert report == {"recorded": 0, "older": 0, "unknown": 1, "not_valid_now": 0}
+    assert "belongs to a host profile of host %s" % host in daemon.log()
+    assert other not in daemon.log() and agent.token not in daemon.log()
 
     # Not due yet: a fresh 365-day certificate.
     assert (await admin.call("POST", "/api/v1/jobs/renew_certificates"))["result"] == {"renewals_due": 0}
@@ -210,11 +223,19 @@ async def test_device_error_resends_then_fails(tmp_path, upstream, daemon):
 
 @pytest_twisted.ensureDeferred
 async def test_agent_api_refuses_other_tokens(daemon):
-    for token in ("", "wrong-token-wrong-token", daemon.admin_token):
+    admin = Client(daemon.admin_url, daemon.admin_token)
+    for host in ("X", "Y"):
+        await admin.call("PUT", "/api/v1/hosts/" + host, {"serial": "SER" + host, "platform": "macos"})
+    credential = await issue_agent_credential(admin, "X")
+    for token in ("", "wrong-token-wrong-token", daemon.admin_token, await issue_agent_credential(admin, "Y")):
         response = await treq.get(daemon.url + "/api/v1/agent/hosts/X/commands",
                                   headers={b"Authorization": [b"Bearer " + token.encode()]})
         assert response.code == 401
         await response.content()
     response = await treq.get(daemon.admin_url + "/api/v1/agent/hosts/X/commands",
-                              headers={b"Authorization": [b"Bearer " + agent_token(daemon).encode()]})
+                              headers={b"Authorization": [b"Bearer " + credential.encode()]})
     assert response.code == 401
+    await response.content()
+    response = await treq.get(daemon.url + "/api/v1/agent/hosts/X/commands",
+                              headers={b"Authorization": [b"Bearer " + credential.encode()]})
+    assert response.code == 200 and (await response.json()) == {"commands": []}

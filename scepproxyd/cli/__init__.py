@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from scepproxyd.cli import backup, builtin_ca, commands
+from scepproxyd.cli import agent_credential, backup, builtin_ca, commands
 from scepproxyd.cli.client import AdminClient, CliError, UsageError, target_from_endpoint, target_from_url
 from scepproxyd.cli.render import as_json
 
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     command(groups, "trigger", commands.trigger, "run a job now", arg("job", metavar="JOB"))
     command(groups, "jobs", commands.jobs, "list jobs")
     builtin_ca.add_commands(command, group, arg)
+    agent_credential.add_commands(command, group, arg)
     backup.add_commands(command, groups, arg)
     return parser
 

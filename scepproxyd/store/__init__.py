@@ -3,11 +3,12 @@ The SQLite store: schema, migrations and every SQL statement of scepproxyd.
 
 ``Store`` is one object for callers; its methods are grouped by subject in
 the modules here (CAs, hosts, profiles, assignments, challenges, commands,
-renewals) and all run on the DB thread that ``database.Database`` owns.
+renewals, agent credentials) and all run on the DB thread that ``database.Database`` owns.
 Every method returns a Deferred; every write is one transaction, so a
 failed one leaves nothing behind.
 """
 
+from scepproxyd.store.agents import AgentCredential, AgentCredentialQueries, AgentIdentity
 from scepproxyd.store.assignments import STATUS_FILTERS, AssignmentQueries
 from scepproxyd.store.backup import BackupQueries
 from scepproxyd.store.ca import (
@@ -59,6 +60,7 @@ class Store(
     ChallengeQueries,
     CommandQueries,
     RenewalQueries,
+    AgentCredentialQueries,
     BackupQueries,
     Database,
 ):
@@ -78,6 +80,8 @@ __all__ = [
     "PLATFORMS",
     "PROFILE_KINDS",
     "STATUS_FILTERS",
+    "AgentCredential",
+    "AgentIdentity",
     "CaRequest",
     "CertificateAuthority",
     "ChallengeRefusal",

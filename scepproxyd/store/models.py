@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import re
 import secrets
 import uuid
 
@@ -217,6 +218,8 @@ class ClaimResult:
 def challenge_hash(challenge: str) -> str:
     """What the store keeps of a challenge it must recognise later without keeping it: its SHA-256, hex."""
     return hashlib.sha256(challenge.encode("utf-8")).hexdigest()
+#: What new_renewal_id() makes, to find renewal IDs in a certificate subject.
+RENEWAL_ID_PATTERN = re.compile(r"sp-[0-9a-f]{16}")
 
 
 def new_renewal_id() -> str:

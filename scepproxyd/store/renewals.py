@@ -72,6 +72,19 @@ class RenewalQueries:
 
         return self._submit(renewal_ids_for_host, write=False)
 
+    def renewal_id_owners(self, renewal_ids) -> defer.Deferred:
+        """Which host each of these renewal IDs belongs to; fires ``{renewal_id: host_uuid}`` for known ones."""
+        renewal_ids = list(dict.fromkeys(renewal_ids))
+
+        def renewal_id_owners(conn):
+            owners = {}
+            for keys in chunks(renewal_ids):
+                owners.update(conn.execute(
+                    f"SELECT renewal_id, host_uuid FROM host_profiles WHERE renewal_id IN ({placeholders(keys)})", keys))
+            return owners
+
+        return self._submit(renewal_id_owners, write=False)
+
     def record_certificate(self, host_uuid, renewal_id, serial: str, not_before: float, not_after: float):
         """
         Keep a reported certificate's serial and dates; fires "recorded", "older" or "unknown".

@@ -440,4 +440,7 @@ class AdminRoutes:
 
 
 def admin_resource(token: str, store, upstream, cipher, jobs: dict) -> JsonApi:
-    return JsonApi(token, AdminRoutes(store, upstream, cipher, jobs).routes(), realm="admin")
+    from scepproxyd.web.admin_agents import AgentCredentialRoutes  # it builds on this module
+
+    routes = AdminRoutes(store, upstream, cipher, jobs).routes() + AgentCredentialRoutes(store).routes()
+    return JsonApi(token, routes, realm="admin")

@@ -1,9 +1,13 @@
-"""The agent / MDM-facing API (outbox delivery), on the device-facing listener with its own token.
+"""The agent / MDM-facing API (outbox delivery), on the device-facing listener.
 
 An agent on the host (or an MDM acting for it) polls for commands, installs
 the rendered profile, then reports back: acknowledgement or error per
 command, installed profiles, and the host's certificates. Rendering happens
 on fetch, so the one-time challenge is minted when the device can use it.
+
+Each agent's bearer credential is its host's own (scepproxyd.agent_credentials):
+a path naming any other host is refused exactly like an unknown credential,
+and every report touches only that host's host profiles.
 """
 
 from twisted.web import resource
@@ -14,6 +18,7 @@ from scepproxyd.certificates import (
     parse_certificate,
     split_pem_bundle,
 )
+from scepproxyd.agent_credentials import HostCredentials
 from scepproxyd.keys import tokens_match
 from scepproxyd.logs import get_logger
 from scepproxyd.web.api import Invalid, JsonApi, NotFound, field, json_body
@@ -46,12 +51,10 @@ class AgentRoutes:
             ("POST", host + r"/certificates", self.certificates),
         ]
 
-    async def _require_host(self, host: str):
-        if await self._store.get_host(host) is None:
-            raise NotFound("no host %r" % (host,))
+    # The credential check (HostCredentials.permits) has made sure that ``host``
+    # is the credential's own, and so exists: a credential goes with its host.
 
     async def fetch_commands(self, request, host):
-        await self._require_host(host)
         jobs = await self._store.commands_for_host(host, "outbox")
         commands = []
         for job in jobs:
@@ -80,7 +83,6 @@ class AgentRoutes:
         return {"host_uuid": hp.host_uuid, "profile_uuid": hp.profile_uuid, "status": hp.status, "retries": hp.retries}
 
     async def installed_profiles(self, request, host):
-        await self._require_host(host)
         installed = field(json_body(request), "installed", kind=list)
         if not all(isinstance(item, str) and item for item in installed):
             raise Invalid("installed must be a list of profile UUIDs or PayloadIdentifiers", field="installed")
@@ -88,7 +90,6 @@ class AgentRoutes:
         return {"verified": count}
 
     async def certificates(self, request, host):
-        await self._require_host(host)
         content_type = (request.getHeader(b"Content-Type") or b"").decode("latin-1")
         if "json" in content_type:
             pems = field(json_body(request), "certificates", kind=list)
@@ -107,11 +108,22 @@ class AgentRoutes:
             except CertificateReportError as e:
                 raise Invalid("certificate %d: %s" % (index, e), field="certificates") from None
         known = await self._store.renewal_ids_for_host(host)
+        foreign = await self._foreign_renewal_ids(host, parsed, known)
         now = self._clock.seconds()
         counts = {"recorded": 0, "older": 0, "unknown": 0, "not_valid_now": 0}
         for cert in parsed:
             if not cert.valid_at(now):
                 counts["not_valid_now"] += 1
+                continue
+            others = [rid for rid in cert.renewal_id_candidates() if rid in foreign]
+            if others:
+                # Answered as unknown: the reporter learns nothing about other hosts.
+                log.warn(
+                    "ignored certificate {serial} reported by the agent of host {host}: renewal ID {renewal_id}"
+                    " belongs to a host profile of host {owner}",
+                    serial=cert.serial, host=host, renewal_id=others[0], owner=foreign[others[0]],
+                )
+                counts["unknown"] += 1
                 continue
             matches = cert.renewal_ids(known)
             if not matches:
@@ -128,10 +140,18 @@ class AgentRoutes:
         )
         return counts
 
+    async def _foreign_renewal_ids(self, host, parsed, known) -> dict[str, str]:
+        """Renewal IDs in these certificates that belong to other hosts: ``{renewal_id: owner}``."""
+        candidates = {rid for cert in parsed for rid in cert.renewal_id_candidates()} - set(known)
+        if not candidates:
+            return {}
+        owners = await self._store.renewal_id_owners(candidates)
+        return {rid: owner for rid, owner in owners.items() if owner != host}
+
 
 class NanoMDMWebhook(resource.Resource):
     """``/webhooks/nanomdm/<webhook token>``: NanoMDM cannot send a bearer header, so a token
-    of its own (not the agent token: NanoMDM logs URLs) is in the path."""
+    of its own (no agent credential: NanoMDM logs URLs) is in the path."""
 
     isLeaf = True
 
@@ -189,5 +209,6 @@ class NanoMDMWebhook(resource.Resource):
         return server.NOT_DONE_YET
 
 
-def agent_resource(token: str, store, renderer, clock) -> JsonApi:
-    return JsonApi(token, AgentRoutes(store, renderer, clock).routes(), realm="agent")
+def agent_resource(store, renderer, clock) -> JsonApi:
+    """The agent API; each request's bearer credential is one host's, issued by the admin."""
+    return JsonApi(HostCredentials(store, clock), AgentRoutes(store, renderer, clock).routes(), realm="agent")

@@ -17,6 +17,8 @@ from scepproxyd.logs import get_logger
 log = get_logger(__name__)
 
 JSON = b"application/json"
+#: The one refusal for a missing, unknown or (agent API) other host's credential.
+WRONG_TOKEN = "missing or wrong bearer token"
 
 
 class ApiError(Exception):
@@ -81,14 +83,34 @@ def field(body: dict, name: str, kind=str, required: bool = True, default=None):
     return value
 
 
+class SharedToken:
+    """One bearer token for the whole API (the admin API's): compared in constant time."""
+
+    def __init__(self, token: str):
+        self._token = token
+
+    async def identify(self, presented: bytes):
+        return True if tokens_match(presented, self._token) else None
+
+    def permits(self, identity, params: dict) -> bool:
+        return True
+
+
 class JsonApi(resource.Resource):
-    """Dispatches ``/api/v1/...`` paths to async handlers after checking the bearer token."""
+    """
+    Dispatches ``/api/v1/...`` paths to async handlers after checking the bearer token.
+
+    ``credentials`` is a token string (one shared token) or an object with
+    ``async identify(presented) -> identity or None`` and ``permits(identity,
+    route parameters) -> bool``; both refusals give the same 401, so a
+    refused route says nothing that an unknown token would not.
+    """
 
     isLeaf = True
 
-    def __init__(self, token: str, routes, realm: str):
+    def __init__(self, credentials, routes, realm: str):
         super().__init__()
-        self._token = token
+        self._credentials = SharedToken(credentials) if isinstance(credentials, str) else credentials
         self._realm = realm
         self._routes = [(m.encode("ascii"), re.compile(p), h) for m, p, h in routes]
 
@@ -100,15 +122,18 @@ class JsonApi(resource.Resource):
         d.addCallback(lambda answer: None if gone else self._write(request, *answer))
         return server.NOT_DONE_YET
 
-    def _authorized(self, request) -> bool:
+    async def _identify(self, request):
         header = request.getHeader(b"Authorization") or b""
         scheme, _, presented = header.partition(b" ")
-        return scheme.lower() == b"bearer" and tokens_match(presented.strip(), self._token)
+        if scheme.lower() != b"bearer":
+            return None
+        return await self._credentials.identify(presented.strip())
 
     async def _dispatch(self, request):
         try:
-            if not self._authorized(request):
-                raise Unauthorized("missing or wrong bearer token")
+            identity = await self._identify(request)
+            if identity is None:
+                raise Unauthorized(WRONG_TOKEN)
             path = request.path.decode("utf-8", "replace")
             allowed = []
             for method, pattern, handler in self._routes:
@@ -118,6 +143,8 @@ class JsonApi(resource.Resource):
                 if method != request.method:
                     allowed.append(method.decode())
                     continue
+                if not self._credentials.permits(identity, match.groupdict()):
+                    raise Unauthorized(WRONG_TOKEN)
                 result = await handler(request, **match.groupdict())
                 if isinstance(result, tuple):
                     return result
