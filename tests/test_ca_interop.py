@@ -218,6 +218,21 @@ def test_strongswan_enrolls_and_renews_with_aes_sha256(site, tmp_path):
     assert "type=RenewalReq" in s.daemon.log()
 
 
+def stranger_poll(s: Site, transaction_id: str, subject: str):
+    """A CertPoll for someone else's transaction, signed with a key of its own, over HTTP: (pkiStatus, failInfo)."""
+    ca_certificate = load(s.ca_pem)
+    certificate, key = self_signed("stranger")
+    message, _ = codec.build_request(
+        message_type="CertPoll", signer_key=key, signer_certificate=certificate,
+        recipient_certificate=ca_certificate, transaction_id=transaction_id,
+        issuer_and_subject=(ca_certificate.subject, x509.Name.from_rfc4514_string(subject)),
+    )
+    status, _, body = s.http("POST", s.scep_url + "?operation=PKIOperation", message,
+                             {"Content-Type": "application/x-pki-message"})
+    assert status == 200, body
+    return codec.read_response(body, key, certificate, ca_certificate)[:2]
+
+
 def test_pending_request_approved_by_admin_reaches_polling_client(site, tmp_path):
     s = site(auto_approve="no")
     ca_der = tmp_path / "ca.der"
@@ -238,10 +253,14 @@ def test_pending_request_approved_by_admin_reaches_polling_client(site, tmp_path
                 break
             time.sleep(0.1)
         assert [r["subject"] for r in pending] == ["CN=waiting-device"]
+        transaction_id = pending[0]["transaction_id"]
         time.sleep(1.5)  # let it poll at least once while pending
-        approved = s.ctl("builtin-ca", "approve", pending[0]["transaction_id"])
+        # A transaction ID is no secret: someone else polling it learns and changes nothing.
+        assert stranger_poll(s, transaction_id, "CN=waiting-device") == ("FAILURE", "badRequest")
+        approved = s.ctl("builtin-ca", "approve", transaction_id)
         assert approved.returncode == 0, approved.stderr
         assert "approved request" in approved.stdout
+        assert stranger_poll(s, transaction_id, "CN=waiting-device") == ("FAILURE", "badRequest")
         out, err = client.communicate(timeout=60)
     finally:
         if client.poll() is None:

@@ -15,7 +15,7 @@ from twisted.internet import threads
 
 from peers import Daemon
 from test_ca_interop import load, openssl_verify, pki, scepclient, strongswan_key
-from test_interop_engine import Client, agent_token, scep_settings_from_mobileconfig, status_of
+from test_interop_engine import Client, issue_agent_credential, scep_settings_from_mobileconfig, status_of
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "profiles"
 OU = "FLEET DEVICE MANAGEMENT"
@@ -37,12 +37,13 @@ class Fleet:
     def __init__(self, daemon):
         self.daemon = daemon
         self.admin = Client(daemon.admin_url, daemon.admin_token)
-        self.agent = Client(daemon.url, agent_token(daemon))
+        self.agents = {}  # each host's agent holds its own credential
         self.profile = None
 
     async def set_up(self, hosts):
         for host in hosts:
             await self.admin.call("PUT", "/api/v1/hosts/" + host, {"serial": "SER-" + host, "platform": "macos"})
+            self.agents[host] = Client(self.daemon.url, await issue_agent_credential(self.admin, host))
         template = (FIXTURES / "builtin-ca-wifi.mobileconfig").read_bytes()
         created = await self.admin.call("POST", "/api/v1/profiles?platform=macos", raw=template,
                                         content_type="application/x-apple-aspen-config")
@@ -52,7 +53,7 @@ class Fleet:
     async def deliver(self, host):
         """Process, then fetch as the host's agent: (proxy URL, challenge, CN as the device expands it)."""
         await self.admin.call("POST", "/api/v1/jobs/process_profiles")
-        commands = (await self.agent.call("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
+        commands = (await self.agents[host].call("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
         (command,) = [c for c in commands if c["profile_uuid"] == self.profile]
         url, challenge, cn = scep_settings_from_mobileconfig(command["payload"])
         return url, challenge, cn.replace("%SerialNumber%", "SER-" + host)
