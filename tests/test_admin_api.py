@@ -46,6 +46,24 @@ class FakeCA(resource.Resource):
         return self.der
 
 
+async def json_call(base_url, method, path, token, body=None, raw=None, content_type=None):
+    """(status, JSON or None) of one call to a bearer-token JSON API (admin or agent)."""
+    headers = {}
+    if token is not None:
+        headers[b"Authorization"] = [b"Bearer " + token.encode()]
+    data = None
+    if raw is not None:
+        data = raw
+        if content_type:
+            headers[b"Content-Type"] = [content_type.encode()]
+    elif body is not None:
+        data = json.dumps(body).encode()
+        headers[b"Content-Type"] = [b"application/json"]
+    response = await treq.request(method, base_url + path, headers=headers, data=data)
+    text = await response.text()
+    return response.code, (json.loads(text) if text else None)
+
+
 class Api:
     def __init__(self, url, ca_url, broken_ca_url, db_path, store):
         self.url = url
@@ -55,20 +73,7 @@ class Api:
         self.store = store
 
     async def call(self, method, path, body=None, token=TOKEN, raw=None, content_type=None):
-        headers = {}
-        if token is not None:
-            headers[b"Authorization"] = [b"Bearer " + token.encode()]
-        data = None
-        if raw is not None:
-            data = raw
-            if content_type:
-                headers[b"Content-Type"] = [content_type.encode()]
-        elif body is not None:
-            data = json.dumps(body).encode()
-            headers[b"Content-Type"] = [b"application/json"]
-        response = await treq.request(method, self.url + path, headers=headers, data=data)
-        text = await response.text()
-        return response.code, (json.loads(text) if text else None)
+        return await json_call(self.url, method, path, token, body, raw, content_type)
 
 
 @pytest.fixture

@@ -16,10 +16,8 @@ import time
 
 import pytest
 import pytest_twisted
-import treq
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor, task, threads
-from twisted.logger import formatEvent, globalLogPublisher
 
 from certs import self_signed
 from scepproxyd.cli import main as ctl_main
@@ -30,34 +28,10 @@ from scepproxyd.keys import ChallengeCipher, load_or_create_key
 from scepproxyd.service import warn_retired
 from scepproxyd.web.agent import agent_resource
 from scepproxyd.web.site import BodyLimitedSite
-from test_admin_api import TOKEN, add_ca, api, sample_profile  # noqa: F401 - api is the admin API fixture
+from test_admin_api import TOKEN, add_ca, api, json_call, sample_profile  # noqa: F401 - api is the admin API fixture
 
 WRONG = {"error": "missing or wrong bearer token"}
 RENEWAL_ID = re.compile(r"sp-[0-9a-f]{16}")
-
-
-class LogCapture:
-    """Every log event while it is installed, formatted and as its raw fields."""
-
-    def __init__(self):
-        self.events = []
-
-    def __call__(self, event):
-        self.events.append(event)
-
-    def text(self) -> str:
-        return "\n".join(formatEvent(e) + " " + repr(sorted(e.items(), key=lambda kv: kv[0])) for e in self.events)
-
-    def warnings(self) -> list[str]:
-        return [formatEvent(e) for e in self.events if e.get("log_level") is not None and e["log_level"].name == "warn"]
-
-
-@pytest.fixture
-def logs():
-    capture = LogCapture()
-    globalLogPublisher.addObserver(capture)
-    yield capture
-    globalLogPublisher.removeObserver(capture)
 
 
 class Site:
@@ -70,14 +44,7 @@ class Site:
 
     async def agent(self, method, path, token, body=None):
         """(status, JSON) of an agent API call with ``token`` as the bearer credential."""
-        headers = {b"Authorization": [b"Bearer " + token.encode()]}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers[b"Content-Type"] = [b"application/json"]
-        response = await treq.request(method, self.agent_url + path, headers=headers, data=data)
-        text = await response.text()
-        return response.code, (json.loads(text) if text else None)
+        return await json_call(self.agent_url, method, path, token, body)
 
     async def issue(self, host):
         code, answer = await self.admin.call("POST", "/api/v1/hosts/%s/agent-credential" % (host,))
@@ -95,7 +62,7 @@ class Site:
 @pytest.fixture
 def site(api, tmp_path):
     clock = task.Clock()
-    clock.advance(time.time())
+    clock.advance(time.time() + 60)  # a minute ahead: certificates the tests make now are valid already
     cipher = ChallengeCipher(load_or_create_key(tmp_path / "secrets.key"))
     renderer = CommandRenderer(api.store, cipher, "https://scep.example", reactor)
     agent_site = BodyLimitedSite(agent_resource(api.store, renderer, clock), 64 * 1024, 30, reactor=reactor)

@@ -9,6 +9,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 
 from scepproxyd.store import CaRequest, DuplicateError, IssuedCertificate, NotFoundError, StateError, Store
+from scepproxyd.ca.wiring import ManagedCaService
 from scepproxyd.store.ca import CaGrant
 
 EPOCH = 1_700_000_000.0
@@ -168,3 +169,18 @@ async def test_host_profile_ca_challenge_is_bound_retired_and_cascaded(store, cl
     await store.issue_host_profile_ca_challenge("H1", "P1", "fourth", "default")
     await store.unassign_profile("P1", ["H1"])
     assert sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM ca_challenges").fetchone() == (0,)
+
+
+@pytest_twisted.ensureDeferred
+async def test_upgrade_from_a_static_challenge_row_is_logged_once(store, logs):
+    # An install from before one-time CA challenges: its row rendered the static challenge into profiles.
+    await store.add_ca("builtin", "http://a/scep", b"sealed-static")
+    builtin = attrs.make_class("Builtin", ["name", "url"])("builtin", "http://b/scep")
+    for _ in range(2):
+        service = ManagedCaService(store, builtin)
+        service.startService()
+        await store.get_ca("builtin")  # queued behind the registration on the one DB thread
+        service.stopService()
+    changed = [line for line in logs.warnings() if "one-time CA challenge" in line]
+    assert len(changed) == 1
+    assert "static_challenge = yes" in changed[0] and "sealed-static" not in logs.text()

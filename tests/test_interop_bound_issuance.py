@@ -179,3 +179,26 @@ async def test_strongswan_gets_only_what_the_profile_renders(tmp_path, daemon):
     (issued,) = await fleet.issued()
     assert issued["subject"] == "CN=%s,OU=%s" % (cn, OU)
     assert (await fleet.status("MAC-S"))["status"] == "verified"
+
+
+@pytest_twisted.ensureDeferred
+async def test_fleet_sample_unchanged_enrolls_with_the_builtin_ca(tmp_path, daemon):
+    """Fleet's documented profile, only its CA name set to the built-in CA: CN first, then OU."""
+    fleet = Fleet(daemon)
+    host = "MAC-F"
+    await fleet.admin.call("PUT", "/api/v1/hosts/" + host, {"serial": "SER-" + host, "platform": "macos"})
+    fleet.agents[host] = Client(daemon.url, await issue_agent_credential(fleet.admin, host))
+    template = (FIXTURES / "fleet-custom-scep-apple.mobileconfig").read_bytes().replace(b"CA_NAME", b"builtin")
+    created = await fleet.admin.call("POST", "/api/v1/profiles?platform=macos", raw=template,
+                                     content_type="application/x-apple-aspen-config")
+    fleet.profile = created["uuid"]
+    await fleet.admin.call("POST", "/api/v1/profiles/%s/assign" % fleet.profile, {"hosts": [host]})
+    url, challenge, cn = await fleet.deliver(host)
+    assert cn.startswith("SER-MAC-F WIFI sp-")
+    # strongSwan writes the subject in the order given: the profile's order.
+    result = await threads.deferToThread(strongswan_enroll, tmp_path, "fleet", url, challenge, "CN=%s, OU=%s" % (cn, OU))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (issued,) = await fleet.issued()
+    assert (issued["host_uuid"], issued["profile_uuid"]) == (host, fleet.profile)
+    row = await fleet.status(host)
+    assert (row["status"], row["cert_serial"]) == ("verified", issued["serial"])
