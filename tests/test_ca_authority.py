@@ -6,6 +6,7 @@ hostile messages) one at a time.
 """
 
 import ipaddress
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 
 from certs import self_signed
+from peers import need
 from scepproxyd.ca.authority import CAPS, ScepCA
 from scepproxyd.ca.csr_policy import SanPolicy
 from scepproxyd.ca.manage import CaManager, ManageError, mint_challenge
@@ -608,6 +610,24 @@ async def test_replayed_enrollment_never_yields_a_second_certificate(store, cloc
         assert fail_info_text(answer.body) == "this message was answered already"
     assert len(await store.list_issued_certificates()) == 1
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_openssl_verifies_the_cas_failure_and_pending_answers(store, clock, tmp_path):
+    """certmonger and ``openssl cms -verify`` refuse a SignedData without eContent ("no content")."""
+    ca, device = make_ca(store, clock, auto_approve=False), Device()
+    failure = await ca.pki_operation(device.request(ca, csr=device.csr(challenge="wrong")), "10.0.0.5")
+    pending = await ca.pki_operation(device.request(ca, csr=device.csr()), "10.0.0.5")
+    assert device.read(ca, failure)[:2] == ("FAILURE", "badRequest")
+    assert device.read(ca, pending)[0] == "PENDING"
+    (tmp_path / "ca.pem").write_bytes(ca.material.certificate.public_bytes(Encoding.PEM))
+    for answer in (failure, pending):
+        verified = subprocess.run(
+            [need("openssl"), "cms", "-verify", "-inform", "DER", "-CAfile", str(tmp_path / "ca.pem")],
+            input=answer.body, capture_output=True, timeout=30,
+        )
+        assert verified.returncode == 0, verified.stderr
+        assert b"Verification successful" in verified.stderr
 
 
 class _MemoryStore:

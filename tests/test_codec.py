@@ -152,11 +152,14 @@ def test_failure_and_pending_cert_reps(ca, device):
     pending = codec.build_cert_rep(header=header, status="PENDING", signer_key=ca_key, signer_certificate=ca_cert)
     assert codec.read_response(pending, key, cert, ca_cert) == ("PENDING", None, [])
     assert codec.cert_rep_status(pending) == ("PENDING", None)
-    # No content at all: eContent is absent, eContentType is id-data.
+    # An empty content, as micromdm scepserver writes: eContent present, a zero-length OCTET STRING
+    # (OpenSSL-based clients refuse a SignedData whose eContent is absent), signed over its digest.
     for answer in (failure, pending):
         encapsulated = scep_signed.load_signed_data(answer)["encap_content_info"]
         assert encapsulated["content_type"].native == "data"
-        assert encapsulated["content"].native is None
+        assert encapsulated["content"].native == b""
+        assert encapsulated.dump() == bytes.fromhex("300f06092a864886f70d010701a0020400")
+        assert scep_signed.open_signed_data(answer).content == b""
 
 
 def test_cert_rep_attributes_mirror_the_request(ca, device):
@@ -450,7 +453,27 @@ def test_openssl_prints_fail_info_of_our_failure_cert_rep(ca, device):
     fail_info = text.split("2.16.840.1.113733.1.9.4")[1]
     assert "PRINTABLESTRING:1" in fail_info.split("object:")[0]
     assert "1.3.6.1.5.5.7.24.1" in text and "UTF8STRING:signature did not verify" in text
-    assert "eContent: <ABSENT>" in text
+    assert "eContent: <ABSENT>" not in text
+
+
+@pytest.mark.parametrize("status", ["FAILURE", "PENDING"])
+def test_openssl_verifies_our_failure_and_pending_cert_reps(tmp_path, ca, device, status):
+    """What certmonger does with a refusal: verify the SignedData, its (empty) content included."""
+    ca_cert, ca_key = ca
+    _, header = pkcs_req(ca, device)
+    fail = {"fail_info": "badRequest", "fail_info_text": "no"} if status == "FAILURE" else {}
+    answer = codec.build_cert_rep(header=header, status=status, signer_key=ca_key, signer_certificate=ca_cert,
+                                  **fail)
+    (tmp_path / "ca.pem").write_bytes(pem(ca_cert))
+    verified = run_openssl("cms", "-verify", "-inform", "DER", "-CAfile", str(tmp_path / "ca.pem"), stdin=answer)
+    assert verified.returncode == 0, verified.stderr
+    assert b"Verification successful" in verified.stderr
+    assert verified.stdout == b""
+    # A tampered digest is refused, so the empty content really is covered by the signature.
+    broken = answer.replace(digest(header.digest_algorithm, b""), digest(header.digest_algorithm, b"x"))
+    assert broken != answer
+    refused = run_openssl("cms", "-verify", "-inform", "DER", "-noverify", stdin=broken)
+    assert refused.returncode != 0
 
 
 def test_degenerate_certificates_for_get_ca_cert(ca):

@@ -40,7 +40,11 @@ def build_cert_rep(*, header: MessageHeader, status: str, signer_key, signer_cer
 
     SUCCESS carries an envelope for the requester's signing certificate holding
     a certs-only SignedData (the issued certificate(s), or the CRL for GetCRL).
-    FAILURE and PENDING carry no content. The digest mirrors the client's.
+    FAILURE and PENDING carry an empty eContent (a zero-length OCTET STRING,
+    as micromdm scepserver writes): OpenSSL-based clients (certmonger,
+    ``openssl cms -verify``) refuse a SignedData whose content is left out
+    ("no content"). The signature covers the empty content's digest. The
+    digest mirrors the client's.
     """
     if status not in PKI_STATUSES:
         raise ValueError("status must be one of %s" % (", ".join(PKI_STATUSES),))
@@ -49,14 +53,14 @@ def build_cert_rep(*, header: MessageHeader, status: str, signer_key, signer_cer
             raise ValueError("a FAILURE needs fail_info, one of %s" % (", ".join(FAIL_INFOS),))
     elif fail_info is not None or fail_info_text is not None:
         raise ValueError("fail_info and fail_info_text belong to a FAILURE only")
-    content = None
+    content = b""
     if status == "SUCCESS":
         if not certificates and crl is None:
             raise ValueError("a SUCCESS needs certificates or a crl")
         inner = degenerate_certificates(certificates or [], crl=crl)
         content = envelope(inner, header.signer_certificate, content_encryption, "pkcs1v15")
     attributes = encode_attributes(
-        content_digest=digest(header.digest_algorithm, content or b""),
+        content_digest=digest(header.digest_algorithm, content),
         message_type=MESSAGE_TYPES["CertRep"],
         transaction_id=header.transaction_id,
         sender_nonce=os.urandom(16),
@@ -112,7 +116,7 @@ def read_response(der: bytes, recipient_key, recipient_certificate, ca_certifica
         return status, FAIL_INFO_NAMES.get(number or "", number), []
     if status == "PENDING":
         return status, None, []
-    if opened.content is None:
+    if not opened.content:
         raise MessageError("a SUCCESS CertRep without content")
     inner, _ = open_envelope(opened.content, recipient_key, recipient_certificate)
     return status, None, _certificates_and_crls(inner)
