@@ -45,6 +45,8 @@ def build_resource_tree(proxy, agent_api, webhook, clock, builtin_ca=None, healt
         from scepproxyd.web.ca import ScepResource
 
         root.putChild(b"scep", ScepResource(builtin_ca.authority))
+        # Cisco IOS asks for /cgi-bin/pkiclient.exe when the enrollment URL names no path.
+        root.putChild(b"cgi-bin", ScepResource(builtin_ca.authority, cgi_bin=True))
     mdm = resource.Resource()
     scep = resource.Resource()
     root.putChild(b"mdm", mdm)

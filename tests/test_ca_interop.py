@@ -218,6 +218,65 @@ def test_strongswan_enrolls_and_renews_with_aes_sha256(site, tmp_path):
     assert "type=RenewalReq" in s.daemon.log()
 
 
+@pytest.mark.parametrize("sans", [
+    ["vpn-gw-a.site-one.example", "vpn-gw-b.site-one.example"],
+    ["a-rather-long-name-for-the-vpn-gateway." + "far-end-of-the-site-" * 3 + "x" * 40 + ".example"],
+])
+def test_strongswan_enrolls_with_several_or_long_sans(site, tmp_path, sans):
+    """strongSwan writes its CSR's attributes unsorted (not DER) once the extension request outgrows the challenge."""
+    s = site(san_dns=r"([a-z0-9-]+\.)+example")
+    ca_der = tmp_path / "ca.der"
+    assert pki("--scepca", "--url", s.scep_url, "--caout", str(ca_der)).returncode == 0
+    key = strongswan_key(tmp_path / "key.der")
+    san_args = [arg for name in sans for arg in ("--san", name)]
+    # The CSR strongSwan makes with these arguments is not DER: cryptography refuses it as written.
+    made = pki("--req", "--in", str(key), "--dn", "CN=vpn-gw,O=Example", *san_args, "--password",
+               s.static_challenge, "--outform", "der")
+    assert made.returncode == 0, made.stderr.decode()
+    with pytest.raises(ValueError, match="InvalidSetOrdering"):
+        x509.load_der_x509_csr(made.stdout)
+    result = pki("--scep", "--url", s.scep_url, "--in", str(key), "--dn", "CN=vpn-gw,O=Example", *san_args,
+                 "--password", s.static_challenge, "--cacert-enc", str(ca_der), "--cacert-sig", str(ca_der))
+    assert result.returncode == 0, result.stderr.decode()
+    cert = tmp_path / "cert.der"
+    cert.write_bytes(result.stdout)
+    openssl_verify(s.ca_pem, cert, der=True)
+    san = load(cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == sans
+    assert "outcome=issued" in s.daemon.log() and "outcome=bad_message" not in s.daemon.log()
+
+
+def test_cisco_path_and_pkiclient_in_any_case(site, tmp_path):
+    """Cisco IOS uses /cgi-bin/pkiclient.exe when its enrollment URL has no path; others write PKIClient.exe."""
+    s = site()
+    root = s.daemon.url
+    for path in ("/cgi-bin/pkiclient.exe", "/scep/PKICLIENT.EXE", "/scep/PKIClient.exe", "/cgi-bin/PkiClient.EXE"):
+        status, content_type, caps = s.http("GET", root + path + "?operation=GetCACaps")
+        assert (status, content_type, caps) == (200, "text/plain", s.http("GET", s.scep_url + "?operation=GetCACaps")[2])
+        status, content_type, body = s.http("GET", root + path + "?operation=GetCACert")
+        assert (status, content_type) == (200, "application/x-x509-ca-cert")
+        assert x509.load_der_x509_certificate(body) == load(s.ca_pem)
+    # PKIOperation by POST with the codec, and real clients at the Cisco path.
+    message, cert, key = codec_request(s, s.static_challenge, cn="router-1")
+    status, content_type, answer = s.http("POST", root + "/cgi-bin/pkiclient.exe?operation=PKIOperation", message)
+    assert (status, content_type) == (200, "application/x-pki-message")
+    assert codec.read_response(answer, key, cert, load(s.ca_pem))[0] == "SUCCESS"
+    ca_der = tmp_path / "ca.der"
+    assert pki("--scepca", "--url", root + "/cgi-bin/pkiclient.exe", "--caout", str(ca_der)).returncode == 0
+    result = pki("--scep", "--url", root + "/cgi-bin/pkiclient.exe", "--in", str(strongswan_key(tmp_path / "k.der")),
+                 "--dn", "CN=router-2", "--password", s.static_challenge, "--cacert-enc", str(ca_der),
+                 "--cacert-sig", str(ca_der))
+    assert result.returncode == 0, result.stderr.decode()
+    result = scepclient(tmp_path / "device", root + "/scep/PKIClient.exe", s.static_challenge, "router-3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Only pkiclient.exe lives under /cgi-bin; the CRL stays at /scep/crl.
+    for path in ("/cgi-bin", "/cgi-bin/", "/cgi-bin/crl", "/cgi-bin/other.exe", "/scep/pkiclient.exe/x"):
+        status, _, body = s.http("GET", root + path + "?operation=GetCACaps")
+        assert status == 404, path
+        assert body == b"no such SCEP resource\n" or path == "/cgi-bin", (path, body)
+    assert s.http("GET", s.scep_url + "/crl")[0] == 200
+
+
 def stranger_poll(s: Site, transaction_id: str, subject: str):
     """A CertPoll for someone else's transaction, signed with a key of its own, over HTTP: (pkiStatus, failInfo)."""
     ca_certificate = load(s.ca_pem)

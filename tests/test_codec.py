@@ -6,17 +6,21 @@ import subprocess
 
 import pytest
 from asn1crypto import cms
+from asn1crypto import csr as asn1_csr
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from certs import signed_blob
 from peers import need
 from scep_capture import der, issue, make_ca, make_device, pem
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import attributes as scep_attributes
+from scepproxyd.scep.codec import ber
 from scepproxyd.scep.codec import signed as scep_signed
 from scepproxyd.scep.codec.algorithms import digest
+from scepproxyd.scep.codec.csr import load_csr
 from scepproxyd.scep.codec.enveloped import envelope as make_envelope
 
 
@@ -344,6 +348,42 @@ def test_csr_with_a_bad_signature_is_refused(ca, device):
 
 def test_csr_without_challenge_password(device):
     assert codec.csr_challenge_password(make_device("no-challenge", challenge=None)[2]) is None
+
+
+def _tlv(identifier: bytes, body: bytes) -> bytes:
+    return identifier + ber.length_octets(len(body)) + body
+
+
+def unsorted_csr(key, names, challenge="s3cret", signature_ok=True) -> bytes:
+    """A CSR the way strongSwan pki writes one: extension request first, challengePassword second, not DER-sorted."""
+    good = (x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name.from_rfc4514_string("CN=vpn-gw,O=Example"))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+            .add_attribute(x509.oid.AttributeOID.CHALLENGE_PASSWORD, challenge.encode())
+            .sign(key, hashes.SHA256()))
+    info = asn1_csr.CertificationRequest.load(good.public_bytes(Encoding.DER))["certification_request_info"]
+    attributes = sorted(info["attributes"], key=lambda a: a["type"].native != "extension_request")
+    fields = b"".join(info[name].dump() for name in ("version", "subject", "subject_pk_info"))
+    cri = _tlv(b"\x30", fields + _tlv(b"\xa0", b"".join(a.dump() for a in attributes)))
+    signature = key.sign(cri if signature_ok else cri + b"x", padding.PKCS1v15(), hashes.SHA256())
+    sha256_with_rsa = bytes.fromhex("300d06092a864886f70d01010b0500")
+    return _tlv(b"\x30", cri + sha256_with_rsa + _tlv(b"\x03", b"\x00" + signature))
+
+
+def test_strongswan_style_unsorted_csr_attributes_are_read(device):
+    key = device[0]
+    names = ["vpn-gw-a.site-one.example", "vpn-gw-b.site-one.example"]
+    raw = unsorted_csr(key, names)
+    with pytest.raises(ValueError, match="InvalidSetOrdering"):
+        x509.load_der_x509_csr(raw)
+    csr = load_csr(raw)
+    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == names
+    assert codec.csr_challenge_password(csr) == "s3cret"
+    assert csr.subject.rfc4514_string() == "CN=vpn-gw,O=Example"
+    assert sorted(csr.public_bytes(Encoding.DER)) == sorted(raw)  # the same bytes, only the order changed
+    with pytest.raises(codec.MessageError, match="signature does not verify"):
+        load_csr(unsorted_csr(key, names, signature_ok=False))
 
 
 # -- BER -----------------------------------------------------------------------------------------

@@ -120,6 +120,10 @@ def test_caps_and_cacert_pass_through_without_consuming(upstream, daemon, store)
     caps = yield treq.get(base + "?operation=GetCACaps")
     assert caps.code == 200
     assert b"POSTPKIOperation" in (yield caps.content())
+    for suffix in ("/PKIClient.exe", "/PKICLIENT.EXE"):  # the segment is matched in any case
+        mixed = yield treq.get(base + suffix + "?operation=GetCACaps")
+        assert mixed.code == 200
+        assert b"POSTPKIOperation" in (yield mixed.content())
     cert = yield treq.get(base + "/pkiclient.exe?operation=GetCACert&message=anything")
     assert cert.code == 200
     assert cert.headers.getRawHeaders(b"Content-Type")[0].startswith(b"application/x-x509-ca")

@@ -183,7 +183,7 @@ class ScepCA:
         if request.csr is None:
             raise _Refusal("badRequest", "request carries no CSR")
         try:
-            check_csr(request.csr)
+            check_csr(request.csr, signature_verified=True)  # read_request checked it as the client sent it
         except CsrError as e:
             raise _Refusal("badRequest", str(e)) from None
         return request.csr

@@ -41,10 +41,16 @@ def serial_hex(serial: int) -> str:
     return "%x" % (serial,)
 
 
-def check_csr(csr: x509.CertificateSigningRequest) -> None:
-    """Refuse CSRs that are not signed by their own key or carry a key type we do not sign."""
+def check_csr(csr: x509.CertificateSigningRequest, signature_verified: bool = False) -> None:
+    """
+    Refuse CSRs that are not signed by their own key or carry a key type we do not sign.
+
+    ``signature_verified``: the SCEP codec has checked the signature over
+    the bytes the client sent; a CSR it re-encoded from BER (strongSwan's
+    unsorted attributes) keeps a signature that does not cover the re-encoding.
+    """
     try:
-        valid = csr.is_signature_valid
+        valid = signature_verified or csr.is_signature_valid
     except Exception:  # unsupported signature algorithms raise from inside cryptography
         valid = False
     if not valid:

@@ -72,3 +72,8 @@ def decode_message(value: bytes) -> bytes:
 def encode_message(der: bytes) -> str:
     """Standard base64 for forwarding a message by GET (the caller percent-escapes it)."""
     return base64.b64encode(der).decode("ascii")
+
+
+def is_pkiclient(segment: bytes) -> bool:
+    """Whether a path segment is ``pkiclient.exe``, in any case (clients write ``PKIClient.exe`` too)."""
+    return segment.lower() == b"pkiclient.exe"

@@ -13,12 +13,11 @@ from twisted.web import resource, server
 
 from scepproxyd.ca.authority import NOT_SCEP, TEXT, CaAnswer
 from scepproxyd.logs import get_logger
-from scepproxyd.scep.query import InvalidQuery, decode_message, parse_query, scep_operation
+from scepproxyd.scep.query import InvalidQuery, decode_message, is_pkiclient, parse_query, scep_operation
 
 log = get_logger(__name__)
 
 CRL_TYPE = b"application/pkix-crl"
-_SCEP_PATHS = ([], [b""], [b"pkiclient.exe"])
 
 
 def _text(status: int, reason: str, operation: str, outcome: str) -> CaAnswer:
@@ -26,13 +25,25 @@ def _text(status: int, reason: str, operation: str, outcome: str) -> CaAnswer:
 
 
 class ScepResource(resource.Resource):
-    """GET/POST ``/scep[/pkiclient.exe]?operation=...`` and GET ``/scep/crl``."""
+    """
+    GET/POST ``/scep[/pkiclient.exe]?operation=...`` and GET ``/scep/crl``.
+
+    With ``cgi_bin`` it is mounted at ``/cgi-bin`` and serves only
+    ``/cgi-bin/pkiclient.exe``, the path Cisco IOS uses for an enrollment
+    URL without one. ``pkiclient.exe`` is matched in any case.
+    """
 
     isLeaf = True
 
-    def __init__(self, authority):
+    def __init__(self, authority, cgi_bin: bool = False):
         super().__init__()
         self._ca = authority
+        self._cgi_bin = cgi_bin
+
+    def _is_scep_path(self, path: list) -> bool:
+        if len(path) == 1 and is_pkiclient(path[0]):
+            return True
+        return not self._cgi_bin and path in ([], [b""])
 
     def render_GET(self, request):
         return self._serve(request)
@@ -41,10 +52,10 @@ class ScepResource(resource.Resource):
 
     def _serve(self, request):
         path = request.postpath
-        if path == [b"crl"]:
+        if path == [b"crl"] and not self._cgi_bin:
             work = self._crl() if request.method == b"GET" else defer.succeed(
                 _text(405, "use GET for the CRL", "GetCRL", "bad_request"))
-        elif path in _SCEP_PATHS:
+        elif self._is_scep_path(path):
             work = defer.ensureDeferred(self._scep(request))
         else:
             work = defer.succeed(_text(404, "no such SCEP resource", "-", "not_found"))

@@ -5,14 +5,13 @@ from scepproxyd.logs import get_logger
 from twisted.web import resource, server
 
 from scepproxyd.scep.proxy import TEXT, ProxyAnswer
+from scepproxyd.scep.query import is_pkiclient
 
 log = get_logger(__name__)
 
-_APPENDED_SEGMENTS = (b"pkiclient.exe",)
-
 
 class ProxyResource(resource.Resource):
-    """Serves GET and POST for ``{identifier}`` and ``{identifier}/pkiclient.exe``."""
+    """Serves GET and POST for ``{identifier}`` and ``{identifier}/pkiclient.exe`` (in any case)."""
 
     isLeaf = True
 
@@ -34,7 +33,7 @@ class ProxyResource(resource.Resource):
     def _serve(self, request):
         started = self._clock.seconds()
         segments = request.postpath
-        if len(segments) == 2 and segments[1] in _APPENDED_SEGMENTS:
+        if len(segments) == 2 and is_pkiclient(segments[1]):
             segments = segments[:1]
         if len(segments) != 1:
             answer = ProxyAnswer(

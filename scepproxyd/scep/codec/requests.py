@@ -19,6 +19,7 @@ from scepproxyd.scep.codec.attributes import (
     TRANSACTION_ID_OID,
     encode_attributes,
 )
+from scepproxyd.scep.codec.csr import load_csr
 from scepproxyd.scep.codec.enveloped import envelope, open_envelope
 from scepproxyd.scep.codec.errors import MessageError, decoding
 from scepproxyd.scep.codec.signed import build_signed_data, open_signed_data
@@ -41,7 +42,8 @@ class MessageHeader:
 class PkiRequest:
     header: MessageHeader
     content_encryption: str           # "des" | "des3" | "aes128" | "aes192" | "aes256" (what the client used)
-    csr: x509.CertificateSigningRequest | None = None           # PKCSReq / RenewalReq
+    #: PKCSReq / RenewalReq: in DER, its own signature checked over the bytes the client sent (codec.csr).
+    csr: x509.CertificateSigningRequest | None = None
     issuer_and_subject: tuple[x509.Name, x509.Name] | None = None   # CertPoll
     issuer_and_serial: tuple[x509.Name, int] | None = None          # GetCert / GetCRL
 
@@ -86,13 +88,6 @@ def crypto_name(name: asn1_x509.Name) -> x509.Name:
     return x509.Name(rdns)
 
 
-def _csr_of(content: bytes) -> x509.CertificateSigningRequest:
-    csr = x509.load_der_x509_csr(ber.normalize(content))
-    if not csr.is_signature_valid:
-        raise MessageError("the CSR's own signature does not verify")
-    return csr
-
-
 @decoding
 def read_request(der: bytes, recipient_key, recipient_certificate) -> PkiRequest:
     """Verify, decrypt and parse a request addressed to ``recipient_certificate``."""
@@ -102,7 +97,7 @@ def read_request(der: bytes, recipient_key, recipient_certificate) -> PkiRequest
         raise MessageError("the request has no encapsulated content")
     content, cipher = open_envelope(opened.content, recipient_key, recipient_certificate)
     if header.message_type in ("PKCSReq", "RenewalReq"):
-        return PkiRequest(header, cipher, csr=_csr_of(content))
+        return PkiRequest(header, cipher, csr=load_csr(content))
     if header.message_type == "CertPoll":
         names = ber.load(content, IssuerAndSubject)
         return PkiRequest(header, cipher, issuer_and_subject=(crypto_name(names["issuer"]),
