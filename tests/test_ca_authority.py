@@ -32,6 +32,9 @@ from scepproxyd.ca.policy import WRONG_CHALLENGE, Policy, challenge_hash
 from scepproxyd.config import CertificateTemplate
 from scepproxyd.metrics import Metrics
 from scepproxyd.scep import codec
+from scepproxyd.scep.codec import attributes as codec_attributes
+from scepproxyd.scep.codec import signed as codec_signed
+from scepproxyd.scep.codec.algorithms import digest as codec_digest
 from scepproxyd.store import Store
 
 EPOCH = 1_700_000_000.0
@@ -310,10 +313,18 @@ async def test_pending_then_approved_then_polled(store, clock):
     status, _, certs = device.read(ca, polled)
     assert status == "SUCCESS" and "%x" % certs[0].serial_number == approved.issued_serial
     assert (await store.get_ca_request(header.transaction_id)).status == "issued"
-    # A second poll still gets it; a resent PKCSReq for a finished transaction does not.
+    # A second poll still gets it, and so does the requester resending its PKCSReq (its answer may have
+    # been lost); the same message signed by anyone else does not. Never a second certificate.
     assert device.read(ca, await ca.pki_operation(poll(ca, device, header.transaction_id), "x"))[0] == "SUCCESS"
-    replay = await ca.pki_operation(request, "10.0.0.5")
-    assert device.read(ca, replay)[:2] == ("FAILURE", "badRequest")
+    again = await ca.pki_operation(request, "10.0.0.5")
+    status, _, certs = device.read(ca, again)
+    assert (status, "%x" % certs[0].serial_number, again.outcome) == ("SUCCESS", approved.issued_serial,
+                                                                        "answered_again")
+    assert codec.read_response(again.body, device.key, device.cert, ca.material.certificate)
+    stranger = Device("stranger")
+    replay = await ca.pki_operation(resigned(request, stranger), "10.0.0.5")
+    assert device.read(ca, replay, signer=(stranger.cert, stranger.key))[:2] == ("FAILURE", "badRequest")
+    assert fail_info_text(replay.body) == "this message was answered already"
     assert len(await store.list_issued_certificates()) == 1
 
 
@@ -330,7 +341,10 @@ async def test_resent_pkcsreq_is_how_scepclient_polls(store, clock):
     await CaManager(ca, store, TEMPLATES, 3600).approve(txid)
     status, _, certs = device.read(ca, await ca.pki_operation(request, "h"))
     assert status == "SUCCESS" and certs
-    assert device.read(ca, await ca.pki_operation(request, "h"))[:2] == ("FAILURE", "badRequest")
+    # Resent once more (the answer was lost): the same certificate, not a second one.
+    status, _, again = device.read(ca, await ca.pki_operation(request, "h"))
+    assert status == "SUCCESS" and again[0] == certs[0]
+    assert len(await store.list_issued_certificates()) == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -599,15 +613,61 @@ async def test_wrong_recipient_gets_bad_message_check(store, clock):
     assert fail_info_text(answer.body) is None
 
 
+def resigned(message: bytes, signer: Device) -> bytes:
+    """``message`` (its envelope, transactionID and senderNonce) signed by ``signer`` instead: a replay by someone else."""
+    opened = codec_signed.open_signed_data(message)
+    header = codec.read_header(message)
+    attributes = codec_attributes.encode_attributes(
+        content_digest=codec_digest(header.digest_algorithm, opened.content),
+        message_type=codec.MESSAGE_TYPES[header.message_type], transaction_id=header.transaction_id,
+        sender_nonce=header.sender_nonce,
+    )
+    return codec_signed.build_signed_data(content=opened.content, attributes=attributes, signer_key=signer.key,
+                                          signer_certificate=signer.cert, digest_algorithm=header.digest_algorithm)
+
+
 @pytest_twisted.ensureDeferred
-async def test_replayed_enrollment_never_yields_a_second_certificate(store, clock):
+async def test_retried_message_gets_its_answer_again_and_a_replay_nothing(store, clock):
+    """A lost answer: the requester's retry of the same message gets the same CertRep; anyone else gets nothing."""
     ca, device = make_ca(store, clock), Device()
     request = device.request(ca, csr=device.csr())
-    assert device.read(ca, await ca.pki_operation(request, "10.0.0.5"))[0] == "SUCCESS"
+    header = codec.read_header(request)
+    first = await ca.pki_operation(request, "10.0.0.5")
+    status, _, certs = device.read(ca, first)
+    assert (status, first.outcome) == ("SUCCESS", "issued")
+    kept = await store.get_ca_request(header.transaction_id)
+    assert kept.answer == first.body  # kept with the certificate, in the same store transaction
     for _ in range(3):
-        answer = await ca.pki_operation(request, "10.0.0.5")
-        assert device.read(ca, answer)[:2] == ("FAILURE", "badRequest")
-        assert fail_info_text(answer.body) == "this message was answered already"
+        again = await ca.pki_operation(request, "10.0.0.5")
+        assert (again.status, again.body, again.outcome, again.serial) == (200, first.body, "answered_again",
+                                                                           first.serial)
+        status, _, same = device.read(ca, again)
+        assert status == "SUCCESS" and same == certs
+        # RFC 8894 clients check recipientNonce = their senderNonce: it is that message's.
+        recipient_nonce = codec_signed.open_signed_data(again.body).attributes.octets(
+            codec_attributes.RECIPIENT_NONCE_OID, "recipientNonce")
+        assert recipient_nonce == header.sender_nonce
+    stranger = Device("stranger")
+    replay = await ca.pki_operation(resigned(request, stranger), "10.0.0.5")
+    assert device.read(ca, replay, signer=(stranger.cert, stranger.key))[:2] == ("FAILURE", "badRequest")
+    assert fail_info_text(replay.body) == "this message was answered already"
+    # A new message from the same device (a new senderNonce) is a new request: the transaction is finished.
+    renewed = await ca.pki_operation(device.request(ca, csr=device.csr()), "10.0.0.5")
+    assert device.read(ca, renewed)[0] == "SUCCESS" and renewed.serial != first.serial
+    assert len(await store.list_issued_certificates()) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_same_message_twice_at_once_yields_one_certificate(store, clock):
+    """Both copies pass the first look-up; the store's transaction lets one issue and the other gets its answer."""
+    ca, device = make_ca(store, clock), Device()
+    request = device.request(ca, csr=device.csr())
+    ca_threaded = ScepCA(store, ca_material(), policy(), TEMPLATES, "http://ca.test:8080", 7 * DAY, clock)
+    answers = await defer.gatherResults([
+        defer.ensureDeferred(ca_threaded.pki_operation(request, "10.0.0.5")) for _ in range(4)
+    ])
+    assert sorted(a.outcome for a in answers).count("issued") == 1
+    assert {device.read(ca, a)[2][0].serial_number for a in answers} == {int(answers[0].serial, 16)}
     assert len(await store.list_issued_certificates()) == 1
 
 

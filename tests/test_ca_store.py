@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 
-from scepproxyd.store import CaRequest, DuplicateError, IssuedCertificate, NotFoundError, StateError, Store
+from scepproxyd.store import AlreadyAnswered, CaRequest, DuplicateError, IssuedCertificate, NotFoundError, StateError, Store
 from scepproxyd.ca.wiring import ManagedCaService
 from scepproxyd.store.ca import CaGrant
 
@@ -58,8 +58,22 @@ async def test_record_issued_keeps_request_and_certificate_together(store):
     assert (await store.get_ca_request("T1")).issued_serial == "def"
     # ... but a serial is never issued twice, and then nothing of it is kept.
     with pytest.raises(DuplicateError):
-        await store.record_issued(attrs.evolve(request(nonce="n3"), status="issued"), certificate("def"))
+        await store.record_issued(attrs.evolve(request(nonce="n3"), status="issued"), certificate("def", nonce="n3"))
     assert (await store.get_ca_request("T1")).sender_nonce == "n2"
+
+
+@pytest_twisted.ensureDeferred
+async def test_answer_is_kept_with_the_certificate_and_one_message_gets_one_certificate(store):
+    answered = attrs.evolve(request(), status="issued", issued_serial="abc", answer=b"certrep")
+    await store.record_issued(answered, certificate())
+    assert (await store.get_ca_request("T1")).answer == b"certrep"
+    assert [r.answer for r in await store.list_ca_requests()] == [b"certrep"]
+    # The same message (senderNonce) issued again, as a concurrent duplicate would: refused, nothing kept.
+    with pytest.raises(AlreadyAnswered):
+        await store.record_issued(attrs.evolve(answered, issued_serial="xyz", answer=b"other"),
+                                  certificate("xyz", nonce="n1"))
+    assert (await store.get_ca_request("T1")).answer == b"certrep"
+    assert [c.serial for c in await store.list_issued_certificates()] == ["abc"]
 
 
 @pytest_twisted.ensureDeferred

@@ -24,7 +24,7 @@ from scepproxyd.ca.policy import WRONG_CHALLENGE, challenge_hash
 from scepproxyd.logs import get_logger
 from scepproxyd.profiles import ProfileError, binding
 from scepproxyd.scep import codec
-from scepproxyd.store import CaRequest, DuplicateError, IssuedCertificate
+from scepproxyd.store import AlreadyAnswered, CaRequest, DuplicateError, IssuedCertificate
 from scepproxyd.store.ca import CaGrant
 
 CAPS = b"POSTPKIOperation\nRenewal\nSHA-1\nSHA-256\nSHA-384\nSHA-512\nAES\nDES3\nSCEPStandard\n"
@@ -150,7 +150,9 @@ class ScepCA:
             if kind in ("PKCSReq", "RenewalReq") and refusal.outcome == "failed":
                 self.outcomes["failed"] += 1  # rejections are counted once, when the admin rejects
             return await self._failure(header, request, refusal, fields)
-        body = await self._reply(header, request, status, **extra.get("reply", {}))
+        body = extra.get("body")
+        if body is None:
+            body = await self._reply(header, request, status, **extra.get("reply", {}))
         outcome = extra.get("outcome", "ok")
         if outcome in self.outcomes:
             self.outcomes[outcome] += 1
@@ -176,6 +178,19 @@ class ScepCA:
     def _success(self, certificate: x509.Certificate, outcome: str = "ok"):
         return "SUCCESS", {"reply": {"certificates": [certificate]}, "outcome": outcome,
                            "serial": serial_hex(certificate.serial_number)}
+
+    async def _issued(self, request, csr, template, row, renewal_of=None):
+        """Issue at once, answering ``request`` with a CertRep kept in the same store transaction."""
+        try:
+            issued = await self.issue(csr, template, row, renewal_of=renewal_of, answer_to=request)
+        except AlreadyAnswered:
+            # The same message, sent twice at once, was answered meanwhile: the requester gets that answer.
+            known = await self._known_transaction(request)
+            if known is None:
+                raise _Refusal("badRequest", "this message was answered already") from None
+            return known
+        return "SUCCESS", {"body": issued.answer, "outcome": "issued",
+                           "serial": serial_hex(issued.certificate.serial_number)}
 
     # -- PKCSReq / RenewalReq ------------------------------------------------------
 
@@ -205,8 +220,7 @@ class ScepCA:
             except DuplicateError:
                 raise _Refusal("badRequest", "transaction ID is already in use") from None
             return "PENDING", {"outcome": "pending"}
-        certificate = await self.issue(csr, grant.template, row)
-        return self._success(certificate, "issued")
+        return await self._issued(request, csr, grant.template, row)
 
     async def _spend_challenge(self, csr) -> tuple[CaGrant, str]:
         """
@@ -294,8 +308,7 @@ class ScepCA:
         grant = CaGrant(template, record.host_uuid, record.profile_uuid)
         await self._judge(request, csr, grant)
         row = self._request_row(request, "pending", template, requester, grant)
-        certificate = await self.issue(csr, template, row, renewal_of=record.serial)
-        return self._success(certificate, "issued")
+        return await self._issued(request, csr, template, row, renewal_of=record.serial)
 
     def _request_row(self, request, status, template, requester, grant: CaGrant) -> CaRequest:
         now = self._clock.seconds()
@@ -315,14 +328,25 @@ class ScepCA:
 
         micromdm scepclient polls by resending its request, so a pending one
         hears PENDING again and an approved one gets its certificate. A
-        message that was already answered with a certificate (a replay) and
-        a rejected CSR resent are refused; another CSR under an open
-        transaction ID is too. A finished transaction ID may start anew:
-        clients derive it from the key, which a renewal may keep.
+        requester whose answer was lost (a dropped connection, a crash after
+        issuing) sends the same message again and gets its certificate again:
+        the CertRep kept when it was issued at once (same bytes, so its
+        recipientNonce is this message's senderNonce), or a fresh one with
+        the same certificate once an approved one was delivered. The same
+        message signed by anyone else (a replay), and a rejected CSR resent,
+        are refused; another CSR under an open transaction ID is too. No
+        path issues a second certificate for one message. A finished
+        transaction ID may start anew: clients derive it from the key, which
+        a renewal may keep.
         """
         existing = await self._store.get_ca_request(request.header.transaction_id)
         if existing is not None:
             same_csr = request.csr is not None and request.csr.public_bytes(serialization.Encoding.DER) == existing.csr
+            if existing.status == "issued" and same_csr and _same_message(request, existing):
+                if existing.answer is not None:
+                    return "SUCCESS", {"body": existing.answer, "outcome": "answered_again",
+                                       "serial": existing.issued_serial}
+                return await self._deliver(existing, "answered_again")
             if existing.status in ("pending", "approved"):
                 if not same_csr or not _same_signer(request, existing):
                     raise _Refusal("badRequest", "transaction ID is already in use")
@@ -342,12 +366,12 @@ class ScepCA:
             raise _Refusal("badRequest", existing.detail or "request rejected by the CA's administrator", "rejected")
         return None
 
-    async def _deliver(self, existing: CaRequest):
+    async def _deliver(self, existing: CaRequest, outcome: str = "delivered"):
         record = await self._store.get_issued_certificate(existing.issued_serial)
         if record is None:
             raise _Refusal("badCertId", "certificate not found")
         await self._store.ca_request_delivered(existing.transaction_id)
-        return self._success(x509.load_der_x509_certificate(record.der), "delivered")
+        return self._success(x509.load_der_x509_certificate(record.der), outcome)
 
     # -- CertPoll / GetCert / GetCRL ---------------------------------------------------
 
@@ -392,13 +416,16 @@ class ScepCA:
     # -- issuing -------------------------------------------------------------------------
 
     async def issue(self, csr, template: str, request: CaRequest, renewal_of=None,
-                    approve: bool = False) -> x509.Certificate:
+                    approve: bool = False, answer_to=None) -> "Issued":
         """
         Sign ``csr`` under ``template``, record it with its transaction, and tell the profile engine.
 
         The transaction ``request`` is recorded as issued in the same store
-        transaction; with ``approve`` the pending transaction is approved
-        instead (the device fetches the certificate with CertPoll).
+        transaction, with the SUCCESS CertRep answering ``answer_to`` (the
+        codec's PkiRequest) when given, so a crash leaves either nothing
+        issued or a certificate whose answer a retry fetches; with
+        ``approve`` the pending transaction is approved instead (the device
+        fetches the certificate with CertPoll).
         """
         now = self._clock.seconds()
         try:
@@ -418,12 +445,17 @@ class ScepCA:
             der=certificate.public_bytes(serialization.Encoding.DER), created_at=now,
             sender_nonce=request.sender_nonce, host_uuid=request.host_uuid, profile_uuid=request.profile_uuid,
         )
+        answer = None
         if approve:
             await self._store.approve_ca_request(request.transaction_id, record)
         else:
+            if answer_to is not None:
+                answer = await self._reply(answer_to.header, answer_to, "SUCCESS", certificates=[certificate])
             try:
                 await self._store.record_issued(
-                    attrs.evolve(request, status="issued", issued_serial=record.serial, updated_at=now), record
+                    attrs.evolve(request, status="issued", issued_serial=record.serial, updated_at=now,
+                                 answer=answer),
+                    record,
                 )
             except DuplicateError:
                 raise _Refusal("badRequest", "transaction ID is already in use") from None
@@ -432,13 +464,26 @@ class ScepCA:
             # never on whatever renewal ID its subject names.
             self.log.info("ca certificate {serial} recorded for host {host} profile {profile}",
                           serial=record.serial, host=record.host_uuid, profile=record.profile_uuid)
-        return certificate
+        return Issued(certificate, answer)
+
+
+@attrs.frozen
+class Issued:
+    """A certificate just issued, and the CertRep kept with it (None when approved for a later poll)."""
+
+    certificate: x509.Certificate
+    answer: bytes | None = attrs.field(repr=False)
 
 
 def _public_key_der(certificate: x509.Certificate) -> bytes:
     return certificate.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def _same_message(request, existing: CaRequest) -> bool:
+    """Whether ``request`` is the very message that opened ``existing`` (its senderNonce), from the same key."""
+    return existing.sender_nonce == request.header.sender_nonce.hex() and _same_signer(request, existing)
 
 
 def _same_signer(request, existing: CaRequest) -> bool:

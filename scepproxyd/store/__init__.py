@@ -14,6 +14,7 @@ from scepproxyd.store.backup import BackupQueries
 from scepproxyd.store.ca import (
     CA_REQUEST_STATUSES,
     CERTIFICATE_STATUSES,
+    AlreadyAnswered,
     CaAuthorityQueries,
     CaRequest,
     IssuedCertificate,
@@ -82,6 +83,7 @@ __all__ = [
     "STATUS_FILTERS",
     "AgentCredential",
     "AgentIdentity",
+    "AlreadyAnswered",
     "CaRequest",
     "CertificateAuthority",
     "ChallengeRefusal",

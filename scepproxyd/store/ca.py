@@ -67,6 +67,12 @@ class CaRequest:
     sender_nonce: str | None = None
     host_uuid: str | None = None
     profile_uuid: str | None = None
+    #: The CertRep that answered the message with ``sender_nonce`` by issuing at once (see schema 0010).
+    answer: bytes | None = attrs.field(default=None, repr=False)
+
+
+class AlreadyAnswered(StoreError):
+    """A certificate was issued already for the request message with this senderNonce (a concurrent replay)."""
 
 
 @attrs.frozen
@@ -98,7 +104,7 @@ _CERT_COLUMNS = (
 )
 _REQUEST_COLUMNS = (
     "transaction_id, status, subject, csr, signer_certificate, requester, template, detail,"
-    " issued_serial, created_at, updated_at, sender_nonce, host_uuid, profile_uuid"
+    " issued_serial, created_at, updated_at, sender_nonce, host_uuid, profile_uuid, answer"
 )
 # A certificate the CA issued for a host profile lands there at once, on
 # that host profile only; dates never move backwards. An awaiting host
@@ -110,12 +116,12 @@ _RECORD_ON_HOST_PROFILE = (
 )
 # A new request under a known transaction ID replaces it only once that one is finished.
 _UPSERT_REQUEST = (
-    f"INSERT INTO ca_requests ({_REQUEST_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+    f"INSERT INTO ca_requests ({_REQUEST_COLUMNS}) VALUES ({', '.join('?' * 15)})"
     " ON CONFLICT (transaction_id) DO UPDATE SET status = excluded.status, subject = excluded.subject,"
     " csr = excluded.csr, signer_certificate = excluded.signer_certificate, requester = excluded.requester,"
     " template = excluded.template, detail = excluded.detail, issued_serial = excluded.issued_serial,"
     " created_at = excluded.created_at, updated_at = excluded.updated_at, sender_nonce = excluded.sender_nonce,"
-    " host_uuid = excluded.host_uuid, profile_uuid = excluded.profile_uuid"
+    " host_uuid = excluded.host_uuid, profile_uuid = excluded.profile_uuid, answer = excluded.answer"
     " WHERE ca_requests.status IN ('issued', 'rejected') RETURNING transaction_id"
 )
 
@@ -150,14 +156,20 @@ class CaAuthorityQueries:
 
     def record_issued(self, request: CaRequest, certificate: IssuedCertificate) -> defer.Deferred:
         """
-        Keep a certificate issued at once, with its transaction; one store transaction.
+        Keep a certificate issued at once, with its transaction and the answer (``request.answer``); one store transaction.
 
         DuplicateError if the transaction ID belongs to a request still
-        pending or approved: the caller looked it up first, so this is a
-        concurrent duplicate and must not end up with two certificates.
+        pending or approved; AlreadyAnswered if a certificate was issued for
+        the same request message (senderNonce) meanwhile. The caller looked
+        both up first, so either is a concurrent duplicate and must not end
+        up with two certificates.
         """
 
         def record_issued(conn):
+            if certificate.sender_nonce is not None and conn.execute(
+                "SELECT 1 FROM issued_certificates WHERE sender_nonce = ?", (certificate.sender_nonce,)
+            ).fetchone():
+                raise AlreadyAnswered(f"a certificate was issued for message {certificate.sender_nonce} already")
             _save_request(conn, request)
             _insert_certificate(conn, certificate)
 
