@@ -1,8 +1,9 @@
 """Adversarial: SIGKILL the daemon mid-work, restart it on the same state, and audit the state.
 
-Two crashes: in the middle of PKIOperation load through a real micromdm
-scepserver, and in the middle of a processing run over 100,000 NULL host
-profiles. After each the daemon restarts on the same state directory and
+Three crashes: in the middle of PKIOperation load through a real micromdm
+scepserver, right after the built-in CA issued certificates to concurrent
+enrollments (each device's retry must get its one certificate), and in the
+middle of a processing run over 100,000 NULL host profiles. After each the daemon restarts on the same state directory and
 the database must be sound: ``PRAGMA integrity_check`` ok, no host profile
 lost or stuck, and the challenge books balance.
 """
@@ -13,9 +14,12 @@ import time
 import pytest
 import pytest_twisted
 import treq
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import AttributeOID, NameOID
 from twisted.internet import defer, reactor, task
 
-from certs import signed_blob
+from certs import self_signed, signed_blob
 from hostile import (
     HostileCA,
     add_ca,
@@ -30,6 +34,9 @@ from hostile import (
     upload_profile,
 )
 from peers import Daemon, ScepServer
+from scepproxyd.scep import codec
+from scepproxyd.scep.codec import attributes as codec_attributes
+from scepproxyd.scep.codec import signed as codec_signed
 
 STATIC = "crash-static-secret"
 
@@ -196,6 +203,91 @@ def test_sigkill_between_spending_and_forwarding_puts_the_challenge_back(tmp_pat
         if daemon.process is not None:
             daemon.stop()
         ca.stop()
+
+
+# -- the built-in CA killed right after issuing ------------------------------------------
+
+DEVICES = 36
+
+
+def builtin_ca_enrollment(ca_certificate, challenge: str, name: str):
+    """A device's PKCSReq to the built-in CA: (message, its senderNonce, signer certificate, key)."""
+    certificate, key = self_signed(name)
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+           .add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge.encode()).sign(key, hashes.SHA256()))
+    message, header = codec.build_request(message_type="PKCSReq", signer_key=key, signer_certificate=certificate,
+                                          recipient_certificate=ca_certificate, csr=csr)
+    return message, header.sender_nonce, certificate, key
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigkill_right_after_builtin_ca_issuance_retries_get_their_certificates(tmp_path):
+    """
+    Concurrent enrollments at /scep, SIGKILL once some certificates are recorded, restart: every device
+    sends its same message again and gets its one certificate; no device gets two.
+
+    The devices never read their first answers, as if every one was lost with the connection.
+    """
+    (tmp_path / "d").mkdir()
+    daemon = Daemon(tmp_path / "d", ca={"key_size": "2048", "static_challenge": "yes",
+                                        "auto_approve_networks": "127.0.0.0/8"}).start()
+    state = daemon.directory / "state" / "ca"
+    ca_certificate = x509.load_pem_x509_certificate((state / "ca.pem").read_bytes())
+    static = (state / "challenge").read_text().strip()
+    devices = [builtin_ca_enrollment(ca_certificate, static, "crash-device-%02d" % i) for i in range(DEVICES)]
+    url = daemon.url + "/scep?operation=PKIOperation"
+    try:
+        queue = [message for message, *_ in devices]
+
+        async def device():
+            while queue:
+                message = queue.pop()
+                try:
+                    response = await treq.post(url, data=message, timeout=30)
+                    await response.content()  # ... and lost
+                except Exception:
+                    return  # the daemon is gone
+
+        running = [defer.ensureDeferred(device()) for _ in range(IN_FLIGHT)]
+        with db(daemon) as conn:
+            while conn.execute("SELECT count(*) FROM issued_certificates").fetchone()[0] < DEVICES // 3:
+                await task.deferLater(reactor, 0.002)
+        kill9(daemon)
+        await defer.gatherResults(running)
+    finally:
+        if daemon.process is not None:
+            daemon.stop()
+
+    with db(daemon) as conn:
+        before = dict(conn.execute("SELECT sender_nonce, serial FROM issued_certificates"))
+    assert DEVICES // 3 <= len(before) < DEVICES, "the kill did not land mid-way"
+    daemon.start()
+    try:
+        assert integrity(daemon) == "ok"
+        for message, nonce, certificate, key in devices:
+            status, answer = request_once(daemon.port, "POST", b"/scep?operation=PKIOperation", body=message)
+            assert status == 200, answer
+            pki_status, _, certificates = codec.read_response(answer, key, certificate, ca_certificate)
+            assert pki_status == "SUCCESS", nonce.hex()
+            # RFC 8894 clients check that recipientNonce is their senderNonce.
+            recipient_nonce = codec_signed.open_signed_data(answer).attributes.octets(
+                codec_attributes.RECIPIENT_NONCE_OID, "recipientNonce")
+            assert recipient_nonce == nonce
+            serial = "%x" % certificates[0].serial_number
+            if nonce.hex() in before:  # recorded before the kill: the same certificate, not a second one
+                assert serial == before[nonce.hex()]
+            # Once more: the same answer again.
+            assert request_once(daemon.port, "POST", b"/scep?operation=PKIOperation", body=message) == (200, answer)
+        with db(daemon) as conn:
+            issued = conn.execute("SELECT sender_nonce, count(*) FROM issued_certificates GROUP BY sender_nonce")
+            per_message = dict(issued.fetchall())
+        assert per_message == {nonce.hex(): 1 for _, nonce, _, _ in devices}
+        log = daemon.log()
+        assert log.count("outcome=answered_again") >= len(before)
+    finally:
+        daemon.stop()
+    assert_log_clean(daemon, [static])
 
 
 # -- in the middle of a processing run over 100,000 host profiles -----------------------
