@@ -17,6 +17,7 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from importlib import resources
@@ -66,8 +67,34 @@ def _statements(script: str):
         raise StoreError("schema script ends with an incomplete statement")
 
 
+#: The database and the files SQLite keeps beside it (created later with the database's own mode).
+DATABASE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def _make_private(path) -> None:
+    """The database file, and any -wal/-shm/-journal beside it, mode 0600 whatever the umask.
+
+    The file is made here (mode 0600) before SQLite opens it, and SQLite
+    gives the -wal, -shm and -journal files it makes later the database
+    file's mode, so none of them is ever readable by others.
+    """
+    if str(path) == ":memory:":
+        return
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
+        for suffix in DATABASE_SUFFIXES:
+            companion = "%s%s" % (path, suffix)
+            if os.path.isfile(companion) and os.stat(companion).st_mode & 0o077:
+                os.chmod(companion, 0o600)
+    except OSError as e:
+        raise StoreError(
+            f"cannot open database {path}: {e.strerror or e} (does its directory exist and is it writable?)"
+        ) from None
+
+
 def _open(path, busy_timeout: float) -> sqlite3.Connection:
-    """Open in autocommit mode (we write BEGIN/COMMIT ourselves), WAL on."""
+    """Open in autocommit mode (we write BEGIN/COMMIT ourselves), WAL on, files mode 0600."""
+    _make_private(path)
     try:
         conn = sqlite3.connect(str(path), isolation_level=None, timeout=busy_timeout)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
