@@ -45,6 +45,7 @@ from scepproxyd.store.models import (
     ProxyTarget,
     RenderJob,
     StoreError,
+    StoreUnavailable,
     new_renewal_id,
 )
 from scepproxyd.store.profiles import ProfileQueries
@@ -102,5 +103,6 @@ __all__ = [
     "StateError",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "new_renewal_id",
 ]

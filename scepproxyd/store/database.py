@@ -28,7 +28,14 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from scepproxyd.logs import get_logger
-from scepproxyd.store.models import StoreError, challenge_hash, new_command_uuid, new_renewal_id, utc_iso
+from scepproxyd.store.models import (
+    StoreError,
+    StoreUnavailable,
+    challenge_hash,
+    new_command_uuid,
+    new_renewal_id,
+    utc_iso,
+)
 
 log = get_logger(__name__)
 
@@ -108,6 +115,25 @@ def _open(path, busy_timeout: float) -> sqlite3.Connection:
     return conn
 
 
+#: SQLite's primary result codes that mean the file cannot be written (or read) now, not a bad request.
+_UNAVAILABLE = {
+    "SQLITE_FULL": "disk full",
+    "SQLITE_IOERR": "I/O error",
+    "SQLITE_READONLY": "the database file is read-only",
+    "SQLITE_CANTOPEN": "cannot open a database file",
+    "SQLITE_CORRUPT": "the database file is damaged",
+}
+
+
+def unavailable_reason(error: sqlite3.Error) -> str | None:
+    """``"disk full (SQLITE_FULL)"`` and the like for a storage failure, None for any other SQLite error."""
+    name = getattr(error, "sqlite_errorname", None) or ""
+    for primary, meaning in _UNAVAILABLE.items():
+        if name == primary or name.startswith(primary + "_"):
+            return "%s (%s)" % (meaning, name)
+    return None
+
+
 def _user_version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA user_version").fetchone()[0]
 
@@ -172,6 +198,9 @@ class Database:
         self._stop_waiters: list[defer.Deferred] | None = None  # a list while stopping
         self._shutdown_trigger = None
         self._conn: sqlite3.Connection | None = None  # touched only on the DB thread
+        #: Why the last write failed (None while writes work); read and set on the reactor thread.
+        self.write_problem: str | None = None
+        self._write_problem_since: float | None = None
 
     @staticmethod
     def migrate(path) -> int:
@@ -314,7 +343,49 @@ class Database:
         """
         if not self._running:
             return defer.fail(StoreError("store is not running; call start() first"))
-        return deferToThreadPool(self._reactor, self._pool, self._run, fn, write)
+        d = deferToThreadPool(self._reactor, self._pool, self._run, fn, write)
+        if write:
+            d.addCallbacks(self._write_worked, self._write_failed)
+        return d
+
+    def _write_worked(self, result):
+        if self.write_problem is not None:
+            log.info(
+                "database writes work again after {seconds:.0f} s ({reason} before); /readyz is ready again",
+                seconds=self._clock.seconds() - self._write_problem_since, reason=self.write_problem,
+            )
+            self.write_problem = self._write_problem_since = None
+        return result
+
+    def _write_failed(self, failure):
+        if failure.check(StoreUnavailable) and self.write_problem is None:
+            self.write_problem = failure.value.reason
+            self._write_problem_since = self._clock.seconds()
+            log.error(
+                "database writes fail: {reason}; answering 503 and /readyz not ready until a write succeeds "
+                "(docs/operations.md, Disk full)", reason=failure.value.reason,
+            )
+        return failure
+
+    def probe_writes(self) -> defer.Deferred:
+        """
+        One tiny write and a WAL checkpoint that truncates the WAL, so a full disk shows without traffic.
+
+        The update and the next writes then need new space in the WAL file,
+        which is what fails on a full disk; a probe that succeeds after a
+        failure is how readiness comes back while nobody writes.
+        """
+
+        def probe_writes(conn):
+            conn.execute("UPDATE write_probe SET probed_at = utc_iso(?) WHERE id = 1", (self._clock.seconds(),))
+
+        def checkpoint(_):
+            def truncate_wal(conn):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+            return self._submit(truncate_wal, write=False).addCallbacks(self._write_worked, self._write_failed)
+
+        return self._submit(probe_writes).addCallback(checkpoint)
 
     def _run(self, fn, write: bool):
         conn = self._conn
@@ -331,4 +402,7 @@ class Database:
                 raise
             return result
         except sqlite3.Error as e:
+            reason = unavailable_reason(e)
+            if reason is not None:
+                raise StoreUnavailable(reason) from e
             raise StoreError(f"database error in {fn.__name__}: {e}") from e

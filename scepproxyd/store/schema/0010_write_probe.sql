@@ -1,0 +1,14 @@
+-- scepproxyd schema version 10: one row the write probe updates.
+--
+-- Applied by Store.migrate() inside one transaction, which then sets
+-- PRAGMA user_version = 10.
+
+-- Every few seconds ([database] write_probe_interval) the daemon updates
+-- this row and truncates the WAL, so a disk that has filled up (or turned
+-- read-only) shows in /readyz without any traffic, and so does its recovery.
+-- Holds nothing but the time of the last successful probe.
+CREATE TABLE write_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    probed_at TEXT NOT NULL
+);
+INSERT INTO write_probe (id, probed_at) VALUES (1, '');
