@@ -113,5 +113,12 @@ def ensure_open_files(needed: int, getrlimit=resource.getrlimit, setrlimit=resou
             "but the open-files limit (RLIMIT_NOFILE) is %d, hard limit %d: raise LimitNOFILE in the systemd unit "
             "(or ulimit -n) to at least %d, or lower max_connections" % (needed, soft, hard, needed)
         )
-    setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    try:
+        setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    except (OSError, ValueError) as e:
+        raise OpenFilesError(
+            "the connection caps need up to %d open files but the open-files limit (RLIMIT_NOFILE) is %d and "
+            "raising it failed (%s): set LimitNOFILE in the systemd unit (or ulimit -n) to at least %d"
+            % (needed, soft, getattr(e, "strerror", None) or e, needed)
+        ) from None
     return needed
