@@ -377,7 +377,10 @@ class Database:
         """
 
         def probe_writes(conn):
-            conn.execute("UPDATE write_probe SET probed_at = utc_iso(?) WHERE id = 1", (self._clock.seconds(),))
+            conn.execute(
+                "UPDATE write_probe SET probes = probes + 1, probed_at = utc_iso(?) WHERE id = 1",
+                (self._clock.seconds(),),
+            )
 
         def checkpoint(_):
             def truncate_wal(conn):

@@ -21,7 +21,7 @@ JSON = b"application/json"
 #: The one refusal for a missing, unknown or (agent API) other host's credential.
 WRONG_TOKEN = "missing or wrong bearer token"
 #: The 503 answer while the database cannot be written; nothing was changed.
-UNAVAILABLE = "the database cannot be written right now (%s); nothing was changed, try again later"
+UNAVAILABLE = "the database cannot be written right now: %s; nothing was changed, try again later"
 
 
 class ApiError(Exception):
