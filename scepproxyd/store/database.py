@@ -107,7 +107,9 @@ def _open(path, busy_timeout: float) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     except sqlite3.Error as e:
-        raise StoreError(f"cannot open database {path}: {e} (does its directory exist and is it writable?)") from e
+        hint = "is the disk full, or the directory not writable?" if unavailable_reason(e) else (
+            "does its directory exist and is it writable?")
+        raise StoreError(f"cannot open database {path}: {e} ({hint})") from e
     if mode.lower() != "wal":
         conn.close()
         raise StoreError(f"database {path} cannot use WAL journal mode (got {mode!r})")
