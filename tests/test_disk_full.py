@@ -5,7 +5,6 @@ a real ENOSPC (SQLITE_FULL); the daemon is the real one (tests/peers.py).
 Also here: the database and its -wal/-shm files are 0600 whatever the umask.
 """
 
-import http.client
 import json
 import os
 import stat
@@ -15,23 +14,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from peers import Daemon
+from peers import Daemon, http_call as call
 from scepproxyd.store import Store, StoreUnavailable
-
-
-def call(port, method, path, token=None, body=None):
-    """(status, body text) of one plain HTTP request."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    headers = {"Authorization": "Bearer " + token} if token else {}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    connection.request(method, path, body=data, headers=headers)
-    response = connection.getresponse()
-    text = response.read().decode()
-    connection.close()
-    return response.status, text
 
 
 def wait_for(check, what, timeout=20.0):
