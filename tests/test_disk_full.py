@@ -141,3 +141,42 @@ async def test_database_files_are_private_whatever_the_umask(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxy_answers_503_on_a_full_disk_and_the_device_retry_enrolls(tmp_path, small_tmpfs, fill_up):
+    """scepclient through the proxy: a full disk answers 503 and spends nothing; once space returns it enrolls."""
+    from twisted.internet import threads
+
+    from peers import ScepServer
+    from test_interop_engine import FIXTURES, STATIC, enroll, scep_settings_from_mobileconfig, set_up
+
+    state = small_tmpfs(tmp_path / "state", "16m")
+    upstream = ScepServer(tmp_path / "upstream", STATIC).start()
+    daemon = Daemon(tmp_path, database={"write_probe_interval": "0.5s"}, profiles={"process_interval": "1h"}).start()
+    try:
+        host = "MAC-0001"
+        template = (FIXTURES / "fleet-custom-scep-apple.mobileconfig").read_bytes().replace(b"CA_NAME", b"CORP_CA")
+        admin, agent, profile = await set_up(daemon, upstream, template, "application/x-apple-aspen-config", host,
+                                             "macos")
+        await admin.call("POST", "/api/v1/jobs/process_profiles")
+        commands = (await agent.call("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
+        url, challenge, cn = scep_settings_from_mobileconfig(commands[0]["payload"])
+        cn = cn.replace("%SerialNumber%", "SER" + host)
+
+        filler = fill_up(state)
+        await threads.deferToThread(wait_for, lambda: call(daemon.admin_port, "GET", "/readyz")[0] == 503, "503")
+        with pytest.raises(AssertionError):
+            await threads.deferToThread(enroll, tmp_path / "mac", url, challenge, cn)
+        assert "outcome=store_unavailable status=503" in daemon.log()
+        assert upstream.operations("PKIOperation") == 0
+
+        filler.unlink()
+        await threads.deferToThread(wait_for, lambda: call(daemon.admin_port, "GET", "/readyz")[0] == 200, "200")
+        pem = await threads.deferToThread(enroll, tmp_path / "mac", url, challenge, cn)
+        assert "BEGIN CERTIFICATE" in pem
+        assert upstream.operations("PKIOperation") == 1  # the one that worked: the refused one never left
+    finally:
+        daemon.stop()
+        upstream.stop()
+    assert "Traceback" not in daemon.log()
