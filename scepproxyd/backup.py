@@ -469,6 +469,24 @@ def _check_manifest(manifest: dict, known_roles) -> list[dict]:
     return files
 
 
+def _refuse_symlinks(directory: Path) -> None:
+    """A backup holds only regular files and directories: a symbolic link anywhere in it is refused.
+
+    A link (to a file or a directory) would make restore read, and put into
+    the state directory, something that is not what the backup took.
+    """
+    for folder, subfolders, files in os.walk(directory, followlinks=False):
+        for name in sorted(subfolders + files):
+            path = Path(folder) / name
+            if path.is_symlink():
+                kind = "directory" if name in subfolders else "file"
+                raise BackupError(
+                    "backup %s contains a symbolic link (%s %s -> %s); a backup holds only regular files and "
+                    "directories: replace the link with what it points to, or use an untouched copy of the "
+                    "backup; nothing was restored" % (directory, kind, path, os.readlink(path))
+                )
+
+
 def _verify_file(directory: Path, entry: dict) -> None:
     path = directory / entry["name"]
     try:
@@ -568,6 +586,7 @@ def restore_backup(directory: Path, settings) -> list[str]:
     lock = _lock_live_database(database)
     staged: list[tuple[Path, Path]] = []
     try:
+        _refuse_symlinks(directory)
         manifest = _read_manifest(directory)
         entries = _check_manifest(manifest, set(paths) | RETIRED_ROLES)
         for entry in entries:

@@ -52,6 +52,7 @@ class ServerSettings:
     idle_timeout: float
     request_timeout: float
     shutdown_grace: float
+    max_connections: int
     tls_certificate: Path | None
     tls_key: Path | None
     tls_chain: Path | None
@@ -61,6 +62,7 @@ class ServerSettings:
 class DatabaseSettings:
     path: Path
     busy_timeout: float
+    write_probe_interval: float
 
 
 @attrs.frozen
@@ -87,6 +89,7 @@ class LoggingSettings:
 class AdminSettings:
     listen: str
     token_file: Path
+    max_connections: int
 
 
 @attrs.frozen
@@ -487,6 +490,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
         "idle_timeout": ("30s", _duration(0, HOUR)),
         "request_timeout": ("60s", _duration(0, HOUR)),
         "shutdown_grace": ("10s", _duration(0, HOUR, allow_low=True)),
+        "max_connections": ("800", _whole(1, 1000000)),
         "tls_certificate": ("-", _optional_text),
         "tls_key": ("-", _optional_text),
         "tls_chain": ("-", _optional_text),
@@ -494,6 +498,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
     "database": {
         "path": ("scepproxyd.sqlite3", _text),
         "busy_timeout": ("5s", _duration(0, 10 * MINUTE)),
+        "write_probe_interval": ("10s", _duration(0, HOUR)),
     },
     "challenges": {
         "ttl": ("1h", _duration(MINUTE, 30 * DAY, allow_low=True)),
@@ -510,6 +515,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
     "admin": {
         "listen": ("tcp:8081:interface=127.0.0.1", _endpoint),
         "token_file": ("admin.token", _text),
+        "max_connections": ("64", _whole(1, 100000)),
     },
     "profiles": {
         "process_interval": ("30s", _duration(0, HOUR)),

@@ -1,6 +1,7 @@
 """Secrets kept on disk: the key that encrypts static challenges, and API tokens.
 
-Both are made on first start in the state directory with mode 0600 and never
+Both are made on first start in the state directory with mode 0600 (written
+atomically by ``scepproxyd.files``) and never
 leave it: challenges are stored AES-GCM encrypted, and tokens are compared in
 constant time.
 """
@@ -14,6 +15,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from scepproxyd.files import truncated_file_advice, write_private_file
+
 _NONCE_BYTES = 12
 # Binds ciphertexts to their purpose, so a blob cannot be replayed as another kind of secret.
 _CHALLENGE_AAD = b"scepproxyd:ca-static-challenge:v1"
@@ -23,18 +26,40 @@ class KeyFileError(Exception):
     """A key or token file is unusable; ``str()`` names the file and the problem."""
 
 
-def _create_private(path: Path, data: bytes) -> None:
-    """Write a new file readable by its owner only; never replace an existing one."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+#: What to do about an empty key file, and about an empty token file.
+KEY_REMEDY = (
+    "If no CA integration's static challenge was ever stored with it (the first start failed), delete it and "
+    "start again; otherwise restore it from a backup (scepproxyctl restore)."
+)
+TOKEN_REMEDY = (
+    "Delete it and start again to get a new token (whoever used the old one needs the new one), "
+    "or restore it from a backup (scepproxyctl restore)."
+)
 
 
-def _read_private(path: Path) -> bytes:
+def create_private(path: Path, data: bytes) -> None:
+    """Write a new file readable by its owner only, atomically; never replace an existing one.
+
+    A failed write (a full disk) leaves nothing, so the next start makes it again.
+    """
+    try:
+        write_private_file(path, data)
+    except FileExistsError:
+        return  # another process made it first; the caller reads that one
+    except OSError as e:
+        raise KeyFileError(
+            "cannot write %s: %s; nothing was left behind: free some space (or fix the directory's "
+            "permissions) and start again" % (path, e.strerror or e)
+        ) from None
+
+
+def _read_private(path: Path, what: str, remedy: str) -> bytes:
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise KeyFileError("%s is readable by others (mode %o); chmod 600 it" % (path, mode))
+    advice = truncated_file_advice(path, what, remedy)
+    if advice is not None:
+        raise KeyFileError(advice)
     return path.read_bytes()
 
 
@@ -42,13 +67,13 @@ def load_or_create_key(path: Path) -> bytes:
     """The 256-bit AES key, made on first start."""
     path = Path(path)
     if not path.exists():
-        _create_private(path, base64.b64encode(AESGCM.generate_key(bit_length=256)) + b"\n")
+        create_private(path, base64.b64encode(AESGCM.generate_key(bit_length=256)) + b"\n")
     try:
-        key = base64.b64decode(_read_private(path).strip(), validate=True)
+        key = base64.b64decode(_read_private(path, "the challenge key", KEY_REMEDY).strip(), validate=True)
     except (ValueError, OSError) as e:
-        raise KeyFileError("%s is not a usable key file: %s" % (path, e)) from None
+        raise KeyFileError("%s is not a usable key file: %s. %s" % (path, e, KEY_REMEDY)) from None
     if len(key) != 32:
-        raise KeyFileError("%s must hold a base64 256-bit key" % (path,))
+        raise KeyFileError("%s must hold a base64 256-bit key (it is damaged or truncated). %s" % (path, KEY_REMEDY))
     return key
 
 
@@ -56,13 +81,13 @@ def load_or_create_token(path: Path) -> str:
     """A bearer token, made on first start; the admin reads it from the file."""
     path = Path(path)
     if not path.exists():
-        _create_private(path, (secrets.token_urlsafe(32) + "\n").encode("ascii"))
+        create_private(path, (secrets.token_urlsafe(32) + "\n").encode("ascii"))
     try:
-        token = _read_private(path).decode("ascii").strip()
+        token = _read_private(path, "a token file", TOKEN_REMEDY).decode("ascii").strip()
     except (UnicodeDecodeError, OSError) as e:
         raise KeyFileError("%s is not a usable token file: %s" % (path, e)) from None
     if len(token) < 16:
-        raise KeyFileError("%s holds a token shorter than 16 characters" % (path,))
+        raise KeyFileError("%s holds a token shorter than 16 characters. %s" % (path, TOKEN_REMEDY))
     return token
 
 

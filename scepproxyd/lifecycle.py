@@ -8,10 +8,12 @@ to finish after the listeners stop accepting.
 """
 
 from twisted.application import service
+from twisted.application.internet import TimerService
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from scepproxyd.logs import get_logger
+from scepproxyd.store.models import StoreUnavailable
 
 log = get_logger(__name__)
 
@@ -74,6 +76,24 @@ class StoreService(service.Service):
     def stopService(self):
         super().stopService()
         return self.store.stop()
+
+
+def write_probe_service(store, interval: float, clock) -> TimerService:
+    """Probe database writes every ``interval`` seconds (Database.probe_writes), quietly.
+
+    The store notes failures and recoveries itself (one log line each, and
+    /readyz); any other error is logged here and the next tick tries again.
+    """
+
+    def probe():
+        d = store.probe_writes()
+        d.addErrback(lambda f: None if f.check(StoreUnavailable) else log.failure("write probe failed", f))
+        return d
+
+    timer = TimerService(interval, probe)
+    timer.clock = clock
+    timer.setName("write-probe")
+    return timer
 
 
 class HTTPPoolService(service.Service):

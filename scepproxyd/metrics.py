@@ -47,10 +47,28 @@ class Metrics:
             "scepproxyd_ca_operations", "Built-in CA operations by message type and outcome.",
             ["operation", "outcome"], registry=self.registry,
         )
+        self.open_connections = Gauge(
+            "scepproxyd_open_connections", "Open connections by listener (proxy, admin).",
+            ["listener"], registry=self.registry,
+        )
+        self.connections_refused = Counter(
+            "scepproxyd_connections_refused",
+            "Connections closed at accept because the listener was at its max_connections cap.",
+            ["listener"], registry=self.registry,
+        )
         self.ca_refusals = Counter(
             "scepproxyd_ca_policy_refusals", "Built-in CA requests refused by the issuance policy, by check.",
             ["check"], registry=self.registry,
         )
+
+    def connection_opened(self, listener: str) -> None:
+        self.open_connections.labels(listener).inc()
+
+    def connection_closed(self, listener: str) -> None:
+        self.open_connections.labels(listener).dec()
+
+    def connection_refused(self, listener: str) -> None:
+        self.connections_refused.labels(listener).inc()
 
     def proxied(self, operation: str | None, outcome: str) -> None:
         self.proxy_requests.labels(operation or "-", outcome).inc()

@@ -11,10 +11,18 @@ from pathlib import Path
 from twisted.application import strports
 from twisted.web import resource
 
+from scepproxyd.connections import ConnectionCap, OpenFilesError, ensure_open_files, open_files_needed
 from scepproxyd.delivery.render import CommandRenderer
 from scepproxyd.jobs import CleanupJob, ProcessProfilesJob, RenewalJob, ScheduledJob, backends_for
 from scepproxyd.keys import ChallengeCipher, KeyFileError, load_or_create_key, load_or_create_token
-from scepproxyd.lifecycle import DrainService, HTTPPoolService, InFlight, OrderedMultiService, StoreService
+from scepproxyd.lifecycle import (
+    DrainService,
+    HTTPPoolService,
+    InFlight,
+    OrderedMultiService,
+    StoreService,
+    write_probe_service,
+)
 from scepproxyd.logs import get_logger, set_level
 from scepproxyd.metrics import Metrics
 from scepproxyd.reload import ReloadService
@@ -28,7 +36,7 @@ from scepproxyd.web.admin_agents import AgentCredentialRoutes
 from scepproxyd.web.admin_backup import backup_routes
 from scepproxyd.web.agent import NanoMDMWebhook, agent_resource
 from scepproxyd.web.api import JsonApi
-from scepproxyd.web.health import CaMonitor, Health, MetricsPage, Ready
+from scepproxyd.web.health import CaMonitor, Health, HealthBeside, MetricsPage, Ready
 from scepproxyd.web.proxy import ProxyResource
 from scepproxyd.web.site import BodyLimitedSite
 
@@ -80,6 +88,18 @@ def check_listeners(settings) -> None:
                 ) from None
 
 
+def check_open_files(settings) -> None:
+    """The open-files limit must hold both listeners' connection caps; raise the soft limit if it must."""
+    needed = open_files_needed(settings.server.max_connections, settings.admin.max_connections)
+    try:
+        raised = ensure_open_files(needed)
+    except OpenFilesError as e:
+        raise StartupError(str(e)) from None
+    if raised is not None:
+        log.info("raised the open-files soft limit (RLIMIT_NOFILE) to {limit} for the connection caps",
+                 limit=raised)
+
+
 def prepare_state(settings) -> None:
     """Create the state directory, bring the schema up to date, make keys and tokens.
 
@@ -87,6 +107,7 @@ def prepare_state(settings) -> None:
     clear message instead of a half-started daemon.
     """
     check_listeners(settings)
+    check_open_files(settings)
     state: Path = settings.state_directory
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.database.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -129,11 +150,18 @@ def read_nanomdm_api_key(path: Path) -> str:
     return key
 
 
-def _listener(description: str, site, settings, reactor, name: str):
+def _listener(description: str, site, settings, reactor, name: str, metrics):
     factory = site
     if name == "proxy-listener" and settings.server.tls_certificate is not None:
         context = server_context(settings.server.tls_certificate, settings.server.tls_key, settings.server.tls_chain)
         factory = wrap_tls(site, context)
+    # Outermost, so a connection over the cap is closed before any TLS work.
+    if name == "proxy-listener":
+        factory = ConnectionCap(factory, settings.server.max_connections, "proxy", "[server] max_connections",
+                                reactor, metrics)
+    else:
+        factory = ConnectionCap(factory, settings.admin.max_connections, "admin", "[admin] max_connections",
+                                reactor, metrics)
     listener = strports.service(description, factory, reactor=reactor)
     listener.setName(name)
     return listener
@@ -155,6 +183,7 @@ def make_service(settings, reactor) -> OrderedMultiService:
     )
     store_service = StoreService(store)
     store_service.setServiceParent(top)
+    write_probe_service(store, settings.database.write_probe_interval, reactor).setServiceParent(top)
 
     trust = UpstreamTrust()
     http_client, pool = make_http_client(reactor, settings.upstream.connect_timeout, trust)
@@ -241,24 +270,26 @@ def make_service(settings, reactor) -> OrderedMultiService:
         in_flight=in_flight,
         request_timeout=settings.server.request_timeout,
     )
-    listeners.append(_listener(settings.server.listen, site, settings, reactor, "proxy-listener"))
+    listeners.append(_listener(settings.server.listen, site, settings, reactor, "proxy-listener", metrics))
 
     admin_routes = AdminRoutes(store, upstream, cipher, jobs, trust)
+    admin_api = JsonApi(
+        load_or_create_token(settings.admin.token_file),
+        # The built-in CA's routes first: they guard its CA row before the generic CA routes match.
+        admin_ca_routes + backup_routes(store, settings) + admin_routes.routes()
+        + AgentCredentialRoutes(store).routes(),
+        realm="admin",
+    )
     admin_site = BodyLimitedSite(
-        JsonApi(
-            load_or_create_token(settings.admin.token_file),
-            # The built-in CA's routes first: they guard its CA row before the generic CA routes match.
-            admin_ca_routes + backup_routes(store, settings) + admin_routes.routes()
-            + AgentCredentialRoutes(store).routes(),
-            realm="admin",
-        ),
+        # /healthz, /readyz and /metrics here too: they keep answering while the device listener is full.
+        HealthBeside(admin_api, health),
         max_body_bytes=ADMIN_MAX_BODY_BYTES,
         idle_timeout=settings.server.idle_timeout,
         reactor=reactor,
         in_flight=in_flight,
         request_timeout=settings.server.request_timeout,
     )
-    listeners.append(_listener(settings.admin.listen, admin_site, settings, reactor, "admin-listener"))
+    listeners.append(_listener(settings.admin.listen, admin_site, settings, reactor, "admin-listener", metrics))
     for listener in listeners:
         listener.setServiceParent(top)
 

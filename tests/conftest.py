@@ -26,3 +26,56 @@ def logs():
     globalLogPublisher.addObserver(capture)
     yield capture
     globalLogPublisher.removeObserver(capture)
+
+
+@pytest.fixture
+def small_tmpfs():
+    """``mount(path, size)``: a small tmpfs at ``path`` (a disk that can fill up), unmounted afterwards.
+
+    Skips, saying why, where mounting is impossible (not root, no mount namespace rights).
+    """
+    import subprocess
+
+    mounted = []
+
+    def mount(path, size: str = "16m"):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % (size,), "tmpfs", str(path)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip("cannot mount a tmpfs to fill up (%s)" % (result.stderr.strip() or result.returncode,))
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def fill_up():
+    """``fill_up(directory)``: write a file there until its filesystem is full; returns the file (delete it to free)."""
+    return _fill_up
+
+
+def _fill_up(directory, name: str = "filler"):
+    import errno
+    import os
+    from pathlib import Path
+
+    path = Path(directory) / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    block = b"\0" * (64 * 1024)
+    try:
+        while True:
+            try:
+                os.write(fd, block)
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                if len(block) == 1:
+                    break
+                block = block[: len(block) // 2]
+    finally:
+        os.close(fd)
+    return path

@@ -691,3 +691,39 @@ def test_ctl_backup_refusals_from_the_daemon(tmp_path):
         assert (status, answer["field"]) == (422, "directory")
     finally:
         daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_restore_refuses_symbolic_links_and_changes_nothing(store, settings, tmp_path):
+    directory = tmp_path / "backup"
+    await backed_up(store, settings, directory)
+    target = make_settings(tmp_path / "other")
+    before = fingerprint_files(target.state_directory)
+    hosts = rows(target.database.path, "SELECT count(*) FROM hosts")
+    elsewhere = tmp_path / "elsewhere"
+    # A linked directory: its files match the manifest, but restore must not follow it.
+    (directory / "ca").rename(elsewhere)
+    (directory / "ca").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(BackupError, match=r"contains a symbolic link \(directory .*/backup/ca -> .*elsewhere\)"):
+        restore_backup(directory, target)
+    code, out, err = run_ctl("--config", str(target.config_path), "restore", str(directory))
+    assert code == 1 and "symbolic link" in err and "nothing was restored" in err
+    assert fingerprint_files(target.state_directory) == before
+    assert rows(target.database.path, "SELECT count(*) FROM hosts") == hosts
+    assert not list(target.state_directory.rglob("*.restoring"))
+
+    # A linked file, the directory put back.
+    (directory / "ca").unlink()
+    elsewhere.rename(directory / "ca")
+    key = directory / "ca" / "ca.key"
+    key.rename(elsewhere)
+    key.symlink_to(elsewhere)
+    with pytest.raises(BackupError, match=r"contains a symbolic link \(file .*/backup/ca/ca.key -> "):
+        restore_backup(directory, target)
+    assert fingerprint_files(target.state_directory) == before
+
+    # Without links the same backup restores.
+    key.unlink()
+    elsewhere.rename(key)
+    restore_backup(directory, target)
+    assert fingerprint_files(target.state_directory) != before

@@ -297,3 +297,38 @@ def test_renewal_needs_our_valid_certificate():
 
 def test_challenge_hash_is_sha256_hex():
     assert challenge_hash("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_first_start_on_a_full_disk_leaves_no_half_pair(tmp_path, monkeypatch):
+    """The certificate's write fails after the key's: neither is left, and the next start makes both."""
+    import errno
+
+    from scepproxyd import files
+
+    settings = ca_settings(tmp_path)
+    real = files.write_private_file
+
+    def full_for_certificates(path, data, replace=False):
+        if path.name.endswith(".pem"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, data, replace)
+
+    monkeypatch.setattr("scepproxyd.keys.write_private_file", full_for_certificates)
+    with pytest.raises(KeyFileError, match=r"cannot write .*ca.pem: No space left on device; nothing was left"):
+        prepare_ca_material(settings)
+    assert not settings.key_file.exists() and not settings.certificate_file.exists()
+    assert [p.name for p in settings.key_file.parent.iterdir()] == []
+    monkeypatch.undo()
+    material = prepare_ca_material(settings)
+    assert mode(settings.key_file) == 0o600 and mode(settings.certificate_file) == 0o600
+    assert material.certificate == load_ca_material(settings).certificate
+
+
+def test_empty_ca_key_from_an_older_version_is_explained(tmp_path):
+    settings = ca_settings(tmp_path)
+    prepare_ca_material(settings)
+    settings.key_file.write_bytes(b"")
+    with pytest.raises(KeyFileError) as caught:
+        prepare_ca_material(settings)
+    assert str(caught.value).startswith("%s (the CA key) is empty (0 bytes)" % (settings.key_file,))
+    assert "delete the key and its certificate and start again" in str(caught.value)

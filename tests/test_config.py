@@ -95,6 +95,9 @@ def test_defaults_when_file_is_empty():
     assert settings.key_file == Path("/srv/scep/var/secrets.key")
     assert settings.admin.listen == "tcp:8081:interface=127.0.0.1"
     assert settings.admin.token_file == Path("/srv/scep/var/admin.token")
+    assert settings.server.max_connections == 800
+    assert settings.admin.max_connections == 64
+    assert settings.database.write_probe_interval == 10.0
 
 
 def test_section_present_other_keys_default():
@@ -301,6 +304,10 @@ BAD_VALUES = [
     ("server", "idle_timeout", "soon", "must be a duration"),
     ("database", "busy_timeout", "-5s", "greater than 0 and at most 10 minutes"),
     ("database", "busy_timeout", "nan", "must be a duration"),
+    ("database", "write_probe_interval", "0", "greater than 0 and at most 1 hour"),
+    ("server", "max_connections", "0", "whole number from 1 to 1000000"),
+    ("server", "max_connections", "lots", "whole number from 1 to 1000000"),
+    ("admin", "max_connections", "100001", "whole number from 1 to 100000"),
     ("challenges", "ttl", "59s", "from 1 minute to 30 days"),
     ("challenges", "ttl", "31d", "from 1 minute to 30 days"),
     ("challenges", "ttl", "inf", "from 1 minute to 30 days"),
@@ -343,11 +350,13 @@ EVERY_KEY = [
     ("server", "idle_timeout"),
     ("server", "request_timeout"),
     ("server", "shutdown_grace"),
+    ("server", "max_connections"),
     ("server", "tls_certificate"),
     ("server", "tls_key"),
     ("server", "tls_chain"),
     ("database", "path"),
     ("database", "busy_timeout"),
+    ("database", "write_probe_interval"),
     ("challenges", "ttl"),
     ("challenges", "cleanup_interval"),
     ("upstream", "connect_timeout"),
@@ -358,6 +367,7 @@ EVERY_KEY = [
     ("logging", "level"),
     ("admin", "listen"),
     ("admin", "token_file"),
+    ("admin", "max_connections"),
     ("profiles", "process_interval"),
     ("profiles", "batch_size"),
     ("profiles", "max_retries"),
@@ -439,7 +449,7 @@ def test_unknown_key():
     assert (error.section, error.key) == ("server", "lisen")
     assert str(error) == (
         "%s: [server] lisen: unknown key; valid keys in [server] are: "
-        "listen, public_url, max_body_bytes, idle_timeout, request_timeout, shutdown_grace, "
+        "listen, public_url, max_body_bytes, idle_timeout, request_timeout, shutdown_grace, max_connections, "
         "tls_certificate, tls_key, tls_chain" % (CONFIG,)
     )
 

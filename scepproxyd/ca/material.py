@@ -17,7 +17,6 @@ import base64
 import binascii
 import datetime
 import hashlib
-import os
 import re
 import secrets
 from pathlib import Path
@@ -30,7 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.x509.oid import NameOID
 
-from scepproxyd.keys import KeyFileError, load_or_create_token
+from scepproxyd.files import truncated_file_advice
+from scepproxyd.keys import KeyFileError, create_private, load_or_create_token
 
 #: The RA's files sit next to the CA key; named here, not configured, to keep [ca] short.
 RA_KEY_NAME = "ra.key"
@@ -71,18 +71,30 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+#: What to do about an empty CA (or RA) key or certificate file.
+PAIR_REMEDY = (
+    "If this CA never issued a certificate (its first start failed), delete the key and its certificate and "
+    "start again; otherwise restore both from a backup (scepproxyctl restore)."
+)
 
 
-def _write_public(path: Path, data: bytes) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _write_pair(key_path: Path, key, cert_path: Path, cert) -> None:
+    """Write a new key and its certificate (each atomically); a failed second write takes the first back.
+
+    So a first start on a full disk leaves neither, and the next start makes both.
+    """
+    create_private(key_path, _key_pem(key))
+    try:
+        create_private(cert_path, _cert_pem(cert))
+    except BaseException:
+        key_path.unlink(missing_ok=True)
+        raise
+
+
+def _refuse_empty(path: Path, what: str) -> None:
+    advice = truncated_file_advice(path, what, PAIR_REMEDY)
+    if advice is not None:
+        raise KeyFileError(advice)
 
 
 def _key_pem(key) -> bytes:
@@ -296,19 +308,21 @@ def prepare_ca_material(settings) -> CaMaterial:
             key, cert = _import(settings)
         else:
             key, cert = create_ca(settings.subject, settings.key_size, settings.lifetime)
-        _write_private(key_path, _key_pem(key))
-        _write_public(cert_path, _cert_pem(cert))
+        _write_pair(key_path, key, cert_path, cert)
     elif not key_path.exists() or not cert_path.exists():
         missing = key_path if not key_path.exists() else cert_path
         raise KeyFileError("%s is missing but its partner exists; restore it from the backup" % (missing,))
+    _refuse_empty(key_path, "the CA key")
+    _refuse_empty(cert_path, "the CA certificate")
     load_or_create_token(settings.challenge_file)
     if settings.ra:
         ra_key_path, ra_cert_path = key_path.with_name(RA_KEY_NAME), key_path.with_name(RA_CERTIFICATE_NAME)
+        _refuse_empty(ra_key_path, "the RA key")
+        _refuse_empty(ra_cert_path, "the RA certificate")
         if not ra_key_path.exists():
             ca_key = load_private_key(key_path)
             ra_key, ra_cert = create_ra(ca_key, load_certificate(cert_path))
-            _write_private(ra_key_path, _key_pem(ra_key))
-            _write_public(ra_cert_path, _cert_pem(ra_cert))
+            _write_pair(ra_key_path, ra_key, ra_cert_path, ra_cert)
     return load_ca_material(settings)
 
 

@@ -46,6 +46,7 @@ from scepproxyd.store.models import (
     ProxyTarget,
     RenderJob,
     StoreError,
+    StoreUnavailable,
     new_renewal_id,
 )
 from scepproxyd.store.profiles import ProfileQueries
@@ -104,5 +105,6 @@ __all__ = [
     "StateError",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "new_renewal_id",
 ]

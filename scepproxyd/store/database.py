@@ -17,6 +17,7 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from importlib import resources
@@ -27,7 +28,14 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from scepproxyd.logs import get_logger
-from scepproxyd.store.models import StoreError, challenge_hash, new_command_uuid, new_renewal_id, utc_iso
+from scepproxyd.store.models import (
+    StoreError,
+    StoreUnavailable,
+    challenge_hash,
+    new_command_uuid,
+    new_renewal_id,
+    utc_iso,
+)
 
 log = get_logger(__name__)
 
@@ -66,19 +74,66 @@ def _statements(script: str):
         raise StoreError("schema script ends with an incomplete statement")
 
 
+#: The database and the files SQLite keeps beside it (created later with the database's own mode).
+DATABASE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def _make_private(path) -> None:
+    """The database file, and any -wal/-shm/-journal beside it, mode 0600 whatever the umask.
+
+    The file is made here (mode 0600) before SQLite opens it, and SQLite
+    gives the -wal, -shm and -journal files it makes later the database
+    file's mode, so none of them is ever readable by others.
+    """
+    if str(path) == ":memory:":
+        return
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
+        for suffix in DATABASE_SUFFIXES:
+            companion = "%s%s" % (path, suffix)
+            if os.path.isfile(companion) and os.stat(companion).st_mode & 0o077:
+                os.chmod(companion, 0o600)
+    except OSError as e:
+        raise StoreError(
+            f"cannot open database {path}: {e.strerror or e} (does its directory exist and is it writable?)"
+        ) from None
+
+
 def _open(path, busy_timeout: float) -> sqlite3.Connection:
-    """Open in autocommit mode (we write BEGIN/COMMIT ourselves), WAL on."""
+    """Open in autocommit mode (we write BEGIN/COMMIT ourselves), WAL on, files mode 0600."""
+    _make_private(path)
     try:
         conn = sqlite3.connect(str(path), isolation_level=None, timeout=busy_timeout)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     except sqlite3.Error as e:
-        raise StoreError(f"cannot open database {path}: {e} (does its directory exist and is it writable?)") from e
+        hint = "is the disk full, or the directory not writable?" if unavailable_reason(e) else (
+            "does its directory exist and is it writable?")
+        raise StoreError(f"cannot open database {path}: {e} ({hint})") from e
     if mode.lower() != "wal":
         conn.close()
         raise StoreError(f"database {path} cannot use WAL journal mode (got {mode!r})")
     conn.execute("PRAGMA synchronous = NORMAL")
     return conn
+
+
+#: SQLite's primary result codes that mean the file cannot be written (or read) now, not a bad request.
+_UNAVAILABLE = {
+    "SQLITE_FULL": "disk full",
+    "SQLITE_IOERR": "I/O error",
+    "SQLITE_READONLY": "the database file is read-only",
+    "SQLITE_CANTOPEN": "cannot open a database file",
+    "SQLITE_CORRUPT": "the database file is damaged",
+}
+
+
+def unavailable_reason(error: sqlite3.Error) -> str | None:
+    """``"disk full (SQLITE_FULL)"`` and the like for a storage failure, None for any other SQLite error."""
+    name = getattr(error, "sqlite_errorname", None) or ""
+    for primary, meaning in _UNAVAILABLE.items():
+        if name == primary or name.startswith(primary + "_"):
+            return "%s (%s)" % (meaning, name)
+    return None
 
 
 def _user_version(conn: sqlite3.Connection) -> int:
@@ -145,6 +200,9 @@ class Database:
         self._stop_waiters: list[defer.Deferred] | None = None  # a list while stopping
         self._shutdown_trigger = None
         self._conn: sqlite3.Connection | None = None  # touched only on the DB thread
+        #: Why the last write failed (None while writes work); read and set on the reactor thread.
+        self.write_problem: str | None = None
+        self._write_problem_since: float | None = None
 
     @staticmethod
     def migrate(path) -> int:
@@ -287,7 +345,52 @@ class Database:
         """
         if not self._running:
             return defer.fail(StoreError("store is not running; call start() first"))
-        return deferToThreadPool(self._reactor, self._pool, self._run, fn, write)
+        d = deferToThreadPool(self._reactor, self._pool, self._run, fn, write)
+        if write:
+            d.addCallbacks(self._write_worked, self._write_failed)
+        return d
+
+    def _write_worked(self, result):
+        if self.write_problem is not None:
+            log.info(
+                "database writes work again after {seconds:.0f} s ({reason} before); /readyz is ready again",
+                seconds=self._clock.seconds() - self._write_problem_since, reason=self.write_problem,
+            )
+            self.write_problem = self._write_problem_since = None
+        return result
+
+    def _write_failed(self, failure):
+        if failure.check(StoreUnavailable) and self.write_problem is None:
+            self.write_problem = failure.value.reason
+            self._write_problem_since = self._clock.seconds()
+            log.error(
+                "database writes fail: {reason}; answering 503 and /readyz not ready until a write succeeds "
+                "(docs/operations.md, Disk full)", reason=failure.value.reason,
+            )
+        return failure
+
+    def probe_writes(self) -> defer.Deferred:
+        """
+        One tiny write and a WAL checkpoint that truncates the WAL, so a full disk shows without traffic.
+
+        The update and the next writes then need new space in the WAL file,
+        which is what fails on a full disk; a probe that succeeds after a
+        failure is how readiness comes back while nobody writes.
+        """
+
+        def probe_writes(conn):
+            conn.execute(
+                "UPDATE write_probe SET probes = probes + 1, probed_at = utc_iso(?) WHERE id = 1",
+                (self._clock.seconds(),),
+            )
+
+        def checkpoint(_):
+            def truncate_wal(conn):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+            return self._submit(truncate_wal, write=False).addCallbacks(self._write_worked, self._write_failed)
+
+        return self._submit(probe_writes).addCallback(checkpoint)
 
     def _run(self, fn, write: bool):
         conn = self._conn
@@ -304,4 +407,7 @@ class Database:
                 raise
             return result
         except sqlite3.Error as e:
+            reason = unavailable_reason(e)
+            if reason is not None:
+                raise StoreUnavailable(reason) from e
             raise StoreError(f"database error in {fn.__name__}: {e}") from e

@@ -25,6 +25,20 @@ class StoreError(Exception):
     """A store operation failed; the message is meant for the operator."""
 
 
+class StoreUnavailable(StoreError):
+    """
+    The database file cannot be written (or read) right now: disk full, I/O error, read-only.
+
+    Nothing the caller sent is at fault and nothing was changed, so clients
+    are answered 503 (try again later) and /readyz reports the reason until
+    a write succeeds again. ``reason`` is short and names SQLite's code.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__("the database cannot be written: %s" % (reason,))
+        self.reason = reason
+
+
 class DuplicateError(StoreError):
     """The row being added already exists."""
 

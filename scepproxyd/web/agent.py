@@ -21,6 +21,7 @@ from scepproxyd.certificates import (
 from scepproxyd.agent_credentials import HostCredentials
 from scepproxyd.keys import tokens_match
 from scepproxyd.logs import get_logger
+from scepproxyd.store.models import StoreUnavailable
 from scepproxyd.web.api import Invalid, JsonApi, NotFound, field, json_body
 
 log = get_logger(__name__)
@@ -200,9 +201,13 @@ class NanoMDMWebhook(resource.Resource):
             request.finish()
 
         def failed(failure):
-            log.failure("nanomdm webhook failed", failure)
-            request.setResponseCode(500)
-            request.write(b"internal error\n")
+            if failure.check(StoreUnavailable):
+                request.setResponseCode(503)
+                request.write(b"service unavailable: the database cannot be written; try again later\n")
+            else:
+                log.failure("nanomdm webhook failed", failure)
+                request.setResponseCode(500)
+                request.write(b"internal error\n")
             request.finish()
 
         d.addCallbacks(done, failed)

@@ -13,12 +13,15 @@ from twisted.web import resource, server
 
 from scepproxyd.keys import tokens_match
 from scepproxyd.logs import get_logger
+from scepproxyd.store.models import StoreUnavailable
 
 log = get_logger(__name__)
 
 JSON = b"application/json"
 #: The one refusal for a missing, unknown or (agent API) other host's credential.
 WRONG_TOKEN = "missing or wrong bearer token"
+#: The 503 answer while the database cannot be written; nothing was changed.
+UNAVAILABLE = "the database cannot be written right now: %s; nothing was changed, try again later"
 
 
 class ApiError(Exception):
@@ -157,6 +160,8 @@ class JsonApi(resource.Resource):
             if e.field is not None:
                 body["field"] = e.field
             return (e.status, body)
+        except StoreUnavailable as e:
+            return (503, {"error": UNAVAILABLE % (e.reason,)})
 
     def _unexpected(self, failure):
         log.failure("{realm} API request failed unexpectedly", failure, realm=self._realm)

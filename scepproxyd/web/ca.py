@@ -14,6 +14,7 @@ from twisted.web import resource, server
 from scepproxyd.ca.authority import NOT_SCEP, TEXT, CaAnswer
 from scepproxyd.logs import get_logger
 from scepproxyd.scep.query import InvalidQuery, decode_message, is_pkiclient, parse_query, scep_operation
+from scepproxyd.store.models import StoreUnavailable
 
 log = get_logger(__name__)
 
@@ -63,6 +64,9 @@ class ScepResource(resource.Resource):
         request.notifyFinish().addErrback(lambda _: gone.append(True))
 
         def failed(failure):
+            if failure.check(StoreUnavailable):
+                return _text(503, "service unavailable: the CA cannot write its database; try again later", "-",
+                             "store_unavailable")
             log.failure("built-in CA request failed unexpectedly", failure)
             return _text(500, "internal error", "-", "internal_error")
 

@@ -1,8 +1,12 @@
-"""``/healthz``, ``/readyz`` and ``/metrics`` on the device-facing listener.
+"""``/healthz``, ``/readyz`` and ``/metrics``, on the device-facing listener and the admin listener.
 
 /healthz is for "restart me?" (the database answers, the listeners are up);
-/readyz is for "send me traffic?" (also: every CA answered recently).
-Both do their checking off the reactor thread and answer plain text.
+/readyz is for "send me traffic?" (also: database writes work, every CA
+answered recently). A full disk makes /readyz fail but not /healthz: a
+restart does not free space. Both do their checking off the reactor thread
+and answer plain text. The admin listener serves them too (no token), so a
+device listener at its connection cap cannot make a monitor think the
+daemon is dead.
 """
 
 from twisted.internet import defer
@@ -79,10 +83,36 @@ class Ready(Health):
 
     async def check(self):
         problems = await self.problems()
+        if self._store.write_problem is not None:
+            problems.append("database writes fail: %s" % (self._store.write_problem,))
         problems.extend(await self._ca_monitor.problems())
         if problems:
             return 503, ("not ready: %s\n" % ("; ".join(problems),)).encode()
         return 200, b"ready\n"
+
+
+class HealthBeside(resource.Resource):
+    """The admin listener's root: the health pages by name, everything else to the admin API.
+
+    The health pages need no token (they say nothing an attacker could use
+    that the device listener's copies do not); the API keeps its own
+    dispatch, including its JSON 404 for unknown paths.
+    """
+
+    def __init__(self, api, pages: dict):
+        super().__init__()
+        self._api = api
+        self._pages = pages
+
+    def getChildWithDefault(self, name, request):
+        if name in self._pages and not request.postpath:
+            return self._pages[name]
+        # Hand the whole path to the API, which routes on request.path.
+        request.postpath.insert(0, request.prepath.pop())
+        return self._api
+
+    def render(self, request):
+        return self._api.render(request)
 
 
 class MetricsPage(_AsyncLeaf):

@@ -6,6 +6,10 @@ from twisted.web import resource, server
 
 from scepproxyd.scep.proxy import TEXT, ProxyAnswer
 from scepproxyd.scep.query import is_pkiclient
+from scepproxyd.store.models import StoreUnavailable
+
+#: The device's answer while the database cannot be written (a full disk); the device retries later.
+UNAVAILABLE_BODY = b"service unavailable: the proxy cannot write its database; try again later\n"
 
 log = get_logger(__name__)
 
@@ -47,6 +51,8 @@ class ProxyResource(resource.Resource):
         d = defer.ensureDeferred(self._proxy.handle(segments[0], request.method, request.uri, body))
 
         def failed(failure):
+            if failure.check(StoreUnavailable):
+                return ProxyAnswer(503, TEXT, UNAVAILABLE_BODY, "store_unavailable")
             log.failure("proxy request failed unexpectedly", failure)
             return ProxyAnswer(500, TEXT, b"internal error\n", "internal_error")
 
