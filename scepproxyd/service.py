@@ -23,7 +23,7 @@ from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http
 from scepproxyd.sdnotify import SystemdNotifier
 from scepproxyd.store import Store
 from scepproxyd.tls import UpstreamTrust, server_context, wrap_tls
-from scepproxyd.web.admin import AdminRoutes
+from scepproxyd.web.admin import AdminRoutes, profile_too_large
 from scepproxyd.web.admin_agents import AgentCredentialRoutes
 from scepproxyd.web.admin_backup import backup_routes
 from scepproxyd.web.agent import NanoMDMWebhook, agent_resource
@@ -241,7 +241,8 @@ def make_service(settings, reactor) -> OrderedMultiService:
     )
     listeners.append(_listener(settings.server.listen, site, settings, reactor, "proxy-listener"))
 
-    admin_routes = AdminRoutes(store, upstream, cipher, jobs, trust)
+    max_profile = settings.admin.max_profile_bytes
+    admin_routes = AdminRoutes(store, upstream, cipher, jobs, trust, reactor=reactor, max_profile_bytes=max_profile)
     admin_site = BodyLimitedSite(
         JsonApi(
             load_or_create_token(settings.admin.token_file),
@@ -249,12 +250,16 @@ def make_service(settings, reactor) -> OrderedMultiService:
             admin_ca_routes + backup_routes(store, settings) + admin_routes.routes()
             + AgentCredentialRoutes(store).routes(),
             realm="admin",
+            reactor=reactor,
         ),
         max_body_bytes=ADMIN_MAX_BODY_BYTES,
         idle_timeout=settings.server.idle_timeout,
         reactor=reactor,
         in_flight=in_flight,
         request_timeout=settings.server.request_timeout,
+        # A profile over the limit is refused as its length is declared or its bytes pass it.
+        route_limits=[(b"POST", b"/api/v1/profiles", max_profile, profile_too_large(max_profile), "profile")],
+        json_refusals=True,
     )
     listeners.append(_listener(settings.admin.listen, admin_site, settings, reactor, "admin-listener"))
     for listener in listeners:
