@@ -258,10 +258,10 @@ async def test_profile_upload_assign_status_resend(api):
 
     assert await api.call("POST", "/api/v1/profiles/%s/assign" % uuid, {"hosts": ["M1", "I1"]}) == (
         422, {"error": "host I1 is ios but profile %s is for macos" % uuid, "field": "hosts"})
-    assert (await api.call("GET", "/api/v1/host-profiles"))[1] == {"host_profiles": []}
+    assert (await api.call("GET", "/api/v1/host-profiles"))[1] == {"host_profiles": [], "next": None}
     assert await api.call("POST", "/api/v1/profiles/%s/assign" % uuid, {"hosts": ["M1", "NOPE"]}) == (
         422, {"error": "cannot assign profile %s: no host NOPE" % uuid, "field": "hosts"})
-    assert (await api.call("GET", "/api/v1/host-profiles"))[1] == {"host_profiles": []}
+    assert (await api.call("GET", "/api/v1/host-profiles"))[1] == {"host_profiles": [], "next": None}
     assert await api.call("POST", "/api/v1/profiles/%s/assign" % uuid, {"platform": "macos"}) == (200, {"assigned": 2})
     assert await api.call("POST", "/api/v1/profiles/%s/assign" % uuid, {"hosts": ["M1"]}) == (200, {"assigned": 0})
 
@@ -276,7 +276,7 @@ async def test_profile_upload_assign_status_resend(api):
     assert await api.call("POST", "/api/v1/profiles/%s/unassign" % uuid, {"hosts": ["M2"]}) == (200, {"unassigned": 1})
     assert (await api.call("GET", "/api/v1/profiles/" + uuid))[1]["hosts"] == 1
     assert (await api.call("DELETE", "/api/v1/profiles/" + uuid))[0] == 204
-    assert (await api.call("GET", "/api/v1/host-profiles"))[1] == {"host_profiles": []}
+    assert (await api.call("GET", "/api/v1/host-profiles"))[1] == {"host_profiles": [], "next": None}
 
 
 @pytest_twisted.ensureDeferred
@@ -360,7 +360,7 @@ async def test_contradicting_profiles_are_422_and_store_nothing(api):
     code, body = await upload(api, nested)
     assert (code, body["error"]) == (422, "profile has a com.apple.security.scep payload at Hidden; a profile may"
                                           " have one SCEP payload, directly in its top-level PayloadContent")
-    assert (await api.call("GET", "/api/v1/profiles"))[1] == {"profiles": []}
+    assert (await api.call("GET", "/api/v1/profiles"))[1] == {"profiles": [], "next": None}
 
 
 @pytest_twisted.ensureDeferred
