@@ -23,7 +23,7 @@ from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http
 from scepproxyd.sdnotify import SystemdNotifier
 from scepproxyd.store import Store
 from scepproxyd.tls import UpstreamTrust, server_context, wrap_tls
-from scepproxyd.web.admin import AdminRoutes, profile_too_large
+from scepproxyd.web.admin import AdminRoutes, admin_route_limits
 from scepproxyd.web.admin_agents import AgentCredentialRoutes
 from scepproxyd.web.admin_backup import backup_routes
 from scepproxyd.web.agent import NanoMDMWebhook, agent_resource
@@ -258,7 +258,7 @@ def make_service(settings, reactor) -> OrderedMultiService:
         in_flight=in_flight,
         request_timeout=settings.server.request_timeout,
         # A profile over the limit is refused as its length is declared or its bytes pass it.
-        route_limits=[(b"POST", b"/api/v1/profiles", max_profile, profile_too_large(max_profile), "profile")],
+        route_limits=admin_route_limits(max_profile),
         json_refusals=True,
     )
     listeners.append(_listener(settings.admin.listen, admin_site, settings, reactor, "admin-listener"))

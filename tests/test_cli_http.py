@@ -519,3 +519,29 @@ def test_trigger_and_jobs(tcp_api):
 def test_path_segments_are_escaped(tcp_api):
     ctl(tcp_api, "host", "show", "a/b")
     assert tcp_api.last.path == "/api/v1/hosts/a%2Fb"
+
+
+def test_list_commands_follow_pages_and_print_one_table_or_one_document(tcp_api):
+    second = dict(HOST, uuid="H2", serial="C02Y", platform="ios")
+    third = dict(HOST, uuid="H3", serial=None)
+    tcp_api.answer("GET", "/api/v1/hosts?limit=5000", body={"hosts": [HOST, second], "next": "CUR+1/"})
+    tcp_api.answer("GET", "/api/v1/hosts?limit=5000&cursor=CUR%2B1%2F", body={"hosts": [third], "next": None})
+    code, out, err = ctl(tcp_api, "host", "list")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "UUID  SERIAL  PLATFORM  UPDATED",
+        "H1    C02X    macos     " + T0,
+        "H2    C02Y    ios       " + T0,
+        "H3    -       macos     " + T0,
+    ]
+    assert [r.path for r in tcp_api.requests] == ["/api/v1/hosts?limit=5000", "/api/v1/hosts?limit=5000&cursor=CUR%2B1%2F"]
+    code, out, err = ctl(tcp_api, "--json", "host", "list")
+    assert code == 0 and json.loads(out) == {"hosts": [HOST, second, third], "next": None}
+
+
+def test_list_commands_keep_filters_on_every_page(tcp_api):
+    tcp_api.answer("GET", "/api/v1/host-profiles?status=failed&limit=5000", body={"host_profiles": [HP], "next": "C"})
+    tcp_api.answer("GET", "/api/v1/host-profiles?status=failed&limit=5000&cursor=C",
+                   body={"host_profiles": [dict(HP, host_uuid="H2")], "next": None})
+    code, out, err = ctl(tcp_api, "status", "--status", "failed")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["HOST", "H1", "H2"]

@@ -125,6 +125,11 @@ def profile_too_large(limit: int) -> str:
     return "profile larger than %d bytes; the limit is [admin] max_profile_bytes" % (limit,)
 
 
+def admin_route_limits(max_profile_bytes: int) -> list:
+    """The admin site's per-route body limits (BodyLimitedSite ``route_limits``): the profile upload's."""
+    return [(b"POST", b"/api/v1/profiles", max_profile_bytes, profile_too_large(max_profile_bytes), "profile")]
+
+
 class AdminRoutes:
     """Handlers for the admin API; collaborators come in, nothing is global."""
 

@@ -82,6 +82,8 @@ def _parse_json(raw: bytes):
         return ("ok", json.loads(raw))
     except (ValueError, UnicodeDecodeError) as e:
         return ("error", "request body is not valid JSON: %s" % (e,))
+    except RecursionError:
+        return ("error", "request body is not valid JSON: nested too deeply")
 
 
 def json_body(request, required: bool = True):
@@ -99,10 +101,9 @@ def json_body(request, required: bool = True):
         if required:
             raise BadRequest("request body must be a JSON object")
         return {}
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest("request body is not valid JSON: %s" % (e,)) from None
+    outcome, value = _parse_json(raw)
+    if outcome == "error":
+        raise BadRequest(value)
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
     return value
