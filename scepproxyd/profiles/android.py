@@ -109,8 +109,6 @@ def _load(content: bytes) -> dict:
         raise ProfileError("Android certificate template is not valid UTF-8: %s" % (e,)) from None
     except json.JSONDecodeError as e:
         raise ProfileError("Android certificate template is not valid JSON: %s" % (e,)) from None
-    except RecursionError:
-        raise ProfileError("Android certificate template is not valid JSON: nested too deeply") from None
     if not isinstance(template, dict):
         raise ProfileError("Android certificate template must be a JSON object")
     return template
