@@ -100,6 +100,8 @@ def parse_host_import(raw: bytes, content_type: str) -> list[tuple[str, str | No
             data = json.loads(text)
         except ValueError as e:
             raise Invalid("import is not valid JSON: %s" % (e,), field="file") from None
+        except RecursionError:
+            raise Invalid("import is not valid JSON: nested too deeply", field="file") from None
         if isinstance(data, dict) and isinstance(data.get("hosts"), list):
             data = data["hosts"]
         if not isinstance(data, list):

@@ -90,6 +90,7 @@ class AdminSettings:
     listen: str
     token_file: Path
     max_connections: int
+    max_profile_bytes: int = 1024 * 1024
 
 
 @attrs.frozen
@@ -516,6 +517,8 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
         "listen": ("tcp:8081:interface=127.0.0.1", _endpoint),
         "token_file": ("admin.token", _text),
         "max_connections": ("64", _whole(1, 100000)),
+        # Below the admin listener's 16 MiB body limit; checked as the upload streams in.
+        "max_profile_bytes": ("1M", _size(1024, 16 * MiB)),
     },
     "profiles": {
         "process_interval": ("30s", _duration(0, HOUR)),

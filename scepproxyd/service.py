@@ -31,7 +31,7 @@ from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http
 from scepproxyd.sdnotify import SystemdNotifier
 from scepproxyd.store import Store
 from scepproxyd.tls import UpstreamTrust, server_context, wrap_tls
-from scepproxyd.web.admin import AdminRoutes
+from scepproxyd.web.admin import AdminRoutes, admin_route_limits
 from scepproxyd.web.admin_agents import AgentCredentialRoutes
 from scepproxyd.web.admin_backup import backup_routes
 from scepproxyd.web.agent import NanoMDMWebhook, agent_resource
@@ -272,13 +272,15 @@ def make_service(settings, reactor) -> OrderedMultiService:
     )
     listeners.append(_listener(settings.server.listen, site, settings, reactor, "proxy-listener", metrics))
 
-    admin_routes = AdminRoutes(store, upstream, cipher, jobs, trust)
+    max_profile = settings.admin.max_profile_bytes
+    admin_routes = AdminRoutes(store, upstream, cipher, jobs, trust, reactor=reactor, max_profile_bytes=max_profile)
     admin_api = JsonApi(
         load_or_create_token(settings.admin.token_file),
         # The built-in CA's routes first: they guard its CA row before the generic CA routes match.
         admin_ca_routes + backup_routes(store, settings) + admin_routes.routes()
         + AgentCredentialRoutes(store).routes(),
         realm="admin",
+        reactor=reactor,
     )
     admin_site = BodyLimitedSite(
         # /healthz, /readyz and /metrics here too: they keep answering while the device listener is full.
@@ -288,6 +290,9 @@ def make_service(settings, reactor) -> OrderedMultiService:
         reactor=reactor,
         in_flight=in_flight,
         request_timeout=settings.server.request_timeout,
+        # A profile over the limit is refused as its length is declared or its bytes pass it.
+        route_limits=admin_route_limits(max_profile),
+        json_refusals=True,
     )
     listeners.append(_listener(settings.admin.listen, admin_site, settings, reactor, "admin-listener", metrics))
     for listener in listeners:

@@ -15,10 +15,12 @@ from scepproxyd.jobs import CleanupJob, ScheduledJob
 from scepproxyd.keys import ChallengeCipher, load_or_create_key
 from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http_client
 from scepproxyd.store import Store
-from scepproxyd.web.admin import admin_resource
+from scepproxyd.web.admin import admin_resource, admin_route_limits
 from scepproxyd.web.site import BodyLimitedSite
 
 TOKEN = "t" * 43
+#: [admin] max_profile_bytes of the test site: above every sample profile, well below its 1 MiB body limit.
+PROFILE_LIMIT = 64 * 1024
 STATIC = "the-static-challenge-9f8e7d"
 FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -65,7 +67,8 @@ async def json_call(base_url, method, path, token, body=None, raw=None, content_
 
 
 class Api:
-    def __init__(self, url, ca_url, broken_ca_url, db_path, store):
+    def __init__(self, url, ca_url, broken_ca_url, db_path, store, port):
+        self.port = port
         self.url = url
         self.ca_url = ca_url
         self.broken_ca_url = broken_ca_url
@@ -88,7 +91,10 @@ def api(tmp_path):
     upstream = UpstreamClient(http, reactor, UpstreamTimeouts(connect=2, response=2, body=2), 60)
     cipher = ChallengeCipher(load_or_create_key(tmp_path / "secrets.key"))
     jobs = {"cleanup": ScheduledJob(CleanupJob(store), 300, reactor)}
-    site = BodyLimitedSite(admin_resource(TOKEN, store, upstream, cipher, jobs), 1024 * 1024, 30, reactor=reactor)
+    site = BodyLimitedSite(
+        admin_resource(TOKEN, store, upstream, cipher, jobs, reactor=reactor, max_profile_bytes=PROFILE_LIMIT),
+        1024 * 1024, 30, reactor=reactor, route_limits=admin_route_limits(PROFILE_LIMIT), json_refusals=True,
+    )
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     yield Api(
         "http://127.0.0.1:%d" % (port.getHost().port,),
@@ -96,6 +102,7 @@ def api(tmp_path):
         "http://127.0.0.1:%d/scep" % (broken_port.getHost().port,),
         db,
         store,
+        port.getHost().port,
     )
     for p in (port, ca_port, broken_port):
         pytest_twisted.blockon(p.stopListening())
@@ -258,10 +265,10 @@ async def test_profile_upload_assign_status_resend(api):
 
     assert await api.call("POST", "/api/v1/profiles/%s/assign" % uuid, {"hosts": ["M1", "I1"]}) == (
         422, {"error": "host I1 is ios but profile %s is for macos" % uuid, "field": "hosts"})
-    assert (await api.call("GET", "/api/v1/host-profiles"))[1] == {"host_profiles": []}
+    assert (await api.call("GET", "/api/v1/host-profiles"))[1] == {"host_profiles": [], "next": None}
     assert await api.call("POST", "/api/v1/profiles/%s/assign" % uuid, {"hosts": ["M1", "NOPE"]}) == (
         422, {"error": "cannot assign profile %s: no host NOPE" % uuid, "field": "hosts"})
-    assert (await api.call("GET", "/api/v1/host-profiles"))[1] == {"host_profiles": []}
+    assert (await api.call("GET", "/api/v1/host-profiles"))[1] == {"host_profiles": [], "next": None}
     assert await api.call("POST", "/api/v1/profiles/%s/assign" % uuid, {"platform": "macos"}) == (200, {"assigned": 2})
     assert await api.call("POST", "/api/v1/profiles/%s/assign" % uuid, {"hosts": ["M1"]}) == (200, {"assigned": 0})
 
@@ -276,7 +283,7 @@ async def test_profile_upload_assign_status_resend(api):
     assert await api.call("POST", "/api/v1/profiles/%s/unassign" % uuid, {"hosts": ["M2"]}) == (200, {"unassigned": 1})
     assert (await api.call("GET", "/api/v1/profiles/" + uuid))[1]["hosts"] == 1
     assert (await api.call("DELETE", "/api/v1/profiles/" + uuid))[0] == 204
-    assert (await api.call("GET", "/api/v1/host-profiles"))[1] == {"host_profiles": []}
+    assert (await api.call("GET", "/api/v1/host-profiles"))[1] == {"host_profiles": [], "next": None}
 
 
 @pytest_twisted.ensureDeferred
@@ -360,7 +367,7 @@ async def test_contradicting_profiles_are_422_and_store_nothing(api):
     code, body = await upload(api, nested)
     assert (code, body["error"]) == (422, "profile has a com.apple.security.scep payload at Hidden; a profile may"
                                           " have one SCEP payload, directly in its top-level PayloadContent")
-    assert (await api.call("GET", "/api/v1/profiles"))[1] == {"profiles": []}
+    assert (await api.call("GET", "/api/v1/profiles"))[1] == {"profiles": [], "next": None}
 
 
 @pytest_twisted.ensureDeferred
@@ -369,3 +376,226 @@ async def test_trigger_jobs(api):
     assert await api.call("POST", "/api/v1/jobs/cleanup") == (
         200, {"job": "cleanup", "result": {"expired_challenges_removed": 0, "finished_commands_removed": 0}})
     assert await api.call("POST", "/api/v1/jobs/nope") == (404, {"error": "no job 'nope'; jobs are cleanup"})
+
+
+# -- load: size limits, pages, work off the reactor ------------------------------
+
+
+def padded_profile(size: int) -> bytes:
+    """The sample Apple profile grown to exactly ``size`` bytes (trailing whitespace after the plist)."""
+    content = sample_profile()
+    assert len(content) <= size
+    return content + b"\n" * (size - len(content))
+
+
+def on_worker_thread(monkeypatch, module, name, minimum_size=-1) -> list:
+    """
+    Wrap ``module.name`` to record, per call, whether it ran off the reactor (main) thread.
+
+    Calls whose first argument is bytes of at most ``minimum_size`` are not recorded.
+    """
+    import threading
+
+    original, seen = getattr(module, name), []
+
+    def wrapped(*args, **kwargs):
+        if not (args and isinstance(args[0], bytes) and len(args[0]) <= minimum_size):
+            seen.append(threading.current_thread() is not threading.main_thread())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapped)
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_profile_at_the_limit_is_parsed_off_the_reactor_and_one_byte_more_is_413(api, monkeypatch):
+    import scepproxyd.web.admin as admin_web
+    from hostile import body_of, raw_http, status_of
+    from twisted.internet import threads
+
+    await add_ca(api)
+    threads_seen = on_worker_thread(monkeypatch, admin_web, "parse_profile")
+    code, body = await api.call("POST", "/api/v1/profiles", raw=padded_profile(PROFILE_LIMIT),
+                                content_type="application/x-apple-aspen-config")
+    assert code == 201, body
+    assert threads_seen == [True]
+    refusal = {"error": "profile larger than %d bytes; the limit is [admin] max_profile_bytes" % (PROFILE_LIMIT,),
+               "field": "profile"}
+    # Declared too large: refused on the headers, before the body is sent.
+    head = b"POST /api/v1/profiles?platform=ios HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n" % TOKEN.encode()
+    reply = await threads.deferToThread(raw_http, api.port, head + b"Content-Length: %d\r\n\r\n" % (PROFILE_LIMIT + 1,))
+    assert status_of(reply) == 413 and json.loads(body_of(reply)) == refusal
+    # Streamed (chunked, no length): cut as the bytes pass the limit.
+    chunk = b"x" * 4096
+    frames = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(PROFILE_LIMIT // len(chunk) + 1))
+    reply = await threads.deferToThread(raw_http, api.port, head + b"Transfer-Encoding: chunked\r\n\r\n" + frames)
+    assert status_of(reply) == 413 and json.loads(body_of(reply)) == refusal
+    # Other routes keep the site's own limit.
+    code, _ = await api.call("PUT", "/api/v1/hosts/H1", {"serial": "x" * (PROFILE_LIMIT + 10), "platform": "ios"})
+    assert code == 422
+    assert [p["uuid"] for p in (await api.call("GET", "/api/v1/profiles"))[1]["profiles"]] != []
+    assert len((await api.call("GET", "/api/v1/profiles"))[1]["profiles"]) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_profile_limit_is_kept_by_the_handler_on_a_site_without_route_limits(tmp_path):
+    db = tmp_path / "db.sqlite3"
+    Store.migrate(db)
+    store = Store(db, reactor)
+    await store.start()
+    site = BodyLimitedSite(admin_resource(TOKEN, store, None, None, {}, reactor=reactor, max_profile_bytes=2048),
+                           1024 * 1024, 30, reactor=reactor)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    try:
+        code, body = await json_call("http://127.0.0.1:%d" % (port.getHost().port,), "POST", "/api/v1/profiles",
+                                     TOKEN, raw=padded_profile(4096), content_type="application/x-apple-aspen-config")
+        assert (code, body["field"]) == (413, "profile")
+        assert body["error"] == "profile larger than 2048 bytes; the limit is [admin] max_profile_bytes"
+    finally:
+        await port.stopListening()
+        await store.stop()
+
+
+def csv_hosts(count: int, platform: str = "ios") -> bytes:
+    return ("uuid,serial,platform\n" + "".join("h%06d,S%d,%s\n" % (i, i, platform) for i in range(count))).encode()
+
+
+async def all_pages(api, path: str, name: str, limit=None) -> tuple[list, int]:
+    """Every row of a list by following ``next``, and how many pages it took."""
+    rows, cursor, pages = [], None, 0
+    while True:
+        query = [("limit", limit)] if limit else []
+        if cursor:
+            query.append(("cursor", cursor))
+        sep = "&" if "?" in path else "?"
+        code, body = await api.call("GET", path + (sep + "&".join("%s=%s" % q for q in query) if query else ""))
+        assert code == 200, body
+        pages += 1
+        rows += body[name]
+        cursor = body["next"]
+        if cursor is None:
+            return rows, pages
+
+
+@pytest_twisted.ensureDeferred
+async def test_hosts_are_paged_by_keyset_in_a_stable_order(api):
+    assert await api.call("POST", "/api/v1/hosts/import", raw=csv_hosts(1203), content_type="text/csv") == (
+        200, {"created": 1203, "updated": 0})
+    code, first = await api.call("GET", "/api/v1/hosts")
+    assert code == 200 and len(first["hosts"]) == 500 and first["next"]  # the default limit
+    rows, pages = await all_pages(api, "/api/v1/hosts", "hosts")
+    assert pages == 3 and [h["uuid"] for h in rows] == ["h%06d" % i for i in range(1203)]
+    rows, pages = await all_pages(api, "/api/v1/hosts", "hosts", limit=5000)
+    assert pages == 1 and len(rows) == 1203
+    # A host added behind the cursor moves nothing across pages; one ahead of it is seen.
+    code, page = await api.call("GET", "/api/v1/hosts?limit=600")
+    await api.call("PUT", "/api/v1/hosts/a-early", {"platform": "ios"})
+    await api.call("PUT", "/api/v1/hosts/z-late", {"platform": "ios"})
+    code, rest = await api.call("GET", "/api/v1/hosts?limit=5000&cursor=" + page["next"])
+    assert [h["uuid"] for h in page["hosts"] + rest["hosts"]] == ["h%06d" % i for i in range(1203)] + ["z-late"]
+    assert rest["next"] is None
+    # Filters apply to every page.
+    await api.call("PUT", "/api/v1/hosts/m1", {"platform": "macos"})
+    assert [h["uuid"] for h in (await api.call("GET", "/api/v1/hosts?platform=macos&limit=1"))[1]["hosts"]] == ["m1"]
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("query, code, field, message", [
+    ("limit=0", 422, "limit", "limit must be a whole number from 1 to 5000"),
+    ("limit=5001", 422, "limit", "limit must be a whole number from 1 to 5000"),
+    ("limit=ten", 422, "limit", "limit must be a whole number from 1 to 5000"),
+    ("limit=-1", 422, "limit", "limit must be a whole number from 1 to 5000"),
+    ("cursor=not-a-cursor", 400, "cursor", None),
+    ("cursor=WyJob3N0cyJd", 400, "cursor", None),  # ["hosts"]: no key
+    ("cursor=WyJwcm9maWxlcyIsImEiXQ", 400, "cursor", None),  # ["profiles","a"]: another list's
+    ("cursor=WyJob3N0cyIsdHJ1ZV0", 400, "cursor", None),  # ["hosts",true]
+])
+async def test_bad_page_parameters_are_refused(api, query, code, field, message):
+    status, body = await api.call("GET", "/api/v1/hosts?" + query)
+    assert (status, body["field"]) == (code, field)
+    assert body["error"] == (message or 'cursor is not one this list gave out; start again without a cursor'
+                                        ' and follow "next"')
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_list_is_paged(api):
+    await add_ca(api)
+    await add_ca(api, "SECOND_CA")
+    await api.call("POST", "/api/v1/hosts/import", raw=csv_hosts(7, "macos"), content_type="text/csv")
+    uploaded = []
+    for n in range(3):
+        content = sample_profile().replace(b">Fleet.WiFi<", b">Fleet.WiFi%d<" % n)
+        code, body = await api.call("POST", "/api/v1/profiles?name=P%d" % (2 - n), raw=content,
+                                    content_type="application/x-apple-aspen-config")
+        assert code == 201, body
+        uploaded.append(body["uuid"])
+        await api.call("POST", "/api/v1/profiles/%s/assign" % body["uuid"], {"platform": "macos"})
+    for n in range(3):
+        await api.call("POST", "/api/v1/hosts/h%06d/agent-credential" % n)
+    cas, pages = await all_pages(api, "/api/v1/cas", "cas", limit=1)
+    assert ([c["name"] for c in cas], pages) == (["CA_NAME", "SECOND_CA"], 2)
+    assert cas[0]["profiles"] and STATIC not in json.dumps(cas)
+    profiles, pages = await all_pages(api, "/api/v1/profiles", "profiles", limit=2)
+    assert ([p["name"] for p in profiles], pages) == (["P0", "P1", "P2"], 2)
+    hps, pages = await all_pages(api, "/api/v1/host-profiles?status=null", "host_profiles", limit=4)
+    assert pages == 6 and len(hps) == 21
+    assert [(hp["host_uuid"], hp["profile_uuid"]) for hps_ in [hps] for hp in hps_] == sorted(
+        (h, p) for h in ["h%06d" % i for i in range(7)] for p in uploaded)
+    creds, pages = await all_pages(api, "/api/v1/agent-credentials", "agent_credentials", limit=2)
+    assert ([c["host_uuid"] for c in creds], pages) == (["h000000", "h000001", "h000002"], 2)
+    assert (await api.call("GET", "/api/v1/profiles/" + uploaded[0]))[1]["hosts"] == 7
+
+
+@pytest_twisted.ensureDeferred
+async def test_big_import_is_parsed_off_the_reactor_and_written_in_batches_others_run_between(api, monkeypatch):
+    import scepproxyd.admin as admin_rules
+    import scepproxyd.web.api as api_module
+    from scepproxyd.web.admin import IMPORT_BATCH
+
+    count = 20000
+    assert count >= 5 * IMPORT_BATCH
+    parsed_off = on_worker_thread(monkeypatch, admin_rules, "parse_host_import")
+    encoded_off = on_worker_thread(monkeypatch, api_module, "_encode")
+    first, last = "h%06d" % 0, "h%06d" % (count - 1)
+    seen = []  # (first host present, last host present) as other store jobs saw the hosts table
+    done = []
+
+    async def probe():
+        while not done:
+            present_first = await api.store.get_host(first) is not None
+            present_last = await api.store.get_host(last) is not None
+            seen.append((present_first, present_last))
+
+    probing = defer.ensureDeferred(probe())
+    answer = await api.call("POST", "/api/v1/hosts/import", raw=csv_hosts(count), content_type="text/csv")
+    done.append(True)
+    await probing
+    assert answer == (200, {"created": count, "updated": 0})
+    assert parsed_off == [True]
+    # Store jobs ran while the import was half written: it is not one long transaction.
+    assert (True, False) in seen, sorted(set(seen))
+    # A second run of the same file is an idempotent upsert.
+    assert await api.call("POST", "/api/v1/hosts/import", raw=csv_hosts(count), content_type="text/csv") == (
+        200, {"created": 0, "updated": count})
+    rows, _ = await all_pages(api, "/api/v1/hosts", "hosts", limit=5000)
+    assert len(rows) == count and encoded_off and all(encoded_off[-4:])
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_json_body_is_parsed_off_the_reactor(api, monkeypatch):
+    import scepproxyd.web.api as api_module
+
+    parsed_off = on_worker_thread(monkeypatch, api_module, "_parse_json", minimum_size=api_module.LARGE_BODY)
+    await add_ca(api)
+    code, profile = await api.call("POST", "/api/v1/profiles", raw=sample_profile(),
+                                   content_type="application/x-apple-aspen-config")
+    await api.call("POST", "/api/v1/hosts/import", raw=csv_hosts(7000, "macos"), content_type="text/csv")
+    hosts = ["h%06d" % i for i in range(7000)]
+    assert len(json.dumps({"hosts": hosts})) > api_module.LARGE_BODY
+    assert await api.call("POST", "/api/v1/profiles/%s/assign" % profile["uuid"], {"hosts": hosts}) == (
+        200, {"assigned": 7000})
+    assert parsed_off == [True]
+    code, body = await api.call("POST", "/api/v1/profiles/%s/assign" % profile["uuid"],
+                                raw=b"[" * (api_module.LARGE_BODY + 1), content_type="application/json")
+    assert code == 400 and body["error"].startswith("request body is not valid JSON")
+    assert parsed_off == [True, True]

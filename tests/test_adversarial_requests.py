@@ -455,8 +455,8 @@ def test_path_traversal_and_sql_identifiers_are_plain_refusals(daemon, target, a
         assert admin.request("DELETE", "/api/v1/hosts/" + quoted)[0] == 404
         assert admin.request("DELETE", "/api/v1/profiles/" + quoted)[0] == 404
         assert admin.request("DELETE", "/api/v1/cas/" + quoted)[0] == 404
-        assert admin.call("GET", "/api/v1/host-profiles?host=" + quoted) == {"host_profiles": []}
-        assert admin.call("GET", "/api/v1/host-profiles?profile=" + quoted) == {"host_profiles": []}
+        assert admin.call("GET", "/api/v1/host-profiles?host=" + quoted) == {"host_profiles": [], "next": None}
+        assert admin.call("GET", "/api/v1/host-profiles?profile=" + quoted) == {"host_profiles": [], "next": None}
         assert admin.request("GET", "/api/v1/hosts?platform=" + quoted)[0] == 422
         assert admin.request("PUT", "/api/v1/hosts/" + quoted, {"serial": value, "platform": "macos"})[0] in (201, 422)
 

@@ -234,7 +234,7 @@ async def test_a_revoked_credential_stops_working_at_once(site):
     token_b = site.tokens["host-b"]
     assert (await site.admin.call("DELETE", "/api/v1/hosts/host-b"))[0] == 204
     assert await site.agent("GET", "/api/v1/agent/hosts/host-b/commands", token_b) == (401, WRONG)
-    assert (await site.admin.call("GET", "/api/v1/agent-credentials"))[1] == {"agent_credentials": []}
+    assert (await site.admin.call("GET", "/api/v1/agent-credentials"))[1] == {"agent_credentials": [], "next": None}
 
 
 @pytest_twisted.ensureDeferred

@@ -454,6 +454,18 @@ async def test_ctl_restore_needs_no_api(store, settings, tmp_path):
 # -- the real daemon, under load ----------------------------------------------------------
 
 
+def all_host_uuids(admin) -> list:
+    """Every host's uuid, following the host list's pages."""
+    uuids, cursor = [], None
+    while True:
+        status, page = admin("GET", "/api/v1/hosts" + ("?cursor=" + cursor if cursor else ""))
+        assert status == 200, page
+        uuids += [h["uuid"] for h in page["hosts"]]
+        cursor = page["next"]
+        if cursor is None:
+            return uuids
+
+
 class Http:
     def __init__(self, base: str, token: str):
         self.base = base
@@ -641,8 +653,7 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
         assert ca_after["fingerprint"] == ca_before["fingerprint"]
         assert ca_after["certificate"] == ca_before["certificate"]
         assert ca_after["ra"]["fingerprint"] == ca_before["ra"]["fingerprint"]
-        status, listed = admin2("GET", "/api/v1/hosts")
-        assert status == 200 and {h["uuid"] for h in listed["hosts"]} == hosts
+        assert set(all_host_uuids(admin2)) == hosts
         # Agent credentials live (hashed) in the database: the restored daemon accepts them.
         status, _ = Http(second.url, agent_credentials[agent_hosts[0]])(
             "GET", "/api/v1/agent/hosts/%s/commands" % (agent_hosts[0],))
@@ -657,8 +668,7 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
         refused = ctl(second.config, "restore", str(backup), expect=1)
         assert "scepproxyd is running" in refused.stderr
         assert fingerprint_files(second.directory / "state") == before
-        status, listed = admin2("GET", "/api/v1/hosts")
-        assert {h["uuid"] for h in listed["hosts"]} == hosts
+        assert set(all_host_uuids(admin2)) == hosts
         # The daemon logged the backup, by name only.
         log = first.log()
         assert "backed up 9 files" in log

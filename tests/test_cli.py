@@ -333,7 +333,7 @@ def test_bad_config_is_the_config_error_and_exit_2(tmp_path):
     code, out, err = run(["--config", str(config), "jobs"])
     assert (code, out) == (2, "")
     assert err == (
-        "scepproxyctl: %s: [admin] lisen: unknown key; valid keys in [admin] are: listen, token_file, max_connections\n" % (config,)
+        "scepproxyctl: %s: [admin] lisen: unknown key; valid keys in [admin] are: listen, token_file, max_connections, max_profile_bytes\n" % (config,)
     )
 
 

@@ -202,7 +202,7 @@ def test_api_error_without_field(tcp_api):
 
 
 def test_401_names_the_token_file(tcp_api, tmp_path):
-    tcp_api.answer("GET", "/api/v1/cas", 401, {"error": "missing or wrong bearer token"})
+    tcp_api.answer("GET", "/api/v1/cas?limit=5000", 401, {"error": "missing or wrong bearer token"})
     code, out, err = ctl(tcp_api, "ca", "list")
     assert (code, out) == (1, "")
     token_file = tmp_path / "state" / "admin.token"
@@ -213,7 +213,7 @@ def test_401_names_the_token_file(tcp_api, tmp_path):
 
 
 def test_non_json_error(tcp_api):
-    tcp_api.answer("GET", "/api/v1/cas", 502, raw=b"<html>bad gateway</html>")
+    tcp_api.answer("GET", "/api/v1/cas?limit=5000", 502, raw=b"<html>bad gateway</html>")
     code, out, err = ctl(tcp_api, "ca", "list")
     assert (code, err) == (1, "scepproxyctl: the admin API at %s answered HTTP 502 Bad Gateway\n" % (tcp_api.url,))
 
@@ -245,7 +245,7 @@ def test_ca_add_reads_the_challenge_from_stdin_and_never_prints_it(tcp_api):
 
 def test_ca_list(tcp_api):
     other = dict(CA, name="SECOND_CA", url="https://ca2.example/cgi-bin/pkiclient.exe", profiles=["p1", "p2"])
-    tcp_api.answer("GET", "/api/v1/cas", body={"cas": [CA, other]})
+    tcp_api.answer("GET", "/api/v1/cas?limit=5000", body={"cas": [CA, other]})
     code, out, err = ctl(tcp_api, "ca", "list")
     assert code == 0
     assert out.splitlines() == [
@@ -256,12 +256,12 @@ def test_ca_list(tcp_api):
 
 
 def test_empty_ca_list(tcp_api):
-    tcp_api.answer("GET", "/api/v1/cas", body={"cas": []})
+    tcp_api.answer("GET", "/api/v1/cas?limit=5000", body={"cas": []})
     assert ctl(tcp_api, "ca", "list") == (0, "no CAs\n", "")
 
 
 def test_ca_list_json_is_the_api_answer(tcp_api):
-    tcp_api.answer("GET", "/api/v1/cas", body={"cas": [CA]})
+    tcp_api.answer("GET", "/api/v1/cas?limit=5000", body={"cas": [CA]})
     code, out, err = ctl(tcp_api, "--json", "ca", "list")
     assert code == 0
     assert out == json.dumps({"cas": [CA]}, indent=2, sort_keys=True) + "\n"
@@ -389,7 +389,7 @@ def test_host_import_missing_file(tcp_api, tmp_path):
 
 
 def test_host_list_with_platform(tcp_api):
-    tcp_api.answer("GET", "/api/v1/hosts?platform=ios", body={"hosts": [dict(HOST, platform="ios", serial=None)]})
+    tcp_api.answer("GET", "/api/v1/hosts?platform=ios&limit=5000", body={"hosts": [dict(HOST, platform="ios", serial=None)]})
     code, out, err = ctl(tcp_api, "host", "list", "--platform", "ios")
     assert out.splitlines() == ["UUID  SERIAL  PLATFORM  UPDATED", "H1    -       ios       " + T0]
 
@@ -438,7 +438,7 @@ def test_profile_upload_android_template(tcp_api, tmp_path):
 
 
 def test_profile_list_and_show(tcp_api):
-    tcp_api.answer("GET", "/api/v1/profiles", body={"profiles": [PROFILE]})
+    tcp_api.answer("GET", "/api/v1/profiles?limit=5000", body={"profiles": [PROFILE]})
     code, out, err = ctl(tcp_api, "profile", "list")
     assert out.splitlines() == [
         "UUID                                  NAME       PLATFORM  KIND          CA        UPDATED",
@@ -487,7 +487,7 @@ def test_profile_delete(tcp_api):
 
 def test_status_with_filters(tcp_api):
     pending = dict(HP, host_uuid="H2", status="pending", retries=1, detail="CA said FAILURE")
-    tcp_api.answer("GET", "/api/v1/host-profiles?host=H1&profile=P&status=null", body={"host_profiles": [HP, pending]})
+    tcp_api.answer("GET", "/api/v1/host-profiles?host=H1&profile=P&status=null&limit=5000", body={"host_profiles": [HP, pending]})
     code, out, err = ctl(tcp_api, "status", "--host", "H1", "--profile", "P", "--status", "null")
     assert code == 0
     assert out.splitlines() == [
@@ -498,7 +498,7 @@ def test_status_with_filters(tcp_api):
 
 
 def test_status_empty(tcp_api):
-    tcp_api.answer("GET", "/api/v1/host-profiles", body={"host_profiles": []})
+    tcp_api.answer("GET", "/api/v1/host-profiles?limit=5000", body={"host_profiles": []})
     assert ctl(tcp_api, "status") == (0, "no host profiles\n", "")
 
 
@@ -519,3 +519,29 @@ def test_trigger_and_jobs(tcp_api):
 def test_path_segments_are_escaped(tcp_api):
     ctl(tcp_api, "host", "show", "a/b")
     assert tcp_api.last.path == "/api/v1/hosts/a%2Fb"
+
+
+def test_list_commands_follow_pages_and_print_one_table_or_one_document(tcp_api):
+    second = dict(HOST, uuid="H2", serial="C02Y", platform="ios")
+    third = dict(HOST, uuid="H3", serial=None)
+    tcp_api.answer("GET", "/api/v1/hosts?limit=5000", body={"hosts": [HOST, second], "next": "CUR+1/"})
+    tcp_api.answer("GET", "/api/v1/hosts?limit=5000&cursor=CUR%2B1%2F", body={"hosts": [third], "next": None})
+    code, out, err = ctl(tcp_api, "host", "list")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "UUID  SERIAL  PLATFORM  UPDATED",
+        "H1    C02X    macos     " + T0,
+        "H2    C02Y    ios       " + T0,
+        "H3    -       macos     " + T0,
+    ]
+    assert [r.path for r in tcp_api.requests] == ["/api/v1/hosts?limit=5000", "/api/v1/hosts?limit=5000&cursor=CUR%2B1%2F"]
+    code, out, err = ctl(tcp_api, "--json", "host", "list")
+    assert code == 0 and json.loads(out) == {"hosts": [HOST, second, third], "next": None}
+
+
+def test_list_commands_keep_filters_on_every_page(tcp_api):
+    tcp_api.answer("GET", "/api/v1/host-profiles?status=failed&limit=5000", body={"host_profiles": [HP], "next": "C"})
+    tcp_api.answer("GET", "/api/v1/host-profiles?status=failed&limit=5000&cursor=C",
+                   body={"host_profiles": [dict(HP, host_uuid="H2")], "next": None})
+    code, out, err = ctl(tcp_api, "status", "--status", "failed")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["HOST", "H1", "H2"]

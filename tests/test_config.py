@@ -90,6 +90,7 @@ def test_defaults_when_file_is_empty():
     assert settings.upstream.response_timeout == 30.0
     assert settings.upstream.body_timeout == 30.0
     assert settings.upstream.max_response_bytes == 1024 * 1024
+    assert settings.admin.max_profile_bytes == 1024 * 1024
     assert settings.upstream.caps_cache_seconds == 60.0
     assert settings.logging.level is LogLevel.info
     assert settings.key_file == Path("/srv/scep/var/secrets.key")
@@ -317,6 +318,7 @@ BAD_VALUES = [
     ("upstream", "response_timeout", "1e3", "greater than 0 and at most 1 hour"),
     ("upstream", "body_timeout", "30ms", "greater than 0 and at most 1 hour"),
     ("upstream", "max_response_bytes", "1G", "whole number of bytes"),
+    ("admin", "max_profile_bytes", "17M", "whole number of bytes"),
     ("upstream", "caps_cache_seconds", "-1", "from 0 to 1 day"),
     ("upstream", "caps_cache_seconds", "2d", "from 0 to 1 day"),
     ("logging", "level", "loud", "one of debug, info, warn, error, critical"),
@@ -368,6 +370,7 @@ EVERY_KEY = [
     ("admin", "listen"),
     ("admin", "token_file"),
     ("admin", "max_connections"),
+    ("admin", "max_profile_bytes"),
     ("profiles", "process_interval"),
     ("profiles", "batch_size"),
     ("profiles", "max_retries"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from scepproxyd.cli.client import CliError, UsageError, api_path
+from scepproxyd.cli.client import CliError, UsageError, api_path, list_all
 from scepproxyd.cli.render import fields, table
 
 
@@ -34,7 +34,7 @@ def revoke(api, args, stdin):
 
 
 def list_credentials(api, args, stdin):
-    _, answer = api.request("GET", api_path("agent-credentials", query={"platform": args.platform}))
+    answer = list_all(api, "agent_credentials", "agent-credentials", query={"platform": args.platform})
     rows = answer["agent_credentials"]
     if not rows:
         return answer, "no agent credentials"

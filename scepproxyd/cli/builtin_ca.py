@@ -7,7 +7,7 @@ builtin-ca challenge)`` works; it is the only command that ever prints one.
 
 from __future__ import annotations
 
-from scepproxyd.cli.client import api_path
+from scepproxyd.cli.client import api_path, list_all
 from scepproxyd.cli.render import fields, table
 
 REQUEST_HEADERS = ("TRANSACTION", "STATUS", "SUBJECT", "REQUESTER", "TEMPLATE", "SERIAL", "CREATED")
@@ -30,7 +30,7 @@ def show(api, args, stdin):
 
 
 def requests(api, args, stdin):
-    _, answer = api.request("GET", api_path("ca", "requests", query={"status": args.status}))
+    answer = list_all(api, "requests", "ca", "requests", query={"status": args.status})
     return answer, _listing(
         answer["requests"], "no requests", REQUEST_HEADERS,
         lambda r: (r["transaction_id"], r["status"], r["subject"], r["requester"], r["template"],
@@ -51,7 +51,7 @@ def reject(api, args, stdin):
 
 
 def certificates(api, args, stdin):
-    _, answer = api.request("GET", api_path("ca", "certificates", query={"status": args.status}))
+    answer = list_all(api, "certificates", "ca", "certificates", query={"status": args.status})
     return answer, _listing(
         answer["certificates"], "no certificates", CERTIFICATE_HEADERS,
         lambda c: (c["serial"], c["status"], c["subject"], c["not_after"], c["template"], c["requester"]),

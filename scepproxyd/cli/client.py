@@ -158,6 +158,10 @@ def connect(target: Target, timeout: float) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(target.host, target.port, timeout=timeout)
 
 
+#: Rows asked for per page when a list command follows a list's pages (the API's maximum).
+PAGE_LIMIT = 5000
+
+
 def api_path(*segments: str, query: dict | None = None) -> str:
     """``/api/v1/`` plus path-escaped segments and an optional query (``None`` values dropped)."""
     path = "/api/v1/" + "/".join(quote(s, safe="") for s in segments)
@@ -221,3 +225,21 @@ class AdminClient:
             raise ApiError(status, "the admin API at %s answered HTTP %d %s" % (self.target, status, response.reason))
         field = parsed.get("field")
         raise ApiError(status, error, field if isinstance(field, str) else None)
+
+
+def list_all(api, name: str, *segments: str, query: dict | None = None) -> dict:
+    """
+    Every row of a paginated list: ``GET`` its pages, following ``next`` until it is null.
+
+    Fires the last page's answer with ``name`` holding the rows of all pages
+    (so ``--json`` prints one complete document, ``"next": null``).
+    """
+    query = dict(query or {}, limit=PAGE_LIMIT)
+    rows = []
+    while True:
+        _, answer = api.request("GET", api_path(*segments, query=query))
+        rows.extend(answer[name])
+        cursor = answer.get("next")
+        if not cursor:
+            return dict(answer, **{name: rows})
+        query["cursor"] = cursor

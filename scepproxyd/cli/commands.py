@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scepproxyd.cli.challenge import read_challenge
-from scepproxyd.cli.client import CliError, UsageError, api_path
+from scepproxyd.cli.client import CliError, UsageError, api_path, list_all
 from scepproxyd.cli.render import fields, table, text
 
 HOST_PROFILE_HEADERS = ("HOST", "PROFILE", "STATUS", "RETRIES", "UPDATED", "DETAIL")
@@ -63,7 +63,7 @@ def ca_add(api, args, stdin):
 
 
 def ca_list(api, args, stdin):
-    _, answer = api.request("GET", api_path("cas"))
+    answer = list_all(api, "cas", "cas")
     return answer, _listing(
         answer["cas"], "no CAs", ("NAME", "URL", "PROFILES", "UPDATED"),
         lambda ca: (ca["name"], ca["url"], len(ca.get("profiles") or []), ca["updated_at"]),
@@ -130,7 +130,7 @@ def host_import(api, args, stdin):
 
 
 def host_list(api, args, stdin):
-    _, answer = api.request("GET", api_path("hosts", query={"platform": args.platform}))
+    answer = list_all(api, "hosts", "hosts", query={"platform": args.platform})
     return answer, _listing(
         answer["hosts"], "no hosts", ("UUID", "SERIAL", "PLATFORM", "UPDATED"),
         lambda h: (h["uuid"], h["serial"], h["platform"], h["updated_at"]),
@@ -174,7 +174,7 @@ def profile_upload(api, args, stdin):
 
 
 def profile_list(api, args, stdin):
-    _, answer = api.request("GET", api_path("profiles"))
+    answer = list_all(api, "profiles", "profiles")
     return answer, _listing(
         answer["profiles"], "no profiles", ("UUID", "NAME", "PLATFORM", "KIND", "CA", "UPDATED"),
         lambda p: (p["uuid"], p["name"], p["platform"], p["kind"], p.get("ca"), p["updated_at"]),
@@ -217,7 +217,7 @@ def profile_unassign(api, args, stdin):
 
 def status(api, args, stdin):
     query = {"host": args.host, "profile": args.profile, "status": args.status}
-    _, answer = api.request("GET", api_path("host-profiles", query=query))
+    answer = list_all(api, "host_profiles", "host-profiles", query=query)
     return answer, _listing(answer["host_profiles"], "no host profiles", HOST_PROFILE_HEADERS, _host_profile_row)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import attrs
 from twisted.internet import defer
 
-from scepproxyd.store.database import chunks, one, placeholders
+from scepproxyd.store.database import chunks, keyset, one, order_by, placeholders
 from scepproxyd.store.models import PLATFORMS, NotFoundError, check_choice
 
 #: Rows written per transaction when credentials are issued in bulk, so other
@@ -18,6 +18,9 @@ from scepproxyd.store.models import PLATFORMS, NotFoundError, check_choice
 BULK_BATCH = 1000
 
 _COLUMNS = "host_uuid, created_at, last_used_at"
+
+#: The sort key of credential lists (keyset pagination).
+AGENT_CREDENTIAL_ORDER = (("a.host_uuid", False),)
 
 
 @attrs.frozen
@@ -136,16 +139,18 @@ class AgentCredentialQueries:
 
         return self._submit(agent_credential, write=False)
 
-    def list_agent_credentials(self, platform=None) -> defer.Deferred:
-        """Every issued credential (dates only), by host uuid; only hosts of ``platform`` if given."""
+    def list_agent_credentials(self, platform=None, after=None, limit=None) -> defer.Deferred:
+        """Issued credentials (dates only), by host uuid; only hosts of ``platform`` if given; ``after``/``limit`` page."""
 
         def list_agent_credentials(conn):
             if platform is not None:
                 check_choice(platform, PLATFORMS, "platform")
+            where, params = keyset(AGENT_CREDENTIAL_ORDER, after)
             return [AgentCredential(*row) for row in conn.execute(
                 "SELECT a.host_uuid, a.created_at, a.last_used_at FROM agent_credentials a"
-                " JOIN hosts h ON h.uuid = a.host_uuid WHERE ? IS NULL OR h.platform = ? ORDER BY a.host_uuid",
-                (platform, platform),
+                f" JOIN hosts h ON h.uuid = a.host_uuid WHERE (? IS NULL OR h.platform = ?) AND {where}"
+                f" ORDER BY {order_by(AGENT_CREDENTIAL_ORDER)} LIMIT ?",
+                (platform, platform, *params, -1 if limit is None else limit),
             )]
 
         return self._submit(list_agent_credentials, write=False)

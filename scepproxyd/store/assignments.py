@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from scepproxyd.store.database import chunks, one, placeholders
+from scepproxyd.store.database import chunks, keyset, one, order_by, placeholders
 from scepproxyd.store.models import (
     HOST_PROFILE_STATUSES,
     PLATFORMS,
@@ -25,6 +25,8 @@ from scepproxyd.store.models import (
 # What a new host profile is inserted with; the rest start NULL.
 _INSERT_COLUMNS = "host_uuid, profile_uuid, status, detail, retries, created_at, updated_at, renewal_id"
 # HostProfile's fields, in order.
+#: The sort key of host profile lists (keyset pagination).
+HOST_PROFILE_ORDER = (("host_uuid", False), ("profile_uuid", False))
 HOST_PROFILE_COLUMNS = f"{_INSERT_COLUMNS}, command_uuid, cert_serial, cert_not_before, cert_not_after"
 ONE_HOST_PROFILE = "host_uuid = ? AND profile_uuid = ?"
 _INSERT_HOST_PROFILE = (
@@ -192,10 +194,13 @@ class AssignmentQueries:
         return self._submit(get_host_profile, write=False)
 
     def list_host_profiles(
-        self, host_uuid=None, profile_uuid=None, status=None, limit: int = 10000, offset: int = 0
+        self, host_uuid=None, profile_uuid=None, status=None, limit: int = 10000, offset: int = 0, after=None
     ) -> defer.Deferred:
         """
         Host profiles ordered by host then profile, optionally of one host, profile or status.
+
+        ``after`` (a HOST_PROFILE_ORDER key) starts the page after that row:
+        the admin API pages this way; ``offset`` is for small internal lists.
 
         ``status`` is a status name, or the string "null" for those waiting
         to be sent; None does not filter.
@@ -217,15 +222,25 @@ class AssignmentQueries:
             elif status is not None:
                 where.append("status = ?")
                 params.append(status)
+            after_sql, after_params = keyset(HOST_PROFILE_ORDER, after)
+            where.append(after_sql)
+            params.extend(after_params)
             cursor = conn.execute(
-                f"SELECT {HOST_PROFILE_COLUMNS} FROM host_profiles"
-                f"{' WHERE ' + ' AND '.join(where) if where else ''}"
-                " ORDER BY host_uuid, profile_uuid LIMIT ? OFFSET ?",
+                f"SELECT {HOST_PROFILE_COLUMNS} FROM host_profiles WHERE {' AND '.join(where)}"
+                f" ORDER BY {order_by(HOST_PROFILE_ORDER)} LIMIT ? OFFSET ?",
                 [*params, limit, offset],
             )
             return [HostProfile(*row) for row in cursor]
 
         return self._submit(list_host_profiles, write=False)
+
+    def count_host_profiles(self, profile_uuid) -> defer.Deferred:
+        """How many hosts a profile is assigned to."""
+
+        def count_host_profiles(conn):
+            return conn.execute("SELECT count(*) FROM host_profiles WHERE profile_uuid = ?", (profile_uuid,)).fetchone()[0]
+
+        return self._submit(count_host_profiles, write=False)
 
     def set_host_profile_status(self, host_uuid, profile_uuid, status, detail=None) -> defer.Deferred:
         """Set status and detail; fires whether the host profile exists."""

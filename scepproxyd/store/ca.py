@@ -15,7 +15,7 @@ from twisted.internet import defer
 import sqlite3
 
 from scepproxyd.store.assignments import count_failed_attempt
-from scepproxyd.store.database import one
+from scepproxyd.store.database import keyset, one, order_by
 from scepproxyd.store.models import DuplicateError, NotFoundError, StoreError
 
 CERTIFICATE_STATUSES = ("valid", "revoked")
@@ -98,6 +98,9 @@ class BindingFacts:
     status: str | None
 
 
+#: Sort keys of the request and certificate lists, newest first (keyset pagination).
+REQUEST_ORDER = (("created_at", True), ("transaction_id", False))
+CERTIFICATE_ORDER = (("created_at", True), ("serial", False))
 _CERT_COLUMNS = (
     "serial, subject, not_before, not_after, status, revoked_at, revocation_reason,"
     " requester, transaction_id, template, renewal_of, der, created_at, sender_nonce, host_uuid, profile_uuid"
@@ -202,17 +205,18 @@ class CaAuthorityQueries:
 
         return self._submit(get_ca_request, write=False)
 
-    def list_ca_requests(self, status=None) -> defer.Deferred:
-        """Requests, newest first; ``status`` narrows to one of CA_REQUEST_STATUSES."""
+    def list_ca_requests(self, status=None, after=None, limit=None) -> defer.Deferred:
+        """Requests, newest first; ``status`` narrows to one of CA_REQUEST_STATUSES; ``after``/``limit`` page."""
         _check_status(status, CA_REQUEST_STATUSES, "status")
 
         def list_ca_requests(conn):
-            where, params = ("WHERE status = ?", (status,)) if status else ("", ())
+            where, params = keyset(REQUEST_ORDER, after)
             return [
                 CaRequest(*row)
                 for row in conn.execute(
-                    f"SELECT {_REQUEST_COLUMNS} FROM ca_requests {where} ORDER BY created_at DESC, transaction_id",
-                    params,
+                    f"SELECT {_REQUEST_COLUMNS} FROM ca_requests WHERE (? IS NULL OR status = ?) AND {where}"
+                    f" ORDER BY {order_by(REQUEST_ORDER)} LIMIT ?",
+                    (status, status, *params, -1 if limit is None else limit),
                 )
             ]
 
@@ -286,17 +290,18 @@ class CaAuthorityQueries:
 
         return self._submit(get_issued_certificate, write=False)
 
-    def list_issued_certificates(self, status=None) -> defer.Deferred:
-        """Issued certificates, newest first; ``status`` is 'valid' or 'revoked'."""
+    def list_issued_certificates(self, status=None, after=None, limit=None) -> defer.Deferred:
+        """Issued certificates, newest first; ``status`` is 'valid' or 'revoked'; ``after``/``limit`` page."""
         _check_status(status, CERTIFICATE_STATUSES, "status")
 
         def list_issued_certificates(conn):
-            where, params = ("WHERE status = ?", (status,)) if status else ("", ())
+            where, params = keyset(CERTIFICATE_ORDER, after)
             return [
                 IssuedCertificate(*row)
                 for row in conn.execute(
-                    f"SELECT {_CERT_COLUMNS} FROM issued_certificates {where} ORDER BY created_at DESC, serial",
-                    params,
+                    f"SELECT {_CERT_COLUMNS} FROM issued_certificates WHERE (? IS NULL OR status = ?) AND {where}"
+                    f" ORDER BY {order_by(CERTIFICATE_ORDER)} LIMIT ?",
+                    (status, status, *params, -1 if limit is None else limit),
                 )
             ]
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from scepproxyd.store.database import one
+from scepproxyd.store.database import keyset, one, order_by
 from scepproxyd.store.models import CertificateAuthority, DuplicateError, InUseError, NotFoundError
 
+#: The sort key of CA lists (keyset pagination).
+CA_ORDER = (("name", False),)
 _CA_COLUMNS = "name, url, challenge_ciphertext, created_at, updated_at, tls_trust_bundle, tls_verify"
 
 
@@ -50,9 +52,15 @@ class CaQueries:
 
         return self._submit(get_ca, write=False)
 
-    def list_cas(self) -> defer.Deferred:
+    def list_cas(self, after=None, limit=None) -> defer.Deferred:
+        """CAs by name: all, or one page (``after`` a CA_ORDER key)."""
+
         def list_cas(conn):
-            return [CertificateAuthority(*row) for row in conn.execute(f"SELECT {_CA_COLUMNS} FROM cas ORDER BY name")]
+            where, params = keyset(CA_ORDER, after)
+            return [CertificateAuthority(*row) for row in conn.execute(
+                f"SELECT {_CA_COLUMNS} FROM cas WHERE {where} ORDER BY {order_by(CA_ORDER)} LIMIT ?",
+                (*params, -1 if limit is None else limit),
+            )]
 
         return self._submit(list_cas, write=False)
 

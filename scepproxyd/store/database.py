@@ -165,6 +165,34 @@ def placeholders(keys) -> str:
     return ", ".join("?" * len(keys))
 
 
+def keyset(order, after) -> tuple[str, list]:
+    """
+    The condition for rows after ``after`` in ``order`` (keyset pagination), as ``(sql, params)``.
+
+    ``order`` is ``[(column, descending), ...]``, the full sort key of a
+    list (unique, ending in a primary key); ``after`` the values of those
+    columns in the last row of the page before, or None for the first page.
+    Rows are found through the sort key, never by skipping (no OFFSET), so a
+    page costs the same deep in a million rows as at the start, and rows
+    added or deleted meanwhile move no other row across a page boundary.
+    """
+    if after is None:
+        return "1 = 1", []
+    if len(after) != len(order):
+        raise ValueError(f"a page key has {len(order)} values, not {len(after)}")
+    alternatives, params = [], []
+    for index, (column, descending) in enumerate(order):
+        equal = [f"{c} = ?" for c, _ in order[:index]]
+        alternatives.append("(" + " AND ".join(equal + [f"{column} {'<' if descending else '>'} ?"]) + ")")
+        params.extend(after[:index])
+        params.append(after[index])
+    return "(" + " OR ".join(alternatives) + ")", params
+
+
+def order_by(order) -> str:
+    return ", ".join(f"{column}{' DESC' if descending else ''}" for column, descending in order)
+
+
 class Database:
     """
     The DB thread and its connection; the query mixins run their SQL through ``_submit``.

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from scepproxyd.store.database import one
+from scepproxyd.store.database import chunks, keyset, one, order_by, placeholders
 from scepproxyd.store.models import PLATFORMS, Host, check_choice
 
 _HOST_COLUMNS = "uuid, serial, platform, created_at, updated_at"
+#: The sort key of host lists (keyset pagination).
+HOST_ORDER = (("uuid", False),)
 
 
 def _upsert(conn, uuid, serial, platform, now) -> bool:
@@ -65,20 +67,55 @@ class HostQueries:
 
         return self._submit(import_hosts)
 
+    def import_hosts_batch(self, rows) -> defer.Deferred:
+        """
+        Upsert one batch of checked ``(uuid, serial, platform)`` rows in its own transaction; fires ``(created, updated)``.
+
+        For big imports, which call this once per batch so other store work
+        runs between batches; a repeated batch changes nothing more (an upsert).
+        """
+        now = self._clock.seconds()
+        rows = list(rows)
+
+        def import_hosts_batch(conn):
+            for index, row in enumerate(rows):
+                _check_import_row(index, row)
+            known = 0
+            for keys in chunks([uuid for uuid, _, _ in rows]):
+                (count,) = conn.execute(
+                    f"SELECT count(*) FROM hosts WHERE uuid IN ({placeholders(keys)})", keys).fetchone()
+                known += count
+            conn.executemany(
+                f"INSERT INTO hosts ({_HOST_COLUMNS}) VALUES (?, ?, ?, ?, ?) ON CONFLICT (uuid) DO UPDATE"
+                " SET serial = excluded.serial, platform = excluded.platform, updated_at = excluded.updated_at",
+                [(uuid, serial, platform, now, now) for uuid, serial, platform in rows],
+            )
+            return len(rows) - known, known
+
+        return self._submit(import_hosts_batch)
+
     def get_host(self, uuid) -> defer.Deferred:
         def get_host(conn):
             return one(Host, conn.execute(f"SELECT {_HOST_COLUMNS} FROM hosts WHERE uuid = ?", (uuid,)))
 
         return self._submit(get_host, write=False)
 
-    def list_hosts(self, platform=None) -> defer.Deferred:
-        """All hosts ordered by uuid, or only those of one platform."""
+    def list_hosts(self, platform=None, after=None, limit=None) -> defer.Deferred:
+        """
+        Hosts ordered by uuid, or only those of one platform.
+
+        ``after`` (the HOST_ORDER key of the last host of the page before)
+        and ``limit`` give one page; without them, every host.
+        """
 
         def list_hosts(conn):
             if platform is not None:
                 check_choice(platform, PLATFORMS, "platform")
+            where, params = keyset(HOST_ORDER, after)
             cursor = conn.execute(
-                f"SELECT {_HOST_COLUMNS} FROM hosts WHERE ? IS NULL OR platform = ? ORDER BY uuid", (platform, platform)
+                f"SELECT {_HOST_COLUMNS} FROM hosts WHERE (? IS NULL OR platform = ?) AND {where}"
+                f" ORDER BY {order_by(HOST_ORDER)} LIMIT ?",
+                (platform, platform, *params, -1 if limit is None else limit),
             )
             return [Host(*row) for row in cursor]
 

@@ -6,6 +6,7 @@ import json
 
 from twisted.internet import defer
 
+from scepproxyd.store.database import keyset, order_by
 from scepproxyd.store.models import (
     PLATFORMS,
     PROFILE_KINDS,
@@ -16,6 +17,8 @@ from scepproxyd.store.models import (
     check_choice,
 )
 
+#: The sort key of profile lists (keyset pagination).
+PROFILE_ORDER = (("name", False), ("uuid", False))
 _PROFILE_COLUMNS = "uuid, name, platform, kind, identifier, ca_name, variables, content, created_at, updated_at"
 
 
@@ -81,11 +84,15 @@ class ProfileQueries:
 
         return self._submit(get_profile, write=False)
 
-    def list_profiles(self) -> defer.Deferred:
-        """All profiles, ordered by name then uuid."""
+    def list_profiles(self, after=None, limit=None) -> defer.Deferred:
+        """Profiles ordered by name then uuid: all, or one page (``after`` a PROFILE_ORDER key)."""
 
         def list_profiles(conn):
-            return [_profile(row) for row in conn.execute(f"SELECT {_PROFILE_COLUMNS} FROM profiles ORDER BY name, uuid")]
+            where, params = keyset(PROFILE_ORDER, after)
+            return [_profile(row) for row in conn.execute(
+                f"SELECT {_PROFILE_COLUMNS} FROM profiles WHERE {where} ORDER BY {order_by(PROFILE_ORDER)} LIMIT ?",
+                (*params, -1 if limit is None else limit),
+            )]
 
         return self._submit(list_profiles, write=False)
 

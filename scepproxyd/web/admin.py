@@ -23,11 +23,27 @@ from scepproxyd.store import (
     PlatformMismatchError,
 )
 from scepproxyd.tls import TLSConfigError, load_certificates
-from scepproxyd.web.api import Conflict, Invalid, JsonApi, NotFound, field, json_body
+from scepproxyd.web.api import (
+    ApiError,
+    Conflict,
+    Invalid,
+    JsonApi,
+    NotFound,
+    Page,
+    field,
+    json_body,
+    off_reactor,
+    raw_body,
+)
 
 log = get_logger(__name__)
 
 APPLE_PLATFORMS = ("macos", "ios", "ipados")
+#: The largest profile accepted unless ``[admin] max_profile_bytes`` says otherwise.
+DEFAULT_MAX_PROFILE_BYTES = 1024 * 1024
+#: Hosts written per store job in an import: small enough that the proxy's
+#: store calls, queued behind one batch, wait milliseconds, not seconds.
+IMPORT_BATCH = 2000
 _ID = r"[A-Za-z0-9._-]{1,255}"
 
 
@@ -105,10 +121,24 @@ def _query(request, name: str) -> str | None:
     return values[0].decode("utf-8", "replace") if values else None
 
 
+def profile_too_large(limit: int) -> str:
+    return "profile larger than %d bytes; the limit is [admin] max_profile_bytes" % (limit,)
+
+
+def admin_route_limits(max_profile_bytes: int) -> list:
+    """The admin site's per-route body limits (BodyLimitedSite ``route_limits``): the profile upload's."""
+    return [(b"POST", b"/api/v1/profiles", max_profile_bytes, profile_too_large(max_profile_bytes), "profile")]
+
+
 class AdminRoutes:
     """Handlers for the admin API; collaborators come in, nothing is global."""
 
-    def __init__(self, store, upstream, cipher, jobs: dict, trust=None):
+    def __init__(self, store, upstream, cipher, jobs: dict, trust=None, reactor=None,
+                 max_profile_bytes: int = DEFAULT_MAX_PROFILE_BYTES):
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self._max_profile_bytes = max_profile_bytes
         self._store = store
         self._upstream = upstream
         self._cipher = cipher
@@ -169,11 +199,10 @@ class AdminRoutes:
     # -- CAs ---------------------------------------------------------------
 
     async def list_cas(self, request):
-        cas = await self._store.list_cas()
-        out = []
-        for ca in cas:
-            out.append(ca_json(ca, await self._store.profiles_using_ca(ca.name)))
-        return {"cas": out}
+        page = Page(request, "cas", 1)
+        cas = await self._store.list_cas(after=page.after, limit=page.limit + 1)
+        using = {ca.name: await self._store.profiles_using_ca(ca.name) for ca in cas[:page.limit]}
+        return page.answer(cas, lambda ca: (ca.name,), lambda ca: ca_json(ca, using[ca.name]))
 
     async def get_ca(self, request, name):
         ca = await self._store.get_ca(name)
@@ -275,7 +304,9 @@ class AdminRoutes:
         platform = _query(request, "platform")
         if platform is not None and platform not in PLATFORMS:
             raise Invalid("platform must be one of %s" % (", ".join(PLATFORMS),), field="platform")
-        return {"hosts": [host_json(h) for h in await self._store.list_hosts(platform)]}
+        page = Page(request, "hosts", 1)
+        hosts = await self._store.list_hosts(platform, after=page.after, limit=page.limit + 1)
+        return page.answer(hosts, lambda h: (h.uuid,), host_json)
 
     async def get_host(self, request, uuid):
         host = await self._store.get_host(uuid)
@@ -305,32 +336,54 @@ class AdminRoutes:
             raise NotFound("no host %r" % (uuid,))
         return (204, None)
 
+    @raw_body
     async def import_hosts(self, request):
+        """
+        Parse and check every row on a worker thread, then write in batches of IMPORT_BATCH.
+
+        Each batch is its own store job and transaction, so device-facing
+        store calls run between batches instead of waiting for the whole
+        import. A bad row refuses the import before anything is written; a
+        failure while writing (a full disk) can leave earlier batches in,
+        and the same import sent again completes it (every row is an upsert).
+        """
         content_type = (request.getHeader(b"Content-Type") or b"").decode("latin-1").lower()
-        rows = admin.parse_host_import(request.content.read(), content_type)
-        created, updated = await self._store.import_hosts(rows)
-        log.info("admin imported {count} hosts", count=len(rows))
+        content = request.content
+        rows = await off_reactor(self._reactor, lambda: admin.parse_host_import(content.read(), content_type))
+        created = updated = 0
+        for start in range(0, len(rows), IMPORT_BATCH):
+            batch_created, batch_updated = await self._store.import_hosts_batch(rows[start:start + IMPORT_BATCH])
+            created += batch_created
+            updated += batch_updated
+        log.info("admin imported {count} hosts ({created} new)", count=len(rows), created=created)
         return {"created": created, "updated": updated}
 
     # -- profiles ----------------------------------------------------------
 
     async def list_profiles(self, request):
-        return {"profiles": [profile_json(p) for p in await self._store.list_profiles()]}
+        page = Page(request, "profiles", 2)
+        profiles = await self._store.list_profiles(after=page.after, limit=page.limit + 1)
+        return page.answer(profiles, lambda p: (p.name, p.uuid), profile_json)
 
     async def get_profile(self, request, uuid):
         profile = await self._store.get_profile(uuid)
         if profile is None:
             raise NotFound("no profile %r" % (uuid,))
         body = profile_json(profile)
-        statuses = await self._store.list_host_profiles(profile_uuid=uuid)
-        body["hosts"] = len(statuses)
+        body["hosts"] = await self._store.count_host_profiles(uuid)
         return body
 
+    @raw_body
     async def upload_profile(self, request):
-        content = request.content.read()
+        # The admin site refuses a larger body while it streams in; this also
+        # covers a site without that per-path limit.
+        content = request.content.read(self._max_profile_bytes + 1)
+        if len(content) > self._max_profile_bytes:
+            raise ApiError(profile_too_large(self._max_profile_bytes), field="profile", status=413)
         content_type = (request.getHeader(b"Content-Type") or b"").decode("latin-1")
         try:
-            parsed = parse_profile(content, content_type)
+            # Parsing and checking a profile is CPU work that grows with its size.
+            parsed = await off_reactor(self._reactor, parse_profile, content, content_type)
         except ProfileError as e:
             raise Invalid(str(e), field=getattr(e, "field", None) or "profile") from None
         platform = _query(request, "platform")
@@ -415,11 +468,12 @@ class AdminRoutes:
         known = [s for s in HOST_PROFILE_STATUSES if s] + ["null"]
         if status is not None and status not in known:
             raise Invalid("status must be one of %s" % (", ".join(known),), field="status")
+        page = Page(request, "host_profiles", 2)
         kwargs = {"host_uuid": _query(request, "host"), "profile_uuid": _query(request, "profile")}
         if status is not None:
             kwargs["status"] = status
-        rows = await self._store.list_host_profiles(**kwargs)
-        return {"host_profiles": [host_profile_json(hp) for hp in rows]}
+        rows = await self._store.list_host_profiles(**kwargs, after=page.after, limit=page.limit + 1)
+        return page.answer(rows, lambda hp: (hp.host_uuid, hp.profile_uuid), host_profile_json)
 
     async def resend(self, request, host, profile):
         hp = await self._store.resend_host_profile(host, profile)
@@ -439,8 +493,12 @@ class AdminRoutes:
         return {"job": name, "result": result}
 
 
-def admin_resource(token: str, store, upstream, cipher, jobs: dict) -> JsonApi:
+def admin_resource(token: str, store, upstream, cipher, jobs: dict, reactor=None,
+                   max_profile_bytes: int = DEFAULT_MAX_PROFILE_BYTES) -> JsonApi:
     from scepproxyd.web.admin_agents import AgentCredentialRoutes  # it builds on this module
 
-    routes = AdminRoutes(store, upstream, cipher, jobs).routes() + AgentCredentialRoutes(store).routes()
-    return JsonApi(token, routes, realm="admin")
+    routes = (
+        AdminRoutes(store, upstream, cipher, jobs, reactor=reactor, max_profile_bytes=max_profile_bytes).routes()
+        + AgentCredentialRoutes(store).routes()
+    )
+    return JsonApi(token, routes, realm="admin", reactor=reactor)

@@ -9,7 +9,7 @@ from scepproxyd.agent_credentials import new_agent_credential
 from scepproxyd.logs import get_logger
 from scepproxyd.store import PLATFORMS, NotFoundError
 from scepproxyd.web.admin import _query, _time
-from scepproxyd.web.api import Invalid, NotFound, field, json_body
+from scepproxyd.web.api import Invalid, NotFound, Page, field, json_body
 
 log = get_logger(__name__)
 
@@ -69,8 +69,9 @@ class AgentCredentialRoutes:
         platform = _query(request, "platform")
         if platform is not None and platform not in PLATFORMS:
             raise Invalid("platform must be one of %s" % (", ".join(PLATFORMS),), field="platform")
-        rows = await self._store.list_agent_credentials(platform)
-        return {"agent_credentials": [credential_json(row.host_uuid, row) for row in rows]}
+        page = Page(request, "agent_credentials", 1)
+        rows = await self._store.list_agent_credentials(platform, after=page.after, limit=page.limit + 1)
+        return page.answer(rows, lambda row: (row.host_uuid,), lambda row: credential_json(row.host_uuid, row))
 
     async def issue_bulk(self, request):
         body = json_body(request)

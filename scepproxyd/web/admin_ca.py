@@ -17,7 +17,7 @@ from scepproxyd.ca.material import fingerprint
 from scepproxyd.config import parse_duration
 from scepproxyd.store import CA_REQUEST_STATUSES, CERTIFICATE_STATUSES
 from scepproxyd.store.models import utc_iso
-from scepproxyd.web.api import Conflict, Invalid, NotFound, field, json_body
+from scepproxyd.web.api import Conflict, Invalid, NotFound, Page, field, json_body
 
 MANAGED = "managed by the [ca] section of the configuration"
 
@@ -128,7 +128,9 @@ class CaAdminRoutes:
 
     async def list_requests(self, request):
         status = _status_filter(request, CA_REQUEST_STATUSES)
-        return {"requests": [request_json(r) for r in await self._store.list_ca_requests(status)]}
+        page = Page(request, "requests", 2)
+        rows = await self._store.list_ca_requests(status, after=page.after, limit=page.limit + 1)
+        return page.answer(rows, lambda r: (r.created_at, r.transaction_id), request_json)
 
     async def approve(self, request, transaction_id):
         try:
@@ -147,7 +149,9 @@ class CaAdminRoutes:
 
     async def list_certificates(self, request):
         status = _status_filter(request, CERTIFICATE_STATUSES)
-        return {"certificates": [certificate_json(c) for c in await self._store.list_issued_certificates(status)]}
+        page = Page(request, "certificates", 2)
+        rows = await self._store.list_issued_certificates(status, after=page.after, limit=page.limit + 1)
+        return page.answer(rows, lambda c: (c.created_at, c.serial), certificate_json)
 
     async def revoke(self, request, serial):
         body = json_body(request, required=False)

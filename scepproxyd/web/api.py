@@ -3,12 +3,21 @@
 A route table of (method, path pattern, handler); bearer-token checks in
 constant time; every refusal is JSON ``{"error": ..., "field": ...}`` with the
 status that tells the caller what to fix.
+
+Work that grows with an admin's input stays off the reactor thread, so
+devices are answered while an admin uploads or lists a lot: a JSON body over
+``LARGE_BODY`` bytes is parsed on a worker thread, and a list page is encoded
+there. Lists are pages (``limit``, an opaque ``cursor``, ``next`` in the
+answer), found by keyset in the store.
 """
 
+import base64
+import binascii
 import json
 import re
 
 from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
 from twisted.web import resource, server
 
 from scepproxyd.keys import tokens_match
@@ -57,17 +66,47 @@ class Invalid(ApiError):
     status = 422
 
 
+#: A JSON body larger than this is parsed on a worker thread, not the reactor's.
+LARGE_BODY = 64 * 1024
+#: Rows in a list page when the caller gives no ``limit``, and the most it may ask for.
+DEFAULT_PAGE = 500
+MAX_PAGE = 5000
+
+
+def raw_body(handler):
+    """Mark a route handler that reads its own (non-JSON) body, so it is not parsed as JSON first."""
+    handler.raw_body = True
+    return handler
+
+
+def _parse_json(raw: bytes):
+    """``("ok", value)`` or ``("error", message)``: parse outcome, safe to hand across threads."""
+    try:
+        return ("ok", json.loads(raw))
+    except (ValueError, UnicodeDecodeError) as e:
+        return ("error", "request body is not valid JSON: %s" % (e,))
+    except RecursionError:
+        return ("error", "request body is not valid JSON: nested too deeply")
+
+
 def json_body(request, required: bool = True):
     """The request body as JSON (an object), or a 400 that says why not."""
+    parsed = getattr(request, "_scepproxyd_json", None)
+    if parsed is not None:
+        outcome, value = parsed
+        if outcome == "error":
+            raise BadRequest(value)
+        if not isinstance(value, dict):
+            raise BadRequest("request body must be a JSON object")
+        return value
     raw = request.content.read() if request.content is not None else b""
     if not raw.strip():
         if required:
             raise BadRequest("request body must be a JSON object")
         return {}
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest("request body is not valid JSON: %s" % (e,)) from None
+    outcome, value = _parse_json(raw)
+    if outcome == "error":
+        raise BadRequest(value)
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
     return value
@@ -84,6 +123,80 @@ def field(body: dict, name: str, kind=str, required: bool = True, default=None):
         names = {str: "a string", int: "an integer", list: "a list", bool: "true or false", dict: "an object"}
         raise Invalid("%s must be %s" % (name, names.get(kind, kind.__name__)), field=name)
     return value
+
+
+def off_reactor(reactor, fn, *args, **kwargs) -> defer.Deferred:
+    """Run ``fn`` on the reactor's worker threads (CPU-heavy work on admin input)."""
+    return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args, **kwargs)
+
+
+def _query(request, name: str) -> str | None:
+    values = request.args.get(name.encode())
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+class Page:
+    """
+    One page of a list: ``limit`` and ``after`` (the sort key the cursor names) from the query.
+
+    A cursor is the base64url of ``[list name, key values...]``: opaque to
+    callers, tied to its list (another list's cursor is refused), carrying
+    nothing but the sort key of the last row shown.
+    """
+
+    def __init__(self, request, name: str, key_length: int):
+        self.name = name
+        self._key_length = key_length
+        limit = _query(request, "limit")
+        if limit is None:
+            self.limit = DEFAULT_PAGE
+        else:
+            self.limit = int(limit) if limit.isascii() and limit.isdigit() else 0
+            if not 1 <= self.limit <= MAX_PAGE:
+                raise Invalid("limit must be a whole number from 1 to %d" % (MAX_PAGE,), field="limit")
+        cursor = _query(request, "cursor")
+        self.after = None if cursor in (None, "") else self._decode(cursor)
+
+    def _decode(self, cursor: str) -> tuple:
+        refused = BadRequest(
+            "cursor is not one this list gave out; start again without a cursor and follow \"next\"",
+            field="cursor",
+        )
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+            value = json.loads(raw)
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise refused from None
+        if (
+            not isinstance(value, list)
+            or len(value) != self._key_length + 1
+            or value[0] != self.name
+            or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value[1:])
+        ):
+            raise refused
+        return tuple(value[1:])
+
+    def encode(self, key) -> str:
+        raw = json.dumps([self.name, *key], separators=(",", ":")).encode("utf-8")
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    def answer(self, rows, key, to_json, **extra) -> "PageAnswer":
+        """
+        The answer for ``rows`` fetched with ``limit + 1``: at most ``limit`` of them, and ``next``.
+
+        ``key(row)`` is a row's sort key; ``to_json(row)`` its JSON form.
+        """
+        rows = list(rows)
+        more = len(rows) > self.limit
+        rows = rows[:self.limit]
+        body = PageAnswer({self.name: [to_json(row) for row in rows]})
+        body["next"] = self.encode(key(rows[-1])) if more else None
+        body.update(extra)
+        return body
+
+
+class PageAnswer(dict):
+    """A list page: encoded on a worker thread, since it can hold thousands of rows."""
 
 
 class SharedToken:
@@ -111,8 +224,11 @@ class JsonApi(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, credentials, routes, realm: str):
+    def __init__(self, credentials, routes, realm: str, reactor=None):
         super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
         self._credentials = SharedToken(credentials) if isinstance(credentials, str) else credentials
         self._realm = realm
         self._routes = [(m.encode("ascii"), re.compile(p), h) for m, p, h in routes]
@@ -148,6 +264,7 @@ class JsonApi(resource.Resource):
                     continue
                 if not self._credentials.permits(identity, match.groupdict()):
                     raise Unauthorized(WRONG_TOKEN)
+                await self._parse_large_json(request, handler)
                 result = await handler(request, **match.groupdict())
                 if isinstance(result, tuple):
                     return result
@@ -163,6 +280,17 @@ class JsonApi(resource.Resource):
         except StoreUnavailable as e:
             return (503, {"error": UNAVAILABLE % (e.reason,)})
 
+    async def _parse_large_json(self, request, handler) -> None:
+        """A large JSON body is parsed on a worker thread before the handler's ``json_body`` reads it."""
+        if getattr(handler, "raw_body", False) or request.content is None:
+            return
+        content = request.content
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(0)
+        if size > LARGE_BODY:
+            request._scepproxyd_json = await off_reactor(self._reactor, lambda: _parse_json(content.read()))
+
     def _unexpected(self, failure):
         log.failure("{realm} API request failed unexpectedly", failure, realm=self._realm)
         return (500, {"error": "internal error; see the daemon's log"})
@@ -174,8 +302,21 @@ class JsonApi(resource.Resource):
         if status == 204 or body is None:
             request.finish()
             return
-        data = json.dumps(body, sort_keys=True).encode("utf-8") + b"\n"
+        if isinstance(body, PageAnswer):
+            d = off_reactor(self._reactor, _encode, body)
+            d.addCallback(lambda data: self._send(request, data))
+            d.addErrback(lambda failure: log.failure("{realm} API answer failed", failure, realm=self._realm))
+            return
+        self._send(request, _encode(body))
+
+    def _send(self, request, data: bytes):
+        if request._disconnected:
+            return
         request.setHeader(b"Content-Type", JSON)
         request.setHeader(b"Content-Length", b"%d" % (len(data),))
         request.write(data)
         request.finish()
+
+
+def _encode(body) -> bytes:
+    return json.dumps(body, sort_keys=True).encode("utf-8") + b"\n"
