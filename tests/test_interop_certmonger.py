@@ -152,7 +152,8 @@ def test_certmonger_request_rejected_by_an_admin_is_ca_rejected(site, certmonger
     s = site(auto_approve_networks="-")
     certmonger.add_scep_ca("scepproxyd", s.scep_url, s.ca_pem)
     certmonger.request("unwanted", "scepproxyd", "CN=unwanted", s.static_challenge)
-    certmonger.wait_for("unwanted", Certmonger.WAITING)
+    fields = certmonger.wait_for("unwanted", Certmonger.WAITING, Certmonger.REJECTED, Certmonger.UNREACHABLE)
+    assert fields["status"] == Certmonger.WAITING, fields
     transaction = pending_request(s, "CN=unwanted")["transaction_id"]
     rejected = s.ctl("builtin-ca", "reject", transaction, "--reason", "unknown device")
     assert rejected.returncode == 0, rejected.stderr
