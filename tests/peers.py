@@ -1,4 +1,4 @@
-"""Real processes for interop tests: micromdm scepserver/scepclient and the daemon itself.
+"""Real processes for interop tests: micromdm scepserver/scepclient, certmonger and the daemon itself.
 
 Everything runs on loopback on free ports, and every process started here is
 stopped by its pid when the test is done.
