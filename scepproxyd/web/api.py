@@ -11,6 +11,7 @@ import re
 from twisted.internet import defer
 from twisted.web import resource, server
 
+from scepproxyd.jsoninput import JsonInputError, read_json
 from scepproxyd.keys import tokens_match
 from scepproxyd.logs import get_logger
 
@@ -55,16 +56,16 @@ class Invalid(ApiError):
 
 
 def json_body(request, required: bool = True):
-    """The request body as JSON (an object), or a 400 that says why not."""
+    """The request body as a JSON object, or a 400/422 that says why not (L{read_json}'s rules)."""
     raw = request.content.read() if request.content is not None else b""
     if not raw.strip():
         if required:
             raise BadRequest("request body must be a JSON object")
         return {}
     try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest("request body is not valid JSON: %s" % (e,)) from None
+        value = read_json(raw)
+    except JsonInputError as e:
+        raise ApiError(e.message, field=e.field, status=e.status) from None
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
     return value
