@@ -311,7 +311,8 @@ def _raw_payload(value) -> dict | None:
 
 
 def _text(value) -> str:
-    return value if isinstance(value, str) else ""
+    """A string of the report, or "": a NUL-bearing one is garbage no host or store could take."""
+    return value if isinstance(value, str) and "\0" not in value else ""
 
 
 def _enrollment_id(ack: dict, payload: dict | None) -> str:

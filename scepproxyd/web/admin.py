@@ -24,6 +24,7 @@ from scepproxyd.store import (
 )
 from scepproxyd.tls import TLSConfigError, load_certificates
 from scepproxyd.web.api import Conflict, Invalid, JsonApi, NotFound, field, json_body
+from scepproxyd.web.api import query_parameter as _query
 
 log = get_logger(__name__)
 
@@ -98,11 +99,6 @@ def _identifier_in_use_message(error: IdentifierInUseError) -> str:
         _IDENTIFIER_LABEL[error.kind], error.identifier, error.profile_uuid, error.profile_name,
         _IDENTIFIER_LABEL[error.kind],
     )
-
-
-def _query(request, name: str) -> str | None:
-    values = request.args.get(name.encode())
-    return values[0].decode("utf-8", "replace") if values else None
 
 
 class AdminRoutes:

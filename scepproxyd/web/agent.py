@@ -172,8 +172,9 @@ class NanoMDMWebhook(resource.Resource):
             return b"missing or wrong token\n"
         try:
             reports = parse_webhook(request.content.read())
-        except ValueError as e:
-            request.setResponseCode(400)
+        except ValueError as e:  # the strict reader's refusals (JsonInputError) carry their own status
+            request.setResponseCode(getattr(e, "status", 400))
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             return ("%s\n" % (e,)).encode("utf-8")
 
         async def apply():

@@ -71,6 +71,20 @@ def json_body(request, required: bool = True):
     return value
 
 
+def query_parameter(request, name: str) -> str | None:
+    """A query parameter as text: UTF-8 without NUL, or a 422 naming it."""
+    values = request.args.get(name.encode())
+    if not values:
+        return None
+    try:
+        value = values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise Invalid("query parameter %s is not valid UTF-8" % (name,), field=name) from None
+    if "\0" in value:
+        raise Invalid("query parameter %s must not contain a NUL character" % (name,), field=name)
+    return value
+
+
 def field(body: dict, name: str, kind=str, required: bool = True, default=None):
     """One typed field of a JSON body, refused by name when missing or of the wrong type."""
     if name not in body or body[name] is None:
