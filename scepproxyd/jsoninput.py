@@ -44,22 +44,23 @@ class JsonInputError(ValueError):
         self.duplicate_key = duplicate_key
 
 
-def nesting_depth(text: str, limit: int = MAX_NESTING) -> int:
-    """How deep the arrays and objects of ``text`` nest, counted outside strings (stops past ``limit``)."""
+def nests_deeper_than(text: str, limit: int) -> bool:
+    """Whether the arrays and objects of ``text`` nest more than ``limit`` deep, counted outside strings.
+
+    A scan of the brackets, not a parse, so it cannot recurse however deep the text goes.
+    """
     outside = _STRING.sub("", text)
     if outside.count("[") + outside.count("{") <= limit:
-        return outside.count("[") + outside.count("{")
-    depth = deepest = 0
+        return False
+    depth = 0
     for match in _BRACKET.finditer(outside):
         if match.group() in "[{":
             depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > limit:
-                    break
+            if depth > limit:
+                return True
         else:
             depth -= 1
-    return deepest
+    return False
 
 
 def read_json(raw: bytes, what: str = "request body"):
@@ -68,7 +69,7 @@ def read_json(raw: bytes, what: str = "request body"):
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise JsonInputError("%s is not valid UTF-8: byte 0x%02x at position %d" % (what, raw[e.start], e.start)) from None
-    if nesting_depth(text) > MAX_NESTING:
+    if nests_deeper_than(text, MAX_NESTING):
         raise JsonInputError("%s nests arrays and objects deeper than %d levels" % (what, MAX_NESTING), too_deep=True)
 
     def integer(digits: str) -> int:
