@@ -103,7 +103,7 @@ def read_json(raw: bytes, what: str = "request body"):
         value = json.loads(
             text, parse_int=integer, parse_float=real, parse_constant=constant, object_pairs_hook=members
         )
-    except JsonInputError:
+    except JsonInputError:  # a ValueError too: already says what is wrong
         raise
     except ValueError as e:  # JSONDecodeError
         raise JsonInputError("%s is not valid JSON: %s" % (what, e)) from None
