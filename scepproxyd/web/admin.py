@@ -345,7 +345,7 @@ class AdminRoutes:
                 "profile uses CA %r, which does not exist; add it first" % (parsed.ca_name,), field="profile"
             )
         profile_uuid = str(uuid_module.uuid4())
-        name = _query(request, "name") or parsed.name
+        name = _query(request, "name", stored=True) or parsed.name
         try:
             await self._store.add_profile(
                 profile_uuid, name, platform, content, parsed.ca_name,
@@ -412,6 +412,8 @@ class AdminRoutes:
         if status is not None and status not in known:
             raise Invalid("status must be one of %s" % (", ".join(known),), field="status")
         kwargs = {"host_uuid": _query(request, "host"), "profile_uuid": _query(request, "profile")}
+        if any("\0" in value for value in kwargs.values() if value):
+            return {"host_profiles": []}  # no id holds a NUL (the store never receives one)
         if status is not None:
             kwargs["status"] = status
         rows = await self._store.list_host_profiles(**kwargs)

@@ -71,8 +71,8 @@ def json_body(request, required: bool = True):
     return value
 
 
-def query_parameter(request, name: str) -> str | None:
-    """A query parameter as text: UTF-8 without NUL, or a 422 naming it."""
+def query_parameter(request, name: str, stored: bool = False) -> str | None:
+    """A query parameter as UTF-8 text, or a 422 naming it; a value to be ``stored`` must not hold a NUL."""
     values = request.args.get(name.encode())
     if not values:
         return None
@@ -80,7 +80,7 @@ def query_parameter(request, name: str) -> str | None:
         value = values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise Invalid("query parameter %s is not valid UTF-8" % (name,), field=name) from None
-    if "\0" in value:
+    if stored and "\0" in value:
         raise Invalid("query parameter %s must not contain a NUL character" % (name,), field=name)
     return value
 
