@@ -7,9 +7,9 @@ parsed completely before anything is written, so a bad row changes nothing.
 
 import csv
 import io
-import json
 from urllib.parse import urlsplit
 
+from scepproxyd.jsoninput import JsonInputError, read_json
 from scepproxyd.scep import codec
 from scepproxyd.scep.identifier import CA_NAME
 from scepproxyd.scep.upstream import UpstreamError
@@ -89,34 +89,17 @@ def check_host(uuid, serial, platform) -> tuple[str, str | None, str]:
         raise Invalid(e.message.removeprefix("row 1: "), field=e.field) from None
 
 
-def parse_host_import(raw: bytes, content_type: str) -> list[tuple[str, str | None, str]]:
-    """Hosts from JSON (a list of objects) or CSV (header uuid,serial,platform); all rows checked."""
+def _csv_rows(text: str) -> list[tuple]:
+    """(uuid, serial, platform) of each CSV line after the header; a line the csv module cannot read is named."""
+    nul = text.find("\0")
+    if nul >= 0:
+        raise Invalid("CSV line %d has a NUL character" % (text.count("\n", 0, nul) + 1,), field="file")
+    reader = csv.reader(io.StringIO(text))
+    rows = []
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise Invalid("import must be UTF-8 text", field="file") from None
-    if "json" in content_type or text.lstrip().startswith(("[", "{")):
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise Invalid("import is not valid JSON: %s" % (e,), field="file") from None
-        except RecursionError:
-            raise Invalid("import is not valid JSON: nested too deeply", field="file") from None
-        if isinstance(data, dict) and isinstance(data.get("hosts"), list):
-            data = data["hosts"]
-        if not isinstance(data, list):
-            raise Invalid("JSON import must be a list of {uuid, serial, platform} objects", field="file")
-        rows = []
-        for index, item in enumerate(data, 1):
-            if not isinstance(item, dict):
-                raise Invalid("row %d: must be an object with uuid, serial, platform" % (index,), field="file")
-            rows.append((item.get("uuid"), item.get("serial"), item.get("platform")))
-    else:
-        reader = csv.reader(io.StringIO(text))
         header = [h.strip().lower() for h in next(reader, [])]
         if "uuid" not in header or "platform" not in header:
             raise Invalid("CSV import needs a header line with uuid, serial, platform", field="file")
-        rows = []
         for line in reader:
             if not any(cell.strip() for cell in line):
                 continue
@@ -127,6 +110,37 @@ def parse_host_import(raw: bytes, content_type: str) -> list[tuple[str, str | No
                 )
             record = dict(zip(header, (cell.strip() for cell in line)))
             rows.append((record.get("uuid"), record.get("serial") or None, record.get("platform")))
+    except csv.Error as e:
+        if "field larger than field limit" in str(e):
+            reason = "has a field longer than %d characters" % (csv.field_size_limit(),)
+        else:
+            reason = "cannot be read as CSV (%s)" % (e,)
+        raise Invalid("CSV line %d %s" % (reader.line_num, reason), field="file") from None
+    return rows
+
+
+def parse_host_import(raw: bytes, content_type: str) -> list[tuple[str, str | None, str]]:
+    """Hosts from JSON (a list of objects) or CSV (header uuid,serial,platform); all rows checked."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise Invalid("import must be UTF-8 text", field="file") from None
+    if "json" in content_type or text.lstrip().startswith(("[", "{")):
+        try:
+            data = read_json(raw, "import")
+        except JsonInputError as e:
+            raise Invalid(e.message, field="file") from None
+        if isinstance(data, dict) and isinstance(data.get("hosts"), list):
+            data = data["hosts"]
+        if not isinstance(data, list):
+            raise Invalid("JSON import must be a list of {uuid, serial, platform} objects", field="file")
+        rows = []
+        for index, item in enumerate(data, 1):
+            if not isinstance(item, dict):
+                raise Invalid("row %d: must be an object with uuid, serial, platform" % (index,), field="file")
+            rows.append((item.get("uuid"), item.get("serial"), item.get("platform")))
+    else:
+        rows = _csv_rows(text)
     if not rows:
         raise Invalid("import has no hosts", field="file")
     checked = [_check_host_row(i, *row) for i, row in enumerate(rows, 1)]

@@ -13,11 +13,13 @@ import json
 import re
 import sqlite3
 import time
+from urllib.parse import quote
 
 import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor, task, threads
+from twisted.logger import formatEvent
 
 from certs import self_signed
 from scepproxyd.cli import main as ctl_main
@@ -384,3 +386,47 @@ async def test_scepproxyctl_agent_credential_commands(site, tmp_path):
     assert code == 0 and out.splitlines()[0].split() == ["HOST", "TOKEN"] and "issued 1 agent credential" in out
     code, out, err = await ctl("agent-credential", "issue-bulk", "host-b", "--all")
     assert code == 2 and "exactly one of them" in err
+
+
+HOSTILE = "a\x1b]0;owned\x07b\x1b[2J\nfake-row  verified\r\u202eevil\u2066x\t\x9b\x7fz"
+SHOWN = "a\\x1b]0;owned\\x07b\\x1b[2J\\nfake-row  verified\\r\\u202eevil\\u2066x\\t\\x9b\\x7fz"
+
+
+@pytest_twisted.ensureDeferred
+async def test_scepproxyctl_shows_device_text_escaped_and_json_exact(site, tmp_path, logs):
+    """A serial, a profile name and an agent's error text with ESC/OSC sequences, newlines and bidi overrides."""
+    await two_hosts(site)
+    ctl = lambda *argv: threads.deferToThread(run_ctl, site.admin, tmp_path, *argv)  # noqa: E731
+    api = site.admin
+    assert (await api.call("PUT", "/api/v1/hosts/host-a", {"serial": HOSTILE, "platform": "macos"}))[0] == 200
+    assert (await api.call("DELETE", "/api/v1/profiles/" + site.profile))[0] == 204
+    code, profile = await api.call("POST", "/api/v1/profiles?platform=macos&name=" + quote(HOSTILE),
+                                   raw=sample_profile(), content_type="application/x-apple-aspen-config")
+    assert code == 201 and profile["name"] == HOSTILE, profile
+    assert (await api.call("POST", "/api/v1/profiles/%s/assign" % (profile["uuid"],), {"hosts": ["host-a"]}))[0] == 200
+    await ProcessProfilesJob(api.store, 100, backends_for("outbox")).run()
+    code, fetched = await site.agent("GET", "/api/v1/agent/hosts/host-a/commands", site.tokens["host-a"])
+    (command,) = fetched["commands"]
+    code, answer = await site.agent("POST", "/api/v1/agent/hosts/host-a/commands/" + command["command_uuid"],
+                                    site.tokens["host-a"], {"status": "error", "error": HOSTILE})
+    assert code == 200, answer
+
+    listings = (
+        (("host", "list"), "hosts", "serial"),
+        (("profile", "list"), "profiles", "name"),
+        (("status", "--host", "host-a"), "host_profiles", "detail"),
+    )
+    for argv, key, column in listings:
+        code, out, err = await ctl(*argv)
+        assert code == 0, err
+        assert SHOWN in out, (argv, out)
+        assert not any(c in out for c in "\x1b\u202e\u2066\x9b\r\t"), out
+        assert "\nfake-row" not in out, out
+        code, out, _ = await ctl("--json", *argv)
+        assert code == 0 and any(row[column].endswith(HOSTILE) for row in json.loads(out)[key]), out
+    code, out, _ = await ctl("host", "show", "host-a")
+    assert code == 0 and "serial:" in out and SHOWN in out and "\x1b" not in out
+    # The daemon's own log lines carry device text escaped too.
+    logged = "\n".join(formatEvent(e) for e in logs.events)
+    assert HOSTILE not in logged and "\x1b" not in logged
+    assert any(SHOWN in formatEvent(e) for e in logs.events if "uploaded profile" in formatEvent(e)), logged[-2000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
@@ -380,3 +381,13 @@ def test_token_file_from_config_state_directory(tmp_path):
     assert code == 1
     assert "cannot read the admin token file %s" % (tmp_path / "state" / "admin.token",) in err
 
+
+
+def test_cells_show_controls_newlines_and_bidi_escaped():
+    hostile = "S1\x1b[2J\x1b]0;t\x07\n\r\t\x00\x7f\x9b\u202e\u2066\u200f\ud800 é日本\\"
+    shown = "S1\\x1b[2J\\x1b]0;t\\x07\\n\\r\\t\\x00\\x7f\\x9b\\u202e\\u2066\\u200f\\ud800 é日本\\"
+    assert text(hostile) == shown
+    assert table(("UUID", "SERIAL"), [("h", hostile), ("g", "x")]).split("\n") == [
+        "UUID  SERIAL", "h     " + shown, "g     x"]
+    assert fields([("serial", hostile)]) == "serial: " + shown
+    assert json.loads(as_json({"serial": hostile.replace("\ud800", "")}))["serial"] == hostile.replace("\ud800", "")

@@ -335,9 +335,9 @@ def test_events_without_a_command_result_give_nothing():
 @pytest.mark.parametrize(
     "body, reason",
     [
-        (b"", "not JSON"),
-        (b"<html>", "not JSON"),
-        (b"\xff\xfe", "not JSON"),
+        (b"", "^webhook body is not valid JSON: Expecting value"),
+        (b"<html>", "^webhook body is not valid JSON: Expecting value"),
+        (b"\xff\xfe", "^webhook body is not valid UTF-8: byte 0xff at position 0$"),
         (b"[1, 2]", "not a JSON object"),
         (b'"mdm.Connect"', "not a JSON object"),
         (b'{"topic": "mdm.Connect", "acknowledge_event": []}', "acknowledge_event is not a JSON object"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from scepproxyd.cli import agent_credential, backup, builtin_ca, commands
 from scepproxyd.cli.client import AdminClient, CliError, UsageError, target_from_endpoint, target_from_url
-from scepproxyd.cli.render import as_json
+from scepproxyd.cli.render import as_json, message
 
 PROG = "scepproxyctl"
 DEFAULT_CONFIG = "/etc/scepproxyd/scepproxyd.ini"
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None, stdin=None, stdout=None, stderr=None) ->
         client = None if getattr(args, "offline", False) else make_client(args)
         answer, human = args.handler(client, args, stdin)
     except CliError as e:
-        print("%s: %s" % (PROG, e), file=stderr)
+        print(message("%s: %s" % (PROG, e)), file=stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("%s: interrupted" % (PROG,), file=stderr)
@@ -185,5 +185,5 @@ def main(argv: list[str] | None = None, stdin=None, stdout=None, stderr=None) ->
         if answer is not None:
             print(as_json(answer), file=stdout)
     else:
-        print(human, file=stdout)
+        print(message(human), file=stdout)
     return 0

@@ -170,7 +170,7 @@ def profile_upload(api, args, stdin):
     path = api_path("profiles", query={"platform": args.platform, "name": args.name})
     _, profile = api.request("POST", path, data, content_type=_profile_content_type(args.file))
     return profile, "uploaded profile %s (%s) for %s, CA %s" % (
-        profile["uuid"], profile["name"], profile["platform"], text(profile.get("ca")))
+        profile["uuid"], text(profile["name"]), profile["platform"], text(profile.get("ca")))
 
 
 def profile_list(api, args, stdin):

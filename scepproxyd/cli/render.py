@@ -1,18 +1,31 @@
-"""Human output: aligned tables and ``key: value`` blocks, and ``--json`` as the API sent it."""
+"""Human output: aligned tables and ``key: value`` blocks, and ``--json`` as the API sent it.
+
+Much of what is shown was chosen by devices and agents (CSR subjects, host
+serials, error text, profile names), so every cell and message goes through
+L{printable}: control characters, newlines, tabs and bidi overrides show as
+escapes such as ``\\x1b``, ``\\n`` and ``\\u202e``. ``--json`` is exact (JSON escaping only).
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Iterable, Sequence
 
+from scepproxyd.printable import printable
+
 
 def text(value) -> str:
-    """A cell: NULL is ``-``, lists are comma-joined, everything else ``str()``."""
+    """A cell: NULL is ``-``, lists are comma-joined, everything else ``str()``, escaped by L{printable}."""
     if value is None or value == "":
         return "-"
     if isinstance(value, (list, tuple)):
         return ", ".join(text(v) for v in value) if value else "-"
-    return str(value)
+    return printable(str(value))
+
+
+def message(line: str) -> str:
+    """A message for people (the outcome of a command, an error) with each of its lines escaped."""
+    return "\n".join(printable(part) for part in line.split("\n"))
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence]) -> str:

@@ -13,13 +13,13 @@ means the command is already queued, which is a success.
 """
 
 import base64
-import json
 import plistlib
 from urllib.parse import quote
 
 import attrs
 from twisted.internet import defer, error
 
+from scepproxyd.jsoninput import JsonInputError, read_json
 from scepproxyd.httpbody import BodyTooLarge, read_limited
 from scepproxyd.logs import get_logger
 
@@ -230,8 +230,8 @@ def _json_object(raw: bytes | None) -> dict | None:
     if not raw:
         return None
     try:
-        value = json.loads(raw)
-    except ValueError:
+        value = read_json(raw, "NanoMDM's answer")
+    except JsonInputError:
         return None
     return value if isinstance(value, dict) else None
 
@@ -265,10 +265,7 @@ def parse_webhook(body: bytes) -> list[CommandReport]:
     reports carry no command result and give ``[]``. ``CommandFormatError``
     (the device could not read the command) is reported as ``Error``.
     """
-    try:
-        event = json.loads(body)
-    except ValueError:
-        raise ValueError("webhook body is not JSON") from None
+    event = read_json(body, "webhook body")  # its JsonInputError is a ValueError with the reason
     if not isinstance(event, dict):
         raise ValueError("webhook body is not a JSON object")
     if event.get("topic") != "mdm.Connect":
@@ -314,7 +311,8 @@ def _raw_payload(value) -> dict | None:
 
 
 def _text(value) -> str:
-    return value if isinstance(value, str) else ""
+    """A string of the report, or "": a NUL-bearing one is garbage no host or store could take."""
+    return value if isinstance(value, str) and "\0" not in value else ""
 
 
 def _enrollment_id(ack: dict, payload: dict | None) -> str:

@@ -13,8 +13,10 @@ again, so the output is always valid JSON whatever the values contain.
 import json
 import re
 
+from scepproxyd.jsoninput import JsonInputError, read_json
+from scepproxyd.printable import printable
 from scepproxyd.profiles import checks, variables
-from scepproxyd.profiles.model import ANDROID_TEMPLATE, ParsedProfile, ProfileError
+from scepproxyd.profiles.model import ANDROID_TEMPLATE, TOO_DEEP, ParsedProfile, ProfileError
 
 FORMAT = "scepproxyd.android-certificate-template/1"
 _REQUIRED = ("format", "name", "scep", "subject", "key")
@@ -95,20 +97,16 @@ def render(content: bytes, values: variables.Values) -> bytes:
 
 
 def _load(content: bytes) -> dict:
-    def no_duplicates(pairs: list[tuple[str, object]]) -> dict:
-        result = {}
-        for key, value in pairs:
-            if key in result:
-                raise ProfileError('template has duplicate key "%s"' % (key,))
-            result[key] = value
-        return result
-
+    """The template as a JSON object, by the strict reader every outside JSON goes through."""
     try:
-        template = json.loads(content.decode("utf-8-sig"), object_pairs_hook=no_duplicates)
-    except UnicodeDecodeError as e:
-        raise ProfileError("Android certificate template is not valid UTF-8: %s" % (e,)) from None
-    except json.JSONDecodeError as e:
-        raise ProfileError("Android certificate template is not valid JSON: %s" % (e,)) from None
+        template = read_json(content, "Android certificate template")
+    except JsonInputError as e:
+        if e.too_deep:
+            raise ProfileError(TOO_DEEP) from None
+        if e.duplicate_key is not None:
+            # At any depth: JSON readers keep one of the two, so a static challenge could hide behind the variable.
+            raise ProfileError('template has duplicate key "%s"' % (printable(e.duplicate_key),)) from None
+        raise ProfileError(e.message) from None
     if not isinstance(template, dict):
         raise ProfileError("Android certificate template must be a JSON object")
     return template

@@ -11,6 +11,8 @@ MOBILECONFIG = "mobileconfig"
 #: ``ParsedProfile.kind`` of an Android certificate template.
 ANDROID_TEMPLATE = "android_template"
 KINDS = (MOBILECONFIG, ANDROID_TEMPLATE)
+#: The refusal of a profile that nests deeper than its reader accepts.
+TOO_DEEP = "profile is nested too deeply"
 
 
 class ProfileError(ValueError):

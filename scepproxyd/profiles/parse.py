@@ -9,7 +9,7 @@ they are the two usual ways a valid-looking profile still cannot be rendered.
 from asn1crypto import cms, pem
 
 from scepproxyd.profiles import android, mobileconfig
-from scepproxyd.profiles.model import ParsedProfile, ProfileError
+from scepproxyd.profiles.model import TOO_DEEP, ParsedProfile, ProfileError
 
 SIGNED = "profile is signed (CMS); upload it unsigned: signed profiles cannot be rendered"
 BINARY_PLIST = (
@@ -19,7 +19,6 @@ NEITHER = (
     "profile is neither an Apple .mobileconfig (XML plist)"
     " nor an Android certificate template (JSON)"
 )
-TOO_DEEP = "profile is nested too deeply"
 
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = b" \t\r\n"

@@ -35,6 +35,7 @@ from scepproxyd.web.api import (
     off_reactor,
     raw_body,
 )
+from scepproxyd.web.api import query_parameter as _query
 
 log = get_logger(__name__)
 
@@ -114,11 +115,6 @@ def _identifier_in_use_message(error: IdentifierInUseError) -> str:
         _IDENTIFIER_LABEL[error.kind], error.identifier, error.profile_uuid, error.profile_name,
         _IDENTIFIER_LABEL[error.kind],
     )
-
-
-def _query(request, name: str) -> str | None:
-    values = request.args.get(name.encode())
-    return values[0].decode("utf-8", "replace") if values else None
 
 
 def profile_too_large(limit: int) -> str:
@@ -402,7 +398,7 @@ class AdminRoutes:
                 "profile uses CA %r, which does not exist; add it first" % (parsed.ca_name,), field="profile"
             )
         profile_uuid = str(uuid_module.uuid4())
-        name = _query(request, "name") or parsed.name
+        name = _query(request, "name", stored=True) or parsed.name
         try:
             await self._store.add_profile(
                 profile_uuid, name, platform, content, parsed.ca_name,
@@ -470,6 +466,8 @@ class AdminRoutes:
             raise Invalid("status must be one of %s" % (", ".join(known),), field="status")
         page = Page(request, "host_profiles", 2)
         kwargs = {"host_uuid": _query(request, "host"), "profile_uuid": _query(request, "profile")}
+        if any("\0" in value for value in kwargs.values() if value):
+            return {"host_profiles": []}  # no id holds a NUL (the store never receives one)
         if status is not None:
             kwargs["status"] = status
         rows = await self._store.list_host_profiles(**kwargs, after=page.after, limit=page.limit + 1)

@@ -18,6 +18,7 @@ from scepproxyd.config import parse_duration
 from scepproxyd.store import CA_REQUEST_STATUSES, CERTIFICATE_STATUSES
 from scepproxyd.store.models import utc_iso
 from scepproxyd.web.api import Conflict, Invalid, NotFound, Page, field, json_body
+from scepproxyd.web.api import query_parameter as _query
 
 MANAGED = "managed by the [ca] section of the configuration"
 
@@ -42,11 +43,6 @@ def certificate_json(c) -> dict:
         "renewal_of": c.renewal_of, "host_uuid": c.host_uuid, "profile_uuid": c.profile_uuid,
         "created_at": _time(c.created_at),
     }
-
-
-def _query(request, name):
-    values = request.args.get(name.encode())
-    return values[0].decode("utf-8", "replace") if values else None
 
 
 def _status_filter(request, allowed):

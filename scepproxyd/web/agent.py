@@ -167,14 +167,15 @@ class NanoMDMWebhook(resource.Resource):
 
         from scepproxyd.delivery.nanomdm import parse_webhook
 
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")  # every answer, refusals included
         presented = request.postpath[0] if len(request.postpath) == 1 else b""
         if not tokens_match(presented, self._token):
             request.setResponseCode(401)
             return b"missing or wrong token\n"
         try:
             reports = parse_webhook(request.content.read())
-        except ValueError as e:
-            request.setResponseCode(400)
+        except ValueError as e:  # the strict reader's refusals (JsonInputError) carry their own status
+            request.setResponseCode(getattr(e, "status", 400))
             return ("%s\n" % (e,)).encode("utf-8")
 
         async def apply():

@@ -20,6 +20,7 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.web import resource, server
 
+from scepproxyd.jsoninput import JsonInputError, read_json
 from scepproxyd.keys import tokens_match
 from scepproxyd.logs import get_logger
 from scepproxyd.store.models import StoreUnavailable
@@ -80,35 +81,46 @@ def raw_body(handler):
 
 
 def _parse_json(raw: bytes):
-    """``("ok", value)`` or ``("error", message)``: parse outcome, safe to hand across threads."""
+    """``("ok", value)`` or ``("error", JsonInputError)``: the strict reader's outcome, safe to hand across threads."""
     try:
-        return ("ok", json.loads(raw))
-    except (ValueError, UnicodeDecodeError) as e:
-        return ("error", "request body is not valid JSON: %s" % (e,))
-    except RecursionError:
-        return ("error", "request body is not valid JSON: nested too deeply")
+        return ("ok", read_json(raw))
+    except JsonInputError as e:
+        return ("error", e)
 
 
 def json_body(request, required: bool = True):
-    """The request body as JSON (an object), or a 400 that says why not."""
+    """The request body as a JSON object, or a 400/422 that says why not (L{read_json}'s rules).
+
+    A large body was parsed on a worker thread before the handler ran; a
+    small one is parsed here.
+    """
     parsed = getattr(request, "_scepproxyd_json", None)
-    if parsed is not None:
-        outcome, value = parsed
-        if outcome == "error":
-            raise BadRequest(value)
-        if not isinstance(value, dict):
-            raise BadRequest("request body must be a JSON object")
-        return value
-    raw = request.content.read() if request.content is not None else b""
-    if not raw.strip():
-        if required:
-            raise BadRequest("request body must be a JSON object")
-        return {}
-    outcome, value = _parse_json(raw)
+    if parsed is None:
+        raw = request.content.read() if request.content is not None else b""
+        if not raw.strip():
+            if required:
+                raise BadRequest("request body must be a JSON object")
+            return {}
+        parsed = _parse_json(raw)
+    outcome, value = parsed
     if outcome == "error":
-        raise BadRequest(value)
+        raise ApiError(value.message, field=value.field, status=value.status)
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
+    return value
+
+
+def query_parameter(request, name: str, stored: bool = False) -> str | None:
+    """A query parameter as UTF-8 text, or a 422 naming it; a value to be ``stored`` must not hold a NUL."""
+    values = request.args.get(name.encode())
+    if not values:
+        return None
+    try:
+        value = values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise Invalid("query parameter %s is not valid UTF-8" % (name,), field=name) from None
+    if stored and "\0" in value:
+        raise Invalid("query parameter %s must not contain a NUL character" % (name,), field=name)
     return value
 
 
