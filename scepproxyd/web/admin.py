@@ -467,7 +467,7 @@ class AdminRoutes:
         page = Page(request, "host_profiles", 2)
         kwargs = {"host_uuid": _query(request, "host"), "profile_uuid": _query(request, "profile")}
         if any("\0" in value for value in kwargs.values() if value):
-            return {"host_profiles": []}  # no id holds a NUL (the store never receives one)
+            return {"host_profiles": [], "next": None}  # no id holds a NUL (the store never receives one)
         if status is not None:
             kwargs["status"] = status
         rows = await self._store.list_host_profiles(**kwargs, after=page.after, limit=page.limit + 1)
