@@ -34,6 +34,7 @@ from hostile import (
     upload_profile,
 )
 from peers import Daemon, ScepServer
+from scepproxyd.store.models import challenge_hash
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import attributes as codec_attributes
 from scepproxyd.scep.codec import signed as codec_signed
@@ -132,8 +133,8 @@ async def test_sigkill_during_pkioperation_load(tmp_path, upstream):
         assert integrity(daemon) == "ok"
         seen = upstream.operations("PKIOperation") - seen_before
         with db(daemon) as conn:
-            left = {c for (c,) in conn.execute("SELECT challenge FROM challenges")}
-        assert left <= minted
+            left = {c for (c,) in conn.execute("SELECT challenge_hash FROM challenges")}
+        assert left <= {challenge_hash(c) for c in minted}
         consumed = len(minted) - len(left)
         # Every answer the devices got with an upstream verdict was one upstream request ...
         assert all(code in (200, 502) for code, _ in answers), answers
@@ -150,7 +151,7 @@ async def test_sigkill_during_pkioperation_load(tmp_path, upstream):
         # The challenges left still work after the restart: each reaches the CA exactly once.
         responses = await defer.gatherResults([
             treq.post(daemon.url + "/mdm/scep/proxy/" + u.rsplit("/", 1)[1] + "?operation=PKIOperation", data=blob)
-            for u in urls if challenge_from_url(u) in left
+            for u in urls if challenge_hash(challenge_from_url(u)) in left
         ])
         for r in responses:
             assert r.code in (200, 502), await r.text()
@@ -187,7 +188,7 @@ def test_sigkill_between_spending_and_forwarding_puts_the_challenge_back(tmp_pat
                        % (path, len(body), body))
         with db(daemon) as conn:
             deadline = time.monotonic() + 60
-            while conn.execute("SELECT count(*) FROM challenges WHERE challenge = ?", (challenge,)).fetchone()[0]:
+            while conn.execute("SELECT count(*) FROM challenges WHERE challenge_hash = ?", (challenge_hash(challenge),)).fetchone()[0]:
                 assert time.monotonic() < deadline, "the challenge was never spent"
                 time.sleep(0.01)
         kill9(daemon)

@@ -13,6 +13,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 
+from scepproxyd.store.models import challenge_hash
 from scepproxyd.store import challenges as challenges_module
 from scepproxyd.store.database import _schema_files
 from scepproxyd.store import (
@@ -287,9 +288,24 @@ async def test_new_challenge_needs_host_profile(store):
 async def test_consume_once(store):
     await seed(store)
     c = await store.new_challenge(HOST, PROFILE)
-    assert await store.consume_challenge(c, HOST, PROFILE) == ConsumedChallenge(c, HOST, PROFILE, EPOCH)
+    assert await store.consume_challenge(c, HOST, PROFILE) == ConsumedChallenge(challenge_hash(c), HOST, PROFILE, EPOCH)
     assert await store.consume_challenge(c, HOST, PROFILE) is None
     assert await store.consume_challenge("unknown", HOST, PROFILE) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_challenges_are_stored_only_as_hashes(store, db_path):
+    await seed(store)
+    minted = [await store.new_challenge(HOST, PROFILE), await store.issue_challenge(HOST, PROFILE)]
+    taken = await store.consume_challenge(minted[1], HOST, PROFILE)  # now in flight
+    files = [db_path, db_path.with_name(db_path.name + "-wal")]
+    stored = b"".join(path.read_bytes() for path in files if path.exists())
+    for challenge in minted:
+        assert challenge.encode() not in stored
+    assert challenge_hash(minted[1]).encode() in stored
+    # The in-flight one goes back by its hash, and its device's retry spends it.
+    await store.restore_challenge(taken)
+    assert await store.consume_challenge(minted[1], HOST, PROFILE) == taken
 
 
 @pytest_twisted.ensureDeferred
@@ -348,7 +364,7 @@ async def test_concurrent_consumes_yield_exactly_one(store):
     c = await store.new_challenge(HOST, PROFILE)
     results = await defer.gatherResults([store.consume_challenge(c, HOST, PROFILE) for _ in range(32)])
     winners = [r for r in results if r is not None]
-    assert winners == [ConsumedChallenge(c, HOST, PROFILE, EPOCH)]
+    assert winners == [ConsumedChallenge(challenge_hash(c), HOST, PROFILE, EPOCH)]
 
 
 @pytest_twisted.ensureDeferred

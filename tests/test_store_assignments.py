@@ -7,6 +7,7 @@ import pytest_twisted
 
 from twisted.internet import reactor
 
+from scepproxyd.store.models import challenge_hash
 from scepproxyd.store import DuplicateError, HostProfile, NotFoundError, PlatformMismatchError, Store
 from test_store import (  # noqa: F401 (fixtures)
     CA,
@@ -289,7 +290,8 @@ def test_migrate_from_schema_1_keeps_data_and_backfills_renewal_ids(tmp_path):
     # Later versions add TLS columns with their defaults (no bundle, verified) and the built-in flag (off).
     assert conn.execute("SELECT * FROM cas").fetchall() == [(CA, "https://ca.example/scep", b"sealed", EPOCH, EPOCH, None, 1, 0)]
     assert conn.execute("SELECT COUNT(*) FROM hosts").fetchone()[0] == 2
-    assert conn.execute("SELECT * FROM challenges").fetchall() == [("c1", "h1", "p1", EPOCH)]
+    # The live challenge is kept as its hash only (schema 13): its device still enrolls with it.
+    assert conn.execute("SELECT * FROM challenges").fetchall() == [(challenge_hash("c1"), "h1", "p1", EPOCH)]
     assert conn.execute("SELECT uuid, kind, identifier, variables, content FROM profiles").fetchall() == [
         ("p1", "mobileconfig", None, None, b"<plist/>")
     ]

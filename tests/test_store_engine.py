@@ -10,6 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
+from scepproxyd.store.models import challenge_hash
 from scepproxyd.store import ChallengeRefusal, ClaimResult, Command, HostProfile, NotFoundError, RenderJob, Store
 from scepproxyd.store import commands as commands_module
 from scepproxyd.store import database as database_module
@@ -639,7 +640,7 @@ async def test_migrate_from_schema_2_keeps_data(tmp_path, clock):
     assert conn.execute("SELECT * FROM host_profiles ORDER BY host_uuid").fetchall() == [
         row + (None, None, None, None, latest[row[0]]) for row in before
     ]
-    assert conn.execute("SELECT * FROM challenges").fetchall() == [("c1", "h1", "p1", EPOCH)]
+    assert conn.execute("SELECT * FROM challenges").fetchall() == [(challenge_hash("c1"), "h1", "p1", EPOCH)]
     assert conn.execute("SELECT COUNT(*) FROM commands").fetchone()[0] == 0
     indexes = {row[1] for row in conn.execute("PRAGMA index_list(commands)")}
     assert {"commands_host_status", "commands_backend_due", "commands_status_updated_at"} <= indexes

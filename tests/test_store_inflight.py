@@ -3,6 +3,7 @@
 import pytest_twisted
 from twisted.internet import reactor
 
+from scepproxyd.store.models import challenge_hash
 from scepproxyd.store import Store
 from test_store import CA, HOST, PROFILE, db_path, clock, seed  # noqa: F401 (fixtures)
 
@@ -28,6 +29,6 @@ async def test_settled_challenge_stays_spent_and_orphans_come_back(db_path, cloc
         assert await restarted.restore_orphaned_challenges() == 0
         assert await restarted.consume_challenge(spent, HOST, PROFILE) is None
         again = await restarted.consume_challenge(orphan, HOST, PROFILE)
-        assert again is not None and again.challenge == orphan
+        assert again is not None and again.challenge_hash == challenge_hash(orphan)
     finally:
         await restarted.stop()

@@ -20,7 +20,7 @@ LEGACY_HASH = "legacy"
 # A refused challenge counts only as the latest one of a pending host profile.
 _LATEST_WHILE_PENDING = " AND status = 'pending' AND proxy_challenge_hash IN (?, ?)"
 # ... and, when the device's request failed to take it, while no other request holds it.
-_NOT_IN_FLIGHT = " AND NOT EXISTS (SELECT 1 FROM challenges_in_flight WHERE challenge = ?)"
+_NOT_IN_FLIGHT = " AND NOT EXISTS (SELECT 1 FROM challenges_in_flight WHERE challenge_hash = ?)"
 
 
 def _mint() -> str:
@@ -29,17 +29,18 @@ def _mint() -> str:
 
 
 def _insert_challenge(conn, challenge, host_uuid, profile_uuid, now) -> None:
-    """Store a new challenge and make it the host profile's latest, in the caller's transaction."""
+    """Store a new challenge (its hash only) and make it the host profile's latest, in the caller's transaction."""
+    hashed = challenge_hash(challenge)
     try:
         conn.execute(
-            "INSERT INTO challenges (challenge, host_uuid, profile_uuid, created_at) VALUES (?, ?, ?, ?)",
-            (challenge, host_uuid, profile_uuid, now),
+            "INSERT INTO challenges (challenge_hash, host_uuid, profile_uuid, created_at) VALUES (?, ?, ?, ?)",
+            (hashed, host_uuid, profile_uuid, now),
         )
     except sqlite3.IntegrityError as e:
         raise NotFoundError(f"no profile {profile_uuid} assigned to host {host_uuid}") from e
     conn.execute(
         f"UPDATE host_profiles SET proxy_challenge_hash = ? WHERE {ONE_HOST_PROFILE}",
-        (challenge_hash(challenge), host_uuid, profile_uuid),
+        (hashed, host_uuid, profile_uuid),
     )
 
 
@@ -118,24 +119,24 @@ class ChallengeQueries:
         """
         now = self._clock.seconds()
         cutoff = now - self._challenge_ttl
-        params = (challenge, host_uuid, profile_uuid, cutoff)
+        params = (challenge_hash(challenge), host_uuid, profile_uuid, cutoff)
 
         def consume_challenge(conn):
             rows = conn.execute(
-                "DELETE FROM challenges WHERE challenge = ? AND host_uuid = ? AND profile_uuid = ?"
-                " AND created_at >= ? RETURNING challenge, host_uuid, profile_uuid, created_at",
+                "DELETE FROM challenges WHERE challenge_hash = ? AND host_uuid = ? AND profile_uuid = ?"
+                " AND created_at >= ? RETURNING challenge_hash, host_uuid, profile_uuid, created_at",
                 params,
             ).fetchall()  # fetched before the COMMIT that _run issues
             if rows:
                 # Same transaction: a crash leaves it either usable or recorded as in flight.
                 conn.execute(
-                    "INSERT INTO challenges_in_flight (challenge, host_uuid, profile_uuid, created_at, claimed_at)"
+                    "INSERT INTO challenges_in_flight (challenge_hash, host_uuid, profile_uuid, created_at, claimed_at)"
                     " VALUES (?, ?, ?, ?, ?)",
                     rows[0] + (now,),
                 )
                 return ConsumedChallenge(*rows[0])
             conn.execute(
-                "DELETE FROM challenges WHERE challenge = ? AND host_uuid = ? AND profile_uuid = ? AND created_at < ?",
+                "DELETE FROM challenges WHERE challenge_hash = ? AND host_uuid = ? AND profile_uuid = ? AND created_at < ?",
                 params,
             )
             return None
@@ -151,11 +152,11 @@ class ChallengeQueries:
         """
 
         def restore_challenge(conn):
-            conn.execute("DELETE FROM challenges_in_flight WHERE challenge = ?", (consumed.challenge,))
+            conn.execute("DELETE FROM challenges_in_flight WHERE challenge_hash = ?", (consumed.challenge_hash,))
             conn.execute(
-                "INSERT INTO challenges (challenge, host_uuid, profile_uuid, created_at) SELECT ?, ?, ?, ?"
+                "INSERT INTO challenges (challenge_hash, host_uuid, profile_uuid, created_at) SELECT ?, ?, ?, ?"
                 f" WHERE EXISTS (SELECT 1 FROM host_profiles WHERE {ONE_HOST_PROFILE})"
-                " ON CONFLICT (challenge) DO NOTHING",
+                " ON CONFLICT (challenge_hash) DO NOTHING",
                 attrs.astuple(consumed) + (consumed.host_uuid, consumed.profile_uuid),
             )
 
@@ -165,7 +166,7 @@ class ChallengeQueries:
         """The upstream answered: the challenge is spent for good."""
 
         def challenge_settled(conn):
-            conn.execute("DELETE FROM challenges_in_flight WHERE challenge = ?", (consumed.challenge,))
+            conn.execute("DELETE FROM challenges_in_flight WHERE challenge_hash = ?", (consumed.challenge_hash,))
 
         return self._submit(challenge_settled)
 
@@ -179,9 +180,9 @@ class ChallengeQueries:
 
         def restore_orphaned_challenges(conn):
             moved = conn.execute(
-                "INSERT INTO challenges (challenge, host_uuid, profile_uuid, created_at)"
-                " SELECT challenge, host_uuid, profile_uuid, created_at FROM challenges_in_flight"
-                " WHERE true ON CONFLICT (challenge) DO NOTHING"
+                "INSERT INTO challenges (challenge_hash, host_uuid, profile_uuid, created_at)"
+                " SELECT challenge_hash, host_uuid, profile_uuid, created_at FROM challenges_in_flight"
+                " WHERE true ON CONFLICT (challenge_hash) DO NOTHING"
             ).rowcount
             conn.execute("DELETE FROM challenges_in_flight")
             return moved
@@ -208,7 +209,7 @@ class ChallengeQueries:
         def challenge_failed(conn):
             counted = count_failed_attempt(
                 conn, host_uuid, profile_uuid, detail, now, self._max_retries,
-                _LATEST_WHILE_PENDING + _NOT_IN_FLIGHT, (hashed, LEGACY_HASH, challenge),
+                _LATEST_WHILE_PENDING + _NOT_IN_FLIGHT, (hashed, LEGACY_HASH, hashed),
             )
             if counted is not None:
                 return ChallengeRefusal(True, "latest", counted.status)
@@ -226,10 +227,10 @@ class ChallengeQueries:
         profile was rendered again, moves nothing.
         """
         now = self._clock.seconds()
-        hashed = challenge_hash(consumed.challenge)
+        hashed = consumed.challenge_hash
 
         def enrollment_refused(conn):
-            conn.execute("DELETE FROM challenges_in_flight WHERE challenge = ?", (consumed.challenge,))
+            conn.execute("DELETE FROM challenges_in_flight WHERE challenge_hash = ?", (consumed.challenge_hash,))
             counted = count_failed_attempt(
                 conn, consumed.host_uuid, consumed.profile_uuid, detail, now, self._max_retries,
                 _LATEST_WHILE_PENDING, (hashed, LEGACY_HASH),
@@ -264,8 +265,8 @@ class ChallengeQueries:
 
         def delete_expired_challenges(conn):
             return conn.execute(
-                "DELETE FROM challenges WHERE challenge IN"
-                " (SELECT challenge FROM challenges WHERE created_at < ? ORDER BY created_at LIMIT ?)",
+                "DELETE FROM challenges WHERE challenge_hash IN"
+                " (SELECT challenge_hash FROM challenges WHERE created_at < ? ORDER BY created_at LIMIT ?)",
                 (cutoff, _EXPIRED_BATCH),
             ).rowcount
 

@@ -158,7 +158,9 @@ class ProxyTarget:
 
 @attrs.frozen
 class ConsumedChallenge:
-    challenge: str
+    """A spent proxy challenge, by its SHA-256 (the store never keeps the challenge itself)."""
+
+    challenge_hash: str
     host_uuid: str
     profile_uuid: str
     created_at: float
