@@ -38,6 +38,7 @@ from urllib.parse import quote
 
 from twisted.internet.threads import deferToThreadPool
 
+from scepproxyd.files import fsync_directory
 from scepproxyd.ca.material import RA_CERTIFICATE_NAME, RA_KEY_NAME
 from scepproxyd.logs import get_logger
 from scepproxyd.store import StoreError
@@ -172,14 +173,6 @@ def _copy_open(src, target: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _readonly_uri(path: Path) -> str:
     return "file:%s?mode=ro" % (quote(str(path)),)
 
@@ -282,7 +275,7 @@ def _write_files(directory: Path, plan, database_name: str) -> dict:
             os.fsync(f.fileno())
         os.replace(staged, directory / MANIFEST)
         for folder in {(directory / e["name"]).parent for e in entries}:
-            _fsync_directory(folder)
+            fsync_directory(folder)
     except OSError as e:
         raise BackupError("cannot write %s: %s" % (directory / MANIFEST, _reason(e)), field="directory") from None
     return manifest
@@ -620,7 +613,7 @@ def restore_backup(directory: Path, settings) -> list[str]:
     for path, target in staged:
         os.replace(path, target)
     for folder in {target.parent for _, target in staged}:
-        _fsync_directory(folder)
+        fsync_directory(folder)
     names = [entry["name"] for entry in entries]
     log.info("restored {count} files from {directory}", count=len(names), directory=str(directory))
     return names

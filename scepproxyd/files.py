@@ -21,7 +21,8 @@ def _temp_prefix(path: Path) -> str:
     return ".%s." % (path.name,)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or a new file in ``directory`` survive a power cut."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -65,7 +66,7 @@ def write_private_file(path: Path, data: bytes, replace: bool = False) -> None:
         else:
             os.link(temporary, path)
             os.unlink(temporary)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     except BaseException:
         try:
             os.unlink(temporary)

@@ -79,3 +79,19 @@ def _fill_up(directory, name: str = "filler"):
     finally:
         os.close(fd)
     return path
+
+
+@pytest.fixture
+def builtin_ca_daemon(tmp_path):
+    """The real daemon with the shipped defaults for the built-in CA (static challenge off).
+
+    Jobs are triggered by the tests; enough retries that every attack a test
+    tries can count one. Stopped by its pid; its log must hold no traceback.
+    """
+    from peers import Daemon
+
+    daemon = Daemon(tmp_path, ca={"key_size": "2048"},
+                    profiles={"process_interval": "1h", "max_retries": "20"}).start()
+    yield daemon
+    daemon.stop()
+    assert "Traceback" not in daemon.log(), daemon.log()

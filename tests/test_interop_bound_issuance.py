@@ -13,22 +13,11 @@ import pytest_twisted
 from cryptography.x509.oid import NameOID
 from twisted.internet import threads
 
-from peers import Daemon
 from test_ca_interop import load, openssl_verify, pki, scepclient, strongswan_key
 from test_interop_engine import Client, issue_agent_credential, scep_settings_from_mobileconfig, status_of
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "profiles"
 OU = "FLEET DEVICE MANAGEMENT"
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    # Jobs are triggered by the test; enough retries that every attack below can count one.
-    d = Daemon(tmp_path, ca={"key_size": "2048"},
-               profiles={"process_interval": "1h", "max_retries": "20"}).start()
-    yield d
-    d.stop()
-    assert "Traceback" not in d.log(), d.log()
 
 
 class Fleet:
@@ -76,7 +65,8 @@ def refused(result, text=""):
 
 
 @pytest_twisted.ensureDeferred
-async def test_rendered_challenge_is_one_time_bound_and_never_the_static_one(tmp_path, daemon):
+async def test_rendered_challenge_is_one_time_bound_and_never_the_static_one(tmp_path, builtin_ca_daemon):
+    daemon = builtin_ca_daemon
     fleet = Fleet(daemon)
     await fleet.set_up(["MAC-A"])
     url, challenge, cn = await fleet.deliver("MAC-A")
@@ -118,7 +108,8 @@ async def test_rendered_challenge_is_one_time_bound_and_never_the_static_one(tmp
 
 
 @pytest_twisted.ensureDeferred
-async def test_csr_that_differs_from_the_profile_gets_failure_and_no_certificate(tmp_path, daemon):
+async def test_csr_that_differs_from_the_profile_gets_failure_and_no_certificate(tmp_path, builtin_ca_daemon):
+    daemon = builtin_ca_daemon
     fleet = Fleet(daemon)
     await fleet.set_up(["MAC-A", "MAC-B"])
     _, _, cn_b = await fleet.deliver("MAC-B")
@@ -160,7 +151,8 @@ def strongswan_enroll(tmp_path, name, url, challenge, dn, *sans):
 
 
 @pytest_twisted.ensureDeferred
-async def test_strongswan_gets_only_what_the_profile_renders(tmp_path, daemon):
+async def test_strongswan_gets_only_what_the_profile_renders(tmp_path, builtin_ca_daemon):
+    daemon = builtin_ca_daemon
     fleet = Fleet(daemon)
     await fleet.set_up(["MAC-S"])
     url, challenge, cn = await fleet.deliver("MAC-S")
@@ -182,8 +174,9 @@ async def test_strongswan_gets_only_what_the_profile_renders(tmp_path, daemon):
 
 
 @pytest_twisted.ensureDeferred
-async def test_fleet_sample_unchanged_enrolls_with_the_builtin_ca(tmp_path, daemon):
+async def test_fleet_sample_unchanged_enrolls_with_the_builtin_ca(tmp_path, builtin_ca_daemon):
     """Fleet's documented profile, only its CA name set to the built-in CA: CN first, then OU."""
+    daemon = builtin_ca_daemon
     fleet = Fleet(daemon)
     host = "MAC-F"
     await fleet.admin.call("PUT", "/api/v1/hosts/" + host, {"serial": "SER-" + host, "platform": "macos"})

@@ -168,21 +168,11 @@ def test_certmonger_request_rejected_by_an_admin_is_ca_rejected(site, certmonger
 # -- through the proxy URL of a host profile ---------------------------------------------------------
 
 
-@pytest.fixture
-def proxy_daemon(tmp_path):
-    """The shipped defaults for the built-in CA (static challenge off); jobs triggered by the test."""
-    d = Daemon(tmp_path, ca={"key_size": "2048"},
-               profiles={"process_interval": "1h", "max_retries": "20"}).start()
-    yield d
-    d.stop()
-    assert "Traceback" not in d.log(), d.log()
-
-
 @pytest_twisted.ensureDeferred
-async def test_certmonger_enrolls_through_the_proxy_url_for_exactly_the_rendered_subject(proxy_daemon, certmonger):
-    fleet = Fleet(proxy_daemon)
+async def test_certmonger_enrolls_through_the_proxy_url_for_exactly_the_rendered_subject(builtin_ca_daemon, certmonger):
+    fleet = Fleet(builtin_ca_daemon)
     await fleet.set_up(["RHEL-7"])  # tests/fixtures/profiles/builtin-ca-wifi.mobileconfig: OU, then CN
-    ca_pem = proxy_daemon.directory / "state" / "ca" / "ca.pem"
+    ca_pem = builtin_ca_daemon.directory / "state" / "ca" / "ca.pem"
 
     # A subject other than the profile's: the CA's FAILURE reaches certmonger as a rejection.
     url, challenge, cn = await fleet.deliver("RHEL-7")
@@ -211,6 +201,6 @@ async def test_certmonger_enrolls_through_the_proxy_url_for_exactly_the_rendered
     row = await fleet.status("RHEL-7")
     assert (row["status"], row["cert_serial"]) == ("verified", "%x" % certificate.serial_number)
 
-    log = proxy_daemon.log()
+    log = builtin_ca_daemon.log()
     assert "proxy PKIOperation host=RHEL-7" in log and "requester=proxy" in log
     assert challenge not in log
