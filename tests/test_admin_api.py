@@ -23,12 +23,10 @@ TOKEN = "t" * 43
 PROFILE_LIMIT = 64 * 1024
 STATIC = "the-static-challenge-9f8e7d"
 FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
 def sample_profile(name="fleet-custom-scep-apple.mobileconfig") -> bytes:
-    path = FIXTURES / name
-    return (path if path.exists() else SHARED / name).read_bytes()
+    return (FIXTURES / name).read_bytes()
 
 
 class FakeCA(resource.Resource):
@@ -599,3 +597,22 @@ async def test_large_json_body_is_parsed_off_the_reactor(api, monkeypatch):
                                 raw=b"[" * (api_module.LARGE_BODY + 1), content_type="application/json")
     assert code == 400 and body["error"] == "request body nests arrays and objects deeper than 32 levels"
     assert parsed_off == [True, True]
+
+
+@pytest_twisted.ensureDeferred
+async def test_profile_the_builtin_ca_cannot_enforce_is_refused_at_upload(api):
+    await api.store.register_managed_ca("builtin", "http://127.0.0.1:8080/scep")
+    fleet = sample_profile().replace(b"CA_NAME", b"builtin")
+    unknown_type = fleet.replace(b"<string>OU</string>", b"<string>FAVOURITE_COLOUR</string>")
+    code, body = await api.call("POST", "/api/v1/profiles", raw=unknown_type,
+                                content_type="application/x-apple-aspen-config")
+    assert code == 422 and body["error"].startswith("the built-in CA cannot enforce this profile: ")
+    assert "FAVOURITE_COLOUR" in body["error"]
+    # The same profile for an upstream CA is the CA's to judge; the sample itself is fine for the built-in CA.
+    await add_ca(api)
+    code, _ = await api.call("POST", "/api/v1/profiles", raw=unknown_type.replace(b"builtin", b"CA_NAME"),
+                             content_type="application/x-apple-aspen-config")
+    assert code == 201
+    fleet = fleet.replace(b"<string>Fleet.WiFi</string>", b"<string>Fleet.WiFi.builtin</string>")
+    code, _ = await api.call("POST", "/api/v1/profiles", raw=fleet, content_type="application/x-apple-aspen-config")
+    assert code == 201

@@ -23,7 +23,6 @@ CA_NAME = "UPSTREAM_CA"
 HOSTS = ["C8QHT3K1Q6L4", "F9FXK2LMQ1GC", "D25ZQ0AAHTD8"]
 FIXTURE = "fleet-custom-scep-apple.mobileconfig"
 FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
 @pytest.fixture
@@ -72,7 +71,7 @@ def table_rows(output: str) -> list[list[str]]:
 
 def sample_profile(tmp_path: Path) -> Path:
     source = FIXTURES / FIXTURE
-    text = (source if source.exists() else SHARED / FIXTURE).read_text()
+    text = source.read_text()
     path = tmp_path / FIXTURE
     path.write_text(text.replace("CA_NAME", CA_NAME))
     return path

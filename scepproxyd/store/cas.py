@@ -9,7 +9,7 @@ from scepproxyd.store.models import CertificateAuthority, DuplicateError, InUseE
 
 #: The sort key of CA lists (keyset pagination).
 CA_ORDER = (("name", False),)
-_CA_COLUMNS = "name, url, challenge_ciphertext, created_at, updated_at, tls_trust_bundle, tls_verify"
+_CA_COLUMNS = "name, url, challenge_ciphertext, created_at, updated_at, tls_trust_bundle, tls_verify, builtin"
 
 
 def _profiles_using(conn, name) -> list[str]:
@@ -35,7 +35,7 @@ class CaQueries:
 
         def add_ca(conn):
             cursor = conn.execute(
-                f"INSERT INTO cas ({_CA_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO cas ({_CA_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
                 f" ON CONFLICT (name) DO NOTHING RETURNING {_CA_COLUMNS}",
                 (name, url, challenge_ciphertext, now, now, tls_trust_bundle, int(bool(tls_verify))),
             )

@@ -106,6 +106,8 @@ class CertificateAuthority:
     updated_at: float
     tls_trust_bundle: str | None = None
     tls_verify: bool = attrs.field(default=True, converter=bool)
+    #: The built-in CA's own row ([ca] name): one-time CA challenges, and the issuance policy binds its CSRs.
+    builtin: bool = attrs.field(default=False, converter=bool)
 
 
 @attrs.frozen

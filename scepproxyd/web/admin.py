@@ -12,6 +12,7 @@ import attrs
 from scepproxyd import admin
 from scepproxyd.logs import get_logger
 from scepproxyd.profiles import ANDROID_TEMPLATE, MOBILECONFIG, ProfileError, parse_profile
+from scepproxyd.profiles.binding import HostFacts, expected_request
 from scepproxyd.store import (
     HOST_PROFILE_STATUSES,
     CertificateAuthority,
@@ -40,6 +41,8 @@ from scepproxyd.web.api import query_parameter as _query
 log = get_logger(__name__)
 
 APPLE_PLATFORMS = ("macos", "ios", "ipados")
+#: Stands in for a host profile's renewal ID when a profile is checked at upload.
+UPLOAD_CHECK_RENEWAL_ID = "sp-0000000000000000"
 #: The largest profile accepted unless ``[admin] max_profile_bytes`` says otherwise.
 DEFAULT_MAX_PROFILE_BYTES = 1024 * 1024
 #: Hosts written per store job in an import: small enough that the proxy's
@@ -370,6 +373,22 @@ class AdminRoutes:
         return body
 
     @raw_body
+    async def _check_enforceable(self, kind: str, content: bytes, platform: str) -> None:
+        """
+        A profile for the built-in CA must say only what its issuance policy can check.
+
+        Refused here, once, rather than at every device's enrollment: a
+        subject attribute, subjectAltName or key setting the policy cannot
+        read would fail every request the profile renders.
+        """
+        try:
+            await off_reactor(
+                self._reactor, expected_request, kind, content, renewal_id=UPLOAD_CHECK_RENEWAL_ID,
+                host=HostFacts(uuid="-", serial=None, platform=platform),
+            )
+        except ProfileError as e:
+            raise Invalid("the built-in CA cannot enforce this profile: %s" % (e,), field="profile") from None
+
     async def upload_profile(self, request):
         # The admin site refuses a larger body while it streams in; this also
         # covers a site without that per-path limit.
@@ -393,10 +412,13 @@ class AdminRoutes:
                 raise Invalid(
                     "a .mobileconfig is for platform %s" % (", ".join(APPLE_PLATFORMS),), field="platform"
                 )
-        if parsed.ca_name is not None and await self._store.get_ca(parsed.ca_name) is None:
+        ca = await self._store.get_ca(parsed.ca_name) if parsed.ca_name is not None else None
+        if parsed.ca_name is not None and ca is None:
             raise Invalid(
                 "profile uses CA %r, which does not exist; add it first" % (parsed.ca_name,), field="profile"
             )
+        if ca is not None and ca.builtin:
+            await self._check_enforceable(parsed.kind, content, platform)
         profile_uuid = str(uuid_module.uuid4())
         name = _query(request, "name", stored=True) or parsed.name
         try:

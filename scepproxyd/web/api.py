@@ -142,11 +142,6 @@ def off_reactor(reactor, fn, *args, **kwargs) -> defer.Deferred:
     return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args, **kwargs)
 
 
-def _query(request, name: str) -> str | None:
-    values = request.args.get(name.encode())
-    return values[0].decode("utf-8", "replace") if values else None
-
-
 class Page:
     """
     One page of a list: ``limit`` and ``after`` (the sort key the cursor names) from the query.
@@ -159,14 +154,14 @@ class Page:
     def __init__(self, request, name: str, key_length: int):
         self.name = name
         self._key_length = key_length
-        limit = _query(request, "limit")
+        limit = query_parameter(request, "limit")
         if limit is None:
             self.limit = DEFAULT_PAGE
         else:
             self.limit = int(limit) if limit.isascii() and limit.isdigit() else 0
             if not 1 <= self.limit <= MAX_PAGE:
                 raise Invalid("limit must be a whole number from 1 to %d" % (MAX_PAGE,), field="limit")
-        cursor = _query(request, "cursor")
+        cursor = query_parameter(request, "cursor")
         self.after = None if cursor in (None, "") else self._decode(cursor)
 
     def _decode(self, cursor: str) -> tuple:
