@@ -82,6 +82,17 @@ def raw(path):
     return conn
 
 
+def database_at_schema(path, version: int):
+    """An open connection to a new database at schema ``version``, as an older release left it."""
+    conn = raw(path)
+    for number, script in _schema_files():
+        if number > version:
+            break
+        conn.executescript(script)
+    conn.execute("PRAGMA user_version = %d" % (version,))
+    return conn
+
+
 # -- migrate -------------------------------------------------------------------
 
 

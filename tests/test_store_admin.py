@@ -20,7 +20,7 @@ from scepproxyd.store import (
     Store,
     StoreError,
 )
-from test_store import CA, EPOCH, HOST, PROFILE, SCHEMA_VERSION, clock, db_path, raw, seed, store  # noqa: F401 (fixtures)
+from test_store import CA, EPOCH, HOST, PROFILE, SCHEMA_VERSION, clock, database_at_schema, db_path, raw, seed, store  # noqa: F401 (fixtures)
 
 URL = "https://ca.example/scep"
 
@@ -265,16 +265,15 @@ def test_unique_index_refuses_a_second_identifier_written_around_the_store(db_pa
         conn.execute(insert, ("b",))
 
 
+#: The schema that made profile identifiers unique.
+UNIQUE_IDENTIFIERS_SCHEMA = next(n for n, name in enumerate(sorted(
+    e.name for e in resources.files("scepproxyd.store").joinpath("schema").iterdir() if e.name.endswith(".sql")
+), 1) if name.endswith("_unique_profile_identifiers.sql"))
+
+
 def pre_unique_identifiers_database(path):
     """A database as the release before one-profile-per-identifier left it, holding a shared identifier."""
-    conn = raw(path)
-    for entry in sorted(resources.files("scepproxyd.store").joinpath("schema").iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".sql"):
-            continue
-        if entry.name.endswith("_unique_profile_identifiers.sql"):
-            break
-        conn.executescript(entry.read_text(encoding="utf-8"))
-        conn.execute("PRAGMA user_version = %d" % (int(entry.name[:4]),))
+    conn = database_at_schema(path, UNIQUE_IDENTIFIERS_SCHEMA - 1)
     conn.executemany(
         "INSERT INTO profiles (uuid, name, platform, content, created_at, updated_at, kind, identifier)"
         " VALUES (?, ?, 'macos', x'00', ?, ?, ?, ?)",

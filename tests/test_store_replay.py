@@ -6,7 +6,6 @@ device can never knock a verifying or verified host profile down.
 """
 
 import hashlib
-from importlib import resources
 
 import pytest_twisted
 from twisted.internet import reactor
@@ -20,6 +19,7 @@ from test_store import (  # noqa: F401 (fixtures)
     SCHEMA_VERSION,
     TTL,
     clock,
+    database_at_schema,
     db_path,
     raw,
     refuse_latest,
@@ -205,12 +205,7 @@ async def test_the_hash_is_set_with_the_challenge_and_never_the_challenge_itself
 
 def schema_7_database(path):
     """A database as schema 7 left it (before the latest proxy challenge's hash): one pending host profile with a live challenge, one whose challenge is gone."""
-    conn = raw(path)
-    for number in range(1, 8):
-        (name,) = [e.name for e in resources.files("scepproxyd.store").joinpath("schema").iterdir()
-                   if e.name.startswith("%04d_" % number)]
-        conn.executescript(resources.files("scepproxyd.store").joinpath("schema", name).read_text(encoding="utf-8"))
-    conn.execute("PRAGMA user_version = 7")
+    conn = database_at_schema(path, 7)
     conn.execute("INSERT INTO cas (name, url, created_at, updated_at) VALUES (?, 'https://ca.example/scep', ?, ?)",
                  (CA, EPOCH, EPOCH))
     conn.execute("INSERT INTO hosts VALUES ('live', NULL, 'macos', ?, ?), ('spent', NULL, 'macos', ?, ?),"
