@@ -36,6 +36,7 @@ from scepproxyd.scep.codec import attributes as codec_attributes
 from scepproxyd.scep.codec import signed as codec_signed
 from scepproxyd.scep.codec.algorithms import digest as codec_digest
 from scepproxyd.store import Store
+from scepproxyd.store.models import StoreUnavailable
 
 EPOCH = 1_700_000_000.0
 DAY = 86400.0
@@ -532,6 +533,41 @@ async def test_host_profile_challenge_issues_once_and_records_on_that_host_profi
 
 
 @pytest_twisted.ensureDeferred
+async def test_one_time_challenge_survives_a_failure_before_the_outcome_is_recorded(store, clock, monkeypatch):
+    """The challenge is spent in the transaction that records the certificate: a crash before it costs nothing."""
+    hp, challenge = await host_profile_challenge(store)
+    ca = make_ca(store, clock, static_enabled=False)
+    device = Device()
+    message = device.request(ca, csr=device.csr(challenge=challenge, subject=rendered_subject("S1", hp.renewal_id)))
+    record_issued = store.record_issued
+
+    def fails_once(*args, **kwargs):
+        monkeypatch.setattr(store, "record_issued", record_issued)
+        return defer.fail(StoreUnavailable("disk full (SQLITE_FULL)"))
+
+    monkeypatch.setattr(store, "record_issued", fails_once)
+    with pytest.raises(StoreUnavailable):
+        await ca.pki_operation(message, "10.0.0.5")  # the daemon answers 503 here; nothing was recorded
+    assert await store.list_issued_certificates() == []
+    status, _, certs = device.read(ca, await ca.pki_operation(message, "10.0.0.5"))  # the device's retry
+    assert status == "SUCCESS" and certs
+    assert (await store.get_host_profile("H1", "P1")).status == "verified"
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_time_challenge_issues_once_under_concurrent_requests(store, clock):
+    minted, _ = await CaManager(make_ca(store, clock), store, TEMPLATES, 3600).new_challenge(None, None)
+    ca = make_ca(store, clock, static_enabled=False)
+    devices = [Device("device-%d" % i) for i in range(6)]
+    answers = await defer.gatherResults([
+        defer.ensureDeferred(ca.pki_operation(d.request(ca, csr=d.csr(challenge=minted)), "10.0.0.5")) for d in devices
+    ])
+    statuses = sorted(d.read(ca, a)[0] for d, a in zip(devices, answers))
+    assert statuses == ["FAILURE"] * 5 + ["SUCCESS"]
+    assert len(await store.list_issued_certificates()) == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_certificate_never_lands_on_the_host_profile_its_subject_names(store, clock):
     victim, _ = await host_profile_challenge(store, host="H2", serial="S2")
     ca = make_ca(store, clock)  # static challenge on, any network auto-approved: the loosest configuration
@@ -702,10 +738,10 @@ class _MemoryStore:
     async def nonce_answered(self, nonce):
         return False
 
-    async def consume_ca_challenge(self, challenge_hash):
+    async def peek_ca_challenge(self, challenge_hash):
         return None
 
-    async def add_pending_request(self, request):
+    async def add_pending_request(self, request, spend_challenge=None):
         self.requests[request.transaction_id] = request
 
 

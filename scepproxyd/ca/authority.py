@@ -25,7 +25,7 @@ from scepproxyd.logs import get_logger
 from scepproxyd.profiles import ProfileError, binding
 from scepproxyd.scep import codec
 from scepproxyd.store import AlreadyAnswered, CaRequest, DuplicateError, IssuedCertificate
-from scepproxyd.store.ca import CaGrant
+from scepproxyd.store.ca import CaGrant, ChallengeSpent
 
 CAPS = b"POSTPKIOperation\nRenewal\nSHA-1\nSHA-256\nSHA-384\nSHA-512\nAES\nDES3\nSCEPStandard\n"
 TEXT = b"text/plain; charset=utf-8"
@@ -179,10 +179,14 @@ class ScepCA:
         return "SUCCESS", {"reply": {"certificates": [certificate]}, "outcome": outcome,
                            "serial": serial_hex(certificate.serial_number)}
 
-    async def _issued(self, request, csr, template, row, renewal_of=None):
+    async def _issued(self, request, csr, template, row, renewal_of=None, spend_challenge=None):
         """Issue at once, answering ``request`` with a CertRep kept in the same store transaction."""
         try:
-            issued = await self.issue(csr, template, row, renewal_of=renewal_of, answer_to=request)
+            issued = await self.issue(csr, template, row, renewal_of=renewal_of, answer_to=request,
+                                      spend_challenge=spend_challenge)
+        except ChallengeSpent:
+            # Another request with the same one-time challenge was recorded first.
+            raise _Refusal("badRequest", WRONG_CHALLENGE) from None
         except AlreadyAnswered:
             # The same message, sent twice at once, was answered meanwhile: the requester gets that answer.
             known = await self._known_transaction(request)
@@ -208,41 +212,54 @@ class ScepCA:
         if known is not None:
             return known
         csr = self._checked_csr(request)
-        grant, kind = await self._spend_challenge(csr)
+        grant, kind, spend = await self._grant_for(csr)
         if grant.template not in self._templates:
+            await self._spend_refused(grant, spend, "certificate template %s no longer exists" % (grant.template,))
             raise _Refusal("badRequest", "certificate template %s no longer exists" % (grant.template,))
-        await self._judge(request, csr, grant)
+        await self._judge(request, csr, grant, spend)
         subject = csr.subject.rfc4514_string()
         row = self._request_row(request, "pending", grant.template, requester, grant)
         if not self._policy.auto_approves(subject, requester, grant=kind):
             try:
-                await self._store.add_pending_request(row)
+                await self._store.add_pending_request(row, spend_challenge=spend)
             except DuplicateError:
                 raise _Refusal("badRequest", "transaction ID is already in use") from None
+            except ChallengeSpent:
+                raise _Refusal("badRequest", WRONG_CHALLENGE) from None
             return "PENDING", {"outcome": "pending"}
-        return await self._issued(request, csr, grant.template, row)
+        return await self._issued(request, csr, grant.template, row, spend_challenge=spend)
 
-    async def _spend_challenge(self, csr) -> tuple[CaGrant, str]:
+    async def _grant_for(self, csr) -> tuple[CaGrant, str, str | None]:
         """
-        What authorises this CSR, and how: ``(grant, kind)``; a refusal if nothing does.
+        What authorises this CSR: ``(grant, kind, hash of the one-time challenge to spend)``; a refusal if nothing does.
 
         A one-time challenge (rendered into one host profile's profile, or
-        minted by an admin) is spent here, once; the static challenge only
-        counts while ``[ca] static_challenge`` is on.
+        minted by an admin) is looked at here and spent in the transaction
+        that records the request's outcome, so a crash in between leaves it
+        usable for the device's retry; the static challenge only counts
+        while ``[ca] static_challenge`` is on.
         """
         try:
             challenge = codec.csr_challenge_password(csr)
         except codec.MessageError:
             challenge = None
         if self._policy.is_static_challenge(challenge):
-            return CaGrant(self._policy.default_template, None, None), "static"
-        grant = await self._store.consume_ca_challenge(challenge_hash(challenge)) if challenge else None
+            return CaGrant(self._policy.default_template, None, None), "static", None
+        hashed = challenge_hash(challenge) if challenge else None
+        grant = await self._store.peek_ca_challenge(hashed) if hashed else None
         if grant is None:
             self._refused_by_policy("challenge")
             raise _Refusal("badRequest", WRONG_CHALLENGE)
-        return grant, ("host_profile" if grant.host_uuid is not None else "minted")
+        return grant, ("host_profile" if grant.host_uuid is not None else "minted"), hashed
 
-    async def _judge(self, request, csr, grant: CaGrant) -> None:
+    async def _spend_refused(self, grant: CaGrant, spend: str | None, reason: str) -> None:
+        """A refused request spends its one-time challenge; a host profile's is sent again, ``reason`` kept."""
+        if grant.host_uuid is not None:
+            await self._store.ca_request_refused(grant.host_uuid, grant.profile_uuid, reason, spend_challenge=spend)
+        elif spend is not None:
+            await self._store.consume_ca_challenge(spend)
+
+    async def _judge(self, request, csr, grant: CaGrant, spend: str | None = None) -> None:
         """
         Apply the issuance policy; a refusal (FAILURE CertRep) if the CSR does not pass.
 
@@ -261,8 +278,7 @@ class ScepCA:
             transaction_id=request.header.transaction_id, host=grant.host_uuid or "-",
             profile=grant.profile_uuid or "-", reason=refusal.reason,
         )
-        if grant.host_uuid is not None:
-            await self._store.ca_request_refused(grant.host_uuid, grant.profile_uuid, refusal.reason)
+        await self._spend_refused(grant, spend, refusal.reason)
         raise _Refusal(refusal.fail_info, refusal.reason, "refused")
 
     async def _policy_refusal(self, csr, grant: CaGrant):
@@ -416,7 +432,7 @@ class ScepCA:
     # -- issuing -------------------------------------------------------------------------
 
     async def issue(self, csr, template: str, request: CaRequest, renewal_of=None,
-                    approve: bool = False, answer_to=None) -> "Issued":
+                    approve: bool = False, answer_to=None, spend_challenge: str | None = None) -> "Issued":
         """
         Sign ``csr`` under ``template``, record it with its transaction, and tell the profile engine.
 
@@ -455,7 +471,7 @@ class ScepCA:
                 await self._store.record_issued(
                     attrs.evolve(request, status="issued", issued_serial=record.serial, updated_at=now,
                                  answer=answer),
-                    record,
+                    record, spend_challenge=spend_challenge,
                 )
             except DuplicateError:
                 raise _Refusal("badRequest", "transaction ID is already in use") from None

@@ -144,6 +144,18 @@ def _insert_certificate(conn, cert: IssuedCertificate) -> None:
         )
 
 
+class ChallengeSpent(StoreError):
+    """The one-time CA challenge a request was judged under was spent by another request meanwhile."""
+
+
+def _spend_challenge(conn, challenge_hash: str | None) -> None:
+    """Spend a one-time CA challenge in the caller's transaction; ChallengeSpent if it is gone."""
+    if challenge_hash is None:
+        return
+    if conn.execute("DELETE FROM ca_challenges WHERE challenge_hash = ?", (challenge_hash,)).rowcount != 1:
+        raise ChallengeSpent("the one-time challenge was spent meanwhile")
+
+
 def _save_request(conn, request: CaRequest) -> None:
     if conn.execute(_UPSERT_REQUEST, attrs.astuple(request)).fetchone() is None:
         raise DuplicateError(f"transaction {request.transaction_id} is still open")
@@ -157,7 +169,8 @@ def _check_status(value, allowed, what) -> None:
 class CaAuthorityQueries:
     # -- issuing -------------------------------------------------------------
 
-    def record_issued(self, request: CaRequest, certificate: IssuedCertificate) -> defer.Deferred:
+    def record_issued(self, request: CaRequest, certificate: IssuedCertificate,
+                      spend_challenge: str | None = None) -> defer.Deferred:
         """
         Keep a certificate issued at once, with its transaction and the answer (``request.answer``); one store transaction.
 
@@ -165,10 +178,14 @@ class CaAuthorityQueries:
         pending or approved; AlreadyAnswered if a certificate was issued for
         the same request message (senderNonce) meanwhile. The caller looked
         both up first, so either is a concurrent duplicate and must not end
-        up with two certificates.
+        up with two certificates. ``spend_challenge`` (a one-time CA
+        challenge's hash) is spent in the same transaction, so a crash
+        leaves the challenge usable or the certificate issued, never
+        neither; ChallengeSpent if another request spent it meanwhile.
         """
 
         def record_issued(conn):
+            _spend_challenge(conn, spend_challenge)
             if certificate.sender_nonce is not None and conn.execute(
                 "SELECT 1 FROM issued_certificates WHERE sender_nonce = ?", (certificate.sender_nonce,)
             ).fetchone():
@@ -178,10 +195,11 @@ class CaAuthorityQueries:
 
         return self._submit(record_issued)
 
-    def add_pending_request(self, request: CaRequest) -> defer.Deferred:
-        """Keep a request that waits for an admin; DuplicateError as for ``record_issued``."""
+    def add_pending_request(self, request: CaRequest, spend_challenge: str | None = None) -> defer.Deferred:
+        """Keep a request that waits for an admin; DuplicateError and ``spend_challenge`` as for ``record_issued``."""
 
         def add_pending_request(conn):
+            _spend_challenge(conn, spend_challenge)
             _save_request(conn, request)
 
         return self._submit(add_pending_request)
@@ -394,6 +412,24 @@ class CaAuthorityQueries:
 
         return self._submit(issue_host_profile_ca_challenge)
 
+    def peek_ca_challenge(self, challenge_hash: str) -> defer.Deferred:
+        """
+        What a live one-time CA challenge would authorise (a CaGrant), without spending it; None if gone or expired.
+
+        The CA judges a request under this grant, then spends the challenge
+        in the transaction that records the outcome (``spend_challenge``).
+        """
+        now = self._clock.seconds()
+
+        def peek_ca_challenge(conn):
+            row = conn.execute(
+                "SELECT template, host_uuid, profile_uuid FROM ca_challenges WHERE challenge_hash = ? AND expires_at > ?",
+                (challenge_hash, now),
+            ).fetchone()
+            return None if row is None else CaGrant(*row)
+
+        return self._submit(peek_ca_challenge, write=False)
+
     def consume_ca_challenge(self, challenge_hash: str) -> defer.Deferred:
         """
         Use up a one-time CA challenge: fires a CaGrant the first time, None after or once expired.
@@ -433,7 +469,8 @@ class CaAuthorityQueries:
 
         return self._submit(binding_facts, write=False)
 
-    def ca_request_refused(self, host_uuid, profile_uuid, detail: str) -> defer.Deferred:
+    def ca_request_refused(self, host_uuid, profile_uuid, detail: str,
+                           spend_challenge: str | None = None) -> defer.Deferred:
         """
         The CA refused a request its one-time challenge tied to this host profile.
 
@@ -444,6 +481,10 @@ class CaAuthorityQueries:
         now = self._clock.seconds()
 
         def ca_request_refused(conn):
+            try:
+                _spend_challenge(conn, spend_challenge)
+            except ChallengeSpent:
+                return False  # another request spent it: that one's outcome stands
             return count_failed_attempt(
                 conn, host_uuid, profile_uuid, detail, now, self._max_retries, " AND status = 'pending'"
             ) is not None
