@@ -26,7 +26,8 @@ from certs import self_signed
 from peers import need
 from scepproxyd.ca.authority import CAPS, ScepCA
 from scepproxyd.ca.csr_policy import SanPolicy
-from scepproxyd.ca.manage import CaManager, ManageError, mint_challenge
+from scepproxyd.ca.manage import CaManager, ManageError
+from scepproxyd.store.models import mint_challenge
 from scepproxyd.ca.material import CaMaterial, create_ca, create_ra
 from scepproxyd.ca.policy import WRONG_CHALLENGE, Policy, challenge_hash
 from scepproxyd.config import CertificateTemplate

@@ -8,8 +8,6 @@ never logged.
 
 from __future__ import annotations
 
-import base64
-import secrets
 
 from cryptography import x509
 
@@ -18,6 +16,7 @@ from scepproxyd.ca.crl import REVOCATION_REASONS
 from scepproxyd.ca.policy import challenge_hash
 from scepproxyd.logs import get_logger
 from scepproxyd.store import NotFoundError, StateError
+from scepproxyd.store.models import mint_challenge
 
 log = get_logger(__name__)
 
@@ -34,11 +33,6 @@ class ManageError(Exception):
         self.message = message
         self.kind = kind
         self.field = field
-
-
-def mint_challenge() -> str:
-    """24 random bytes, base64url without padding, like the proxy's one-time challenges."""
-    return base64.urlsafe_b64encode(secrets.token_bytes(24)).rstrip(b"=").decode("ascii")
 
 
 class CaManager:

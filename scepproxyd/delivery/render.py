@@ -9,9 +9,8 @@ the host profile's older ones: only the newest copy of the profile enrolls.
 import attrs
 from twisted.internet import threads
 
-from scepproxyd.ca.manage import mint_challenge
-from scepproxyd.ca.policy import challenge_hash
 from scepproxyd.profiles import ANDROID_TEMPLATE, proxy_url, render_profile
+from scepproxyd.store.models import challenge_hash, mint_challenge
 
 CONTENT_TYPES = {
     ANDROID_TEMPLATE: "application/json",

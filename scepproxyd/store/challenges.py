@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import secrets
 import sqlite3
 
 import attrs
@@ -11,7 +9,14 @@ from twisted.internet import defer
 
 from scepproxyd.store.assignments import ONE_HOST_PROFILE, count_failed_attempt
 from scepproxyd.store.database import one
-from scepproxyd.store.models import ChallengeRefusal, ConsumedChallenge, NotFoundError, ProxyTarget, challenge_hash
+from scepproxyd.store.models import (
+    ChallengeRefusal,
+    ConsumedChallenge,
+    NotFoundError,
+    ProxyTarget,
+    challenge_hash,
+    mint_challenge,
+)
 
 _EXPIRED_BATCH = 1000
 # What schema 8 marks a pending host profile with when its challenge was gone
@@ -21,11 +26,6 @@ LEGACY_HASH = "legacy"
 _LATEST_WHILE_PENDING = " AND status = 'pending' AND proxy_challenge_hash IN (?, ?)"
 # ... and, when the device's request failed to take it, while no other request holds it.
 _NOT_IN_FLIGHT = " AND NOT EXISTS (SELECT 1 FROM challenges_in_flight WHERE challenge_hash = ?)"
-
-
-def _mint() -> str:
-    """A one-time challenge: 24 random bytes, base64url, unpadded."""
-    return base64.urlsafe_b64encode(secrets.token_bytes(24)).rstrip(b"=").decode("ascii")
 
 
 def _insert_challenge(conn, challenge, host_uuid, profile_uuid, now) -> None:
@@ -83,7 +83,7 @@ class ChallengeQueries:
     def new_challenge(self, host_uuid, profile_uuid) -> defer.Deferred:
         """Mint a one-time challenge (24 random bytes, base64url, unpadded) for a host profile."""
         now = self._clock.seconds()
-        challenge = _mint()
+        challenge = mint_challenge()
 
         def new_challenge(conn):
             _insert_challenge(conn, challenge, host_uuid, profile_uuid, now)
@@ -100,7 +100,7 @@ class ChallengeQueries:
         NotFoundError if the host profile does not exist.
         """
         now = self._clock.seconds()
-        challenge = _mint()
+        challenge = mint_challenge()
 
         def issue_challenge(conn):
             conn.execute(f"DELETE FROM challenges WHERE {ONE_HOST_PROFILE}", (host_uuid, profile_uuid))

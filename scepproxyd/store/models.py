@@ -7,6 +7,7 @@ field order is the column order of the queries that make them.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import re
@@ -231,6 +232,11 @@ class ClaimResult:
 
     claimed: tuple[Command, ...]
     failed: tuple[tuple[str, str, str], ...]
+
+
+def mint_challenge() -> str:
+    """A one-time challenge (proxy or built-in CA): 24 random bytes, base64url, unpadded."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(24)).rstrip(b"=").decode("ascii")
 
 
 def challenge_hash(challenge: str) -> str:
