@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 
 from scepproxyd.store.models import challenge_hash
 from scepproxyd.store import challenges as challenges_module
+from scepproxyd.store import database as database_module
 from scepproxyd.store.database import _schema_files
 from scepproxyd.store import (
     CertificateAuthority,
@@ -85,6 +86,7 @@ def raw(path):
 def database_at_schema(path, version: int):
     """An open connection to a new database at schema ``version``, as an older release left it."""
     conn = raw(path)
+    conn.create_function("sha256_hex", 1, challenge_hash, deterministic=True)  # as Store.migrate registers it
     for number, script in _schema_files():
         if number > version:
             break
@@ -317,6 +319,100 @@ async def test_challenges_are_stored_only_as_hashes(store, db_path):
     # The in-flight one goes back by its hash, and its device's retry spends it.
     await store.restore_challenge(taken)
     assert await store.consume_challenge(minted[1], HOST, PROFILE) == taken
+
+
+# The schema that stores proxy challenges as hashes (found by what it does: numbers are given out at merge).
+HASHED_SCHEMA = next(n for n, script in _schema_files() if "RENAME COLUMN challenge TO challenge_hash" in script)
+
+
+def plain_challenges_database(path, live: int, in_flight: int) -> list[str]:
+    """A database from before hashed challenges, written by a SQLite built without secure delete:
+    one pending host profile with ``live`` challenges and ``in_flight`` ones a crash left taken; returns them all."""
+    conn = database_at_schema(path, HASHED_SCHEMA - 1)
+    conn.execute("PRAGMA secure_delete = OFF")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("INSERT INTO cas (name, url, created_at, updated_at) VALUES (?, 'https://ca.example/scep', ?, ?)",
+                 (CA, EPOCH, EPOCH))
+    conn.execute("INSERT INTO hosts VALUES (?, NULL, 'macos', ?, ?)", (HOST, EPOCH, EPOCH))
+    conn.execute("INSERT INTO profiles (uuid, name, platform, content, ca_name, created_at, updated_at)"
+                 " VALUES (?, 'Wi-Fi', 'macos', x'00', ?, ?, ?)", (PROFILE, CA, EPOCH, EPOCH))
+    conn.execute("INSERT INTO host_profiles (host_uuid, profile_uuid, status, retries, created_at, updated_at, renewal_id)"
+                 " VALUES (?, ?, 'pending', 0, ?, ?, 'sp-1')", (HOST, PROFILE, EPOCH, EPOCH))
+    challenges = [base64.urlsafe_b64encode(b"%024d" % i).decode() for i in range(live + in_flight)]
+    conn.executemany("INSERT INTO challenges VALUES (?, ?, ?, ?)",
+                     [(c, HOST, PROFILE, EPOCH) for c in challenges[:live]])
+    conn.executemany("INSERT INTO challenges_in_flight VALUES (?, ?, ?, ?, ?)",
+                     [(c, HOST, PROFILE, EPOCH, EPOCH) for c in challenges[live:]])
+    conn.commit()
+    conn.close()
+    return challenges
+
+
+def without_secure_delete(monkeypatch):
+    """Every database the store opens starts as a SQLite built without secure delete leaves it."""
+    opened = database_module._open
+
+    def _open(path, busy_timeout):
+        conn = opened(path, busy_timeout)
+        conn.execute("PRAGMA secure_delete = OFF")
+        return conn
+
+    monkeypatch.setattr(database_module, "_open", _open)
+
+
+def stored_bytes(path) -> bytes:
+    return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+
+@pytest_twisted.ensureDeferred
+async def test_upgrade_hashes_live_challenges_leaves_no_plain_copy_and_devices_still_enroll(
+    tmp_path, clock, monkeypatch, logs
+):
+    path = tmp_path / "old.sqlite"
+    challenges = plain_challenges_database(path, live=300, in_flight=5)
+    assert all(c.encode() in stored_bytes(path) for c in challenges)
+    without_secure_delete(monkeypatch)
+    assert Store.migrate(path) == SCHEMA_VERSION
+    # Neither the file (free pages included) nor its WAL keeps a challenge from before.
+    stored = stored_bytes(path)
+    assert [c for c in challenges if c.encode() in stored] == []
+    assert "compacted %s after schema %d" % (path, HASHED_SCHEMA) in logs.text()
+    assert logs.warnings() == []
+    conn = raw(path)
+    assert sorted(c for (c,) in conn.execute("SELECT challenge_hash FROM challenges")) == sorted(
+        challenge_hash(c) for c in challenges[:300])
+    conn.close()
+    s = Store(path, reactor, clock=clock, challenge_ttl=TTL)
+    await s.start()
+    try:
+        # The ones a crash left in flight come back by their hashes ...
+        assert await s.restore_orphaned_challenges() == 5
+        # ... and every device enrolls with the challenge its profile carries, once.
+        for c in challenges:
+            assert await s.consume_challenge(c, HOST, PROFILE) == ConsumedChallenge(challenge_hash(c), HOST, PROFILE, EPOCH)
+        assert [await s.consume_challenge(c, HOST, PROFILE) for c in challenges[::50]] == [None] * 7
+    finally:
+        await s.stop()
+    assert Store.migrate(path) == SCHEMA_VERSION
+    compacted = [e for e in logs.events if e.get("log_format", "").startswith("compacted")]
+    assert len(compacted) == 1  # once, at the upgrade; never for a database already upgraded
+
+
+def test_upgrade_warns_when_the_file_cannot_be_compacted(tmp_path, logs):
+    path = tmp_path / "old.sqlite"
+    plain_challenges_database(path, live=3, in_flight=0)
+    reader = raw(path)  # another process still reading the database keeps its WAL from being emptied
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM challenges").fetchone()
+    try:
+        assert Store.migrate(path) == SCHEMA_VERSION
+    finally:
+        reader.rollback()
+        reader.close()
+    assert logs.warnings() == [
+        "could not compact %s after schema %d (another process has the database open): copies of what it replaced"
+        " may stay in the file's free space; run VACUUM on it while scepproxyd is stopped" % (path, HASHED_SCHEMA)
+    ]
 
 
 @pytest_twisted.ensureDeferred

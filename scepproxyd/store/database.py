@@ -40,6 +40,9 @@ from scepproxyd.store.models import (
 log = get_logger(__name__)
 
 _SCHEMA_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+#: A schema file with this line rewrote secrets it must not leave behind: once it is applied,
+#: the migration rebuilds the file (VACUUM) and empties the WAL, so no old copy survives in free space.
+VACUUM_AFTER = "-- scepproxyd: vacuum after this migration"
 # Keys bound into one IN (...) list; well under SQLite's variable limit.
 IN_LIST_CHUNK = 500
 
@@ -148,6 +151,34 @@ def _refuse_newer(path, version: int, known: int) -> None:
         )
 
 
+def _vacuum(conn: sqlite3.Connection, path, version: int) -> None:
+    """
+    Rebuild the database file and empty its WAL after a migration that rewrote secrets.
+
+    Without it, copies of what the migration replaced (schema 13: the live
+    proxy challenges in plain text) could stay in free pages of the file or
+    in old WAL frames until overwritten. A failure (the rebuild needs room
+    for a second copy; another process holding the database open keeps the
+    WAL) leaves the migrated database as it is, with a warning: the leftovers
+    are one-time challenges, refused anyway once ``[challenges] ttl`` has
+    passed, and ``sqlite3 PATH VACUUM`` run later removes them.
+    """
+    try:
+        conn.execute("VACUUM")
+        (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        problem = "another process has the database open" if busy else None
+    except sqlite3.Error as e:
+        problem = str(e)
+    if problem is None:
+        log.info("compacted {path} after schema {version}", path=str(path), version=version)
+    else:
+        log.warn(
+            "could not compact {path} after schema {version} ({problem}): copies of what it replaced may stay"
+            " in the file's free space; run VACUUM on it while scepproxyd is stopped",
+            path=str(path), version=version, problem=problem,
+        )
+
+
 def one(cls, cursor):
     """The cursor's first row as ``cls(*row)``, or None."""
     row = cursor.fetchone()
@@ -247,11 +278,15 @@ class Database:
         conn = _open(path, busy_timeout=5.0)
         # Schema 8 backfills the hash of each pending host profile's newest challenge.
         conn.create_function("sha256_hex", 1, challenge_hash, deterministic=True)
+        # What a migration deletes or rewrites is overwritten with zeros, whatever SQLite's build default.
+        conn.execute("PRAGMA secure_delete = ON")
+        vacuum, started = [], None
         try:
             for number, script in files:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     version = _user_version(conn)
+                    started = version if started is None else started
                     _refuse_newer(path, version, files[-1][0])
                     if version < number:
                         for statement in _statements(script):
@@ -260,10 +295,14 @@ class Database:
                             raise StoreError(f"schema {number} left rows breaking foreign keys in {path}")
                         conn.execute(f"PRAGMA user_version = {number}")
                         log.info("applied schema {version} to {path}", version=number, path=str(path))
+                        if started > 0 and VACUUM_AFTER in script.splitlines():  # a new database has nothing to hide
+                            vacuum.append(number)
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
+            if vacuum:
+                _vacuum(conn, path, vacuum[-1])
             return _user_version(conn)
         except sqlite3.Error as e:
             raise StoreError(f"migrating database {path} failed: {e}") from e

@@ -8,6 +8,10 @@
 -- stolen disk) enrolls nothing. The device presents the challenge in its
 -- proxy URL; the store hashes it and spends the row by that hash. Live
 -- challenges are hashed here, so profiles already delivered still enroll.
+-- Store.migrate() then rebuilds the file (VACUUM) and empties the WAL, so no
+-- plain copy stays in free space (the line below asks for that).
+--
+-- scepproxyd: vacuum after this migration
 ALTER TABLE challenges RENAME COLUMN challenge TO challenge_hash;
 UPDATE challenges SET challenge_hash = sha256_hex(challenge_hash);
 ALTER TABLE challenges_in_flight RENAME COLUMN challenge TO challenge_hash;
