@@ -1,7 +1,11 @@
 """Fixtures every test module may use without importing them."""
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
+
+from support.store import make_clock, migrated, started_store
 
 
 class LogCapture:
@@ -26,6 +30,26 @@ def logs():
     globalLogPublisher.addObserver(capture)
     yield capture
     globalLogPublisher.removeObserver(capture)
+
+
+@pytest.fixture
+def clock():
+    """A Clock standing at support.store.EPOCH."""
+    return make_clock()
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    """A new database file at the latest schema."""
+    return migrated(tmp_path / "scepproxyd.sqlite")
+
+
+@pytest_twisted.async_yield_fixture
+async def store(db_path, clock):
+    """A started Store on ``db_path`` and ``clock``, stopped afterwards."""
+    s = await started_store(db_path, reactor, clock)
+    yield s
+    await s.stop()
 
 
 @pytest.fixture

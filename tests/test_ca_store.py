@@ -5,36 +5,13 @@ import sqlite3
 import attrs
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
-from twisted.internet.task import Clock
+from twisted.internet import defer
 
-from scepproxyd.store import AlreadyAnswered, CaRequest, DuplicateError, IssuedCertificate, NotFoundError, StateError, Store
+from scepproxyd.store import AlreadyAnswered, CaRequest, DuplicateError, IssuedCertificate, NotFoundError, StateError
 from scepproxyd.ca.wiring import ManagedCaService
 from scepproxyd.store.ca import CaGrant
 
-EPOCH = 1_700_000_000.0
-
-
-@pytest.fixture
-def clock():
-    c = Clock()
-    c.advance(EPOCH)
-    return c
-
-
-@pytest.fixture
-def db_path(tmp_path):
-    path = tmp_path / "db.sqlite3"
-    Store.migrate(path)
-    return path
-
-
-@pytest_twisted.async_yield_fixture
-async def store(db_path, clock):
-    s = Store(db_path, reactor, clock=clock)
-    await s.start()
-    yield s
-    await s.stop()
+from support.store import EPOCH
 
 
 def request(txid="T1", status="pending", csr=b"csr", nonce="n1"):

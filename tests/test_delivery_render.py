@@ -10,7 +10,6 @@ from scepproxyd.ca.policy import challenge_hash
 from scepproxyd.delivery.render import CommandRenderer
 from scepproxyd.keys import ChallengeCipher
 from scepproxyd.store.ca import CaGrant
-from test_store import clock, db_path, store  # noqa: F401
 
 FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
 BACKENDS = dict.fromkeys(("macos", "ios", "ipados", "android"), "outbox")

@@ -1,17 +1,12 @@
-"""Tests for scepproxyd.store: schema, threading rules and the challenge life cycle.
-
-The fixtures and helpers here are shared with the other tests/test_store_*.py files.
-"""
+"""Tests for scepproxyd.store: schema, threading rules and the challenge life cycle."""
 
 import base64
-import re
 import sqlite3
 import threading
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
-from twisted.internet.task import Clock
 
 from scepproxyd.store.models import challenge_hash
 from scepproxyd.store import challenges as challenges_module
@@ -29,70 +24,20 @@ from scepproxyd.store import (
     StoreError,
 )
 
-EPOCH = 1_700_000_000.0
-TTL = 3600.0
-HOST, PROFILE, CA = "host-1", "profile-1", "acme"
-SCHEMA_VERSION = _schema_files()[-1][0]  # the latest: numbers are given out at merge
-RENEWAL_ID = re.compile(r"^sp-[0-9a-f]{16}$")
-
-
-def make_clock():
-    clock = Clock()
-    clock.advance(EPOCH)
-    return clock
-
-
-@pytest.fixture
-def db_path(tmp_path):
-    path = tmp_path / "scepproxyd.sqlite"
-    Store.migrate(path)
-    return path
-
-
-@pytest.fixture
-def clock():
-    return make_clock()
-
-
-@pytest_twisted.async_yield_fixture
-async def store(db_path, clock):
-    s = Store(db_path, reactor, clock=clock, challenge_ttl=TTL)
-    await s.start()
-    yield s
-    await s.stop()
-
-
-async def seed(s, host=HOST, profile=PROFILE, ca=CA):
-    """A host with one profile using one CA, assigned."""
-    if await s.get_ca(ca) is None:
-        await s.add_ca(ca, "https://ca.example/scep")
-    await s.upsert_host(host, "C02XYZ", "macos")
-    await s.add_profile(profile, "Wi-Fi cert", "macos", b"<plist/>", ca)
-    return await s.assign_profile(host, profile)
-
-
-async def refuse_latest(s, host=HOST, profile=PROFILE, detail="custom scep challenge failed"):
-    """A refused challenge that counts: the host profile's latest one (it must be pending); fires the ChallengeRefusal."""
-    challenge = await s.issue_challenge(host, profile)
-    return await s.challenge_failed(challenge, host, profile, detail)
-
-
-def raw(path):
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA foreign_keys = ON")
-    return conn
-
-
-def database_at_schema(path, version: int):
-    """An open connection to a new database at schema ``version``, as an older release left it."""
-    conn = raw(path)
-    conn.create_function("sha256_hex", 1, challenge_hash, deterministic=True)  # as Store.migrate registers it
-    for number, script in _schema_files():
-        if number > version:
-            break
-        conn.executescript(script)
-    conn.execute("PRAGMA user_version = %d" % (version,))
-    return conn
+from support.store import (
+    CA,
+    EPOCH,
+    HOST,
+    PROFILE,
+    RENEWAL_ID,
+    SCHEMA_VERSION,
+    TTL,
+    database_at_schema,
+    make_clock,
+    raw,
+    refuse_latest,
+    seed,
+)
 
 
 # -- migrate -------------------------------------------------------------------

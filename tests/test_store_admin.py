@@ -20,7 +20,7 @@ from scepproxyd.store import (
     Store,
     StoreError,
 )
-from test_store import CA, EPOCH, HOST, PROFILE, SCHEMA_VERSION, clock, database_at_schema, db_path, raw, seed, store  # noqa: F401 (fixtures)
+from support.store import CA, EPOCH, HOST, PROFILE, SCHEMA_VERSION, database_at_schema, raw, seed
 
 URL = "https://ca.example/scep"
 

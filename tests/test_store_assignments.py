@@ -9,19 +9,16 @@ from twisted.internet import reactor
 
 from scepproxyd.store.models import challenge_hash
 from scepproxyd.store import DuplicateError, HostProfile, NotFoundError, PlatformMismatchError, Store
-from test_store import (  # noqa: F401 (fixtures)
+from support.store import (
     CA,
     EPOCH,
     HOST,
     PROFILE,
     RENEWAL_ID,
     SCHEMA_VERSION,
-    clock,
-    db_path,
     raw,
     refuse_latest,
     seed,
-    store,
 )
 
 

@@ -14,21 +14,19 @@ from scepproxyd.store.models import challenge_hash
 from scepproxyd.store import ChallengeRefusal, ClaimResult, Command, HostProfile, NotFoundError, RenderJob, Store
 from scepproxyd.store import commands as commands_module
 from scepproxyd.store import database as database_module
-from test_store import (  # noqa: F401 (fixtures)
+from support.store import (
+    BACKENDS,
     CA,
     EPOCH,
     RENEWAL_ID,
     SCHEMA_VERSION,
     TTL,
-    clock,
-    db_path,
+    claim_all,
     make_clock,
     raw,
     refuse_latest,
-    store,
 )
 
-BACKENDS = {"macos": "nanomdm", "ios": "nanomdm", "ipados": "nanomdm", "android": "outbox"}
 DAY = 86400.0
 MAC, ANDROID = "mac-profile", "android-profile"
 
@@ -45,11 +43,6 @@ async def fleet(store, clock, macs=("m1", "m2"), androids=("a1",)):
     for host in androids:
         await store.assign_profile(host, ANDROID)
         clock.advance(1)
-
-
-async def claim_all(store, limit=1000):
-    result = await store.claim_host_profiles(limit, BACKENDS)
-    return {(c.host_uuid, c.profile_uuid): c for c in result.claimed}
 
 
 def commands_table(db_path):

@@ -5,7 +5,7 @@ from twisted.internet import reactor
 
 from scepproxyd.store.models import challenge_hash
 from scepproxyd.store import Store
-from test_store import CA, HOST, PROFILE, db_path, clock, seed  # noqa: F401 (fixtures)
+from support.store import HOST, PROFILE, seed
 
 
 @pytest_twisted.ensureDeferred

@@ -11,22 +11,18 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from scepproxyd.store import ChallengeRefusal, Store
-from test_store import (  # noqa: F401 (fixtures)
+from support.store import (
     CA,
     EPOCH,
     HOST,
     PROFILE,
     SCHEMA_VERSION,
     TTL,
-    clock,
+    claim_all,
     database_at_schema,
-    db_path,
     raw,
-    refuse_latest,
     seed,
-    store,
 )
-from test_store_engine import BACKENDS, claim_all
 
 FAILED = "custom scep challenge failed"
 OTHER_HOST, OTHER_PROFILE = "host-2", "profile-2"

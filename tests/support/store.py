@@ -1,0 +1,79 @@
+"""A temporary Store on a Clock, with the few rows most store tests start from."""
+
+import re
+import sqlite3
+
+from twisted.internet.task import Clock
+
+from scepproxyd.store import Store
+from scepproxyd.store.database import _schema_files
+from scepproxyd.store.models import challenge_hash
+
+EPOCH = 1_700_000_000.0
+TTL = 3600.0
+HOST, PROFILE, CA = "host-1", "profile-1", "acme"
+SCHEMA_VERSION = _schema_files()[-1][0]  # the latest: numbers are given out at merge
+RENEWAL_ID = re.compile(r"^sp-[0-9a-f]{16}$")
+#: Delivery backend per platform, as a site with NanoMDM for Apple and the outbox for Android sets it.
+BACKENDS = {"macos": "nanomdm", "ios": "nanomdm", "ipados": "nanomdm", "android": "outbox"}
+
+
+def make_clock() -> Clock:
+    """A Clock standing at EPOCH, so times in rows are recognisable."""
+    clock = Clock()
+    clock.advance(EPOCH)
+    return clock
+
+
+def migrated(path):
+    """``path`` as a new database at the latest schema."""
+    Store.migrate(path)
+    return path
+
+
+async def started_store(path, reactor, clock, **options) -> Store:
+    """A started Store on ``path`` (one-time challenges live TTL unless ``options`` say otherwise)."""
+    options.setdefault("challenge_ttl", TTL)
+    store = Store(path, reactor, clock=clock, **options)
+    await store.start()
+    return store
+
+
+async def seed(s, host=HOST, profile=PROFILE, ca=CA):
+    """A host with one profile using one CA, assigned."""
+    if await s.get_ca(ca) is None:
+        await s.add_ca(ca, "https://ca.example/scep")
+    await s.upsert_host(host, "C02XYZ", "macos")
+    await s.add_profile(profile, "Wi-Fi cert", "macos", b"<plist/>", ca)
+    return await s.assign_profile(host, profile)
+
+
+async def refuse_latest(s, host=HOST, profile=PROFILE, detail="custom scep challenge failed"):
+    """A refused challenge that counts: the host profile's latest one (it must be pending); fires the ChallengeRefusal."""
+    challenge = await s.issue_challenge(host, profile)
+    return await s.challenge_failed(challenge, host, profile, detail)
+
+
+async def claim_all(store, limit=1000):
+    """Claim every host profile due for processing; ``{(host, profile): claim}``."""
+    result = await store.claim_host_profiles(limit, BACKENDS)
+    return {(c.host_uuid, c.profile_uuid): c for c in result.claimed}
+
+
+def raw(path):
+    """A plain sqlite3 connection to the file, foreign keys on, to look at rows behind the store's back."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def database_at_schema(path, version: int):
+    """An open connection to a new database at schema ``version``, as an older release left it."""
+    conn = raw(path)
+    conn.create_function("sha256_hex", 1, challenge_hash, deterministic=True)  # as Store.migrate registers it
+    for number, script in _schema_files():
+        if number > version:
+            break
+        conn.executescript(script)
+    conn.execute("PRAGMA user_version = %d" % (version,))
+    return conn
