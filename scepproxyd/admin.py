@@ -10,10 +10,10 @@ import io
 from urllib.parse import urlsplit
 
 from scepproxyd.jsoninput import JsonInputError, read_json
+from scepproxyd.platforms import PLATFORMS
 from scepproxyd.scep import codec
 from scepproxyd.scep.identifier import CA_NAME
 from scepproxyd.scep.upstream import UpstreamError
-from scepproxyd.store import PLATFORMS
 from scepproxyd.web.api import Invalid
 
 MAX_CHALLENGE_LENGTH = 1024

@@ -4,18 +4,15 @@ from twisted.application.internet import TimerService
 from twisted.internet import defer
 
 from scepproxyd.logs import get_logger
+from scepproxyd.platforms import APPLE_PLATFORMS, PLATFORMS
 
 log = get_logger(__name__)
-
-
-APPLE_PLATFORMS = ("macos", "ios", "ipados")
-ALL_PLATFORMS = APPLE_PLATFORMS + ("android",)
 
 
 def backends_for(backend: str) -> dict[str, str]:
     """Which delivery backend serves each platform: push backends are Apple-only."""
     if backend == "outbox":
-        return {platform: "outbox" for platform in ALL_PLATFORMS}
+        return {platform: "outbox" for platform in PLATFORMS}
     return dict({platform: backend for platform in APPLE_PLATFORMS}, android="outbox")
 
 

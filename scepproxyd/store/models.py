@@ -16,9 +16,10 @@ import uuid
 
 import attrs
 
+from scepproxyd.platforms import PLATFORMS  # noqa: F401 - re-exported for the store's modules
+
 HOST_PROFILE_STATUSES = (None, "pending", "verifying", "verified", "failed")
 COMMAND_STATUSES = ("queued", "delivered", "acknowledged", "error", "superseded")
-PLATFORMS = ("macos", "ios", "ipados", "android")
 PROFILE_KINDS = ("mobileconfig", "android_template")
 
 

@@ -11,12 +11,12 @@ import attrs
 
 from scepproxyd import admin
 from scepproxyd.logs import get_logger
+from scepproxyd.platforms import APPLE_PLATFORMS, PLATFORMS
 from scepproxyd.profiles import ANDROID_TEMPLATE, MOBILECONFIG, ProfileError, parse_profile
 from scepproxyd.profiles.binding import HostFacts, expected_request
 from scepproxyd.store import (
     HOST_PROFILE_STATUSES,
     CertificateAuthority,
-    PLATFORMS,
     DuplicateError,
     IdentifierInUseError,
     InUseError,
@@ -40,7 +40,6 @@ from scepproxyd.web.api import query_parameter as _query
 
 log = get_logger(__name__)
 
-APPLE_PLATFORMS = ("macos", "ios", "ipados")
 #: Stands in for a host profile's renewal ID when a profile is checked at upload.
 UPLOAD_CHECK_RENEWAL_ID = "sp-0000000000000000"
 #: The largest profile accepted unless ``[admin] max_profile_bytes`` says otherwise.
