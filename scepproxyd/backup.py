@@ -26,13 +26,13 @@ backup can be restored into a new state directory.
 
 from __future__ import annotations
 
-import datetime
 import errno
 import hashlib
 import json
 import os
 import sqlite3
 import stat
+import time
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
@@ -42,6 +42,7 @@ from scepproxyd.files import fsync_directory
 from scepproxyd.ca.material import RA_CERTIFICATE_NAME, RA_KEY_NAME
 from scepproxyd.logs import get_logger
 from scepproxyd.store import StoreError
+from scepproxyd.timestamps import utc_iso
 
 log = get_logger(__name__)
 
@@ -262,7 +263,7 @@ def _write_files(directory: Path, plan, database_name: str) -> dict:
         entries.append({"name": name, "role": role, "bytes": size, "sha256": digest})
     manifest = {
         "format": FORMAT,
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": utc_iso(time.time()),
         "schema_version": _schema_version(database),
         "database": database_name,
         "files": entries,

@@ -34,8 +34,8 @@ from scepproxyd.store.models import (
     challenge_hash,
     new_command_uuid,
     new_renewal_id,
-    utc_iso,
 )
+from scepproxyd.timestamps import utc_iso
 
 log = get_logger(__name__)
 

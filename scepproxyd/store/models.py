@@ -8,7 +8,6 @@ field order is the column order of the queries that make them.
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import re
 import secrets
@@ -254,11 +253,6 @@ def new_renewal_id() -> str:
 
 def new_command_uuid() -> str:
     return str(uuid.uuid4())
-
-
-def utc_iso(seconds: float) -> str:
-    """A time as the admin API shows it: ISO 8601 in UTC, to the second."""
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def check_choice(value, allowed: tuple, what: str) -> None:

@@ -4,7 +4,6 @@ Routes map HTTP to the store and the admin rules; nothing here returns or
 logs a static challenge. The full contract is in docs/admin-api.md.
 """
 
-import datetime
 import uuid as uuid_module
 
 import attrs
@@ -23,6 +22,7 @@ from scepproxyd.store import (
     NotFoundError,
     PlatformMismatchError,
 )
+from scepproxyd.timestamps import utc_iso_or_none as _time
 from scepproxyd.tls import TLSConfigError, load_certificates
 from scepproxyd.web.api import (
     ApiError,
@@ -48,12 +48,6 @@ DEFAULT_MAX_PROFILE_BYTES = 1024 * 1024
 #: store calls, queued behind one batch, wait milliseconds, not seconds.
 IMPORT_BATCH = 2000
 _ID = r"[A-Za-z0-9._-]{1,255}"
-
-
-def _time(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def ca_json(ca, profiles=None) -> dict:

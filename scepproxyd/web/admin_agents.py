@@ -9,8 +9,9 @@ from scepproxyd.agent_credentials import new_agent_credential
 from scepproxyd.logs import get_logger
 from scepproxyd.platforms import PLATFORMS
 from scepproxyd.store import NotFoundError
-from scepproxyd.web.admin import _query, _time
+from scepproxyd.timestamps import utc_iso_or_none as _time
 from scepproxyd.web.api import Invalid, NotFound, Page, field, json_body
+from scepproxyd.web.api import query_parameter as _query
 
 log = get_logger(__name__)
 

@@ -16,15 +16,11 @@ from scepproxyd.ca.manage import ManageError
 from scepproxyd.ca.material import fingerprint
 from scepproxyd.config import parse_duration
 from scepproxyd.store import CA_REQUEST_STATUSES, CERTIFICATE_STATUSES
-from scepproxyd.store.models import utc_iso
+from scepproxyd.timestamps import utc_iso, utc_iso_or_none as _time
 from scepproxyd.web.api import Conflict, Invalid, NotFound, Page, field, json_body
 from scepproxyd.web.api import query_parameter as _query
 
 MANAGED = "managed by the [ca] section of the configuration"
-
-
-def _time(seconds):
-    return None if seconds is None else utc_iso(seconds)
 
 
 def request_json(r) -> dict:
