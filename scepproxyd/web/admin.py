@@ -34,9 +34,11 @@ from scepproxyd.web.api import (
     field,
     json_body,
     off_reactor,
+    one_of,
+    query_choice,
+    query_parameter,
     raw_body,
 )
-from scepproxyd.web.api import query_parameter as _query
 
 log = get_logger(__name__)
 
@@ -293,9 +295,7 @@ class AdminRoutes:
     # -- hosts -------------------------------------------------------------
 
     async def list_hosts(self, request):
-        platform = _query(request, "platform")
-        if platform is not None and platform not in PLATFORMS:
-            raise Invalid("platform must be one of %s" % (", ".join(PLATFORMS),), field="platform")
+        platform = query_choice(request, "platform", PLATFORMS)
         page = Page(request, "hosts", 1)
         hosts = await self._store.list_hosts(platform, after=page.after, limit=page.limit + 1)
         return page.answer(hosts, lambda h: (h.uuid,), host_json)
@@ -394,7 +394,7 @@ class AdminRoutes:
             parsed = await off_reactor(self._reactor, parse_profile, content, content_type)
         except ProfileError as e:
             raise Invalid(str(e), field=getattr(e, "field", None) or "profile") from None
-        platform = _query(request, "platform")
+        platform = query_parameter(request, "platform")
         if parsed.kind == ANDROID_TEMPLATE:
             if platform not in (None, "android"):
                 raise Invalid("an Android certificate template is for platform android", field="platform")
@@ -413,7 +413,7 @@ class AdminRoutes:
         if ca is not None and ca.builtin:
             await self._check_enforceable(parsed.kind, content, platform)
         profile_uuid = str(uuid_module.uuid4())
-        name = _query(request, "name", stored=True) or parsed.name
+        name = query_parameter(request, "name", stored=True) or parsed.name
         try:
             await self._store.add_profile(
                 profile_uuid, name, platform, content, parsed.ca_name,
@@ -440,8 +440,7 @@ class AdminRoutes:
         if hosts is not None:
             if not hosts or not all(isinstance(h, str) and h for h in hosts):
                 raise Invalid("hosts must be a non-empty list of host UUIDs", field="hosts")
-        if platform is not None and platform not in PLATFORMS:
-            raise Invalid("platform must be one of %s" % (", ".join(PLATFORMS),), field="platform")
+        one_of(platform, "platform", PLATFORMS)
         return hosts, platform
 
     async def assign(self, request, uuid):
@@ -475,12 +474,9 @@ class AdminRoutes:
     # -- status and jobs ---------------------------------------------------
 
     async def list_host_profiles(self, request):
-        status = _query(request, "status")
-        known = [s for s in HOST_PROFILE_STATUSES if s] + ["null"]
-        if status is not None and status not in known:
-            raise Invalid("status must be one of %s" % (", ".join(known),), field="status")
+        status = query_choice(request, "status", [s for s in HOST_PROFILE_STATUSES if s] + ["null"])
         page = Page(request, "host_profiles", 2)
-        kwargs = {"host_uuid": _query(request, "host"), "profile_uuid": _query(request, "profile")}
+        kwargs = {"host_uuid": query_parameter(request, "host"), "profile_uuid": query_parameter(request, "profile")}
         if any("\0" in value for value in kwargs.values() if value):
             return {"host_profiles": [], "next": None}  # no id holds a NUL (the store never receives one)
         if status is not None:

@@ -10,8 +10,7 @@ from scepproxyd.logs import get_logger
 from scepproxyd.platforms import PLATFORMS
 from scepproxyd.store import NotFoundError
 from scepproxyd.timestamps import utc_iso_or_none as _time
-from scepproxyd.web.api import Invalid, NotFound, Page, field, json_body
-from scepproxyd.web.api import query_parameter as _query
+from scepproxyd.web.api import Invalid, NotFound, Page, field, json_body, one_of, query_choice
 
 log = get_logger(__name__)
 
@@ -68,9 +67,7 @@ class AgentCredentialRoutes:
         return (204, None)
 
     async def list(self, request):
-        platform = _query(request, "platform")
-        if platform is not None and platform not in PLATFORMS:
-            raise Invalid("platform must be one of %s" % (", ".join(PLATFORMS),), field="platform")
+        platform = query_choice(request, "platform", PLATFORMS)
         page = Page(request, "agent_credentials", 1)
         rows = await self._store.list_agent_credentials(platform, after=page.after, limit=page.limit + 1)
         return page.answer(rows, lambda row: (row.host_uuid,), lambda row: credential_json(row.host_uuid, row))
@@ -85,8 +82,7 @@ class AgentCredentialRoutes:
             raise Invalid("give one of hosts (a list of host UUIDs), platform, or all: true", field="hosts")
         if hosts is not None and (not hosts or not all(isinstance(h, str) and h for h in hosts)):
             raise Invalid("hosts must be a non-empty list of host UUIDs", field="hosts")
-        if platform is not None and platform not in PLATFORMS:
-            raise Invalid("platform must be one of %s" % (", ".join(PLATFORMS),), field="platform")
+        one_of(platform, "platform", PLATFORMS)
         try:
             selected, kept = await self._store.hosts_for_agent_credentials(hosts, platform, rotate)
         except NotFoundError as e:

@@ -17,8 +17,7 @@ from scepproxyd.ca.material import fingerprint
 from scepproxyd.config import parse_duration
 from scepproxyd.store import CA_REQUEST_STATUSES, CERTIFICATE_STATUSES
 from scepproxyd.timestamps import utc_iso, utc_iso_or_none as _time
-from scepproxyd.web.api import Conflict, Invalid, NotFound, Page, field, json_body
-from scepproxyd.web.api import query_parameter as _query
+from scepproxyd.web.api import Conflict, Invalid, NotFound, Page, field, json_body, query_choice
 
 MANAGED = "managed by the [ca] section of the configuration"
 
@@ -39,13 +38,6 @@ def certificate_json(c) -> dict:
         "renewal_of": c.renewal_of, "host_uuid": c.host_uuid, "profile_uuid": c.profile_uuid,
         "created_at": _time(c.created_at),
     }
-
-
-def _status_filter(request, allowed):
-    status = _query(request, "status")
-    if status is not None and status not in allowed:
-        raise Invalid("status must be one of %s" % (", ".join(allowed),), field="status")
-    return status
 
 
 def _refusal(error: ManageError):
@@ -119,7 +111,7 @@ class CaAdminRoutes:
         return body
 
     async def list_requests(self, request):
-        status = _status_filter(request, CA_REQUEST_STATUSES)
+        status = query_choice(request, "status", CA_REQUEST_STATUSES)
         page = Page(request, "requests", 2)
         rows = await self._store.list_ca_requests(status, after=page.after, limit=page.limit + 1)
         return page.answer(rows, lambda r: (r.created_at, r.transaction_id), request_json)
@@ -140,7 +132,7 @@ class CaAdminRoutes:
             raise _refusal(e) from None
 
     async def list_certificates(self, request):
-        status = _status_filter(request, CERTIFICATE_STATUSES)
+        status = query_choice(request, "status", CERTIFICATE_STATUSES)
         page = Page(request, "certificates", 2)
         rows = await self._store.list_issued_certificates(status, after=page.after, limit=page.limit + 1)
         return page.answer(rows, lambda c: (c.created_at, c.serial), certificate_json)

@@ -23,6 +23,7 @@ from scepproxyd.keys import tokens_match
 from scepproxyd.logs import get_logger
 from scepproxyd.store.models import StoreUnavailable
 from scepproxyd.web.api import Invalid, JsonApi, NotFound, field, json_body
+from scepproxyd.web.later import answer_later
 
 log = get_logger(__name__)
 
@@ -163,7 +164,6 @@ class NanoMDMWebhook(resource.Resource):
 
     def render_POST(self, request):
         from twisted.internet import defer
-        from twisted.web import server
 
         from scepproxyd.delivery.nanomdm import parse_webhook
 
@@ -196,23 +196,21 @@ class NanoMDMWebhook(resource.Resource):
 
         d = defer.ensureDeferred(apply())
 
-        def done(_):
-            request.setResponseCode(200)
-            request.write(b"ok\n")
-            request.finish()
-
         def failed(failure):
             if failure.check(StoreUnavailable):
-                request.setResponseCode(503)
-                request.write(b"service unavailable: the database cannot be written; try again later\n")
-            else:
-                log.failure("nanomdm webhook failed", failure)
-                request.setResponseCode(500)
-                request.write(b"internal error\n")
-            request.finish()
+                return (503, b"service unavailable: the database cannot be written; try again later\n")
+            log.failure("nanomdm webhook failed", failure)
+            return (500, b"internal error\n")
 
-        d.addCallbacks(done, failed)
-        return server.NOT_DONE_YET
+        d.addCallbacks(lambda _: (200, b"ok\n"), failed)
+        return answer_later(request, d, _write_text)
+
+
+def _write_text(request, answer) -> None:
+    status, body = answer
+    request.setResponseCode(status)
+    request.write(body)
+    request.finish()
 
 
 def agent_resource(store, renderer, clock) -> JsonApi:

@@ -18,12 +18,13 @@ import re
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
-from twisted.web import resource, server
+from twisted.web import resource
 
 from scepproxyd.jsoninput import JsonInputError, read_json
 from scepproxyd.keys import tokens_match
 from scepproxyd.logs import get_logger
 from scepproxyd.store.models import StoreUnavailable
+from scepproxyd.web.later import answer_later
 
 log = get_logger(__name__)
 
@@ -32,6 +33,7 @@ JSON = b"application/json"
 WRONG_TOKEN = "missing or wrong bearer token"
 #: The 503 answer while the database cannot be written; nothing was changed.
 UNAVAILABLE = "the database cannot be written right now: %s; nothing was changed, try again later"
+_INTERNAL_ERROR = {"error": "internal error; see the daemon's log"}
 
 
 class ApiError(Exception):
@@ -122,6 +124,23 @@ def query_parameter(request, name: str, stored: bool = False) -> str | None:
     if stored and "\0" in value:
         raise Invalid("query parameter %s must not contain a NUL character" % (name,), field=name)
     return value
+
+
+def one_of(value, name: str, allowed):
+    """``value`` when it is absent (None) or one of ``allowed``; else a 422 that lists the choices.
+
+    Every filter and field with a fixed set of values (platform, status)
+    refuses an unknown one with this same message, so the admin sees what is
+    accepted whichever route they called.
+    """
+    if value is not None and value not in allowed:
+        raise Invalid("%s must be one of %s" % (name, ", ".join(allowed)), field=name)
+    return value
+
+
+def query_choice(request, name: str, allowed) -> str | None:
+    """The query parameter ``name`` (L{query_parameter}), which must be one of ``allowed`` (L{one_of})."""
+    return one_of(query_parameter(request, name), name, allowed)
 
 
 def field(body: dict, name: str, kind=str, required: bool = True, default=None):
@@ -241,12 +260,10 @@ class JsonApi(resource.Resource):
         self._routes = [(m.encode("ascii"), re.compile(p), h) for m, p, h in routes]
 
     def render(self, request):
-        gone = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
         d = defer.ensureDeferred(self._dispatch(request))
         d.addErrback(self._unexpected)
-        d.addCallback(lambda answer: None if gone else self._write(request, *answer))
-        return server.NOT_DONE_YET
+        d.addCallback(self._encoded)
+        return answer_later(request, d, self._write)
 
     async def _identify(self, request):
         header = request.getHeader(b"Authorization") or b""
@@ -300,24 +317,31 @@ class JsonApi(resource.Resource):
 
     def _unexpected(self, failure):
         log.failure("{realm} API request failed unexpectedly", failure, realm=self._realm)
-        return (500, {"error": "internal error; see the daemon's log"})
+        return (500, _INTERNAL_ERROR)
 
-    def _write(self, request, status, body):
+    def _encoded(self, answer):
+        """``(status, JSON bytes or None)``; a list page is encoded on a worker thread."""
+        status, body = answer
+        if status == 204 or body is None:
+            return (status, None)
+        if isinstance(body, PageAnswer):
+            d = off_reactor(self._reactor, _encode, body)
+            d.addCallback(lambda data: (status, data))
+            d.addErrback(self._unencodable)
+            return d
+        return (status, _encode(body))
+
+    def _unencodable(self, failure):
+        log.failure("{realm} API answer failed", failure, realm=self._realm)
+        return (500, _encode(_INTERNAL_ERROR))
+
+    def _write(self, request, answer):
+        status, data = answer
         request.setResponseCode(status)
         if status == 401:
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="%s"' % (self._realm.encode(),))
-        if status == 204 or body is None:
+        if data is None:
             request.finish()
-            return
-        if isinstance(body, PageAnswer):
-            d = off_reactor(self._reactor, _encode, body)
-            d.addCallback(lambda data: self._send(request, data))
-            d.addErrback(lambda failure: log.failure("{realm} API answer failed", failure, realm=self._realm))
-            return
-        self._send(request, _encode(body))
-
-    def _send(self, request, data: bytes):
-        if request._disconnected:
             return
         request.setHeader(b"Content-Type", JSON)
         request.setHeader(b"Content-Length", b"%d" % (len(data),))

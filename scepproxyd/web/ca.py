@@ -9,12 +9,13 @@ all gets "not a SCEP message", never a traceback or a hint which step failed.
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.web import resource, server
+from twisted.web import resource
 
 from scepproxyd.ca.authority import NOT_SCEP, TEXT, CaAnswer
 from scepproxyd.logs import get_logger
 from scepproxyd.scep.query import InvalidQuery, decode_message, is_pkiclient, parse_query, scep_operation
 from scepproxyd.store.models import StoreUnavailable
+from scepproxyd.web.later import answer_later
 
 log = get_logger(__name__)
 
@@ -60,8 +61,6 @@ class ScepResource(resource.Resource):
             work = defer.ensureDeferred(self._scep(request))
         else:
             work = defer.succeed(_text(404, "no such SCEP resource", "-", "not_found"))
-        gone = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
 
         def failed(failure):
             if failure.check(StoreUnavailable):
@@ -71,8 +70,7 @@ class ScepResource(resource.Resource):
             return _text(500, "internal error", "-", "internal_error")
 
         work.addErrback(failed)
-        work.addCallback(lambda answer: None if gone else self._write(request, answer))
-        return server.NOT_DONE_YET
+        return answer_later(request, work, self._write)
 
     def _crl(self) -> defer.Deferred:
         return self._ca.crl.crl().addCallback(lambda der: CaAnswer(200, CRL_TYPE, der, "GetCRL", "ok"))

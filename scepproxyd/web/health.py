@@ -10,9 +10,10 @@ daemon is dead.
 """
 
 from twisted.internet import defer
-from twisted.web import resource, server
+from twisted.web import resource
 
 from scepproxyd.logs import get_logger
+from scepproxyd.web.later import answer_later
 
 log = get_logger(__name__)
 
@@ -29,21 +30,14 @@ class _AsyncLeaf(resource.Resource):
     isLeaf = True
 
     def render_GET(self, request):
-        gone = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
         d = defer.ensureDeferred(self.check())
-
-        def done(result):
-            if not gone:
-                _answer(request, *result)
 
         def failed(failure):
             log.failure("{path} check failed", failure, path=request.path.decode("ascii", "replace"))
-            if not gone:
-                _answer(request, 503, b"unhealthy: internal error\n")
+            return (503, b"unhealthy: internal error\n")
 
-        d.addCallbacks(done, failed)
-        return server.NOT_DONE_YET
+        d.addErrback(failed)
+        return answer_later(request, d, lambda request, answer: _answer(request, *answer))
 
 
 class Health(_AsyncLeaf):

@@ -7,6 +7,7 @@ from twisted.web import resource, server
 from scepproxyd.scep.proxy import TEXT, ProxyAnswer
 from scepproxyd.scep.query import is_pkiclient
 from scepproxyd.store.models import StoreUnavailable
+from scepproxyd.web.later import answer_later
 
 #: The device's answer while the database cannot be written (a full disk); the device retries later.
 UNAVAILABLE_BODY = b"service unavailable: the proxy cannot write its database; try again later\n"
@@ -46,8 +47,6 @@ class ProxyResource(resource.Resource):
             self._finish(request, answer, started)
             return server.NOT_DONE_YET
         body = request.content.read() if request.method == b"POST" else b""
-        gone = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
         d = defer.ensureDeferred(self._proxy.handle(segments[0], request.method, request.uri, body))
 
         def failed(failure):
@@ -57,10 +56,14 @@ class ProxyResource(resource.Resource):
             return ProxyAnswer(500, TEXT, b"internal error\n", "internal_error")
 
         d.addErrback(failed)
-        d.addCallback(lambda answer: self._finish(request, answer, started, gone))
-        return server.NOT_DONE_YET
+        d.addCallback(self._recorded, started)
+        return answer_later(request, d, self._write)
 
-    def _finish(self, request, answer: ProxyAnswer, started: float, gone=()) -> None:
+    def _finish(self, request, answer: ProxyAnswer, started: float) -> None:
+        self._write(request, self._recorded(answer, started))
+
+    def _recorded(self, answer: ProxyAnswer, started: float) -> ProxyAnswer:
+        """Log and count ``answer`` (whether or not the device is still there to get it)."""
         elapsed_ms = (self._clock.seconds() - started) * 1000.0
         ident = answer.identifier
         if self._metrics is not None:
@@ -77,8 +80,9 @@ class ProxyResource(resource.Resource):
             upstream_status=answer.upstream_status if answer.upstream_status is not None else "-",
             ms=elapsed_ms,
         )
-        if gone:
-            return
+        return answer
+
+    def _write(self, request, answer: ProxyAnswer) -> None:
         request.setResponseCode(answer.status)
         request.setHeader(b"Content-Type", answer.content_type or b"application/octet-stream")
         request.setHeader(b"Content-Length", b"%d" % (len(answer.body),))
