@@ -3,6 +3,7 @@
 A CA is only saved once it has shown a certificate for GetCACert, and its
 static challenge is encrypted before it reaches the store. Host imports are
 parsed completely before anything is written, so a bad row changes nothing.
+Refusals are L{InvalidAdminInput}; the admin API answers them 422.
 """
 
 import csv
@@ -14,15 +15,28 @@ from scepproxyd.platforms import PLATFORMS
 from scepproxyd.scep import codec
 from scepproxyd.scep.identifier import CA_NAME
 from scepproxyd.scep.upstream import UpstreamError
-from scepproxyd.web.api import Invalid
 
 MAX_CHALLENGE_LENGTH = 1024
 HOST_UUID_PATTERN = r"[A-Za-z0-9._-]{1,255}"
 
 
+class InvalidAdminInput(Exception):
+    """
+    An admin's input that breaks a rule here; ``message`` says which, ``field`` names the input.
+
+    The rules know nothing of HTTP: the admin API turns this into its 422
+    answer with the same message and field.
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
 def check_ca_name(name: str) -> str:
     if not CA_NAME.fullmatch(name):
-        raise Invalid(
+        raise InvalidAdminInput(
             "name must be 1-255 letters, digits or underscores (it becomes part of profile variable names)",
             field="name",
         )
@@ -33,26 +47,26 @@ def check_ca_url(url: str) -> str:
     """An absolute http(s) URL, parsed strictly: no credentials, no fragment, no spaces."""
     expected = "url must be an absolute http:// or https:// URL with a host"
     if any(c.isspace() or ord(c) < 32 for c in url):
-        raise Invalid("url must not contain spaces or control characters", field="url")
+        raise InvalidAdminInput("url must not contain spaces or control characters", field="url")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as e:
-        raise Invalid("%s (%s)" % (expected, e), field="url") from None
+        raise InvalidAdminInput("%s (%s)" % (expected, e), field="url") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Invalid(expected, field="url")
+        raise InvalidAdminInput(expected, field="url")
     if "@" in parts.netloc:
-        raise Invalid("url must not contain a user name or password", field="url")
+        raise InvalidAdminInput("url must not contain a user name or password", field="url")
     if parts.fragment or url.endswith("#"):
-        raise Invalid("url must not have a fragment", field="url")
+        raise InvalidAdminInput("url must not have a fragment", field="url")
     return url
 
 
 def check_challenge(challenge: str) -> str:
     if not challenge:
-        raise Invalid("challenge must not be empty", field="challenge")
+        raise InvalidAdminInput("challenge must not be empty", field="challenge")
     if len(challenge) > MAX_CHALLENGE_LENGTH:
-        raise Invalid("challenge must be at most %d characters" % (MAX_CHALLENGE_LENGTH,), field="challenge")
+        raise InvalidAdminInput("challenge must be at most %d characters" % (MAX_CHALLENGE_LENGTH,), field="challenge")
     return challenge
 
 
@@ -62,11 +76,11 @@ async def check_ca_answers(upstream, url: str) -> None:
     try:
         answer = await upstream.get_ca_cert(url)
     except UpstreamError as e:
-        raise Invalid("CA did not answer GetCACert: %s" % (e.reason,), field="url") from None
+        raise InvalidAdminInput("CA did not answer GetCACert: %s" % (e.reason,), field="url") from None
     if answer.status != 200:
-        raise Invalid("CA answered GetCACert with HTTP %d, not a certificate" % (answer.status,), field="url")
+        raise InvalidAdminInput("CA answered GetCACert with HTTP %d, not a certificate" % (answer.status,), field="url")
     if not codec.ca_certificates(answer.body):
-        raise Invalid("CA answered GetCACert without a certificate", field="url")
+        raise InvalidAdminInput("CA answered GetCACert without a certificate", field="url")
 
 
 def _check_host_row(index: int, uuid, serial, platform) -> tuple[str, str | None, str]:
@@ -74,37 +88,37 @@ def _check_host_row(index: int, uuid, serial, platform) -> tuple[str, str | None
 
     where = "row %d: " % (index,)
     if not isinstance(uuid, str) or not re.fullmatch(HOST_UUID_PATTERN, uuid):
-        raise Invalid(where + "uuid must be 1-255 letters, digits, '.', '_' or '-'", field="uuid")
+        raise InvalidAdminInput(where + "uuid must be 1-255 letters, digits, '.', '_' or '-'", field="uuid")
     if serial is not None and (not isinstance(serial, str) or len(serial) > 255):
-        raise Invalid(where + "serial must be a string of at most 255 characters", field="serial")
+        raise InvalidAdminInput(where + "serial must be a string of at most 255 characters", field="serial")
     if platform not in PLATFORMS:
-        raise Invalid(where + "platform must be one of %s" % (", ".join(PLATFORMS),), field="platform")
+        raise InvalidAdminInput(where + "platform must be one of %s" % (", ".join(PLATFORMS),), field="platform")
     return uuid, serial or None, platform
 
 
 def check_host(uuid, serial, platform) -> tuple[str, str | None, str]:
     try:
         return _check_host_row(1, uuid, serial, platform)
-    except Invalid as e:
-        raise Invalid(e.message.removeprefix("row 1: "), field=e.field) from None
+    except InvalidAdminInput as e:
+        raise InvalidAdminInput(e.message.removeprefix("row 1: "), field=e.field) from None
 
 
 def _csv_rows(text: str) -> list[tuple]:
     """(uuid, serial, platform) of each CSV line after the header; a line the csv module cannot read is named."""
     nul = text.find("\0")
     if nul >= 0:
-        raise Invalid("CSV line %d has a NUL character" % (text.count("\n", 0, nul) + 1,), field="file")
+        raise InvalidAdminInput("CSV line %d has a NUL character" % (text.count("\n", 0, nul) + 1,), field="file")
     reader = csv.reader(io.StringIO(text))
     rows = []
     try:
         header = [h.strip().lower() for h in next(reader, [])]
         if "uuid" not in header or "platform" not in header:
-            raise Invalid("CSV import needs a header line with uuid, serial, platform", field="file")
+            raise InvalidAdminInput("CSV import needs a header line with uuid, serial, platform", field="file")
         for line in reader:
             if not any(cell.strip() for cell in line):
                 continue
             if len(line) != len(header):
-                raise Invalid(
+                raise InvalidAdminInput(
                     "row %d: expected %d columns, got %d" % (len(rows) + 1, len(header), len(line)),
                     field="file",
                 )
@@ -115,7 +129,7 @@ def _csv_rows(text: str) -> list[tuple]:
             reason = "has a field longer than %d characters" % (csv.field_size_limit(),)
         else:
             reason = "cannot be read as CSV (%s)" % (e,)
-        raise Invalid("CSV line %d %s" % (reader.line_num, reason), field="file") from None
+        raise InvalidAdminInput("CSV line %d %s" % (reader.line_num, reason), field="file") from None
     return rows
 
 
@@ -124,29 +138,31 @@ def parse_host_import(raw: bytes, content_type: str) -> list[tuple[str, str | No
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise Invalid("import must be UTF-8 text", field="file") from None
+        raise InvalidAdminInput("import must be UTF-8 text", field="file") from None
     if "json" in content_type or text.lstrip().startswith(("[", "{")):
         try:
             data = read_json(raw, "import")
         except JsonInputError as e:
-            raise Invalid(e.message, field="file") from None
+            raise InvalidAdminInput(e.message, field="file") from None
         if isinstance(data, dict) and isinstance(data.get("hosts"), list):
             data = data["hosts"]
         if not isinstance(data, list):
-            raise Invalid("JSON import must be a list of {uuid, serial, platform} objects", field="file")
+            raise InvalidAdminInput("JSON import must be a list of {uuid, serial, platform} objects", field="file")
         rows = []
         for index, item in enumerate(data, 1):
             if not isinstance(item, dict):
-                raise Invalid("row %d: must be an object with uuid, serial, platform" % (index,), field="file")
+                raise InvalidAdminInput(
+                    "row %d: must be an object with uuid, serial, platform" % (index,), field="file"
+                )
             rows.append((item.get("uuid"), item.get("serial"), item.get("platform")))
     else:
         rows = _csv_rows(text)
     if not rows:
-        raise Invalid("import has no hosts", field="file")
+        raise InvalidAdminInput("import has no hosts", field="file")
     checked = [_check_host_row(i, *row) for i, row in enumerate(rows, 1)]
     seen = set()
     for index, (uuid, _, _) in enumerate(checked, 1):
         if uuid in seen:
-            raise Invalid("row %d: host %s appears twice" % (index, uuid), field="uuid")
+            raise InvalidAdminInput("row %d: host %s appears twice" % (index, uuid), field="uuid")
         seen.add(uuid)
     return checked

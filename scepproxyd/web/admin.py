@@ -4,6 +4,7 @@ Routes map HTTP to the store and the admin rules; nothing here returns or
 logs a static challenge. The full contract is in docs/admin-api.md.
 """
 
+import functools
 import uuid as uuid_module
 
 import attrs
@@ -50,6 +51,19 @@ DEFAULT_MAX_PROFILE_BYTES = 1024 * 1024
 #: store calls, queued behind one batch, wait milliseconds, not seconds.
 IMPORT_BATCH = 2000
 _ID = r"[A-Za-z0-9._-]{1,255}"
+
+
+def _admin_rules(handler):
+    """Answer the admin rules' refusals (L{admin.InvalidAdminInput}) as this API's 422, same message and field."""
+
+    @functools.wraps(handler)
+    async def refusing(*args, **kwargs):
+        try:
+            return await handler(*args, **kwargs)
+        except admin.InvalidAdminInput as e:
+            raise Invalid(e.message, field=e.field) from None
+
+    return refusing
 
 
 def ca_json(ca, profiles=None) -> dict:
@@ -204,6 +218,7 @@ class AdminRoutes:
             raise NotFound("no CA named %r" % (name,))
         return ca_json(ca, await self._store.profiles_using_ca(name))
 
+    @_admin_rules
     async def add_ca(self, request):
         body = json_body(request)
         name = admin.check_ca_name(field(body, "name"))
@@ -225,6 +240,7 @@ class AdminRoutes:
         log.info("admin added CA {ca} at {url}", ca=name, url=url)
         return (201, ca_json(ca, []))
 
+    @_admin_rules
     async def edit_ca(self, request, name):
         body = json_body(request)
         unknown = set(body) - {"name", "url", "challenge", "trust_bundle", "tls_verify"}
@@ -307,6 +323,7 @@ class AdminRoutes:
         profiles = await self._store.list_host_profiles(host_uuid=uuid)
         return dict(host_json(host), profiles=[host_profile_json(hp) for hp in profiles])
 
+    @_admin_rules
     async def put_host(self, request, uuid):
         body = json_body(request)
         uuid, serial, platform = admin.check_host(uuid, body.get("serial"), body.get("platform"))
@@ -329,6 +346,7 @@ class AdminRoutes:
         return (204, None)
 
     @raw_body
+    @_admin_rules
     async def import_hosts(self, request):
         """
         Parse and check every row on a worker thread, then write in batches of IMPORT_BATCH.
