@@ -42,7 +42,7 @@ from scepproxyd.service import prepare_state
 from scepproxyd.store import Store, StoreError
 from scepproxyd.store.database import _schema_files
 from scepproxyd.web.admin_backup import backup_routes
-from scepproxyd.web.api import ApiError
+from scepproxyd.web.api import HttpRefusal
 
 CTL = str(Path(sys.executable).with_name("scepproxyctl"))
 FIXTURE = Path(__file__).parent / "fixtures" / "profiles" / "fleet-custom-scep-apple.mobileconfig"
@@ -263,7 +263,7 @@ async def test_route_answers_201_or_422(store, settings, tmp_path):
         ({"directory": str(tmp_path / "full")}, "is not empty"),
         ({"directory": str(tmp_path / "full" / "x" / "y")}, "Not a directory"),
     ]:
-        with pytest.raises(ApiError, match=message) as caught:
+        with pytest.raises(HttpRefusal, match=message) as caught:
             await handler(FakeRequest(body))
         assert (caught.value.status, caught.value.field) == (422, "directory")
 

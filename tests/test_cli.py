@@ -13,8 +13,8 @@ from scepproxyd.cli.client import (
     AdminClient,
     ApiError,
     CliError,
+    InvocationError,
     Target,
-    UsageError,
     api_path,
     target_from_endpoint,
     target_from_url,
@@ -183,7 +183,7 @@ def test_unix_endpoint_target_fields():
     ],
 )
 def test_endpoints_a_client_cannot_use(endpoint, message):
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(InvocationError) as e:
         target_from_endpoint(endpoint)
     assert message in str(e.value)
     assert e.value.exit_code == 2
@@ -204,7 +204,7 @@ def test_url_option(url, target):
 
 @pytest.mark.parametrize("url", ["127.0.0.1:8081", "ftp://h:1", "http://h:1/api/v1", "http://u:p@h:1", "http://h:x"])
 def test_bad_url_option(url):
-    with pytest.raises(UsageError):
+    with pytest.raises(InvocationError):
         target_from_url(url)
 
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from scepproxyd.cli import agent_credential, backup, builtin_ca, commands
-from scepproxyd.cli.client import AdminClient, CliError, UsageError, target_from_endpoint, target_from_url
+from scepproxyd.cli.client import AdminClient, CliError, InvocationError, target_from_endpoint, target_from_url
 from scepproxyd.cli.render import as_json, message
 
 PROG = "scepproxyctl"
@@ -151,7 +151,7 @@ def make_client(args) -> AdminClient:
         try:
             settings = load_settings(args.config)
         except ConfigError as e:
-            raise UsageError(str(e)) from None
+            raise InvocationError(str(e)) from None
     target = target_from_url(args.api_url) if args.api_url else target_from_endpoint(settings.admin.listen)
     token_file = Path(args.token_file) if args.token_file else settings.admin.token_file
     return AdminClient(target, _read_token(token_file), str(token_file), timeout=args.timeout)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from scepproxyd.cli.client import CliError, UsageError, api_path, list_all
+from scepproxyd.cli.client import CliError, InvocationError, api_path, list_all
 from scepproxyd.cli.render import fields, table
 
 
@@ -56,7 +56,7 @@ def _open_new(path: str):
 def issue_bulk(api, args, stdin):
     chosen = sum((bool(args.hosts), args.platform is not None, args.all))
     if chosen != 1:
-        raise UsageError("give host UUIDs, --platform or --all (exactly one of them)")
+        raise InvocationError("give host UUIDs, --platform or --all (exactly one of them)")
     body = {"rotate": args.rotate}
     if args.hosts:
         body["hosts"] = args.hosts

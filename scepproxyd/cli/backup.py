@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from scepproxyd.cli.client import CliError, UsageError, api_path
+from scepproxyd.cli.client import CliError, InvocationError, api_path
 
 
 def backup(api, args, stdin):
@@ -28,7 +28,7 @@ def restore(api, args, stdin):
     try:
         settings = load_settings(args.config)
     except ConfigError as e:
-        raise UsageError(str(e)) from None
+        raise InvocationError(str(e)) from None
     directory = Path(os.path.abspath(args.directory))
     try:
         names = restore_backup(directory, settings)

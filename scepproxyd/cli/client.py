@@ -25,8 +25,13 @@ class CliError(Exception):
     exit_code = 1
 
 
-class UsageError(CliError):
-    """Bad command line or configuration; exits 2 like argparse's own refusals."""
+class InvocationError(CliError):
+    """
+    The command cannot run as invoked: a bad option or argument, or a config naming no usable admin API.
+
+    Exits 2 like argparse's own refusals. (The daemon's tap raises Twisted's
+    ``usage.UsageError``; this is the CLI's own, hence another name.)
+    """
 
     exit_code = 2
 
@@ -104,15 +109,15 @@ def target_from_endpoint(description: str) -> Target:
         except ValueError:
             port = -1
         if not 0 < port < 65536:
-            raise UsageError("[admin] listen %r has no port a client can connect to" % (description,))
+            raise InvocationError("[admin] listen %r has no port a client can connect to" % (description,))
         interface = values.get("interface", "")
         return Target("http", "127.0.0.1" if interface in _ANY_INTERFACE else interface, port)
     if kind == "unix":
         path = kwargs.get("address") or (args[0] if args else "")
         if not path:
-            raise UsageError("[admin] listen %r names no socket path" % (description,))
+            raise InvocationError("[admin] listen %r names no socket path" % (description,))
         return Target("unix", path=path)
-    raise UsageError(
+    raise InvocationError(
         "[admin] listen %r is not a tcp: or unix: endpoint scepproxyctl can connect to; "
         "pass --url http://HOST:PORT" % (description,)
     )
@@ -124,11 +129,13 @@ def target_from_url(url: str) -> Target:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
-        raise UsageError("--url %r is not a URL: %s" % (url, e)) from None
+        raise InvocationError("--url %r is not a URL: %s" % (url, e)) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError("--url must look like http://HOST:PORT, got %r" % (url,))
+        raise InvocationError("--url must look like http://HOST:PORT, got %r" % (url,))
     if parts.path.strip("/") or parts.query or parts.fragment or "@" in parts.netloc:
-        raise UsageError("--url takes only a scheme, host and port (the API is always under /api/v1/), got %r" % (url,))
+        raise InvocationError(
+            "--url takes only a scheme, host and port (the API is always under /api/v1/), got %r" % (url,)
+        )
     return Target(parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80))
 
 

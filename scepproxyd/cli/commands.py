@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scepproxyd.cli.challenge import read_challenge
-from scepproxyd.cli.client import CliError, UsageError, api_path, list_all
+from scepproxyd.cli.client import CliError, InvocationError, api_path, list_all
 from scepproxyd.cli.render import fields, table, text
 
 HOST_PROFILE_HEADERS = ("HOST", "PROFILE", "STATUS", "RETRIES", "UPDATED", "DETAIL")
@@ -48,7 +48,7 @@ def _read_bundle(path: str) -> str:
         with open(path, encoding="ascii", errors="replace") as f:
             return f.read()
     except OSError as e:
-        raise UsageError("cannot read trust bundle %s: %s" % (path, e.strerror))
+        raise InvocationError("cannot read trust bundle %s: %s" % (path, e.strerror))
 
 
 def ca_add(api, args, stdin):
@@ -98,7 +98,7 @@ def ca_edit(api, args, stdin):
             "Static challenge for CA %s: " % (args.new_name or args.name,),
         )
     if not body:
-        raise UsageError(
+        raise InvocationError(
             "nothing to change; give --name, --url, --challenge-file, --challenge-stdin, --trust-bundle, "
             "--no-trust-bundle or --tls-verify"
         )
@@ -198,7 +198,7 @@ def profile_delete(api, args, stdin):
 
 def profile_assign(api, args, stdin):
     if bool(args.hosts) == (args.platform is not None):
-        raise UsageError("give either host UUIDs or --platform, not both and not neither")
+        raise InvocationError("give either host UUIDs or --platform, not both and not neither")
     body = {"hosts": args.hosts} if args.hosts else {"platform": args.platform}
     _, answer = api.request("POST", api_path("profiles", args.profile, "assign"), body)
     n = answer["assigned"]

@@ -26,8 +26,8 @@ from scepproxyd.store import (
 from scepproxyd.timestamps import utc_iso_or_none as _time
 from scepproxyd.tls import TLSConfigError, load_certificates
 from scepproxyd.web.api import (
-    ApiError,
     Conflict,
+    HttpRefusal,
     Invalid,
     JsonApi,
     NotFound,
@@ -405,7 +405,7 @@ class AdminRoutes:
         # covers a site without that per-path limit.
         content = request.content.read(self._max_profile_bytes + 1)
         if len(content) > self._max_profile_bytes:
-            raise ApiError(profile_too_large(self._max_profile_bytes), field="profile", status=413)
+            raise HttpRefusal(profile_too_large(self._max_profile_bytes), field="profile", status=413)
         content_type = (request.getHeader(b"Content-Type") or b"").decode("latin-1")
         try:
             # Parsing and checking a profile is CPU work that grows with its size.

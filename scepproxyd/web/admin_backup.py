@@ -13,7 +13,7 @@ from pathlib import Path
 
 from scepproxyd.backup import BackupError, take_backup
 from scepproxyd.logs import get_logger
-from scepproxyd.web.api import ApiError, Invalid, field, json_body
+from scepproxyd.web.api import HttpRefusal, Invalid, field, json_body
 
 log = get_logger(__name__)
 
@@ -38,7 +38,7 @@ def backup_routes(store, settings, reactor=None) -> list:
             if e.field is not None:
                 raise Invalid(e.message, field=e.field) from None
             log.error("backup to {directory} failed: {error}", directory=str(path), error=e.message)
-            raise ApiError(e.message, status=500) from None
+            raise HttpRefusal(e.message, status=500) from None
         return (201, result)
 
     return [("POST", r"/api/v1/backup", backup)]

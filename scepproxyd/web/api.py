@@ -36,8 +36,13 @@ UNAVAILABLE = "the database cannot be written right now: %s; nothing was changed
 _INTERNAL_ERROR = {"error": "internal error; see the daemon's log"}
 
 
-class ApiError(Exception):
-    """A refusal with its HTTP status; ``field`` names the input at fault, if one is."""
+class HttpRefusal(Exception):
+    """
+    A refusal with its HTTP status; ``field`` names the input at fault, if one is.
+
+    Raised only in the web layer: domain code raises its own errors, which
+    the routes translate into one of these.
+    """
 
     status = 400
 
@@ -49,23 +54,23 @@ class ApiError(Exception):
             self.status = status
 
 
-class BadRequest(ApiError):
+class BadRequest(HttpRefusal):
     status = 400
 
 
-class Unauthorized(ApiError):
+class Unauthorized(HttpRefusal):
     status = 401
 
 
-class NotFound(ApiError):
+class NotFound(HttpRefusal):
     status = 404
 
 
-class Conflict(ApiError):
+class Conflict(HttpRefusal):
     status = 409
 
 
-class Invalid(ApiError):
+class Invalid(HttpRefusal):
     status = 422
 
 
@@ -106,7 +111,7 @@ def json_body(request, required: bool = True):
         parsed = _parse_json(raw)
     outcome, value = parsed
     if outcome == "error":
-        raise ApiError(value.message, field=value.field, status=value.status)
+        raise HttpRefusal(value.message, field=value.field, status=value.status)
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
     return value
@@ -294,9 +299,9 @@ class JsonApi(resource.Resource):
                     return result
                 return (200, result)
             if allowed:
-                raise ApiError("method not allowed; use %s" % (", ".join(sorted(set(allowed))),), status=405)
+                raise HttpRefusal("method not allowed; use %s" % (", ".join(sorted(set(allowed))),), status=405)
             raise NotFound("no such endpoint: %s %s" % (request.method.decode(), path))
-        except ApiError as e:
+        except HttpRefusal as e:
             body = {"error": e.message}
             if e.field is not None:
                 body["field"] = e.field
