@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 from twisted.internet.threads import deferToThreadPool
 
-from scepproxyd.files import fsync_directory
+from scepproxyd.files import fsync_directory, open_new_private
 from scepproxyd.ca.material import RA_CERTIFICATE_NAME, RA_KEY_NAME
 from scepproxyd.logs import get_logger
 from scepproxyd.store import StoreError
@@ -149,13 +149,6 @@ def _sha256(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _create_private(path: Path):
-    """A new file, mode 0600, opened for writing; refuses to replace anything."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    os.fchmod(fd, 0o600)
-    return os.fdopen(fd, "wb")
-
-
 def _copy(source: Path, target: Path) -> tuple[str, int]:
     """Copy ``source`` to a new private file ``target``, synced; returns its sha256 and size."""
     with open(source, "rb") as src:
@@ -164,7 +157,7 @@ def _copy(source: Path, target: Path) -> tuple[str, int]:
 
 def _copy_open(src, target: Path) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
-    with _create_private(target) as dst:
+    with open_new_private(target) as dst:
         while chunk := src.read(_CHUNK):
             digest.update(chunk)
             size += len(chunk)
@@ -222,7 +215,7 @@ def _prepare_directory(directory: Path, database_name: str) -> bool:
                     "and the unit's ReadWritePaths)")
         raise BackupError("cannot create %s: %s%s" % (directory, _reason(e), hint), field=where) from None
     try:
-        _create_private(directory / database_name).close()
+        open_new_private(directory / database_name).close()
     except FileExistsError:
         raise BackupError(
             "%s is not empty; back up into a new or empty directory" % (directory,), field=where
@@ -270,7 +263,7 @@ def _write_files(directory: Path, plan, database_name: str) -> dict:
     }
     staged = directory / (MANIFEST + ".tmp")
     try:
-        with _create_private(staged) as f:
+        with open_new_private(staged) as f:
             f.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n")
             f.flush()
             os.fsync(f.fileno())

@@ -6,6 +6,10 @@ exposes it), written in full, fsynced, then put in place with one rename (or
 a hard link when an existing file must never be replaced), and the directory
 fsynced so the name survives a power cut. A failure at any step removes the
 temporary file: the target is either absent or complete.
+
+Files that are streamed rather than written whole (a backup's copies, the
+CLI's file of new agent credentials) are opened with L{open_new_private};
+secrets are read only after L{loose_mode_advice} finds their mode private.
 """
 
 from __future__ import annotations
@@ -73,6 +77,34 @@ def write_private_file(path: Path, data: bytes, replace: bool = False) -> None:
         except OSError:
             pass
         raise
+
+
+def open_new_private(path, mode: str = "wb", **options):
+    """
+    A new file at ``path``, mode 0600 whatever the umask, opened for writing (``open()``'s ``mode`` and ``options``).
+
+    Refuses to replace or follow anything that is there (FileExistsError),
+    so a secret never lands in a file someone else made or linked in
+    advance; other refusals are OSError for the caller to name the file.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, mode, **options)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def loose_mode_advice(path: Path) -> str | None:
+    """A message for a secret file that its group or others may use (any of mode 0o077), else None.
+
+    Raises OSError if ``path`` cannot be looked at.
+    """
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        return "%s is readable by others (mode %o); chmod 600 it" % (path, mode)
+    return None
 
 
 def truncated_file_advice(path: Path, what: str, remedy: str) -> str | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from scepproxyd.files import truncated_file_advice, write_private_file
+from scepproxyd.files import loose_mode_advice, truncated_file_advice, write_private_file
 
 _NONCE_BYTES = 12
 # Binds ciphertexts to their purpose, so a blob cannot be replayed as another kind of secret.
@@ -54,10 +54,7 @@ def create_private(path: Path, data: bytes) -> None:
 
 
 def _read_private(path: Path, what: str, remedy: str) -> bytes:
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise KeyFileError("%s is readable by others (mode %o); chmod 600 it" % (path, mode))
-    advice = truncated_file_advice(path, what, remedy)
+    advice = loose_mode_advice(path) or truncated_file_advice(path, what, remedy)
     if advice is not None:
         raise KeyFileError(advice)
     return path.read_bytes()

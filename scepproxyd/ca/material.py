@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.x509.oid import NameOID
 
-from scepproxyd.files import truncated_file_advice
+from scepproxyd.files import loose_mode_advice, truncated_file_advice
 from scepproxyd.keys import KeyFileError, create_private, load_or_create_token
 
 #: The RA's files sit next to the CA key; named here, not configured, to keep [ca] short.
@@ -273,9 +273,9 @@ def _aki(ca_cert, ca_key) -> x509.AuthorityKeyIdentifier:
 
 
 def _check_private_mode(path: Path) -> None:
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise KeyFileError("%s is readable by others (mode %o); chmod 600 it" % (path, mode))
+    advice = loose_mode_advice(path)
+    if advice is not None:
+        raise KeyFileError(advice)
 
 
 def _import(settings) -> tuple:

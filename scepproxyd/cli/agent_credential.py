@@ -13,6 +13,7 @@ import os
 
 from scepproxyd.cli.client import CliError, InvocationError, api_path, list_all
 from scepproxyd.cli.render import fields, table
+from scepproxyd.files import open_new_private
 
 
 def issue(api, args, stdin):
@@ -45,12 +46,11 @@ def list_credentials(api, args, stdin):
 def _open_new(path: str):
     """The output file, created now (before anything is issued), readable by its owner only."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return open_new_private(path, "w", encoding="ascii", newline="")
     except FileExistsError:
         raise CliError("%s already exists; give a new file for the credentials" % (path,)) from None
     except OSError as e:
         raise CliError("cannot create %s: %s" % (path, e.strerror or e)) from None
-    return os.fdopen(fd, "w", encoding="ascii", newline="")
 
 
 def issue_bulk(api, args, stdin):
