@@ -11,7 +11,7 @@ import attrs
 from twisted.internet import defer
 
 from scepproxyd.store.database import chunks, keyset, one, order_by, placeholders
-from scepproxyd.store.models import PLATFORMS, NotFoundError, check_choice
+from scepproxyd.store.models import PLATFORMS, NotFoundError, check_choice, check_filter
 
 #: Rows written per transaction when credentials are issued in bulk, so other
 #: queued queries (the proxy's) are not held behind one long write.
@@ -83,8 +83,7 @@ class AgentCredentialQueries:
                     raise NotFoundError(f"no host {missing[0]!r}")
                 selected = listed
             else:
-                if platform is not None:
-                    check_choice(platform, PLATFORMS, "platform")
+                check_filter(platform, PLATFORMS, "platform")
                 selected = [row[0] for row in conn.execute(
                     "SELECT uuid FROM hosts WHERE ? IS NULL OR platform = ? ORDER BY uuid", (platform, platform))]
             if rotate:

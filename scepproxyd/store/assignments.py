@@ -19,6 +19,7 @@ from scepproxyd.store.models import (
     NotFoundError,
     PlatformMismatchError,
     check_choice,
+    check_filter,
     new_renewal_id,
 )
 
@@ -207,8 +208,7 @@ class AssignmentQueries:
         """
 
         def list_host_profiles(conn):
-            if status is not None:
-                check_choice(status, STATUS_FILTERS, "status filter")
+            check_filter(status, STATUS_FILTERS, "status filter")
             for what, value in (("limit", limit), ("offset", offset)):
                 if not isinstance(value, int) or value < 0:
                     raise ValueError(f"{what} must be a non-negative integer, not {value!r}")

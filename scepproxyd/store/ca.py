@@ -16,7 +16,7 @@ import sqlite3
 
 from scepproxyd.store.assignments import count_failed_attempt
 from scepproxyd.store.database import keyset, one, order_by
-from scepproxyd.store.models import DuplicateError, NotFoundError, StoreError
+from scepproxyd.store.models import DuplicateError, NotFoundError, StoreError, check_filter
 
 CERTIFICATE_STATUSES = ("valid", "revoked")
 CA_REQUEST_STATUSES = ("pending", "approved", "rejected", "issued")
@@ -161,11 +161,6 @@ def _save_request(conn, request: CaRequest) -> None:
         raise DuplicateError(f"transaction {request.transaction_id} is still open")
 
 
-def _check_status(value, allowed, what) -> None:
-    if value is not None and value not in allowed:
-        raise ValueError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
-
-
 class CaAuthorityQueries:
     # -- issuing -------------------------------------------------------------
 
@@ -225,7 +220,7 @@ class CaAuthorityQueries:
 
     def list_ca_requests(self, status=None, after=None, limit=None) -> defer.Deferred:
         """Requests, newest first; ``status`` narrows to one of CA_REQUEST_STATUSES; ``after``/``limit`` page."""
-        _check_status(status, CA_REQUEST_STATUSES, "status")
+        check_filter(status, CA_REQUEST_STATUSES, "status")
 
         def list_ca_requests(conn):
             where, params = keyset(REQUEST_ORDER, after)
@@ -310,7 +305,7 @@ class CaAuthorityQueries:
 
     def list_issued_certificates(self, status=None, after=None, limit=None) -> defer.Deferred:
         """Issued certificates, newest first; ``status`` is 'valid' or 'revoked'; ``after``/``limit`` page."""
-        _check_status(status, CERTIFICATE_STATUSES, "status")
+        check_filter(status, CERTIFICATE_STATUSES, "status")
 
         def list_issued_certificates(conn):
             where, params = keyset(CERTIFICATE_ORDER, after)

@@ -260,6 +260,12 @@ def check_choice(value, allowed: tuple, what: str) -> None:
         raise ValueError(f"{what} must be one of {', '.join(map(str, allowed))}, not {value!r}")
 
 
+def check_filter(value, allowed: tuple, what: str) -> None:
+    """L{check_choice} for a filter of a list, where None means "do not filter"."""
+    if value is not None:
+        check_choice(value, allowed, what)
+
+
 def check_positive(value, what: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{what} must be a positive integer, not {value!r}")
