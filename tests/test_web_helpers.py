@@ -9,7 +9,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
-from scepproxyd.web.api import Invalid, JsonApi, one_of, query_choice
+from scepproxyd.web.api import Conflict, Invalid, JsonApi, one_of, query_choice, refusing
 from scepproxyd.web.later import answer_later
 
 
@@ -100,3 +100,29 @@ def test_query_choice_reads_the_query_parameter():
     request.addArg(b"status", b"\xff")
     with pytest.raises(Invalid, match="^query parameter status is not valid UTF-8$"):
         query_choice(request, "status", ["pending", "null"])
+
+
+class DomainRefusal(Exception):
+    pass
+
+
+def test_refusing_turns_a_domain_error_into_the_routes_refusal_and_lets_others_pass():
+    answered = refusing(DomainRefusal, lambda e: Conflict(str(e), field="name"))
+
+    @answered
+    async def handler(request, fail=None):
+        """A route."""
+        if fail is not None:
+            raise fail
+        return {"ok": True}
+
+    def outcome(coroutine):
+        results = []
+        defer.ensureDeferred(coroutine).addBoth(results.append)
+        return results[0]
+
+    assert handler.__name__ == "handler" and handler.__doc__ == "A route."
+    assert outcome(handler(None)) == {"ok": True}
+    refused = outcome(handler(None, DomainRefusal("taken"))).value
+    assert isinstance(refused, Conflict) and (refused.status, refused.message, refused.field) == (409, "taken", "name")
+    assert isinstance(outcome(handler(None, KeyError("bug"))).value, KeyError)

@@ -4,7 +4,6 @@ Routes map HTTP to the store and the admin rules; nothing here returns or
 logs a static challenge. The full contract is in docs/admin-api.md.
 """
 
-import functools
 import uuid as uuid_module
 
 import attrs
@@ -39,6 +38,7 @@ from scepproxyd.web.api import (
     query_choice,
     query_parameter,
     raw_body,
+    refusing,
 )
 
 log = get_logger(__name__)
@@ -53,17 +53,8 @@ IMPORT_BATCH = 2000
 _ID = r"[A-Za-z0-9._-]{1,255}"
 
 
-def _admin_rules(handler):
-    """Answer the admin rules' refusals (L{admin.InvalidAdminInput}) as this API's 422, same message and field."""
-
-    @functools.wraps(handler)
-    async def refusing(*args, **kwargs):
-        try:
-            return await handler(*args, **kwargs)
-        except admin.InvalidAdminInput as e:
-            raise Invalid(e.message, field=e.field) from None
-
-    return refusing
+#: The admin rules' refusals are this API's 422, with their message and field.
+_admin_rules = refusing(admin.InvalidAdminInput, lambda e: Invalid(e.message, field=e.field))
 
 
 def ca_json(ca, profiles=None) -> dict:

@@ -17,7 +17,7 @@ from scepproxyd.ca.material import fingerprint
 from scepproxyd.config import parse_duration
 from scepproxyd.store import CA_REQUEST_STATUSES, CERTIFICATE_STATUSES
 from scepproxyd.timestamps import utc_iso, utc_iso_or_none as _time
-from scepproxyd.web.api import Conflict, Invalid, NotFound, Page, field, json_body, query_choice
+from scepproxyd.web.api import Conflict, Invalid, NotFound, Page, field, json_body, query_choice, refusing
 
 MANAGED = "managed by the [ca] section of the configuration"
 
@@ -46,6 +46,9 @@ def _refusal(error: ManageError):
     if error.kind == "conflict":
         return Conflict(error.message, field=error.field)
     return Invalid(error.message, field=error.field)
+
+
+_managed = refusing(ManageError, _refusal)
 
 
 def _ttl(body) -> float | None:
@@ -116,20 +119,16 @@ class CaAdminRoutes:
         rows = await self._store.list_ca_requests(status, after=page.after, limit=page.limit + 1)
         return page.answer(rows, lambda r: (r.created_at, r.transaction_id), request_json)
 
+    @_managed
     async def approve(self, request, transaction_id):
-        try:
-            # Transaction IDs are often base64 ("+", "/", "="), so clients path-escape them.
-            return request_json(await self._manager.approve(unquote(transaction_id)))
-        except ManageError as e:
-            raise _refusal(e) from None
+        # Transaction IDs are often base64 ("+", "/", "="), so clients path-escape them.
+        return request_json(await self._manager.approve(unquote(transaction_id)))
 
+    @_managed
     async def reject(self, request, transaction_id):
         body = json_body(request, required=False)
         reason = field(body, "reason", required=False)
-        try:
-            return request_json(await self._manager.reject(unquote(transaction_id), reason))
-        except ManageError as e:
-            raise _refusal(e) from None
+        return request_json(await self._manager.reject(unquote(transaction_id), reason))
 
     async def list_certificates(self, request):
         status = query_choice(request, "status", CERTIFICATE_STATUSES)
@@ -137,20 +136,16 @@ class CaAdminRoutes:
         rows = await self._store.list_issued_certificates(status, after=page.after, limit=page.limit + 1)
         return page.answer(rows, lambda c: (c.created_at, c.serial), certificate_json)
 
+    @_managed
     async def revoke(self, request, serial):
         body = json_body(request, required=False)
         reason = field(body, "reason", required=False)
-        try:
-            return certificate_json(await self._manager.revoke(unquote(serial), reason))
-        except ManageError as e:
-            raise _refusal(e) from None
+        return certificate_json(await self._manager.revoke(unquote(serial), reason))
 
+    @_managed
     async def new_challenge(self, request):
         body = json_body(request, required=False)
         template = field(body, "template", required=False)
-        try:
-            challenge, expires_at = await self._manager.new_challenge(template, _ttl(body))
-        except ManageError as e:
-            raise _refusal(e) from None
+        challenge, expires_at = await self._manager.new_challenge(template, _ttl(body))
         return (201, {"challenge": challenge, "expires_at": utc_iso(expires_at), "template": template
                       or self._ca.default_template})

@@ -13,6 +13,7 @@ answer), found by keyset in the store.
 
 import base64
 import binascii
+import functools
 import json
 import re
 
@@ -72,6 +73,27 @@ class Conflict(HttpRefusal):
 
 class Invalid(HttpRefusal):
     status = 422
+
+
+def refusing(error_type, refusal):
+    """
+    A route decorator: a domain error ``error_type`` from the handler becomes ``refusal(error)``, an L{HttpRefusal}.
+
+    Domain modules define their own errors and know nothing of HTTP; each
+    route module says once how its domain's errors are answered.
+    """
+
+    def decorate(handler):
+        @functools.wraps(handler)
+        async def translated(*args, **kwargs):
+            try:
+                return await handler(*args, **kwargs)
+            except error_type as e:
+                raise refusal(e) from None
+
+        return translated
+
+    return decorate
 
 
 #: A JSON body larger than this is parsed on a worker thread, not the reactor's.
