@@ -92,3 +92,23 @@ def test_push_backends_serve_apple_only():
     assert backends_for("outbox") == {"macos": "outbox", "ios": "outbox", "ipados": "outbox", "android": "outbox"}
     assert backends_for("nanomdm")["macos"] == "nanomdm"
     assert backends_for("nanomdm")["android"] == "outbox"
+
+
+def test_admin_api_doc_lists_every_job():
+    """docs/admin-api.md's job table has one row per job class of scepproxyd.jobs, and no other."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from scepproxyd import jobs
+
+    names = sorted(
+        cls.name for _, cls in inspect.getmembers(jobs, inspect.isclass)
+        if cls.__module__ == jobs.__name__ and isinstance(getattr(cls, "name", None), str) and hasattr(cls, "run")
+    )
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "admin-api.md").read_text(encoding="utf-8")
+    chapter = doc.split("\n## Jobs\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z_]+)` \| `\[", chapter, re.M)
+    assert names == ["cleanup", "process_profiles", "renew_certificates"]
+    assert sorted(rows) == names
+    assert '{"jobs": [%s]}' % ", ".join('"%s"' % n for n in names) in " ".join(chapter.split())

@@ -1,4 +1,4 @@
-"""Uploading profiles: kind detection, the shared samples, and variable names.
+"""Uploading profiles: kind detection, the sample profiles, and variable names.
 
 Apple rules are in test_profiles_apple.py, Android templates in
 test_profiles_android.py, rendering in test_profiles_render.py.
@@ -64,7 +64,7 @@ def sign(content: bytes, encoding: serialization.Encoding) -> bytes:
     )
 
 
-# -- the shared samples --------------------------------------------------------
+# -- the sample profiles (tests/fixtures/profiles) ---------------------------
 
 
 def test_fleet_sample_uploads_cleanly():
@@ -93,14 +93,6 @@ def test_static_challenge_sample_refused_as_bypassing_the_proxy():
     error = refusal((FIXTURES / "ucm-static-challenge.mobileconfig").read_bytes())
     assert str(error) == NO_PROXY_VARIABLES
     assert error.field == "profile"
-
-
-def test_fixtures_are_copies_of_the_shared_samples():
-    shared = Path(__file__).parents[2] / "shared" / "fixtures"
-    if not shared.is_dir():
-        pytest.skip("no shared fixtures next to this checkout")
-    for sample in shared.glob("*.mobileconfig"):
-        assert (FIXTURES / sample.name).read_bytes() == sample.read_bytes()
 
 
 # -- detection -----------------------------------------------------------------
