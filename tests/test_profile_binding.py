@@ -344,7 +344,8 @@ def test_renewal_id_substitution():
 
 
 _TYPES = {"CN": CN, "OU": OU, "O": O, "L": NameOID.LOCALITY_NAME, "UID": NameOID.USER_ID}
-_PRINTABLE = dict(categories=("L", "N", "P", "S"), include_characters=" ", exclude_characters="%$")
+# Up to two UTF-8 bytes a character: three pieces of at most 10 stay within the 64 bytes a CN may hold.
+_PRINTABLE = dict(categories=("L", "N", "P", "S"), include_characters=" ", exclude_characters="%$", max_codepoint=0x7FF)
 _LITERAL = st.text(st.characters(**_PRINTABLE), min_size=1, max_size=10)
 _FREE_VALUE = st.text(st.characters(**_PRINTABLE), min_size=1, max_size=10).filter(
     lambda text: not set(text) & set(',+=\\"<>;'))
