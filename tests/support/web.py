@@ -150,7 +150,7 @@ class MisbehavingCA(resource.Resource):
 
 @attrs.define
 class UpstreamCAs:
-    """``http://upstream.test/``: ``/scep`` is a real CA; ``/<how>[-all]/scep`` fail as MisbehavingCA says."""
+    """``http://upstream.test/``: ``/scep`` is a real CA; ``/<how>[-all]`` fail as MisbehavingCA says."""
 
     root: resource.Resource
     ca: object  # ca.wiring.BuiltinCA: another scepproxyd's built-in CA, static challenge on
@@ -167,7 +167,7 @@ class UpstreamCAs:
             ca = MisbehavingCA(self.scep, how, everything)
             self.misbehaving[key] = ca
             self.root.putChild(key.encode("ascii"), ca)
-        return "%s/%s/scep" % (UPSTREAM, key)
+        return "%s/%s" % (UPSTREAM, key)
 
     @property
     def static_challenge(self) -> str:
@@ -220,6 +220,8 @@ class Enrollment:
     url: str  # the proxy URL the profile carries, challenge included
     challenge_password: str  # the profile's Challenge field (the CA's static challenge)
     subject_cn: str
+    command: str = ""  # the command that carried it
+    credential: str = attrs.field(default="", repr=False)  # the host's agent credential
 
     @property
     def path(self) -> str:
@@ -343,13 +345,51 @@ class Web:
         await self.ok(self.admin("POST", "/api/v1/jobs/process_profiles"))
         credential = await self.credential(host)
         commands = (await self.ok(self.agent("GET", host, "/commands", credential)))["commands"]
-        payload = [c for c in commands if c["profile_uuid"] == profile["uuid"]][0]["payload"]
-        return Enrollment(host, profile["uuid"], ca, payload, *_scep_fields(payload))
+        (command,) = [c for c in commands if c["profile_uuid"] == profile["uuid"]]
+        return Enrollment(host, profile["uuid"], ca, command["payload"], *_scep_fields(command["payload"]),
+                          command=command["command_uuid"], credential=credential)
+
+    async def ca_certificate(self, enrollment: Enrollment):
+        """The CA certificate as the device gets it: GetCACert through the proxy."""
+        from cryptography import x509
+
+        answer = await self.device("GET", enrollment.path + "?operation=GetCACert")
+        assert answer.status == 200, answer.body
+        return x509.load_der_x509_certificate(answer.body)
+
+    async def pkcs_req(self, enrollment: Enrollment, cn: str | None = None, challenge: str | None = None):
+        """A device's PKCSReq for ``enrollment`` (micromdm style, made in process): ``DeviceRequest``."""
+        from scep_capture import make_device
+        from scepproxyd.scep import codec
+
+        ca_cert = await self.ca_certificate(enrollment)
+        cn = cn or enrollment.subject_cn.replace("%SerialNumber%", "SER-" + enrollment.host)
+        key, cert, csr = make_device(cn, challenge or enrollment.challenge_password)
+        message, _ = codec.build_request(message_type="PKCSReq", signer_key=key, signer_certificate=cert,
+                                         recipient_certificate=ca_cert, csr=csr)
+        return DeviceRequest(message, key, cert, ca_cert, cn)
 
     async def host_profile(self, host: str, profile: str) -> dict:
         page = await self.ok(self.admin("GET", "/api/v1/host-profiles?host=%s&profile=%s" % (host, profile)))
         (only,) = page["host_profiles"]
         return only
+
+
+@attrs.frozen
+class DeviceRequest:
+    message: bytes = attrs.field(repr=False)
+    key: object = attrs.field(repr=False)
+    certificate: object
+    ca_certificate: object
+    cn: str
+
+    def read(self, answer: Answer):
+        """``(pkiStatus, failInfo, certificates)`` of the CertRep in ``answer``, verified and decrypted."""
+        from scepproxyd.scep import codec
+
+        assert answer.status == 200, (answer.status, answer.body)
+        assert answer.content_type == b"application/x-pki-message"
+        return codec.read_response(answer.body, self.key, self.certificate, self.ca_certificate)
 
 
 def _scep_fields(payload: str) -> tuple[str, str, str]:
