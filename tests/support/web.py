@@ -86,8 +86,28 @@ def settings_in(directory: Path, database: Path | None = None, **sections):
     settings = parse_settings(_ini(directory / "state", database, sections), directory / "scepproxyd.ini")
     settings.state_directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     if settings.ca.enabled:
-        prepare_ca_material(settings.ca)
+        if not _reuse_ca_files(settings.ca):
+            prepare_ca_material(settings.ca)
+        _CA_FILES.setdefault(settings.ca.subject, (settings.ca.key_file.read_bytes(),
+                                                   settings.ca.certificate_file.read_bytes()))
     return settings
+
+
+#: CA key and certificate files by subject, made once per test run: RSA key generation is the slow part.
+_CA_FILES: dict[str, tuple[bytes, bytes]] = {}
+
+
+def _reuse_ca_files(ca) -> bool:
+    """Put this run's key and certificate for ``ca.subject`` in place, as prepare_ca_material's first start would."""
+    if ca.subject not in _CA_FILES or ca.key_file.exists():
+        return False
+    key, certificate = _CA_FILES[ca.subject]
+    ca.key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ca.key_file.write_bytes(key)
+    ca.key_file.chmod(0o600)
+    ca.certificate_file.write_bytes(certificate)
+    load_or_create_token(ca.challenge_file)
+    return True
 
 
 # -- the upstream CAs ------------------------------------------------------------------------
