@@ -119,3 +119,13 @@ def builtin_ca_daemon(tmp_path):
     yield daemon
     daemon.stop()
     assert "Traceback" not in daemon.log(), daemon.log()
+
+
+@pytest_twisted.async_yield_fixture
+async def web(store, clock, db_path, tmp_path):
+    """The daemon's device-facing and admin web trees in process over ``store`` and ``clock`` (support.web)."""
+    from support.web import build_web, stop_web
+
+    w = await build_web(store, clock, tmp_path, database=db_path)
+    yield w
+    await stop_web(w)
