@@ -12,7 +12,8 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
-from support.store import TTL
+from support.store import TTL, migrated, started_store
+from support.web import build_web, stop_web
 
 CHALLENGE_FAILED = b"custom scep challenge failed\n"
 
@@ -340,3 +341,28 @@ async def test_slow_upstream_is_504(web, clock, how, timeout, reason, put_back):
         assert request.read(retry)[0] == "SUCCESS"
     else:
         assert (retry.status, retry.body) == (400, CHALLENGE_FAILED)
+
+
+# -- 503: the daemon cannot write its database ----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_disk_is_503_spends_nothing_and_the_retry_enrolls(tmp_path, clock, small_tmpfs, fill_up):
+    state = small_tmpfs(tmp_path / "state", "16m")
+    database = migrated(state / "scepproxyd.sqlite")
+    store = await started_store(database, reactor, clock)
+    web = await build_web(store, clock, tmp_path, database=database)
+    try:
+        e = await web.enrollment()
+        request = await web.pkcs_req(e)
+        filler = fill_up(state)
+        answer = await web.device("POST", pki(e.path), request.message)
+        assert (answer.status, answer.text) == (
+            503, "service unavailable: the proxy cannot write its database; try again later\n")
+        filler.unlink()
+        assert await status_of(web, e) == ("pending", 0)
+        assert request.read(await web.device("POST", pki(e.path), request.message))[0] == "SUCCESS"
+        assert await status_of(web, e) == ("verifying", 0)
+    finally:
+        await stop_web(web)
+        await store.stop()
