@@ -44,6 +44,60 @@ def test_global_options_come_before_the_command():
     assert args.handler.__name__ == "ca_list"
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ca", "list", "--config", "/x.ini", "--url", "http://h:1", "--token-file", "/t", "--json", "--timeout", "5"],
+        ["ca", "--config", "/x.ini", "--url", "http://h:1", "list", "--token-file", "/t", "--json", "--timeout", "5"],
+        ["--config", "/x.ini", "ca", "list", "--url", "http://h:1", "--token-file", "/t", "--json", "--timeout", "5"],
+        ["--json", "--timeout", "5", "ca", "list", "--config", "/x.ini", "--url", "http://h:1", "--token-file", "/t"],
+    ],
+)
+def test_global_options_also_come_after_the_command(argv):
+    args = parse(*argv)
+    assert (args.config, args.api_url, args.token_file, args.json, args.timeout) == (
+        "/x.ini", "http://h:1", "/t", True, 5.0)
+    assert args.handler.__name__ == "ca_list"
+
+
+def test_global_options_not_given_keep_their_defaults_on_every_command(monkeypatch):
+    monkeypatch.delenv("SCEPPROXYD_CONFIG", raising=False)
+    for argv in (["jobs"], ["ca", "list"], ["builtin-ca", "show"], ["restore", "DIR"]):
+        args = parse(*argv)
+        assert (args.config, args.api_url, args.token_file, args.json, args.timeout) == (
+            "/etc/scepproxyd/scepproxyd.ini", None, None, False, 60.0), argv
+
+
+def test_global_option_after_the_command_wins_over_the_one_before():
+    args = parse("--timeout", "5", "--config", "/a.ini", "jobs", "--timeout", "7")
+    assert (args.timeout, args.config) == (7.0, "/a.ini")
+
+
+def test_ca_add_and_edit_url_is_the_cas_and_the_admin_url_goes_before_the_command():
+    args = parse("ca", "add", "UP", "--url", "http://ca.example/scep", "--json")
+    assert (args.url, args.api_url, args.json) == ("http://ca.example/scep", None, True)
+    args = parse("ca", "edit", "UP", "--url", "http://ca2.example/scep", "--token-file", "/t")
+    assert (args.url, args.api_url, args.token_file) == ("http://ca2.example/scep", None, "/t")
+
+
+@pytest.mark.parametrize(
+    "argv, prog",
+    [
+        (["ca", "list", "--bogus"], "scepproxyctl ca list"),
+        (["--bogus", "jobs"], "scepproxyctl jobs"),
+        (["status", "--host", "H1", "--jsn"], "scepproxyctl status"),
+        (["builtin-ca", "show", "--js"], "scepproxyctl builtin-ca show"),
+    ],
+)
+def test_an_unknown_option_is_refused_by_the_command_it_was_given_to(capsys, argv, prog):
+    with pytest.raises(SystemExit) as e:
+        parse(*argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: %s " % (prog,))
+    assert err.endswith("%s: error: unrecognized arguments: %s\n" % (prog, argv[-1] if argv[0] != "--bogus" else "--bogus"))
+
+
 def test_config_default_and_environment(monkeypatch):
     monkeypatch.delenv("SCEPPROXYD_CONFIG", raising=False)
     assert parse("jobs").config == "/etc/scepproxyd/scepproxyd.ini"

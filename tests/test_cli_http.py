@@ -176,6 +176,58 @@ def test_url_and_token_file_options_override_config(tcp_api, tmp_path):
     assert tcp_api.last.headers["Authorization"] == "Bearer another-token-0123456789"
 
 
+def answer_read_commands(api):
+    """Canned answers for a few read-only commands (for the global-option tests)."""
+    api.answer("GET", "/api/v1/cas?limit=5000", body={"cas": [CA]})
+    api.answer("GET", "/api/v1/cas/UPSTREAM", body=dict(CA, tls_verify=True, trust_bundle=False))
+    api.answer("GET", "/api/v1/hosts/H1", body=dict(HOST, profiles=[HP]))
+    api.answer("GET", "/api/v1/host-profiles?status=failed&limit=5000", body={"host_profiles": [HP], "next": None})
+    api.answer("GET", "/api/v1/jobs", body={"jobs": ["cleanup"]})
+    api.answer("GET", "/api/v1/ca/certificates?limit=5000", body={"certificates": [], "next": None})
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        (["--json", "ca", "list"], ["ca", "list", "--json"]),
+        (["--json", "ca", "show", "UPSTREAM"], ["ca", "--json", "show", "UPSTREAM"]),
+        (["--json", "host", "show", "H1"], ["host", "show", "H1", "--json"]),
+        (["--json", "status", "--status", "failed"], ["status", "--json", "--status", "failed"]),
+        (["--json", "jobs"], ["jobs", "--json"]),
+        (["--json", "builtin-ca", "certificates"], ["builtin-ca", "certificates", "--json"]),
+        (["--timeout", "5", "ca", "list"], ["ca", "list", "--timeout", "5"]),
+    ],
+)
+def test_global_options_before_or_after_the_command_give_the_same_output(tcp_api, before, after):
+    answer_read_commands(tcp_api)
+    first = ctl(tcp_api, *before)
+    assert first[0] == 0 and first[2] == "", first
+    assert ctl(tcp_api, *after) == first
+    if "--json" in before:
+        json.loads(first[1])
+    requests = [(r.method, r.path) for r in tcp_api.requests]
+    assert requests[: len(requests) // 2] == requests[len(requests) // 2:]
+
+
+def test_url_and_token_file_after_the_command(tcp_api, tmp_path):
+    token = tmp_path / "other.token"
+    token.write_text("another-token-0123456789")
+    tcp_api.answer("GET", "/api/v1/jobs", body={"jobs": ["cleanup"]})
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["--config", str(tmp_path / "none.ini"), "jobs", "--url", tcp_api.url, "--token-file", str(token),
+                 "--json"], stdout=out, stderr=err)
+    assert (code, json.loads(out.getvalue()), err.getvalue()) == (0, {"jobs": ["cleanup"]}, "")
+    assert tcp_api.last.headers["Authorization"] == "Bearer another-token-0123456789"
+
+
+def test_admin_url_before_ca_add_and_the_cas_url_after(tcp_api, tmp_path):
+    tcp_api.answer("POST", "/api/v1/cas", 201, CA)
+    code, out, err = ctl(tcp_api, "--url", tcp_api.url, "ca", "add", "UPSTREAM", "--url", CA["url"], "--json",
+                         stdin=SECRET)
+    assert (code, json.loads(out), err) == (0, CA, "")
+    assert tcp_api.last.json()["url"] == CA["url"]
+
+
 def test_unreachable_unix_socket(unix_api):
     unix_api.socket_path.unlink()
     code, out, err = ctl(unix_api, "ca", "list")

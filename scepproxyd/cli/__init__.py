@@ -24,36 +24,72 @@ PROG = "scepproxyctl"
 DEFAULT_CONFIG = "/etc/scepproxyd/scepproxyd.ini"
 
 
+class Parser(argparse.ArgumentParser):
+    """Refuses an unknown option in the words (and with the usage) of the command it was given to."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            getattr(parsed, "command_parser", self).error("unrecognized arguments: %s" % (" ".join(unknown),))
+        return parsed
+
+
+def add_global_options(parser: argparse.ArgumentParser, defaults: bool = True, without=()) -> None:
+    """
+    The global options, on the top-level parser (``defaults``) and again on every command.
+
+    On a command they default to C{SUPPRESS}: an option given after the command
+    sets its value, and one not given there leaves what the top level parsed
+    (an option before the command, or the default) alone. ``without`` leaves out
+    options the command has for itself (``ca add --url`` is the CA's URL).
+    """
+    def default(value):
+        return value if defaults else argparse.SUPPRESS
+
+    options = parser.add_argument_group("global options (before or after the command)")
+    if "--config" not in without:
+        options.add_argument(
+            "--config", default=default(os.environ.get("SCEPPROXYD_CONFIG", DEFAULT_CONFIG)),
+            help="the daemon's INI file, for [admin] url, listen and token_file "
+                 "(default: $SCEPPROXYD_CONFIG or %s)" % (DEFAULT_CONFIG,),
+        )
+    if "--url" not in without:
+        options.add_argument("--url", dest="api_url", metavar="URL", default=default(None),
+                             help="the admin API as http://HOST:PORT, instead of [admin] url or listen")
+    if "--token-file" not in without:
+        options.add_argument("--token-file", default=default(None),
+                             help="the admin token file, instead of [admin] token_file")
+    if "--json" not in without:
+        options.add_argument("--json", action="store_true", default=default(False),
+                             help="print the API's JSON answer")
+    if "--timeout" not in without:
+        options.add_argument("--timeout", type=float, default=default(60.0), metavar="SECONDS",
+                             help="give up on the admin API after this long (default: 60)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         # No abbreviations: "--challenge SECRET" must be refused, not taken as --challenge-file.
         allow_abbrev=False,
         description="Manage a running scepproxyd through its admin API.",
-        epilog="The CA challenge is never an argument: it is read from --challenge-file or stdin.",
+        epilog="The CA challenge is never an argument: it is read from --challenge-file or stdin. "
+               "Global options go before or after the command.",
     )
-    parser.add_argument(
-        "--config", default=os.environ.get("SCEPPROXYD_CONFIG", DEFAULT_CONFIG),
-        help="the daemon's INI file, for [admin] listen and token_file "
-             "(default: $SCEPPROXYD_CONFIG or %s)" % (DEFAULT_CONFIG,),
-    )
-    parser.add_argument("--url", dest="api_url", metavar="URL",
-                        help="the admin API as http://HOST:PORT, instead of [admin] listen")
-    parser.add_argument("--token-file", help="the admin token file, instead of [admin] token_file")
-    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
-    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="give up on the admin API after this long (default: 60)")
+    add_global_options(parser)
     groups = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(subparsers, name, handler, help, *arguments):
         sub = subparsers.add_parser(name, help=help, description=help, allow_abbrev=False)
         for flags, options in arguments:
             sub.add_argument(*flags, **options)
-        sub.set_defaults(handler=handler)
+        add_global_options(sub, defaults=False, without={f for flags, _ in arguments for f in flags})
+        sub.set_defaults(handler=handler, command_parser=sub)
         return sub
 
     def group(name, help):
         sub = groups.add_parser(name, help=help, description=help, allow_abbrev=False)
+        add_global_options(sub, defaults=False)
         return sub.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def arg(*flags, **options):
