@@ -91,6 +91,8 @@ class AdminSettings:
     token_file: Path
     max_connections: int
     max_profile_bytes: int = 1024 * 1024
+    #: Where scepproxyctl reaches the admin API (needed when ``listen`` is a systemd socket); the daemon ignores it.
+    url: str | None = None
 
 
 @attrs.frozen
@@ -379,6 +381,17 @@ def _optional_url(value: str) -> str | None:
     return None if value.strip() == "-" else _public_url(value)
 
 
+def _admin_url(value: str) -> str | None:
+    """``[admin] url``: scheme, host and port only, since the API is always under /api/v1/."""
+    if value.strip() == "-":
+        return None
+    url = _public_url(value.strip())
+    if urlsplit(url).path:
+        raise _Invalid("must be http://HOST:PORT or https://HOST:PORT with no path (the API is always "
+                       "under /api/v1/), got %r" % (value,))
+    return url
+
+
 def _optional_text(value: str) -> str | None:
     return None if value.strip() == "-" else value.strip()
 
@@ -519,6 +532,8 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
         "max_connections": ("64", _whole(1, 100000)),
         # Below the admin listener's 16 MiB body limit; checked as the upload streams in.
         "max_profile_bytes": ("1M", _size(1024, 16 * MiB)),
+        # Read by scepproxyctl only: the address of a systemd-activated admin socket.
+        "url": ("-", _admin_url),
     },
     "profiles": {
         "process_interval": ("30s", _duration(0, HOUR)),

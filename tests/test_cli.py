@@ -229,7 +229,9 @@ def test_unix_endpoint_target_fields():
 @pytest.mark.parametrize(
     "endpoint, message",
     [
-        ("systemd:domain=INET:index=0", "is not a tcp: or unix: endpoint scepproxyctl can connect to; pass --url"),
+        ("systemd:domain=INET:index=0", "is a socket that systemd opens, so it does not say where the admin API is; "
+                                        "set [admin] url = http://HOST:PORT in the config (the address of the socket "
+                                        "unit's ListenStream=), or pass --url http://HOST:PORT"),
         ("ssl:8443:privateKey=k.pem", "is not a tcp: or unix: endpoint"),
         ("tcp:interface=127.0.0.1", "has no port a client can connect to"),
         ("tcp:0", "has no port a client can connect to"),
@@ -388,7 +390,7 @@ def test_bad_config_is_the_config_error_and_exit_2(tmp_path):
     code, out, err = run(["--config", str(config), "jobs"])
     assert (code, out) == (2, "")
     assert err == (
-        "scepproxyctl: %s: [admin] lisen: unknown key; valid keys in [admin] are: listen, token_file, max_connections, max_profile_bytes\n" % (config,)
+        "scepproxyctl: %s: [admin] lisen: unknown key; valid keys in [admin] are: listen, token_file, max_connections, max_profile_bytes, url\n" % (config,)
     )
 
 
@@ -435,6 +437,17 @@ def test_token_file_from_config_state_directory(tmp_path):
     assert code == 1
     assert "cannot read the admin token file %s" % (tmp_path / "state" / "admin.token",) in err
 
+
+
+def test_restore_reads_a_socket_activated_config(tmp_path):
+    """restore reads the whole file, as the daemon does; systemd: listeners are checked for form only."""
+    config = tmp_path / "scepproxyd.ini"
+    config.write_text("[state]\ndirectory = state\n[server]\nlisten = systemd:domain=INET:name=scep\n"
+                      "[admin]\nlisten = systemd:domain=INET:name=admin\n")
+    code, out, err = run(["restore", str(tmp_path / "nothing"), "--config", str(config)])
+    assert (code, out) == (1, "")
+    assert err == ("scepproxyctl: %s has no MANIFEST.json: it is not a scepproxyd backup, or the backup did not "
+                   "finish\n" % (tmp_path / "nothing",))
 
 
 def test_cells_show_controls_newlines_and_bidi_escaped():

@@ -130,12 +130,13 @@ def unix_api(tmp_path):
     shutil.rmtree(directory)
 
 
-def write_config(directory: Path, listen: str) -> Path:
+def write_config(directory: Path, listen: str, more: str = "") -> Path:
+    """A config in ``directory`` whose ``[admin] listen`` is ``listen``, ``more`` appended; its token file."""
     state = directory / "state"
-    state.mkdir()
+    state.mkdir(exist_ok=True)
     (state / "admin.token").write_text(TOKEN + "\n")
     config = directory / "scepproxyd.ini"
-    config.write_text("[state]\ndirectory = state\n[admin]\nlisten = %s\n" % (listen.replace("\\", "\\\\"),))
+    config.write_text("[state]\ndirectory = state\n[admin]\nlisten = %s\n%s" % (listen.replace("\\", "\\\\"), more))
     return config
 
 
@@ -226,6 +227,79 @@ def test_admin_url_before_ca_add_and_the_cas_url_after(tcp_api, tmp_path):
                          stdin=SECRET)
     assert (code, json.loads(out), err) == (0, CA, "")
     assert tcp_api.last.json()["url"] == CA["url"]
+
+
+# -- the daemon's production config: socket activation -------------------------
+
+#: Sections of a production file that scepproxyctl has no use for (docs/operations.md).
+SOCKET_ACTIVATED_SERVER = "[server]\nlisten = systemd:domain=INET:name=scep\npublic_url = https://scep.example\n"
+
+
+def test_config_with_a_systemd_server_listener(tcp_api, tmp_path):
+    tcp_api.config = write_config(tmp_path, "tcp:%d:interface=127.0.0.1" % (int(tcp_api.url.rsplit(":", 1)[1]),),
+                                  SOCKET_ACTIVATED_SERVER)
+    tcp_api.answer("GET", "/api/v1/jobs", body={"jobs": ["cleanup"]})
+    assert ctl(tcp_api, "jobs") == (0, "cleanup\n", "")
+    assert_authorized(tcp_api.last)
+
+
+def test_config_with_systemd_server_and_admin_listeners_and_admin_url(tcp_api, tmp_path):
+    tcp_api.config = write_config(tmp_path, "systemd:domain=INET:name=admin",
+                                  "url = %s\n%s" % (tcp_api.url, SOCKET_ACTIVATED_SERVER))
+    answer_read_commands(tcp_api)
+    assert ctl(tcp_api, "ca", "list", "--json") == (0, json.dumps({"cas": [CA]}, indent=2, sort_keys=True) + "\n", "")
+    assert_authorized(tcp_api.last)
+
+
+def test_admin_url_wins_over_a_tcp_listen(tcp_api, tmp_path):
+    tcp_api.config = write_config(tmp_path, "tcp:9:interface=127.0.0.1", "url = %s/\n" % (tcp_api.url,))
+    tcp_api.answer("GET", "/api/v1/jobs", body={"jobs": []})
+    assert ctl(tcp_api, "jobs") == (0, "no jobs\n", "")
+
+
+def test_systemd_admin_listener_without_admin_url_says_what_to_set(tcp_api, tmp_path):
+    tcp_api.config = write_config(tmp_path, "systemd:domain=INET:name=admin", SOCKET_ACTIVATED_SERVER)
+    code, out, err = ctl(tcp_api, "jobs")
+    assert (code, out) == (2, "")
+    assert err == (
+        "scepproxyctl: [admin] listen 'systemd:domain=INET:name=admin' is a socket that systemd opens, so it does "
+        "not say where the admin API is; set [admin] url = http://HOST:PORT in the config (the address of the "
+        "socket unit's ListenStream=), or pass --url http://HOST:PORT\n"
+    )
+    assert tcp_api.requests == []
+    # --url is enough: the token file still comes from the config.
+    tcp_api.answer("GET", "/api/v1/jobs", body={"jobs": ["cleanup"]})
+    assert ctl(tcp_api, "--url", tcp_api.url, "jobs") == (0, "cleanup\n", "")
+    assert_authorized(tcp_api.last)
+
+
+def test_only_state_and_admin_are_read(tcp_api, tmp_path):
+    """What only the daemon uses cannot stop a command, even where the daemon itself would refuse it."""
+    port = int(tcp_api.url.rsplit(":", 1)[1])
+    tcp_api.config = write_config(
+        tmp_path, "tcp:%d" % (port,),
+        SOCKET_ACTIVATED_SERVER + "[ca]\nsubject = not a DN\nimport_key = /root/only-the-daemon.key\n"
+        "[database]\nbusy_timeout = soon\n",
+    )
+    tcp_api.answer("GET", "/api/v1/jobs", body={"jobs": ["cleanup"]})
+    assert ctl(tcp_api, "jobs") == (0, "cleanup\n", "")
+
+
+@pytest.mark.parametrize(
+    "more, message",
+    [
+        ("url = http://127.0.0.1:8081/api\n", "[admin] url: must be http://HOST:PORT or https://HOST:PORT with no path"),
+        ("token_fle = x\n", "[admin] token_fle: unknown key; valid keys in [admin] are: "),
+        ("max_connections = lots\n", "[admin] max_connections: must be a whole number from 1 to 100000"),
+        ("token_file =\n", "[admin] token_file: must not be empty"),
+        ("[state]\n", "[state]: section given twice (line 5)"),
+    ],
+)
+def test_state_and_admin_are_checked_as_the_daemon_checks_them(tcp_api, tmp_path, more, message):
+    tcp_api.config = write_config(tmp_path, "tcp:9", more)
+    code, out, err = ctl(tcp_api, "jobs")
+    assert (code, out) == (2, "")
+    assert err.startswith("scepproxyctl: %s: %s" % (tcp_api.config, message)), err
 
 
 def test_unreachable_unix_socket(unix_api):

@@ -1,9 +1,10 @@
 """
 scepproxyctl: the admin command line of scepproxyd.
 
-It reads the admin endpoint and token file from the daemon's own INI file,
-makes one request to the admin API (docs/admin-api.md) and prints a table, or
-the API's JSON with ``--json``. ``restore`` is the exception: it works
+It reads the admin endpoint and token file from the daemon's own INI file
+(its ``[admin]`` section only: ``scepproxyd.cli.settings``), makes one request
+to the admin API (docs/admin-api.md) and prints a table, or the API's JSON
+with ``--json``. ``restore`` is the exception: it works
 offline on the state files of the stopped daemon (``scepproxyd.backup``).
 Exit status: 0 done, 1 refused or unreachable, 2 bad command line or
 configuration. The command reference is docs/cli.md.
@@ -19,6 +20,8 @@ from pathlib import Path
 from scepproxyd.cli import agent_credential, backup, builtin_ca, commands
 from scepproxyd.cli.client import AdminClient, CliError, UsageError, target_from_endpoint, target_from_url
 from scepproxyd.cli.render import as_json, message
+from scepproxyd.cli.settings import load_admin_endpoint
+from scepproxyd.config import ConfigError
 
 PROG = "scepproxyctl"
 DEFAULT_CONFIG = "/etc/scepproxyd/scepproxyd.ini"
@@ -179,17 +182,25 @@ def _read_token(path: Path) -> str:
 
 
 def make_client(args) -> AdminClient:
-    """The API client from ``--url``/``--token-file``, filling gaps from the daemon's INI file."""
-    settings = None
-    if args.api_url is None or args.token_file is None:
-        from scepproxyd.config import ConfigError, load_settings
+    """
+    The API client from ``--url``/``--token-file``, filling gaps from the daemon's INI file.
 
+    Where the API is: ``--url``, else ``[admin] url``, else what ``[admin] listen``
+    says (a ``systemd:`` socket says nothing a client can use: see ``target_from_endpoint``).
+    """
+    endpoint = None
+    if args.api_url is None or args.token_file is None:
         try:
-            settings = load_settings(args.config)
+            endpoint = load_admin_endpoint(args.config)
         except ConfigError as e:
             raise UsageError(str(e)) from None
-    target = target_from_url(args.api_url) if args.api_url else target_from_endpoint(settings.admin.listen)
-    token_file = Path(args.token_file) if args.token_file else settings.admin.token_file
+    if args.api_url:
+        target = target_from_url(args.api_url)
+    elif endpoint.url:
+        target = target_from_url(endpoint.url)
+    else:
+        target = target_from_endpoint(endpoint.listen)
+    token_file = Path(args.token_file) if args.token_file else endpoint.token_file
     return AdminClient(target, _read_token(token_file), str(token_file), timeout=args.timeout)
 
 
