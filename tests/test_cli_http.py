@@ -32,8 +32,11 @@ PROFILE = {
 }
 HP = {
     "host_uuid": "H1", "profile_uuid": PROFILE["uuid"], "status": None, "detail": None, "retries": 0,
-    "updated_at": T0,
+    "cert_serial": None, "cert_not_after": None, "updated_at": T0,
 }
+#: A host profile whose device enrolled: the certificate recorded on it.
+NOT_AFTER = "2026-01-02T03:04:05+00:00"
+VERIFIED = dict(HP, status="verified", cert_serial="8fb191c539360ab138e53462702193c4", cert_not_after=NOT_AFTER)
 
 
 @dataclass
@@ -531,9 +534,24 @@ def test_host_show_with_profiles(tcp_api):
         "created_at: " + T0,
         "updated_at: " + T0,
         "",
-        "HOST  PROFILE                               STATUS  RETRIES  UPDATED                    DETAIL",
-        "H1    %s  -       0        %s  -" % (PROFILE["uuid"], T0),
+        "HOST  PROFILE                               STATUS  RETRIES  CERT_SERIAL  CERT_NOT_AFTER  UPDATED"
+        "                    DETAIL",
+        "H1    %s  -       0        -            -               %s  -" % (PROFILE["uuid"], T0),
     ]
+
+
+def test_host_show_has_the_recorded_certificate_and_json_carries_it(tcp_api):
+    tcp_api.answer("GET", "/api/v1/hosts/H1", body=dict(HOST, profiles=[VERIFIED]))
+    code, out, err = ctl(tcp_api, "host", "show", "H1")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-2:] == [
+        "HOST  PROFILE                               STATUS    RETRIES  CERT_SERIAL                       CERT_NOT_AFTER"
+        "             UPDATED                    DETAIL",
+        "H1    %s  verified  0        8fb191c539360ab138e53462702193c4  %s  %s  -" % (PROFILE["uuid"], NOT_AFTER, T0),
+    ]
+    shown = json.loads(ctl(tcp_api, "host", "show", "H1", "--json")[1])
+    assert (shown["profiles"][0]["cert_serial"], shown["profiles"][0]["cert_not_after"]) == (
+        "8fb191c539360ab138e53462702193c4", NOT_AFTER)
 
 
 def test_host_delete(tcp_api):
@@ -617,10 +635,28 @@ def test_status_with_filters(tcp_api):
     code, out, err = ctl(tcp_api, "status", "--host", "H1", "--profile", "P", "--status", "null")
     assert code == 0
     assert out.splitlines() == [
-        "HOST  PROFILE                               STATUS   RETRIES  UPDATED                    DETAIL",
-        "H1    %s  -        0        %s  -" % (PROFILE["uuid"], T0),
-        "H2    %s  pending  1        %s  CA said FAILURE" % (PROFILE["uuid"], T0),
+        "HOST  PROFILE                               STATUS   RETRIES  CERT_SERIAL  CERT_NOT_AFTER  UPDATED"
+        "                    DETAIL",
+        "H1    %s  -        0        -            -               %s  -" % (PROFILE["uuid"], T0),
+        "H2    %s  pending  1        -            -               %s  CA said FAILURE" % (PROFILE["uuid"], T0),
     ]
+
+
+def test_status_has_the_recorded_certificate_and_json_carries_it(tcp_api):
+    renewing = dict(VERIFIED, host_uuid="H2", status="pending", detail="renewing: certificate expires " + NOT_AFTER)
+    tcp_api.answer("GET", "/api/v1/host-profiles?limit=5000", body={"host_profiles": [VERIFIED, renewing]})
+    code, out, err = ctl(tcp_api, "status")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "HOST  PROFILE                               STATUS    RETRIES  CERT_SERIAL                       CERT_NOT_AFTER"
+        "             UPDATED                    DETAIL",
+        "H1    %s  verified  0        8fb191c539360ab138e53462702193c4  %s  %s  -" % (PROFILE["uuid"], NOT_AFTER, T0),
+        "H2    %s  pending   0        8fb191c539360ab138e53462702193c4  %s  %s  renewing: certificate expires %s"
+        % (PROFILE["uuid"], NOT_AFTER, T0, NOT_AFTER),
+    ]
+    listed = json.loads(ctl(tcp_api, "status", "--json")[1])["host_profiles"]
+    assert [(hp["cert_serial"], hp["cert_not_after"]) for hp in listed] == [
+        ("8fb191c539360ab138e53462702193c4", NOT_AFTER)] * 2
 
 
 def test_status_empty(tcp_api):
