@@ -941,6 +941,7 @@ def test_documented_example_prints_what_the_docs_show(tcp_api, tmp_path, monkeyp
     import contextlib
     import shlex
 
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps its usage lines to the terminal's width
     spec = dict(DOC_EXAMPLES[(command, occurrence)])
     stdin = spec.pop("stdin", "")
     argv = shlex.split(command.split(" < ")[0])[1:]
