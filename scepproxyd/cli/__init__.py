@@ -37,37 +37,34 @@ class Parser(argparse.ArgumentParser):
         return parsed
 
 
+def _global_options() -> list[tuple[str, dict]]:
+    """Each global option's flag and ``add_argument`` keywords (read anew: the default follows the environment)."""
+    return [
+        ("--config", dict(default=os.environ.get("SCEPPROXYD_CONFIG", DEFAULT_CONFIG),
+                          help="the daemon's INI file, for [admin] url, listen and token_file "
+                               "(default: $SCEPPROXYD_CONFIG or %s)" % (DEFAULT_CONFIG,))),
+        ("--url", dict(dest="api_url", metavar="URL", default=None,
+                       help="the admin API as http://HOST:PORT, instead of [admin] url or listen")),
+        ("--token-file", dict(default=None, help="the admin token file, instead of [admin] token_file")),
+        ("--json", dict(action="store_true", default=False, help="print the API's JSON answer")),
+        ("--timeout", dict(type=float, default=60.0, metavar="SECONDS",
+                           help="give up on the admin API after this long (default: 60)")),
+    ]
+
+
 def add_global_options(parser: argparse.ArgumentParser, defaults: bool = True, without=()) -> None:
     """
     The global options, on the top-level parser (``defaults``) and again on every command.
 
-    On a command they default to C{SUPPRESS}: an option given after the command
+    On a command they default to ``SUPPRESS``: an option given after the command
     sets its value, and one not given there leaves what the top level parsed
     (an option before the command, or the default) alone. ``without`` leaves out
     options the command has for itself (``ca add --url`` is the CA's URL).
     """
-    def default(value):
-        return value if defaults else argparse.SUPPRESS
-
-    options = parser.add_argument_group("global options (before or after the command)")
-    if "--config" not in without:
-        options.add_argument(
-            "--config", default=default(os.environ.get("SCEPPROXYD_CONFIG", DEFAULT_CONFIG)),
-            help="the daemon's INI file, for [admin] url, listen and token_file "
-                 "(default: $SCEPPROXYD_CONFIG or %s)" % (DEFAULT_CONFIG,),
-        )
-    if "--url" not in without:
-        options.add_argument("--url", dest="api_url", metavar="URL", default=default(None),
-                             help="the admin API as http://HOST:PORT, instead of [admin] url or listen")
-    if "--token-file" not in without:
-        options.add_argument("--token-file", default=default(None),
-                             help="the admin token file, instead of [admin] token_file")
-    if "--json" not in without:
-        options.add_argument("--json", action="store_true", default=default(False),
-                             help="print the API's JSON answer")
-    if "--timeout" not in without:
-        options.add_argument("--timeout", type=float, default=default(60.0), metavar="SECONDS",
-                             help="give up on the admin API after this long (default: 60)")
+    group = parser.add_argument_group("global options (before or after the command)")
+    for flag, options in _global_options():
+        if flag not in without:
+            group.add_argument(flag, **(options if defaults else dict(options, default=argparse.SUPPRESS)))
 
 
 def build_parser() -> argparse.ArgumentParser:
