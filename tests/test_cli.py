@@ -44,6 +44,60 @@ def test_global_options_come_before_the_command():
     assert args.handler.__name__ == "ca_list"
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ca", "list", "--config", "/x.ini", "--url", "http://h:1", "--token-file", "/t", "--json", "--timeout", "5"],
+        ["ca", "--config", "/x.ini", "--url", "http://h:1", "list", "--token-file", "/t", "--json", "--timeout", "5"],
+        ["--config", "/x.ini", "ca", "list", "--url", "http://h:1", "--token-file", "/t", "--json", "--timeout", "5"],
+        ["--json", "--timeout", "5", "ca", "list", "--config", "/x.ini", "--url", "http://h:1", "--token-file", "/t"],
+    ],
+)
+def test_global_options_also_come_after_the_command(argv):
+    args = parse(*argv)
+    assert (args.config, args.api_url, args.token_file, args.json, args.timeout) == (
+        "/x.ini", "http://h:1", "/t", True, 5.0)
+    assert args.handler.__name__ == "ca_list"
+
+
+def test_global_options_not_given_keep_their_defaults_on_every_command(monkeypatch):
+    monkeypatch.delenv("SCEPPROXYD_CONFIG", raising=False)
+    for argv in (["jobs"], ["ca", "list"], ["builtin-ca", "show"], ["restore", "DIR"]):
+        args = parse(*argv)
+        assert (args.config, args.api_url, args.token_file, args.json, args.timeout) == (
+            "/etc/scepproxyd/scepproxyd.ini", None, None, False, 60.0), argv
+
+
+def test_global_option_after_the_command_wins_over_the_one_before():
+    args = parse("--timeout", "5", "--config", "/a.ini", "jobs", "--timeout", "7")
+    assert (args.timeout, args.config) == (7.0, "/a.ini")
+
+
+def test_ca_add_and_edit_url_is_the_cas_and_the_admin_url_goes_before_the_command():
+    args = parse("ca", "add", "UP", "--url", "http://ca.example/scep", "--json")
+    assert (args.url, args.api_url, args.json) == ("http://ca.example/scep", None, True)
+    args = parse("ca", "edit", "UP", "--url", "http://ca2.example/scep", "--token-file", "/t")
+    assert (args.url, args.api_url, args.token_file) == ("http://ca2.example/scep", None, "/t")
+
+
+@pytest.mark.parametrize(
+    "argv, prog, unknown",
+    [
+        (["ca", "list", "--bogus"], "scepproxyctl ca list", "--bogus"),
+        (["--bogus", "jobs"], "scepproxyctl jobs", "--bogus"),
+        (["status", "--host", "H1", "--jsn"], "scepproxyctl status", "--jsn"),
+        (["builtin-ca", "show", "--js"], "scepproxyctl builtin-ca show", "--js"),
+    ],
+)
+def test_an_unknown_option_is_refused_by_the_command_it_was_given_to(capsys, argv, prog, unknown):
+    with pytest.raises(SystemExit) as e:
+        parse(*argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: %s " % (prog,))
+    assert err.endswith("%s: error: unrecognized arguments: %s\n" % (prog, unknown))
+
+
 def test_config_default_and_environment(monkeypatch):
     monkeypatch.delenv("SCEPPROXYD_CONFIG", raising=False)
     assert parse("jobs").config == "/etc/scepproxyd/scepproxyd.ini"
@@ -175,7 +229,9 @@ def test_unix_endpoint_target_fields():
 @pytest.mark.parametrize(
     "endpoint, message",
     [
-        ("systemd:domain=INET:index=0", "is not a tcp: or unix: endpoint scepproxyctl can connect to; pass --url"),
+        ("systemd:domain=INET:index=0", "is a socket that systemd opens, so it does not say where the admin API is; "
+                                        "set [admin] url = http://HOST:PORT in the config (the address of the socket "
+                                        "unit's ListenStream=), or pass --url http://HOST:PORT"),
         ("ssl:8443:privateKey=k.pem", "is not a tcp: or unix: endpoint"),
         ("tcp:interface=127.0.0.1", "has no port a client can connect to"),
         ("tcp:0", "has no port a client can connect to"),
@@ -334,7 +390,7 @@ def test_bad_config_is_the_config_error_and_exit_2(tmp_path):
     code, out, err = run(["--config", str(config), "jobs"])
     assert (code, out) == (2, "")
     assert err == (
-        "scepproxyctl: %s: [admin] lisen: unknown key; valid keys in [admin] are: listen, token_file, max_connections, max_profile_bytes\n" % (config,)
+        "scepproxyctl: %s: [admin] lisen: unknown key; valid keys in [admin] are: listen, token_file, max_connections, max_profile_bytes, url\n" % (config,)
     )
 
 
@@ -381,6 +437,17 @@ def test_token_file_from_config_state_directory(tmp_path):
     assert code == 1
     assert "cannot read the admin token file %s" % (tmp_path / "state" / "admin.token",) in err
 
+
+
+def test_restore_reads_a_socket_activated_config(tmp_path):
+    """restore reads the whole file, as the daemon does; systemd: listeners are checked for form only."""
+    config = tmp_path / "scepproxyd.ini"
+    config.write_text("[state]\ndirectory = state\n[server]\nlisten = systemd:domain=INET:name=scep\n"
+                      "[admin]\nlisten = systemd:domain=INET:name=admin\n")
+    code, out, err = run(["restore", str(tmp_path / "nothing"), "--config", str(config)])
+    assert (code, out) == (1, "")
+    assert err == ("scepproxyctl: %s has no MANIFEST.json: it is not a scepproxyd backup, or the backup did not "
+                   "finish\n" % (tmp_path / "nothing",))
 
 
 def test_cells_show_controls_newlines_and_bidi_escaped():

@@ -32,8 +32,11 @@ PROFILE = {
 }
 HP = {
     "host_uuid": "H1", "profile_uuid": PROFILE["uuid"], "status": None, "detail": None, "retries": 0,
-    "updated_at": T0,
+    "cert_serial": None, "cert_not_after": None, "updated_at": T0,
 }
+#: A host profile whose device enrolled: the certificate recorded on it.
+NOT_AFTER = "2026-01-02T03:04:05+00:00"
+VERIFIED = dict(HP, status="verified", cert_serial="8fb191c539360ab138e53462702193c4", cert_not_after=NOT_AFTER)
 
 
 @dataclass
@@ -130,12 +133,13 @@ def unix_api(tmp_path):
     shutil.rmtree(directory)
 
 
-def write_config(directory: Path, listen: str) -> Path:
+def write_config(directory: Path, listen: str, more: str = "") -> Path:
+    """A config in ``directory`` whose ``[admin] listen`` is ``listen``, ``more`` appended; its token file."""
     state = directory / "state"
-    state.mkdir()
+    state.mkdir(exist_ok=True)
     (state / "admin.token").write_text(TOKEN + "\n")
     config = directory / "scepproxyd.ini"
-    config.write_text("[state]\ndirectory = state\n[admin]\nlisten = %s\n" % (listen.replace("\\", "\\\\"),))
+    config.write_text("[state]\ndirectory = state\n[admin]\nlisten = %s\n%s" % (listen.replace("\\", "\\\\"), more))
     return config
 
 
@@ -174,6 +178,131 @@ def test_url_and_token_file_options_override_config(tcp_api, tmp_path):
     code, out, err = ctl(tcp_api, "--url", tcp_api.url, "--token-file", str(other), "jobs")
     assert (code, out, err) == (0, "no jobs\n", "")
     assert tcp_api.last.headers["Authorization"] == "Bearer another-token-0123456789"
+
+
+def answer_read_commands(api):
+    """Canned answers for a few read-only commands (for the global-option tests)."""
+    api.answer("GET", "/api/v1/cas?limit=5000", body={"cas": [CA]})
+    api.answer("GET", "/api/v1/cas/UPSTREAM", body=dict(CA, tls_verify=True, trust_bundle=False))
+    api.answer("GET", "/api/v1/hosts/H1", body=dict(HOST, profiles=[HP]))
+    api.answer("GET", "/api/v1/host-profiles?status=failed&limit=5000", body={"host_profiles": [HP], "next": None})
+    api.answer("GET", "/api/v1/jobs", body={"jobs": ["cleanup"]})
+    api.answer("GET", "/api/v1/ca/certificates?limit=5000", body={"certificates": [], "next": None})
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        (["--json", "ca", "list"], ["ca", "list", "--json"]),
+        (["--json", "ca", "show", "UPSTREAM"], ["ca", "--json", "show", "UPSTREAM"]),
+        (["--json", "host", "show", "H1"], ["host", "show", "H1", "--json"]),
+        (["--json", "status", "--status", "failed"], ["status", "--json", "--status", "failed"]),
+        (["--json", "jobs"], ["jobs", "--json"]),
+        (["--json", "builtin-ca", "certificates"], ["builtin-ca", "certificates", "--json"]),
+        (["--timeout", "5", "ca", "list"], ["ca", "list", "--timeout", "5"]),
+    ],
+)
+def test_global_options_before_or_after_the_command_give_the_same_output(tcp_api, before, after):
+    answer_read_commands(tcp_api)
+    first = ctl(tcp_api, *before)
+    assert first[0] == 0 and first[2] == "", first
+    assert ctl(tcp_api, *after) == first
+    if "--json" in before:
+        json.loads(first[1])
+    requests = [(r.method, r.path) for r in tcp_api.requests]
+    assert requests[: len(requests) // 2] == requests[len(requests) // 2:]
+
+
+def test_url_and_token_file_after_the_command(tcp_api, tmp_path):
+    token = tmp_path / "other.token"
+    token.write_text("another-token-0123456789")
+    tcp_api.answer("GET", "/api/v1/jobs", body={"jobs": ["cleanup"]})
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["--config", str(tmp_path / "none.ini"), "jobs", "--url", tcp_api.url, "--token-file", str(token),
+                 "--json"], stdout=out, stderr=err)
+    assert (code, json.loads(out.getvalue()), err.getvalue()) == (0, {"jobs": ["cleanup"]}, "")
+    assert tcp_api.last.headers["Authorization"] == "Bearer another-token-0123456789"
+
+
+def test_admin_url_before_ca_add_and_the_cas_url_after(tcp_api, tmp_path):
+    tcp_api.answer("POST", "/api/v1/cas", 201, CA)
+    code, out, err = ctl(tcp_api, "--url", tcp_api.url, "ca", "add", "UPSTREAM", "--url", CA["url"], "--json",
+                         stdin=SECRET)
+    assert (code, json.loads(out), err) == (0, CA, "")
+    assert tcp_api.last.json()["url"] == CA["url"]
+
+
+# -- the daemon's production config: socket activation -------------------------
+
+#: Sections of a production file that scepproxyctl has no use for (docs/operations.md).
+SOCKET_ACTIVATED_SERVER = "[server]\nlisten = systemd:domain=INET:name=scep\npublic_url = https://scep.example\n"
+
+
+def test_config_with_a_systemd_server_listener(tcp_api, tmp_path):
+    tcp_api.config = write_config(tmp_path, "tcp:%d:interface=127.0.0.1" % (int(tcp_api.url.rsplit(":", 1)[1]),),
+                                  SOCKET_ACTIVATED_SERVER)
+    tcp_api.answer("GET", "/api/v1/jobs", body={"jobs": ["cleanup"]})
+    assert ctl(tcp_api, "jobs") == (0, "cleanup\n", "")
+    assert_authorized(tcp_api.last)
+
+
+def test_config_with_systemd_server_and_admin_listeners_and_admin_url(tcp_api, tmp_path):
+    tcp_api.config = write_config(tmp_path, "systemd:domain=INET:name=admin",
+                                  "url = %s\n%s" % (tcp_api.url, SOCKET_ACTIVATED_SERVER))
+    answer_read_commands(tcp_api)
+    assert ctl(tcp_api, "ca", "list", "--json") == (0, json.dumps({"cas": [CA]}, indent=2, sort_keys=True) + "\n", "")
+    assert_authorized(tcp_api.last)
+
+
+def test_admin_url_wins_over_a_tcp_listen(tcp_api, tmp_path):
+    tcp_api.config = write_config(tmp_path, "tcp:9:interface=127.0.0.1", "url = %s/\n" % (tcp_api.url,))
+    tcp_api.answer("GET", "/api/v1/jobs", body={"jobs": []})
+    assert ctl(tcp_api, "jobs") == (0, "no jobs\n", "")
+
+
+def test_systemd_admin_listener_without_admin_url_says_what_to_set(tcp_api, tmp_path):
+    tcp_api.config = write_config(tmp_path, "systemd:domain=INET:name=admin", SOCKET_ACTIVATED_SERVER)
+    code, out, err = ctl(tcp_api, "jobs")
+    assert (code, out) == (2, "")
+    assert err == (
+        "scepproxyctl: [admin] listen 'systemd:domain=INET:name=admin' is a socket that systemd opens, so it does "
+        "not say where the admin API is; set [admin] url = http://HOST:PORT in the config (the address of the "
+        "socket unit's ListenStream=), or pass --url http://HOST:PORT\n"
+    )
+    assert tcp_api.requests == []
+    # --url is enough: the token file still comes from the config.
+    tcp_api.answer("GET", "/api/v1/jobs", body={"jobs": ["cleanup"]})
+    assert ctl(tcp_api, "--url", tcp_api.url, "jobs") == (0, "cleanup\n", "")
+    assert_authorized(tcp_api.last)
+
+
+def test_only_state_and_admin_are_read(tcp_api, tmp_path):
+    """What only the daemon uses cannot stop a command, even where the daemon itself would refuse it."""
+    port = int(tcp_api.url.rsplit(":", 1)[1])
+    tcp_api.config = write_config(
+        tmp_path, "tcp:%d" % (port,),
+        SOCKET_ACTIVATED_SERVER + "[ca]\nsubject = not a DN\nimport_key = /root/only-the-daemon.key\n"
+        "[database]\nbusy_timeout = soon\n",
+    )
+    tcp_api.answer("GET", "/api/v1/jobs", body={"jobs": ["cleanup"]})
+    assert ctl(tcp_api, "jobs") == (0, "cleanup\n", "")
+
+
+@pytest.mark.parametrize(
+    "more, message",
+    [
+        ("url = http://127.0.0.1:8081/api\n", "[admin] url: must be http://HOST:PORT or https://HOST:PORT with no path"),
+        ("token_fle = x\n", "[admin] token_fle: unknown key; valid keys in [admin] are: "),
+        ("max_connections = lots\n", "[admin] max_connections: must be a whole number from 1 to 100000"),
+        ("token_file =\n", "[admin] token_file: must not be empty"),
+        ("[state]\n", "[state]: section given twice (line 5)"),
+    ],
+)
+def test_state_and_admin_are_checked_as_the_daemon_checks_them(tcp_api, tmp_path, more, message):
+    tcp_api.config = write_config(tmp_path, "tcp:9", more)
+    code, out, err = ctl(tcp_api, "jobs")
+    assert (code, out) == (2, "")
+    assert err.startswith("scepproxyctl: %s: %s" % (tcp_api.config, message)), err
 
 
 def test_unreachable_unix_socket(unix_api):
@@ -405,9 +534,24 @@ def test_host_show_with_profiles(tcp_api):
         "created_at: " + T0,
         "updated_at: " + T0,
         "",
-        "HOST  PROFILE                               STATUS  RETRIES  UPDATED                    DETAIL",
-        "H1    %s  -       0        %s  -" % (PROFILE["uuid"], T0),
+        "HOST  PROFILE                               STATUS  RETRIES  CERT_SERIAL  CERT_NOT_AFTER  UPDATED"
+        "                    DETAIL",
+        "H1    %s  -       0        -            -               %s  -" % (PROFILE["uuid"], T0),
     ]
+
+
+def test_host_show_has_the_recorded_certificate_and_json_carries_it(tcp_api):
+    tcp_api.answer("GET", "/api/v1/hosts/H1", body=dict(HOST, profiles=[VERIFIED]))
+    code, out, err = ctl(tcp_api, "host", "show", "H1")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-2:] == [
+        "HOST  PROFILE                               STATUS    RETRIES  CERT_SERIAL                       CERT_NOT_AFTER"
+        "             UPDATED                    DETAIL",
+        "H1    %s  verified  0        8fb191c539360ab138e53462702193c4  %s  %s  -" % (PROFILE["uuid"], NOT_AFTER, T0),
+    ]
+    shown = json.loads(ctl(tcp_api, "host", "show", "H1", "--json")[1])
+    assert (shown["profiles"][0]["cert_serial"], shown["profiles"][0]["cert_not_after"]) == (
+        "8fb191c539360ab138e53462702193c4", NOT_AFTER)
 
 
 def test_host_delete(tcp_api):
@@ -491,10 +635,28 @@ def test_status_with_filters(tcp_api):
     code, out, err = ctl(tcp_api, "status", "--host", "H1", "--profile", "P", "--status", "null")
     assert code == 0
     assert out.splitlines() == [
-        "HOST  PROFILE                               STATUS   RETRIES  UPDATED                    DETAIL",
-        "H1    %s  -        0        %s  -" % (PROFILE["uuid"], T0),
-        "H2    %s  pending  1        %s  CA said FAILURE" % (PROFILE["uuid"], T0),
+        "HOST  PROFILE                               STATUS   RETRIES  CERT_SERIAL  CERT_NOT_AFTER  UPDATED"
+        "                    DETAIL",
+        "H1    %s  -        0        -            -               %s  -" % (PROFILE["uuid"], T0),
+        "H2    %s  pending  1        -            -               %s  CA said FAILURE" % (PROFILE["uuid"], T0),
     ]
+
+
+def test_status_has_the_recorded_certificate_and_json_carries_it(tcp_api):
+    renewing = dict(VERIFIED, host_uuid="H2", status="pending", detail="renewing: certificate expires " + NOT_AFTER)
+    tcp_api.answer("GET", "/api/v1/host-profiles?limit=5000", body={"host_profiles": [VERIFIED, renewing]})
+    code, out, err = ctl(tcp_api, "status")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "HOST  PROFILE                               STATUS    RETRIES  CERT_SERIAL                       CERT_NOT_AFTER"
+        "             UPDATED                    DETAIL",
+        "H1    %s  verified  0        8fb191c539360ab138e53462702193c4  %s  %s  -" % (PROFILE["uuid"], NOT_AFTER, T0),
+        "H2    %s  pending   0        8fb191c539360ab138e53462702193c4  %s  %s  renewing: certificate expires %s"
+        % (PROFILE["uuid"], NOT_AFTER, T0, NOT_AFTER),
+    ]
+    listed = json.loads(ctl(tcp_api, "status", "--json")[1])["host_profiles"]
+    assert [(hp["cert_serial"], hp["cert_not_after"]) for hp in listed] == [
+        ("8fb191c539360ab138e53462702193c4", NOT_AFTER)] * 2
 
 
 def test_status_empty(tcp_api):
@@ -545,3 +707,263 @@ def test_list_commands_keep_filters_on_every_page(tcp_api):
                    body={"host_profiles": [dict(HP, host_uuid="H2")], "next": None})
     code, out, err = ctl(tcp_api, "status", "--status", "failed")
     assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["HOST", "H1", "H2"]
+
+
+# -- docs/cli.md: its examples are what the commands print ---------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+D_PROFILE = "ab589f64-6d55-4804-adf5-8d54e73433c3"
+D_HOST = "C8QHT3K1Q6L4"
+D_T52, D_T55, D_T56, D_T57 = ("2025-11-23T06:01:%d+00:00" % s for s in (52, 55, 56, 57))
+D_CA = {"name": "UPSTREAM_CA", "url": "http://ca.internal:2016/scep", "profiles": [D_PROFILE],
+        "tls_verify": True, "trust_bundle": False, "created_at": D_T52, "updated_at": D_T52}
+D_HOSTS = [
+    {"uuid": D_HOST, "serial": "C02XL0GHJG5J", "platform": "macos", "created_at": D_T55, "updated_at": D_T55},
+    {"uuid": "D25ZQ0AAHTD8", "serial": "DMPXK9ZZQ1GC", "platform": "ipados", "created_at": D_T55, "updated_at": D_T55},
+    {"uuid": "F9FXK2LMQ1GC", "serial": "C02YT1AAJG5J", "platform": "macos", "created_at": D_T55, "updated_at": D_T55},
+]
+D_VERIFIED = {"host_uuid": D_HOST, "profile_uuid": D_PROFILE, "status": "verified", "detail": None, "retries": 0,
+              "cert_serial": "8fb191c539360ab138e53462702193c4", "cert_not_after": "2026-11-23T06:02:10+00:00",
+              "updated_at": "2025-11-23T06:02:11+00:00"}
+D_NULL = dict(D_VERIFIED, host_uuid="F9FXK2LMQ1GC", status=None, cert_serial=None, cert_not_after=None,
+              updated_at=D_T57)
+D_PROFILE_JSON = {
+    "uuid": D_PROFILE, "name": "Office Wi-Fi", "identifier": "Fleet.WiFi", "platform": "macos",
+    "kind": "mobileconfig", "ca": "UPSTREAM_CA", "created_at": D_T56, "updated_at": D_T56,
+    "variables": ["FLEET_VAR_CUSTOM_SCEP_CHALLENGE_UPSTREAM_CA", "FLEET_VAR_CUSTOM_SCEP_PROXY_URL_UPSTREAM_CA",
+                  "FLEET_VAR_SCEP_RENEWAL_ID"],
+}
+D_REQUEST = {"transaction_id": "aqncs5+93c13cm/OdsR2EBf9GZ8=", "status": "pending", "subject": "CN=printer-7,O=Example",
+             "requester": "10.1.2.41", "template": "default", "issued_serial": None,
+             "created_at": "2025-11-23T07:31:03+00:00"}
+D_CERTIFICATE = {"serial": "8fb191c539360ab138e53462702193c4", "status": "valid", "subject": "CN=printer-7,O=Example",
+                 "not_after": "2026-11-23T07:31:11+00:00", "template": "default", "requester": "10.1.2.41"}
+D_BACKUP = "/var/backups/scepproxyd/2025-11-23"
+D_BACKUP_FILES = ["MANIFEST.json", "scepproxyd.sqlite3", "secrets.key", "admin.token", "nanomdm-webhook.token",
+                  "ca/ca.key", "ca/ca.pem", "ca/challenge", "ca/ra.key"]
+
+
+def error(status, message, field=None):
+    return status, dict({"error": message}, **({"field": field} if field else {}))
+
+
+#: (the example's command line, which of its occurrences in docs/cli.md) -> the admin API's answers to it,
+#: {(method, path): (status, body)}; or a config file to run it with, {"config": INI text}.
+DOC_EXAMPLES = {
+    ("scepproxyctl ca list --jsn", 0): {},
+    ("scepproxyctl jobs", 0): {"config": "[admin]\nlisten = systemd:domain=INET:name=admin\n"},
+    ("scepproxyctl host list", 0): {("GET", "/api/v1/hosts?limit=5000"): (200, {"hosts": [
+        {"uuid": "host-a", "serial": "C02\x1b]0;owned\x07\nfake-row\u202e", "platform": "macos",
+         "created_at": "2025-01-01T00:00:00+00:00", "updated_at": "2025-01-01T00:00:00+00:00"}], "next": None})},
+    ("scepproxyctl --config etc/typo.ini jobs", 0): {"config": "[admin]\nlisen = tcp:1\n"},
+    ("scepproxyctl ca list", 0): {("GET", "/api/v1/cas?limit=5000"): (200, {"cas": [D_CA], "next": None})},
+    ("scepproxyctl ca show UPSTREAM_CA", 0): {("GET", "/api/v1/cas/UPSTREAM_CA"): (200, D_CA)},
+    ("scepproxyctl --json ca show UPSTREAM_CA", 0): {("GET", "/api/v1/cas/UPSTREAM_CA"): (200, D_CA)},
+    ("scepproxyctl ca edit UPSTREAM_CA --name CORP_CA", 0): {("PATCH", "/api/v1/cas/UPSTREAM_CA"): error(
+        409, "CA 'UPSTREAM_CA' is used by profiles %s; its name ties them and their renewals to it" % (D_PROFILE,),
+        "name")},
+    ("scepproxyctl ca edit UPSTREAM_CA", 0): {},
+    ("scepproxyctl ca edit UPSTREAM_CA --no-trust-bundle --tls-verify yes", 0): {
+        ("PATCH", "/api/v1/cas/UPSTREAM_CA"): (200, D_CA)},
+    ("scepproxyctl ca edit UPSTREAM_CA --challenge-stdin < /root/new-challenge", 0): {
+        "stdin": SECRET + "\n", ("PATCH", "/api/v1/cas/UPSTREAM_CA"): (200, D_CA)},
+    ("scepproxyctl ca add BAD --url http://127.0.0.1:1/scep < /root/ca-challenge", 0): {
+        "stdin": SECRET + "\n", ("POST", "/api/v1/cas"): error(
+            422, "CA did not answer GetCACert: upstream CA unreachable (ConnectionRefusedError)", "url")},
+    ("scepproxyctl ca edit builtin --tls-verify no", 0): {("PATCH", "/api/v1/cas/builtin"): error(
+        422, "CA 'builtin' is managed by the [ca] section of the configuration", "name")},
+    ("scepproxyctl ca delete UPSTREAM_CA", 0): {("DELETE", "/api/v1/cas/UPSTREAM_CA"): error(
+        409, "CA 'UPSTREAM_CA' is used by profiles %s; delete those first" % (D_PROFILE,))},
+    ("scepproxyctl profile delete %s" % (D_PROFILE,), 0): {("DELETE", "/api/v1/profiles/" + D_PROFILE): (204, None)},
+    ("scepproxyctl ca delete UPSTREAM_CA", 1): {("DELETE", "/api/v1/cas/UPSTREAM_CA"): (204, None)},
+    ("scepproxyctl host add C8QHT3K1Q6L4 --serial C02XL0GHJG5J --platform macos", 0): {
+        ("PUT", "/api/v1/hosts/" + D_HOST): (201, D_HOSTS[0])},
+    ("scepproxyctl host list", 1): {("GET", "/api/v1/hosts?limit=5000"): (200, {"hosts": D_HOSTS, "next": None})},
+    ("scepproxyctl host show C8QHT3K1Q6L4", 0): {
+        ("GET", "/api/v1/hosts/" + D_HOST): (200, dict(D_HOSTS[0], profiles=[D_VERIFIED]))},
+    ("scepproxyctl host delete C8QHT3K1Q6L4", 0): {("DELETE", "/api/v1/hosts/" + D_HOST): (204, None)},
+    ("scepproxyctl agent-credential issue C8QHT3K1Q6L4", 0): {
+        ("POST", "/api/v1/hosts/%s/agent-credential" % (D_HOST,)): (201, {
+            "host_uuid": D_HOST, "token": "scepagent_Zb3M1kq0yq8hJ7Xc2uT9vV0rGQyq0c1e4f6E9b8nXwA",
+            "created_at": "2025-11-23T06:04:10+00:00", "replaced": False})},
+    ("scepproxyctl --json agent-credential rotate C8QHT3K1Q6L4", 0): {
+        ("POST", "/api/v1/hosts/%s/agent-credential" % (D_HOST,)): (201, {
+            "host_uuid": D_HOST, "token": "scepagent_p0V4y8Jq3nX2m5cL1sT7dW9kR6hF0bZ3aE8uQ4gY2iO",
+            "created_at": "2025-11-23T06:04:10+00:00", "replaced": True})},
+    ("scepproxyctl agent-credential issue NOPE", 0): {
+        ("POST", "/api/v1/hosts/NOPE/agent-credential"): error(404, "no host 'NOPE'")},
+    ("scepproxyctl agent-credential show C8QHT3K1Q6L4", 0): {
+        ("GET", "/api/v1/hosts/%s/agent-credential" % (D_HOST,)): (200, {
+            "host_uuid": D_HOST, "issued": True, "created_at": "2025-11-23T06:04:10+00:00",
+            "last_used_at": "2025-11-23T06:05:02+00:00"})},
+    ("scepproxyctl agent-credential revoke C8QHT3K1Q6L4", 0): {
+        ("DELETE", "/api/v1/hosts/%s/agent-credential" % (D_HOST,)): (204, None)},
+    ("scepproxyctl agent-credential revoke C8QHT3K1Q6L4", 1): {
+        ("DELETE", "/api/v1/hosts/%s/agent-credential" % (D_HOST,)): error(
+            404, "host '%s' has no agent credential" % (D_HOST,))},
+    ("scepproxyctl agent-credential list", 0): {("GET", "/api/v1/agent-credentials?limit=5000"): (200, {
+        "agent_credentials": [
+            {"host_uuid": D_HOST, "created_at": "2025-11-23T06:04:10+00:00",
+             "last_used_at": "2025-11-23T06:05:02+00:00"},
+            {"host_uuid": "D9XKT1M2P3Q4", "created_at": "2025-11-23T06:04:11+00:00", "last_used_at": None}],
+        "next": None})},
+    ("scepproxyctl agent-credential issue-bulk --rotate C8QHT3K1Q6L4", 0): {
+        ("POST", "/api/v1/agent-credentials"): (200, {"issued": [
+            {"host_uuid": D_HOST, "token": "scepagent_k2Jd8sL0qW3eR5tY7uI9oP1aS3dF5gH7jK9lZ1xC3vB"}], "kept": 0})},
+    ("scepproxyctl profile list", 0): {
+        ("GET", "/api/v1/profiles?limit=5000"): (200, {"profiles": [D_PROFILE_JSON], "next": None})},
+    ("scepproxyctl profile show %s" % (D_PROFILE,), 0): {
+        ("GET", "/api/v1/profiles/" + D_PROFILE): (200, dict(D_PROFILE_JSON, hosts=2))},
+    ("scepproxyctl profile delete %s" % (D_PROFILE,), 1): {("DELETE", "/api/v1/profiles/" + D_PROFILE): (204, None)},
+    ("scepproxyctl profile assign %s C8QHT3K1Q6L4 F9FXK2LMQ1GC" % (D_PROFILE,), 0): {
+        ("POST", "/api/v1/profiles/%s/assign" % (D_PROFILE,)): (200, {"assigned": 2})},
+    ("scepproxyctl profile assign %s --platform macos" % (D_PROFILE,), 0): {
+        ("POST", "/api/v1/profiles/%s/assign" % (D_PROFILE,)): (200, {"assigned": 0})},
+    ("scepproxyctl profile assign %s D25ZQ0AAHTD8" % (D_PROFILE,), 0): {
+        ("POST", "/api/v1/profiles/%s/assign" % (D_PROFILE,)): error(
+            422, "host D25ZQ0AAHTD8 is ipados but profile %s is for macos" % (D_PROFILE,), "hosts")},
+    ("scepproxyctl profile unassign %s F9FXK2LMQ1GC" % (D_PROFILE,), 0): {
+        ("POST", "/api/v1/profiles/%s/unassign" % (D_PROFILE,)): (200, {"unassigned": 1})},
+    ("scepproxyctl status", 0): {
+        ("GET", "/api/v1/host-profiles?limit=5000"): (200, {"host_profiles": [D_VERIFIED, D_NULL], "next": None})},
+    ("scepproxyctl status --status pending", 0): {
+        ("GET", "/api/v1/host-profiles?status=pending&limit=5000"): (200, {"host_profiles": [], "next": None})},
+    ("scepproxyctl status --host C8QHT3K1Q6L4 --json", 0): {
+        ("GET", "/api/v1/host-profiles?host=%s&limit=5000" % (D_HOST,)): (
+            200, {"host_profiles": [D_VERIFIED], "next": None})},
+    ("scepproxyctl resend C8QHT3K1Q6L4 %s" % (D_PROFILE,), 0): {
+        ("POST", "/api/v1/host-profiles/%s/%s/resend" % (D_HOST, D_PROFILE)): (200, dict(D_NULL, host_uuid=D_HOST))},
+    ("scepproxyctl jobs", 2): {
+        ("GET", "/api/v1/jobs"): (200, {"jobs": ["cleanup", "process_profiles", "renew_certificates"]})},
+    ("scepproxyctl trigger cleanup", 0): {("POST", "/api/v1/jobs/cleanup"): (200, {
+        "job": "cleanup", "result": {"expired_challenges_removed": 4, "finished_commands_removed": 0}})},
+    ("scepproxyctl trigger nope", 0): {("POST", "/api/v1/jobs/nope"): error(
+        404, "no job 'nope'; jobs are cleanup, process_profiles, renew_certificates")},
+    ("scepproxyctl builtin-ca requests --status pending", 0): {
+        ("GET", "/api/v1/ca/requests?status=pending&limit=5000"): (200, {"requests": [
+            dict(D_REQUEST, transaction_id="6uIuqOKGzduyi6oc0yeOyZTWkCw=", subject="CN=kiosk-2,O=Example",
+                 requester="10.1.2.40"),
+            D_REQUEST], "next": None})},
+    ("scepproxyctl builtin-ca requests --status waiting", 0): {
+        ("GET", "/api/v1/ca/requests?status=waiting&limit=5000"): error(
+            422, "status must be one of pending, approved, rejected, issued", "status")},
+    ("scepproxyctl builtin-ca approve 'aqncs5+93c13cm/OdsR2EBf9GZ8='", 0): {
+        ("POST", "/api/v1/ca/requests/aqncs5%2B93c13cm%2FOdsR2EBf9GZ8%3D/approve"): (200, dict(
+            D_REQUEST, status="issued", issued_serial="8fb191c539360ab138e53462702193c4"))},
+    ("scepproxyctl builtin-ca approve 'aqncs5+93c13cm/OdsR2EBf9GZ8='", 1): {
+        ("POST", "/api/v1/ca/requests/aqncs5%2B93c13cm%2FOdsR2EBf9GZ8%3D/approve"): error(
+            409, "request aqncs5+93c13cm/OdsR2EBf9GZ8= is approved, not pending")},
+    ("scepproxyctl builtin-ca reject '6uIuqOKGzduyi6oc0yeOyZTWkCw=' --reason \"kiosks enroll through the proxy\"", 0): {
+        ("POST", "/api/v1/ca/requests/6uIuqOKGzduyi6oc0yeOyZTWkCw%3D/reject"): (200, dict(
+            D_REQUEST, transaction_id="6uIuqOKGzduyi6oc0yeOyZTWkCw=", status="rejected"))},
+    ("scepproxyctl builtin-ca certificates", 0): {("GET", "/api/v1/ca/certificates?limit=5000"): (200, {
+        "certificates": [D_CERTIFICATE, dict(D_CERTIFICATE, serial="8d3f4cd57604f85953c624e9b640ba",
+                                             subject="CN=laptop-1,O=Example", not_after="2026-11-23T07:31:02+00:00",
+                                             requester="10.1.2.17")], "next": None})},
+    ("scepproxyctl builtin-ca revoke 8d3f4cd57604f85953c624e9b640ba --reason key_compromise", 0): {
+        ("POST", "/api/v1/ca/certificates/8d3f4cd57604f85953c624e9b640ba/revoke"): (200, dict(
+            D_CERTIFICATE, serial="8d3f4cd57604f85953c624e9b640ba", status="revoked",
+            revocation_reason="key_compromise"))},
+    ("scepproxyctl builtin-ca revoke 8d3f4cd57604f85953c624e9b640ba", 0): {
+        ("POST", "/api/v1/ca/certificates/8d3f4cd57604f85953c624e9b640ba/revoke"): error(
+            409, "certificate 8d3f4cd57604f85953c624e9b640ba is revoked already")},
+    ("scepproxyctl builtin-ca challenge --template vpn --ttl 30m", 0): {("POST", "/api/v1/ca/challenges"): (201, {
+        "challenge": "JdpnwIGoUG2OFPq1eT7x33kOhh0n4-9N", "expires_at": "2025-11-23T08:01:26+00:00",
+        "template": "vpn"})},
+    ("scepproxyctl --json builtin-ca challenge --template vpn --ttl 30m", 0): {
+        ("POST", "/api/v1/ca/challenges"): (201, {
+            "challenge": "eskfCKy229Yz4-no5FyvoQqZQHKo9Au8", "expires_at": "2025-11-23T08:01:26+00:00",
+            "template": "vpn"})},
+    ("scepproxyctl builtin-ca challenge --template nope", 0): {("POST", "/api/v1/ca/challenges"): error(
+        422, "template must be one of default, vpn", "template")},
+    ("scepproxyctl backup %s" % (D_BACKUP,), 0): {("POST", "/api/v1/backup"): (200, {
+        "directory": D_BACKUP, "files": D_BACKUP_FILES, "database_bytes": 81920})},
+    ("scepproxyctl backup %s" % (D_BACKUP,), 1): {("POST", "/api/v1/backup"): error(
+        409, "%s is not empty; back up into a new or empty directory" % (D_BACKUP,), "directory")},
+    ("scepproxyctl backup /root/backup", 0): {("POST", "/api/v1/backup"): error(
+        422, "cannot create /root/backup: permission denied (scepproxyd must be able to write there)", "directory")},
+}
+
+#: Examples not run here, and why; every other example in docs/cli.md must be in DOC_EXAMPLES.
+DOC_EXAMPLES_NOT_RUN = {
+    "scepproxyctl host import hosts.csv": "reads a file of the reader's",
+    "scepproxyctl jobs": "occurrence 1 needs nothing listening on 127.0.0.1:8081",
+    "scepproxyctl --token-file old.token jobs": "needs the daemon at 127.0.0.1:8081",
+    "scepproxyctl ca add UPSTREAM_CA": "reads a challenge file under /root, or prompts on a terminal",
+    "scepproxyctl ca add CORP_CA": "reads files under /root",
+    "scepproxyctl ca add LAB_CA": "reads a file under /root",
+    "scepproxyctl ca edit UPSTREAM_CA --url": "reads a file under /root",
+    "scepproxyctl ca edit UPSTREAM_CA --trust-bundle": "reads a file under /root",
+    "scepproxyctl agent-credential issue-bulk --all --output": "writes a file under /root",
+    "scepproxyctl profile upload": "reads a file of the reader's",
+    "scepproxyctl builtin-ca show": "the example elides the PEM",
+    "scepproxyctl restore": "offline, on backups and a state directory of the reader's (tests/test_backup.py)",
+}
+
+
+def documented_examples() -> list[tuple[str, int, str]]:
+    """Each ``$ scepproxyctl ...`` line of docs/cli.md's code blocks: (line, occurrence, what it printed)."""
+    examples, seen, current, in_block = [], {}, None, False
+    for line in DOCS.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            in_block, current = not in_block, None
+        elif in_block and line.startswith("$ "):
+            current = None
+            if line.startswith("$ scepproxyctl "):
+                command = line[2:].split("  #")[0].rstrip()
+                seen[command] = seen.get(command, -1) + 1
+                current = [command, seen[command], []]
+                examples.append(current)
+        elif in_block and current is not None:
+            current[2].append(line)
+    return [(command, n, "".join(out + "\n" for out in printed)) for command, n, printed in examples]
+
+
+def not_run_reason(command: str, occurrence: int) -> str | None:
+    for prefix, reason in DOC_EXAMPLES_NOT_RUN.items():
+        if command.startswith(prefix) and not (prefix == "scepproxyctl jobs" and occurrence != 1):
+            return reason
+    return None
+
+
+def test_every_documented_example_is_run_or_says_why_not():
+    found = {(command, n) for command, n, _ in documented_examples()}
+    unaccounted = sorted(k for k in found if k not in DOC_EXAMPLES and not_run_reason(*k) is None)
+    assert unaccounted == []
+    assert sorted(k for k in DOC_EXAMPLES if k not in found) == []
+    assert len(DOC_EXAMPLES) >= 50
+
+
+@pytest.mark.parametrize("command, occurrence, printed",
+                         [e for e in documented_examples() if (e[0], e[1]) in DOC_EXAMPLES],
+                         ids=lambda value: value if isinstance(value, str) and value.startswith("scepproxyctl") else "")
+def test_documented_example_prints_what_the_docs_show(tcp_api, tmp_path, monkeypatch, command, occurrence, printed):
+    import contextlib
+    import shlex
+
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps its usage lines to the terminal's width
+    spec = dict(DOC_EXAMPLES[(command, occurrence)])
+    stdin = spec.pop("stdin", "")
+    argv = shlex.split(command.split(" < ")[0])[1:]
+    if "config" in spec:
+        # A config of the example's own, at the path it names (relative, so run from tmp_path).
+        monkeypatch.chdir(tmp_path)
+        path = Path(argv[argv.index("--config") + 1]) if "--config" in argv else tmp_path / "scepproxyd.ini"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(spec.pop("config"))
+        argv = ["--config", str(path)] + argv
+    else:
+        argv = ["--config", str(tcp_api.config)] + argv
+    for (method, path), (status, body) in spec.items():
+        tcp_api.answer(method, path, status, body)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err):  # argparse's own refusals go to sys.stderr
+        try:
+            main(argv, stdin=io.StringIO(stdin), stdout=out, stderr=err)
+        except SystemExit:
+            pass
+    assert out.getvalue() + err.getvalue() == printed
+    if spec:
+        assert [(r.method, r.path) for r in tcp_api.requests] == list(spec)
+    if stdin:
+        assert tcp_api.last.json()["challenge"] == SECRET

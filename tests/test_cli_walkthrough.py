@@ -126,7 +126,8 @@ def test_walkthrough(tmp_path, upstream, daemon):
         "scepproxyctl: host IPAD-1 is ipados but profile %s is for macos (field: hosts)\n" % (uuid,))
     assert ctl.json("profile", "show", uuid)["hosts"] == 3
     status = ctl("status").stdout
-    assert status.splitlines()[0].split() == ["HOST", "PROFILE", "STATUS", "RETRIES", "UPDATED", "DETAIL"]
+    assert status.splitlines()[0].split() == [
+        "HOST", "PROFILE", "STATUS", "RETRIES", "CERT_SERIAL", "CERT_NOT_AFTER", "UPDATED", "DETAIL"]
     rows = table_rows(status)
     assert sorted(row[0] for row in rows) == sorted(HOSTS)
     assert all(row[1] == uuid and row[2] == "-" and row[3] == "0" for row in rows)

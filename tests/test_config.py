@@ -291,6 +291,12 @@ def test_listen_systemd_checked_for_form_only(monkeypatch):
         assert "not a valid Twisted endpoint description" in refused("[server]\nlisten = %s\n" % bad).problem
 
 
+def test_admin_url_is_for_scepproxyctl_and_optional():
+    assert parse("").admin.url is None
+    settings = parse("[admin]\nlisten = systemd:domain=INET:name=admin\nurl = http://127.0.0.1:8081/\n")
+    assert (settings.admin.listen, settings.admin.url) == ("systemd:domain=INET:name=admin", "http://127.0.0.1:8081")
+
+
 # -- one message per bad value ----------------------------------------------
 
 
@@ -319,6 +325,9 @@ BAD_VALUES = [
     ("upstream", "body_timeout", "30ms", "greater than 0 and at most 1 hour"),
     ("upstream", "max_response_bytes", "1G", "whole number of bytes"),
     ("admin", "max_profile_bytes", "17M", "whole number of bytes"),
+    ("admin", "url", "127.0.0.1:8081", "absolute http:// or https:// URL"),
+    ("admin", "url", "http://127.0.0.1:8081/api/v1", "with no path"),
+    ("admin", "url", "http://u:p@127.0.0.1:8081", "user name or password"),
     ("upstream", "caps_cache_seconds", "-1", "from 0 to 1 day"),
     ("upstream", "caps_cache_seconds", "2d", "from 0 to 1 day"),
     ("logging", "level", "loud", "one of debug, info, warn, error, critical"),
@@ -371,6 +380,7 @@ EVERY_KEY = [
     ("admin", "token_file"),
     ("admin", "max_connections"),
     ("admin", "max_profile_bytes"),
+    ("admin", "url"),
     ("profiles", "process_interval"),
     ("profiles", "batch_size"),
     ("profiles", "max_retries"),

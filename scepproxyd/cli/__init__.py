@@ -1,9 +1,10 @@
 """
 scepproxyctl: the admin command line of scepproxyd.
 
-It reads the admin endpoint and token file from the daemon's own INI file,
-makes one request to the admin API (docs/admin-api.md) and prints a table, or
-the API's JSON with ``--json``. ``restore`` is the exception: it works
+It reads the admin endpoint and token file from the daemon's own INI file
+(its ``[admin]`` section only: ``scepproxyd.cli.settings``), makes one request
+to the admin API (docs/admin-api.md) and prints a table, or the API's JSON
+with ``--json``. ``restore`` is the exception: it works
 offline on the state files of the stopped daemon (``scepproxyd.backup``).
 Exit status: 0 done, 1 refused or unreachable, 2 bad command line or
 configuration. The command reference is docs/cli.md.
@@ -19,41 +20,76 @@ from pathlib import Path
 from scepproxyd.cli import agent_credential, backup, builtin_ca, commands
 from scepproxyd.cli.client import AdminClient, CliError, InvocationError, target_from_endpoint, target_from_url
 from scepproxyd.cli.render import as_json, message
+from scepproxyd.cli.settings import load_admin_endpoint
+from scepproxyd.config import ConfigError
 
 PROG = "scepproxyctl"
 DEFAULT_CONFIG = "/etc/scepproxyd/scepproxyd.ini"
 
 
+class Parser(argparse.ArgumentParser):
+    """Refuses an unknown option in the words (and with the usage) of the command it was given to."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            getattr(parsed, "command_parser", self).error("unrecognized arguments: %s" % (" ".join(unknown),))
+        return parsed
+
+
+def _global_options() -> list[tuple[str, dict]]:
+    """Each global option's flag and ``add_argument`` keywords (read anew: the default follows the environment)."""
+    return [
+        ("--config", dict(default=os.environ.get("SCEPPROXYD_CONFIG", DEFAULT_CONFIG),
+                          help="the daemon's INI file, for [admin] url, listen and token_file "
+                               "(default: $SCEPPROXYD_CONFIG or %s)" % (DEFAULT_CONFIG,))),
+        ("--url", dict(dest="api_url", metavar="URL", default=None,
+                       help="the admin API as http://HOST:PORT, instead of [admin] url or listen")),
+        ("--token-file", dict(default=None, help="the admin token file, instead of [admin] token_file")),
+        ("--json", dict(action="store_true", default=False, help="print the API's JSON answer")),
+        ("--timeout", dict(type=float, default=60.0, metavar="SECONDS",
+                           help="give up on the admin API after this long (default: 60)")),
+    ]
+
+
+def add_global_options(parser: argparse.ArgumentParser, defaults: bool = True, without=()) -> None:
+    """
+    The global options, on the top-level parser (``defaults``) and again on every command.
+
+    On a command they default to ``SUPPRESS``: an option given after the command
+    sets its value, and one not given there leaves what the top level parsed
+    (an option before the command, or the default) alone. ``without`` leaves out
+    options the command has for itself (``ca add --url`` is the CA's URL).
+    """
+    group = parser.add_argument_group("global options (before or after the command)")
+    for flag, options in _global_options():
+        if flag not in without:
+            group.add_argument(flag, **(options if defaults else dict(options, default=argparse.SUPPRESS)))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         # No abbreviations: "--challenge SECRET" must be refused, not taken as --challenge-file.
         allow_abbrev=False,
         description="Manage a running scepproxyd through its admin API.",
-        epilog="The CA challenge is never an argument: it is read from --challenge-file or stdin.",
+        epilog="The CA challenge is never an argument: it is read from --challenge-file or stdin. "
+               "Global options go before or after the command.",
     )
-    parser.add_argument(
-        "--config", default=os.environ.get("SCEPPROXYD_CONFIG", DEFAULT_CONFIG),
-        help="the daemon's INI file, for [admin] listen and token_file "
-             "(default: $SCEPPROXYD_CONFIG or %s)" % (DEFAULT_CONFIG,),
-    )
-    parser.add_argument("--url", dest="api_url", metavar="URL",
-                        help="the admin API as http://HOST:PORT, instead of [admin] listen")
-    parser.add_argument("--token-file", help="the admin token file, instead of [admin] token_file")
-    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
-    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="give up on the admin API after this long (default: 60)")
+    add_global_options(parser)
     groups = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(subparsers, name, handler, help, *arguments):
         sub = subparsers.add_parser(name, help=help, description=help, allow_abbrev=False)
         for flags, options in arguments:
             sub.add_argument(*flags, **options)
-        sub.set_defaults(handler=handler)
+        add_global_options(sub, defaults=False, without={f for flags, _ in arguments for f in flags})
+        sub.set_defaults(handler=handler, command_parser=sub)
         return sub
 
     def group(name, help):
         sub = groups.add_parser(name, help=help, description=help, allow_abbrev=False)
+        add_global_options(sub, defaults=False)
         return sub.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def arg(*flags, **options):
@@ -143,17 +179,25 @@ def _read_token(path: Path) -> str:
 
 
 def make_client(args) -> AdminClient:
-    """The API client from ``--url``/``--token-file``, filling gaps from the daemon's INI file."""
-    settings = None
-    if args.api_url is None or args.token_file is None:
-        from scepproxyd.config import ConfigError, load_settings
+    """
+    The API client from ``--url``/``--token-file``, filling gaps from the daemon's INI file.
 
+    Where the API is: ``--url``, else ``[admin] url``, else what ``[admin] listen``
+    says (a ``systemd:`` socket says nothing a client can use: see ``target_from_endpoint``).
+    """
+    endpoint = None
+    if args.api_url is None or args.token_file is None:
         try:
-            settings = load_settings(args.config)
+            endpoint = load_admin_endpoint(args.config)
         except ConfigError as e:
             raise InvocationError(str(e)) from None
-    target = target_from_url(args.api_url) if args.api_url else target_from_endpoint(settings.admin.listen)
-    token_file = Path(args.token_file) if args.token_file else settings.admin.token_file
+    if args.api_url:
+        target = target_from_url(args.api_url)
+    elif endpoint.url:
+        target = target_from_url(endpoint.url)
+    else:
+        target = target_from_endpoint(endpoint.listen)
+    token_file = Path(args.token_file) if args.token_file else endpoint.token_file
     return AdminClient(target, _read_token(token_file), str(token_file), timeout=args.timeout)
 
 

@@ -30,7 +30,7 @@ class InvocationError(CliError):
     The command cannot run as invoked: a bad option or argument, or a config naming no usable admin API.
 
     Exits 2 like argparse's own refusals. (The daemon's tap raises Twisted's
-    ``usage.UsageError``; this is the CLI's own, hence another name.)
+    ``usage.InvocationError``; this is the CLI's own, hence another name.)
     """
 
     exit_code = 2
@@ -99,6 +99,9 @@ def target_from_endpoint(description: str) -> Target:
 
     ``tcp:8081:interface=10.0.0.5`` -> http://10.0.0.5:8081; no interface, or
     ``0.0.0.0`` / ``::`` -> 127.0.0.1; ``unix:/run/x.sock:mode=600`` -> that socket.
+    A ``systemd:`` socket is bound by a socket unit this process cannot see
+    (and guessing a port could reach the wrong daemon), so that is refused
+    with the way out: ``[admin] url`` or ``--url``.
     """
     kind, args, kwargs = _split_endpoint(description)
     if kind in ("tcp", "tcp6"):
@@ -117,6 +120,12 @@ def target_from_endpoint(description: str) -> Target:
         if not path:
             raise InvocationError("[admin] listen %r names no socket path" % (description,))
         return Target("unix", path=path)
+    if kind == "systemd":
+        raise InvocationError(
+            "[admin] listen %r is a socket that systemd opens, so it does not say where the admin API is; "
+            "set [admin] url = http://HOST:PORT in the config (the address of the socket unit's ListenStream=), "
+            "or pass --url http://HOST:PORT" % (description,)
+        )
     raise InvocationError(
         "[admin] listen %r is not a tcp: or unix: endpoint scepproxyctl can connect to; "
         "pass --url http://HOST:PORT" % (description,)

@@ -13,7 +13,8 @@ from scepproxyd.cli.challenge import read_challenge
 from scepproxyd.cli.client import CliError, InvocationError, api_path, list_all
 from scepproxyd.cli.render import fields, table, text
 
-HOST_PROFILE_HEADERS = ("HOST", "PROFILE", "STATUS", "RETRIES", "UPDATED", "DETAIL")
+#: CERT_SERIAL and CERT_NOT_AFTER: the certificate recorded on the host profile, which renewal is timed by.
+HOST_PROFILE_HEADERS = ("HOST", "PROFILE", "STATUS", "RETRIES", "CERT_SERIAL", "CERT_NOT_AFTER", "UPDATED", "DETAIL")
 
 
 def _read_input(path: str, stdin) -> bytes:
@@ -33,7 +34,8 @@ def _listing(rows: list, empty: str, headers, row) -> str:
 
 
 def _host_profile_row(hp: dict) -> tuple:
-    return (hp["host_uuid"], hp["profile_uuid"], hp["status"], hp["retries"], hp["updated_at"], hp["detail"])
+    return (hp["host_uuid"], hp["profile_uuid"], hp["status"], hp["retries"], hp.get("cert_serial"),
+            hp.get("cert_not_after"), hp["updated_at"], hp["detail"])
 
 
 # -- CAs -----------------------------------------------------------------------

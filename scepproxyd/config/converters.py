@@ -206,6 +206,17 @@ def optional_url(value: str) -> str | None:
     return None if value.strip() == "-" else public_url(value)
 
 
+def admin_url(value: str) -> str | None:
+    """``[admin] url``: scheme, host and port only, since the API is always under /api/v1/."""
+    if value.strip() == "-":
+        return None
+    url = public_url(value.strip())
+    if urlsplit(url).path:
+        raise Invalid("must be http://HOST:PORT or https://HOST:PORT with no path (the API is always "
+                      "under /api/v1/), got %r" % (value,))
+    return url
+
+
 def optional_text(value: str) -> str | None:
     return None if value.strip() == "-" else value.strip()
 

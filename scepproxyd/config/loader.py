@@ -57,7 +57,7 @@ class ConfigError(Exception):
         super().__init__("%s: %s%s" % (self.path, where, problem))
 
 
-def _read_ini(text: str, config_path: Path) -> configparser.ConfigParser:
+def read_ini(text: str, config_path: Path) -> configparser.ConfigParser:
     """Parse strictly; turn configparser's complaints into a L{ConfigError}."""
     parser = configparser.ConfigParser(
         interpolation=None,
@@ -87,11 +87,11 @@ def _read_ini(text: str, config_path: Path) -> configparser.ConfigParser:
     raise ConfigError(config_path, section, key, problem)
 
 
-def _resolve(base: Path, value: str) -> Path:
+def resolve_path(base: Path, value: str) -> Path:
     return Path(os.path.normpath(base / value))
 
 
-def _section_values(parser, config_path, section: str, keys) -> dict[str, object]:
+def section_values(parser, config_path, section: str, keys) -> dict[str, object]:
     given = dict(parser.items(section)) if parser.has_section(section) else {}
     for key in given:
         if key not in keys:
@@ -167,10 +167,10 @@ def _ca_settings(values, template_sections, state_directory: Path, config_path) 
             "import_key and import_certificate go together",
         )
     for key in ("key_file", "certificate_file", "challenge_file"):
-        ca[key] = _resolve(state_directory, ca[key])
+        ca[key] = resolve_path(state_directory, ca[key])
     for key in ("import_key", "import_certificate", "import_key_password_file"):
         if ca[key] is not None:
-            ca[key] = _resolve(Path(os.path.abspath(config_path)).parent, ca[key])
+            ca[key] = resolve_path(Path(os.path.abspath(config_path)).parent, ca[key])
     return CASettings(templates=templates, key_policy=key_policy, **ca)
 
 
@@ -179,7 +179,7 @@ def parse_settings(text: str, config_path: Path) -> Settings:
     Validate INI C{text} as if read from C{config_path}, which names the
     file in messages and anchors relative paths.
     """
-    parser = _read_ini(text, config_path)
+    parser = read_ini(text, config_path)
     template_sections = []
     for section in parser.sections():
         if section.startswith(TEMPLATE_PREFIX):
@@ -195,12 +195,12 @@ def parse_settings(text: str, config_path: Path) -> Settings:
             )
     values: dict[str, dict[str, object]] = {}
     for section, keys in list(SCHEMA.items()) + [(t, TEMPLATE_SCHEMA) for t in template_sections]:
-        values[section] = _section_values(parser, config_path, section, keys)
+        values[section] = section_values(parser, config_path, section, keys)
 
     absolute_config = Path(os.path.abspath(config_path))
-    state_directory = _resolve(absolute_config.parent, values["state"]["directory"])
-    values["database"]["path"] = _resolve(state_directory, values["database"]["path"])
-    values["admin"]["token_file"] = _resolve(state_directory, values["admin"]["token_file"])
+    state_directory = resolve_path(absolute_config.parent, values["state"]["directory"])
+    values["database"]["path"] = resolve_path(state_directory, values["database"]["path"])
+    values["admin"]["token_file"] = resolve_path(state_directory, values["admin"]["token_file"])
     retired, ignored = _retired_values(parser, config_path)
     server = values["server"]
     if (server["tls_certificate"] is None) != (server["tls_key"] is None):
@@ -212,9 +212,9 @@ def parse_settings(text: str, config_path: Path) -> Settings:
         raise ConfigError(config_path, "server", "tls_chain", "needs tls_certificate and tls_key")
     for key in ("tls_certificate", "tls_key", "tls_chain"):
         if server[key] is not None:
-            server[key] = _resolve(Path(os.path.abspath(config_path)).parent, server[key])
+            server[key] = resolve_path(Path(os.path.abspath(config_path)).parent, server[key])
     for key in ("nanomdm_api_key_file", "webhook_token_file"):
-        values["delivery"][key] = _resolve(state_directory, values["delivery"][key])
+        values["delivery"][key] = resolve_path(state_directory, values["delivery"][key])
     if values["delivery"]["backend"] == "nanomdm" and values["delivery"]["nanomdm_url"] is None:
         raise ConfigError(
             config_path, "delivery", "nanomdm_url",
@@ -228,7 +228,7 @@ def parse_settings(text: str, config_path: Path) -> Settings:
     return Settings(
         config_path=absolute_config,
         state_directory=state_directory,
-        key_file=_resolve(state_directory, values["state"]["key_file"]),
+        key_file=resolve_path(state_directory, values["state"]["key_file"]),
         server=ServerSettings(**values["server"]),
         database=DatabaseSettings(**values["database"]),
         challenges=ChallengeSettings(**values["challenges"]),
@@ -239,17 +239,21 @@ def parse_settings(text: str, config_path: Path) -> Settings:
         renewal=RenewalSettings(**values["renewal"]),
         delivery=DeliverySettings(**values["delivery"]),
         ca=_ca_settings(values, template_sections, state_directory, config_path),
-        retired_agent_token_file=_resolve(state_directory, retired.get("agent.token_file") or "agent.token"),
+        retired_agent_token_file=resolve_path(state_directory, retired.get("agent.token_file") or "agent.token"),
         ignored=tuple(ignored),
     )
+
+
+def read_config_text(path: Path) -> str:
+    """The text of the config file at C{path}, or a L{ConfigError} saying why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8-sig")  # tolerate a BOM from Windows editors
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(path, None, None, "cannot read configuration file: %s" % (reason,))
 
 
 def load_settings(path: str | Path) -> Settings:
     """Read and validate the config file at C{path}; every failure is a L{ConfigError}."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # tolerate a BOM from Windows editors
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise ConfigError(path, None, None, "cannot read configuration file: %s" % (reason,))
-    return parse_settings(text, path)
+    return parse_settings(read_config_text(path), path)

@@ -66,6 +66,8 @@ class AdminSettings:
     token_file: Path
     max_connections: int
     max_profile_bytes: int = 1024 * 1024
+    #: Where scepproxyctl reaches the admin API (needed when ``listen`` is a systemd socket); the daemon ignores it.
+    url: str | None = None
 
 
 @attrs.frozen
@@ -211,6 +213,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
         "max_connections": ("64", c.whole(1, 100000)),
         # Below the admin listener's 16 MiB body limit; checked as the upload streams in.
         "max_profile_bytes": ("1M", c.size(1024, 16 * c.MiB)),
+        # Read by scepproxyctl only: the address of a systemd-activated admin socket.
+        "url": ("-", c.admin_url),
     },
     "profiles": {
         "process_interval": ("30s", c.duration(0, c.HOUR)),
