@@ -1,11 +1,29 @@
-"""Fixtures every test module may use without importing them."""
+"""Fixtures every test module may use without importing them.
+
+The helpers behind them live in tests/support/ (see its __init__): test
+modules import helpers from there, never from another test module.
+"""
+
+import signal
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
+from support.admin_site import admin_site, ca_admin_site
+from support.api import apis
+from support.daemon import FAST, Daemon, Site
 from support.store import make_clock, migrated, started_store
+from support.upstream import CHALLENGE, ScepServer
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "daemon(scope='function', **sections): the config sections of the ``daemon`` fixture's daemon; "
+        "scope='module' on a module shares one daemon (and ``site``) between its tests",
+    )
 
 
 class LogCapture:
@@ -105,6 +123,74 @@ def _fill_up(directory, name: str = "filler"):
     return path
 
 
+# -- the daemon under twistd -------------------------------------------------------------
+
+
+def _daemon_marker(request) -> tuple[str, dict]:
+    marker = request.node.get_closest_marker("daemon")
+    sections = dict(marker.kwargs) if marker else {}
+    return sections.pop("scope", "function"), sections
+
+
+@pytest.fixture
+def start_daemon(tmp_path):
+    """``start_daemon(directory=None, **sections)``: a started daemon (in ``tmp_path`` unless told), stopped by its pid afterwards."""
+    started = []
+
+    def start(directory=None, **sections) -> Daemon:
+        daemon = Daemon(directory or tmp_path, **sections).start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def module_daemon(request, tmp_path_factory):
+    """One daemon for a module marked ``pytest.mark.daemon(scope="module", **sections)``."""
+    _, sections = _daemon_marker(request)
+    daemon = Daemon(tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2]), **sections).start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def daemon(request, tmp_path):
+    """The real daemon in ``tmp_path``, configured by the closest ``pytest.mark.daemon(**sections)``.
+
+    Stopped by its pid afterwards; if it was still running, it must stop cleanly
+    (twistd re-raises SIGTERM after a clean shutdown, as systemd expects). In a
+    module marked ``scope="module"`` it is that module's one ``module_daemon``.
+    """
+    scope, sections = _daemon_marker(request)
+    if scope == "module":
+        yield request.getfixturevalue("module_daemon")
+        return
+    started = Daemon(tmp_path, **sections).start()
+    yield started
+    running = started.process is not None
+    code = started.stop()
+    if running:
+        assert code in (0, -signal.SIGTERM), started.log()
+        assert "Server Shut Down." in started.log()
+
+
+@pytest.fixture(scope="module")
+def module_site(module_daemon):
+    """(admin Api, AgentApi) of the module's daemon: each host's agent credential issued once per module."""
+    return apis(module_daemon)
+
+
+@pytest.fixture
+def site(request, daemon):
+    """(admin Api, AgentApi) of ``daemon`` (the module's ``module_site`` where the daemon is the module's)."""
+    if _daemon_marker(request)[0] == "module":
+        return request.getfixturevalue("module_site")
+    return apis(daemon)
+
+
 @pytest.fixture
 def builtin_ca_daemon(tmp_path):
     """The real daemon with the shipped defaults for the built-in CA (static challenge off).
@@ -112,10 +198,60 @@ def builtin_ca_daemon(tmp_path):
     Jobs are triggered by the tests; enough retries that every attack a test
     tries can count one. Stopped by its pid; its log must hold no traceback.
     """
-    from peers import Daemon
-
     daemon = Daemon(tmp_path, ca={"key_size": "2048"},
                     profiles={"process_interval": "1h", "max_retries": "20"}).start()
     yield daemon
     daemon.stop()
     assert "Traceback" not in daemon.log(), daemon.log()
+
+
+@pytest.fixture
+def ca_site(tmp_path):
+    """``ca_site(**ca)``: the daemon with the built-in CA's static challenge on (support.daemon.FAST, overridden
+    by ``ca``), as network equipment uses it; a support.daemon.Site. Each must stop cleanly, with no traceback."""
+    started = []
+
+    def make(**ca) -> Site:
+        daemon = Daemon(tmp_path, ca=dict(FAST, **ca)).start()
+        started.append(daemon)
+        return Site(daemon)
+
+    yield make
+    for daemon in started:
+        code = daemon.stop()
+        assert code in (0, -signal.SIGTERM), daemon.log()
+        assert "Traceback" not in daemon.log(), daemon.log()
+
+
+# -- a real upstream CA: micromdm scepserver ------------------------------------------------
+
+
+@pytest.fixture
+def upstream(tmp_path):
+    """scepserver with support.upstream.CHALLENGE, new for each test (tests count what reached it)."""
+    server = ScepServer(tmp_path / "upstream", CHALLENGE).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_upstream(tmp_path_factory):
+    """scepserver with support.upstream.CHALLENGE, one for a module."""
+    server = ScepServer(tmp_path_factory.mktemp("upstream"), CHALLENGE).start()
+    yield server
+    server.stop()
+
+
+# -- the admin API in the test's own reactor --------------------------------------------------
+
+
+@pytest.fixture
+def api(tmp_path):
+    """support.admin_site.AdminSite: the admin API on a real store file, with a working and a broken upstream CA."""
+    yield from admin_site(tmp_path)
+
+
+@pytest.fixture
+def ca_api(store, clock):
+    """support.admin_site.CaAdminSite: ``/api/v1/ca/...`` with the built-in CA in process, on ``store`` and ``clock``."""
+    yield from ca_admin_site(store, clock)

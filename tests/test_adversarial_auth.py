@@ -16,21 +16,12 @@ import subprocess
 
 import pytest
 
-from hostile import (
-    Api,
-    add_ca,
-    apis,
-    assert_log_clean,
-    challenge_from_url,
-    fetch_urls,
-    pki_post,
-    raw_http,
-    request_once,
-    scep_url_from,
-    upload_profile,
-    webhook_token,
-)
-from peers import Daemon, ScepServer, need
+from support.api import Api, apis, webhook_token
+from support.hostile import assert_log_clean, pki_post, raw_http, request_once
+from support.site import add_ca, challenge_from_url, fetch_urls, scep_url_from, upload_profile
+from support.daemon import Daemon
+from support.processes import need
+from support.upstream import ScepServer
 
 STATIC = "auth-static-Zq8v-secret"
 NEW_STATIC = "auth-rotated-static-Kp3w-secret"

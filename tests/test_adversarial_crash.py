@@ -19,21 +19,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import AttributeOID, NameOID
 from twisted.internet import defer, reactor, task
 
-from certs import self_signed, signed_blob
-from hostile import (
-    HostileCA,
-    add_ca,
-    apis,
-    assert_log_clean,
-    challenge_from_url,
-    db,
-    fetch_urls,
-    integrity,
-    kill9,
-    request_once,
-    upload_profile,
-)
-from peers import Daemon, ScepServer
+from support.certs import self_signed, signed_blob
+from support.api import apis
+from support.hostile import HostileCA, assert_log_clean, db, integrity, kill9, request_once
+from support.site import add_ca, challenge_from_url, fetch_urls, upload_profile
+from support.daemon import Daemon
+from support.upstream import ScepServer
 from scepproxyd.store.models import challenge_hash
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import attributes as codec_attributes

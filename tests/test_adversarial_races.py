@@ -15,9 +15,12 @@ import pytest_twisted
 import treq
 from twisted.internet import defer, threads
 
-from certs import signed_blob
-from hostile import add_ca, apis, assert_log_clean, challenge_from_url, db, enrollment_url, upload_profile
-from peers import Daemon, ScepServer
+from support.certs import signed_blob
+from support.api import apis
+from support.hostile import assert_log_clean, db
+from support.site import add_ca, challenge_from_url, enrollment_url, upload_profile
+from support.daemon import Daemon
+from support.upstream import ScepServer
 
 STATIC = "races-static-secret"
 CHALLENGE_FAILED = "custom scep challenge failed\n"

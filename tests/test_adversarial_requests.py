@@ -19,23 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from certs import signed_blob
-from hostile import (
-    CA_CAPS,
-    HostileCA,
-    add_ca,
-    apis,
-    assert_log_clean,
-    b64,
-    challenge_from_url,
-    db,
-    enrollment_url,
-    integrity,
-    raw_http,
-    request_once,
-    status_of,
-)
-from peers import Daemon
+from support.certs import signed_blob
+from support.api import apis
+from support.hostile import CA_CAPS, HostileCA, assert_log_clean, b64, db, integrity, raw_http, request_once, status_of
+from support.site import add_ca, challenge_from_url, enrollment_url
+from support.daemon import Daemon
 
 STATIC = "hostile-requests-static-secret"
 MAX_BODY = 4096

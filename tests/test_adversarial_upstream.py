@@ -14,17 +14,11 @@ import concurrent.futures
 
 import pytest
 
-from hostile import (
-    HostileCA,
-    add_ca,
-    apis,
-    assert_log_clean,
-    challenge_from_url,
-    enrollment_url,
-    pki_post,
-    request_once,
-)
-from peers import Daemon, ScepServer
+from support.api import apis
+from support.hostile import HostileCA, assert_log_clean, pki_post, request_once
+from support.site import add_ca, challenge_from_url, enrollment_url
+from support.daemon import Daemon
+from support.upstream import ScepServer
 
 TIMEOUTS = {"connect_timeout": "1s", "response_timeout": "1s", "body_timeout": "1s",
             "max_response_bytes": "64k", "caps_cache_seconds": "300s"}

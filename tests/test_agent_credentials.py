@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor, task, threads
 from twisted.logger import formatEvent
 
-from certs import self_signed
+from support.certs import self_signed
 from scepproxyd.cli import main as ctl_main
 from scepproxyd.config import parse_settings
 from scepproxyd.delivery.render import CommandRenderer

@@ -27,7 +27,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from peers import Daemon, daemon_config
+from support.daemon import Daemon, daemon_config
 from scepproxyd.backup import (
     MANIFEST,
     BackupError,

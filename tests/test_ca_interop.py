@@ -23,8 +23,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import AttributeOID, NameOID
 
-from certs import self_signed
-from peers import Daemon, need
+from support.certs import self_signed
+from support.daemon import Daemon
+from support.processes import need
 from scepproxyd.scep import codec
 
 SCEPPROXYCTL = str(Path(sys.executable).with_name("scepproxyctl"))

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from peers import Daemon, ScepServer
+from support.daemon import Daemon
+from support.upstream import ScepServer
 
 CTL = str(Path(sys.executable).with_name("scepproxyctl"))
 STATIC = "walkthrough-static-challenge-7c1e9d"

@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certs import signed_blob
-from peers import need
-from scep_capture import der, issue, make_ca, make_device, pem
+from support.certs import signed_blob
+from support.processes import need
+from support.scep_capture import der, issue, make_ca, make_device, pem
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import attributes as scep_attributes
 from scepproxyd.scep.codec import ber

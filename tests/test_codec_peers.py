@@ -11,8 +11,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from peers import need
-from scep_capture import CAPS_WITH_AES, CAPS_WITHOUT_AES, CaptureServer, der, issue, make_ca
+from support.processes import need
+from support.scep_capture import CAPS_WITH_AES, CAPS_WITHOUT_AES, CaptureServer, der, issue, make_ca
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import ber, signed
 

@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from peers import REPO, Daemon, http_call as call
+from support.api import http_call as call
+from support.daemon import Daemon
+from support.processes import REPO
 from scepproxyd.config import parse_settings
 from scepproxyd.connections import OpenFilesError, ensure_open_files, open_files_needed
 

@@ -6,8 +6,9 @@ import subprocess
 
 import pytest
 
-from hostile import raw_http
-from peers import REPO, TWISTD, Daemon, daemon_config, free_port, wait_for_port
+from support.hostile import raw_http
+from support.daemon import Daemon, TWISTD, daemon_config
+from support.processes import REPO, free_port, wait_for_port
 
 
 def run_twistd(config, timeout=30):

@@ -14,7 +14,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from peers import Daemon, http_call as call
+from support.api import http_call as call
+from support.daemon import Daemon
 from scepproxyd.store import Store, StoreUnavailable
 
 
@@ -148,7 +149,7 @@ async def test_proxy_answers_503_on_a_full_disk_and_the_device_retry_enrolls(tmp
     """scepclient through the proxy: a full disk answers 503 and spends nothing; once space returns it enrolls."""
     from twisted.internet import threads
 
-    from peers import ScepServer
+    from support.upstream import ScepServer
     from test_interop_engine import FIXTURES, STATIC, enroll, scep_settings_from_mobileconfig, set_up
 
     state = small_tmpfs(tmp_path / "state", "16m")

@@ -22,7 +22,8 @@ import pytest_twisted
 from cryptography.x509.oid import NameOID
 from twisted.internet import threads
 
-from peers import Certmonger, Daemon
+from support.certmonger import Certmonger
+from support.daemon import Daemon
 from test_ca_interop import FAST, Site, load, openssl_verify
 from test_interop_bound_issuance import OU, Fleet
 

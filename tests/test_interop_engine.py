@@ -20,8 +20,10 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from twisted.internet import threads
 
-from certs import signed_blob
-from peers import Daemon, ScepServer, need
+from support.certs import signed_blob
+from support.daemon import Daemon
+from support.processes import need
+from support.upstream import ScepServer
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "profiles"
 STATIC = "engine-static-challenge"

@@ -12,8 +12,10 @@ import treq
 from twisted.internet import reactor
 from twisted.web import server
 
-from nanomdm_fake import PROFILE_ERROR_CHAIN, FakeNanoMDM
-from peers import Daemon, ScepServer, free_port
+from support.nanomdm_fake import FakeNanoMDM, PROFILE_ERROR_CHAIN
+from support.daemon import Daemon
+from support.processes import free_port
+from support.upstream import ScepServer
 from test_interop_engine import Client, status_of
 
 STATIC = "nanomdm-flow-static"

@@ -17,8 +17,10 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import defer, protocol, reactor, threads
 from twisted.web import resource, server
 
-from certs import signed_blob
-from peers import Daemon, ScepServer, free_port, need
+from support.certs import signed_blob
+from support.daemon import Daemon
+from support.processes import free_port, need
+from support.upstream import ScepServer
 from scepproxyd.store import Store
 
 STATIC_CHALLENGE = "upstream-static-secret"

@@ -17,8 +17,8 @@ import treq
 from cryptography import x509
 from twisted.internet import threads
 
-from certs import signed_blob
-from scep_capture import CaptureServer
+from support.certs import signed_blob
+from support.scep_capture import CaptureServer
 from test_interop_engine import (  # noqa: F401 (fixtures)
     FIXTURES,
     STATIC,

@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, reactor, task, threads
 
-from hostile import mobileconfig
-from peers import daemon_config, free_port
+from support.site import mobileconfig
+from support.daemon import daemon_config
+from support.processes import free_port
 from scepproxyd.config import load_settings
 from scepproxyd.jsoninput import MAX_INTEGER_DIGITS, MAX_NESTING, JsonInputError, nests_deeper_than, read_json
 from scepproxyd.tap import makeService

@@ -4,7 +4,8 @@ import signal
 import subprocess
 import sys
 
-from peers import REPO, daemon_config, free_port, wait_for_port
+from support.daemon import daemon_config
+from support.processes import REPO, free_port, wait_for_port
 
 
 def test_wheelhouse_installs_without_index_and_starts(tmp_path):

@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor, threads
 from twisted.web import resource, server
 
-from certs import self_signed_der, signed_blob
-from peers import Daemon
+from support.certs import self_signed_der, signed_blob
+from support.daemon import Daemon
 from scepproxyd.tls import server_context
 from test_interop_engine import Client
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from twisted.logger import LogLevel, Logger, globalLogPublisher
 
-from peers import REPO, TWISTD, daemon_config, free_port, wait_for_port
+from support.daemon import TWISTD, daemon_config
+from support.processes import REPO, free_port, wait_for_port
 from scepproxyd import logs
 from scepproxyd.journald import format_journal_lines, observer
 
