@@ -2,22 +2,15 @@
 
 import json
 import sqlite3
-from pathlib import Path
 
 import pytest
 import pytest_twisted
-import treq
 from twisted.internet import defer, reactor
-from twisted.web import resource, server
 
-from support.admin_site import PROFILE_LIMIT, STATIC, TOKEN, FakeCA, add_ca, sample_profile
+from support.admin_site import PROFILE_LIMIT, STATIC, TOKEN, add_ca, sample_profile
 from support.api import json_call
-from support.certs import self_signed_der
-from scepproxyd.jobs import CleanupJob, ScheduledJob
-from scepproxyd.keys import ChallengeCipher, load_or_create_key
-from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http_client
 from scepproxyd.store import Store
-from scepproxyd.web.admin import admin_resource, admin_route_limits
+from scepproxyd.web.admin import admin_resource
 from scepproxyd.web.site import BodyLimitedSite
 
 # -- auth ----------------------------------------------------------------------

@@ -15,30 +15,26 @@ from asn1crypto import cms
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
-from twisted.internet import defer, reactor
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from scepproxyd.ca.authority import CAPS, ScepCA
-from scepproxyd.ca.csr_policy import SanPolicy
 from scepproxyd.ca.manage import CaManager, ManageError
 from scepproxyd.store.models import mint_challenge
-from scepproxyd.ca.material import CaMaterial, create_ca, create_ra
-from scepproxyd.ca.policy import WRONG_CHALLENGE, Policy, challenge_hash
-from scepproxyd.config import CertificateTemplate
+from scepproxyd.ca.policy import WRONG_CHALLENGE, challenge_hash
 from scepproxyd.metrics import Metrics
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import attributes as codec_attributes
 from scepproxyd.scep.codec import signed as codec_signed
 from scepproxyd.scep.codec.algorithms import digest as codec_digest
-from scepproxyd.store import Store
 from scepproxyd.store.models import StoreUnavailable
-from support.builtin_ca import DAY, EPOCH, STATIC, TEMPLATES, Device, ca_material, in_line, make_ca, policy
+from support.builtin_ca import DAY, STATIC, TEMPLATES, Device, ca_material, in_line, make_ca, policy
 from support.certs import self_signed
 from support.processes import need
+from support.store import EPOCH
 
 FAIL_INFO_TEXT_OID = "1.3.6.1.5.5.7.24.1"
 

@@ -7,11 +7,7 @@ into the renewal window, which no API should be able to do.
 """
 
 import json
-import plistlib
 import re
-import sqlite3
-import subprocess
-import time
 
 import pytest
 import pytest_twisted
@@ -20,103 +16,20 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from twisted.internet import threads
 
+from support.api import Api, aissue_agent_credential
 from support.certs import signed_blob
-from support.daemon import Daemon
-from support.processes import need
-from support.upstream import ScepServer
+from support.clients import enroll
+from support.site import (
+    FIXTURES,
+    host_profile_status,
+    move_certificate_into_renewal_window,
+    scep_settings_from_mobileconfig,
+    set_up,
+)
+from support.upstream import CHALLENGE as STATIC
 
-FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "profiles"
-STATIC = "engine-static-challenge"
-
-
-class Client:
-    """JSON calls to one of the daemon's APIs with its bearer token."""
-
-    def __init__(self, base, token):
-        self.base = base
-        self.token = token
-
-    async def call(self, method, path, body=None, raw=None, content_type=None):
-        headers = {b"Authorization": [b"Bearer " + self.token.encode()]}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers[b"Content-Type"] = [b"application/json"]
-        elif raw is not None:
-            data = raw
-            headers[b"Content-Type"] = [content_type.encode()]
-        response = await treq.request(method, self.base + path, headers=headers, data=data)
-        text = await response.text()
-        assert response.code < 300, (method, path, response.code, text)
-        return json.loads(text) if text else None
-
-
-@pytest.fixture
-def upstream(tmp_path):
-    server = ScepServer(tmp_path / "upstream", STATIC).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    # Long intervals: the test triggers the jobs itself, through the same code path.
-    d = Daemon(tmp_path, profiles={"process_interval": "1h"}, renewal={"interval": "1d"}).start()
-    yield d
-    d.stop()
-
-
-async def issue_agent_credential(admin, host) -> str:
-    """The host's own agent credential, issued the documented way."""
-    return (await admin.call("POST", "/api/v1/hosts/%s/agent-credential" % host))["token"]
-
-
-def enroll(workdir, url, challenge, cn, ou=None):
-    workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("csr.pem", "client.pem"):
-        (workdir / name).unlink(missing_ok=True)
-    command = [need("scepclient"), "-private-key", str(workdir / "key.pem"), "-server-url", url,
-               "-challenge=" + challenge, "-cn", cn]
-    if ou:
-        command += ["-ou", ou]
-    result = subprocess.run(command, cwd=str(workdir), capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return (workdir / "client.pem").read_text()
-
-
-def scep_settings_from_mobileconfig(payload: str) -> tuple[str, str, str]:
-    """What a Mac does with the delivered profile: read the SCEP payload."""
-    profile = plistlib.loads(payload.encode())
-    (scep,) = [p for p in profile["PayloadContent"] if p["PayloadType"] == "com.apple.security.scep"]
-    content = scep.get("PayloadContent", scep)
-    cn = [rdn[0][1] for rdn in content["Subject"] if rdn[0][0] == "CN"][0]
-    return content["URL"], content["Challenge"], cn
-
-
-def move_certificate_into_renewal_window(daemon, host, profile):
-    now = time.time()
-    with sqlite3.connect(str(daemon.database), timeout=10) as db:
-        db.execute(
-            "UPDATE host_profiles SET cert_not_before = ?, cert_not_after = ? WHERE host_uuid = ? AND profile_uuid = ?",
-            (now - 340 * 86400, now + 20 * 86400, host, profile),
-        )
-
-
-async def set_up(daemon, upstream, template: bytes, content_type: str, host: str, platform: str):
-    admin = Client(daemon.admin_url, daemon.admin_token)
-    if "CORP_CA" not in [ca["name"] for ca in (await admin.call("GET", "/api/v1/cas"))["cas"]]:
-        await admin.call("POST", "/api/v1/cas", {"name": "CORP_CA", "url": upstream.url, "challenge": STATIC})
-    await admin.call("PUT", "/api/v1/hosts/" + host, {"serial": "SER" + host, "platform": platform})
-    agent = Client(daemon.url, await issue_agent_credential(admin, host))
-    query = "?platform=" + platform
-    profile = await admin.call("POST", "/api/v1/profiles" + query, raw=template, content_type=content_type)
-    assert (await admin.call("POST", "/api/v1/profiles/%s/assign" % profile["uuid"], {"hosts": [host]})) == {"assigned": 1}
-    return admin, agent, profile["uuid"]
-
-
-async def status_of(admin, host, profile):
-    rows = (await admin.call("GET", "/api/v1/host-profiles?host=%s&profile=%s" % (host, profile)))["host_profiles"]
-    return rows[0]
+# Long intervals: the test triggers the jobs itself, through the same code path.
+pytestmark = pytest.mark.daemon(profiles={"process_interval": "1h"}, renewal={"interval": "1d"})
 
 
 @pytest_twisted.ensureDeferred
@@ -124,13 +37,13 @@ async def test_apple_flow_enroll_verify_renew(tmp_path, upstream, daemon):
     host = "MAC-0001"
     template = (FIXTURES / "fleet-custom-scep-apple.mobileconfig").read_bytes().replace(b"CA_NAME", b"CORP_CA")
     admin, agent, profile = await set_up(daemon, upstream, template, "application/x-apple-aspen-config", host, "macos")
-    assert (await status_of(admin, host, profile))["status"] is None
+    assert (await host_profile_status(admin, host, profile))["status"] is None
 
-    result = await admin.call("POST", "/api/v1/jobs/process_profiles")
+    result = await admin.acall("POST", "/api/v1/jobs/process_profiles")
     assert result["result"]["claimed"] == 1
-    assert (await status_of(admin, host, profile))["status"] == "pending"
+    assert (await host_profile_status(admin, host, profile))["status"] == "pending"
 
-    commands = (await agent.call("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
+    commands = (await agent.acall("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
     assert len(commands) == 1 and commands[0]["profile_uuid"] == profile
     url, challenge, cn = scep_settings_from_mobileconfig(commands[0]["payload"])
     assert challenge == STATIC
@@ -139,40 +52,40 @@ async def test_apple_flow_enroll_verify_renew(tmp_path, upstream, daemon):
     cn = cn.replace("%SerialNumber%", "SER" + host)
 
     pem = await threads.deferToThread(enroll, tmp_path / "mac", url, challenge, cn)
-    assert (await status_of(admin, host, profile))["status"] == "verifying"
-    await agent.call("POST", "/api/v1/agent/hosts/%s/commands/%s" % (host, commands[0]["command_uuid"]),
-                     {"status": "acknowledged"})
-    report = await agent.call("POST", "/api/v1/agent/hosts/%s/certificates" % host, {"certificates": [pem]})
+    assert (await host_profile_status(admin, host, profile))["status"] == "verifying"
+    await agent.acall("POST", "/api/v1/agent/hosts/%s/commands/%s" % (host, commands[0]["command_uuid"]),
+                      {"status": "acknowledged"})
+    report = await agent.acall("POST", "/api/v1/agent/hosts/%s/certificates" % host, {"certificates": [pem]})
     assert report["recorded"] == 1
-    assert (await status_of(admin, host, profile))["status"] == "verified"
+    assert (await host_profile_status(admin, host, profile))["status"] == "verified"
 
     # Another host's agent can neither read this host's commands nor claim its certificate.
-    await admin.call("PUT", "/api/v1/hosts/MAC-0002", {"serial": "SERMAC-0002", "platform": "macos"})
-    other = await issue_agent_credential(admin, "MAC-0002")
+    await admin.acall("PUT", "/api/v1/hosts/MAC-0002", {"serial": "SERMAC-0002", "platform": "macos"})
+    other = await aissue_agent_credential(admin, "MAC-0002")
     response = await treq.get(daemon.url + "/api/v1/agent/hosts/%s/commands" % host,
                               headers={b"Authorization": [b"Bearer " + other.encode()]})
     assert response.code == 401 and (await response.json()) == {"error": "missing or wrong bearer token"}
-    report = await Client(daemon.url, other).call("POST", "/api/v1/agent/hosts/MAC-0002/certificates",
-                                                  {"certificates": [pem]})
+    report = await Api(daemon.url, other).acall("POST", "/api/v1/agent/hosts/MAC-0002/certificates",
+                                                {"certificates": [pem]})
     assert report == {"recorded": 0, "older": 0, "unknown": 1, "not_valid_now": 0}
     assert "belongs to a host profile of host %s" % host in daemon.log()
     assert other not in daemon.log() and agent.token not in daemon.log()
 
     # Not due yet: a fresh 365-day certificate.
-    assert (await admin.call("POST", "/api/v1/jobs/renew_certificates"))["result"] == {"renewals_due": 0}
+    assert (await admin.acall("POST", "/api/v1/jobs/renew_certificates"))["result"] == {"renewals_due": 0}
     move_certificate_into_renewal_window(daemon, host, profile)
-    assert (await admin.call("POST", "/api/v1/jobs/renew_certificates"))["result"] == {"renewals_due": 1}
-    assert (await status_of(admin, host, profile))["status"] is None
+    assert (await admin.acall("POST", "/api/v1/jobs/renew_certificates"))["result"] == {"renewals_due": 1}
+    assert (await host_profile_status(admin, host, profile))["status"] is None
 
-    await admin.call("POST", "/api/v1/jobs/process_profiles")
-    commands = (await agent.call("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
+    await admin.acall("POST", "/api/v1/jobs/process_profiles")
+    commands = (await agent.acall("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
     new_url, _, new_cn = scep_settings_from_mobileconfig(commands[0]["payload"])
     assert new_url != url, "a renewal must carry a fresh one-time challenge"
     assert renewal_id in new_cn
     new_pem = await threads.deferToThread(enroll, tmp_path / "mac2", new_url, STATIC, cn)
-    report = await agent.call("POST", "/api/v1/agent/hosts/%s/certificates" % host, {"certificates": [new_pem, pem]})
+    report = await agent.acall("POST", "/api/v1/agent/hosts/%s/certificates" % host, {"certificates": [new_pem, pem]})
     assert report["recorded"] == 1
-    assert (await status_of(admin, host, profile))["status"] == "verified"
+    assert (await host_profile_status(admin, host, profile))["status"] == "verified"
     new_serial = x509.load_pem_x509_certificate(new_pem.encode()).serial_number
     assert new_serial != x509.load_pem_x509_certificate(pem.encode()).serial_number
     # The old URL's challenge was spent: replaying it fails and never reaches the CA.
@@ -188,8 +101,8 @@ async def test_android_template_flow(tmp_path, upstream, daemon):
     host = "ANDROID-77"
     template = (FIXTURES / "android-corp-wifi.json").read_bytes()
     admin, agent, profile = await set_up(daemon, upstream, template, "application/json", host, "android")
-    await admin.call("POST", "/api/v1/jobs/process_profiles")
-    (command,) = (await agent.call("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
+    await admin.acall("POST", "/api/v1/jobs/process_profiles")
+    (command,) = (await agent.acall("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
     assert command["content_type"] == "application/json"
     rendered = json.loads(command["payload"])
     subject = dict(part.split("=", 1) for part in re.split(r"(?<!\\),", rendered["subject"]))
@@ -198,10 +111,10 @@ async def test_android_template_flow(tmp_path, upstream, daemon):
     )
     cert = x509.load_pem_x509_certificate(pem.encode())
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value.startswith("sp-")
-    await agent.call("POST", "/api/v1/agent/hosts/%s/commands/%s" % (host, command["command_uuid"]), {"status": "acknowledged"})
-    assert (await agent.call("POST", "/api/v1/agent/hosts/%s/certificates" % host, raw=pem.encode(),
-                             content_type="application/x-pem-file"))["recorded"] == 1
-    assert (await status_of(admin, host, profile))["status"] == "verified"
+    await agent.acall("POST", "/api/v1/agent/hosts/%s/commands/%s" % (host, command["command_uuid"]), {"status": "acknowledged"})
+    assert (await agent.acall("POST", "/api/v1/agent/hosts/%s/certificates" % host, raw=pem.encode(),
+                              content_type="application/x-pem-file"))["recorded"] == 1
+    assert (await host_profile_status(admin, host, profile))["status"] == "verified"
 
 
 @pytest_twisted.ensureDeferred
@@ -210,26 +123,26 @@ async def test_device_error_resends_then_fails(tmp_path, upstream, daemon):
     template = (FIXTURES / "fleet-custom-scep-apple.mobileconfig").read_bytes().replace(b"CA_NAME", b"CORP_CA")
     admin, agent, profile = await set_up(daemon, upstream, template, "application/x-apple-aspen-config", host, "macos")
     for attempt in range(1, 5):
-        await admin.call("POST", "/api/v1/jobs/process_profiles")
-        (command,) = (await agent.call("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
-        answer = await agent.call("POST", "/api/v1/agent/hosts/%s/commands/%s" % (host, command["command_uuid"]),
-                                  {"status": "error", "error": "MDM payload rejected"})
+        await admin.acall("POST", "/api/v1/jobs/process_profiles")
+        (command,) = (await agent.acall("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
+        answer = await agent.acall("POST", "/api/v1/agent/hosts/%s/commands/%s" % (host, command["command_uuid"]),
+                                   {"status": "error", "error": "MDM payload rejected"})
         assert answer["retries"] == attempt
-    row = await status_of(admin, host, profile)
+    row = await host_profile_status(admin, host, profile)
     assert row["status"] == "failed"  # max_retries = 3 by default
     assert "MDM payload rejected" in row["detail"]
-    await admin.call("POST", "/api/v1/host-profiles/%s/%s/resend" % (host, profile))
-    row = await status_of(admin, host, profile)
+    await admin.acall("POST", "/api/v1/host-profiles/%s/%s/resend" % (host, profile))
+    row = await host_profile_status(admin, host, profile)
     assert (row["status"], row["retries"]) == (None, 0)
 
 
 @pytest_twisted.ensureDeferred
 async def test_agent_api_refuses_other_tokens(daemon):
-    admin = Client(daemon.admin_url, daemon.admin_token)
+    admin = Api(daemon.admin_url, daemon.admin_token)
     for host in ("X", "Y"):
-        await admin.call("PUT", "/api/v1/hosts/" + host, {"serial": "SER" + host, "platform": "macos"})
-    credential = await issue_agent_credential(admin, "X")
-    for token in ("", "wrong-token-wrong-token", daemon.admin_token, await issue_agent_credential(admin, "Y")):
+        await admin.acall("PUT", "/api/v1/hosts/" + host, {"serial": "SER" + host, "platform": "macos"})
+    credential = await aissue_agent_credential(admin, "X")
+    for token in ("", "wrong-token-wrong-token", daemon.admin_token, await aissue_agent_credential(admin, "Y")):
         response = await treq.get(daemon.url + "/api/v1/agent/hosts/X/commands",
                                   headers={b"Authorization": [b"Bearer " + token.encode()]})
         assert response.code == 401

@@ -25,7 +25,7 @@ from support.processes import free_port
 from scepproxyd.config import load_settings
 from scepproxyd.jsoninput import MAX_INTEGER_DIGITS, MAX_NESTING, JsonInputError, nests_deeper_than, read_json
 from scepproxyd.tap import makeService
-from test_admin_api import json_call
+from support.api import json_call
 
 FUZZ = settings(
     max_examples=120, deadline=None,

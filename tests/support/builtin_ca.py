@@ -17,7 +17,6 @@ from scepproxyd.config import CertificateTemplate
 from scepproxyd.scep import codec
 
 from support.certs import self_signed
-from support.store import EPOCH  # noqa: F401 - the clock's start, as the tests of the CA know it
 
 DAY = 86400.0
 STATIC = "static-challenge-0123456789abcdef"
