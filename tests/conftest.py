@@ -11,6 +11,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
+from scepproxyd.store import Store
 from support.admin_site import admin_site, ca_admin_site
 from support.api import apis
 from support.daemon import FAST, Daemon, Site
@@ -175,6 +176,15 @@ def daemon(request, tmp_path):
     if running:
         assert code in (0, -signal.SIGTERM), started.log()
         assert "Server Shut Down." in started.log()
+
+
+@pytest_twisted.async_yield_fixture
+async def daemon_store(daemon):
+    """A started Store on the running ``daemon``'s database file (WAL: safe next to the daemon), stopped afterwards."""
+    s = Store(daemon.database, reactor)
+    await s.start()
+    yield s
+    await s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,9 @@ import subprocess
 
 import pytest
 
+from support.certs import PrivateCA
 from support.hostile import raw_http
-from support.daemon import Daemon, TWISTD, daemon_config
+from support.daemon import TWISTD, daemon_config
 from support.processes import REPO, free_port, wait_for_port
 
 
@@ -69,11 +70,7 @@ def test_shipped_config_starts_and_answers(tmp_path):
         assert process.wait(15) in (0, -signal.SIGTERM)
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(tmp_path, server={"max_body_bytes": "4k", "idle_timeout": "2s"}).start()
-    yield d
-    d.stop()
+pytestmark = pytest.mark.daemon(server={"max_body_bytes": "4k", "idle_timeout": "2s"})
 
 
 def test_declared_oversized_body_gets_413_before_it_is_sent(daemon):
@@ -132,8 +129,6 @@ def test_systemd_listener_without_socket_is_refused_clearly(tmp_path):
 
 
 def test_mismatched_tls_key_is_refused_clearly(tmp_path):
-    from test_operations import PrivateCA
-
     ca = PrivateCA(tmp_path)
     cert, _ = ca.server("one")
     _, other_key = ca.server("two")
