@@ -30,7 +30,7 @@ from scepproxyd.web.agent import agent_resource
 from scepproxyd.web.site import BodyLimitedSite
 from support.admin_site import TOKEN, add_ca, sample_profile
 from support.api import json_call
-from support import ctl
+from support.ctl import ctl_in_process
 
 WRONG = {"error": "missing or wrong bearer token"}
 RENEWAL_ID = re.compile(r"sp-[0-9a-f]{16}")
@@ -344,7 +344,7 @@ def test_the_old_shared_token_file_gets_one_warning_and_no_secret(tmp_path, logs
 def run_ctl(api, tmp_path, *argv):
     token_file = tmp_path / "admin.token"
     token_file.write_text(TOKEN)
-    return ctl.in_process("--url", api.url, "--token-file", str(token_file), *argv)
+    return ctl_in_process("--url", api.url, "--token-file", str(token_file), *argv)
 
 
 @pytest_twisted.ensureDeferred

@@ -15,8 +15,6 @@ import json
 import os
 import sqlite3
 import stat
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -27,6 +25,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from support.api import Api
+from support.ctl import Ctl, ctl_in_process, run_ctl
 from support.daemon import Daemon, daemon_config
 from scepproxyd.backup import (
     MANIFEST,
@@ -36,7 +36,6 @@ from scepproxyd.backup import (
     state_files,
     take_backup,
 )
-from scepproxyd.cli import main
 from scepproxyd.config import load_settings
 from scepproxyd.service import prepare_state
 from scepproxyd.store import Store, StoreError
@@ -44,7 +43,6 @@ from scepproxyd.store.database import _schema_files
 from scepproxyd.web.admin_backup import backup_routes
 from scepproxyd.web.api import ApiError
 
-CTL = str(Path(sys.executable).with_name("scepproxyctl"))
 FIXTURE = Path(__file__).parent / "fixtures" / "profiles" / "fleet-custom-scep-apple.mobileconfig"
 DB_NAME = "scepproxyd.sqlite3"
 # Every file a state with an RA and a NanoMDM key holds, by its name relative to the state directory.
@@ -101,7 +99,7 @@ def settings(tmp_path):
 
 
 @pytest_twisted.async_yield_fixture
-async def store(settings):
+async def live_store(settings):
     s = Store(settings.database.path, reactor)
     await s.start()
     await s.upsert_host("HOST-1", "C02AAA", "macos")
@@ -110,10 +108,10 @@ async def store(settings):
     await s.stop()
 
 
-async def backed_up(store, settings, directory):
+async def backed_up(live_store, settings, directory):
     """A finished backup with the live store stopped, as restore expects."""
-    result = await take_backup(store, settings, directory)
-    await store.stop()
+    result = await take_backup(live_store, settings, directory)
+    await live_store.stop()
     return result
 
 
@@ -137,9 +135,9 @@ def test_state_files_without_ra_or_ca(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_backup_writes_database_files_and_manifest(store, settings, tmp_path):
+async def test_backup_writes_database_files_and_manifest(live_store, settings, tmp_path):
     directory = tmp_path / "backups" / "one"
-    result = await take_backup(store, settings, directory)
+    result = await take_backup(live_store, settings, directory)
 
     assert result["directory"] == str(directory)
     assert set(result["files"]) == STATE_NAMES | {DB_NAME}
@@ -174,24 +172,24 @@ async def test_backup_writes_database_files_and_manifest(store, settings, tmp_pa
 
 
 @pytest_twisted.ensureDeferred
-async def test_backup_into_existing_empty_directory(store, settings, tmp_path):
+async def test_backup_into_existing_empty_directory(live_store, settings, tmp_path):
     directory = tmp_path / "empty"
     directory.mkdir(mode=0o755)
-    result = await take_backup(store, settings, directory)
+    result = await take_backup(live_store, settings, directory)
     assert DB_NAME in result["files"] and mode(directory) == 0o700
 
 
 @pytest_twisted.ensureDeferred
-async def test_ping_and_backup_database(store, tmp_path):
-    assert await store.ping() is None
-    size = await store.backup_database(tmp_path / "copy.sqlite3")
+async def test_ping_and_backup_database(live_store, tmp_path):
+    assert await live_store.ping() is None
+    size = await live_store.backup_database(tmp_path / "copy.sqlite3")
     assert size == (tmp_path / "copy.sqlite3").stat().st_size
     with pytest.raises(StoreError):  # VACUUM INTO never overwrites a database
-        await store.backup_database(tmp_path / "copy.sqlite3")
+        await live_store.backup_database(tmp_path / "copy.sqlite3")
 
 
 @pytest_twisted.ensureDeferred
-async def test_backup_refuses_bad_directories(store, settings, tmp_path):
+async def test_backup_refuses_bad_directories(live_store, settings, tmp_path):
     full = tmp_path / "full"
     full.mkdir()
     (full / "old.txt").write_text("keep me")
@@ -205,7 +203,7 @@ async def test_backup_refuses_bad_directories(store, settings, tmp_path):
     ]
     for directory, message in cases:
         with pytest.raises(BackupError, match=message) as caught:
-            await take_backup(store, settings, directory)
+            await take_backup(live_store, settings, directory)
         assert caught.value.field == "directory"
     assert [p.name for p in full.iterdir()] == ["old.txt"]
     assert a_file.read_text() == "x"
@@ -213,29 +211,29 @@ async def test_backup_refuses_bad_directories(store, settings, tmp_path):
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
 @pytest_twisted.ensureDeferred
-async def test_backup_refuses_unwritable_location(store, settings, tmp_path):
+async def test_backup_refuses_unwritable_location(live_store, settings, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     with pytest.raises(BackupError, match="permission denied") as caught:
-        await take_backup(store, settings, locked / "backup")
+        await take_backup(live_store, settings, locked / "backup")
     assert caught.value.field == "directory"
     empty = tmp_path / "read-only-empty"
     empty.mkdir(mode=0o500)
     with pytest.raises(BackupError, match="not writable"):
-        await take_backup(store, settings, empty)
+        await take_backup(live_store, settings, empty)
 
 
 @pytest_twisted.ensureDeferred
-async def test_failed_backup_leaves_nothing_behind(store, settings, tmp_path):
-    await store.stop()  # the database part fails
+async def test_failed_backup_leaves_nothing_behind(live_store, settings, tmp_path):
+    await live_store.stop()  # the database part fails
     directory = tmp_path / "new"
     with pytest.raises(BackupError, match="store is not running"):
-        await take_backup(store, settings, directory)
+        await take_backup(live_store, settings, directory)
     assert not directory.exists()
     existing = tmp_path / "existing"
     existing.mkdir()
     with pytest.raises(BackupError):
-        await take_backup(store, settings, existing)
+        await take_backup(live_store, settings, existing)
     assert existing.is_dir() and not any(existing.iterdir())
 
 
@@ -248,8 +246,8 @@ class FakeRequest:
 
 
 @pytest_twisted.ensureDeferred
-async def test_route_answers_201_or_422(store, settings, tmp_path):
-    [(method, pattern, handler)] = backup_routes(store, settings)
+async def test_route_answers_201_or_422(live_store, settings, tmp_path):
+    [(method, pattern, handler)] = backup_routes(live_store, settings)
     assert (method, pattern) == ("POST", "/api/v1/backup")
     status, result = await handler(FakeRequest({"directory": str(tmp_path / "b")}))
     assert status == 201 and DB_NAME in result["files"] and result["directory"] == str(tmp_path / "b")
@@ -272,9 +270,9 @@ async def test_route_answers_201_or_422(store, settings, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_restore_into_new_state_directory(store, settings, tmp_path):
+async def test_restore_into_new_state_directory(live_store, settings, tmp_path):
     directory = tmp_path / "backup"
-    await backed_up(store, settings, directory)
+    await backed_up(live_store, settings, directory)
     target = new_settings(tmp_path / "new", ca={"ra": "yes"})
     # A stale -wal of an earlier database would be replayed into the restored one: it must go.
     target.state_directory.mkdir(parents=True)
@@ -304,11 +302,11 @@ async def test_restore_into_new_state_directory(store, settings, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_restore_over_the_old_state(store, settings, tmp_path):
+async def test_restore_over_the_old_state(live_store, settings, tmp_path):
     directory = tmp_path / "backup"
-    await take_backup(store, settings, directory)
-    await store.upsert_host("AFTER-BACKUP", None, "ios")
-    await store.stop()
+    await take_backup(live_store, settings, directory)
+    await live_store.upsert_host("AFTER-BACKUP", None, "ios")
+    await live_store.stop()
     (settings.state_directory / "admin.token").unlink()
     restore_backup(directory, settings)
     assert rows(settings.database.path, "SELECT uuid FROM hosts ORDER BY uuid") == [("HOST-1",), ("HOST-2",)]
@@ -316,10 +314,10 @@ async def test_restore_over_the_old_state(store, settings, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_restore_of_an_older_backup_skips_the_retired_agent_token(store, settings, tmp_path):
+async def test_restore_of_an_older_backup_skips_the_retired_agent_token(live_store, settings, tmp_path):
     """A backup from before per-host agent credentials holds agent.token: checked, never put back."""
     directory = tmp_path / "backup"
-    await backed_up(store, settings, directory)
+    await backed_up(live_store, settings, directory)
     old_token = b"old-shared-agent-token-0123456789\n"
     (directory / "agent.token").write_bytes(old_token)
     manifest = json.loads((directory / MANIFEST).read_text())
@@ -337,22 +335,22 @@ async def test_restore_of_an_older_backup_skips_the_retired_agent_token(store, s
 
 
 @pytest_twisted.ensureDeferred
-async def test_restore_refuses_while_the_database_is_open(store, settings, tmp_path):
+async def test_restore_refuses_while_the_database_is_open(live_store, settings, tmp_path):
     directory = tmp_path / "backup"
-    await take_backup(store, settings, directory)
+    await take_backup(live_store, settings, directory)
     before = fingerprint_files(settings.state_directory)
     with pytest.raises(DaemonRunning, match="scepproxyd is running"):
         restore_backup(directory, settings)
     # The store kept working and nothing changed.
-    await store.upsert_host("HOST-3", None, "ios")
-    assert len(await store.list_hosts()) == 3
+    await live_store.upsert_host("HOST-3", None, "ios")
+    assert len(await live_store.list_hosts()) == 3
     assert fingerprint_files(settings.state_directory) == before
 
 
 @pytest_twisted.ensureDeferred
-async def test_restore_refuses_tampered_file(store, settings, tmp_path):
+async def test_restore_refuses_tampered_file(live_store, settings, tmp_path):
     directory = tmp_path / "backup"
-    await backed_up(store, settings, directory)
+    await backed_up(live_store, settings, directory)
     target = make_settings(tmp_path / "other")
     before = fingerprint_files(target.state_directory)
     hosts = rows(target.database.path, "SELECT count(*) FROM hosts")
@@ -365,14 +363,14 @@ async def test_restore_refuses_tampered_file(store, settings, tmp_path):
     assert rows(target.database.path, "SELECT count(*) FROM hosts") == hosts
     assert not list(target.state_directory.rglob("*.restoring"))
 
-    code, out, err = run_ctl("--config", str(target.config_path), "restore", str(directory))
+    code, out, err = ctl_in_process("--config", str(target.config_path), "restore", str(directory))
     assert code == 1 and "sha256 differs" in err and "nothing was restored" in err
 
 
 @pytest_twisted.ensureDeferred
-async def test_restore_refuses_corrupt_database(store, settings, tmp_path):
+async def test_restore_refuses_corrupt_database(live_store, settings, tmp_path):
     directory = tmp_path / "backup"
-    await backed_up(store, settings, directory)
+    await backed_up(live_store, settings, directory)
     database = directory / DB_NAME
     [(root,)] = rows(database, "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_hosts_1'")
     [(page_size,)] = rows(database, "PRAGMA page_size")
@@ -394,9 +392,9 @@ async def test_restore_refuses_corrupt_database(store, settings, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_restore_refuses_incomplete_or_unsafe_manifest(store, settings, tmp_path):
+async def test_restore_refuses_incomplete_or_unsafe_manifest(live_store, settings, tmp_path):
     directory = tmp_path / "backup"
-    await backed_up(store, settings, directory)
+    await backed_up(live_store, settings, directory)
     target = new_settings(tmp_path / "new")
     manifest = json.loads((directory / MANIFEST).read_text())
 
@@ -424,30 +422,24 @@ async def test_restore_refuses_incomplete_or_unsafe_manifest(store, settings, tm
 # -- scepproxyctl restore, offline -----------------------------------------------------------
 
 
-def run_ctl(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), stdin=io.StringIO(""), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest_twisted.ensureDeferred
-async def test_ctl_restore_needs_no_api(store, settings, tmp_path):
+async def test_ctl_restore_needs_no_api(live_store, settings, tmp_path):
     directory = tmp_path / "backup"
-    await backed_up(store, settings, directory)
+    await backed_up(live_store, settings, directory)
     target = new_settings(tmp_path / "new", ca={"ra": "yes"})
     # No daemon, no admin token: restore reads only the config and the backup.
-    code, out, err = run_ctl("--config", str(target.config_path), "restore", str(directory))
+    code, out, err = ctl_in_process("--config", str(target.config_path), "restore", str(directory))
     assert (code, err) == (0, "")
     assert out.startswith("restored 10 files from %s into %s:\n" % (directory, target.state_directory))
     assert "  ca/ca.key\n" in out and "  %s\n" % (DB_NAME,) in out
     other = new_settings(tmp_path / "other")
-    code, out, err = run_ctl("--config", str(other.config_path), "--json", "restore", str(directory))
+    code, out, err = ctl_in_process("--config", str(other.config_path), "--json", "restore", str(directory))
     assert (code, err) == (0, "")
     assert json.loads(out) == {
         "directory": str(directory), "state_directory": str(other.state_directory), "files": json.loads(out)["files"],
     }
     assert set(json.loads(out)["files"]) == STATE_NAMES | {DB_NAME}
-    code, out, err = run_ctl("--config", str(tmp_path / "missing.ini"), "restore", str(directory))
+    code, out, err = ctl_in_process("--config", str(tmp_path / "missing.ini"), "restore", str(directory))
     assert code == 2 and "cannot read configuration file" in err
 
 
@@ -458,34 +450,12 @@ def all_host_uuids(admin) -> list:
     """Every host's uuid, following the host list's pages."""
     uuids, cursor = [], None
     while True:
-        status, page = admin("GET", "/api/v1/hosts" + ("?cursor=" + cursor if cursor else ""))
+        status, page = admin.request("GET", "/api/v1/hosts" + ("?cursor=" + cursor if cursor else ""))
         assert status == 200, page
         uuids += [h["uuid"] for h in page["hosts"]]
         cursor = page["next"]
         if cursor is None:
             return uuids
-
-
-class Http:
-    def __init__(self, base: str, token: str):
-        self.base = base
-        self.token = token
-
-    def __call__(self, method, path, body=None, timeout=30, content_type="application/json"):
-        data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method, headers={
-            "Authorization": "Bearer " + self.token, "Content-Type": content_type,
-        })
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                raw = response.read()
-                return response.status, (json.loads(raw) if raw.strip() else None)
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            try:
-                return e.code, json.loads(raw)
-            except ValueError:
-                return e.code, raw
 
 
 def make_daemon(directory: Path) -> Daemon:
@@ -494,17 +464,15 @@ def make_daemon(directory: Path) -> Daemon:
 
 
 def ctl(config, *argv, expect=0):
-    result = subprocess.run([CTL, "--config", str(config), *argv], capture_output=True, text=True, timeout=120)
-    assert result.returncode == expect, (argv, result.returncode, result.stdout, result.stderr)
-    return result
+    return Ctl(config, timeout=120)(*argv, expect=expect)
 
 
 class Load:
     """Writers on every listener, each recording when its requests were sent and acknowledged."""
 
     def __init__(self, daemon: Daemon, agent_credentials: dict[str, str]):
-        self.admin = Http(daemon.admin_url, daemon.admin_token)
-        self.agents = {host: Http(daemon.url, token) for host, token in agent_credentials.items()}
+        self.admin = Api(daemon.admin_url, daemon.admin_token, timeout=30)
+        self.agents = {host: Api(daemon.url, token, timeout=30) for host, token in agent_credentials.items()}
         self.proxy_url = daemon.url
         self.stop = threading.Event()
         self.puts: list[tuple[str, float, float]] = []  # (uuid, sent, acknowledged)
@@ -525,7 +493,8 @@ class Load:
         while not self.stop.is_set():
             uuid = "PUT-%06d" % (n,)
             sent = time.monotonic()
-            status, answer = self.admin("PUT", "/api/v1/hosts/" + uuid, {"serial": "S%d" % (n,), "platform": "macos"})
+            status, answer = self.admin.request("PUT", "/api/v1/hosts/" + uuid,
+                                                {"serial": "S%d" % (n,), "platform": "macos"})
             assert status == 201, (status, answer)
             self.puts.append((uuid, sent, time.monotonic()))
             n += 1
@@ -535,8 +504,8 @@ class Load:
         while not self.stop.is_set():
             batch = ["IMP-%04d-%02d" % (n, i) for i in range(40)]
             sent = time.monotonic()
-            status, answer = self.admin("POST", "/api/v1/hosts/import",
-                                        [{"uuid": u, "serial": None, "platform": "ios"} for u in batch])
+            status, answer = self.admin.request("POST", "/api/v1/hosts/import",
+                                                [{"uuid": u, "serial": None, "platform": "ios"} for u in batch])
             assert status in (200, 201), (status, answer)
             self.imports.append((batch, sent, time.monotonic()))
             n += 1
@@ -544,13 +513,13 @@ class Load:
     def _agent(self):
         while not self.stop.is_set():
             for host, agent in self.agents.items():
-                status, answer = agent("GET", "/api/v1/agent/hosts/%s/commands" % (host,))
+                status, answer = agent.request("GET", "/api/v1/agent/hosts/%s/commands" % (host,))
                 assert status == 200, (status, answer)
                 self.counts["agent"] += 1
 
     def _challenges(self):
         while not self.stop.is_set():
-            status, answer = self.admin("POST", "/api/v1/ca/challenges", {"ttl": "10m"})
+            status, answer = self.admin.request("POST", "/api/v1/ca/challenges", {"ttl": "10m"})
             assert status == 201, (status, answer)
             self.counts["challenges"] += 1
 
@@ -581,24 +550,25 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
     first = make_daemon(tmp_path / "first").start()
     second = None
     try:
-        admin = Http(first.admin_url, first.admin_token)
+        admin = Api(first.admin_url, first.admin_token, timeout=30)
         # A few thousand hosts, so the snapshot takes a moment, and a profile on the built-in CA.
         for n in range(0, 4000, 1000):
-            status, _ = admin("POST", "/api/v1/hosts/import",
-                              [{"uuid": "BASE-%05d" % (i,), "serial": None, "platform": "macos"}
-                               for i in range(n, n + 1000)])
+            status, _ = admin.request("POST", "/api/v1/hosts/import",
+                                      [{"uuid": "BASE-%05d" % (i,), "serial": None, "platform": "macos"}
+                                       for i in range(n, n + 1000)])
             assert status in (200, 201)
         profile = FIXTURE.read_text().replace("CA_NAME", "builtin")
-        status, uploaded = admin("POST", "/api/v1/profiles?name=Wi-Fi", profile.encode(),
-                                 content_type="application/x-apple-aspen-config")
+        status, uploaded = admin.request("POST", "/api/v1/profiles?name=Wi-Fi", raw=profile.encode(),
+                                         content_type="application/x-apple-aspen-config")
         assert status == 201, uploaded
         agent_hosts = ["BASE-%05d" % (i,) for i in range(5)]
-        status, _ = admin("POST", "/api/v1/profiles/%s/assign" % (uploaded["uuid"],), {"hosts": agent_hosts})
+        status, _ = admin.request("POST", "/api/v1/profiles/%s/assign" % (uploaded["uuid"],),
+                                  {"hosts": agent_hosts})
         assert status == 200
-        status, _ = admin("POST", "/api/v1/jobs/process_profiles")
+        status, _ = admin.request("POST", "/api/v1/jobs/process_profiles")
         assert status == 200
 
-        status, issued = admin("POST", "/api/v1/agent-credentials", {"hosts": agent_hosts})
+        status, issued = admin.request("POST", "/api/v1/agent-credentials", {"hosts": agent_hosts})
         assert status == 200 and len(issued["issued"]) == 5, issued
         agent_credentials = {item["host_uuid"]: item["token"] for item in issued["issued"]}
         load = Load(first, agent_credentials).start()
@@ -614,7 +584,7 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
         # Writes were in flight while the backup ran.
         assert any(sent < returned and acked > started for _, sent, acked in load.puts + load.imports)
 
-        _, ca_before = admin("GET", "/api/v1/ca")
+        _, ca_before = admin.request("GET", "/api/v1/ca")
         admin_token = first.admin_token
         first.stop()
         live = first.database
@@ -647,15 +617,15 @@ def test_backup_under_load_and_restore_into_new_daemon(tmp_path):
 
         second.start()
         assert second.admin_token == admin_token
-        admin2 = Http(second.admin_url, admin_token)
-        status, ca_after = admin2("GET", "/api/v1/ca")
+        admin2 = Api(second.admin_url, admin_token, timeout=30)
+        status, ca_after = admin2.request("GET", "/api/v1/ca")
         assert status == 200
         assert ca_after["fingerprint"] == ca_before["fingerprint"]
         assert ca_after["certificate"] == ca_before["certificate"]
         assert ca_after["ra"]["fingerprint"] == ca_before["ra"]["fingerprint"]
         assert set(all_host_uuids(admin2)) == hosts
         # Agent credentials live (hashed) in the database: the restored daemon accepts them.
-        status, _ = Http(second.url, agent_credentials[agent_hosts[0]])(
+        status, _ = Api(second.url, agent_credentials[agent_hosts[0]], timeout=30).request(
             "GET", "/api/v1/agent/hosts/%s/commands" % (agent_hosts[0],))
         assert status == 200
         # The built-in CA's row holds no reusable secret: its profiles get one-time CA challenges.
@@ -692,21 +662,21 @@ def test_ctl_backup_refusals_from_the_daemon(tmp_path):
         assert refused.stderr.strip() == "scepproxyctl: %s is not empty; back up into a new or empty directory " \
                                          "(field: directory)" % (full,)
         # A relative DIR means the caller's directory, not the daemon's.
-        result = subprocess.run([CTL, "--config", str(daemon.config), "--json", "backup", "rel"],
-                                capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+        result = run_ctl(daemon.config, "--json", "backup", "rel", cwd=str(tmp_path))
         assert result.returncode == 0, result.stderr
         answer = json.loads(result.stdout)
         assert answer["directory"] == str(tmp_path / "rel") and (tmp_path / "rel" / MANIFEST).is_file()
-        status, answer = Http(daemon.admin_url, daemon.admin_token)("POST", "/api/v1/backup", {"directory": "rel"})
+        status, answer = Api(daemon.admin_url, daemon.admin_token, timeout=30).request(
+            "POST", "/api/v1/backup", {"directory": "rel"})
         assert (status, answer["field"]) == (422, "directory")
     finally:
         daemon.stop()
 
 
 @pytest_twisted.ensureDeferred
-async def test_restore_refuses_symbolic_links_and_changes_nothing(store, settings, tmp_path):
+async def test_restore_refuses_symbolic_links_and_changes_nothing(live_store, settings, tmp_path):
     directory = tmp_path / "backup"
-    await backed_up(store, settings, directory)
+    await backed_up(live_store, settings, directory)
     target = make_settings(tmp_path / "other")
     before = fingerprint_files(target.state_directory)
     hosts = rows(target.database.path, "SELECT count(*) FROM hosts")
@@ -716,7 +686,7 @@ async def test_restore_refuses_symbolic_links_and_changes_nothing(store, setting
     (directory / "ca").symlink_to(elsewhere, target_is_directory=True)
     with pytest.raises(BackupError, match=r"contains a symbolic link \(directory .*/backup/ca -> .*elsewhere\)"):
         restore_backup(directory, target)
-    code, out, err = run_ctl("--config", str(target.config_path), "restore", str(directory))
+    code, out, err = ctl_in_process("--config", str(target.config_path), "restore", str(directory))
     assert code == 1 and "symbolic link" in err and "nothing was restored" in err
     assert fingerprint_files(target.state_directory) == before
     assert rows(target.database.path, "SELECT count(*) FROM hosts") == hosts

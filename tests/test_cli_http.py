@@ -6,7 +6,6 @@ down exactly what goes over the wire: method, path, bearer token, body.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import socketserver
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from scepproxyd.cli import main
+from support.ctl import ctl_in_process
 
 TOKEN = "admin-token-0123456789abcdef"
 SECRET = "s3cr3t-static-challenge"
@@ -141,9 +140,7 @@ def write_config(directory: Path, listen: str) -> Path:
 
 def ctl(api, *argv, stdin=""):
     """Run scepproxyctl against ``api`` via its config: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    code = main(["--config", str(api.config), *argv], stdin=io.StringIO(stdin), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
+    return ctl_in_process("--config", str(api.config), *argv, stdin=stdin)
 
 
 def assert_authorized(request: Request):

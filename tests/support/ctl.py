@@ -12,18 +12,19 @@ from support.processes import BIN
 CTL = str(BIN / "scepproxyctl")
 
 
-def in_process(*argv, stdin: str = "") -> tuple[int, str, str]:
+def ctl_in_process(*argv, stdin: str = "") -> tuple[int, str, str]:
     """``main()`` with captured streams: (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     code = main(list(argv), stdin=io.StringIO(stdin), stdout=out, stderr=err)
     return code, out.getvalue(), err.getvalue()
 
 
-def run(config, *argv, input: str | None = "", timeout: float = 60, module: bool = False) -> subprocess.CompletedProcess:
-    """The installed ``scepproxyctl --config CONFIG ...`` (or ``python -m scepproxyd.cli``), text output captured."""
+def run_ctl(config, *argv, input: str | None = "", timeout: float = 60, module: bool = False,
+            cwd=None) -> subprocess.CompletedProcess:
+    """The installed ``scepproxyctl --config CONFIG ...`` (or ``python -m scepproxyd.cli``) in ``cwd``, text output captured."""
     command = [sys.executable, "-m", "scepproxyd.cli"] if module else [CTL]
     return subprocess.run(command + ["--config", str(config), *argv], input=input,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 class Ctl:
@@ -35,7 +36,7 @@ class Ctl:
         self.printed: list[str] = []
 
     def __call__(self, *argv, input: str | None = None, expect: int = 0, module: bool = False):
-        result = run(self.config, *argv, input=input if input is not None else "", timeout=self.timeout, module=module)
+        result = run_ctl(self.config, *argv, input=input if input is not None else "", timeout=self.timeout, module=module)
         self.printed += [result.stdout, result.stderr]
         assert result.returncode == expect, (argv, result.returncode, result.stdout, result.stderr)
         return result

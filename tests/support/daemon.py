@@ -6,7 +6,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from support import ctl
+from support.ctl import run_ctl
 from support.api import Api
 from support.processes import BIN, free_port, stop, wait_for_port
 
@@ -153,4 +153,4 @@ class Site:
         return Api(self.daemon.admin_url, self.daemon.admin_token, timeout=30).request(method, path, body)
 
     def ctl(self, *args):
-        return ctl.run(self.daemon.config, *args)
+        return run_ctl(self.daemon.config, *args)
