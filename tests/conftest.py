@@ -15,6 +15,7 @@ from scepproxyd.store import Store
 from support.admin_site import admin_site, ca_admin_site
 from support.api import apis
 from support.daemon import FAST, Daemon, Site
+from support.hostile import HostileCA
 from support.store import make_clock, migrated, started_store
 from support.upstream import CHALLENGE, ScepServer
 
@@ -22,8 +23,7 @@ from support.upstream import CHALLENGE, ScepServer
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "daemon(scope='function', **sections): the config sections of the ``daemon`` fixture's daemon; "
-        "scope='module' on a module shares one daemon (and ``site``) between its tests",
+        "daemon(**sections): the config sections of the ``daemon`` (or, on a module, ``module_daemon``) fixture's daemon",
     )
 
 
@@ -127,10 +127,10 @@ def _fill_up(directory, name: str = "filler"):
 # -- the daemon under twistd -------------------------------------------------------------
 
 
-def _daemon_marker(request) -> tuple[str, dict]:
+def _daemon_sections(request) -> dict:
+    """The config sections of the closest ``pytest.mark.daemon(**sections)``."""
     marker = request.node.get_closest_marker("daemon")
-    sections = dict(marker.kwargs) if marker else {}
-    return sections.pop("scope", "function"), sections
+    return dict(marker.kwargs) if marker else {}
 
 
 @pytest.fixture
@@ -150,9 +150,8 @@ def start_daemon(tmp_path):
 
 @pytest.fixture(scope="module")
 def module_daemon(request, tmp_path_factory):
-    """One daemon for a module marked ``pytest.mark.daemon(scope="module", **sections)``."""
-    _, sections = _daemon_marker(request)
-    daemon = Daemon(tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2]), **sections).start()
+    """One daemon for all tests of a module (``pytestmark = pytest.mark.daemon(**sections)`` configures it)."""
+    daemon = Daemon(tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2]), **_daemon_sections(request)).start()
     yield daemon
     daemon.stop()
 
@@ -162,14 +161,9 @@ def daemon(request, tmp_path):
     """The real daemon in ``tmp_path``, configured by the closest ``pytest.mark.daemon(**sections)``.
 
     Stopped by its pid afterwards; if it was still running, it must stop cleanly
-    (twistd re-raises SIGTERM after a clean shutdown, as systemd expects). In a
-    module marked ``scope="module"`` it is that module's one ``module_daemon``.
+    (twistd re-raises SIGTERM after a clean shutdown, as systemd expects).
     """
-    scope, sections = _daemon_marker(request)
-    if scope == "module":
-        yield request.getfixturevalue("module_daemon")
-        return
-    started = Daemon(tmp_path, **sections).start()
+    started = Daemon(tmp_path, **_daemon_sections(request)).start()
     yield started
     running = started.process is not None
     code = started.stop()
@@ -191,14 +185,6 @@ async def daemon_store(daemon):
 def module_site(module_daemon):
     """(admin Api, AgentApi) of the module's daemon: each host's agent credential issued once per module."""
     return apis(module_daemon)
-
-
-@pytest.fixture
-def site(request, daemon):
-    """(admin Api, AgentApi) of ``daemon`` (the module's ``module_site`` where the daemon is the module's)."""
-    if _daemon_marker(request)[0] == "module":
-        return request.getfixturevalue("module_site")
-    return apis(daemon)
 
 
 @pytest.fixture
@@ -250,6 +236,14 @@ def module_upstream(tmp_path_factory):
     server = ScepServer(tmp_path_factory.mktemp("upstream"), CHALLENGE).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def hostile_ca():
+    """support.hostile.HostileCA, one for a module: a CA on loopback that misbehaves on PKIOperation as told."""
+    ca = HostileCA().start()
+    yield ca
+    ca.stop()
 
 
 # -- the admin API in the test's own reactor --------------------------------------------------

@@ -11,7 +11,6 @@ lost or stuck, and the challenge books balance.
 import socket
 import time
 
-import pytest
 import pytest_twisted
 import treq
 from cryptography import x509
@@ -24,13 +23,12 @@ from support.api import apis
 from support.hostile import HostileCA, assert_log_clean, db, integrity, kill9, request_once
 from support.site import add_ca, challenge_from_url, fetch_urls, upload_profile
 from support.daemon import Daemon
-from support.upstream import ScepServer
+from support.upstream import CHALLENGE as STATIC
 from scepproxyd.store.models import challenge_hash
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import attributes as codec_attributes
 from scepproxyd.scep.codec import signed as codec_signed
 
-STATIC = "crash-static-secret"
 
 
 def audit_host_profiles(daemon, expected: int) -> dict:
@@ -60,13 +58,6 @@ def audit_host_profiles(daemon, expected: int) -> dict:
 
 
 # -- in the middle of PKIOperation load ---------------------------------------------------
-
-
-@pytest.fixture
-def upstream(tmp_path):
-    server = ScepServer(tmp_path / "ca", STATIC).start()
-    yield server
-    server.stop()
 
 
 HOSTS = 240
