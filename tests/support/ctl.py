@@ -20,9 +20,10 @@ def ctl_in_process(*argv, stdin: str = "") -> tuple[int, str, str]:
 
 
 def run_ctl(config, *argv, input: str | None = "", timeout: float = 60, module: bool = False,
-            cwd=None) -> subprocess.CompletedProcess:
-    """The installed ``scepproxyctl --config CONFIG ...`` (or ``python -m scepproxyd.cli``) in ``cwd``, text output captured."""
-    command = [sys.executable, "-m", "scepproxyd.cli"] if module else [CTL]
+            cwd=None, ctl=CTL) -> subprocess.CompletedProcess:
+    """The installed ``scepproxyctl --config CONFIG ...`` (``ctl``: another install's; ``module``:
+    ``python -m scepproxyd.cli``) in ``cwd``, text output captured."""
+    command = [sys.executable, "-m", "scepproxyd.cli"] if module else [str(ctl)]
     return subprocess.run(command + ["--config", str(config), *argv], input=input,
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
 

@@ -13,6 +13,16 @@ from support.processes import BIN, free_port, stop, wait_for_port
 TWISTD = str(BIN / "twistd")
 
 
+def twistd_command(config, *options: str, twistd=TWISTD) -> list[str]:
+    """``twistd --nodaemon --pidfile= [options] scepproxyd --config CONFIG``, as the README and the systemd unit run it."""
+    return [str(twistd), "--nodaemon", "--pidfile=", *options, "scepproxyd", "--config", str(config)]
+
+
+def run_twistd(config, *options: str, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
+    """The daemon run to its end (one that refuses to start), text output captured."""
+    return subprocess.run(twistd_command(config, *options), capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
 def daemon_config(directory: Path, port: int, admin_port: int | None = None, **sections) -> Path:
     """Write an INI for a test daemon; ``sections`` override or add keys."""
     base = {
@@ -70,8 +80,7 @@ class Daemon:
         return self.directory / "state" / "scepproxyd.sqlite3"
 
     def command(self) -> list[str]:
-        return [TWISTD, "--nodaemon", "--pidfile=", "--logfile=" + str(self.log_path),
-                "scepproxyd", "--config", str(self.config)]
+        return twistd_command(self.config, "--logfile=" + str(self.log_path))
 
     def start(self) -> "Daemon":
         self.process = subprocess.Popen(

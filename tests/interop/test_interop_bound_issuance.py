@@ -15,7 +15,7 @@ from twisted.internet import threads
 
 from support.api import Api, aissue_agent_credential
 from support.clients import load, openssl_verify, pki, scepclient, strongswan_key
-from support.site import FIXTURES, OU, Fleet, host_profile_status, scep_settings_from_mobileconfig
+from support.site import FIXTURES, OU, Fleet
 
 def device(workdir, url, challenge, cn, *extra):
     """micromdm scepclient asking for exactly OU + CN (no O or C of its own)."""

@@ -8,15 +8,8 @@ import pytest
 
 from support.certs import PrivateCA
 from support.hostile import raw_http
-from support.daemon import TWISTD, daemon_config
+from support.daemon import daemon_config, run_twistd, twistd_command
 from support.processes import REPO, free_port, wait_for_port
-
-
-def run_twistd(config, timeout=30):
-    return subprocess.run(
-        [TWISTD, "--nodaemon", "--pidfile=", "scepproxyd", "--config", str(config)],
-        capture_output=True, text=True, timeout=timeout,
-    )
 
 
 def test_bad_config_value_refused_at_start(tmp_path):
@@ -55,10 +48,7 @@ def test_shipped_config_starts_and_answers(tmp_path):
     text = text.replace("directory = ../var", "directory = %s" % (tmp_path / "var",))
     config = tmp_path / "scepproxyd.ini"
     config.write_text(text)
-    process = subprocess.Popen(
-        [TWISTD, "--nodaemon", "--pidfile=", "scepproxyd", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    process = subprocess.Popen(twistd_command(config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, process)
         reply = raw_http(port, b"GET /mdm/scep/proxy/x,y,z,w?operation=GetCACaps HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
