@@ -5,13 +5,12 @@ GetCACert, records the PKIOperation request, and either refuses it (HTTP 500)
 or answers with a CertRep built by the codec, which the real client must accept.
 """
 
-import subprocess
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from support.processes import need
+from support.clients import pki, scepclient
 from support.scep_capture import CAPS_WITH_AES, CAPS_WITHOUT_AES, CaptureServer, der, issue, make_ca
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import ber, signed
@@ -63,15 +62,6 @@ def pending_answer(ca_cert, ca_key):
 # -- micromdm scepclient -------------------------------------------------------------------------
 
 
-def run_scepclient(workdir, url, cn, challenge=CHALLENGE):
-    workdir.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(
-        [need("scepclient"), "-private-key", str(workdir / "key.pem"), "-server-url", url,
-         "-challenge=" + challenge, "-cn", cn],
-        cwd=str(workdir), capture_output=True, text=True, timeout=60,
-    )
-
-
 def chunked_encrypted_content(message: bytes) -> bool:
     """True when EncryptedContentInfo.encryptedContent is a definite-length constructed [0]."""
     envelope = bytes(signed.load_signed_data(message)["encap_content_info"]["content"])
@@ -84,7 +74,7 @@ def chunked_encrypted_content(message: bytes) -> bool:
 def test_scepclient_request_decodes(tmp_path, ca, caps):
     ca_cert, ca_key = ca
     with CaptureServer([ca_cert], caps=caps) as server:
-        result = run_scepclient(tmp_path / "device", server.url, "scepclient-device")
+        result = scepclient(tmp_path / "device", server.url, CHALLENGE, "scepclient-device", timeout=60)
     assert result.returncode != 0  # the capture server answers 500
     assert server.operations[-1] == "PKIOperation"
     [message] = server.messages
@@ -106,7 +96,7 @@ def test_scepclient_accepts_our_success_cert_rep(tmp_path, ca):
     ca_cert, ca_key = ca
     seen = []
     with CaptureServer([ca_cert], answer=certifying_answer(ca_cert, ca_key, seen)) as server:
-        result = run_scepclient(tmp_path / "device", server.url, "enrolled-by-scepclient")
+        result = scepclient(tmp_path / "device", server.url, CHALLENGE, "enrolled-by-scepclient", timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     issued = x509.load_pem_x509_certificate((tmp_path / "device" / "client.pem").read_bytes())
     assert common_name(issued.subject) == "enrolled-by-scepclient"
@@ -117,7 +107,7 @@ def test_scepclient_accepts_our_success_cert_rep(tmp_path, ca):
 def test_scepclient_reads_our_failure_cert_rep(tmp_path, ca):
     ca_cert, ca_key = ca
     with CaptureServer([ca_cert], answer=failing_answer(ca_cert, ca_key)) as server:
-        result = run_scepclient(tmp_path / "device", server.url, "refused-device")
+        result = scepclient(tmp_path / "device", server.url, CHALLENGE, "refused-device", timeout=60)
     assert result.returncode != 0
     assert not (tmp_path / "device" / "client.pem").exists()
     assert "request failed, failInfo: badRequest" in result.stdout + result.stderr
@@ -126,20 +116,16 @@ def test_scepclient_reads_our_failure_cert_rep(tmp_path, ca):
 # -- strongSwan pki ------------------------------------------------------------------------------
 
 
-def run_pki(args, cwd, timeout=60):
-    return subprocess.run([need("pki"), *args], cwd=str(cwd), capture_output=True, timeout=timeout)
-
-
 def strongswan_enroll(workdir, url, dn, *extra):
     """``pki --scepca`` then ``pki --scep`` as an administrator would run them."""
     workdir.mkdir(parents=True, exist_ok=True)
-    generated = run_pki(["--gen", "--type", "rsa", "--size", "2048", "--outform", "der"], workdir)
+    generated = pki("--gen", "--type", "rsa", "--size", "2048", "--outform", "der", cwd=workdir, timeout=60)
     assert generated.returncode == 0, generated.stderr
     (workdir / "key.der").write_bytes(generated.stdout)
-    fetched = run_pki(["--scepca", "--url", url, "--caout", "ca.der"], workdir)
+    fetched = pki("--scepca", "--url", url, "--caout", "ca.der", cwd=workdir, timeout=60)
     assert fetched.returncode == 0, fetched.stderr
-    return run_pki(["--scep", "--url", url, "--in", "key.der", "--dn", dn, "--password", CHALLENGE,
-                    "--cacert-enc", "ca.der", "--cacert-sig", "ca.der", "--maxpolltime", "1", *extra], workdir)
+    return pki("--scep", "--url", url, "--in", "key.der", "--dn", dn, "--password", CHALLENGE,
+               "--cacert-enc", "ca.der", "--cacert-sig", "ca.der", "--maxpolltime", "1", *extra, cwd=workdir, timeout=60)
 
 
 def test_strongswan_request_decodes(tmp_path, ca):

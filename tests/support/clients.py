@@ -30,9 +30,10 @@ def enroll(workdir: Path, url: str, challenge: str, cn: str, ou: str | None = No
     return (workdir / "client.pem").read_text()
 
 
-def pki(*args, timeout=90):
-    """strongSwan ``pki`` with ``args``; the finished run, output as bytes."""
-    return subprocess.run([need("pki"), *args], capture_output=True, timeout=timeout)
+def pki(*args, timeout=90, cwd=None):
+    """strongSwan ``pki`` with ``args`` in ``cwd``; the finished run, output as bytes."""
+    return subprocess.run([need("pki"), *args], cwd=None if cwd is None else str(cwd), capture_output=True,
+                          timeout=timeout)
 
 
 def strongswan_key(path: Path) -> Path:
