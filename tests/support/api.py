@@ -29,18 +29,24 @@ class Api:
 
     ``base`` is a URL (``http://127.0.0.1:PORT``) or a loopback port. Every
     answer body is kept in ``seen``, for the checks that no secret is in one.
-    ``keep_alive``: one persistent connection for all blocking calls (bench).
+    ``keep_alive``: one persistent connection for all blocking calls, and
+    ``record=False``: no ``seen`` list (bench's long runs).
     """
 
-    def __init__(self, base, token: str | None = None, timeout: float = 120.0, keep_alive: bool = False):
+    def __init__(self, base, token: str | None = None, timeout: float = 120.0, keep_alive: bool = False,
+                 record: bool = True):
         self.url = base if isinstance(base, str) else "http://127.0.0.1:%d" % (base,)
         parts = urlsplit(self.url)
         self.host, self.port = parts.hostname, parts.port
         self.token = token
         self.timeout = timeout
         self.keep_alive = keep_alive
-        self.seen: list[bytes] = []
+        self.seen: list[bytes] | None = [] if record else None
         self._connection = None
+
+    def _record(self, answer: bytes) -> None:
+        if self.seen is not None:
+            self.seen.append(answer)
 
     def _token(self, method: str, path: str, token):
         """``token=""`` means this client's own token."""
@@ -83,7 +89,7 @@ class Api:
                     connection.close()
         if self.keep_alive:
             self._connection = connection
-        self.seen.append(answer)
+        self._record(answer)
         return response.status, answer
 
     def request(self, method: str, path: str, body=None, raw: bytes | None = None, content_type: str | None = None,
@@ -107,7 +113,7 @@ class Api:
         response = await treq.request(method, self.url + path, data=data,
                                       headers={k.encode(): [v.encode()] for k, v in headers.items()})
         answer = await response.content()
-        self.seen.append(answer)
+        self._record(answer)
         return response.code, _parsed(answer)
 
     async def acall(self, method: str, path: str, body=None, **kwargs):
