@@ -16,6 +16,7 @@ from support.admin_site import admin_site, ca_admin_site
 from support.api import apis
 from support.daemon import FAST, Daemon, Site
 from support.hostile import HostileCA
+from support.scep_capture import make_ca
 from support.store import make_clock, migrated, started_store
 from support.upstream import CHALLENGE, ScepServer
 
@@ -23,7 +24,8 @@ from support.upstream import CHALLENGE, ScepServer
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "daemon(**sections): the config sections of the ``daemon`` (or, on a module, ``module_daemon``) fixture's daemon",
+        "daemon(**sections): the config sections of the ``daemon`` (or, on a module, "
+        "``module_daemon``) fixture's daemon",
     )
 
 
@@ -135,7 +137,8 @@ def _daemon_sections(request) -> dict:
 
 @pytest.fixture
 def start_daemon(tmp_path):
-    """``start_daemon(directory=None, **sections)``: a started daemon (in ``tmp_path`` unless told), stopped by its pid afterwards."""
+    """``start_daemon(directory=None, **sections)``: a started daemon (in ``tmp_path`` unless told),
+    stopped by its pid afterwards."""
     started = []
 
     def start(directory=None, **sections) -> Daemon:
@@ -151,7 +154,8 @@ def start_daemon(tmp_path):
 @pytest.fixture(scope="module")
 def module_daemon(request, tmp_path_factory):
     """One daemon for all tests of a module (``pytestmark = pytest.mark.daemon(**sections)`` configures it)."""
-    daemon = Daemon(tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2]), **_daemon_sections(request)).start()
+    directory = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    daemon = Daemon(directory, **_daemon_sections(request)).start()
     yield daemon
     daemon.stop()
 
@@ -246,6 +250,15 @@ def hostile_ca():
     ca.stop()
 
 
+# -- the SCEP codec ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def codec_ca():
+    """support.scep_capture.make_ca: a CA certificate and key for the codec tests, one per module."""
+    return make_ca("Codec Test CA")
+
+
 # -- the admin API in the test's own reactor --------------------------------------------------
 
 
@@ -257,5 +270,6 @@ def api(tmp_path):
 
 @pytest.fixture
 def ca_api(store, clock):
-    """support.admin_site.CaAdminSite: ``/api/v1/ca/...`` with the built-in CA in process, on ``store`` and ``clock``."""
+    """support.admin_site.CaAdminSite: ``/api/v1/ca/...`` with the built-in CA in process,
+    on ``store`` and ``clock``."""
     yield from ca_admin_site(store, clock)

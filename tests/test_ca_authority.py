@@ -1,6 +1,6 @@
 """The built-in CA's SCEP operations in process: a real store file, a fake clock, the codec as client.
 
-Real clients against the running daemon are in test_ca_interop.py; these
+Real clients against the running daemon are in interop/test_ca_interop.py; these
 pin down each rule (challenges, approval, polling, renewal, GetCert, GetCRL,
 hostile messages) one at a time.
 """

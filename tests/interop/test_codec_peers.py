@@ -11,16 +11,11 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from support.clients import pki, scepclient
-from support.scep_capture import CAPS_WITH_AES, CAPS_WITHOUT_AES, CaptureServer, der, issue, make_ca
+from support.scep_capture import CAPS_WITH_AES, CAPS_WITHOUT_AES, CaptureServer, der, issue
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import ber, signed
 
 CHALLENGE = "static-challenge-1"
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return make_ca("Codec Interop CA")
 
 
 def common_name(name: x509.Name) -> str:
@@ -71,8 +66,8 @@ def chunked_encrypted_content(message: bytes) -> bool:
 
 
 @pytest.mark.parametrize("caps", [CAPS_WITH_AES, CAPS_WITHOUT_AES], ids=["aes-caps", "des3-caps"])
-def test_scepclient_request_decodes(tmp_path, ca, caps):
-    ca_cert, ca_key = ca
+def test_scepclient_request_decodes(tmp_path, codec_ca, caps):
+    ca_cert, ca_key = codec_ca
     with CaptureServer([ca_cert], caps=caps) as server:
         result = scepclient(tmp_path / "device", server.url, CHALLENGE, "scepclient-device", timeout=60)
     assert result.returncode != 0  # the capture server answers 500
@@ -92,8 +87,8 @@ def test_scepclient_request_decodes(tmp_path, ca, caps):
     assert codec.read_header(message) == request.header
 
 
-def test_scepclient_accepts_our_success_cert_rep(tmp_path, ca):
-    ca_cert, ca_key = ca
+def test_scepclient_accepts_our_success_cert_rep(tmp_path, codec_ca):
+    ca_cert, ca_key = codec_ca
     seen = []
     with CaptureServer([ca_cert], answer=certifying_answer(ca_cert, ca_key, seen)) as server:
         result = scepclient(tmp_path / "device", server.url, CHALLENGE, "enrolled-by-scepclient", timeout=60)
@@ -104,8 +99,8 @@ def test_scepclient_accepts_our_success_cert_rep(tmp_path, ca):
     assert issued.public_key() == seen[0].csr.public_key()
 
 
-def test_scepclient_reads_our_failure_cert_rep(tmp_path, ca):
-    ca_cert, ca_key = ca
+def test_scepclient_reads_our_failure_cert_rep(tmp_path, codec_ca):
+    ca_cert, ca_key = codec_ca
     with CaptureServer([ca_cert], answer=failing_answer(ca_cert, ca_key)) as server:
         result = scepclient(tmp_path / "device", server.url, CHALLENGE, "refused-device", timeout=60)
     assert result.returncode != 0
@@ -128,8 +123,8 @@ def strongswan_enroll(workdir, url, dn, *extra):
                "--cacert-enc", "ca.der", "--cacert-sig", "ca.der", "--maxpolltime", "1", *extra, cwd=workdir, timeout=60)
 
 
-def test_strongswan_request_decodes(tmp_path, ca):
-    ca_cert, ca_key = ca
+def test_strongswan_request_decodes(tmp_path, codec_ca):
+    ca_cert, ca_key = codec_ca
     with CaptureServer([ca_cert], caps=CAPS_WITH_AES) as server:
         result = strongswan_enroll(tmp_path / "sw", server.url, "CN=strongswan-device, O=Codec")
     assert result.returncode != 0
@@ -150,8 +145,8 @@ def test_strongswan_request_decodes(tmp_path, ca):
     (["--cipher", "des3", "--digest", "sha512"], "des3", "sha512"),
     (["--digest", "sha1", "--rsa-padding", "pss"], "aes128", "sha1"),
 ])
-def test_strongswan_request_options_decode(tmp_path, ca, args, cipher, digest):
-    ca_cert, ca_key = ca
+def test_strongswan_request_options_decode(tmp_path, codec_ca, args, cipher, digest):
+    ca_cert, ca_key = codec_ca
     with CaptureServer([ca_cert], caps=CAPS_WITH_AES) as server:
         strongswan_enroll(tmp_path / "sw", server.url, "CN=strongswan-options", *args)
     [message] = server.messages
@@ -159,8 +154,8 @@ def test_strongswan_request_options_decode(tmp_path, ca, args, cipher, digest):
     assert (request.content_encryption, request.header.digest_algorithm) == (cipher, digest)
 
 
-def test_strongswan_accepts_our_success_cert_rep(tmp_path, ca):
-    ca_cert, ca_key = ca
+def test_strongswan_accepts_our_success_cert_rep(tmp_path, codec_ca):
+    ca_cert, ca_key = codec_ca
     seen = []
     with CaptureServer([ca_cert], caps=CAPS_WITH_AES, answer=certifying_answer(ca_cert, ca_key, seen)) as server:
         result = strongswan_enroll(tmp_path / "sw", server.url, "CN=enrolled-by-strongswan")
@@ -170,9 +165,9 @@ def test_strongswan_accepts_our_success_cert_rep(tmp_path, ca):
     assert issued.issuer == ca_cert.subject
 
 
-def test_strongswan_polls_after_our_pending_cert_rep(tmp_path, ca):
+def test_strongswan_polls_after_our_pending_cert_rep(tmp_path, codec_ca):
     """PENDING first; strongSwan then polls with a real CertPoll, which we answer with the certificate."""
-    ca_cert, ca_key = ca
+    ca_cert, ca_key = codec_ca
     requests = []
 
     def answer(message: bytes) -> bytes:
@@ -198,8 +193,8 @@ def test_strongswan_polls_after_our_pending_cert_rep(tmp_path, ca):
     assert common_name(x509.load_der_x509_certificate(result.stdout).subject) == "polled-device"
 
 
-def test_strongswan_reads_our_failure_cert_rep(tmp_path, ca):
-    ca_cert, ca_key = ca
+def test_strongswan_reads_our_failure_cert_rep(tmp_path, codec_ca):
+    ca_cert, ca_key = codec_ca
     with CaptureServer([ca_cert], caps=CAPS_WITH_AES, answer=failing_answer(ca_cert, ca_key)) as server:
         result = strongswan_enroll(tmp_path / "sw", server.url, "CN=refused-by-us")
     assert result.returncode != 0
