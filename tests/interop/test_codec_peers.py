@@ -1,6 +1,6 @@
 """The codec against real SCEP clients: micromdm scepclient and strongSwan pki.
 
-A capture server (tests/scep_capture.py) plays the CA: it answers GetCACaps and
+A capture server (tests/support/scep_capture.py) plays the CA: it answers GetCACaps and
 GetCACert, records the PKIOperation request, and either refuses it (HTTP 500)
 or answers with a CertRep built by the codec, which the real client must accept.
 """
