@@ -1,13 +1,14 @@
 """The real processes of bench/peers.py: scepserver, nginx, the daemon, wrk and py-spy.
 
-scepserver and the daemon are started as the interop tests start them
-(tests/peers.py: ScepServer, Daemon), on free loopback ports. nginx runs from a
+bench's one door to the test harness: importing this module puts the repo's
+tests/ directory on sys.path, so scepserver and the daemon are started by the
+interop tests' own code (tests/support: ScepServer, Daemon), on free loopback
+ports, and bench's API client is the tests' one (support.api.Api). nginx runs from a
 generated config in a temporary prefix (master_process off, one worker, daemon
 off), a plain ``proxy_pass`` to scepserver with a keep-alive upstream: the
 yardstick for what a forwarding proxy costs. Every process is stopped by its pid.
 """
 
-import importlib.util
 import os
 import re
 import shutil
@@ -17,21 +18,16 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
 
+from support.api import Api  # noqa: E402
+from support.daemon import Daemon  # noqa: E402
+from support.processes import free_port, stop, wait_for_port  # noqa: E402
+from support.upstream import ScepServer  # noqa: E402
 
-def _test_peers():
-    """tests/peers.py, loaded under its own name (bench/peers.py is also a module called peers)."""
-    spec = importlib.util.spec_from_file_location("scepproxyd_test_peers", REPO / "tests" / "peers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_tests = _test_peers()
-Daemon, ScepServer, free_port, stop, wait_for_port = (
-    _tests.Daemon, _tests.ScepServer, _tests.free_port, _tests.stop, _tests.wait_for_port)
-
-__all__ = ["Daemon", "Nginx", "ScepServer", "free_port", "proc_memory_mb", "py_spy", "py_spy_stop", "stop", "wrk"]
+__all__ = ["Api", "Daemon", "Nginx", "ScepServer", "free_port", "proc_memory_mb", "py_spy", "py_spy_stop", "stop",
+           "wait_for_port", "wrk"]
 
 SPY_RATE = 200
 

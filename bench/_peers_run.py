@@ -122,8 +122,8 @@ def one_run(opts) -> dict:
                         upstream={"connect_timeout": "5s", "response_timeout": "30s", "body_timeout": "30s"}).start()
         pid = daemon.process.pid
         spy = Spy(opts.profile_dir, pid)
-        admin = site.Api(daemon.admin_port, daemon.admin_token)
-        agent = site.Api(daemon.port, None)  # each host's agent: its own credential per request
+        admin = site.client(daemon.admin_port, daemon.admin_token)
+        agent = site.client(daemon.port, None)  # each host's agent: its own credential per request
 
         # -- seed: CA, profile, hosts that will enroll, assignment, processing, agent fetch --
         started = time.perf_counter()

@@ -10,51 +10,19 @@ proxy URL. The URL and the (rendered) static challenge are read back from the
 SCEP payload, exactly what a device would use.
 """
 
-import http.client
-import json
 import plistlib
 import time
 from urllib.parse import urlsplit
+
+from _peers_procs import Api
 
 REPO_FIXTURE = "tests/fixtures/profiles/fleet-custom-scep-apple.mobileconfig"
 IMPORT_CHUNK = 5000
 
 
-class Api:
-    """A keep-alive JSON client for one listener with one bearer token."""
-
-    def __init__(self, port: int, token: str, timeout: float = 600.0):
-        self.port, self.token, self.timeout = port, token, timeout
-        self.conn = None
-
-    def call(self, method: str, path: str, body=None, content_type="application/json", expect=(200, 201),
-             token: str | None = None):
-        """``token``: this request's bearer token instead of the client's (an agent's per-host credential)."""
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body).encode()
-        headers = {"Authorization": f"Bearer {token or self.token}"}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        for attempt in (1, 2):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-            try:
-                self.conn.request(method, path, body=body, headers=headers)
-                response = self.conn.getresponse()
-                data = response.read()
-                break
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                self.close()
-                if attempt == 2:
-                    raise
-        if response.status not in expect:
-            raise RuntimeError(f"{method} {path} answered {response.status}: {data[:300]!r}")
-        return json.loads(data) if data else None
-
-    def close(self):
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+def client(port: int, token: str | None) -> Api:
+    """The tests' API client for one listener with one bearer token, kept alive, 10 minutes a call (big imports)."""
+    return Api(port, token, timeout=600.0, keep_alive=True, record=False)
 
 
 def add_ca(admin: Api, name: str, url: str, challenge: str) -> None:
@@ -63,7 +31,7 @@ def add_ca(admin: Api, name: str, url: str, challenge: str) -> None:
 
 def upload_profile(admin: Api, fixture_bytes: bytes, ca_name: str) -> str:
     content = fixture_bytes.replace(b"CA_NAME", ca_name.encode())
-    answer = admin.call("POST", "/api/v1/profiles?platform=macos&name=bench", content,
+    answer = admin.call("POST", "/api/v1/profiles?platform=macos&name=bench", raw=content,
                         content_type="application/x-apple-aspen-config")
     return answer["uuid"]
 

@@ -1,6 +1,6 @@
 """Does admin work hold up devices? /healthz and GetCACaps latency while an admin works hard.
 
-One daemon under twistd (tests/peers.py's Daemon, on free loopback ports,
+One daemon under twistd (tests/support/daemon.py's Daemon, on free loopback ports,
 timers pushed to 1 h). A probe thread in this process sends, one after the
 other on two keep-alive connections, ``GET /healthz`` and ``GetCACaps`` for an
 unknown proxy identifier (a store lookup, then 400) to the device listener,
@@ -172,7 +172,7 @@ def main():
     try:
         daemon = Daemon(top, logging={"level": "info"}, profiles={"process_interval": "1h"},
                         renewal={"interval": "1d"}, admin={"max_profile_bytes": args.max_profile}).start()
-        admin = site.Api(daemon.admin_port, daemon.admin_token)
+        admin = site.client(daemon.admin_port, daemon.admin_token)
         # The fixture profile names CA_NAME: here an integration pointing at the daemon's own built-in CA.
         site.add_ca(admin, "CA_NAME", daemon.url + "/scep", "bench-static-challenge")
         csv = csv_rows(args.rows)
@@ -185,7 +185,7 @@ def main():
         seconds, _ = timed(probe, "idle", lambda: time.sleep(args.idle))
         phases.append(("idle", seconds, "-"))
         seconds, answer = timed(probe, "import", lambda: admin.call(
-            "POST", "/api/v1/hosts/import", csv, content_type="text/csv"))
+            "POST", "/api/v1/hosts/import", raw=csv, content_type="text/csv"))
         phases.append(("import %d rows (%.1f MB)" % (args.rows, len(csv) / 1e6), seconds, str(answer)))
         seconds, answers = timed(probe, "big", lambda: [upload(admin, b) for b in big_bodies])
         phases.append(("%d uploads of %d bytes" % (len(big_bodies), big), seconds, summary(answers)))

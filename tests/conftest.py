@@ -1,11 +1,32 @@
-"""Fixtures every test module may use without importing them."""
+"""Fixtures every test module may use without importing them.
+
+The helpers behind them live in tests/support/ (see its __init__): test
+modules import helpers from there, never from another test module.
+"""
+
+import signal
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
+from scepproxyd.store import Store
+from support.admin_site import admin_site, ca_admin_site
+from support.api import apis
+from support.daemon import FAST, Daemon, Site
+from support.hostile import HostileCA
+from support.scep_capture import make_ca
 from support.store import make_clock, migrated, started_store
+from support.upstream import CHALLENGE, ScepServer
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "daemon(**sections): the config sections of the ``daemon`` (or, on a module, "
+        "``module_daemon``) fixture's daemon",
+    )
 
 
 class LogCapture:
@@ -105,6 +126,71 @@ def _fill_up(directory, name: str = "filler"):
     return path
 
 
+# -- the daemon under twistd -------------------------------------------------------------
+
+
+def _daemon_sections(request) -> dict:
+    """The config sections of the closest ``pytest.mark.daemon(**sections)``."""
+    marker = request.node.get_closest_marker("daemon")
+    return dict(marker.kwargs) if marker else {}
+
+
+@pytest.fixture
+def start_daemon(tmp_path):
+    """``start_daemon(directory=None, **sections)``: a started daemon (in ``tmp_path`` unless told),
+    stopped by its pid afterwards."""
+    started = []
+
+    def start(directory=None, **sections) -> Daemon:
+        daemon = Daemon(directory or tmp_path, **sections).start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def module_daemon(request, tmp_path_factory):
+    """One daemon for all tests of a module (``pytestmark = pytest.mark.daemon(**sections)`` configures it)."""
+    directory = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    daemon = Daemon(directory, **_daemon_sections(request)).start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def daemon(request, tmp_path):
+    """The real daemon in ``tmp_path``, configured by the closest ``pytest.mark.daemon(**sections)``.
+
+    Stopped by its pid afterwards; if it was still running, it must stop cleanly
+    (twistd re-raises SIGTERM after a clean shutdown, as systemd expects).
+    """
+    started = Daemon(tmp_path, **_daemon_sections(request)).start()
+    yield started
+    running = started.process is not None
+    code = started.stop()
+    if running:
+        assert code in (0, -signal.SIGTERM), started.log()
+        assert "Server Shut Down." in started.log()
+
+
+@pytest_twisted.async_yield_fixture
+async def daemon_store(daemon):
+    """A started Store on the running ``daemon``'s database file (WAL: safe next to the daemon), stopped afterwards."""
+    s = Store(daemon.database, reactor)
+    await s.start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture(scope="module")
+def module_site(module_daemon):
+    """(admin Api, AgentApi) of the module's daemon: each host's agent credential issued once per module."""
+    return apis(module_daemon)
+
+
 @pytest.fixture
 def builtin_ca_daemon(tmp_path):
     """The real daemon with the shipped defaults for the built-in CA (static challenge off).
@@ -112,13 +198,81 @@ def builtin_ca_daemon(tmp_path):
     Jobs are triggered by the tests; enough retries that every attack a test
     tries can count one. Stopped by its pid; its log must hold no traceback.
     """
-    from peers import Daemon
-
     daemon = Daemon(tmp_path, ca={"key_size": "2048"},
                     profiles={"process_interval": "1h", "max_retries": "20"}).start()
     yield daemon
     daemon.stop()
     assert "Traceback" not in daemon.log(), daemon.log()
+
+
+@pytest.fixture
+def ca_site(tmp_path):
+    """``ca_site(**ca)``: the daemon with the built-in CA's static challenge on (support.daemon.FAST, overridden
+    by ``ca``), as network equipment uses it; a support.daemon.Site. Each must stop cleanly, with no traceback."""
+    started = []
+
+    def make(**ca) -> Site:
+        daemon = Daemon(tmp_path, ca=dict(FAST, **ca)).start()
+        started.append(daemon)
+        return Site(daemon)
+
+    yield make
+    for daemon in started:
+        code = daemon.stop()
+        assert code in (0, -signal.SIGTERM), daemon.log()
+        assert "Traceback" not in daemon.log(), daemon.log()
+
+
+# -- a real upstream CA: micromdm scepserver ------------------------------------------------
+
+
+@pytest.fixture
+def upstream(tmp_path):
+    """scepserver with support.upstream.CHALLENGE, new for each test (tests count what reached it)."""
+    server = ScepServer(tmp_path / "upstream", CHALLENGE).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_upstream(tmp_path_factory):
+    """scepserver with support.upstream.CHALLENGE, one for a module."""
+    server = ScepServer(tmp_path_factory.mktemp("upstream"), CHALLENGE).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def hostile_ca():
+    """support.hostile.HostileCA, one for a module: a CA on loopback that misbehaves on PKIOperation as told."""
+    ca = HostileCA().start()
+    yield ca
+    ca.stop()
+
+
+# -- the SCEP codec ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def codec_ca():
+    """support.scep_capture.make_ca: a CA certificate and key for the codec tests, one per module."""
+    return make_ca("Codec Test CA")
+
+
+# -- the admin API in the test's own reactor --------------------------------------------------
+
+
+@pytest.fixture
+def api(tmp_path):
+    """support.admin_site.AdminSite: the admin API on a real store file, with a working and a broken upstream CA."""
+    yield from admin_site(tmp_path)
+
+
+@pytest.fixture
+def ca_api(store, clock):
+    """support.admin_site.CaAdminSite: ``/api/v1/ca/...`` with the built-in CA in process,
+    on ``store`` and ``clock``."""
+    yield from ca_admin_site(store, clock)
 
 
 @pytest_twisted.async_yield_fixture

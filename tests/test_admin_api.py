@@ -2,115 +2,16 @@
 
 import json
 import sqlite3
-from pathlib import Path
 
 import pytest
 import pytest_twisted
-import treq
 from twisted.internet import defer, reactor
-from twisted.web import resource, server
 
-from certs import self_signed_der
-from scepproxyd.jobs import CleanupJob, ScheduledJob
-from scepproxyd.keys import ChallengeCipher, load_or_create_key
-from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http_client
+from support.admin_site import PROFILE_LIMIT, STATIC, TOKEN, add_ca, sample_profile
+from support.api import json_call
 from scepproxyd.store import Store
-from scepproxyd.web.admin import admin_resource, admin_route_limits
+from scepproxyd.web.admin import admin_resource
 from scepproxyd.web.site import BodyLimitedSite
-
-TOKEN = "t" * 43
-#: [admin] max_profile_bytes of the test site: above every sample profile, well below its 1 MiB body limit.
-PROFILE_LIMIT = 64 * 1024
-STATIC = "the-static-challenge-9f8e7d"
-FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
-
-
-def sample_profile(name="fleet-custom-scep-apple.mobileconfig") -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
-class FakeCA(resource.Resource):
-    """Answers GetCACert with a real DER certificate, or with nothing useful."""
-
-    isLeaf = True
-
-    def __init__(self, der: bytes):
-        super().__init__()
-        self.der = der
-
-    def render_GET(self, request):
-        if self.der is None:
-            request.setResponseCode(500)
-            return b"broken"
-        request.setHeader(b"Content-Type", b"application/x-x509-ca-cert")
-        return self.der
-
-
-async def json_call(base_url, method, path, token, body=None, raw=None, content_type=None):
-    """(status, JSON or None) of one call to a bearer-token JSON API (admin or agent)."""
-    headers = {}
-    if token is not None:
-        headers[b"Authorization"] = [b"Bearer " + token.encode()]
-    data = None
-    if raw is not None:
-        data = raw
-        if content_type:
-            headers[b"Content-Type"] = [content_type.encode()]
-    elif body is not None:
-        data = json.dumps(body).encode()
-        headers[b"Content-Type"] = [b"application/json"]
-    response = await treq.request(method, base_url + path, headers=headers, data=data)
-    text = await response.text()
-    return response.code, (json.loads(text) if text else None)
-
-
-class Api:
-    def __init__(self, url, ca_url, broken_ca_url, db_path, store, port):
-        self.port = port
-        self.url = url
-        self.ca_url = ca_url
-        self.broken_ca_url = broken_ca_url
-        self.db_path = db_path
-        self.store = store
-
-    async def call(self, method, path, body=None, token=TOKEN, raw=None, content_type=None):
-        return await json_call(self.url, method, path, token, body, raw, content_type)
-
-
-@pytest.fixture
-def api(tmp_path):
-    db = tmp_path / "db.sqlite3"
-    Store.migrate(db)
-    store = Store(db, reactor)
-    pytest_twisted.blockon(store.start())
-    ca_port = reactor.listenTCP(0, server.Site(FakeCA(self_signed_der())), interface="127.0.0.1")
-    broken_port = reactor.listenTCP(0, server.Site(FakeCA(None)), interface="127.0.0.1")
-    http, pool = make_http_client(reactor, 2)
-    upstream = UpstreamClient(http, reactor, UpstreamTimeouts(connect=2, response=2, body=2), 60)
-    cipher = ChallengeCipher(load_or_create_key(tmp_path / "secrets.key"))
-    jobs = {"cleanup": ScheduledJob(CleanupJob(store), 300, reactor)}
-    site = BodyLimitedSite(
-        admin_resource(TOKEN, store, upstream, cipher, jobs, reactor=reactor, max_profile_bytes=PROFILE_LIMIT),
-        1024 * 1024, 30, reactor=reactor, route_limits=admin_route_limits(PROFILE_LIMIT), json_refusals=True,
-    )
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
-    yield Api(
-        "http://127.0.0.1:%d" % (port.getHost().port,),
-        "http://127.0.0.1:%d/scep" % (ca_port.getHost().port,),
-        "http://127.0.0.1:%d/scep" % (broken_port.getHost().port,),
-        db,
-        store,
-        port.getHost().port,
-    )
-    for p in (port, ca_port, broken_port):
-        pytest_twisted.blockon(p.stopListening())
-    pytest_twisted.blockon(pool.closeCachedConnections())
-    pytest_twisted.blockon(store.stop())
-
-
-async def add_ca(api, name="CA_NAME"):
-    return await api.call("POST", "/api/v1/cas", {"name": name, "url": api.ca_url, "challenge": STATIC})
-
 
 # -- auth ----------------------------------------------------------------------
 
@@ -408,7 +309,7 @@ def on_worker_thread(monkeypatch, module, name, minimum_size=-1) -> list:
 @pytest_twisted.ensureDeferred
 async def test_profile_at_the_limit_is_parsed_off_the_reactor_and_one_byte_more_is_413(api, monkeypatch):
     import scepproxyd.web.admin as admin_web
-    from hostile import body_of, raw_http, status_of
+    from support.hostile import body_of, raw_http, status_of
     from twisted.internet import threads
 
     await add_ca(api)

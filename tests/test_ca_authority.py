@@ -1,6 +1,6 @@
 """The built-in CA's SCEP operations in process: a real store file, a fake clock, the codec as client.
 
-Real clients against the running daemon are in test_ca_interop.py; these
+Real clients against the running daemon are in interop/test_ca_interop.py; these
 pin down each rule (challenges, approval, polling, renewal, GetCert, GetCRL,
 hostile messages) one at a time.
 """
@@ -15,122 +15,28 @@ from asn1crypto import cms
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
-from twisted.internet import defer, reactor
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from certs import self_signed
-from peers import need
 from scepproxyd.ca.authority import CAPS, ScepCA
-from scepproxyd.ca.csr_policy import SanPolicy
 from scepproxyd.ca.manage import CaManager, ManageError
 from scepproxyd.store.models import mint_challenge
-from scepproxyd.ca.material import CaMaterial, create_ca, create_ra
-from scepproxyd.ca.policy import WRONG_CHALLENGE, Policy, challenge_hash
-from scepproxyd.config import CertificateTemplate
+from scepproxyd.ca.policy import WRONG_CHALLENGE, challenge_hash
 from scepproxyd.metrics import Metrics
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import attributes as codec_attributes
 from scepproxyd.scep.codec import signed as codec_signed
 from scepproxyd.scep.codec.algorithms import digest as codec_digest
-from scepproxyd.store import Store
 from scepproxyd.store.models import StoreUnavailable
+from support.builtin_ca import DAY, STATIC, TEMPLATES, Device, ca_material, in_line, make_ca, policy
+from support.certs import self_signed
+from support.processes import need
+from support.store import EPOCH
 
-EPOCH = 1_700_000_000.0
-DAY = 86400.0
-STATIC = "static-challenge-0123456789abcdef"
-TEMPLATES = {
-    # The default template may carry DNS names under .example; "wifi" carries no subjectAltName (the default).
-    "default": CertificateTemplate("default", 365 * DAY, ("digital_signature", "key_encipherment"), ("client_auth",),
-                                   SanPolicy.from_patterns({"dns": r"[a-z0-9-]+\.example"})),
-    "wifi": CertificateTemplate("wifi", 30 * DAY, ("digital_signature",), ("client_auth", "server_auth")),
-}
 FAIL_INFO_TEXT_OID = "1.3.6.1.5.5.7.24.1"
-
-_CA_CACHE = {}
-
-
-def ca_material(ra=False) -> CaMaterial:
-    """One CA (and RA) per test session: RSA key generation is the slow part."""
-    if "ca" not in _CA_CACHE:
-        _CA_CACHE["ca"] = create_ca("CN=Test Builtin CA,O=scepproxyd tests", 2048, 3650 * DAY)
-    key, cert = _CA_CACHE["ca"]
-    if not ra:
-        return CaMaterial(key, cert)
-    if "ra" not in _CA_CACHE:
-        _CA_CACHE["ra"] = create_ra(key, cert)
-    return CaMaterial(key, cert, *_CA_CACHE["ra"])
-
-
-def policy(**changes) -> Policy:
-    values = dict(
-        static_challenge=STATIC, static_enabled=True, auto_approve=True, auto_approve_subject=".*",
-        auto_approve_networks=(ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")),
-        allow_renew_days=14, default_template="default",
-    )
-    values.update(changes)
-    return Policy(**values)
-
-
-def in_line(function, *args, **kwargs):
-    return defer.maybeDeferred(function, *args, **kwargs)
-
-
-@pytest.fixture
-def clock():
-    c = Clock()
-    c.advance(EPOCH)
-    return c
-
-
-@pytest_twisted.async_yield_fixture
-async def store(tmp_path, clock):
-    path = tmp_path / "db.sqlite3"
-    Store.migrate(path)
-    s = Store(path, reactor, clock=clock)
-    await s.start()
-    yield s
-    await s.stop()
-
-
-def make_ca(store, clock, ra=False, **policy_changes) -> ScepCA:
-    return ScepCA(store, ca_material(ra), policy(**policy_changes), TEMPLATES, "http://ca.test:8080", 7 * DAY,
-                  clock, run_in_thread=in_line)
-
-
-class Device:
-    """A SCEP client made of the codec's client side: a key, a self-signed cert, requests."""
-
-    def __init__(self, cn="device-1", key=None):
-        self.cert, self.key = self_signed(cn, key=key or rsa.generate_private_key(public_exponent=65537,
-                                                                                   key_size=2048))
-        self.cn = cn
-
-    def csr(self, challenge=STATIC, cn=None, san=None, key=None, subject=None):
-        builder = x509.CertificateSigningRequestBuilder().subject_name(
-            subject or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn or self.cn)])
-        )
-        if challenge is not None:
-            builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge.encode())
-        if san is not None:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        return builder.sign(key or self.key, hashes.SHA256())
-
-    def request(self, ca: ScepCA, message_type="PKCSReq", signer=None, **kwargs) -> bytes:
-        cert, key = signer or (self.cert, self.key)
-        der, _ = codec.build_request(
-            message_type=message_type, signer_key=key, signer_certificate=cert,
-            recipient_certificate=ca.material.message_certificate, **kwargs,
-        )
-        return der
-
-    def read(self, ca: ScepCA, answer, signer=None):
-        cert, key = signer or (self.cert, self.key)
-        assert answer.status == 200, answer.body
-        return codec.read_response(answer.body, key, cert, ca.material.certificate)
 
 
 def fail_info_text(der: bytes) -> str | None:

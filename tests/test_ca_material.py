@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from peers import need
+from support.processes import need
 from scepproxyd.ca.issuer import CsrError, build_certificate, check_csr
 from scepproxyd.ca.material import (
     decrypt_legacy_pem,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from scepproxyd.cli import build_parser, main
+from scepproxyd.cli import build_parser
 from scepproxyd.cli.challenge import read_challenge, strip_one_newline
 from scepproxyd.cli.client import (
     AdminClient,
@@ -20,6 +20,7 @@ from scepproxyd.cli.client import (
     target_from_url,
 )
 from scepproxyd.cli.render import as_json, fields, table, text
+from support.ctl import ctl_in_process
 
 SECRET = "s3cr3t-static-challenge"
 
@@ -30,9 +31,7 @@ def parse(*argv):
 
 def run(argv, stdin=""):
     """main() with captured streams: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), stdin=io.StringIO(stdin), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
+    return ctl_in_process(*argv, stdin=stdin)
 
 
 # -- argument parsing ----------------------------------------------------------

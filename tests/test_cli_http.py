@@ -6,7 +6,6 @@ down exactly what goes over the wire: method, path, bearer token, body.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import socketserver
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from scepproxyd.cli import main
+from support.ctl import ctl_in_process
 
 TOKEN = "admin-token-0123456789abcdef"
 SECRET = "s3cr3t-static-challenge"
@@ -145,9 +144,7 @@ def write_config(directory: Path, listen: str, more: str = "") -> Path:
 
 def ctl(api, *argv, stdin=""):
     """Run scepproxyctl against ``api`` via its config: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    code = main(["--config", str(api.config), *argv], stdin=io.StringIO(stdin), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
+    return ctl_in_process("--config", str(api.config), *argv, stdin=stdin)
 
 
 def assert_authorized(request: Request):
@@ -217,10 +214,9 @@ def test_url_and_token_file_after_the_command(tcp_api, tmp_path):
     token = tmp_path / "other.token"
     token.write_text("another-token-0123456789")
     tcp_api.answer("GET", "/api/v1/jobs", body={"jobs": ["cleanup"]})
-    out, err = io.StringIO(), io.StringIO()
-    code = main(["--config", str(tmp_path / "none.ini"), "jobs", "--url", tcp_api.url, "--token-file", str(token),
-                 "--json"], stdout=out, stderr=err)
-    assert (code, json.loads(out.getvalue()), err.getvalue()) == (0, {"jobs": ["cleanup"]}, "")
+    code, out, err = ctl_in_process("--config", str(tmp_path / "none.ini"), "jobs", "--url", tcp_api.url,
+                                     "--token-file", str(token), "--json")
+    assert (code, json.loads(out), err) == (0, {"jobs": ["cleanup"]}, "")
     assert tcp_api.last.headers["Authorization"] == "Bearer another-token-0123456789"
 
 
@@ -939,6 +935,7 @@ def test_every_documented_example_is_run_or_says_why_not():
                          ids=lambda value: value if isinstance(value, str) and value.startswith("scepproxyctl") else "")
 def test_documented_example_prints_what_the_docs_show(tcp_api, tmp_path, monkeypatch, command, occurrence, printed):
     import contextlib
+    import io
     import shlex
 
     monkeypatch.setenv("COLUMNS", "80")  # argparse wraps its usage lines to the terminal's width
@@ -956,13 +953,13 @@ def test_documented_example_prints_what_the_docs_show(tcp_api, tmp_path, monkeyp
         argv = ["--config", str(tcp_api.config)] + argv
     for (method, path), (status, body) in spec.items():
         tcp_api.answer(method, path, status, body)
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err):  # argparse's own refusals go to sys.stderr
+    refusal = io.StringIO()
+    with contextlib.redirect_stderr(refusal):  # argparse's own refusals go to sys.stderr, before anything is printed
         try:
-            main(argv, stdin=io.StringIO(stdin), stdout=out, stderr=err)
+            _, out, err = ctl_in_process(*argv, stdin=stdin)
         except SystemExit:
-            pass
-    assert out.getvalue() + err.getvalue() == printed
+            out, err = "", refusal.getvalue()
+    assert out + err == printed
     if spec:
         assert [(r.method, r.path) for r in tcp_api.requests] == list(spec)
     if stdin:

@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certs import signed_blob
-from peers import need
-from scep_capture import der, issue, make_ca, make_device, pem
+from support.certs import signed_blob
+from support.processes import need
+from support.scep_capture import der, issue, make_ca, make_device, pem
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import attributes as scep_attributes
 from scepproxyd.scep.codec import ber
@@ -25,17 +25,12 @@ from scepproxyd.scep.codec.enveloped import envelope as make_envelope
 
 
 @pytest.fixture(scope="module")
-def ca():
-    return make_ca("Codec Unit CA")
-
-
-@pytest.fixture(scope="module")
 def device():
     return make_device("unit-device", challenge="unit-challenge")
 
 
-def pkcs_req(ca, device, **kwargs):
-    ca_cert, _ = ca
+def pkcs_req(codec_ca, device, **kwargs):
+    ca_cert, _ = codec_ca
     key, cert, csr = device
     return codec.build_request(message_type="PKCSReq", signer_key=key, signer_certificate=cert,
                                recipient_certificate=ca_cert, csr=csr, **kwargs)
@@ -55,10 +50,10 @@ def run_openssl(*args, stdin: bytes | None = None) -> subprocess.CompletedProces
 @pytest.mark.parametrize("key_transport", ["pkcs1v15", "oaep"])
 @pytest.mark.parametrize("digest_algorithm", ["sha1", "sha256", "sha512"])
 @pytest.mark.parametrize("content_encryption", ["des", "des3", "aes128", "aes192", "aes256"])
-def test_pkcs_req_and_cert_rep_round_trip(ca, device, content_encryption, digest_algorithm, key_transport):
-    ca_cert, ca_key = ca
+def test_pkcs_req_and_cert_rep_round_trip(codec_ca, device, content_encryption, digest_algorithm, key_transport):
+    ca_cert, ca_key = codec_ca
     key, cert, csr = device
-    message, header = pkcs_req(ca, device, content_encryption=content_encryption,
+    message, header = pkcs_req(codec_ca, device, content_encryption=content_encryption,
                                digest_algorithm=digest_algorithm, key_transport=key_transport)
 
     assert codec.read_header(message) == header
@@ -78,17 +73,17 @@ def test_pkcs_req_and_cert_rep_round_trip(ca, device, content_encryption, digest
     assert codec.cert_rep_status(answer) == ("SUCCESS", None)
 
 
-def test_default_transaction_id_is_a_hash_of_the_csr_key(ca, device):
-    message, header = pkcs_req(ca, device)
-    again, header_again = pkcs_req(ca, device)
+def test_default_transaction_id_is_a_hash_of_the_csr_key(codec_ca, device):
+    message, header = pkcs_req(codec_ca, device)
+    again, header_again = pkcs_req(codec_ca, device)
     assert header.transaction_id == header_again.transaction_id
     assert len(header.transaction_id) == 64
     assert header.sender_nonce != header_again.sender_nonce
-    assert pkcs_req(ca, device, transaction_id="chosen-id")[1].transaction_id == "chosen-id"
+    assert pkcs_req(codec_ca, device, transaction_id="chosen-id")[1].transaction_id == "chosen-id"
 
 
-def test_renewal_req_round_trip(ca, device):
-    ca_cert, ca_key = ca
+def test_renewal_req_round_trip(codec_ca, device):
+    ca_cert, ca_key = codec_ca
     key, cert, csr = device
     message, header = codec.build_request(message_type="RenewalReq", signer_key=key, signer_certificate=cert,
                                           recipient_certificate=ca_cert, csr=csr)
@@ -97,8 +92,8 @@ def test_renewal_req_round_trip(ca, device):
     assert request.csr == csr
 
 
-def test_cert_poll_round_trip(ca, device):
-    ca_cert, ca_key = ca
+def test_cert_poll_round_trip(codec_ca, device):
+    ca_cert, ca_key = codec_ca
     key, cert, csr = device
     message, _ = codec.build_request(message_type="CertPoll", signer_key=key, signer_certificate=cert,
                                      recipient_certificate=ca_cert, transaction_id="tid-1",
@@ -111,8 +106,8 @@ def test_cert_poll_round_trip(ca, device):
 
 
 @pytest.mark.parametrize("message_type", ["GetCert", "GetCRL"])
-def test_get_cert_and_get_crl_round_trip(ca, device, message_type):
-    ca_cert, ca_key = ca
+def test_get_cert_and_get_crl_round_trip(codec_ca, device, message_type):
+    ca_cert, ca_key = codec_ca
     key, cert, _ = device
     message, _ = codec.build_request(message_type=message_type, signer_key=key, signer_certificate=cert,
                                      recipient_certificate=ca_cert, issuer_and_serial=(ca_cert.subject, 2 ** 100 + 7))
@@ -121,8 +116,8 @@ def test_get_cert_and_get_crl_round_trip(ca, device, message_type):
     assert request.issuer_and_serial == (ca_cert.subject, 2 ** 100 + 7)
 
 
-def test_get_crl_answer_carries_the_crl(ca, device):
-    ca_cert, ca_key = ca
+def test_get_crl_answer_carries_the_crl(codec_ca, device):
+    ca_cert, ca_key = codec_ca
     key, cert, _ = device
     now = datetime.datetime.now(datetime.timezone.utc)
     crl = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now)
@@ -134,10 +129,10 @@ def test_get_crl_answer_carries_the_crl(ca, device):
     assert codec.read_response(answer, key, cert, ca_cert) == ("SUCCESS", None, [crl])
 
 
-def test_unsorted_signed_attributes_still_verify(ca, device):
+def test_unsorted_signed_attributes_still_verify(codec_ca, device):
     """Clients may send signed attributes in non-DER order; the signature covers that order."""
-    ca_cert, ca_key = ca
-    message, header = pkcs_req(ca, device, sort_attributes=False)
+    ca_cert, ca_key = codec_ca
+    message, header = pkcs_req(codec_ca, device, sort_attributes=False)
     signer_info = scep_signed.load_signed_data(message)["signer_infos"][0]
     sent = [attribute.dump() for attribute in signer_info["signed_attrs"]]
     assert sent != sorted(sent)
@@ -145,10 +140,10 @@ def test_unsorted_signed_attributes_still_verify(ca, device):
     assert codec.read_request(message, ca_key, ca_cert).header == header
 
 
-def test_failure_and_pending_cert_reps(ca, device):
-    ca_cert, ca_key = ca
+def test_failure_and_pending_cert_reps(codec_ca, device):
+    ca_cert, ca_key = codec_ca
     key, cert, _ = device
-    _, header = pkcs_req(ca, device)
+    _, header = pkcs_req(codec_ca, device)
     failure = codec.build_cert_rep(header=header, status="FAILURE", fail_info="badCertId",
                                    fail_info_text="no such cert", signer_key=ca_key, signer_certificate=ca_cert)
     assert codec.read_response(failure, key, cert, ca_cert) == ("FAILURE", "badCertId", [])
@@ -166,9 +161,9 @@ def test_failure_and_pending_cert_reps(ca, device):
         assert scep_signed.open_signed_data(answer).content == b""
 
 
-def test_cert_rep_attributes_mirror_the_request(ca, device):
-    ca_cert, ca_key = ca
-    _, header = pkcs_req(ca, device, digest_algorithm="sha512")
+def test_cert_rep_attributes_mirror_the_request(codec_ca, device):
+    ca_cert, ca_key = codec_ca
+    _, header = pkcs_req(codec_ca, device, digest_algorithm="sha512")
     answer = codec.build_cert_rep(header=header, status="PENDING", signer_key=ca_key, signer_certificate=ca_cert)
     opened = scep_signed.open_signed_data(answer)
     assert opened.digest_algorithm == "sha512"
@@ -184,12 +179,12 @@ def test_cert_rep_attributes_mirror_the_request(ca, device):
     assert opened.signed_data["version"].native == "v1"
 
 
-def test_cert_rep_signed_by_an_ra_carries_the_ca(ca, device):
-    ca_cert, ca_key = ca
+def test_cert_rep_signed_by_an_ra_carries_the_ca(codec_ca, device):
+    ca_cert, ca_key = codec_ca
     key, cert, _ = device
     ra_key, _, ra_csr = make_device("Codec RA", challenge=None)
     ra_cert = issue(ca_cert, ca_key, ra_csr)
-    _, header = pkcs_req(ca, device)
+    _, header = pkcs_req(codec_ca, device)
     answer = codec.build_cert_rep(header=header, status="SUCCESS", signer_key=ra_key, signer_certificate=ra_cert,
                                   certificates=[cert], extra_certificates=[ca_cert])
     assert codec.read_response(answer, key, cert, ca_cert) == ("SUCCESS", None, [cert])
@@ -203,9 +198,9 @@ def test_cert_rep_signed_by_an_ra_carries_the_ca(ca, device):
         codec.read_response(forged, key, cert, ca_cert)
 
 
-def test_build_cert_rep_refuses_inconsistent_arguments(ca, device):
-    ca_cert, ca_key = ca
-    _, header = pkcs_req(ca, device)
+def test_build_cert_rep_refuses_inconsistent_arguments(codec_ca, device):
+    ca_cert, ca_key = codec_ca
+    _, header = pkcs_req(codec_ca, device)
     common = {"header": header, "signer_key": ca_key, "signer_certificate": ca_cert}
     with pytest.raises(ValueError):
         codec.build_cert_rep(status="FAILURE", **common)
@@ -239,9 +234,9 @@ def signature_offset(message: bytes) -> int:
     return message.index(signature)
 
 
-def test_tampered_signature_is_refused(ca, device):
-    ca_cert, ca_key = ca
-    message, _ = pkcs_req(ca, device)
+def test_tampered_signature_is_refused(codec_ca, device):
+    ca_cert, ca_key = codec_ca
+    message, _ = pkcs_req(codec_ca, device)
     tampered = flip(message, signature_offset(message) + 10)
     with pytest.raises(codec.MessageError):
         codec.read_header(tampered)
@@ -249,39 +244,39 @@ def test_tampered_signature_is_refused(ca, device):
         codec.read_request(tampered, ca_key, ca_cert)
 
 
-def test_tampered_content_is_refused(ca, device):
-    ca_cert, ca_key = ca
-    message, _ = pkcs_req(ca, device)
+def test_tampered_content_is_refused(codec_ca, device):
+    ca_cert, ca_key = codec_ca
+    message, _ = pkcs_req(codec_ca, device)
     content = bytes(scep_signed.load_signed_data(message)["encap_content_info"]["content"])
     tampered = flip(message, message.index(content) + len(content) - 5)
     with pytest.raises(codec.MessageError, match="messageDigest"):
         codec.read_header(tampered)
 
 
-def test_tampered_signed_attribute_is_refused(ca, device):
-    message, header = pkcs_req(ca, device)
+def test_tampered_signed_attribute_is_refused(codec_ca, device):
+    message, header = pkcs_req(codec_ca, device)
     tampered = message.replace(header.sender_nonce, bytes(16))
     with pytest.raises(codec.MessageError):
         codec.read_header(tampered)
 
 
-def test_wrong_recipient_is_refused(ca, device):
-    message, _ = pkcs_req(ca, device)
+def test_wrong_recipient_is_refused(codec_ca, device):
+    message, _ = pkcs_req(codec_ca, device)
     other_cert, other_key = make_ca("Other CA")
     with pytest.raises(codec.MessageError, match="not addressed"):
         codec.read_request(message, other_key, other_cert)
     # The right certificate with the wrong key: PKCS#1 v1.5 implicit rejection gives random bytes.
-    ca_cert, _ = ca
+    ca_cert, _ = codec_ca
     with pytest.raises(codec.MessageError):
         codec.read_request(message, other_key, ca_cert)
 
 
 @pytest.mark.parametrize("content_encryption, wrong_key_size", [("des3", 16), ("aes256", 16), ("des", 24)])
-def test_key_length_mismatch_after_decrypt_is_refused(ca, device, content_encryption, wrong_key_size):
+def test_key_length_mismatch_after_decrypt_is_refused(codec_ca, device, content_encryption, wrong_key_size):
     """The envelope's RSA-wrapped key has the wrong length for its cipher."""
-    ca_cert, ca_key = ca
+    ca_cert, ca_key = codec_ca
     key, cert, _ = device
-    message, _ = pkcs_req(ca, device, content_encryption=content_encryption)
+    message, _ = pkcs_req(codec_ca, device, content_encryption=content_encryption)
     envelope = cms.ContentInfo.load(bytes(scep_signed.load_signed_data(message)["encap_content_info"]["content"]))
     recipient = envelope["content"]["recipient_infos"][0].chosen
     recipient["encrypted_key"] = ca_cert.public_key().encrypt(os.urandom(wrong_key_size), padding.PKCS1v15())
@@ -300,9 +295,9 @@ def resign(envelope: bytes, key, cert, message_type="19", digest_algorithm="sha2
 
 
 @pytest.mark.parametrize("length", [0, 1, 2, 10, 100, 1000, -300, -1])
-def test_truncated_message_is_refused(ca, device, length):
-    ca_cert, ca_key = ca
-    message, _ = pkcs_req(ca, device)
+def test_truncated_message_is_refused(codec_ca, device, length):
+    ca_cert, ca_key = codec_ca
+    message, _ = pkcs_req(codec_ca, device)
     with pytest.raises(codec.MessageError):
         codec.read_request(message[:length], ca_key, ca_cert)
     with pytest.raises(codec.MessageError):
@@ -311,8 +306,8 @@ def test_truncated_message_is_refused(ca, device, length):
 
 @pytest.mark.parametrize("garbage", [b"", b"\x00", b"hello world", b"\x30\x80", b"\x30\x84\xff\xff\xff\xff",
                                      b"\x30" + b"\x80" * 200, b"\x30\x03\x02\x01\x01", os.urandom(2000)])
-def test_garbage_is_refused(ca, garbage):
-    ca_cert, ca_key = ca
+def test_garbage_is_refused(codec_ca, garbage):
+    ca_cert, ca_key = codec_ca
     with pytest.raises(codec.MessageError):
         codec.read_header(garbage)
     with pytest.raises(codec.MessageError):
@@ -328,16 +323,16 @@ def test_cms_without_scep_attributes_is_refused():
     assert codec.looks_like_pki_message(signed_blob())
 
 
-def test_a_cert_rep_is_not_a_request(ca, device):
-    ca_cert, ca_key = ca
-    _, header = pkcs_req(ca, device)
+def test_a_cert_rep_is_not_a_request(codec_ca, device):
+    ca_cert, ca_key = codec_ca
+    _, header = pkcs_req(codec_ca, device)
     answer = codec.build_cert_rep(header=header, status="PENDING", signer_key=ca_key, signer_certificate=ca_cert)
     with pytest.raises(codec.MessageError, match="not a request"):
         codec.read_header(answer)
 
 
-def test_csr_with_a_bad_signature_is_refused(ca, device):
-    ca_cert, ca_key = ca
+def test_csr_with_a_bad_signature_is_refused(codec_ca, device):
+    ca_cert, ca_key = codec_ca
     key, cert, csr = device
     bad = bytearray(der(csr))
     bad[-3] ^= 0x01
@@ -417,9 +412,9 @@ def to_indefinite_ber(data: bytes) -> bytes:
     return element(0)[0]
 
 
-def test_indefinite_length_ber_request_decodes(ca, device):
-    ca_cert, ca_key = ca
-    message, header = pkcs_req(ca, device)
+def test_indefinite_length_ber_request_decodes(codec_ca, device):
+    ca_cert, ca_key = codec_ca
+    message, header = pkcs_req(codec_ca, device)
     ber = to_indefinite_ber(message)
     assert ber != message and b"\x30\x80" in ber
     assert codec.read_header(ber) == header
@@ -429,9 +424,9 @@ def test_indefinite_length_ber_request_decodes(ca, device):
 
 @pytest.mark.parametrize("cipher, ours", [("-aes256", "aes256"), ("-des3", "des3"), ("-aes128", "aes128")])
 @pytest.mark.parametrize("keyopt", [[], ["-keyopt", "rsa_padding_mode:oaep"]], ids=["pkcs1v15", "oaep-sha1"])
-def test_openssl_streamed_envelope_decodes(tmp_path, ca, device, cipher, ours, keyopt):
+def test_openssl_streamed_envelope_decodes(tmp_path, codec_ca, device, cipher, ours, keyopt):
     """OpenSSL's streaming CMS: indefinite lengths and a chunked encryptedContent (and OAEP defaults)."""
-    ca_cert, ca_key = ca
+    ca_cert, ca_key = codec_ca
     key, cert, csr = device
     (tmp_path / "ca.pem").write_bytes(pem(ca_cert))
     made = run_openssl("cms", "-encrypt", "-binary", "-stream", "-outform", "DER", cipher,
@@ -446,9 +441,9 @@ def test_openssl_streamed_envelope_decodes(tmp_path, ca, device, cipher, ours, k
 # -- what OpenSSL makes of our messages ----------------------------------------------------------
 
 
-def test_openssl_verifies_and_decrypts_our_request(tmp_path, ca, device):
-    ca_cert, ca_key = ca
-    message, _ = pkcs_req(ca, device, content_encryption="aes128", digest_algorithm="sha256")
+def test_openssl_verifies_and_decrypts_our_request(tmp_path, codec_ca, device):
+    ca_cert, ca_key = codec_ca
+    message, _ = pkcs_req(codec_ca, device, content_encryption="aes128", digest_algorithm="sha256")
     (tmp_path / "ca.pem").write_bytes(pem(ca_cert))
     (tmp_path / "ca.key").write_bytes(pem(ca_key))
     verified = run_openssl("cms", "-verify", "-inform", "DER", "-noverify", stdin=message)
@@ -460,10 +455,10 @@ def test_openssl_verifies_and_decrypts_our_request(tmp_path, ca, device):
 
 
 @pytest.mark.parametrize("content_encryption", ["des3", "aes256"])
-def test_openssl_verifies_and_decrypts_our_success_cert_rep(tmp_path, ca, device, content_encryption):
-    ca_cert, ca_key = ca
+def test_openssl_verifies_and_decrypts_our_success_cert_rep(tmp_path, codec_ca, device, content_encryption):
+    ca_cert, ca_key = codec_ca
     key, cert, csr = device
-    _, header = pkcs_req(ca, device, digest_algorithm="sha1")
+    _, header = pkcs_req(codec_ca, device, digest_algorithm="sha1")
     issued = issue(ca_cert, ca_key, csr)
     answer = codec.build_cert_rep(header=header, status="SUCCESS", signer_key=ca_key, signer_certificate=ca_cert,
                                   certificates=[issued], content_encryption=content_encryption)
@@ -480,9 +475,9 @@ def test_openssl_verifies_and_decrypts_our_success_cert_rep(tmp_path, ca, device
     assert x509.load_pem_x509_certificate(printed.stdout) == issued
 
 
-def test_openssl_prints_fail_info_of_our_failure_cert_rep(ca, device):
-    ca_cert, ca_key = ca
-    _, header = pkcs_req(ca, device)
+def test_openssl_prints_fail_info_of_our_failure_cert_rep(codec_ca, device):
+    ca_cert, ca_key = codec_ca
+    _, header = pkcs_req(codec_ca, device)
     answer = codec.build_cert_rep(header=header, status="FAILURE", fail_info="badMessageCheck",
                                   fail_info_text="signature did not verify", signer_key=ca_key,
                                   signer_certificate=ca_cert)
@@ -497,10 +492,10 @@ def test_openssl_prints_fail_info_of_our_failure_cert_rep(ca, device):
 
 
 @pytest.mark.parametrize("status", ["FAILURE", "PENDING"])
-def test_openssl_verifies_our_failure_and_pending_cert_reps(tmp_path, ca, device, status):
+def test_openssl_verifies_our_failure_and_pending_cert_reps(tmp_path, codec_ca, device, status):
     """What certmonger does with a refusal: verify the SignedData, its (empty) content included."""
-    ca_cert, ca_key = ca
-    _, header = pkcs_req(ca, device)
+    ca_cert, ca_key = codec_ca
+    _, header = pkcs_req(codec_ca, device)
     fail = {"fail_info": "badRequest", "fail_info_text": "no"} if status == "FAILURE" else {}
     answer = codec.build_cert_rep(header=header, status=status, signer_key=ca_key, signer_certificate=ca_cert,
                                   **fail)
@@ -516,8 +511,8 @@ def test_openssl_verifies_our_failure_and_pending_cert_reps(tmp_path, ca, device
     assert refused.returncode != 0
 
 
-def test_degenerate_certificates_for_get_ca_cert(ca):
-    ca_cert, ca_key = ca
+def test_degenerate_certificates_for_get_ca_cert(codec_ca):
+    ca_cert, ca_key = codec_ca
     _, _, ra_csr = make_device("Codec RA", challenge=None)
     ra_cert = issue(ca_cert, ca_key, ra_csr)
     chain = codec.degenerate_certificates([ra_cert, ca_cert])

@@ -4,7 +4,7 @@ from hypothesis import HealthCheck, given, settings
 from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import strategies as st
 
-from scep_capture import issue, make_ca, make_device
+from support.scep_capture import issue, make_ca, make_device
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import attributes, enveloped, signed
 from scepproxyd.scep.codec.algorithms import digest

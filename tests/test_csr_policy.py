@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from certs import csr, extension_der, name, raw_csr, self_signed, upn, weak_rsa_key
+from support.certs import csr, extension_der, name, raw_csr, self_signed, upn, weak_rsa_key
 from scepproxyd.ca.csr_policy import KeyPolicy, Refusal, SanPolicy, refusal, same_name, shown
 from scepproxyd.ca.issuer import CsrError, build_certificate
 from scepproxyd.config import CertificateTemplate

@@ -19,12 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, reactor, task, threads
 
-from hostile import mobileconfig
-from peers import daemon_config, free_port
+from support.site import mobileconfig
+from support.daemon import daemon_config
+from support.processes import free_port
 from scepproxyd.config import load_settings
 from scepproxyd.jsoninput import MAX_INTEGER_DIGITS, MAX_NESTING, JsonInputError, nests_deeper_than, read_json
 from scepproxyd.tap import makeService
-from test_admin_api import json_call
+from support.api import json_call
 
 FUZZ = settings(
     max_examples=120, deadline=None,
@@ -53,7 +54,7 @@ class Running:
 
 
 @pytest.fixture
-def daemon(tmp_path):
+def service(tmp_path):
     port, admin_port = free_port(), free_port()
     settings_ = load_settings(daemon_config(tmp_path, port, admin_port, logging={"level": "info"},
                                             profiles={"process_interval": "1h"}))
@@ -211,8 +212,8 @@ def assert_json_refusal_or_answer(status, content_type, body, what):
         assert "internal error" not in answer["error"], (what, answer)
 
 
-async def admin_still_works(daemon):
-    code, hosts = await daemon.admin("GET", "/api/v1/hosts/" + HOST)
+async def admin_still_works(service):
+    code, hosts = await service.admin("GET", "/api/v1/hosts/" + HOST)
     assert code == 200 and hosts["serial"] == "S1", hosts
 
 
@@ -228,11 +229,11 @@ def fuzz(given_kwargs):
     """
 
     def decorate(body):
-        def test(daemon):
+        def test(service):
             @FUZZ
             @given(**given_kwargs)
             def example(**drawn):
-                in_reactor(body(daemon, **drawn))
+                in_reactor(body(service, **drawn))
 
             return threads.deferToThread(example)
 
@@ -244,63 +245,63 @@ def fuzz(given_kwargs):
 
 
 @fuzz({"data": st.data()})
-def test_admin_api_refuses_hostile_bodies_in_its_json_format(daemon, data):
+def test_admin_api_refuses_hostile_bodies_in_its_json_format(service, data):
     method, path, fields, content_types = data.draw(st.sampled_from(ADMIN_ENDPOINTS))
     body = data.draw(hostile_bodies(fields))
     content_type = data.draw(st.sampled_from(content_types))
-    path = path.format(profile=daemon.profile)
+    path = path.format(profile=service.profile)
 
     async def go():
-        status, got_type, answer = await send(daemon.admin_url + path, method, body, content_type, daemon.admin_token)
+        status, got_type, answer = await send(service.admin_url + path, method, body, content_type, service.admin_token)
         assert_json_refusal_or_answer(status, got_type, answer, (method, path, body[:200]))
-        await admin_still_works(daemon)
+        await admin_still_works(service)
 
     return go
 
 
 @fuzz({"data": st.data()})
-def test_admin_query_parameters_never_fail_the_daemon(daemon, data):
+def test_admin_query_parameters_never_fail_the_daemon(service, data):
     method, path, name = data.draw(st.sampled_from(ADMIN_QUERIES))
     value = data.draw(st.one_of(st.binary(max_size=60), st.text(max_size=30).map(lambda t: t.encode("utf-8"))))
-    url = "%s%s?%s=%s" % (daemon.admin_url, path, name, quote_from_bytes(value, safe=""))
+    url = "%s%s?%s=%s" % (service.admin_url, path, name, quote_from_bytes(value, safe=""))
     body = mobileconfig("builtin").replace(b"Fleet.WiFi", b"Fuzz.Query") if method == "POST" else None
 
     async def go():
-        status, got_type, answer = await send(url, method, body, "application/x-apple-aspen-config", daemon.admin_token)
+        status, got_type, answer = await send(url, method, body, "application/x-apple-aspen-config", service.admin_token)
         assert_json_refusal_or_answer(status, got_type, answer, (method, url))
         if status == 201:  # a profile with that name was stored: delete it again, so its identifier stays free
-            assert (await daemon.admin("DELETE", "/api/v1/profiles/" + json.loads(answer)["uuid"]))[0] == 204
-        await admin_still_works(daemon)
+            assert (await service.admin("DELETE", "/api/v1/profiles/" + json.loads(answer)["uuid"]))[0] == 204
+        await admin_still_works(service)
 
     return go
 
 
 @fuzz({"data": st.data()})
-def test_agent_api_refuses_hostile_bodies_in_its_json_format(daemon, data):
+def test_agent_api_refuses_hostile_bodies_in_its_json_format(service, data):
     method, path, fields, content_types = data.draw(st.sampled_from(AGENT_ENDPOINTS))
     body = data.draw(hostile_bodies(fields))
     content_type = data.draw(st.sampled_from(content_types))
 
     async def go():
-        token = await daemon.agent_credential()
-        status, got_type, answer = await send(daemon.url + path, method, body, content_type, token)
+        token = await service.agent_credential()
+        status, got_type, answer = await send(service.url + path, method, body, content_type, token)
         if status == 413:  # over [server] max_body_bytes: the documented plain-text refusal
             assert got_type.startswith(b"text/plain") and len(body) > 64 * 1024
         else:
             assert_json_refusal_or_answer(status, got_type, answer, (method, path, body[:200]))
-        code, commands = await json_call(daemon.url, "GET", "/api/v1/agent/hosts/%s/commands" % (HOST,), token)
+        code, commands = await json_call(service.url, "GET", "/api/v1/agent/hosts/%s/commands" % (HOST,), token)
         assert code == 200 and isinstance(commands["commands"], list), commands
 
     return go
 
 
 @fuzz({"data": st.data()})
-def test_nanomdm_webhook_refuses_hostile_bodies_in_plain_text(daemon, data):
+def test_nanomdm_webhook_refuses_hostile_bodies_in_plain_text(service, data):
     body = data.draw(hostile_bodies(WEBHOOK_FIELDS))
     if data.draw(st.booleans()):  # inside an acknowledge_event, where the device's report is read
         inner = data.draw(hostile_bodies(WEBHOOK_FIELDS))
         body = b'{"topic": "mdm.Connect", "acknowledge_event": %s}' % (inner or b"null",)
-    url = "%s/webhooks/nanomdm/%s" % (daemon.url, daemon.webhook_token)
+    url = "%s/webhooks/nanomdm/%s" % (service.url, service.webhook_token)
 
     async def go():
         status, got_type, answer = await send(url, "POST", body, "application/json")
@@ -330,13 +331,13 @@ def test_nanomdm_webhook_refuses_hostile_bodies_in_plain_text(daemon, data):
     "where": st.sampled_from(["/scep", "/scep/pkiclient.exe", "/mdm/scep/proxy/a%2Cb%2Cbuiltin%2C" + "A" * 32]),
     "method": st.sampled_from(["GET", "POST"]),
 })
-def test_builtin_ca_and_proxy_never_fail_on_malformed_queries(daemon, query, where, method):
+def test_builtin_ca_and_proxy_never_fail_on_malformed_queries(service, query, where, method):
 
     async def go():
-        status, _, answer = await send("%s%s?%s" % (daemon.url, where, query), method, b"\x00garbage" * 3,
+        status, _, answer = await send("%s%s?%s" % (service.url, where, query), method, b"\x00garbage" * 3,
                                        "application/x-www-form-urlencoded")
         assert status < 500, (status, answer[:300])
-        status, _, answer = await send(daemon.url + "/scep?operation=GetCACaps", "GET", None, "text/plain")
+        status, _, answer = await send(service.url + "/scep?operation=GetCACaps", "GET", None, "text/plain")
         assert status == 200 and answer, answer
 
     return go
@@ -346,9 +347,9 @@ def test_builtin_ca_and_proxy_never_fail_on_malformed_queries(daemon, query, whe
 
 
 @pytest_twisted.ensureDeferred
-async def test_each_refusal_names_its_reason(daemon):
+async def test_each_refusal_names_its_reason(service):
     """The messages docs/admin-api.md lists under "Malformed requests", one by one."""
-    admin = daemon.admin_url
+    admin = service.admin_url
     cases = [
         (b'{"serial": "\\ud800", "platform": "macos"}', 422,
          {"error": "request body has a lone surrogate (\\ud800) in a string; text must be valid Unicode",
@@ -368,15 +369,15 @@ async def test_each_refusal_names_its_reason(daemon):
         (b'["macos"]', 400, {"error": "request body must be a JSON object"}),
     ]
     for body, status, answer in cases:
-        assert await json_call(admin, "PUT", "/api/v1/hosts/h1", daemon.admin_token, raw=body,
+        assert await json_call(admin, "PUT", "/api/v1/hosts/h1", service.admin_token, raw=body,
                                content_type="application/json") == (status, answer), body[:60]
-    assert (await daemon.admin("GET", "/api/v1/hosts"))[1]["hosts"][0]["uuid"] == HOST  # nothing else written
+    assert (await service.admin("GET", "/api/v1/hosts"))[1]["hosts"][0]["uuid"] == HOST  # nothing else written
 
 
 @pytest_twisted.ensureDeferred
-async def test_host_import_names_the_csv_line_at_fault(daemon):
+async def test_host_import_names_the_csv_line_at_fault(service):
     def csv_import(body):
-        return json_call(daemon.admin_url, "POST", "/api/v1/hosts/import", daemon.admin_token, raw=body,
+        return json_call(service.admin_url, "POST", "/api/v1/hosts/import", service.admin_token, raw=body,
                          content_type="text/csv")
 
     huge = b"uuid,serial,platform\nh1,S1,macos\nh2," + b"x" * 200_000 + b",macos\n"
@@ -386,19 +387,19 @@ async def test_host_import_names_the_csv_line_at_fault(daemon):
         422, {"error": "CSV line 3 has a NUL character", "field": "file"})
     assert await csv_import(b"uuid,serial,platform\nh1,\xe9t\xe9,macos\n") == (
         422, {"error": "import must be UTF-8 text", "field": "file"})
-    code, answer = await json_call(daemon.admin_url, "POST", "/api/v1/hosts/import", daemon.admin_token,
+    code, answer = await json_call(service.admin_url, "POST", "/api/v1/hosts/import", service.admin_token,
                                    raw=b'[{"uuid": "h1", "serial": "\\udfff", "platform": "macos"}]',
                                    content_type="application/json")
     assert (code, answer) == (422, {"error": "import has a lone surrogate (\\udfff) in a string; text must be valid"
                                              " Unicode", "field": "file"})
-    code, answer = await json_call(daemon.admin_url, "POST", "/api/v1/hosts/import", daemon.admin_token,
+    code, answer = await json_call(service.admin_url, "POST", "/api/v1/hosts/import", service.admin_token,
                                    raw=b"[" * 5000 + b"]" * 5000, content_type="application/json")
     assert (code, answer) == (422, {"error": "import nests arrays and objects deeper than 32 levels", "field": "file"})
-    assert [h["uuid"] for h in (await daemon.admin("GET", "/api/v1/hosts"))[1]["hosts"]] == [HOST]
+    assert [h["uuid"] for h in (await service.admin("GET", "/api/v1/hosts"))[1]["hosts"]] == [HOST]
 
 
 @pytest_twisted.ensureDeferred
-async def test_android_template_with_a_huge_integer_or_surrogate_is_422(daemon):
+async def test_android_template_with_a_huge_integer_or_surrogate_is_422(service):
     path = "/api/v1/profiles?platform=android"
     for body, message in [
         (b'{"format": "scepproxyd-android-v1", "key_size": ' + b"7" * 5000 + b"}",
@@ -407,13 +408,13 @@ async def test_android_template_with_a_huge_integer_or_surrogate_is_422(daemon):
          "Android certificate template has a lone surrogate (\\ud800) in a string; text must be valid Unicode"),
         (b'{"a": ' * 40 + b"1" + b"}" * 40, "profile is nested too deeply"),
     ]:
-        assert await json_call(daemon.admin_url, "POST", path, daemon.admin_token, raw=body,
+        assert await json_call(service.admin_url, "POST", path, service.admin_token, raw=body,
                                content_type="application/json") == (422, {"error": message, "field": "profile"})
 
 
 @pytest_twisted.ensureDeferred
-async def test_webhook_refusals_are_plain_text_with_the_reason(daemon):
-    url = "%s/webhooks/nanomdm/%s" % (daemon.url, daemon.webhook_token)
+async def test_webhook_refusals_are_plain_text_with_the_reason(service):
+    url = "%s/webhooks/nanomdm/%s" % (service.url, service.webhook_token)
     assert await send(url, "POST", b"[" * 60_000, "application/json") == (
         400, b"text/plain; charset=utf-8", b"webhook body nests arrays and objects deeper than 32 levels\n")
     event = b'{"topic": "mdm.Connect", "acknowledge_event": {"udid": "\\ud800", "status": "Error", "command_uuid": "C"}}'

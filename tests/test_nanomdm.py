@@ -23,7 +23,7 @@ from scepproxyd.delivery.nanomdm import (
     parse_webhook,
 )
 from scepproxyd.scep.upstream import make_http_client
-from tests.nanomdm_fake import (
+from support.nanomdm_fake import (
     PROFILE_ERROR_CHAIN,
     FakeNanoMDM,
     acknowledge_event,

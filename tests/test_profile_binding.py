@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from certs import csr, name, upn
+from support.certs import csr, name, upn
 from scepproxyd.ca.csr_policy import KeyPolicy, Refusal, SanPolicy, refusal
 from scepproxyd.profiles import ProfileError, variables
 from scepproxyd.profiles.binding import HostFacts, expected_request, matcher

@@ -379,7 +379,7 @@ class Web:
 
     async def pkcs_req(self, enrollment: Enrollment, cn: str | None = None, challenge: str | None = None):
         """A device's PKCSReq for ``enrollment`` (micromdm style, made in process): ``DeviceRequest``."""
-        from scep_capture import make_device
+        from support.scep_capture import make_device
         from scepproxyd.scep import codec
 
         ca_cert = await self.ca_certificate(enrollment)

@@ -19,23 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from certs import signed_blob
-from hostile import (
-    CA_CAPS,
-    HostileCA,
-    add_ca,
-    apis,
-    assert_log_clean,
-    b64,
-    challenge_from_url,
-    db,
-    enrollment_url,
-    integrity,
-    raw_http,
-    request_once,
-    status_of,
-)
-from peers import Daemon
+from support.certs import signed_blob
+from support.api import apis
+from support.hostile import CA_CAPS, assert_log_clean, b64, db, integrity, raw_http, request_once, status_of
+from support.site import add_ca, challenge_from_url, enrollment_url
 
 STATIC = "hostile-requests-static-secret"
 MAX_BODY = 4096
@@ -43,61 +30,43 @@ IDLE = 2.0
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FAKE_CHALLENGE = "A" * 32  # well-formed, never minted: nothing the fuzzer sends can spend a real challenge
 
-
-@pytest.fixture(scope="module")
-def ca():
-    server = HostileCA().start()
-    yield server
-    server.stop()
+pytestmark = pytest.mark.daemon(server={"max_body_bytes": "4k", "idle_timeout": "2s"},
+                                profiles={"process_interval": "1h"})
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    d = Daemon(tmp_path_factory.mktemp("hostile"), server={"max_body_bytes": "4k", "idle_timeout": "2s"},
-               profiles={"process_interval": "1h"}).start()
-    yield d
-    d.stop()
-
-
-@pytest.fixture(scope="module")
-def site(daemon):
-    """The admin API and the agents for the module (each host's agent credential issued once)."""
-    return apis(daemon)
-
-
-@pytest.fixture(scope="module")
-def agent_credential(site, target):
+def agent_credential(module_site, target):
     """The agent credential of the target's host."""
-    return site[1].credential(target[0])
+    return module_site[1].credential(target[0])
 
 
 @pytest.fixture(scope="module")
-def target(site, ca):
+def target(module_site, hostile_ca):
     """A real host profile on a healthy CA: (host, profile, CA, its live challenge)."""
-    admin, agent = site
-    add_ca(admin, "FUZZ_CA", ca.url("ok"), STATIC)
+    admin, agent = module_site
+    add_ca(admin, "FUZZ_CA", hostile_ca.url("ok"), STATIC)
     url, profile = enrollment_url(admin, agent, "FUZZ_CA", "fuzz-host")
     return "fuzz-host", profile, "FUZZ_CA", challenge_from_url(url)
 
 
 @pytest.fixture(scope="module")
-def snapshot(daemon, target):
+def snapshot(module_daemon, target):
     """What the database holds before the attacks, to compare with afterwards."""
     def take():
-        with db(daemon) as conn:
+        with db(module_daemon) as conn:
             return {table: conn.execute("SELECT count(*) FROM %s" % table).fetchone()[0]
                     for table in ("cas", "hosts", "profiles", "host_profiles", "commands")}
     return take
 
 
-def ca_answers(ca) -> set[bytes]:
-    return {CA_CAPS, ca.ca_der}
+def ca_answers(hostile_ca) -> set[bytes]:
+    return {CA_CAPS, hostile_ca.ca_der}
 
 
-def assert_refused_or_relayed(status: int, body: bytes, ca, what) -> None:
+def assert_refused_or_relayed(status: int, body: bytes, hostile_ca, what) -> None:
     assert status < 500, (status, body, what)
     if status == 200:
-        assert body in ca_answers(ca), (body[:200], what)
+        assert body in ca_answers(hostile_ca), (body[:200], what)
     else:
         assert 400 <= status < 500, (status, body, what)
 
@@ -137,7 +106,7 @@ def identifiers(host, profile, ca_name):
 
 @FUZZ
 @given(data=st.data())
-def test_fuzz_identifiers(daemon, ca, target, data):
+def test_fuzz_identifiers(module_daemon, hostile_ca, target, data):
     host, profile, ca_name, _ = target
     identifier = data.draw(identifiers(host, profile, ca_name))
     suffix = data.draw(st.sampled_from(["", "/pkiclient.exe", "/", "/x", "/pkiclient.exe/x"]))
@@ -145,8 +114,8 @@ def test_fuzz_identifiers(daemon, ca, target, data):
     method = data.draw(st.sampled_from(["GET", "POST"]))
     body = signed_blob() if method == "POST" else None
     target_bytes = ("/mdm/scep/proxy/%s%s?operation=%s" % (identifier, suffix, operation)).encode()
-    status, answer = request_once(daemon.port, method, target_bytes, body=body)
-    assert_refused_or_relayed(status, answer, ca, target_bytes[:300])
+    status, answer = request_once(module_daemon.port, method, target_bytes, body=body)
+    assert_refused_or_relayed(status, answer, hostile_ca, target_bytes[:300])
 
 
 QUERY_CHARS = string.ascii_letters + string.digits + "%+=&;-_./~!$'()*,:@ "
@@ -167,14 +136,14 @@ def queries():
 
 @FUZZ
 @given(query=queries(), method=st.sampled_from(["GET", "POST"]), pkiclient=st.booleans())
-def test_fuzz_query_strings(daemon, ca, target, query, method, pkiclient):
+def test_fuzz_query_strings(module_daemon, hostile_ca, target, query, method, pkiclient):
     host, profile, ca_name, _ = target
     path = "/mdm/scep/proxy/" + quote("%s,%s,%s,%s" % (host, profile, ca_name, FAKE_CHALLENGE), safe="")
     if pkiclient:
         path += "/pkiclient.exe"
     target_bytes = (path + "?" + query).encode()
-    status, answer = request_once(daemon.port, method, target_bytes, body=signed_blob() if method == "POST" else None)
-    assert_refused_or_relayed(status, answer, ca, target_bytes[:300])
+    status, answer = request_once(module_daemon.port, method, target_bytes, body=signed_blob() if method == "POST" else None)
+    assert_refused_or_relayed(status, answer, hostile_ca, target_bytes[:300])
 
 
 def pki_bodies():
@@ -196,20 +165,20 @@ def pki_bodies():
 
 @FUZZ
 @given(body=pki_bodies(), by_get=st.booleans())
-def test_fuzz_pkioperation_bodies(daemon, ca, target, body, by_get):
+def test_fuzz_pkioperation_bodies(module_daemon, hostile_ca, target, body, by_get):
     host, profile, ca_name, _ = target
     path = "/mdm/scep/proxy/" + quote("%s,%s,%s,%s" % (host, profile, ca_name, FAKE_CHALLENGE), safe="")
-    before = ca.pki_requests("ok")
+    before = hostile_ca.pki_requests("ok")
     if by_get:
         status, answer = request_once(
-            daemon.port, "GET", ("%s?operation=PKIOperation&message=%s" % (path, quote(b64(body), safe=""))).encode())
+            module_daemon.port, "GET", ("%s?operation=PKIOperation&message=%s" % (path, quote(b64(body), safe=""))).encode())
     else:
-        status, answer = request_once(daemon.port, "POST", (path + "?operation=PKIOperation").encode(), body=body)
+        status, answer = request_once(module_daemon.port, "POST", (path + "?operation=PKIOperation").encode(), body=body)
     assert 400 <= status < 500, (status, answer)
     if len(body) > MAX_BODY and not by_get:
         assert status == 413
     # A challenge nobody minted never lets anything through to the CA.
-    assert ca.pki_requests("ok") == before
+    assert hostile_ca.pki_requests("ok") == before
 
 
 JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
@@ -224,7 +193,7 @@ OBJECTS = st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=4)
 
 @FUZZ
 @given(data=st.data())
-def test_fuzz_agent_api(daemon, target, agent_credential, data):
+def test_fuzz_agent_api(module_daemon, target, agent_credential, data):
     host = data.draw(st.one_of(st.just(target[0]), st.text(alphabet=PATH_CHARS, min_size=1, max_size=40)))
     path = data.draw(st.sampled_from(["/commands", "/commands/%s" % data.draw(st.text(PATH_CHARS, max_size=70)),
                                       "/profiles", "/certificates", ""]))
@@ -238,14 +207,14 @@ def test_fuzz_agent_api(daemon, target, agent_credential, data):
     if content_type:
         headers["Content-Type"] = content_type
     target_bytes = ("/api/v1/agent/hosts/%s%s" % (host, path)).encode()
-    status, answer = request_once(daemon.port, method, target_bytes, body=body if method != "GET" else None,
+    status, answer = request_once(module_daemon.port, method, target_bytes, body=body if method != "GET" else None,
                                   headers=headers)
     assert status < 500, (status, answer, target_bytes, body)
 
 
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
-def test_fuzz_admin_api(daemon, target, data):
+def test_fuzz_admin_api(module_daemon, target, data):
     method, path = data.draw(st.sampled_from([
         ("PUT", "/api/v1/hosts/%s"), ("GET", "/api/v1/hosts/%s"), ("POST", "/api/v1/hosts/import"),
         ("POST", "/api/v1/profiles/%s/assign"), ("POST", "/api/v1/profiles/%s/unassign"),
@@ -262,26 +231,26 @@ def test_fuzz_admin_api(daemon, target, data):
     if path.endswith("/assign") or path.endswith("/unassign"):
         ident = data.draw(st.sampled_from(SQLISH + ["no-such-profile"]))
     content_type = data.draw(st.sampled_from(["application/json", "text/csv", "application/x-apple-aspen-config", ""]))
-    headers = {"Authorization": "Bearer " + daemon.admin_token}
+    headers = {"Authorization": "Bearer " + module_daemon.admin_token}
     if content_type:
         headers["Content-Type"] = content_type
     target_bytes = (path % quote(ident, safe="") if "%s" in path else path).encode()
-    status, answer = request_once(daemon.admin_port, method, target_bytes,
+    status, answer = request_once(module_daemon.admin_port, method, target_bytes,
                                   body=body if method != "GET" else None, headers=headers)
     assert status < 500, (status, answer, method, target_bytes, body[:300])
 
 
-def test_fuzzing_left_no_trace(daemon, target, agent_credential, snapshot):
+def test_fuzzing_left_no_trace(module_daemon, target, agent_credential, snapshot):
     """Runs after the fuzzers: no traceback or 500 in the log, and the daemon still serves."""
-    assert_log_clean(daemon, [STATIC, target[3], daemon.admin_token, agent_credential])
-    assert integrity(daemon) == "ok"
+    assert_log_clean(module_daemon, [STATIC, target[3], module_daemon.admin_token, agent_credential])
+    assert integrity(module_daemon) == "ok"
 
 
-def test_other_methods_on_the_proxy_are_4xx(daemon, target):
+def test_other_methods_on_the_proxy_are_4xx(module_daemon, target):
     host, profile, ca_name, _ = target
     path = "/mdm/scep/proxy/" + quote("%s,%s,%s,%s" % (host, profile, ca_name, FAKE_CHALLENGE), safe="")
     for method in ("PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PROPFIND", "FOO"):
-        reply = raw_http(daemon.port, b"%s %s?operation=GetCACaps HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+        reply = raw_http(module_daemon.port, b"%s %s?operation=GetCACaps HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
                          b"Connection: close\r\n\r\n" % (method.encode(), path.encode()))
         assert 400 <= status_of(reply) < 500, (method, reply)
         assert b"\r\nContent-Type: text/plain" in reply, (method, reply)
@@ -290,12 +259,12 @@ def test_other_methods_on_the_proxy_are_4xx(daemon, target):
 # -- bodies over the limit ---------------------------------------------------------------
 
 
-def test_declared_huge_body_refused_before_it_is_sent(daemon, target):
+def test_declared_huge_body_refused_before_it_is_sent(module_daemon, target):
     host, profile, ca_name, _ = target
     path = "/mdm/scep/proxy/" + quote("%s,%s,%s,%s" % (host, profile, ca_name, FAKE_CHALLENGE), safe="")
-    for port, target_path in ((daemon.port, path + "?operation=PKIOperation"),
-                              (daemon.port, "/api/v1/agent/hosts/fuzz-host/certificates"),
-                              (daemon.admin_port, "/api/v1/hosts/import")):
+    for port, target_path in ((module_daemon.port, path + "?operation=PKIOperation"),
+                              (module_daemon.port, "/api/v1/agent/hosts/fuzz-host/certificates"),
+                              (module_daemon.admin_port, "/api/v1/hosts/import")):
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
             s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n0\x82" % target_path.encode())
             reply = b""
@@ -305,18 +274,18 @@ def test_declared_huge_body_refused_before_it_is_sent(daemon, target):
                     break
                 reply += data
         assert status_of(reply) == 413, reply
-        limit = MAX_BODY if port == daemon.port else 16 * 1024 * 1024
+        limit = MAX_BODY if port == module_daemon.port else 16 * 1024 * 1024
         assert b"request body larger than %d bytes" % (limit,) in reply
 
 
-def test_endless_chunked_body_is_cut(daemon, target):
+def test_endless_chunked_body_is_cut(module_daemon, target):
     """A body that never ends: the daemon answers 413 and hangs up long before the client runs out."""
     host, profile, ca_name, _ = target
     path = "/mdm/scep/proxy/" + quote("%s,%s,%s,%s" % (host, profile, ca_name, FAKE_CHALLENGE), safe="")
     chunk = b"x" * 1024
     frame = b"%x\r\n%s\r\n" % (len(chunk), chunk)
     sent = 0
-    with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as s:
+    with socket.create_connection(("127.0.0.1", module_daemon.port), timeout=30) as s:
         s.sendall(b"POST %s?operation=PKIOperation HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                   % path.encode())
         try:
@@ -340,10 +309,10 @@ def test_endless_chunked_body_is_cut(daemon, target):
 # -- slow clients ----------------------------------------------------------------------------
 
 
-def test_slowloris_headers_slower_than_idle_timeout_are_cut(daemon):
+def test_slowloris_headers_slower_than_idle_timeout_are_cut(module_daemon):
     header = b"X-Slow: " + b"a" * 50 + b"\r\n"
     started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", daemon.port), timeout=60) as s:
+    with socket.create_connection(("127.0.0.1", module_daemon.port), timeout=60) as s:
         s.sendall(b"GET /mdm/scep/proxy/a%2Cb%2CC%2Cdddddddddddddddddddd?operation=GetCACaps HTTP/1.1\r\nHost: x\r\n")
         cut = False
         for byte in header * 10:
@@ -366,16 +335,16 @@ def test_slowloris_headers_slower_than_idle_timeout_are_cut(daemon):
     assert time.monotonic() - started < 2 * (IDLE + 1.0) + 10
 
 
-def test_many_slowloris_connections_do_not_block_others(daemon, ca, target):
+def test_many_slowloris_connections_do_not_block_others(module_daemon, hostile_ca, target):
     host, profile, ca_name, _ = target
     sockets = []
     try:
         for _ in range(100):
-            s = socket.create_connection(("127.0.0.1", daemon.port), timeout=30)
+            s = socket.create_connection(("127.0.0.1", module_daemon.port), timeout=30)
             s.sendall(b"GET /mdm/scep/proxy/x HTTP/1.1\r\nHost: x\r\nX-Half: ")
             sockets.append(s)
         path = "/mdm/scep/proxy/" + quote("%s,%s,%s,%s" % (host, profile, ca_name, FAKE_CHALLENGE), safe="")
-        status, body = request_once(daemon.port, "GET", (path + "?operation=GetCACaps").encode())
+        status, body = request_once(module_daemon.port, "GET", (path + "?operation=GetCACaps").encode())
         assert (status, body) == (200, CA_CAPS)
         # And after idle_timeout every one of them is gone.
         for s in sockets:
@@ -428,27 +397,27 @@ SQL_IDENTIFIERS = [
 ]
 
 
-def test_path_traversal_and_sql_identifiers_are_plain_refusals(daemon, target, agent_credential, snapshot):
+def test_path_traversal_and_sql_identifiers_are_plain_refusals(module_daemon, target, agent_credential, snapshot):
     before = snapshot()
-    admin_token = daemon.admin_token.encode()
+    admin_token = module_daemon.admin_token.encode()
     for path in TRAVERSALS:
         for token in (b"", admin_token, agent_credential.encode()):
-            status, body = request_once(daemon.port, "GET", path, headers={"Authorization": b"Bearer " + token})
+            status, body = request_once(module_daemon.port, "GET", path, headers={"Authorization": b"Bearer " + token})
             assert status == 400, (path, status, body)
             assert b'"cas"' not in body and b"root:" not in body
     for path in OUTSIDE:
         for token in (b"", admin_token):
-            status, body = request_once(daemon.port, "GET", path, headers={"Authorization": b"Bearer " + token})
+            status, body = request_once(module_daemon.port, "GET", path, headers={"Authorization": b"Bearer " + token})
             assert status in (400, 401, 404), (path, status, body)
             assert b'"cas"' not in body and b"root:" not in body
     for ident in SQL_IDENTIFIERS:
         for operation in ("GetCACaps", "PKIOperation"):
             path = ("/mdm/scep/proxy/%s?operation=%s" % (quote(ident, safe=","), operation)).encode()
-            status, body = request_once(daemon.port, "POST", path, body=signed_blob())
+            status, body = request_once(module_daemon.port, "POST", path, body=signed_blob())
             assert status == 400, (ident, status, body)
 
     # The admin API treats the same strings as data, too.
-    admin, _ = apis(daemon)  # admin calls only: no agent credential is issued here
+    admin, _ = apis(module_daemon)  # admin calls only: no agent credential is issued here
     for value in SQLISH + ["%25", "%", "*"]:
         quoted = quote(value, safe="")
         assert admin.request("GET", "/api/v1/hosts/" + quoted)[0] == 404
@@ -460,10 +429,10 @@ def test_path_traversal_and_sql_identifiers_are_plain_refusals(daemon, target, a
         assert admin.request("GET", "/api/v1/hosts?platform=" + quoted)[0] == 422
         assert admin.request("PUT", "/api/v1/hosts/" + quoted, {"serial": value, "platform": "macos"})[0] in (201, 422)
 
-    assert integrity(daemon) == "ok"
+    assert integrity(module_daemon) == "ok"
     # Only the PUTs whose id is a well-formed host id ("NULL", "..", "_") created a host; nothing else changed.
     well_formed = [v for v in SQLISH + ["%25", "%", "*"] if re.fullmatch(r"[A-Za-z0-9._-]{1,255}", v)]
     assert snapshot() == dict(before, hosts=before["hosts"] + len(well_formed))
     assert admin.call("GET", "/api/v1/cas/FUZZ_CA")["name"] == "FUZZ_CA"
     assert admin.call("GET", "/api/v1/hosts/fuzz-host")["uuid"] == "fuzz-host"
-    assert_log_clean(daemon, [STATIC, target[3], daemon.admin_token, agent_credential])
+    assert_log_clean(module_daemon, [STATIC, target[3], module_daemon.admin_token, agent_credential])

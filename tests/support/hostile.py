@@ -1,16 +1,13 @@
-"""Tools for the adversarial tests: a misbehaving upstream CA, raw HTTP, and site set-up.
+"""Tools for the adversarial tests: a misbehaving upstream CA, raw HTTP, and the daemon's state.
 
 Everything here is synchronous and thread-based on purpose. The daemon runs
-in its own process (``peers.Daemon``); the misbehaving CA runs in threads of
+in its own process (``support.daemon.Daemon``); the misbehaving CA runs in threads of
 the test process, so it answers the daemon even while a test blocks on a
 plain socket or runs hypothesis examples, whatever the test's reactor does.
 """
 
 import base64
-import http.client
-import json
 import os
-import plistlib
 import re
 import signal
 import socket
@@ -19,13 +16,10 @@ import struct
 import threading
 import time
 from collections import Counter
-from pathlib import Path
-from urllib.parse import quote, unquote
 
-from certs import self_signed_der, signed_blob
-from peers import free_port
+from support.certs import self_signed_der, signed_blob
+from support.processes import free_port
 
-FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
 CA_CAPS = b"POSTPKIOperation\nSHA-256\nAES\nSCEPStandard\n"
 PKI_MESSAGE = b"application/x-pki-message"
 
@@ -382,151 +376,6 @@ def request_once(port: int, method: str, target: bytes, body: bytes | None = Non
         lines.append(b"Content-Length: %d" % (len(body),))
     reply = raw_http(port, b"\r\n".join(lines) + b"\r\n\r\n" + (body or b""), read_timeout=timeout)
     return status_of(reply), body_of(reply)
-
-
-class Api:
-    """Synchronous JSON calls to one of the daemon's APIs (admin or agent) with a bearer token."""
-
-    def __init__(self, port: int, token: str | None):
-        self.port = port
-        self.token = token
-        self.seen: list[bytes] = []  # every answer body, for the secret checks
-
-    def request(self, method: str, path: str, body=None, raw: bytes | None = None,
-                content_type: str | None = None, token: str | None = "", timeout: float = 120.0):
-        """(status, parsed JSON or text); ``token=""`` means this client's own token."""
-        token = self.token if token == "" else token
-        headers = {}
-        if token is not None:
-            headers["Authorization"] = "Bearer " + token
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        elif raw is not None:
-            data = raw
-            headers["Content-Type"] = content_type or "application/octet-stream"
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            connection.request(method, path, body=data, headers=headers)
-            response = connection.getresponse()
-            text = response.read()
-        finally:
-            connection.close()
-        self.seen.append(text)
-        try:
-            parsed = json.loads(text) if text else None
-        except ValueError:
-            parsed = text.decode("utf-8", "replace")
-        return response.status, parsed
-
-    def call(self, method: str, path: str, body=None, **kwargs):
-        """Like request(), but the answer must be a success."""
-        status, parsed = self.request(method, path, body, **kwargs)
-        assert status < 300, (method, path, status, parsed)
-        return parsed
-
-
-_AGENT_HOST = re.compile(r"/api/v1/agent/hosts/([^/?]+)")
-
-
-def issue_agent_credential(admin: Api, host: str) -> str:
-    """A new agent credential for ``host``, the documented way (replacing any it had)."""
-    return admin.call("POST", "/api/v1/hosts/%s/agent-credential" % (host,))["token"]
-
-
-class AgentApi(Api):
-    """The agents of a site: a request carries the credential of the host its path names.
-
-    Each host's credential is issued through the admin API the first time that
-    host is used. The issuing answers are the one admin answer that carries a
-    credential, by design, so they go through a client of their own and stay
-    out of any ``seen`` list that secret checks read.
-    """
-
-    def __init__(self, port: int, admin: Api):
-        super().__init__(port, None)
-        self._issuer = Api(admin.port, admin.token)
-        self.credentials: dict[str, str] = {}
-
-    def credential(self, host: str) -> str:
-        if host not in self.credentials:
-            self.credentials[host] = issue_agent_credential(self._issuer, host)
-        return self.credentials[host]
-
-    def issue_bulk(self, hosts) -> None:
-        """Credentials for many hosts in one admin call (the bulk endpoint), replacing any they had."""
-        answer = self._issuer.call("POST", "/api/v1/agent-credentials", {"hosts": list(hosts), "rotate": True})
-        self.credentials.update((item["host_uuid"], item["token"]) for item in answer["issued"])
-        assert set(hosts) <= set(self.credentials), answer
-
-    def request(self, method, path, body=None, raw=None, content_type=None, token="", timeout=120.0):
-        """``token=""``: the credential of the host in ``path`` (issued now if need be)."""
-        if token == "":
-            match = _AGENT_HOST.match(path)
-            token = self.credential(match.group(1)) if match else None
-        return super().request(method, path, body, raw, content_type, token, timeout)
-
-
-def webhook_token(daemon) -> str:
-    return (daemon.directory / "state" / "nanomdm-webhook.token").read_text().strip()
-
-
-def apis(daemon) -> tuple[Api, AgentApi]:
-    admin = Api(daemon.admin_port, daemon.admin_token)
-    return admin, AgentApi(daemon.port, admin)
-
-
-# -- setting up a site through the admin API ------------------------------------------
-
-
-def mobileconfig(ca_name: str, identifier: str = "Fleet.WiFi") -> bytes:
-    template = (FIXTURES / "fleet-custom-scep-apple.mobileconfig").read_bytes()
-    return template.replace(b"CA_NAME", ca_name.encode()).replace(b"Fleet.WiFi", identifier.encode())
-
-
-def add_ca(admin: Api, name: str, url: str, static: str) -> None:
-    admin.call("POST", "/api/v1/cas", {"name": name, "url": url, "challenge": static})
-
-
-def upload_profile(admin: Api, ca_name: str, identifier: str | None = None) -> str:
-    profile = admin.call("POST", "/api/v1/profiles?platform=macos",
-                         raw=mobileconfig(ca_name, identifier or "test." + ca_name.lower()),
-                         content_type="application/x-apple-aspen-config")
-    return profile["uuid"]
-
-
-def scep_url_from(payload: str) -> str:
-    profile = plistlib.loads(payload.encode())
-    (scep,) = [p for p in profile["PayloadContent"] if p["PayloadType"] == "com.apple.security.scep"]
-    return scep.get("PayloadContent", scep)["URL"]
-
-
-def challenge_from_url(url: str) -> str:
-    return unquote(url.rsplit("/", 1)[1]).split(",")[3]
-
-
-def fetch_urls(agent: Api, host: str) -> dict[str, str]:
-    """What an agent does: fetch the host's commands; {profile uuid: proxy URL} (fresh challenges)."""
-    commands = agent.call("GET", "/api/v1/agent/hosts/%s/commands" % (host,))["commands"]
-    return {c["profile_uuid"]: scep_url_from(c["payload"]) for c in commands}
-
-
-def enrollment_url(admin: Api, agent: Api, ca_name: str, host: str, profile: str | None = None) -> tuple[str, str]:
-    """A pending host profile of ``host`` for a profile on ``ca_name``; (proxy URL, profile uuid).
-
-    Goes the way a device's profile does: assign, process, agent fetch.
-    """
-    if profile is None:
-        profile = upload_profile(admin, ca_name)
-    admin.call("PUT", "/api/v1/hosts/" + host, {"serial": "SER-" + host, "platform": "macos"})
-    admin.call("POST", "/api/v1/profiles/%s/assign" % (profile,), {"hosts": [host]})
-    admin.call("POST", "/api/v1/jobs/process_profiles")
-    return fetch_urls(agent, host)[profile], profile
-
-
-def identifier_path(host: str, profile: str, ca: str, challenge: str) -> str:
-    return "/mdm/scep/proxy/" + quote("%s,%s,%s,%s" % (host, profile, ca, challenge), safe="")
 
 
 def pki_post(url: str, body: bytes | None = None, timeout: float = 60.0) -> tuple[int, bytes, float]:

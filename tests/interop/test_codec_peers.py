@@ -1,27 +1,21 @@
 """The codec against real SCEP clients: micromdm scepclient and strongSwan pki.
 
-A capture server (tests/scep_capture.py) plays the CA: it answers GetCACaps and
+A capture server (tests/support/scep_capture.py) plays the CA: it answers GetCACaps and
 GetCACert, records the PKIOperation request, and either refuses it (HTTP 500)
 or answers with a CertRep built by the codec, which the real client must accept.
 """
 
-import subprocess
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from peers import need
-from scep_capture import CAPS_WITH_AES, CAPS_WITHOUT_AES, CaptureServer, der, issue, make_ca
+from support.clients import pki, scepclient
+from support.scep_capture import CAPS_WITH_AES, CAPS_WITHOUT_AES, CaptureServer, der, issue
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import ber, signed
 
 CHALLENGE = "static-challenge-1"
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return make_ca("Codec Interop CA")
 
 
 def common_name(name: x509.Name) -> str:
@@ -63,15 +57,6 @@ def pending_answer(ca_cert, ca_key):
 # -- micromdm scepclient -------------------------------------------------------------------------
 
 
-def run_scepclient(workdir, url, cn, challenge=CHALLENGE):
-    workdir.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(
-        [need("scepclient"), "-private-key", str(workdir / "key.pem"), "-server-url", url,
-         "-challenge=" + challenge, "-cn", cn],
-        cwd=str(workdir), capture_output=True, text=True, timeout=60,
-    )
-
-
 def chunked_encrypted_content(message: bytes) -> bool:
     """True when EncryptedContentInfo.encryptedContent is a definite-length constructed [0]."""
     envelope = bytes(signed.load_signed_data(message)["encap_content_info"]["content"])
@@ -81,10 +66,10 @@ def chunked_encrypted_content(message: bytes) -> bool:
 
 
 @pytest.mark.parametrize("caps", [CAPS_WITH_AES, CAPS_WITHOUT_AES], ids=["aes-caps", "des3-caps"])
-def test_scepclient_request_decodes(tmp_path, ca, caps):
-    ca_cert, ca_key = ca
+def test_scepclient_request_decodes(tmp_path, codec_ca, caps):
+    ca_cert, ca_key = codec_ca
     with CaptureServer([ca_cert], caps=caps) as server:
-        result = run_scepclient(tmp_path / "device", server.url, "scepclient-device")
+        result = scepclient(tmp_path / "device", server.url, CHALLENGE, "scepclient-device", timeout=60)
     assert result.returncode != 0  # the capture server answers 500
     assert server.operations[-1] == "PKIOperation"
     [message] = server.messages
@@ -102,11 +87,11 @@ def test_scepclient_request_decodes(tmp_path, ca, caps):
     assert codec.read_header(message) == request.header
 
 
-def test_scepclient_accepts_our_success_cert_rep(tmp_path, ca):
-    ca_cert, ca_key = ca
+def test_scepclient_accepts_our_success_cert_rep(tmp_path, codec_ca):
+    ca_cert, ca_key = codec_ca
     seen = []
     with CaptureServer([ca_cert], answer=certifying_answer(ca_cert, ca_key, seen)) as server:
-        result = run_scepclient(tmp_path / "device", server.url, "enrolled-by-scepclient")
+        result = scepclient(tmp_path / "device", server.url, CHALLENGE, "enrolled-by-scepclient", timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     issued = x509.load_pem_x509_certificate((tmp_path / "device" / "client.pem").read_bytes())
     assert common_name(issued.subject) == "enrolled-by-scepclient"
@@ -114,10 +99,10 @@ def test_scepclient_accepts_our_success_cert_rep(tmp_path, ca):
     assert issued.public_key() == seen[0].csr.public_key()
 
 
-def test_scepclient_reads_our_failure_cert_rep(tmp_path, ca):
-    ca_cert, ca_key = ca
+def test_scepclient_reads_our_failure_cert_rep(tmp_path, codec_ca):
+    ca_cert, ca_key = codec_ca
     with CaptureServer([ca_cert], answer=failing_answer(ca_cert, ca_key)) as server:
-        result = run_scepclient(tmp_path / "device", server.url, "refused-device")
+        result = scepclient(tmp_path / "device", server.url, CHALLENGE, "refused-device", timeout=60)
     assert result.returncode != 0
     assert not (tmp_path / "device" / "client.pem").exists()
     assert "request failed, failInfo: badRequest" in result.stdout + result.stderr
@@ -126,24 +111,20 @@ def test_scepclient_reads_our_failure_cert_rep(tmp_path, ca):
 # -- strongSwan pki ------------------------------------------------------------------------------
 
 
-def run_pki(args, cwd, timeout=60):
-    return subprocess.run([need("pki"), *args], cwd=str(cwd), capture_output=True, timeout=timeout)
-
-
 def strongswan_enroll(workdir, url, dn, *extra):
     """``pki --scepca`` then ``pki --scep`` as an administrator would run them."""
     workdir.mkdir(parents=True, exist_ok=True)
-    generated = run_pki(["--gen", "--type", "rsa", "--size", "2048", "--outform", "der"], workdir)
+    generated = pki("--gen", "--type", "rsa", "--size", "2048", "--outform", "der", cwd=workdir, timeout=60)
     assert generated.returncode == 0, generated.stderr
     (workdir / "key.der").write_bytes(generated.stdout)
-    fetched = run_pki(["--scepca", "--url", url, "--caout", "ca.der"], workdir)
+    fetched = pki("--scepca", "--url", url, "--caout", "ca.der", cwd=workdir, timeout=60)
     assert fetched.returncode == 0, fetched.stderr
-    return run_pki(["--scep", "--url", url, "--in", "key.der", "--dn", dn, "--password", CHALLENGE,
-                    "--cacert-enc", "ca.der", "--cacert-sig", "ca.der", "--maxpolltime", "1", *extra], workdir)
+    return pki("--scep", "--url", url, "--in", "key.der", "--dn", dn, "--password", CHALLENGE,
+               "--cacert-enc", "ca.der", "--cacert-sig", "ca.der", "--maxpolltime", "1", *extra, cwd=workdir, timeout=60)
 
 
-def test_strongswan_request_decodes(tmp_path, ca):
-    ca_cert, ca_key = ca
+def test_strongswan_request_decodes(tmp_path, codec_ca):
+    ca_cert, ca_key = codec_ca
     with CaptureServer([ca_cert], caps=CAPS_WITH_AES) as server:
         result = strongswan_enroll(tmp_path / "sw", server.url, "CN=strongswan-device, O=Codec")
     assert result.returncode != 0
@@ -164,8 +145,8 @@ def test_strongswan_request_decodes(tmp_path, ca):
     (["--cipher", "des3", "--digest", "sha512"], "des3", "sha512"),
     (["--digest", "sha1", "--rsa-padding", "pss"], "aes128", "sha1"),
 ])
-def test_strongswan_request_options_decode(tmp_path, ca, args, cipher, digest):
-    ca_cert, ca_key = ca
+def test_strongswan_request_options_decode(tmp_path, codec_ca, args, cipher, digest):
+    ca_cert, ca_key = codec_ca
     with CaptureServer([ca_cert], caps=CAPS_WITH_AES) as server:
         strongswan_enroll(tmp_path / "sw", server.url, "CN=strongswan-options", *args)
     [message] = server.messages
@@ -173,8 +154,8 @@ def test_strongswan_request_options_decode(tmp_path, ca, args, cipher, digest):
     assert (request.content_encryption, request.header.digest_algorithm) == (cipher, digest)
 
 
-def test_strongswan_accepts_our_success_cert_rep(tmp_path, ca):
-    ca_cert, ca_key = ca
+def test_strongswan_accepts_our_success_cert_rep(tmp_path, codec_ca):
+    ca_cert, ca_key = codec_ca
     seen = []
     with CaptureServer([ca_cert], caps=CAPS_WITH_AES, answer=certifying_answer(ca_cert, ca_key, seen)) as server:
         result = strongswan_enroll(tmp_path / "sw", server.url, "CN=enrolled-by-strongswan")
@@ -184,9 +165,9 @@ def test_strongswan_accepts_our_success_cert_rep(tmp_path, ca):
     assert issued.issuer == ca_cert.subject
 
 
-def test_strongswan_polls_after_our_pending_cert_rep(tmp_path, ca):
+def test_strongswan_polls_after_our_pending_cert_rep(tmp_path, codec_ca):
     """PENDING first; strongSwan then polls with a real CertPoll, which we answer with the certificate."""
-    ca_cert, ca_key = ca
+    ca_cert, ca_key = codec_ca
     requests = []
 
     def answer(message: bytes) -> bytes:
@@ -212,8 +193,8 @@ def test_strongswan_polls_after_our_pending_cert_rep(tmp_path, ca):
     assert common_name(x509.load_der_x509_certificate(result.stdout).subject) == "polled-device"
 
 
-def test_strongswan_reads_our_failure_cert_rep(tmp_path, ca):
-    ca_cert, ca_key = ca
+def test_strongswan_reads_our_failure_cert_rep(tmp_path, codec_ca):
+    ca_cert, ca_key = codec_ca
     with CaptureServer([ca_cert], caps=CAPS_WITH_AES, answer=failing_answer(ca_cert, ca_key)) as server:
         result = strongswan_enroll(tmp_path / "sw", server.url, "CN=refused-by-us")
     assert result.returncode != 0

@@ -8,59 +8,17 @@ command's output, not in the daemon's log, not in plaintext in the database.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 
-from peers import Daemon, ScepServer
+from support.ctl import Ctl, run_ctl
+from support.daemon import Daemon
+from support.site import FIXTURES
+from support.upstream import CHALLENGE as STATIC
 
-CTL = str(Path(sys.executable).with_name("scepproxyctl"))
-STATIC = "walkthrough-static-challenge-7c1e9d"
 CA_NAME = "UPSTREAM_CA"
 HOSTS = ["C8QHT3K1Q6L4", "F9FXK2LMQ1GC", "D25ZQ0AAHTD8"]
 FIXTURE = "fleet-custom-scep-apple.mobileconfig"
-FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
-
-
-@pytest.fixture
-def upstream(tmp_path):
-    ca = ScepServer(tmp_path / "ca", STATIC).start()
-    yield ca
-    ca.stop()
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    directory = tmp_path / "daemon"
-    directory.mkdir()
-    daemon = Daemon(directory)
-    daemon.start()
-    yield daemon
-    daemon.stop()
-
-
-class Ctl:
-    """Runs scepproxyctl against one daemon and keeps everything it printed."""
-
-    def __init__(self, daemon: Daemon):
-        self.config = str(daemon.config)
-        self.printed: list[str] = []
-
-    def __call__(self, *argv, input: str | None = None, expect: int = 0, module: bool = False):
-        command = [sys.executable, "-m", "scepproxyd.cli"] if module else [CTL]
-        result = subprocess.run(
-            command + ["--config", self.config, *argv],
-            input=input if input is not None else "", capture_output=True, text=True, timeout=60,
-        )
-        self.printed += [result.stdout, result.stderr]
-        assert result.returncode == expect, (argv, result.returncode, result.stdout, result.stderr)
-        return result
-
-    def json(self, *argv, **kwargs):
-        return json.loads(self("--json", *argv, **kwargs).stdout)
 
 
 def table_rows(output: str) -> list[list[str]]:
@@ -78,7 +36,7 @@ def sample_profile(tmp_path: Path) -> Path:
 
 
 def test_walkthrough(tmp_path, upstream, daemon):
-    ctl = Ctl(daemon)
+    ctl = Ctl(daemon.config)
     challenge_file = tmp_path / "challenge"
     challenge_file.write_text(STATIC + "\n")
 
@@ -189,7 +147,7 @@ def test_unreachable_daemon(tmp_path):
     state = directory / "state"
     state.mkdir()
     (state / "admin.token").write_text("x" * 32 + "\n")
-    result = subprocess.run([CTL, "--config", str(daemon.config), "jobs"], capture_output=True, text=True, timeout=60)
+    result = run_ctl(daemon.config, "jobs")
     assert result.returncode == 1
     assert result.stderr == (
         "scepproxyctl: cannot reach the admin API at %s: Connection refused; is scepproxyd running?\n"
@@ -200,7 +158,7 @@ def test_unreachable_daemon(tmp_path):
 def test_bad_config_exits_2(tmp_path):
     config = tmp_path / "scepproxyd.ini"
     config.write_text("[admin]\nlisten = nonsense:1\n")
-    result = subprocess.run([CTL, "--config", str(config), "jobs"], capture_output=True, text=True, timeout=60)
+    result = run_ctl(config, "jobs")
     assert result.returncode == 2
     assert result.stderr.startswith(
         "scepproxyctl: %s: [admin] listen: not a valid Twisted endpoint description" % (config,))

@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from peers import REPO, Daemon, http_call as call
+from support.api import http_call as call
+from support.daemon import Daemon
+from support.processes import REPO
 from scepproxyd.config import parse_settings
 from scepproxyd.connections import OpenFilesError, ensure_open_files, open_files_needed
 
@@ -49,11 +51,7 @@ def wait_until_no_device_connections(daemon, timeout=10.0):
         time.sleep(0.05)
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(tmp_path, server={"max_connections": str(CAP), "idle_timeout": "1h"}).start()
-    yield d
-    d.stop()
+pytestmark = pytest.mark.daemon(server={"max_connections": str(CAP), "idle_timeout": "1h"})
 
 
 def test_device_listener_full_of_idle_sockets_leaves_admin_and_health_working(daemon):

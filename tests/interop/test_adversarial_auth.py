@@ -16,54 +16,28 @@ import subprocess
 
 import pytest
 
-from hostile import (
-    Api,
-    add_ca,
-    apis,
-    assert_log_clean,
-    challenge_from_url,
-    fetch_urls,
-    pki_post,
-    raw_http,
-    request_once,
-    scep_url_from,
-    upload_profile,
-    webhook_token,
-)
-from peers import Daemon, ScepServer, need
+from support.api import Api, apis, webhook_token
+from support.hostile import assert_log_clean, pki_post, raw_http, request_once
+from support.site import add_ca, challenge_from_url, fetch_urls, scep_url_from, upload_profile
+from support.processes import need
+from support.upstream import CHALLENGE as STATIC
 
-STATIC = "auth-static-Zq8v-secret"
+pytestmark = pytest.mark.daemon(profiles={"process_interval": "1h"})
 NEW_STATIC = "auth-rotated-static-Kp3w-secret"
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory):
-    server = ScepServer(tmp_path_factory.mktemp("auth-ca"), STATIC).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory, upstream):
-    d = Daemon(tmp_path_factory.mktemp("auth"), profiles={"process_interval": "1h"}).start()
-    admin, _ = apis(d)
-    add_ca(admin, "AUTH_CA", upstream.url, STATIC)
+@pytest.fixture(scope="module", autouse=True)
+def auth_site(module_daemon, module_upstream, module_site):
+    """AUTH_CA on the module's scepserver, and host auth-host with its agent credential (issued once)."""
+    admin, _ = apis(module_daemon)
+    add_ca(admin, "AUTH_CA", module_upstream.url, STATIC)
     admin.call("PUT", "/api/v1/hosts/auth-host", {"serial": "SER-AUTH", "platform": "macos"})
-    yield d
-    d.stop()
+    module_site[1].credential("auth-host")
 
 
-@pytest.fixture(scope="module")
-def site(daemon):
-    """The admin API and the agents, one set for the module (each host's credential issued once)."""
-    admin, agent = apis(daemon)
-    agent.credential("auth-host")
-    return admin, agent
-
-
-def credentials(daemon, agent_credential) -> dict[str, dict]:
+def credentials(module_daemon, agent_credential) -> dict[str, dict]:
     """Authorization headers that must not open the admin API, by name."""
-    admin, agent, hook = daemon.admin_token, agent_credential, webhook_token(daemon)
+    admin, agent, hook = module_daemon.admin_token, agent_credential, webhook_token(module_daemon)
     basic = base64.b64encode(("admin:" + admin).encode()).decode()
     return {
         "none": {},
@@ -92,43 +66,43 @@ ADMIN_ENDPOINTS = [
 ]
 
 
-def test_admin_api_refuses_every_other_credential(daemon, site):
-    admin, agent = site
-    secrets = [daemon.admin_token, agent.credential("auth-host"), webhook_token(daemon), STATIC]
-    for name, headers in credentials(daemon, agent.credential("auth-host")).items():
+def test_admin_api_refuses_every_other_credential(module_daemon, module_site):
+    admin, agent = module_site
+    secrets = [module_daemon.admin_token, agent.credential("auth-host"), webhook_token(module_daemon), STATIC]
+    for name, headers in credentials(module_daemon, agent.credential("auth-host")).items():
         for method, path in ADMIN_ENDPOINTS:
             body = b'{"name": "EVIL", "url": "http://127.0.0.1:9/", "challenge": "x"}' if method != "GET" else None
-            status, answer = request_once(daemon.admin_port, method, path.encode(), body=body,
+            status, answer = request_once(module_daemon.admin_port, method, path.encode(), body=body,
                                           headers=dict(headers, **{"Content-Type": "application/json"}))
             assert status == 401, (name, method, path, status, answer)
             assert b"missing or wrong bearer token" in answer
             assert not any(s.encode() in answer for s in secrets)
-        status, _ = request_once(daemon.admin_port, "GET", b"/api/v1/cas?access_token=" + daemon.admin_token.encode())
+        status, _ = request_once(module_daemon.admin_port, "GET", b"/api/v1/cas?access_token=" + module_daemon.admin_token.encode())
         assert status == 401
     # Nothing those requests asked for happened.
     assert admin.call("GET", "/api/v1/cas/AUTH_CA")["name"] == "AUTH_CA"
     assert admin.request("GET", "/api/v1/hosts/intruder")[0] == 404
     assert admin.call("GET", "/api/v1/hosts/auth-host")["uuid"] == "auth-host"
     # The refusal names the scheme, as RFC 6750 asks.
-    raw = raw_http(daemon.admin_port, b"GET /api/v1/cas HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw = raw_http(module_daemon.admin_port, b"GET /api/v1/cas HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert b"\r\nWWW-Authenticate: Bearer" in raw
 
 
-def test_admin_api_is_not_on_the_proxy_listener(daemon):
-    headers = {"Authorization": "Bearer " + daemon.admin_token, "Content-Type": "application/json"}
+def test_admin_api_is_not_on_the_proxy_listener(module_daemon):
+    headers = {"Authorization": "Bearer " + module_daemon.admin_token, "Content-Type": "application/json"}
     for method, path in ADMIN_ENDPOINTS:
         for prefix in (b"", b"/mdm/scep/proxy/..", b"/api/v1/agent/.."):
-            status, answer = request_once(daemon.port, method, prefix + path.encode(),
+            status, answer = request_once(module_daemon.port, method, prefix + path.encode(),
                                           body=b"{}" if method != "GET" else None, headers=headers)
             # Refused (401/404, or 400 from the proxy; 405 for methods the proxy does not serve).
             assert status in (400, 401, 404, 405), (method, path, status, answer)
             assert b"AUTH_CA" not in answer and b"auth-host" not in answer
 
 
-def test_agent_api_refuses_every_other_credential(daemon, site):
-    admin, agents = site
+def test_agent_api_refuses_every_other_credential(module_daemon, module_site):
+    admin, agents = module_site
     admin.call("PUT", "/api/v1/hosts/auth-other", {"serial": "SER-OTHER", "platform": "macos"})
-    admin_token, agent, hook = daemon.admin_token, agents.credential("auth-host"), webhook_token(daemon)
+    admin_token, agent, hook = module_daemon.admin_token, agents.credential("auth-host"), webhook_token(module_daemon)
     other = agents.credential("auth-other")
     refused = {
         "none": {},
@@ -146,7 +120,7 @@ def test_agent_api_refuses_every_other_credential(daemon, site):
                  ("GET", "/api/v1/agent/nowhere")]
     for name, headers in refused.items():
         for method, path in endpoints:
-            status, answer = request_once(daemon.port, method, path.encode(),
+            status, answer = request_once(module_daemon.port, method, path.encode(),
                                           body=b'{"status": "acknowledged"}' if method == "POST" else None,
                                           headers=dict(headers, **{"Content-Type": "application/json"}))
             assert status == 401, (name, method, path, status, answer)
@@ -155,19 +129,19 @@ def test_agent_api_refuses_every_other_credential(daemon, site):
     # Another host's credential opens none of this host's endpoints, and is answered like a wrong one.
     for method, path in endpoints[:-1]:
         for host_path in (path, path.replace("auth-host", "no-such-host")):
-            status, answer = request_once(daemon.port, method, host_path.encode(),
+            status, answer = request_once(module_daemon.port, method, host_path.encode(),
                                           body=b'{"status": "acknowledged"}' if method == "POST" else None,
                                           headers={"Authorization": "Bearer " + other,
                                                    "Content-Type": "application/json"})
             assert (status, answer) == (401, b'{"error": "missing or wrong bearer token"}\n'), (method, host_path)
     # The agent credential is for the device-facing listener only.
     for method, path in endpoints:
-        status, _ = request_once(daemon.admin_port, method, path.encode(), headers={"Authorization": "Bearer " + agent},
+        status, _ = request_once(module_daemon.admin_port, method, path.encode(), headers={"Authorization": "Bearer " + agent},
                                  body=b"{}" if method == "POST" else None)
         assert status in (401, 404)
     # NanoMDM's webhook takes its own token, in its path, and nothing else.
     for token in ("", "wrong-token", admin_token, agent, hook + "x", hook[:-1]):
-        status, _ = request_once(daemon.port, "POST", ("/webhooks/nanomdm/" + token).encode(), body=b"{}",
+        status, _ = request_once(module_daemon.port, "POST", ("/webhooks/nanomdm/" + token).encode(), body=b"{}",
                                  headers={"Authorization": "Bearer " + hook})
         assert status in (401, 404), token
 
@@ -183,9 +157,9 @@ def enroll(workdir, url, static, cn):
     return (workdir / "client.pem").read_text()
 
 
-def test_secrets_never_in_answers_or_log(daemon, upstream, tmp_path, site):
-    admin, agent = site
-    device = Api(daemon.port, None)
+def test_secrets_never_in_answers_or_log(module_daemon, module_upstream, tmp_path, module_site):
+    admin, agent = module_site
+    device = Api(module_daemon.port, None)
     profile = upload_profile(admin, "AUTH_CA", "auth.wifi")
     admin.call("POST", "/api/v1/profiles/%s/assign" % (profile,), {"hosts": ["auth-host"]})
     admin.call("POST", "/api/v1/jobs/process_profiles")
@@ -215,7 +189,7 @@ def test_secrets_never_in_answers_or_log(daemon, upstream, tmp_path, site):
         status, body, _ = pki_post(attempt)
         device.seen.append(body)
         assert status == 400
-    status, body = request_once(daemon.port, "GET", (url.removeprefix(daemon.url) + "?operation=GetCACaps").encode())
+    status, body = request_once(module_daemon.port, "GET", (url.removeprefix(module_daemon.url) + "?operation=GetCACaps").encode())
     assert status == 200
     device.seen.append(body)
 
@@ -232,26 +206,26 @@ def test_secrets_never_in_answers_or_log(daemon, upstream, tmp_path, site):
         admin.call("POST", "/api/v1/jobs/" + job)
 
     # Admin mistakes that carry the static challenge: the refusals never echo it.
-    admin.request("POST", "/api/v1/cas", {"name": "AUTH_CA", "url": upstream.url, "challenge": STATIC})
+    admin.request("POST", "/api/v1/cas", {"name": "AUTH_CA", "url": module_upstream.url, "challenge": STATIC})
     admin.request("POST", "/api/v1/cas", {"name": "BAD_URL_CA", "url": "http://127.0.0.1:9/scep", "challenge": STATIC})
-    admin.request("POST", "/api/v1/cas", {"name": "bad name!", "url": upstream.url, "challenge": STATIC})
-    admin.request("POST", "/api/v1/cas", {"name": "LONG_CA", "url": upstream.url, "challenge": STATIC * 100})
-    admin.request("PATCH", "/api/v1/cas/AUTH_CA", {"url": upstream.url + "/other", "challenge": STATIC})
+    admin.request("POST", "/api/v1/cas", {"name": "bad name!", "url": module_upstream.url, "challenge": STATIC})
+    admin.request("POST", "/api/v1/cas", {"name": "LONG_CA", "url": module_upstream.url, "challenge": STATIC * 100})
+    admin.request("PATCH", "/api/v1/cas/AUTH_CA", {"url": module_upstream.url + "/other", "challenge": STATIC})
     admin.request("PATCH", "/api/v1/cas/AUTH_CA", {"challenge": STATIC, "bogus": STATIC})
     admin.request("POST", "/api/v1/cas", {"name": "x" * 300, "url": "ftp://nope", "challenge": NEW_STATIC})
     # Rotate the static challenge: the new one is as secret as the old.
     admin.call("PATCH", "/api/v1/cas/AUTH_CA", {"challenge": NEW_STATIC})
     admin.call("GET", "/api/v1/cas/AUTH_CA")
     # Presented tokens are not echoed either.
-    Api(daemon.admin_port, agent.credential("auth-host")).request("GET", "/api/v1/cas")
-    Api(daemon.port, daemon.admin_token).request("GET", "/api/v1/agent/hosts/auth-host/commands")
+    Api(module_daemon.admin_port, agent.credential("auth-host")).request("GET", "/api/v1/cas")
+    Api(module_daemon.port, module_daemon.admin_token).request("GET", "/api/v1/agent/hosts/auth-host/commands")
 
-    secrets = [STATIC, NEW_STATIC, daemon.admin_token, webhook_token(daemon)] + one_time
+    secrets = [STATIC, NEW_STATIC, module_daemon.admin_token, webhook_token(module_daemon)] + one_time
     secrets += list(agent.credentials.values())
     answers = admin.seen + agent.seen + device.seen
     assert len(answers) > 30
     for answer in answers:
         for secret in secrets:
             assert secret.encode() not in answer, "a secret is in an API answer: %r" % (answer[:300],)
-    assert_log_clean(daemon, secrets)
-    assert "outcome=ok" in daemon.log()  # the enrollment really went through the proxy
+    assert_log_clean(module_daemon, secrets)
+    assert "outcome=ok" in module_daemon.log()  # the enrollment really went through the proxy

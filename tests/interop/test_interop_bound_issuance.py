@@ -13,46 +13,9 @@ import pytest_twisted
 from cryptography.x509.oid import NameOID
 from twisted.internet import threads
 
-from test_ca_interop import load, openssl_verify, pki, scepclient, strongswan_key
-from test_interop_engine import Client, issue_agent_credential, scep_settings_from_mobileconfig, status_of
-
-FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "profiles"
-OU = "FLEET DEVICE MANAGEMENT"
-
-
-class Fleet:
-    """Two Macs with the built-in CA's Wi-Fi profile, driven through the admin and agent APIs."""
-
-    def __init__(self, daemon):
-        self.daemon = daemon
-        self.admin = Client(daemon.admin_url, daemon.admin_token)
-        self.agents = {}  # each host's agent holds its own credential
-        self.profile = None
-
-    async def set_up(self, hosts):
-        for host in hosts:
-            await self.admin.call("PUT", "/api/v1/hosts/" + host, {"serial": "SER-" + host, "platform": "macos"})
-            self.agents[host] = Client(self.daemon.url, await issue_agent_credential(self.admin, host))
-        template = (FIXTURES / "builtin-ca-wifi.mobileconfig").read_bytes()
-        created = await self.admin.call("POST", "/api/v1/profiles?platform=macos", raw=template,
-                                        content_type="application/x-apple-aspen-config")
-        self.profile = created["uuid"]
-        await self.admin.call("POST", "/api/v1/profiles/%s/assign" % self.profile, {"hosts": list(hosts)})
-
-    async def deliver(self, host):
-        """Process, then fetch as the host's agent: (proxy URL, challenge, CN as the device expands it)."""
-        await self.admin.call("POST", "/api/v1/jobs/process_profiles")
-        commands = (await self.agents[host].call("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
-        (command,) = [c for c in commands if c["profile_uuid"] == self.profile]
-        url, challenge, cn = scep_settings_from_mobileconfig(command["payload"])
-        return url, challenge, cn.replace("%SerialNumber%", "SER-" + host)
-
-    async def status(self, host):
-        return await status_of(self.admin, host, self.profile)
-
-    async def issued(self):
-        return (await self.admin.call("GET", "/api/v1/ca/certificates"))["certificates"]
-
+from support.api import Api, aissue_agent_credential
+from support.clients import load, openssl_verify, pki, scepclient, strongswan_key
+from support.site import FIXTURES, OU, Fleet
 
 def device(workdir, url, challenge, cn, *extra):
     """micromdm scepclient asking for exactly OU + CN (no O or C of its own)."""
@@ -102,9 +65,9 @@ async def test_rendered_challenge_is_one_time_bound_and_never_the_static_one(tmp
     assert "proxy PKIOperation host=MAC-A" in log
     # The CA row belongs to the [ca] section of the configuration.
     with pytest.raises(AssertionError, match="409"):
-        await fleet.admin.call("PATCH", "/api/v1/cas/builtin", {"url": "http://x/"})
+        await fleet.admin.acall("PATCH", "/api/v1/cas/builtin", {"url": "http://x/"})
     with pytest.raises(AssertionError, match="409"):
-        await fleet.admin.call("DELETE", "/api/v1/cas/builtin")
+        await fleet.admin.acall("DELETE", "/api/v1/cas/builtin")
 
 
 @pytest_twisted.ensureDeferred
@@ -179,13 +142,13 @@ async def test_fleet_sample_unchanged_enrolls_with_the_builtin_ca(tmp_path, buil
     daemon = builtin_ca_daemon
     fleet = Fleet(daemon)
     host = "MAC-F"
-    await fleet.admin.call("PUT", "/api/v1/hosts/" + host, {"serial": "SER-" + host, "platform": "macos"})
-    fleet.agents[host] = Client(daemon.url, await issue_agent_credential(fleet.admin, host))
+    await fleet.admin.acall("PUT", "/api/v1/hosts/" + host, {"serial": "SER-" + host, "platform": "macos"})
+    fleet.agents[host] = Api(daemon.url, await aissue_agent_credential(fleet.admin, host))
     template = (FIXTURES / "fleet-custom-scep-apple.mobileconfig").read_bytes().replace(b"CA_NAME", b"builtin")
-    created = await fleet.admin.call("POST", "/api/v1/profiles?platform=macos", raw=template,
-                                     content_type="application/x-apple-aspen-config")
+    created = await fleet.admin.acall("POST", "/api/v1/profiles?platform=macos", raw=template,
+                                      content_type="application/x-apple-aspen-config")
     fleet.profile = created["uuid"]
-    await fleet.admin.call("POST", "/api/v1/profiles/%s/assign" % fleet.profile, {"hosts": [host]})
+    await fleet.admin.acall("POST", "/api/v1/profiles/%s/assign" % fleet.profile, {"hosts": [host]})
     url, challenge, cn = await fleet.deliver(host)
     assert cn.startswith("SER-MAC-F WIFI sp-")
     # strongSwan writes the subject in the order given: the profile's order.

@@ -15,40 +15,34 @@ import pytest_twisted
 import treq
 from twisted.internet import defer, threads
 
-from certs import signed_blob
-from hostile import add_ca, apis, assert_log_clean, challenge_from_url, db, enrollment_url, upload_profile
-from peers import Daemon, ScepServer
+from support.certs import signed_blob
+from support.api import apis
+from support.hostile import assert_log_clean, db
+from support.site import add_ca, challenge_from_url, enrollment_url, upload_profile
+from support.daemon import Daemon
+from support.upstream import CHALLENGE as STATIC
 
-STATIC = "races-static-secret"
+# Small batches, so a processing run is many transactions that others can interleave with.
+pytestmark = pytest.mark.daemon(profiles={"process_interval": "1h", "batch_size": "25"})
 CHALLENGE_FAILED = "custom scep challenge failed\n"
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory):
-    server = ScepServer(tmp_path_factory.mktemp("races-ca"), STATIC).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory, upstream):
-    # Small batches, so a processing run is many transactions that others can interleave with.
-    d = Daemon(tmp_path_factory.mktemp("races"), profiles={"process_interval": "1h", "batch_size": "25"}).start()
-    admin, _ = apis(d)
-    add_ca(admin, "RACE_CA", upstream.url, STATIC)
-    yield d
-    d.stop()
+@pytest.fixture(scope="module", autouse=True)
+def race_ca(module_daemon, module_upstream):
+    """RACE_CA on the module's scepserver."""
+    admin, _ = apis(module_daemon)
+    add_ca(admin, "RACE_CA", module_upstream.url, STATIC)
 
 
 @pytest_twisted.ensureDeferred
-async def test_64_concurrent_pkioperations_one_challenge_one_upstream_request(daemon, upstream):
-    admin, agent = apis(daemon)
+async def test_64_concurrent_pkioperations_one_challenge_one_upstream_request(module_daemon, module_upstream):
+    admin, agent = apis(module_daemon)
     url, profile = enrollment_url(admin, agent, "RACE_CA", "race-host-1")
     challenge = challenge_from_url(url)
     caps = await treq.get(url + "?operation=GetCACaps")  # cached: all 64 go straight to spending
     assert caps.code == 200
     await caps.content()
-    before = upstream.operations("PKIOperation")
+    before = module_upstream.operations("PKIOperation")
 
     blob = signed_blob()
     get_url = url + "?operation=PKIOperation&message=" + quote(base64.b64encode(blob).decode(), safe="")
@@ -58,7 +52,7 @@ async def test_64_concurrent_pkioperations_one_challenge_one_upstream_request(da
     bodies = await defer.gatherResults([r.text() for r in responses])
     answers = sorted(zip((r.code for r in responses), bodies))
 
-    assert upstream.operations("PKIOperation") - before == 1
+    assert module_upstream.operations("PKIOperation") - before == 1
     refused = [a for a in answers if a == (400, CHALLENGE_FAILED)]
     assert len(refused) == 63, answers
     (winner,) = [a for a in answers if a != (400, CHALLENGE_FAILED)]
@@ -68,13 +62,13 @@ async def test_64_concurrent_pkioperations_one_challenge_one_upstream_request(da
     # The spent challenge stays spent.
     replay = await treq.post(url + "?operation=PKIOperation", data=blob)
     assert (replay.code, await replay.text()) == (400, CHALLENGE_FAILED)
-    assert upstream.operations("PKIOperation") - before == 1
+    assert module_upstream.operations("PKIOperation") - before == 1
     # Losers that came while the winner's request was in flight moved nothing; the first refusal after
     # its answer (the host profile still pending, its latest challenge spent) sends it again, once.
     (row,) = admin.call("GET", "/api/v1/host-profiles?host=race-host-1&profile=%s" % (profile,))["host_profiles"]
     assert (row["status"], row["retries"]) == (None, 1), row
     assert admin.call("POST", "/api/v1/jobs/process_profiles")["result"]["claimed"] == 1
-    assert_log_clean(daemon, [challenge, STATIC])
+    assert_log_clean(module_daemon, [challenge, STATIC])
 
 
 def seed_null_host_profiles(admin, prefix: str, hosts: int, profiles: list[str]) -> list[str]:
@@ -86,10 +80,10 @@ def seed_null_host_profiles(admin, prefix: str, hosts: int, profiles: list[str])
     return names
 
 
-def check_one_current_command_each(daemon, hosts: list[str], profiles: list[str]) -> None:
+def check_one_current_command_each(module_daemon, hosts: list[str], profiles: list[str]) -> None:
     """Every host profile is pending with exactly one outstanding command, and it is the current one."""
     marks = ",".join("?" * len(profiles))
-    with db(daemon) as conn:
+    with db(module_daemon) as conn:
         rows = conn.execute(
             "SELECT hp.host_uuid, hp.status, hp.command_uuid,"
             " (SELECT count(*) FROM commands c WHERE c.host_uuid = hp.host_uuid AND c.profile_uuid = hp.profile_uuid),"
@@ -101,19 +95,19 @@ def check_one_current_command_each(daemon, hosts: list[str], profiles: list[str]
     assert not bad, bad[:10]
 
 
-async def agent_fetch_all(daemon, agent, hosts, profiles):
+async def agent_fetch_all(module_daemon, agent, hosts, profiles):
     """Every host's agent fetches at once, with its own credential; each gets exactly one command per host profile."""
     await threads.deferToThread(agent.issue_bulk, hosts)
     limit = defer.DeferredSemaphore(16)
 
     async def fetch(host):
         token = {b"Authorization": [b"Bearer " + agent.credential(host).encode()]}
-        response = await treq.get(daemon.url + "/api/v1/agent/hosts/%s/commands" % (host,), headers=token)
+        response = await treq.get(module_daemon.url + "/api/v1/agent/hosts/%s/commands" % (host,), headers=token)
         assert response.code == 200
         return host, await response.json()
 
     answers = await defer.gatherResults([limit.run(lambda h=h: defer.ensureDeferred(fetch(h))) for h in hosts])
-    with db(daemon) as conn:
+    with db(module_daemon) as conn:
         current = dict(((h, p), c) for h, p, c in conn.execute(
             "SELECT host_uuid, profile_uuid, command_uuid FROM host_profiles"))
     for host, answer in answers:
@@ -122,46 +116,46 @@ async def agent_fetch_all(daemon, agent, hosts, profiles):
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrent_processing_triggers_deliver_each_host_profile_once(daemon):
-    admin, agent = apis(daemon)
+async def test_concurrent_processing_triggers_deliver_each_host_profile_once(module_daemon):
+    admin, agent = apis(module_daemon)
     profiles = [upload_profile(admin, "RACE_CA", "race.wifi.%d" % i) for i in range(2)]
     hosts = seed_null_host_profiles(admin, "burst", 250, profiles)
-    headers = {b"Authorization": [b"Bearer " + daemon.admin_token.encode()]}
+    headers = {b"Authorization": [b"Bearer " + module_daemon.admin_token.encode()]}
 
-    triggers = [treq.post(daemon.admin_url + "/api/v1/jobs/process_profiles", headers=headers) for _ in range(8)]
+    triggers = [treq.post(module_daemon.admin_url + "/api/v1/jobs/process_profiles", headers=headers) for _ in range(8)]
     responses = await defer.gatherResults(triggers)
     assert [r.code for r in responses] == [200] * 8
     results = await defer.gatherResults([r.json() for r in responses])
     assert sum(r["result"]["claimed"] for r in results) == 500
     assert all(r["result"]["failed"] == 0 for r in results)
 
-    check_one_current_command_each(daemon, hosts, profiles)
-    await agent_fetch_all(daemon, agent, hosts, profiles)
-    assert_log_clean(daemon, [STATIC])
+    check_one_current_command_each(module_daemon, hosts, profiles)
+    await agent_fetch_all(module_daemon, agent, hosts, profiles)
+    assert_log_clean(module_daemon, [STATIC])
 
 
 @pytest_twisted.ensureDeferred
-async def test_two_daemons_sharing_one_database_never_claim_twice(daemon, tmp_path):
+async def test_two_daemons_sharing_one_database_never_claim_twice(module_daemon, tmp_path):
     """The README: 'several daemons could share one database'. Both run the job at once, in small batches."""
-    admin, agent = apis(daemon)
-    second = Daemon(tmp_path, state={"directory": str(daemon.directory / "state")},
+    admin, agent = apis(module_daemon)
+    second = Daemon(tmp_path, state={"directory": str(module_daemon.directory / "state")},
                     profiles={"process_interval": "1h", "batch_size": "25"}).start()
     try:
         profiles = [upload_profile(admin, "RACE_CA", "race.shared.%d" % i) for i in range(2)]
         hosts = seed_null_host_profiles(admin, "shared", 250, profiles)
-        headers = {b"Authorization": [b"Bearer " + daemon.admin_token.encode()]}
+        headers = {b"Authorization": [b"Bearer " + module_daemon.admin_token.encode()]}
         triggers = []
         for _ in range(4):
-            for d in (daemon, second):
+            for d in (module_daemon, second):
                 triggers.append(treq.post(d.admin_url + "/api/v1/jobs/process_profiles", headers=headers))
         responses = await defer.gatherResults(triggers)
         assert [r.code for r in responses] == [200] * 8
         results = await defer.gatherResults([r.json() for r in responses])
         assert sum(r["result"]["claimed"] for r in results) == 500
 
-        check_one_current_command_each(daemon, hosts, profiles)
-        await agent_fetch_all(daemon, agent, hosts, profiles)
+        check_one_current_command_each(module_daemon, hosts, profiles)
+        await agent_fetch_all(module_daemon, agent, hosts, profiles)
     finally:
         second.stop()
     assert_log_clean(second, [STATIC])
-    assert "database is locked" not in daemon.log() + second.log()
+    assert "database is locked" not in module_daemon.log() + second.log()

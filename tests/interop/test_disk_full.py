@@ -1,7 +1,7 @@
 """A sick disk: /readyz says so, every write is answered 503, and both recover when space returns.
 
 The state directory is a small tmpfs that the test fills up, so SQLite meets
-a real ENOSPC (SQLITE_FULL); the daemon is the real one (tests/peers.py).
+a real ENOSPC (SQLITE_FULL); the daemon is the real one (tests/support/daemon.py).
 Also here: the database and its -wal/-shm files are 0600 whatever the umask.
 """
 
@@ -12,9 +12,13 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
 
-from peers import Daemon, http_call as call
+from support.api import http_call as call
+from support.clients import enroll
+from support.daemon import Daemon
+from support.site import FIXTURES, scep_settings_from_mobileconfig, set_up
+from support.upstream import CHALLENGE as STATIC, ScepServer
 from scepproxyd.store import Store, StoreUnavailable
 
 
@@ -146,11 +150,6 @@ async def test_database_files_are_private_whatever_the_umask(tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_proxy_answers_503_on_a_full_disk_and_the_device_retry_enrolls(tmp_path, small_tmpfs, fill_up):
     """scepclient through the proxy: a full disk answers 503 and spends nothing; once space returns it enrolls."""
-    from twisted.internet import threads
-
-    from peers import ScepServer
-    from test_interop_engine import FIXTURES, STATIC, enroll, scep_settings_from_mobileconfig, set_up
-
     state = small_tmpfs(tmp_path / "state", "16m")
     upstream = ScepServer(tmp_path / "upstream", STATIC).start()
     daemon = Daemon(tmp_path, database={"write_probe_interval": "0.5s"}, profiles={"process_interval": "1h"}).start()
@@ -159,8 +158,8 @@ async def test_proxy_answers_503_on_a_full_disk_and_the_device_retry_enrolls(tmp
         template = (FIXTURES / "fleet-custom-scep-apple.mobileconfig").read_bytes().replace(b"CA_NAME", b"CORP_CA")
         admin, agent, profile = await set_up(daemon, upstream, template, "application/x-apple-aspen-config", host,
                                              "macos")
-        await admin.call("POST", "/api/v1/jobs/process_profiles")
-        commands = (await agent.call("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
+        await admin.acall("POST", "/api/v1/jobs/process_profiles")
+        commands = (await agent.acall("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
         url, challenge, cn = scep_settings_from_mobileconfig(commands[0]["payload"])
         cn = cn.replace("%SerialNumber%", "SER" + host)
 

@@ -1,6 +1,5 @@
 """Operating the daemon: HTTPS both ways, metrics, health, reload on SIGHUP, graceful stop."""
 
-import datetime
 import ipaddress
 import json
 import signal
@@ -11,55 +10,15 @@ import time
 import pytest
 import pytest_twisted
 import treq
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor, threads
 from twisted.web import resource, server
 
-from certs import self_signed_der, signed_blob
-from peers import Daemon
+from support.api import Api
+from support.certs import PrivateCA, self_signed_der, signed_blob
+from support.daemon import Daemon
 from scepproxyd.tls import server_context
-from test_interop_engine import Client
-
-
-class PrivateCA:
-    """A CA made in the test, and server certificates it signs."""
-
-    def __init__(self, directory):
-        self.directory = directory
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test TLS Root")])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        self.cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-        self.pem = directory / "root.pem"
-        self.pem.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-
-    def server(self, name: str, dns=("localhost",)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns[0])]))
-            .issuer_name(self.cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in dns]), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        cert_path, key_path = self.directory / (name + ".pem"), self.directory / (name + ".key")
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        return cert_path, key_path
+from support.site import identifier_path, pending_host_profile
 
 
 def https_get(port, path, cafile, server_hostname="localhost"):
@@ -104,13 +63,6 @@ def tls_upstream(tmp_path):
     port = reactor.listenSSL(0, server.Site(TLSCA()), server_context(cert, key), interface="127.0.0.1")
     yield ca, port.getHost().port
     pytest_twisted.blockon(port.stopListening())
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(tmp_path).start()
-    yield d
-    d.stop()
 
 
 @pytest_twisted.ensureDeferred
@@ -174,11 +126,11 @@ async def test_health_and_readiness(tmp_path, daemon):
     assert (r.code, await r.text()) == (200, "ok\n")
     r = await treq.get(daemon.url + "/readyz")
     assert (r.code, await r.text()) == (200, "ready\n")  # only the built-in CA, which always answers
-    admin = Client(daemon.admin_url, daemon.admin_token)
+    admin = Api(daemon.admin_url, daemon.admin_token)
     # A CA that answered when added and is gone now: not ready, and says which.
     port = reactor.listenTCP(0, server.Site(TLSCA()), interface="127.0.0.1")
     url = "http://127.0.0.1:%d/scep" % (port.getHost().port,)
-    await admin.call("POST", "/api/v1/cas", {"name": "FLAKY", "url": url, "challenge": "c"})
+    await admin.acall("POST", "/api/v1/cas", {"name": "FLAKY", "url": url, "challenge": "c"})
     await port.stopListening()
     r = await treq.get(daemon.url + "/readyz")
     text = await r.text()
@@ -231,7 +183,6 @@ class Hanging(resource.Resource):
 @pytest_twisted.ensureDeferred
 async def test_sigterm_lets_in_flight_requests_finish(tmp_path):
     """A request in flight at SIGTERM still gets its answer (here the 504 after 2 s), then the daemon exits."""
-    from test_interop_proxy import identifier_path, pending_host_profile
     from scepproxyd.store import Store
 
     d = Daemon(tmp_path, server={"shutdown_grace": "10s"}).start()

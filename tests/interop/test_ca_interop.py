@@ -11,120 +11,25 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import AttributeOID, NameOID
 
-from certs import self_signed
-from peers import Daemon, need
+from support.certs import self_signed
+from support.clients import load, openssl_verify, pki, scepclient, strongswan_key
+from support.daemon import Site
+from support.processes import need
 from scepproxyd.scep import codec
-
-SCEPPROXYCTL = str(Path(sys.executable).with_name("scepproxyctl"))
-# These tests drive /scep as network equipment would: with the static challenge,
-# which an admin turns on ([ca] static_challenge) and lets loopback auto-approve.
-FAST = {"key_size": "2048", "static_challenge": "yes", "auto_approve_networks": "127.0.0.0/8"}
-
-
-def start(tmp_path, **ca) -> Daemon:
-    return Daemon(tmp_path, ca=dict(FAST, **ca)).start()
-
-
-@pytest.fixture
-def stop_after():
-    started = []
-    yield started.append
-    for daemon in started:
-        code = daemon.stop()
-        assert code in (0, -signal.SIGTERM), daemon.log()
-        assert "Traceback" not in daemon.log(), daemon.log()
-
-
-class Site:
-    """One running daemon with the built-in CA, and ways to talk to it."""
-
-    def __init__(self, daemon: Daemon):
-        self.daemon = daemon
-        self.state = daemon.directory / "state"
-        self.scep_url = daemon.url + "/scep"
-
-    @property
-    def ca_pem(self) -> Path:
-        return self.state / "ca" / "ca.pem"
-
-    @property
-    def static_challenge(self) -> str:
-        return (self.state / "ca" / "challenge").read_text().strip()
-
-    def http(self, method, url, body=None, headers=None):
-        request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, response.headers.get("Content-Type"), response.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers.get("Content-Type"), e.read()
-
-    def admin(self, method, path, body=None):
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Authorization": "Bearer " + self.daemon.admin_token, "Content-Type": "application/json"}
-        status, _, raw = self.http(method, self.daemon.admin_url + path, data, headers)
-        return status, (json.loads(raw) if raw.strip() else None)
-
-    def ctl(self, *args):
-        return subprocess.run([SCEPPROXYCTL, "--config", str(self.daemon.config), *args],
-                              capture_output=True, text=True, timeout=60)
-
-
-@pytest.fixture
-def site(tmp_path, stop_after):
-    def make(**ca):
-        daemon = start(tmp_path, **ca)
-        stop_after(daemon)
-        return Site(daemon)
-    return make
-
-
-def scepclient(workdir: Path, url: str, challenge: str | None, cn: str, *extra):
-    workdir.mkdir(parents=True, exist_ok=True)
-    args = [need("scepclient"), "-private-key", str(workdir / "key.pem"), "-server-url", url, "-cn", cn, *extra]
-    if challenge is not None:
-        args.append("-challenge=" + challenge)
-    return subprocess.run(args, cwd=str(workdir), capture_output=True, text=True, timeout=90)
-
-
-def pki(*args, timeout=90):
-    result = subprocess.run([need("pki"), *args], capture_output=True, timeout=timeout)
-    return result
-
-
-def openssl_verify(ca_pem: Path, cert: Path, der=False) -> str:
-    if der:
-        pem = cert.with_suffix(".pem")
-        pem.write_bytes(x509.load_der_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.PEM))
-        cert = pem
-    result = subprocess.run([need("openssl"), "verify", "-CAfile", str(ca_pem), str(cert)],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def load(path: Path) -> x509.Certificate:
-    data = path.read_bytes()
-    return x509.load_pem_x509_certificate(data) if data.startswith(b"-----") else x509.load_der_x509_certificate(data)
-
 
 # -- micromdm scepclient ------------------------------------------------------------------------
 
 
-def test_scepclient_enrolls_and_renews(site, tmp_path):
-    s = site(allow_renew_days="0")
+def test_scepclient_enrolls_and_renews(ca_site, tmp_path):
+    s = ca_site(allow_renew_days="0")
     status, content_type, caps = s.http("GET", s.scep_url + "?operation=GetCACaps")
     assert (status, content_type) == (200, "text/plain")
     assert b"Renewal" in caps and b"DES3" in caps
@@ -151,8 +56,8 @@ def test_scepclient_enrolls_and_renews(site, tmp_path):
     assert by_serial["%x" % renewed.serial_number]["renewal_of"] == "%x" % first.serial_number
 
 
-def test_scepclient_renewal_outside_window_and_wrong_challenge_fail(site, tmp_path):
-    s = site()  # allow_renew_days = 14, certificates valid 365 days
+def test_scepclient_renewal_outside_window_and_wrong_challenge_fail(ca_site, tmp_path):
+    s = ca_site()  # allow_renew_days = 14, certificates valid 365 days
     result = scepclient(tmp_path / "wrong", s.scep_url, "not-the-challenge", "intruder")
     assert result.returncode != 0
     assert "badRequest" in result.stdout + result.stderr
@@ -168,8 +73,8 @@ def test_scepclient_renewal_outside_window_and_wrong_challenge_fail(site, tmp_pa
     assert "renewal is allowed only in the last 14 days" in s.daemon.log()
 
 
-def test_dynamic_challenge_from_cli_is_single_use(site, tmp_path):
-    s = site()
+def test_dynamic_challenge_from_cli_is_single_use(ca_site, tmp_path):
+    s = ca_site()
     minted = s.ctl("builtin-ca", "challenge", "--ttl", "10m")
     assert minted.returncode == 0, minted.stderr
     challenge = minted.stdout.strip()
@@ -183,15 +88,8 @@ def test_dynamic_challenge_from_cli_is_single_use(site, tmp_path):
 # -- strongSwan pki -------------------------------------------------------------------------------
 
 
-def strongswan_key(path: Path) -> Path:
-    result = pki("--gen", "--type", "rsa", "--size", "2048", "--outform", "der")
-    assert result.returncode == 0
-    path.write_bytes(result.stdout)
-    return path
-
-
-def test_strongswan_enrolls_and_renews_with_aes_sha256(site, tmp_path):
-    s = site(allow_renew_days="0", san_dns=r"[a-z0-9-]+\.example")  # its SAN is allowed by the template
+def test_strongswan_enrolls_and_renews_with_aes_sha256(ca_site, tmp_path):
+    s = ca_site(allow_renew_days="0", san_dns=r"[a-z0-9-]+\.example")  # its SAN is allowed by the template
     ca_der = tmp_path / "ca.der"
     result = pki("--scepca", "--url", s.scep_url, "--caout", str(ca_der))
     assert result.returncode == 0, result.stderr
@@ -222,9 +120,9 @@ def test_strongswan_enrolls_and_renews_with_aes_sha256(site, tmp_path):
     ["vpn-gw-a.site-one.example", "vpn-gw-b.site-one.example"],
     ["a-rather-long-name-for-the-vpn-gateway." + "far-end-of-the-site-" * 3 + "x" * 40 + ".example"],
 ])
-def test_strongswan_enrolls_with_several_or_long_sans(site, tmp_path, sans):
+def test_strongswan_enrolls_with_several_or_long_sans(ca_site, tmp_path, sans):
     """strongSwan writes its CSR's attributes unsorted (not DER) once the extension request outgrows the challenge."""
-    s = site(san_dns=r"([a-z0-9-]+\.)+example")
+    s = ca_site(san_dns=r"([a-z0-9-]+\.)+example")
     ca_der = tmp_path / "ca.der"
     assert pki("--scepca", "--url", s.scep_url, "--caout", str(ca_der)).returncode == 0
     key = strongswan_key(tmp_path / "key.der")
@@ -246,9 +144,9 @@ def test_strongswan_enrolls_with_several_or_long_sans(site, tmp_path, sans):
     assert "outcome=issued" in s.daemon.log() and "outcome=bad_message" not in s.daemon.log()
 
 
-def test_cisco_path_and_pkiclient_in_any_case(site, tmp_path):
+def test_cisco_path_and_pkiclient_in_any_case(ca_site, tmp_path):
     """Cisco IOS uses /cgi-bin/pkiclient.exe when its enrollment URL has no path; others write PKIClient.exe."""
-    s = site()
+    s = ca_site()
     root = s.daemon.url
     for path in ("/cgi-bin/pkiclient.exe", "/scep/PKICLIENT.EXE", "/scep/PKIClient.exe", "/cgi-bin/PkiClient.EXE"):
         status, content_type, caps = s.http("GET", root + path + "?operation=GetCACaps")
@@ -292,8 +190,8 @@ def stranger_poll(s: Site, transaction_id: str, subject: str):
     return codec.read_response(body, key, certificate, ca_certificate)[:2]
 
 
-def test_pending_request_approved_by_admin_reaches_polling_client(site, tmp_path):
-    s = site(auto_approve="no")
+def test_pending_request_approved_by_admin_reaches_polling_client(ca_site, tmp_path):
+    s = ca_site(auto_approve="no")
     ca_der = tmp_path / "ca.der"
     assert pki("--scepca", "--url", s.scep_url, "--caout", str(ca_der)).returncode == 0
     key = strongswan_key(tmp_path / "key.der")
@@ -335,8 +233,8 @@ def test_pending_request_approved_by_admin_reaches_polling_client(site, tmp_path
     assert [r["transaction_id"] for r in answer["requests"]] == [pending[0]["transaction_id"]]
 
 
-def test_rejected_request_fails_the_polling_client(site, tmp_path):
-    s = site(auto_approve="no")
+def test_rejected_request_fails_the_polling_client(ca_site, tmp_path):
+    s = ca_site(auto_approve="no")
     ca_der = tmp_path / "ca.der"
     assert pki("--scepca", "--url", s.scep_url, "--caout", str(ca_der)).returncode == 0
     key = strongswan_key(tmp_path / "key.der")
@@ -365,8 +263,8 @@ def test_rejected_request_fails_the_polling_client(site, tmp_path):
     assert "outcome=rejected" in s.daemon.log()
 
 
-def test_ra_mode_serves_chain_and_clients_enroll(site, tmp_path):
-    s = site(ra="yes")
+def test_ra_mode_serves_chain_and_clients_enroll(ca_site, tmp_path):
+    s = ca_site(ra="yes")
     status, content_type, body = s.http("GET", s.scep_url + "?operation=GetCACert")
     assert (status, content_type) == (200, "application/x-x509-ca-ra-cert")
     assert len(codec.ca_certificates(body)) == 2
@@ -388,8 +286,8 @@ def test_ra_mode_serves_chain_and_clients_enroll(site, tmp_path):
 # -- revocation and the CRL ------------------------------------------------------------------------
 
 
-def test_revoked_certificate_is_in_the_crl(site, tmp_path):
-    s = site()
+def test_revoked_certificate_is_in_the_crl(ca_site, tmp_path):
+    s = ca_site()
     assert scepclient(tmp_path / "device", s.scep_url, s.static_challenge, "to-revoke").returncode == 0
     serial = "%x" % load(tmp_path / "device" / "client.pem").serial_number
     listed = s.ctl("builtin-ca", "certificates", "--status", "valid")
@@ -427,8 +325,8 @@ def codec_request(s: Site, challenge, cn="hostile", recipient=None):
     return der, cert, key
 
 
-def test_hostile_bodies_get_failure_or_400_and_the_daemon_keeps_serving(site, tmp_path):
-    s = site()
+def test_hostile_bodies_get_failure_or_400_and_the_daemon_keeps_serving(ca_site, tmp_path):
+    s = ca_site()
     url = s.scep_url + "?operation=PKIOperation"
     good, cert, key = codec_request(s, s.static_challenge)
     flipped = bytearray(good)

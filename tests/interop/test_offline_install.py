@@ -4,7 +4,9 @@ import signal
 import subprocess
 import sys
 
-from peers import REPO, daemon_config, free_port, wait_for_port
+from support.ctl import run_ctl
+from support.daemon import daemon_config, twistd_command
+from support.processes import REPO, free_port, wait_for_port
 
 
 def test_wheelhouse_installs_without_index_and_starts(tmp_path):
@@ -24,14 +26,11 @@ def test_wheelhouse_installs_without_index_and_starts(tmp_path):
 
     port = free_port()
     config = daemon_config(tmp_path, port)
-    process = subprocess.Popen(
-        [str(venv / "bin" / "twistd"), "--nodaemon", "--pidfile=", "scepproxyd", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(tmp_path),
-    )
+    process = subprocess.Popen(twistd_command(config, twistd=venv / "bin" / "twistd"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(tmp_path))
     try:
         wait_for_port(port, process, timeout=60)
-        ctl = subprocess.run([str(venv / "bin" / "scepproxyctl"), "--config", str(config), "jobs"],
-                             capture_output=True, text=True, timeout=60)
+        ctl = run_ctl(config, "jobs", ctl=venv / "bin" / "scepproxyctl")
         assert ctl.returncode == 0, ctl.stderr
         assert "process_profiles" in ctl.stdout
     finally:

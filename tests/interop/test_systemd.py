@@ -1,6 +1,7 @@
 """systemd integration: unit files verify, socket activation, sd_notify, journal log lines."""
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 from twisted.logger import LogLevel, Logger, globalLogPublisher
 
-from peers import REPO, TWISTD, daemon_config, free_port, wait_for_port
+from support.daemon import TWISTD, daemon_config, twistd_command
+from support.processes import REPO, free_port, wait_for_port
 from scepproxyd import logs
 from scepproxyd.journald import format_journal_lines, observer
 
@@ -105,7 +107,7 @@ def test_socket_activation_ready_and_stopping(tmp_path, tls):
     server = {"listen": "systemd:domain=INET:name=scep"}
     context = None
     if tls:
-        from test_operations import PrivateCA
+        from support.certs import PrivateCA
 
         ca = PrivateCA(tmp_path)
         cert, key = ca.server("proxy")
@@ -114,8 +116,7 @@ def test_socket_activation_ready_and_stopping(tmp_path, tls):
     config = daemon_config(tmp_path, port, server=server)
     notify = NotifySocket(tmp_path / "notify.sock")
     environ = dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES="scep", NOTIFY_SOCKET=str(notify.path))
-    command = "LISTEN_PID=$$ exec %s --nodaemon --pidfile= --logger scepproxyd.journald.observer scepproxyd --config %s" % (
-        TWISTD, config)
+    command = "LISTEN_PID=$$ exec " + shlex.join(twistd_command(config, "--logger", "scepproxyd.journald.observer"))
 
     def inherit_fd_3():
         os.dup2(listening.fileno(), 3)

@@ -1,6 +1,6 @@
 """NanoMDM delivery through the running daemon: InstallProfile commands, outages, webhook reports.
 
-The NanoMDM here is a small fake written for the tests (tests/nanomdm_fake.py),
+The NanoMDM here is a small fake written for the tests (tests/support/nanomdm_fake.py),
 listening on loopback; the daemon is the real one, started by twistd.
 """
 
@@ -12,19 +12,13 @@ import treq
 from twisted.internet import reactor
 from twisted.web import server
 
-from nanomdm_fake import PROFILE_ERROR_CHAIN, FakeNanoMDM
-from peers import Daemon, ScepServer, free_port
-from test_interop_engine import Client, status_of
+from support.nanomdm_fake import FakeNanoMDM, PROFILE_ERROR_CHAIN
+from support.processes import free_port
+from support.api import Api
+from support.site import FIXTURES, host_profile_status
+from support.upstream import CHALLENGE as STATIC
 
-STATIC = "nanomdm-flow-static"
 API_KEY = "nanomdm-api-key-for-tests"
-
-
-@pytest.fixture
-def upstream(tmp_path):
-    s = ScepServer(tmp_path / "upstream", STATIC).start()
-    yield s
-    s.stop()
 
 
 @pytest.fixture
@@ -40,16 +34,13 @@ def nanomdm():
 
 
 @pytest.fixture
-def daemon(tmp_path, nanomdm):
+def nanomdm_daemon(tmp_path, nanomdm, start_daemon):
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "nanomdm.key").write_text(API_KEY + "\n")
-    d = Daemon(
-        tmp_path,
+    return start_daemon(
         profiles={"process_interval": "1h"},
         delivery={"backend": "nanomdm", "nanomdm_url": nanomdm.url},
-    ).start()
-    yield d
-    d.stop()
+    )
 
 
 def webhook_url(daemon):
@@ -58,27 +49,28 @@ def webhook_url(daemon):
 
 
 @pytest_twisted.ensureDeferred
-async def test_install_profile_outage_and_webhook(upstream, nanomdm, daemon):
-    admin = Client(daemon.admin_url, daemon.admin_token)
-    await admin.call("POST", "/api/v1/cas", {"name": "CORP_CA", "url": upstream.url, "challenge": STATIC})
+async def test_install_profile_outage_and_webhook(upstream, nanomdm, nanomdm_daemon):
+    daemon = nanomdm_daemon
+    admin = Api(daemon.admin_url, daemon.admin_token)
+    await admin.acall("POST", "/api/v1/cas", {"name": "CORP_CA", "url": upstream.url, "challenge": STATIC})
     hosts = ["UDID-A", "UDID-B"]
     for host in hosts:
-        await admin.call("PUT", "/api/v1/hosts/" + host, {"serial": "S", "platform": "ios"})
-    template = open("tests/fixtures/profiles/fleet-custom-scep-apple.mobileconfig", "rb").read().replace(b"CA_NAME", b"CORP_CA")
-    profile = (await admin.call("POST", "/api/v1/profiles?platform=ios", raw=template,
-                                content_type="application/x-apple-aspen-config"))["uuid"]
-    await admin.call("POST", "/api/v1/profiles/%s/assign" % profile, {"platform": "ios"})
+        await admin.acall("PUT", "/api/v1/hosts/" + host, {"serial": "S", "platform": "ios"})
+    template = (FIXTURES / "fleet-custom-scep-apple.mobileconfig").read_bytes().replace(b"CA_NAME", b"CORP_CA")
+    profile = (await admin.acall("POST", "/api/v1/profiles?platform=ios", raw=template,
+                                 content_type="application/x-apple-aspen-config"))["uuid"]
+    await admin.acall("POST", "/api/v1/profiles/%s/assign" % profile, {"platform": "ios"})
 
     # NanoMDM down: commands stay queued for a retry, host profiles stay pending.
     nanomdm.down()
-    result = (await admin.call("POST", "/api/v1/jobs/process_profiles"))["result"]
+    result = (await admin.acall("POST", "/api/v1/jobs/process_profiles"))["result"]
     assert result["claimed"] == 2 and result["delivery_retries"] == 2 and result["delivered"] == 0
-    assert all([(await status_of(admin, h, profile))["status"] == "pending" for h in hosts])
+    assert all([(await host_profile_status(admin, h, profile))["status"] == "pending" for h in hosts])
 
     # Back up; the retry is due after its backoff (5 s for the first).
     nanomdm.up()
     await deferLater(6)
-    result = (await admin.call("POST", "/api/v1/jobs/process_profiles"))["result"]
+    result = (await admin.acall("POST", "/api/v1/jobs/process_profiles"))["result"]
     assert result["delivered"] == 2
 
     for host in hosts:
@@ -96,13 +88,13 @@ async def test_install_profile_outage_and_webhook(upstream, nanomdm, daemon):
     assert await nanomdm.acknowledge(treq, webhook_url(daemon), uuid_a) == 200
     assert await nanomdm.acknowledge(treq, webhook_url(daemon), uuid_b, status="Error",
                                      error_chain=PROFILE_ERROR_CHAIN) == 200
-    assert (await status_of(admin, "UDID-A", profile))["status"] == "verifying"
-    row_b = await status_of(admin, "UDID-B", profile)
+    assert (await host_profile_status(admin, "UDID-A", profile))["status"] == "verifying"
+    row_b = await host_profile_status(admin, "UDID-B", profile)
     assert (row_b["status"], row_b["retries"]) == (None, 1)
     assert "SCEP server returned an invalid response" in row_b["detail"]
 
     # The errored host profile is sent again with a new command.
-    result = (await admin.call("POST", "/api/v1/jobs/process_profiles"))["result"]
+    result = (await admin.acall("POST", "/api/v1/jobs/process_profiles"))["result"]
     assert result["claimed"] == 1 and result["delivered"] == 1
     assert nanomdm.queues["UDID-B"][0]["CommandUUID"] != uuid_b
 

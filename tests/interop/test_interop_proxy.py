@@ -5,11 +5,7 @@ its database through the store's API, then drives real scepclient and plain
 HTTP against the proxy.
 """
 
-import signal
-import subprocess
-from urllib.parse import quote
 
-import pytest
 import pytest_twisted
 import treq
 from cryptography import x509
@@ -17,93 +13,37 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import defer, protocol, reactor, threads
 from twisted.web import resource, server
 
-from certs import signed_blob
-from peers import Daemon, ScepServer, free_port, need
-from scepproxyd.store import Store
-
-STATIC_CHALLENGE = "upstream-static-secret"
-HOST = "C8QHT3K1Q6L4"
-PROFILE = "a1b2c3d4-profile"
-CA = "UPSTREAM_CA"
-
-
-def identifier_path(host, profile, ca, challenge) -> str:
-    return "/mdm/scep/proxy/" + quote("%s,%s,%s,%s" % (host, profile, ca, challenge), safe="")
-
-
-@pytest.fixture
-def upstream(tmp_path):
-    server_ = ScepServer(tmp_path / "upstream", STATIC_CHALLENGE)
-    server_.start()
-    yield server_
-    server_.stop()
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(tmp_path).start()
-    yield d
-    code = d.stop()
-    # twistd re-raises SIGTERM after a clean shutdown, as systemd expects.
-    assert code in (0, -signal.SIGTERM), d.log()
-    assert "Server Shut Down." in d.log()
-
-
-@pytest.fixture
-def store(daemon):
-    s = Store(daemon.database, reactor)
-    pytest_twisted.blockon(s.start())
-    yield s
-    pytest_twisted.blockon(s.stop())
-
-
-@defer.inlineCallbacks
-def pending_host_profile(store, ca_url, ca=CA, host=HOST, profile=PROFILE):
-    """A CA, a host and its pending host profile, as the processing job would leave them."""
-    if (yield store.get_ca(ca)) is None:
-        yield store.add_ca(ca, ca_url)
-    yield store.upsert_host(host, "SERIAL-" + host, "macos")
-    yield store.add_profile(profile, "Wi-Fi certificate", "macos", b"<plist/>", ca)
-    yield store.assign_profile(host, profile)
-    challenge = yield store.new_challenge(host, profile)
-    yield store.set_host_profile_status(host, profile, "pending")
-    return challenge
-
-
-def run_scepclient(workdir, url, challenge, cn):
-    workdir.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(
-        [need("scepclient"), "-private-key", str(workdir / "key.pem"), "-server-url", url,
-         "-challenge=" + challenge, "-cn", cn],
-        cwd=str(workdir), capture_output=True, text=True, timeout=60,
-    )
-
+from support.certs import signed_blob
+from support.clients import scepclient
+from support.processes import free_port
+from support.site import CA, HOST, PROFILE, identifier_path, pending_host_profile
+from support.upstream import CHALLENGE as STATIC_CHALLENGE
 
 @pytest_twisted.inlineCallbacks
-def test_scepclient_enrolls_through_proxy_and_replay_fails(tmp_path, upstream, daemon, store):
-    challenge = yield pending_host_profile(store, upstream.url)
+def test_scepclient_enrolls_through_proxy_and_replay_fails(tmp_path, upstream, daemon, daemon_store):
+    challenge = yield pending_host_profile(daemon_store, upstream.url)
     url = daemon.url + identifier_path(HOST, PROFILE, CA, challenge)
 
-    result = yield threads.deferToThread(run_scepclient, tmp_path / "device", url, STATIC_CHALLENGE, "device-1")
+    result = yield threads.deferToThread(scepclient, tmp_path / "device", url, STATIC_CHALLENGE, "device-1")
     assert result.returncode == 0, result.stderr
     issued = x509.load_pem_x509_certificate((tmp_path / "device" / "client.pem").read_bytes())
     ca_cert = x509.load_pem_x509_certificate(upstream.ca_pem.read_bytes())
     assert issued.issuer == ca_cert.subject
     assert issued.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "device-1"
-    assert (yield store.get_host_profile(HOST, PROFILE)).status == "verifying"
+    assert (yield daemon_store.get_host_profile(HOST, PROFILE)).status == "verifying"
     assert upstream.operations("PKIOperation") == 1
 
     # Same identifier again: the one-time challenge is spent; the CA never sees it.
     (tmp_path / "device" / "csr.pem").unlink()
     (tmp_path / "device" / "client.pem").unlink()
-    again = yield threads.deferToThread(run_scepclient, tmp_path / "device", url, STATIC_CHALLENGE, "device-1")
+    again = yield threads.deferToThread(scepclient, tmp_path / "device", url, STATIC_CHALLENGE, "device-1")
     assert again.returncode != 0
     response = yield treq.post(url + "?operation=PKIOperation", data=signed_blob())
     assert response.code == 400
     assert (yield response.text()) == "custom scep challenge failed\n"
     assert upstream.operations("PKIOperation") == 1
     # The replay is harmless: the host profile that enrolled is not knocked back.
-    host_profile = yield store.get_host_profile(HOST, PROFILE)
+    host_profile = yield daemon_store.get_host_profile(HOST, PROFILE)
     assert (host_profile.status, host_profile.retries) == ("verifying", 0)
 
     log = daemon.log()
@@ -114,8 +54,8 @@ def test_scepclient_enrolls_through_proxy_and_replay_fails(tmp_path, upstream, d
 
 
 @pytest_twisted.inlineCallbacks
-def test_caps_and_cacert_pass_through_without_consuming(upstream, daemon, store):
-    challenge = yield pending_host_profile(store, upstream.url)
+def test_caps_and_cacert_pass_through_without_consuming(upstream, daemon, daemon_store):
+    challenge = yield pending_host_profile(daemon_store, upstream.url)
     base = daemon.url + identifier_path(HOST, PROFILE, CA, challenge)
     caps = yield treq.get(base + "?operation=GetCACaps")
     assert caps.code == 200
@@ -131,12 +71,12 @@ def test_caps_and_cacert_pass_through_without_consuming(upstream, daemon, store)
     assert x509.load_der_x509_certificate(der).subject == x509.load_pem_x509_certificate(
         upstream.ca_pem.read_bytes()).subject
     # Nothing was consumed: the challenge still works for the real enrollment.
-    assert (yield store.consume_challenge(challenge, HOST, PROFILE)) is not None
+    assert (yield daemon_store.consume_challenge(challenge, HOST, PROFILE)) is not None
 
 
 @pytest_twisted.inlineCallbacks
-def test_unknown_pieces_give_one_answer(upstream, daemon, store):
-    challenge = yield pending_host_profile(store, upstream.url)
+def test_unknown_pieces_give_one_answer(upstream, daemon, daemon_store):
+    challenge = yield pending_host_profile(daemon_store, upstream.url)
     answers = set()
     for ident in [("nohost", PROFILE, CA), (HOST, "noprofile", CA), (HOST, PROFILE, "NO_CA")]:
         r = yield treq.get(daemon.url + identifier_path(*ident, challenge) + "?operation=GetCACaps")
@@ -155,8 +95,8 @@ def test_malformed_identifier_gets_reason(daemon):
 
 
 @pytest_twisted.inlineCallbacks
-def test_32_concurrent_pkioperations_one_reaches_upstream(upstream, daemon, store):
-    challenge = yield pending_host_profile(store, upstream.url)
+def test_32_concurrent_pkioperations_one_reaches_upstream(upstream, daemon, daemon_store):
+    challenge = yield pending_host_profile(daemon_store, upstream.url)
     url = daemon.url + identifier_path(HOST, PROFILE, CA, challenge) + "?operation=PKIOperation"
     blob = signed_blob()
     responses = yield defer.gatherResults([treq.post(url, data=blob) for _ in range(32)])
@@ -168,11 +108,11 @@ def test_32_concurrent_pkioperations_one_reaches_upstream(upstream, daemon, stor
 
 
 @pytest_twisted.inlineCallbacks
-def test_pkioperation_by_get_with_literal_plus(upstream, daemon, store, tmp_path):
+def test_pkioperation_by_get_with_literal_plus(upstream, daemon, daemon_store, tmp_path):
     """GET PKIOperation: base64 with unescaped '+' reaches the CA intact."""
     import base64
 
-    challenge = yield pending_host_profile(store, upstream.url)
+    challenge = yield pending_host_profile(daemon_store, upstream.url)
     blob = signed_blob()
     encoded = base64.b64encode(blob).decode()
     url = daemon.url + identifier_path(HOST, PROFILE, CA, challenge) + "?operation=PKIOperation&message=" + encoded
@@ -202,12 +142,12 @@ class _HangingCA(resource.Resource):
 
 
 @pytest_twisted.inlineCallbacks
-def test_slow_upstream_gives_504_and_challenge_survives(daemon, store):
+def test_slow_upstream_gives_504_and_challenge_survives(daemon, daemon_store):
     hanging = _HangingCA()
     port = reactor.listenTCP(0, server.Site(hanging), interface="127.0.0.1")
     try:
         ca_url = "http://127.0.0.1:%d/scep" % (port.getHost().port,)
-        challenge = yield pending_host_profile(store, ca_url, ca="HANGING")
+        challenge = yield pending_host_profile(daemon_store, ca_url, ca="HANGING")
         url = daemon.url + identifier_path(HOST, PROFILE, "HANGING", challenge) + "?operation=PKIOperation"
         blob = signed_blob()
         first = yield treq.post(url, data=blob)
@@ -224,8 +164,8 @@ def test_slow_upstream_gives_504_and_challenge_survives(daemon, store):
 
 
 @pytest_twisted.inlineCallbacks
-def test_stopped_upstream_gives_502_and_challenge_survives(tmp_path, upstream, daemon, store):
-    challenge = yield pending_host_profile(store, upstream.url)
+def test_stopped_upstream_gives_502_and_challenge_survives(tmp_path, upstream, daemon, daemon_store):
+    challenge = yield pending_host_profile(daemon_store, upstream.url)
     url = daemon.url + identifier_path(HOST, PROFILE, CA, challenge)
     caps = yield treq.get(url + "?operation=GetCACaps")  # warms the caps cache
     assert caps.code == 200
@@ -235,20 +175,20 @@ def test_stopped_upstream_gives_502_and_challenge_survives(tmp_path, upstream, d
     assert r.code == 502
     assert "unreachable" in (yield r.text())
     upstream.start()
-    result = yield threads.deferToThread(run_scepclient, tmp_path / "device", url, STATIC_CHALLENGE, "device-2")
+    result = yield threads.deferToThread(scepclient, tmp_path / "device", url, STATIC_CHALLENGE, "device-2")
     assert result.returncode == 0, result.stderr
-    assert (yield store.get_host_profile(HOST, PROFILE)).status == "verifying"
+    assert (yield daemon_store.get_host_profile(HOST, PROFILE)).status == "verifying"
 
 
 @pytest_twisted.inlineCallbacks
-def test_upstream_refusal_sends_profile_back(tmp_path, upstream, daemon, store):
+def test_upstream_refusal_sends_profile_back(tmp_path, upstream, daemon, daemon_store):
     """The CA answers FAILURE (wrong static challenge in the CSR): no certificate, profile resent."""
-    challenge = yield pending_host_profile(store, upstream.url)
+    challenge = yield pending_host_profile(daemon_store, upstream.url)
     url = daemon.url + identifier_path(HOST, PROFILE, CA, challenge)
-    result = yield threads.deferToThread(run_scepclient, tmp_path / "device", url, "wrong-static", "device-3")
+    result = yield threads.deferToThread(scepclient, tmp_path / "device", url, "wrong-static", "device-3")
     assert result.returncode != 0
     assert not (tmp_path / "device" / "client.pem").exists()
-    host_profile = yield store.get_host_profile(HOST, PROFILE)
+    host_profile = yield daemon_store.get_host_profile(HOST, PROFILE)
     assert host_profile.status is None
     assert host_profile.retries == 1
     assert "upstream CA refused the request" in host_profile.detail

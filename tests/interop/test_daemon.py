@@ -6,15 +6,10 @@ import subprocess
 
 import pytest
 
-from hostile import raw_http
-from peers import REPO, TWISTD, Daemon, daemon_config, free_port, wait_for_port
-
-
-def run_twistd(config, timeout=30):
-    return subprocess.run(
-        [TWISTD, "--nodaemon", "--pidfile=", "scepproxyd", "--config", str(config)],
-        capture_output=True, text=True, timeout=timeout,
-    )
+from support.certs import PrivateCA
+from support.hostile import raw_http
+from support.daemon import daemon_config, run_twistd, twistd_command
+from support.processes import REPO, free_port, wait_for_port
 
 
 def test_bad_config_value_refused_at_start(tmp_path):
@@ -53,10 +48,7 @@ def test_shipped_config_starts_and_answers(tmp_path):
     text = text.replace("directory = ../var", "directory = %s" % (tmp_path / "var",))
     config = tmp_path / "scepproxyd.ini"
     config.write_text(text)
-    process = subprocess.Popen(
-        [TWISTD, "--nodaemon", "--pidfile=", "scepproxyd", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    process = subprocess.Popen(twistd_command(config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, process)
         reply = raw_http(port, b"GET /mdm/scep/proxy/x,y,z,w?operation=GetCACaps HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -68,11 +60,7 @@ def test_shipped_config_starts_and_answers(tmp_path):
         assert process.wait(15) in (0, -signal.SIGTERM)
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(tmp_path, server={"max_body_bytes": "4k", "idle_timeout": "2s"}).start()
-    yield d
-    d.stop()
+pytestmark = pytest.mark.daemon(server={"max_body_bytes": "4k", "idle_timeout": "2s"})
 
 
 def test_declared_oversized_body_gets_413_before_it_is_sent(daemon):
@@ -131,8 +119,6 @@ def test_systemd_listener_without_socket_is_refused_clearly(tmp_path):
 
 
 def test_mismatched_tls_key_is_refused_clearly(tmp_path):
-    from test_operations import PrivateCA
-
     ca = PrivateCA(tmp_path)
     cert, _ = ca.server("one")
     _, other_key = ca.server("two")

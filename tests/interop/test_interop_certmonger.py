@@ -1,7 +1,7 @@
 """certmonger, the SCEP client of RHEL and FreeIPA hosts, against the built-in CA.
 
 certmonger runs as a real daemon on a private socket in the test's directory
-(tests/peers.py ``Certmonger``) and is driven with ``getcert`` as an operator
+(tests/support/certmonger.py ``Certmonger``) and is driven with ``getcert`` as an operator
 would: ``add-scep-ca`` then ``request``, ``refresh`` to poll now. It sends
 PKIOperation as GET with percent-encoded base64, AES-256 and SHA-256.
 
@@ -14,7 +14,6 @@ refused.
 """
 
 import re
-import signal
 import time
 
 import pytest
@@ -22,9 +21,10 @@ import pytest_twisted
 from cryptography.x509.oid import NameOID
 from twisted.internet import threads
 
-from peers import Certmonger, Daemon
-from test_ca_interop import FAST, Site, load, openssl_verify
-from test_interop_bound_issuance import OU, Fleet
+from support.certmonger import Certmonger
+from support.clients import load, openssl_verify
+from support.daemon import Site
+from support.site import OU, Fleet
 
 
 @pytest.fixture
@@ -44,22 +44,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.fixture
-def site(tmp_path):
-    """The daemon with the built-in CA's static challenge on, as tests/test_ca_interop.py runs it."""
-    started = []
-
-    def make(**ca):
-        daemon = Daemon(tmp_path, ca=dict(FAST, **ca)).start()
-        started.append(daemon)
-        return Site(daemon)
-
-    yield make
-    for daemon in started:
-        assert daemon.stop() in (0, -signal.SIGTERM), daemon.log()
-        assert "Traceback" not in daemon.log(), daemon.log()
-
-
 def outcomes(log: str, transaction: str) -> list[str]:
     """The built-in CA's outcomes for one transaction, in order, from the daemon's log."""
     return re.findall(r"transaction=%s outcome=(\w+)" % (re.escape(transaction),), log)
@@ -75,8 +59,8 @@ def pending_request(s: Site, subject: str) -> dict:
 # -- at /scep ---------------------------------------------------------------------------------------
 
 
-def test_certmonger_enrolls_at_scep_with_the_static_challenge(site, certmonger):
-    s = site()
+def test_certmonger_enrolls_at_scep_with_the_static_challenge(ca_site, certmonger):
+    s = ca_site()
     certmonger.add_scep_ca("scepproxyd", s.scep_url, s.ca_pem)
 
     certmonger.request("rhel-1", "scepproxyd", "CN=rhel-1.example", s.static_challenge)
@@ -97,8 +81,8 @@ def test_certmonger_enrolls_at_scep_with_the_static_challenge(site, certmonger):
     assert s.static_challenge not in log
 
 
-def test_certmonger_wrong_challenge_is_ca_rejected(site, certmonger):
-    s = site()
+def test_certmonger_wrong_challenge_is_ca_rejected(ca_site, certmonger):
+    s = ca_site()
     certmonger.add_scep_ca("scepproxyd", s.scep_url, s.ca_pem)
     certmonger.request("intruder", "scepproxyd", "CN=intruder", "not-the-challenge")
     fields = certmonger.wait_for("intruder", Certmonger.DONE, Certmonger.REJECTED, Certmonger.UNREACHABLE)
@@ -112,8 +96,8 @@ def test_certmonger_wrong_challenge_is_ca_rejected(site, certmonger):
     assert listing["certificates"] == []
 
 
-def test_certmonger_waits_for_an_admin_then_gets_the_certificate(site, certmonger):
-    s = site(auto_approve_networks="-")  # the static challenge is valid, but every request waits
+def test_certmonger_waits_for_an_admin_then_gets_the_certificate(ca_site, certmonger):
+    s = ca_site(auto_approve_networks="-")  # the static challenge is valid, but every request waits
     certmonger.add_scep_ca("scepproxyd", s.scep_url, s.ca_pem)
     certmonger.request("switch-1", "scepproxyd", "CN=switch-1", s.static_challenge)
     assert certmonger.wait_for("switch-1", Certmonger.WAITING, Certmonger.REJECTED,
@@ -149,8 +133,8 @@ def test_certmonger_waits_for_an_admin_then_gets_the_certificate(site, certmonge
     assert s.static_challenge not in s.daemon.log()
 
 
-def test_certmonger_request_rejected_by_an_admin_is_ca_rejected(site, certmonger):
-    s = site(auto_approve_networks="-")
+def test_certmonger_request_rejected_by_an_admin_is_ca_rejected(ca_site, certmonger):
+    s = ca_site(auto_approve_networks="-")
     certmonger.add_scep_ca("scepproxyd", s.scep_url, s.ca_pem)
     certmonger.request("unwanted", "scepproxyd", "CN=unwanted", s.static_challenge)
     fields = certmonger.wait_for("unwanted", Certmonger.WAITING, Certmonger.REJECTED, Certmonger.UNREACHABLE)

@@ -12,25 +12,26 @@ latest challenge of a pending host profile still requeues it.
 
 import re
 
+import pytest
 import pytest_twisted
 import treq
 from cryptography import x509
 from twisted.internet import threads
 
-from certs import signed_blob
-from scep_capture import CaptureServer
-from test_interop_engine import (  # noqa: F401 (fixtures)
+from support.certs import signed_blob
+from support.scep_capture import CaptureServer
+from support.clients import enroll, scepclient
+from support.site import (
     FIXTURES,
-    STATIC,
-    daemon,
-    enroll,
+    host_profile_status,
     move_certificate_into_renewal_window,
     scep_settings_from_mobileconfig,
     set_up,
-    status_of,
-    upstream,
 )
-from test_interop_proxy import run_scepclient
+from support.upstream import CHALLENGE as STATIC
+
+# Long intervals: the test triggers the jobs itself, through the same code path (as test_interop_engine.py).
+pytestmark = pytest.mark.daemon(profiles={"process_interval": "1h"}, renewal={"interval": "1d"})
 
 REPLAYS = 5
 CHALLENGE_FAILED = "custom scep challenge failed\n"
@@ -46,7 +47,7 @@ def captured_pkioperation(upstream, url: str, cn: str, workdir) -> bytes:
     """A PKIOperation exactly as scepclient sends it for ``url``'s challenge and CA, recorded on its way."""
     ca_certificate = x509.load_pem_x509_certificate(upstream.ca_pem.read_bytes())
     with CaptureServer([ca_certificate]) as capture:
-        result = run_scepclient(workdir, capture.url, STATIC, cn)
+        result = scepclient(workdir, capture.url, STATIC, cn)
     assert result.returncode != 0  # the recorder answers 500: the client gives up, the test keeps the request
     assert len(capture.messages) == 1, capture.operations
     return capture.messages[0]
@@ -56,17 +57,17 @@ async def verified_host(tmp_path, daemon, upstream, host):
     """Admin set-up, processing, the agent's fetch, scepclient's enrollment, the agent's reports: `verified`."""
     template = (FIXTURES / "fleet-custom-scep-apple.mobileconfig").read_bytes().replace(b"CA_NAME", b"CORP_CA")
     admin, agent, profile = await set_up(daemon, upstream, template, "application/x-apple-aspen-config", host, "macos")
-    await admin.call("POST", "/api/v1/jobs/process_profiles")
-    (command,) = (await agent.call("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
+    await admin.acall("POST", "/api/v1/jobs/process_profiles")
+    (command,) = (await agent.acall("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
     url, _, cn = scep_settings_from_mobileconfig(command["payload"])
     cn = cn.replace("%SerialNumber%", "SER" + host)
     pem = await threads.deferToThread(enroll, tmp_path / "device", url, STATIC, cn)
-    assert (await status_of(admin, host, profile))["status"] == "verifying"
-    await agent.call("POST", "/api/v1/agent/hosts/%s/commands/%s" % (host, command["command_uuid"]),
-                     {"status": "acknowledged"})
-    assert (await agent.call("POST", "/api/v1/agent/hosts/%s/certificates" % host, {"certificates": [pem]}))[
+    assert (await host_profile_status(admin, host, profile))["status"] == "verifying"
+    await agent.acall("POST", "/api/v1/agent/hosts/%s/commands/%s" % (host, command["command_uuid"]),
+                      {"status": "acknowledged"})
+    assert (await agent.acall("POST", "/api/v1/agent/hosts/%s/certificates" % host, {"certificates": [pem]}))[
         "recorded"] == 1
-    assert (await status_of(admin, host, profile))["status"] == "verified"
+    assert (await host_profile_status(admin, host, profile))["status"] == "verified"
     return admin, agent, profile, url, cn
 
 
@@ -74,16 +75,16 @@ async def verified_host(tmp_path, daemon, upstream, host):
 async def test_replayed_proxy_url_leaves_a_verified_host_profile_alone(tmp_path, upstream, daemon):
     host = "MAC-REPLAY"
     admin, agent, profile, url, cn = await verified_host(tmp_path, daemon, upstream, host)
-    before = await status_of(admin, host, profile)
+    before = await host_profile_status(admin, host, profile)
     assert (before["status"], before["retries"]) == ("verified", 0)
     reached_ca = upstream.operations("PKIOperation")
 
     # The device (or whoever holds the old profile) runs scepclient against the old URL again.
     for attempt in range(1, REPLAYS + 1):
-        result = await threads.deferToThread(run_scepclient, tmp_path / ("replay-%d" % attempt), url, STATIC, cn)
+        result = await threads.deferToThread(scepclient, tmp_path / ("replay-%d" % attempt), url, STATIC, cn)
         assert result.returncode != 0, result.stdout + result.stderr
         assert outcomes(daemon, host, "challenge_stale") == attempt
-        assert await status_of(admin, host, profile) == before
+        assert await host_profile_status(admin, host, profile) == before
 
     # The same with a real PKIOperation re-POSTed as is: the device hears the one refusal, byte for byte.
     message = await threads.deferToThread(captured_pkioperation, upstream, url, cn, tmp_path / "captured")
@@ -94,7 +95,7 @@ async def test_replayed_proxy_url_leaves_a_verified_host_profile_alone(tmp_path,
         assert await response.text() == CHALLENGE_FAILED
         assert outcomes(daemon, host, "challenge_stale") == REPLAYS + attempt
 
-    after = await status_of(admin, host, profile)
+    after = await host_profile_status(admin, host, profile)
     assert after == before and (after["status"], after["retries"]) == ("verified", 0)
     assert upstream.operations("PKIOperation") == reached_ca
     log = daemon.log()
@@ -110,29 +111,29 @@ async def test_old_url_does_not_move_a_host_profile_waiting_on_its_renewal(tmp_p
     host = "MAC-RENEW"
     admin, agent, profile, old_url, cn = await verified_host(tmp_path, daemon, upstream, host)
     move_certificate_into_renewal_window(daemon, host, profile)
-    assert (await admin.call("POST", "/api/v1/jobs/renew_certificates"))["result"] == {"renewals_due": 1}
-    await admin.call("POST", "/api/v1/jobs/process_profiles")
-    waiting = await status_of(admin, host, profile)
+    assert (await admin.acall("POST", "/api/v1/jobs/renew_certificates"))["result"] == {"renewals_due": 1}
+    await admin.acall("POST", "/api/v1/jobs/process_profiles")
+    waiting = await host_profile_status(admin, host, profile)
     assert (waiting["status"], waiting["retries"]) == ("pending", 0)
 
     # Claimed, not yet fetched: the last attempt's URL is old.
     response = await treq.post(old_url + "?operation=PKIOperation", data=signed_blob())
     assert (response.code, await response.text()) == (400, CHALLENGE_FAILED)
-    assert await status_of(admin, host, profile) == waiting
+    assert await host_profile_status(admin, host, profile) == waiting
 
     # Fetched: the new copy carries a new challenge, and the old URL still moves nothing.
-    (command,) = (await agent.call("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
+    (command,) = (await agent.acall("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
     new_url, _, _ = scep_settings_from_mobileconfig(command["payload"])
     assert new_url != old_url
     for _ in range(REPLAYS):
         response = await treq.post(old_url + "?operation=PKIOperation", data=signed_blob())
         assert (response.code, await response.text()) == (400, CHALLENGE_FAILED)
-    assert await status_of(admin, host, profile) == waiting
+    assert await host_profile_status(admin, host, profile) == waiting
     assert "reason=not_latest host_profile_status=pending" in daemon.log()
 
     # The new copy enrolls as if nothing had happened.
     await threads.deferToThread(enroll, tmp_path / "renewed", new_url, STATIC, cn)
-    assert (await status_of(admin, host, profile))["status"] == "verifying"
+    assert (await host_profile_status(admin, host, profile))["status"] == "verifying"
 
 
 @pytest_twisted.ensureDeferred
@@ -141,19 +142,19 @@ async def test_latest_challenge_spent_while_pending_is_resent(tmp_path, upstream
     host = "MAC-SPENT"
     template = (FIXTURES / "fleet-custom-scep-apple.mobileconfig").read_bytes().replace(b"CA_NAME", b"CORP_CA")
     admin, agent, profile = await set_up(daemon, upstream, template, "application/x-apple-aspen-config", host, "macos")
-    await admin.call("POST", "/api/v1/jobs/process_profiles")
-    (command,) = (await agent.call("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
+    await admin.acall("POST", "/api/v1/jobs/process_profiles")
+    (command,) = (await agent.acall("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
     url, _, _ = scep_settings_from_mobileconfig(command["payload"])
 
     # scepserver cannot read this request; its answer is no CertRep, so the challenge is spent and nothing moves.
     first = await treq.post(url + "?operation=PKIOperation", data=signed_blob())
     assert first.code == 502, await first.text()
     await first.content()
-    assert (await status_of(admin, host, profile))["status"] == "pending"
+    assert (await host_profile_status(admin, host, profile))["status"] == "pending"
 
     again = await treq.post(url + "?operation=PKIOperation", data=signed_blob())
     assert (again.code, await again.text()) == (400, CHALLENGE_FAILED)
-    row = await status_of(admin, host, profile)
+    row = await host_profile_status(admin, host, profile)
     assert (row["status"], row["retries"], row["detail"]) == (None, 1, "custom scep challenge failed")
     assert outcomes(daemon, host, "challenge_failed") == 1
     assert outcomes(daemon, host, "challenge_stale") == 0

@@ -11,7 +11,6 @@ lost or stuck, and the challenge books balance.
 import socket
 import time
 
-import pytest
 import pytest_twisted
 import treq
 from cryptography import x509
@@ -19,27 +18,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import AttributeOID, NameOID
 from twisted.internet import defer, reactor, task
 
-from certs import self_signed, signed_blob
-from hostile import (
-    HostileCA,
-    add_ca,
-    apis,
-    assert_log_clean,
-    challenge_from_url,
-    db,
-    fetch_urls,
-    integrity,
-    kill9,
-    request_once,
-    upload_profile,
-)
-from peers import Daemon, ScepServer
+from support.certs import self_signed, signed_blob
+from support.api import apis
+from support.hostile import HostileCA, assert_log_clean, db, integrity, kill9, request_once
+from support.site import add_ca, challenge_from_url, fetch_urls, upload_profile
+from support.daemon import Daemon
+from support.upstream import CHALLENGE as STATIC
 from scepproxyd.store.models import challenge_hash
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import attributes as codec_attributes
 from scepproxyd.scep.codec import signed as codec_signed
 
-STATIC = "crash-static-secret"
 
 
 def audit_host_profiles(daemon, expected: int) -> dict:
@@ -69,13 +58,6 @@ def audit_host_profiles(daemon, expected: int) -> dict:
 
 
 # -- in the middle of PKIOperation load ---------------------------------------------------
-
-
-@pytest.fixture
-def upstream(tmp_path):
-    server = ScepServer(tmp_path / "ca", STATIC).start()
-    yield server
-    server.stop()
 
 
 HOSTS = 240
