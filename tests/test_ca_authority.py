@@ -615,6 +615,37 @@ async def test_the_same_message_twice_at_once_yields_one_certificate(store, cloc
 
 
 
+@pytest.mark.parametrize("auto_approve", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_a_copy_that_finds_the_challenge_spent_by_its_twin_gets_the_twins_answer(store, clock, monkeypatch,
+                                                                                       auto_approve):
+    """The second copy looked its message up before the first was recorded, then found its one-time challenge spent."""
+    ca, device = make_ca(store, clock, auto_approve=auto_approve), Device()
+    minted, _ = await CaManager(ca, store, TEMPLATES, 3600).new_challenge(None, None)
+    request = device.request(ca, csr=device.csr(challenge=minted))
+    first = await ca.pki_operation(request, "10.0.0.5")
+    looked_up, recorded = [], store.seen_request
+
+    async def not_yet_recorded_the_first_time(transaction_id, sender_nonce):
+        looked_up.append(transaction_id)
+        return (None, False) if len(looked_up) == 1 else await recorded(transaction_id, sender_nonce)
+
+    monkeypatch.setattr(store, "seen_request", not_yet_recorded_the_first_time)
+    second = await ca.pki_operation(request, "10.0.0.5")
+    assert len(looked_up) == 2
+    if auto_approve:
+        assert (first.outcome, second.outcome) == ("issued", "answered_again")
+        assert device.read(ca, second)[2][0].serial_number == int(first.serial, 16)
+    else:
+        assert (first.outcome, second.outcome) == ("pending", "still_pending")
+        assert device.read(ca, second)[0] == "PENDING"
+    assert len(await store.list_issued_certificates()) == (1 if auto_approve else 0)
+    # Another device's request with that spent challenge is still refused.
+    other = Device()
+    refused = await ca.pki_operation(other.request(ca, csr=other.csr(challenge=minted)), "10.0.0.5")
+    assert other.read(ca, refused)[:2] == ("FAILURE", "badRequest")
+
+
 @pytest_twisted.ensureDeferred
 async def test_openssl_verifies_the_cas_failure_and_pending_answers(store, clock, tmp_path):
     """certmonger and ``openssl cms -verify`` refuse a SignedData without eContent ("no content")."""
@@ -642,8 +673,8 @@ class _MemoryStore:
     async def get_ca_request(self, transaction_id):
         return self.requests.get(transaction_id)
 
-    async def nonce_answered(self, nonce):
-        return False
+    async def seen_request(self, transaction_id, sender_nonce):
+        return self.requests.get(transaction_id), False
 
     async def peek_ca_challenge(self, challenge_hash):
         return None

@@ -28,7 +28,8 @@ async def test_record_issued_keeps_request_and_certificate_together(store):
     await store.record_issued(attrs.evolve(request(), status="issued", issued_serial="abc"), certificate())
     assert (await store.get_ca_request("T1")).status == "issued"
     assert (await store.get_issued_certificate("abc")).transaction_id == "T1"
-    assert await store.nonce_answered("n1") and not await store.nonce_answered("n2")
+    assert (await store.seen_request("T1", "n1"))[1] and not (await store.seen_request("T1", "n2"))[1]
+    assert (await store.seen_request("T9", "n1")) == (None, True)
     # A finished transaction ID may start again (a renewal with the same key) ...
     await store.record_issued(attrs.evolve(request(nonce="n2"), status="issued", issued_serial="def"),
                               certificate("def", nonce="n2"))

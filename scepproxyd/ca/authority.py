@@ -185,8 +185,12 @@ class ScepCA:
             issued = await self.issue(csr, template, row, renewal_of=renewal_of, answer_to=request,
                                       spend_challenge=spend_challenge)
         except ChallengeSpent:
-            # Another request with the same one-time challenge was recorded first.
-            raise _Refusal("badRequest", WRONG_CHALLENGE) from None
+            # Another request with the same one-time challenge was recorded first: this very
+            # message (sent twice at once) gets that answer, any other request is refused.
+            known = await self._known_transaction(request)
+            if known is None:
+                raise _Refusal("badRequest", WRONG_CHALLENGE) from None
+            return known
         except AlreadyAnswered:
             # The same message, sent twice at once, was answered meanwhile: the requester gets that answer.
             known = await self._known_transaction(request)
@@ -212,7 +216,16 @@ class ScepCA:
         if known is not None:
             return known
         csr = self._checked_csr(request)
-        grant, kind, spend = await self._grant_for(csr)
+        found = await self._grant_for(csr)
+        if found is None:
+            # The same message sent twice at once: its twin may have spent the one-time
+            # challenge between our first look-up and this one. The twin's answer is ours.
+            known = await self._known_transaction(request)
+            if known is not None:
+                return known
+            self._refused_by_policy("challenge")
+            raise _Refusal("badRequest", WRONG_CHALLENGE)
+        grant, kind, spend = found
         if grant.template not in self._templates:
             await self._spend_refused(grant, spend, "certificate template %s no longer exists" % (grant.template,))
             raise _Refusal("badRequest", "certificate template %s no longer exists" % (grant.template,))
@@ -225,13 +238,16 @@ class ScepCA:
             except DuplicateError:
                 raise _Refusal("badRequest", "transaction ID is already in use") from None
             except ChallengeSpent:
-                raise _Refusal("badRequest", WRONG_CHALLENGE) from None
+                known = await self._known_transaction(request)  # its twin, sent at the same time, was recorded
+                if known is None:
+                    raise _Refusal("badRequest", WRONG_CHALLENGE) from None
+                return known
             return "PENDING", {"outcome": "pending"}
         return await self._issued(request, csr, grant.template, row, spend_challenge=spend)
 
-    async def _grant_for(self, csr) -> tuple[CaGrant, str, str | None]:
+    async def _grant_for(self, csr) -> tuple[CaGrant, str, str | None] | None:
         """
-        What authorises this CSR: ``(grant, kind, hash of the one-time challenge to spend)``; a refusal if nothing does.
+        What authorises this CSR: ``(grant, kind, hash of the one-time challenge to spend)``; None if nothing does.
 
         A one-time challenge (rendered into one host profile's profile, or
         minted by an admin) is looked at here and spent in the transaction
@@ -248,8 +264,7 @@ class ScepCA:
         hashed = challenge_hash(challenge) if challenge else None
         grant = await self._store.peek_ca_challenge(hashed) if hashed else None
         if grant is None:
-            self._refused_by_policy("challenge")
-            raise _Refusal("badRequest", WRONG_CHALLENGE)
+            return None
         return grant, ("host_profile" if grant.host_uuid is not None else "minted"), hashed
 
     async def _spend_refused(self, grant: CaGrant, spend: str | None, reason: str) -> None:
@@ -355,7 +370,9 @@ class ScepCA:
         transaction ID may start anew: clients derive it from the key, which
         a renewal may keep.
         """
-        existing = await self._store.get_ca_request(request.header.transaction_id)
+        existing, answered = await self._store.seen_request(
+            request.header.transaction_id, request.header.sender_nonce.hex()
+        )
         if existing is not None:
             same_csr = request.csr is not None and request.csr.public_bytes(serialization.Encoding.DER) == existing.csr
             if existing.status == "issued" and same_csr and _same_message(request, existing):
@@ -371,7 +388,7 @@ class ScepCA:
                 return "PENDING", {"outcome": "still_pending"}
             if existing.status == "rejected" and same_csr:
                 return self._poll_answer(existing)
-        if await self._store.nonce_answered(request.header.sender_nonce.hex()):
+        if answered:
             raise _Refusal("badRequest", "this message was answered already")
         return None
 

@@ -199,15 +199,27 @@ class CaAuthorityQueries:
 
         return self._submit(add_pending_request)
 
-    def nonce_answered(self, sender_nonce: str) -> defer.Deferred:
-        """Whether a certificate was issued for the request message with this senderNonce (a replay)."""
+    def seen_request(self, transaction_id: str, sender_nonce: str) -> defer.Deferred:
+        """
+        ``(request, answered)``: the transaction with this ID (or None), and whether a certificate was
+        issued for the request message with this senderNonce; read together in one look.
 
-        def nonce_answered(conn):
-            return conn.execute(
+        One look, so a copy of a message sent twice at once never sees its
+        twin's certificate without the twin's transaction (the two are
+        written in one store transaction).
+        """
+
+        def seen_request(conn):
+            request = one(
+                CaRequest,
+                conn.execute(f"SELECT {_REQUEST_COLUMNS} FROM ca_requests WHERE transaction_id = ?", (transaction_id,)),
+            )
+            answered = conn.execute(
                 "SELECT 1 FROM issued_certificates WHERE sender_nonce = ?", (sender_nonce,)
             ).fetchone() is not None
+            return request, answered
 
-        return self._submit(nonce_answered, write=False)
+        return self._submit(seen_request, write=False)
 
     def get_ca_request(self, transaction_id) -> defer.Deferred:
         def get_ca_request(conn):
