@@ -40,7 +40,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from scepproxyd.files import fsync_directory
 from scepproxyd.ca.material import RA_CERTIFICATE_NAME, RA_KEY_NAME
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.store import StoreError
 
 log = get_logger(__name__)

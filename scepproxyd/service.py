@@ -11,11 +11,11 @@ from pathlib import Path
 from twisted.application import strports
 from twisted.web import resource
 
-from scepproxyd.connections import ConnectionCap, OpenFilesError, ensure_open_files, open_files_needed
+from scepproxyd.daemon.connections import ConnectionCap, OpenFilesError, ensure_open_files, open_files_needed
 from scepproxyd.delivery.render import CommandRenderer
 from scepproxyd.jobs import CleanupJob, ProcessProfilesJob, RenewalJob, ScheduledJob, backends_for
 from scepproxyd.keys import ChallengeCipher, KeyFileError, load_or_create_key, load_or_create_token
-from scepproxyd.lifecycle import (
+from scepproxyd.daemon.lifecycle import (
     DrainService,
     HTTPPoolService,
     InFlight,
@@ -23,14 +23,14 @@ from scepproxyd.lifecycle import (
     StoreService,
     write_probe_service,
 )
-from scepproxyd.logs import get_logger, set_level
-from scepproxyd.metrics import Metrics
-from scepproxyd.reload import ReloadService
+from scepproxyd.daemon.logs import get_logger, set_level
+from scepproxyd.daemon.metrics import Metrics
+from scepproxyd.daemon.reload import ReloadService
 from scepproxyd.scep.proxy import ScepProxy
 from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http_client
-from scepproxyd.sdnotify import SystemdNotifier
+from scepproxyd.daemon.sdnotify import SystemdNotifier
 from scepproxyd.store import Store
-from scepproxyd.tls import UpstreamTrust, server_context, wrap_tls
+from scepproxyd.daemon.tls import UpstreamTrust, server_context, wrap_tls
 from scepproxyd.web.admin import AdminRoutes, admin_route_limits
 from scepproxyd.web.admin_agents import AgentCredentialRoutes
 from scepproxyd.web.admin_backup import backup_routes

@@ -29,7 +29,7 @@ def makeService(config, reactor=None):
     from scepproxyd.keys import KeyFileError
     from scepproxyd.service import StartupError, make_service, prepare_state
     from scepproxyd.store import StoreError
-    from scepproxyd.tls import TLSConfigError
+    from scepproxyd.daemon.tls import TLSConfigError
 
     settings = config["settings"]
     try:

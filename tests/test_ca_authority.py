@@ -31,7 +31,7 @@ from scepproxyd.store.models import mint_challenge
 from scepproxyd.ca.material import CaMaterial, create_ca, create_ra
 from scepproxyd.ca.policy import WRONG_CHALLENGE, Policy, challenge_hash
 from scepproxyd.config import CertificateTemplate
-from scepproxyd.metrics import Metrics
+from scepproxyd.daemon.metrics import Metrics
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import attributes as codec_attributes
 from scepproxyd.scep.codec import signed as codec_signed

@@ -11,7 +11,7 @@ import pytest
 
 from peers import REPO, Daemon, http_call as call
 from scepproxyd.config import parse_settings
-from scepproxyd.connections import OpenFilesError, ensure_open_files, open_files_needed
+from scepproxyd.daemon.connections import OpenFilesError, ensure_open_files, open_files_needed
 
 CAP = 20
 

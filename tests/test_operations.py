@@ -21,7 +21,7 @@ from twisted.web import resource, server
 
 from certs import self_signed_der, signed_blob
 from peers import Daemon
-from scepproxyd.tls import server_context
+from scepproxyd.daemon.tls import server_context
 from test_interop_engine import Client
 
 

@@ -12,8 +12,8 @@ import pytest
 from twisted.logger import LogLevel, Logger, globalLogPublisher
 
 from peers import REPO, TWISTD, daemon_config, free_port, wait_for_port
-from scepproxyd import logs
-from scepproxyd.journald import format_journal_lines, observer
+from scepproxyd.daemon import logs
+from scepproxyd.daemon.journald import format_journal_lines, observer
 
 
 def test_units_verify(tmp_path):
@@ -46,6 +46,13 @@ def test_service_unit_hardening():
     ):
         assert line in text
 
+
+
+def test_unit_files_logger_path_is_the_journal_observer():
+    """The unit file's ``--logger scepproxyd.journald.observer`` reaches the observer in scepproxyd.daemon."""
+    import importlib
+
+    assert importlib.import_module("scepproxyd.journald").observer is observer
 
 def test_journal_lines_have_priorities_and_no_timestamp():
     lines = []

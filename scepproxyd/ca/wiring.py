@@ -16,7 +16,7 @@ from scepproxyd.ca.local import LocalUpstream
 from scepproxyd.ca.manage import CaManager
 from scepproxyd.ca.material import load_ca_material, read_static_challenge
 from scepproxyd.ca.policy import Policy
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -10,7 +10,7 @@ import uuid as uuid_module
 import attrs
 
 from scepproxyd import admin
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.profiles import ANDROID_TEMPLATE, MOBILECONFIG, ProfileError, parse_profile
 from scepproxyd.profiles.binding import HostFacts, expected_request
 from scepproxyd.store import (
@@ -23,7 +23,7 @@ from scepproxyd.store import (
     NotFoundError,
     PlatformMismatchError,
 )
-from scepproxyd.tls import TLSConfigError, load_certificates
+from scepproxyd.daemon.tls import TLSConfigError, load_certificates
 from scepproxyd.web.api import (
     ApiError,
     Conflict,

@@ -6,7 +6,7 @@ The contract is in docs/admin-api.md.
 """
 
 from scepproxyd.agent_credentials import new_agent_credential
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.store import PLATFORMS, NotFoundError
 from scepproxyd.web.admin import _query, _time
 from scepproxyd.web.api import Invalid, NotFound, Page, field, json_body

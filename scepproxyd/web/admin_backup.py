@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scepproxyd.backup import BackupError, take_backup
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.web.api import ApiError, Invalid, field, json_body
 
 log = get_logger(__name__)

@@ -20,7 +20,7 @@ from scepproxyd.certificates import (
 )
 from scepproxyd.agent_credentials import HostCredentials
 from scepproxyd.keys import tokens_match
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.store.models import StoreUnavailable
 from scepproxyd.web.api import Invalid, JsonApi, NotFound, field, json_body
 

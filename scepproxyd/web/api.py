@@ -22,7 +22,7 @@ from twisted.web import resource, server
 
 from scepproxyd.jsoninput import JsonInputError, read_json
 from scepproxyd.keys import tokens_match
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.store.models import StoreUnavailable
 
 log = get_logger(__name__)

@@ -12,7 +12,7 @@ from twisted.application.internet import TimerService
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.store.models import StoreUnavailable
 
 log = get_logger(__name__)

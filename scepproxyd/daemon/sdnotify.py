@@ -12,7 +12,7 @@ import socket
 from twisted.application import service
 from twisted.internet import defer
 
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 
 log = get_logger(__name__)
 
