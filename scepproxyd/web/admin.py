@@ -153,9 +153,7 @@ class AdminRoutes:
             cas = [ca for ca in cas if ca.name != candidate.name] + [candidate]
         self._trust.configure(cas)
         # A pooled connection made under the old trust must not answer for the new one.
-        drop = getattr(self._upstream, "drop_connections", None)
-        if drop is not None:
-            await drop()
+        await self._upstream.drop_connections()
 
     @staticmethod
     def _tls_fields(body) -> tuple[str | None, bool | None]:
