@@ -301,17 +301,16 @@ def _discard(directory: Path, created: bool, names) -> None:
             pass
 
 
-async def take_backup(store, settings, directory: Path, reactor=None) -> dict:
+async def take_backup(store, settings, directory: Path, reactor) -> dict:
     """
     Back up the database and state files into ``directory`` while the daemon serves.
 
     ``directory`` must be absolute and either not exist or be empty; it is
     made with mode 0700. Returns ``{"directory", "files": [names],
     "database_bytes"}``; refusals and failures are L{BackupError}, and a
-    failed backup leaves nothing behind.
+    failed backup leaves nothing behind. File work runs on ``reactor``'s
+    worker threads.
     """
-    if reactor is None:
-        from twisted.internet import reactor
 
     def in_thread(fn, *args):
         # Hashing and copying can take a while for a large database: off the reactor.

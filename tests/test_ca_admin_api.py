@@ -43,8 +43,8 @@ def api(tmp_path):
     pytest_twisted.blockon(store.register_managed_ca("builtin", "http://ca.test:8080/scep"))
     ca = make_ca(store, clock, auto_approve=False)
     routes = CaAdminRoutes(ca, CaManager(ca, store, TEMPLATES, 3600), store, "builtin").routes()
-    routes += AdminRoutes(store, None, None, {}).routes()
-    port = reactor.listenTCP(0, BodyLimitedSite(JsonApi(TOKEN, routes, realm="admin"), 1 << 20, 30, reactor=reactor),
+    routes += AdminRoutes(store, None, None, {}, reactor=reactor).routes()
+    port = reactor.listenTCP(0, BodyLimitedSite(JsonApi(TOKEN, routes, realm="admin", reactor=reactor), 1 << 20, 30, reactor=reactor),
                              interface="127.0.0.1")
     yield Api("http://127.0.0.1:%d" % (port.getHost().port,), ca, store)
     pytest_twisted.blockon(port.stopListening())

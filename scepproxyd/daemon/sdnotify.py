@@ -33,6 +33,8 @@ def notify(message: str, environ=os.environ) -> bool:
 class SystemdNotifier(service.Service):
     """Last child of the daemon's MultiService: started after the others, stopped first."""
 
+    name = "systemd-notify"
+
     def __init__(self, listeners, ready: list, environ=os.environ):
         self._listeners = listeners
         self._ready = ready

@@ -132,10 +132,8 @@ def admin_route_limits(max_profile_bytes: int) -> list:
 class AdminRoutes:
     """Handlers for the admin API; collaborators come in, nothing is global."""
 
-    def __init__(self, store, upstream, cipher, jobs: dict, trust=None, reactor=None,
+    def __init__(self, store, upstream, cipher, jobs: dict, trust=None, *, reactor,
                  max_profile_bytes: int = DEFAULT_MAX_PROFILE_BYTES):
-        if reactor is None:
-            from twisted.internet import reactor
         self._reactor = reactor
         self._max_profile_bytes = max_profile_bytes
         self._store = store
@@ -511,7 +509,7 @@ class AdminRoutes:
         return {"job": name, "result": result}
 
 
-def admin_resource(token: str, store, upstream, cipher, jobs: dict, reactor=None,
+def admin_resource(token: str, store, upstream, cipher, jobs: dict, *, reactor,
                    max_profile_bytes: int = DEFAULT_MAX_PROFILE_BYTES) -> JsonApi:
     from scepproxyd.web.admin_agents import AgentCredentialRoutes  # it builds on this module
 

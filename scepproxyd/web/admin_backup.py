@@ -18,8 +18,8 @@ from scepproxyd.web.api import ApiError, Invalid, field, json_body
 log = get_logger(__name__)
 
 
-def backup_routes(store, settings, reactor=None) -> list:
-    """Routes for the admin ``JsonApi``."""
+def backup_routes(store, settings, reactor) -> list:
+    """Routes for the admin ``JsonApi``; the backup's file work runs on ``reactor``'s worker threads."""
 
     async def backup(request):
         body = json_body(request)

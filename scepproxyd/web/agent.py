@@ -215,6 +215,11 @@ class NanoMDMWebhook(resource.Resource):
         return server.NOT_DONE_YET
 
 
-def agent_resource(store, renderer, clock) -> JsonApi:
-    """The agent API; each request's bearer credential is one host's, issued by the admin."""
-    return JsonApi(HostCredentials(store, clock), AgentRoutes(store, renderer, clock).routes(), realm="agent")
+def agent_resource(store, renderer, clock, reactor) -> JsonApi:
+    """The agent API; each request's bearer credential is one host's, issued by the admin.
+
+    ``clock`` dates credentials and reports; JSON parsing runs on ``reactor``'s worker threads.
+    """
+    return JsonApi(
+        HostCredentials(store, clock), AgentRoutes(store, renderer, clock).routes(), realm="agent", reactor=reactor
+    )

@@ -231,10 +231,8 @@ class JsonApi(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, credentials, routes, realm: str, reactor=None):
+    def __init__(self, credentials, routes, realm: str, *, reactor):
         super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor
         self._reactor = reactor
         self._credentials = SharedToken(credentials) if isinstance(credentials, str) else credentials
         self._realm = realm
