@@ -48,7 +48,6 @@ DEFAULT_MAX_PROFILE_BYTES = 1024 * 1024
 #: Hosts written per store job in an import: small enough that the proxy's
 #: store calls, queued behind one batch, wait milliseconds, not seconds.
 IMPORT_BATCH = 2000
-_ID = r"[A-Za-z0-9._-]{1,255}"
 
 
 def _time(seconds: float | None) -> str | None:
