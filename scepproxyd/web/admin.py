@@ -470,6 +470,8 @@ class AdminRoutes:
     async def unassign(self, request, uuid):
         body = json_body(request)
         hosts = field(body, "hosts", kind=list, required=False)
+        if hosts is not None and not all(isinstance(h, str) and h for h in hosts):
+            raise Invalid("hosts must be a list of host UUIDs", field="hosts")
         if await self._store.get_profile(uuid) is None:
             raise NotFound("no profile %r" % (uuid,))
         return {"unassigned": await self._store.unassign_profile(uuid, hosts)}
