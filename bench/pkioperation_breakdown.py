@@ -115,7 +115,8 @@ async def breakdown(reactor, requests):
     from scepproxyd.config import parse_settings
     from scepproxyd.keys import ChallengeCipher, load_or_create_key
     from scepproxyd.profiles import parse_profile
-    from scepproxyd.service import StoreService, make_service, prepare_state
+    from scepproxyd.daemon.lifecycle import StoreService
+    from scepproxyd.service import make_service, prepare_state
 
     top = Path(tempfile.mkdtemp(prefix="scepproxyd-bench-breakdown-"))
     scep = ScepServer(top / "upstream", "bench-static-challenge").start()

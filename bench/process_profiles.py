@@ -76,7 +76,8 @@ async def one_run(reactor, size, batch_size):
     from scepproxyd.config import parse_settings
     from scepproxyd.keys import ChallengeCipher, load_or_create_key
     from scepproxyd.profiles import parse_profile
-    from scepproxyd.service import StoreService, make_service, prepare_state
+    from scepproxyd.daemon.lifecycle import StoreService
+    from scepproxyd.service import make_service, prepare_state
 
     top_dir = Path(tempfile.mkdtemp(prefix="scepproxyd-bench-"))
     log_file = open(top_dir / "scepproxyd.log", "a")  # as under twistd: events are written somewhere

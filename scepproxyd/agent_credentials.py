@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 
 log = get_logger(__name__)
 

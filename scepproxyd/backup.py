@@ -40,7 +40,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from scepproxyd.files import fsync_directory, open_new_private
 from scepproxyd.ca.material import RA_CERTIFICATE_NAME, RA_KEY_NAME
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.store import StoreError
 from scepproxyd.timestamps import utc_iso
 
@@ -295,17 +295,16 @@ def _discard(directory: Path, created: bool, names) -> None:
             pass
 
 
-async def take_backup(store, settings, directory: Path, reactor=None) -> dict:
+async def take_backup(store, settings, directory: Path, reactor) -> dict:
     """
     Back up the database and state files into ``directory`` while the daemon serves.
 
     ``directory`` must be absolute and either not exist or be empty; it is
     made with mode 0700. Returns ``{"directory", "files": [names],
     "database_bytes"}``; refusals and failures are L{BackupError}, and a
-    failed backup leaves nothing behind.
+    failed backup leaves nothing behind. File work runs on ``reactor``'s
+    worker threads.
     """
-    if reactor is None:
-        from twisted.internet import reactor
 
     def in_thread(fn, *args):
         # Hashing and copying can take a while for a large database: off the reactor.

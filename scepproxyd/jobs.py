@@ -3,7 +3,7 @@
 from twisted.application.internet import TimerService
 from twisted.internet import defer
 
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.platforms import APPLE_PLATFORMS, PLATFORMS
 
 log = get_logger(__name__)

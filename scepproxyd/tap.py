@@ -2,9 +2,11 @@
 
 import sys
 
+from twisted.internet import reactor
 from twisted.python import usage
 
 from scepproxyd.config import ConfigError, load_settings
+from scepproxyd.service import StartupError, make_service, prepare_state
 
 DEFAULT_CONFIG = "/etc/scepproxyd/scepproxyd.ini"
 
@@ -23,19 +25,15 @@ class Options(usage.Options):
             raise usage.UsageError(str(e))
 
 
-def makeService(config, reactor=None):
-    if reactor is None:
-        from twisted.internet import reactor
-    from scepproxyd.keys import KeyFileError
-    from scepproxyd.service import StartupError, make_service, prepare_state
-    from scepproxyd.store import StoreError
-    from scepproxyd.tls import TLSConfigError
+def makeService(config, reactor=reactor):
+    """Prepare the state directory, then wire the daemon on ``reactor`` (tests pass a memory reactor).
 
+    A L{StartupError} ends twistd with exit code 1 and one line on stderr,
+    ``scepproxyd: <what to fix>``, instead of a traceback.
+    """
     settings = config["settings"]
     try:
         prepare_state(settings)
     except StartupError as e:
-        sys.exit("scepproxyd: %s: %s" % (settings.config_path, e))
-    except (OSError, StoreError, KeyFileError, TLSConfigError) as e:
-        sys.exit("scepproxyd: cannot prepare state in %s: %s" % (settings.state_directory, e))
+        sys.exit("scepproxyd: %s" % (e,))
     return make_service(settings, reactor)

@@ -179,6 +179,9 @@ async def test_profile_upload_assign_status_resend(api):
     assert code == 200 and body["status"] is None and body["retries"] == 0
     assert (await api.call("POST", "/api/v1/host-profiles/I1/%s/resend" % uuid))[0] == 404
 
+    for hosts in ([[]], [1], [""]):
+        code, body = await api.call("POST", "/api/v1/profiles/%s/unassign" % uuid, {"hosts": hosts})
+        assert (code, body["field"], body["error"]) == (422, "hosts", "hosts must be a list of host UUIDs")
     assert await api.call("POST", "/api/v1/profiles/%s/unassign" % uuid, {"hosts": ["M2"]}) == (200, {"unassigned": 1})
     assert (await api.call("GET", "/api/v1/profiles/" + uuid))[1]["hosts"] == 1
     assert (await api.call("DELETE", "/api/v1/profiles/" + uuid))[0] == 204

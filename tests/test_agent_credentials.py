@@ -67,7 +67,7 @@ def agent_site(api, tmp_path):
     clock.advance(time.time() + 60)  # a minute ahead: certificates the tests make now are valid already
     cipher = ChallengeCipher(load_or_create_key(tmp_path / "secrets.key"))
     renderer = CommandRenderer(api.store, cipher, "https://scep.example", reactor)
-    agent_site = BodyLimitedSite(agent_resource(api.store, renderer, clock), 64 * 1024, 30, reactor=reactor)
+    agent_site = BodyLimitedSite(agent_resource(api.store, renderer, clock, reactor), 64 * 1024, 30, reactor=reactor)
     port = reactor.listenTCP(0, agent_site, interface="127.0.0.1")
     yield Site(api, "http://127.0.0.1:%d" % (port.getHost().port,), clock)
     pytest_twisted.blockon(port.stopListening())

@@ -65,7 +65,7 @@ async def live_store(settings):
 
 async def backed_up(live_store, settings, directory):
     """A finished backup with the live store stopped, as restore expects."""
-    result = await take_backup(live_store, settings, directory)
+    result = await take_backup(live_store, settings, directory, reactor)
     await live_store.stop()
     return result
 
@@ -92,7 +92,7 @@ def test_state_files_without_ra_or_ca(tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_backup_writes_database_files_and_manifest(live_store, settings, tmp_path):
     directory = tmp_path / "backups" / "one"
-    result = await take_backup(live_store, settings, directory)
+    result = await take_backup(live_store, settings, directory, reactor)
 
     assert result["directory"] == str(directory)
     assert set(result["files"]) == STATE_NAMES | {DB_NAME}
@@ -130,7 +130,7 @@ async def test_backup_writes_database_files_and_manifest(live_store, settings, t
 async def test_backup_into_existing_empty_directory(live_store, settings, tmp_path):
     directory = tmp_path / "empty"
     directory.mkdir(mode=0o755)
-    result = await take_backup(live_store, settings, directory)
+    result = await take_backup(live_store, settings, directory, reactor)
     assert DB_NAME in result["files"] and mode(directory) == 0o700
 
 
@@ -158,7 +158,7 @@ async def test_backup_refuses_bad_directories(live_store, settings, tmp_path):
     ]
     for directory, message in cases:
         with pytest.raises(BackupError, match=message) as caught:
-            await take_backup(live_store, settings, directory)
+            await take_backup(live_store, settings, directory, reactor)
         assert caught.value.field == "directory"
     assert [p.name for p in full.iterdir()] == ["old.txt"]
     assert a_file.read_text() == "x"
@@ -170,12 +170,12 @@ async def test_backup_refuses_unwritable_location(live_store, settings, tmp_path
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     with pytest.raises(BackupError, match="permission denied") as caught:
-        await take_backup(live_store, settings, locked / "backup")
+        await take_backup(live_store, settings, locked / "backup", reactor)
     assert caught.value.field == "directory"
     empty = tmp_path / "read-only-empty"
     empty.mkdir(mode=0o500)
     with pytest.raises(BackupError, match="not writable"):
-        await take_backup(live_store, settings, empty)
+        await take_backup(live_store, settings, empty, reactor)
 
 
 @pytest_twisted.ensureDeferred
@@ -183,12 +183,12 @@ async def test_failed_backup_leaves_nothing_behind(live_store, settings, tmp_pat
     await live_store.stop()  # the database part fails
     directory = tmp_path / "new"
     with pytest.raises(BackupError, match="store is not running"):
-        await take_backup(live_store, settings, directory)
+        await take_backup(live_store, settings, directory, reactor)
     assert not directory.exists()
     existing = tmp_path / "existing"
     existing.mkdir()
     with pytest.raises(BackupError):
-        await take_backup(live_store, settings, existing)
+        await take_backup(live_store, settings, existing, reactor)
     assert existing.is_dir() and not any(existing.iterdir())
 
 
@@ -202,7 +202,7 @@ class FakeRequest:
 
 @pytest_twisted.ensureDeferred
 async def test_route_answers_201_or_422(live_store, settings, tmp_path):
-    [(method, pattern, handler)] = backup_routes(live_store, settings)
+    [(method, pattern, handler)] = backup_routes(live_store, settings, reactor)
     assert (method, pattern) == ("POST", "/api/v1/backup")
     status, result = await handler(FakeRequest({"directory": str(tmp_path / "b")}))
     assert status == 201 and DB_NAME in result["files"] and result["directory"] == str(tmp_path / "b")
@@ -259,7 +259,7 @@ async def test_restore_into_new_state_directory(live_store, settings, tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_restore_over_the_old_state(live_store, settings, tmp_path):
     directory = tmp_path / "backup"
-    await take_backup(live_store, settings, directory)
+    await take_backup(live_store, settings, directory, reactor)
     await live_store.upsert_host("AFTER-BACKUP", None, "ios")
     await live_store.stop()
     (settings.state_directory / "admin.token").unlink()
@@ -292,7 +292,7 @@ async def test_restore_of_an_older_backup_skips_the_retired_agent_token(live_sto
 @pytest_twisted.ensureDeferred
 async def test_restore_refuses_while_the_database_is_open(live_store, settings, tmp_path):
     directory = tmp_path / "backup"
-    await take_backup(live_store, settings, directory)
+    await take_backup(live_store, settings, directory, reactor)
     before = fingerprint_files(settings.state_directory)
     with pytest.raises(DaemonRunning, match="scepproxyd is running"):
         restore_backup(directory, settings)

@@ -20,16 +20,21 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.web import resource
+from treq.testing import StubTreq
+from zope.interface.verify import verifyObject
 
 from scepproxyd.ca.authority import CAPS, ScepCA
+from scepproxyd.ca.local import LocalUpstream, UpstreamRouter
 from scepproxyd.ca.manage import CaManager, ManageError
 from scepproxyd.store.models import mint_challenge
 from scepproxyd.ca.policy import WRONG_CHALLENGE, challenge_hash
-from scepproxyd.metrics import Metrics
+from scepproxyd.daemon.metrics import Metrics
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import attributes as codec_attributes
 from scepproxyd.scep.codec import signed as codec_signed
 from scepproxyd.scep.codec.algorithms import digest as codec_digest
+from scepproxyd.scep.upstream import IUpstream, UpstreamClient, UpstreamTimeouts
 from scepproxyd.store.models import StoreUnavailable
 from support.builtin_ca import DAY, STATIC, TEMPLATES, Device, ca_material, in_line, make_ca, policy
 from support.certs import self_signed
@@ -61,6 +66,35 @@ def test_caps_list_what_strongswan_needs(store, clock):
     assert answer.body == CAPS
     assert set(CAPS.decode().split()) >= {"POSTPKIOperation", "Renewal", "SHA-256", "SHA-384", "AES", "DES3",
                                           "SCEPStandard"}
+
+
+class RemoteCaps(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        return b"remote caps"
+
+
+def remote_upstream(clock):
+    """An HTTP UpstreamClient whose every CA answers GetCACaps with ``remote caps``, over StubTreq (no sockets)."""
+    return UpstreamClient(StubTreq(RemoteCaps()), clock, UpstreamTimeouts(), 0)
+
+
+def test_local_upstream_and_router_provide_iupstream(store, clock):
+    local = LocalUpstream(make_ca(store, clock))
+    assert verifyObject(IUpstream, local)
+    assert verifyObject(IUpstream, UpstreamRouter(remote_upstream(clock), local, "http://ca.test:8080/scep"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_router_sends_its_own_url_in_process_and_others_over_http(store, clock):
+    router = UpstreamRouter(remote_upstream(clock), LocalUpstream(make_ca(store, clock)), "http://ca.test:8080/scep")
+    assert (await router.get_ca_caps("http://ca.test:8080/scep")).body == CAPS
+    assert (await router.get_ca_caps("http://other.test/scep")).body == b"remote caps"
+    assert await router.supports_post("http://ca.test:8080/scep") is True
+    # No pool behind either side here: dropping connections is done at once, and nothing is cached to forget.
+    assert await router.drop_connections() is None
+    router.forget("http://ca.test:8080/scep")
 
 
 def test_ca_cert_alone_or_with_ra(store, clock):

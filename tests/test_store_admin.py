@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 
-from scepproxyd.lifecycle import StoreService
+from scepproxyd.daemon.lifecycle import StoreService
 from scepproxyd.store import (
     CertificateAuthority,
     DuplicateError,

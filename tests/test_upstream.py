@@ -5,8 +5,9 @@ import pytest_twisted
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.web import resource, server
+from zope.interface.verify import verifyObject
 
-from scepproxyd.scep.upstream import UpstreamClient, UpstreamError, UpstreamTimeouts
+from scepproxyd.scep.upstream import IUpstream, UpstreamClient, UpstreamError, UpstreamTimeouts
 
 
 class FakeCA(resource.Resource):
@@ -40,6 +41,17 @@ def client_for(ca, clock=None, cache=60.0):
     stub = StubTreq(ca)
     timeouts = UpstreamTimeouts(connect=1, response=5, body=5, max_response_bytes=1024)
     return UpstreamClient(stub, clock, timeouts, cache), stub, clock
+
+
+def test_client_provides_iupstream():
+    client, _, _ = client_for(FakeCA())
+    assert verifyObject(IUpstream, client)
+
+
+@pytest_twisted.ensureDeferred
+async def test_drop_connections_without_a_pool_is_done_at_once():
+    client, _, _ = client_for(FakeCA())
+    assert await client.drop_connections() is None
 
 
 @pytest_twisted.ensureDeferred

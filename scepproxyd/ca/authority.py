@@ -21,7 +21,7 @@ from scepproxyd.ca import csr_policy
 from scepproxyd.ca.crl import CrlCache
 from scepproxyd.ca.issuer import CsrError, build_certificate, check_csr, serial_hex
 from scepproxyd.ca.policy import WRONG_CHALLENGE, challenge_hash
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.profiles import ProfileError, binding
 from scepproxyd.scep import codec
 from scepproxyd.store import AlreadyAnswered, CaRequest, DuplicateError, IssuedCertificate

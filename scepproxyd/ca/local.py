@@ -10,14 +10,16 @@ HTTP client returns, so the proxy cannot tell the difference.
 from __future__ import annotations
 
 from twisted.internet import defer
+from zope.interface import implementer
 
-from scepproxyd.scep.upstream import UpstreamAnswer
+from scepproxyd.scep.upstream import IUpstream, UpstreamAnswer
 
 
 def _answer(ca_answer) -> UpstreamAnswer:
     return UpstreamAnswer(ca_answer.status, ca_answer.content_type, ca_answer.body)
 
 
+@implementer(IUpstream)
 class LocalUpstream:
     """UpstreamClient's methods, answered by a ScepCA."""
 
@@ -41,7 +43,12 @@ class LocalUpstream:
     def forget(self, ca_url: str) -> None:
         """Nothing is cached for the built-in CA."""
 
+    def drop_connections(self) -> defer.Deferred:
+        """No connections: the built-in CA is answered in process."""
+        return defer.succeed(None)
 
+
+@implementer(IUpstream)
 class UpstreamRouter:
     """Picks the in-process CA for its own URL and the HTTP client for every other."""
 

@@ -14,7 +14,7 @@ from cryptography import x509
 from scepproxyd.ca.authority import RefusedToIssue
 from scepproxyd.ca.crl import REVOCATION_REASONS
 from scepproxyd.ca.policy import challenge_hash
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.store import NotFoundError, StateError
 from scepproxyd.store.models import mint_challenge
 

@@ -1,12 +1,14 @@
 """Assemble the built-in CA from settings: authority, admin actions, routes, and its CA row.
 
 The tap calls ``prepare_ca_material`` before the reactor runs (files, modes,
-first-start creation); ``make_service`` calls ``build_builtin_ca`` to load
+first-start creation); ``service.build_ca`` calls ``build_builtin_ca`` to load
 them and wire the pieces, and adds ``ManagedCaService`` so the CA
 integration row is created or refreshed once the store is up.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import attrs
 from twisted.application import service
@@ -16,7 +18,8 @@ from scepproxyd.ca.local import LocalUpstream
 from scepproxyd.ca.manage import CaManager
 from scepproxyd.ca.material import load_ca_material, read_static_challenge
 from scepproxyd.ca.policy import Policy
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
+from scepproxyd.web.api import off_reactor
 
 log = get_logger(__name__)
 
@@ -31,13 +34,17 @@ class BuiltinCA:
     static_challenge: str = attrs.field(repr=False)
 
 
-def build_builtin_ca(settings, store, clock, metrics=None) -> BuiltinCA:
-    """The built-in CA for ``settings`` (the whole Settings: it needs [ca], [server] and [challenges])."""
+def build_builtin_ca(settings, store, reactor, metrics=None) -> BuiltinCA:
+    """The built-in CA for ``settings`` (the whole Settings: it needs [ca], [server] and [challenges]).
+
+    ``reactor`` is its clock, and its worker threads sign and parse off the reactor thread.
+    """
     ca = settings.ca
     static = read_static_challenge(ca)
     authority = ScepCA(
         store, load_ca_material(ca), Policy.from_settings(ca, static), ca.templates,
-        settings.server.public_url, ca.crl_validity, clock, key_policy=ca.key_policy, metrics=metrics,
+        settings.server.public_url, ca.crl_validity, reactor, run_in_thread=partial(off_reactor, reactor),
+        key_policy=ca.key_policy, metrics=metrics,
     )
     return BuiltinCA(
         name=ca.name,
@@ -59,6 +66,8 @@ class ManagedCaService(service.Service):
     rendered the static challenge before is told once what changed. The
     store queues this behind its own start-up, so ordering is safe.
     """
+
+    name = "builtin-ca"
 
     def __init__(self, store, builtin: BuiltinCA):
         self._store = store

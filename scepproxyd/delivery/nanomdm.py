@@ -21,7 +21,7 @@ from twisted.internet import defer, error
 
 from scepproxyd.jsoninput import JsonInputError, read_json
 from scepproxyd.httpbody import BodyTooLarge, read_limited
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 
 API_USER = "nanomdm"
 COMMAND_CONTENT_TYPE = b"application/x-apple-plist"

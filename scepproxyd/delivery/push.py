@@ -10,7 +10,7 @@ from twisted.internet import defer
 from scepproxyd.delivery.nanomdm import DeliveryError, backoff_delay
 from scepproxyd.keys import KeyFileError
 from scepproxyd.profiles import ProfileError
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -10,7 +10,6 @@ import attrs
 MOBILECONFIG = "mobileconfig"
 #: ``ParsedProfile.kind`` of an Android certificate template.
 ANDROID_TEMPLATE = "android_template"
-KINDS = (MOBILECONFIG, ANDROID_TEMPLATE)
 #: The refusal of a profile that nests deeper than its reader accepts.
 TOO_DEEP = "profile is nested too deeply"
 

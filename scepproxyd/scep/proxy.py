@@ -6,7 +6,7 @@ web resource turns that into bytes on the wire and a log line.
 """
 
 import attrs
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 
 from scepproxyd.scep import codec
 from scepproxyd.scep.identifier import InvalidIdentifier, ProxyIdentifier, parse_identifier

@@ -12,6 +12,7 @@ from urllib.parse import quote
 import attrs
 from twisted.internet import defer, error
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
+from zope.interface import Interface, implementer
 
 from scepproxyd.httpbody import BodyTooLarge, read_limited
 
@@ -50,6 +51,35 @@ class UpstreamTimeouts:
     max_response_bytes: int = 1024 * 1024
 
 
+class IUpstream(Interface):
+    """What the proxy, the admin routes and the readiness check ask of an upstream CA.
+
+    Three classes provide it: L{UpstreamClient} (HTTP), the built-in CA's
+    in-process C{LocalUpstream}, and C{UpstreamRouter}, which picks one of
+    those two by URL. Each call names the CA by its URL; answers are
+    L{UpstreamAnswer}s and failures L{UpstreamError}s, whichever provider
+    gave them, so callers never need to know which one they hold.
+    """
+
+    def get_ca_caps(ca_url):
+        """GetCACaps; a Deferred firing with an L{UpstreamAnswer} (may be cached)."""
+
+    def get_ca_cert(ca_url, message=None):
+        """GetCACert (with the device's optional C{message}); a Deferred firing with an L{UpstreamAnswer}."""
+
+    def supports_post(ca_url):
+        """A Deferred firing with whether the CA takes PKIOperation by POST."""
+
+    def pki_operation(ca_url, message, use_post):
+        """Send the PKIOperation bytes untouched; a Deferred firing with the CA's L{UpstreamAnswer}."""
+
+    def forget(ca_url):
+        """Drop anything cached for C{ca_url} (after an admin changed that CA)."""
+
+    def drop_connections():
+        """Close idle pooled connections, so a changed TLS trust applies to the next request; a Deferred."""
+
+
 def make_http_client(reactor, connect_timeout: float, tls_policy=None):
     """One treq client over a persistent pool; the caller closes the pool on stop.
 
@@ -75,9 +105,9 @@ def _url(base: str, operation: str, message: str | None = None) -> str:
     return url
 
 
+@implementer(IUpstream)
 class UpstreamClient:
     """GetCACaps, GetCACert and PKIOperation against upstream SCEP CAs."""
-
 
     #: Bound on cached GetCACaps / GetCACert answers: the key includes the
     #: device-chosen GetCACert message, so the cache must not grow with it.

@@ -9,7 +9,7 @@ import uuid as uuid_module
 import attrs
 
 from scepproxyd import admin
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.platforms import APPLE_PLATFORMS, PLATFORMS
 from scepproxyd.profiles import ANDROID_TEMPLATE, MOBILECONFIG, ProfileError, parse_profile
 from scepproxyd.profiles.binding import HostFacts, expected_request
@@ -23,7 +23,7 @@ from scepproxyd.store import (
     PlatformMismatchError,
 )
 from scepproxyd.timestamps import utc_iso_or_none as _time
-from scepproxyd.tls import TLSConfigError, load_certificates
+from scepproxyd.daemon.tls import TLSConfigError, load_certificates
 from scepproxyd.web.api import (
     Conflict,
     HttpRefusal,
@@ -50,7 +50,6 @@ DEFAULT_MAX_PROFILE_BYTES = 1024 * 1024
 #: Hosts written per store job in an import: small enough that the proxy's
 #: store calls, queued behind one batch, wait milliseconds, not seconds.
 IMPORT_BATCH = 2000
-_ID = r"[A-Za-z0-9._-]{1,255}"
 
 
 #: The admin rules' refusals are this API's 422, with their message and field.
@@ -132,10 +131,8 @@ def admin_route_limits(max_profile_bytes: int) -> list:
 class AdminRoutes:
     """Handlers for the admin API; collaborators come in, nothing is global."""
 
-    def __init__(self, store, upstream, cipher, jobs: dict, trust=None, reactor=None,
+    def __init__(self, store, upstream, cipher, jobs: dict, trust=None, *, reactor,
                  max_profile_bytes: int = DEFAULT_MAX_PROFILE_BYTES):
-        if reactor is None:
-            from twisted.internet import reactor
         self._reactor = reactor
         self._max_profile_bytes = max_profile_bytes
         self._store = store
@@ -153,9 +150,7 @@ class AdminRoutes:
             cas = [ca for ca in cas if ca.name != candidate.name] + [candidate]
         self._trust.configure(cas)
         # A pooled connection made under the old trust must not answer for the new one.
-        drop = getattr(self._upstream, "drop_connections", None)
-        if drop is not None:
-            await drop()
+        await self._upstream.drop_connections()
 
     @staticmethod
     def _tls_fields(body) -> tuple[str | None, bool | None]:
@@ -476,6 +471,8 @@ class AdminRoutes:
     async def unassign(self, request, uuid):
         body = json_body(request)
         hosts = field(body, "hosts", kind=list, required=False)
+        if hosts is not None and not all(isinstance(h, str) and h for h in hosts):
+            raise Invalid("hosts must be a list of host UUIDs", field="hosts")
         if await self._store.get_profile(uuid) is None:
             raise NotFound("no profile %r" % (uuid,))
         return {"unassigned": await self._store.unassign_profile(uuid, hosts)}
@@ -511,7 +508,7 @@ class AdminRoutes:
         return {"job": name, "result": result}
 
 
-def admin_resource(token: str, store, upstream, cipher, jobs: dict, reactor=None,
+def admin_resource(token: str, store, upstream, cipher, jobs: dict, *, reactor,
                    max_profile_bytes: int = DEFAULT_MAX_PROFILE_BYTES) -> JsonApi:
     from scepproxyd.web.admin_agents import AgentCredentialRoutes  # it builds on this module
 

@@ -6,7 +6,7 @@ The contract is in docs/admin-api.md.
 """
 
 from scepproxyd.agent_credentials import new_agent_credential
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.platforms import PLATFORMS
 from scepproxyd.store import NotFoundError
 from scepproxyd.timestamps import utc_iso_or_none as _time

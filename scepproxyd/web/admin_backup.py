@@ -12,14 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from scepproxyd.backup import BackupError, take_backup
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.web.api import HttpRefusal, Invalid, field, json_body
 
 log = get_logger(__name__)
 
 
-def backup_routes(store, settings, reactor=None) -> list:
-    """Routes for the admin ``JsonApi``."""
+def backup_routes(store, settings, reactor) -> list:
+    """Routes for the admin ``JsonApi``; the backup's file work runs on ``reactor``'s worker threads."""
 
     async def backup(request):
         body = json_body(request)

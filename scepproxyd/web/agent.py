@@ -20,7 +20,7 @@ from scepproxyd.certificates import (
 )
 from scepproxyd.agent_credentials import HostCredentials
 from scepproxyd.keys import tokens_match
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.store.models import StoreUnavailable
 from scepproxyd.web.api import Invalid, JsonApi, NotFound, field, json_body
 from scepproxyd.web.later import answer_later
@@ -213,6 +213,11 @@ def _write_text(request, answer) -> None:
     request.finish()
 
 
-def agent_resource(store, renderer, clock) -> JsonApi:
-    """The agent API; each request's bearer credential is one host's, issued by the admin."""
-    return JsonApi(HostCredentials(store, clock), AgentRoutes(store, renderer, clock).routes(), realm="agent")
+def agent_resource(store, renderer, clock, reactor) -> JsonApi:
+    """The agent API; each request's bearer credential is one host's, issued by the admin.
+
+    ``clock`` dates credentials and reports; JSON parsing runs on ``reactor``'s worker threads.
+    """
+    return JsonApi(
+        HostCredentials(store, clock), AgentRoutes(store, renderer, clock).routes(), realm="agent", reactor=reactor
+    )

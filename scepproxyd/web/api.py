@@ -23,7 +23,7 @@ from twisted.web import resource
 
 from scepproxyd.jsoninput import JsonInputError, read_json
 from scepproxyd.keys import tokens_match
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.store.models import StoreUnavailable
 from scepproxyd.web.later import answer_later
 
@@ -277,10 +277,8 @@ class JsonApi(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, credentials, routes, realm: str, reactor=None):
+    def __init__(self, credentials, routes, realm: str, *, reactor):
         super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor
         self._reactor = reactor
         self._credentials = SharedToken(credentials) if isinstance(credentials, str) else credentials
         self._realm = realm

@@ -12,7 +12,7 @@ from twisted.internet import defer
 from twisted.web import resource
 
 from scepproxyd.ca.authority import NOT_SCEP, TEXT, CaAnswer
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.scep.query import InvalidQuery, decode_message, is_pkiclient, parse_query, scep_operation
 from scepproxyd.store.models import StoreUnavailable
 from scepproxyd.web.later import answer_later

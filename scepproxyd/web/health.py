@@ -12,7 +12,7 @@ daemon is dead.
 from twisted.internet import defer
 from twisted.web import resource
 
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.web.later import answer_later
 
 log = get_logger(__name__)

@@ -1,7 +1,7 @@
 """The ``/mdm/scep/proxy/{identifier}`` resource: HTTP in, L{ScepProxy} decisions out."""
 
 from twisted.internet import defer
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from twisted.web import resource, server
 
 from scepproxyd.scep.proxy import TEXT, ProxyAnswer

@@ -13,7 +13,7 @@ time the headers are in.
 import io
 import json
 
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from twisted.web import server
 
 log = get_logger(__name__)

@@ -13,7 +13,7 @@ from support.api import http_call as call
 from support.daemon import Daemon
 from support.processes import REPO
 from scepproxyd.config import parse_settings
-from scepproxyd.connections import OpenFilesError, ensure_open_files, open_files_needed
+from scepproxyd.daemon.connections import OpenFilesError, ensure_open_files, open_files_needed
 
 CAP = 20
 

@@ -17,7 +17,7 @@ from twisted.web import resource, server
 from support.api import Api
 from support.certs import PrivateCA, self_signed_der, signed_blob
 from support.daemon import Daemon
-from scepproxyd.tls import server_context
+from scepproxyd.daemon.tls import server_context
 from support.site import identifier_path, pending_host_profile
 
 

@@ -14,8 +14,8 @@ from twisted.logger import LogLevel, Logger, globalLogPublisher
 
 from support.daemon import TWISTD, daemon_config, twistd_command
 from support.processes import REPO, free_port, wait_for_port
-from scepproxyd import logs
-from scepproxyd.journald import format_journal_lines, observer
+from scepproxyd.daemon import logs
+from scepproxyd.daemon.journald import format_journal_lines, observer
 
 
 def test_units_verify(tmp_path):
@@ -48,6 +48,13 @@ def test_service_unit_hardening():
     ):
         assert line in text
 
+
+
+def test_unit_files_logger_path_is_the_journal_observer():
+    """The unit file's ``--logger scepproxyd.journald.observer`` reaches the observer in scepproxyd.daemon."""
+    import importlib
+
+    assert importlib.import_module("scepproxyd.journald").observer is observer
 
 def test_journal_lines_have_priorities_and_no_timestamp():
     lines = []

@@ -28,26 +28,14 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.web import resource, server
 
 from scepproxyd import service
-from scepproxyd.ca.local import UpstreamRouter
 from scepproxyd.ca.material import prepare_ca_material
 from scepproxyd.ca.wiring import build_builtin_ca
 from scepproxyd.config import parse_settings
 from scepproxyd.delivery.render import CommandRenderer
-from scepproxyd.jobs import CleanupJob, ProcessProfilesJob, RenewalJob, ScheduledJob, backends_for
 from scepproxyd.keys import ChallengeCipher, load_or_create_key, load_or_create_token
-from scepproxyd.lifecycle import InFlight, write_probe_service
-from scepproxyd.metrics import Metrics
-from scepproxyd.scep.proxy import ScepProxy
-from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts
-from scepproxyd.tls import UpstreamTrust
-from scepproxyd.web.admin import AdminRoutes, admin_route_limits
-from scepproxyd.web.admin_agents import AgentCredentialRoutes
-from scepproxyd.web.admin_backup import backup_routes
-from scepproxyd.web.admin_ca import CaAdminRoutes
-from scepproxyd.web.agent import NanoMDMWebhook, agent_resource
-from scepproxyd.web.api import JsonApi
+from scepproxyd.daemon.lifecycle import InFlight, write_probe_service
+from scepproxyd.daemon.metrics import Metrics
 from scepproxyd.web.ca import ScepResource
-from scepproxyd.web.health import CaMonitor, Health, HealthBeside, MetricsPage, Ready
 from scepproxyd.web.site import BodyLimitedSite
 
 from support.store import migrated, started_store
@@ -194,6 +182,23 @@ class UpstreamCAs:
         return self.ca.static_challenge
 
 
+class ClockWithThreads:
+    """What the daemon's reactor is to its wiring, made of a test's Clock for time and the real reactor's
+    worker threads (and its callFromThread to come back) for the work it sends off the reactor thread."""
+
+    def __init__(self, clock):
+        self._clock = clock
+
+    def __getattr__(self, name):
+        return getattr(self._clock, name)
+
+    def getThreadPool(self):
+        return reactor.getThreadPool()
+
+    def callFromThread(self, f, *args, **kwargs):
+        return reactor.callFromThread(f, *args, **kwargs)
+
+
 async def upstream_cas(directory: Path, clock) -> UpstreamCAs:
     """A second scepproxyd's built-in CA, with its own store, as the upstream CA the proxy talks HTTP to."""
     settings = settings_in(directory, ca={
@@ -201,7 +206,7 @@ async def upstream_cas(directory: Path, clock) -> UpstreamCAs:
         "auto_approve_networks": "127.0.0.0/8", "subject": "CN=Upstream Test CA",
     })
     store = await started_store(migrated(settings.database.path), reactor, clock)
-    ca = build_builtin_ca(settings, store, clock)
+    ca = build_builtin_ca(settings, store, ClockWithThreads(clock))
     scep = ScepResource(ca.authority)
     root = resource.Resource()
     root.putChild(b"scep", scep)
@@ -434,88 +439,39 @@ async def build_web(store, clock, directory: Path, database: Path | None = None,
     in_flight = InFlight()
     cas = await upstream_cas(directory / "upstream-ca", clock)
     upstream_stub = StubTreq(cas.root)
+    daemon_reactor = ClockWithThreads(clock)
 
-    trust = UpstreamTrust()
-    timeouts = UpstreamTimeouts(
-        connect=settings.upstream.connect_timeout,
-        response=settings.upstream.response_timeout,
-        body=settings.upstream.body_timeout,
-        max_response_bytes=settings.upstream.max_response_bytes,
-    )
-    upstream = UpstreamClient(upstream_stub, clock, timeouts, settings.upstream.caps_cache_seconds, metrics)
-
-    cipher = ChallengeCipher(load_or_create_key(settings.key_file))
-    builtin_ca, admin_ca_routes = None, []
-    if settings.ca.enabled:
-        builtin_ca = build_builtin_ca(settings, store, clock, metrics)
+    ca = service.build_ca(settings, store, daemon_reactor, metrics)
+    builtin_ca = ca.builtin if ca is not None else None
+    if builtin_ca is not None:
         await store.register_managed_ca(builtin_ca.name, builtin_ca.url)  # what ManagedCaService does at start
-        upstream = UpstreamRouter(upstream, builtin_ca.local, builtin_ca.url)
-        admin_ca_routes = CaAdminRoutes(builtin_ca.authority, builtin_ca.manager, store, builtin_ca.name).routes()
+    upstream = service.build_upstream(settings, daemon_reactor, metrics, builtin_ca, http_client=upstream_stub)
+    cipher = ChallengeCipher(load_or_create_key(settings.key_file))
     renderer = CommandRenderer(
-        store, cipher, settings.server.public_url, reactor, metrics, builtin_template=settings.ca.default_template
+        store, cipher, settings.server.public_url, daemon_reactor, metrics,
+        builtin_template=settings.ca.default_template,
     )
-    scheduled = [
-        ScheduledJob(
-            ProcessProfilesJob(store, settings.profiles.batch_size, backends_for(settings.delivery.backend), None),
-            settings.profiles.process_interval, clock, metrics,
-        ),
-        ScheduledJob(
-            RenewalJob(store, settings.renewal.threshold, settings.renewal.short_fraction),
-            settings.renewal.interval, clock, metrics,
-        ),
-        ScheduledJob(
-            CleanupJob(store, settings.delivery.command_retention),
-            settings.challenges.cleanup_interval, clock, metrics,
-        ),
-    ]
-    jobs = {job.name: job for job in scheduled}
+    jobs = service.build_jobs(settings, store, renderer, upstream.http_client, daemon_reactor, metrics)
 
-    proxy = ScepProxy(store, upstream, metrics)
     listeners = []
-    health = {
-        b"healthz": Health(store, listeners, lambda: True),
-        b"readyz": Ready(store, listeners, CaMonitor(store, upstream), lambda: True),
-        b"metrics": MetricsPage(store, metrics),
-    }
+    health = service.health_pages(store, upstream.upstream, metrics, listeners, lambda: True)
     webhook_token = load_or_create_token(settings.delivery.webhook_token_file)
-    site = BodyLimitedSite(
-        service.build_resource_tree(
-            proxy,
-            agent_resource(store, renderer, clock),
-            NanoMDMWebhook(store, webhook_token),
-            clock,
-            builtin_ca,
-            health,
-            metrics,
-        ),
-        max_body_bytes=settings.server.max_body_bytes,
-        idle_timeout=settings.server.idle_timeout,
-        reactor=clock,
-        in_flight=in_flight,
-        request_timeout=settings.server.request_timeout,
+    device_root = service.device_resource(
+        store=store, upstream=upstream.upstream, renderer=renderer, webhook_token=webhook_token,
+        clock=daemon_reactor, reactor=daemon_reactor, metrics=metrics, builtin_ca=builtin_ca, health=health,
     )
+    site = service.build_device_site(device_root, settings.server, daemon_reactor, in_flight)
+    admin_token = load_or_create_token(settings.admin.token_file)
+    api = service.admin_api(
+        token=admin_token, store=store, upstream=upstream.upstream, cipher=cipher,
+        jobs={job.name: job for job in jobs}, settings=settings, reactor=daemon_reactor, trust=upstream.trust,
+        ca_routes=ca.admin_routes if ca is not None else [],
+    )
+    admin_site = service.build_admin_site(api, health, settings, daemon_reactor, in_flight)
+    # Listeners as the daemon makes them (connection caps, TLS), on a reactor that opens no socket.
     listen_reactor = MemoryReactorClock()
     listeners.append(service._listener(settings.server.listen, site, settings, listen_reactor, "proxy-listener",
                                        metrics))
-    max_profile = settings.admin.max_profile_bytes
-    admin_routes = AdminRoutes(store, upstream, cipher, jobs, trust, reactor=reactor, max_profile_bytes=max_profile)
-    admin_token = load_or_create_token(settings.admin.token_file)
-    admin_api = JsonApi(
-        admin_token,
-        admin_ca_routes + backup_routes(store, settings) + admin_routes.routes() + AgentCredentialRoutes(store).routes(),
-        realm="admin",
-        reactor=reactor,
-    )
-    admin_site = BodyLimitedSite(
-        HealthBeside(admin_api, health),
-        max_body_bytes=service.ADMIN_MAX_BODY_BYTES,
-        idle_timeout=settings.server.idle_timeout,
-        reactor=clock,
-        in_flight=in_flight,
-        request_timeout=settings.server.request_timeout,
-        route_limits=admin_route_limits(max_profile),
-        json_refusals=True,
-    )
     listeners.append(service._listener(settings.admin.listen, admin_site, settings, listen_reactor, "admin-listener",
                                        metrics))
     for listener in listeners:

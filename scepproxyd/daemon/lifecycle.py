@@ -12,7 +12,7 @@ from twisted.application.internet import TimerService
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 from scepproxyd.store.models import StoreUnavailable
 
 log = get_logger(__name__)
@@ -106,7 +106,8 @@ class HTTPPoolService(service.Service):
 
     def stopService(self):
         super().stopService()
-        return self.pool.closeCachedConnections()
+        if self.pool is not None:  # no pool: an HTTP client given from outside (tests)
+            return self.pool.closeCachedConnections()
 
 
 class InFlight:

@@ -102,6 +102,3 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-
-class NoMetrics(Metrics):
-    """For code paths built without a daemon (unit tests): counts into a throwaway registry."""

@@ -12,7 +12,7 @@ import socket
 from twisted.application import service
 from twisted.internet import defer
 
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -32,6 +32,8 @@ def notify(message: str, environ=os.environ) -> bool:
 
 class SystemdNotifier(service.Service):
     """Last child of the daemon's MultiService: started after the others, stopped first."""
+
+    name = "systemd-notify"
 
     def __init__(self, listeners, ready: list, environ=os.environ):
         self._listeners = listeners

@@ -16,7 +16,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 
 log = get_logger(__name__)
 

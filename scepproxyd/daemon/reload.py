@@ -12,7 +12,7 @@ from twisted.application import service
 from twisted.internet import defer
 
 from scepproxyd.config import ConfigError, load_settings
-from scepproxyd.logs import get_logger, set_level
+from scepproxyd.daemon.logs import get_logger, set_level
 
 log = get_logger(__name__)
 

@@ -24,7 +24,7 @@ import resource
 
 from twisted.protocols.policies import WrappingFactory
 
-from scepproxyd.logs import get_logger
+from scepproxyd.daemon.logs import get_logger
 
 log = get_logger(__name__)
 
