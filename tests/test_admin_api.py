@@ -1,16 +1,16 @@
 """The admin API, through a real listener in the test process, against a real store file."""
 
 import json
-import sqlite3
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
+from support.web import settings_in
 from support.admin_site import PROFILE_LIMIT, STATIC, TOKEN, add_ca, sample_profile
 from support.api import json_call
 from scepproxyd.store import Store
-from scepproxyd.web.admin import admin_resource
+from scepproxyd.service import admin_api
 from scepproxyd.web.site import BodyLimitedSite
 
 # -- auth ----------------------------------------------------------------------
@@ -43,8 +43,8 @@ async def test_add_list_show_ca_never_returns_challenge(api):
         assert code == 200
         assert STATIC not in json.dumps(body)
     # Encrypted at rest: no plaintext in the database file (WAL checkpointed or not).
-    for f in api.db_path.parent.iterdir():
-        assert STATIC.encode() not in f.read_bytes()
+    for f in api.db_path.parent.rglob("*"):
+        assert not f.is_file() or STATIC.encode() not in f.read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -345,8 +345,9 @@ async def test_profile_limit_is_kept_by_the_handler_on_a_site_without_route_limi
     Store.migrate(db)
     store = Store(db, reactor)
     await store.start()
-    site = BodyLimitedSite(admin_resource(TOKEN, store, None, None, {}, reactor=reactor, max_profile_bytes=2048),
-                           1024 * 1024, 30, reactor=reactor)
+    settings = settings_in(tmp_path / "daemon", database=db, ca={"enabled": "no"}, admin={"max_profile_bytes": "2048"})
+    api = admin_api(token=TOKEN, store=store, upstream=None, cipher=None, jobs={}, settings=settings, reactor=reactor)
+    site = BodyLimitedSite(api, 1024 * 1024, 30, reactor=reactor)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     try:
         code, body = await json_call("http://127.0.0.1:%d" % (port.getHost().port,), "POST", "/api/v1/profiles",

@@ -28,7 +28,6 @@ from scepproxyd.web.api import (
     Conflict,
     HttpRefusal,
     Invalid,
-    JsonApi,
     NotFound,
     Page,
     field,
@@ -506,14 +505,3 @@ class AdminRoutes:
             raise NotFound("no job %r; jobs are %s" % (name, ", ".join(sorted(self._jobs))))
         result = await job.trigger()
         return {"job": name, "result": result}
-
-
-def admin_resource(token: str, store, upstream, cipher, jobs: dict, *, reactor,
-                   max_profile_bytes: int = DEFAULT_MAX_PROFILE_BYTES) -> JsonApi:
-    from scepproxyd.web.admin_agents import AgentCredentialRoutes  # it builds on this module
-
-    routes = (
-        AdminRoutes(store, upstream, cipher, jobs, reactor=reactor, max_profile_bytes=max_profile_bytes).routes()
-        + AgentCredentialRoutes(store).routes()
-    )
-    return JsonApi(token, routes, realm="admin", reactor=reactor)

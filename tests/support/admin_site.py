@@ -11,11 +11,13 @@ from scepproxyd.jobs import CleanupJob, ScheduledJob
 from scepproxyd.keys import ChallengeCipher, load_or_create_key
 from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http_client
 from scepproxyd.store import Store
-from scepproxyd.web.admin import AdminRoutes, admin_resource, admin_route_limits
+from scepproxyd.service import admin_api
+from scepproxyd.web.admin import AdminRoutes, admin_route_limits
 from scepproxyd.web.admin_ca import CaAdminRoutes
 from scepproxyd.web.api import JsonApi
 from scepproxyd.web.site import BodyLimitedSite
 
+from support.web import settings_in
 from support.api import Api
 from support.builtin_ca import TEMPLATES, make_ca
 from support.certs import self_signed_der
@@ -77,8 +79,11 @@ def admin_site(tmp_path):
     upstream = UpstreamClient(http, reactor, UpstreamTimeouts(connect=2, response=2, body=2), 60)
     cipher = ChallengeCipher(load_or_create_key(tmp_path / "secrets.key"))
     jobs = {"cleanup": ScheduledJob(CleanupJob(store), 300, reactor)}
+    settings = settings_in(tmp_path / "daemon", database=db, ca={"enabled": "no"},
+                           admin={"max_profile_bytes": str(PROFILE_LIMIT)})
     site = BodyLimitedSite(
-        admin_resource(TOKEN, store, upstream, cipher, jobs, reactor=reactor, max_profile_bytes=PROFILE_LIMIT),
+        admin_api(token=TOKEN, store=store, upstream=upstream, cipher=cipher, jobs=jobs, settings=settings,
+                  reactor=reactor),
         1024 * 1024, 30, reactor=reactor, route_limits=admin_route_limits(PROFILE_LIMIT), json_refusals=True,
     )
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
@@ -120,8 +125,8 @@ def ca_admin_site(store, clock):
     pytest_twisted.blockon(store.register_managed_ca("builtin", "http://ca.test:8080/scep"))
     ca = make_ca(store, clock, auto_approve=False)
     routes = CaAdminRoutes(ca, CaManager(ca, store, TEMPLATES, 3600), store, "builtin").routes()
-    routes += AdminRoutes(store, None, None, {}).routes()
-    port = reactor.listenTCP(0, BodyLimitedSite(JsonApi(CA_TOKEN, routes, realm="admin"), 1 << 20, 30, reactor=reactor),
-                             interface="127.0.0.1")
+    routes += AdminRoutes(store, None, None, {}, reactor=reactor).routes()
+    api = JsonApi(CA_TOKEN, routes, realm="admin", reactor=reactor)
+    port = reactor.listenTCP(0, BodyLimitedSite(api, 1 << 20, 30, reactor=reactor), interface="127.0.0.1")
     yield CaAdminSite("http://127.0.0.1:%d" % (port.getHost().port,), ca, store)
     pytest_twisted.blockon(port.stopListening())
