@@ -17,6 +17,7 @@ from support.api import apis
 from support.daemon import FAST, Daemon, Site
 from support.hostile import HostileCA
 from support.scep_capture import make_ca
+from support.stepca import StepCA
 from support.store import make_clock, migrated, started_store
 from support.upstream import CHALLENGE, ScepServer
 
@@ -240,6 +241,42 @@ def module_upstream(tmp_path_factory):
     server = ScepServer(tmp_path_factory.mktemp("upstream"), CHALLENGE).start()
     yield server
     server.stop()
+
+
+# -- a second real upstream CA: step-ca ------------------------------------------------------
+
+
+@pytest.fixture
+def stepca(tmp_path):
+    """support.stepca.StepCA with support.upstream.CHALLENGE and step-ca's defaults (DES CertReps), new for
+    each test (tests count what reached it)."""
+    ca = StepCA(tmp_path / "step-ca").start()
+    yield ca
+    ca.stop()
+
+
+@pytest.fixture(scope="module")
+def module_stepca(tmp_path_factory):
+    """support.stepca.StepCA with support.upstream.CHALLENGE and step-ca's defaults, one for a module."""
+    ca = StepCA(tmp_path_factory.mktemp("step-ca")).start()
+    yield ca
+    ca.stop()
+
+
+@pytest.fixture
+def start_stepca(tmp_path):
+    """``start_stepca(**options)``: a started support.stepca.StepCA (``encryption``, ``capabilities``,
+    ``challenge``), each in its own directory under ``tmp_path``, stopped by its pid afterwards."""
+    started = []
+
+    def start(**options) -> StepCA:
+        ca = StepCA(tmp_path / ("step-ca-%d" % (len(started),)), **options).start()
+        started.append(ca)
+        return ca
+
+    yield start
+    for ca in started:
+        ca.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import AttributeOID, NameOID
 
 UPN_OID = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
 
@@ -59,8 +59,9 @@ def upn(value: str) -> x509.OtherName:
     return x509.OtherName(UPN_OID, core.UTF8String(value).dump())
 
 
-def csr(key, subject, sans=None, extensions=()) -> x509.CertificateSigningRequest:
-    """A CSR signed by ``key``; ``subject`` a Name or a CN string; ``extensions`` (value, critical) pairs."""
+def csr(key, subject, sans=None, extensions=(), challenge: str | None = None) -> x509.CertificateSigningRequest:
+    """A CSR signed by ``key``; ``subject`` a Name or a CN string; ``extensions`` (value, critical) pairs;
+    ``challenge`` its challengePassword attribute."""
     if isinstance(subject, str):
         subject = name([(NameOID.COMMON_NAME, subject)])
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
@@ -68,6 +69,8 @@ def csr(key, subject, sans=None, extensions=()) -> x509.CertificateSigningReques
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     for value, critical in extensions:
         builder = builder.add_extension(value, critical=critical)
+    if challenge is not None:
+        builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge.encode())
     digest = None if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)) else hashes.SHA256()
     return builder.sign(key, digest)
 

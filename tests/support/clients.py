@@ -44,13 +44,14 @@ def strongswan_key(path: Path) -> Path:
     return path
 
 
-def openssl_verify(ca_pem: Path, cert: Path, der=False) -> str:
-    """``openssl verify -CAfile`` that must succeed; its output."""
+def openssl_verify(ca_pem: Path, cert: Path, der=False, untrusted: Path | None = None) -> str:
+    """``openssl verify -CAfile`` (``-untrusted``: intermediates to chain through) that must succeed; its output."""
     if der:
         pem = cert.with_suffix(".pem")
         pem.write_bytes(x509.load_der_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.PEM))
         cert = pem
-    result = subprocess.run([need("openssl"), "verify", "-CAfile", str(ca_pem), str(cert)],
+    chain = [] if untrusted is None else ["-untrusted", str(untrusted)]
+    result = subprocess.run([need("openssl"), "verify", "-CAfile", str(ca_pem), *chain, str(cert)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
