@@ -70,6 +70,29 @@ def check_challenge(challenge: str) -> str:
     return challenge
 
 
+CA_MODES = ("passthrough", "ra")
+
+
+def check_ca_mode(mode) -> str:
+    if mode not in CA_MODES:
+        raise InvalidAdminInput("mode must be one of %s" % (", ".join(CA_MODES),), field="mode")
+    return mode
+
+
+def check_ra_certificate(source, mode: str) -> str | None:
+    """How to get a new RA certificate (``enroll`` or ``self-signed``), or None to keep the one there is."""
+    from scepproxyd.scep.ra import RA_CERTIFICATE_SOURCES
+
+    if source is None:
+        return None
+    if source not in RA_CERTIFICATE_SOURCES:
+        raise InvalidAdminInput("ra_certificate must be one of %s" % (", ".join(RA_CERTIFICATE_SOURCES),),
+                                field="ra_certificate")
+    if mode != "ra":
+        raise InvalidAdminInput("ra_certificate applies to a CA in mode ra", field="ra_certificate")
+    return source
+
+
 async def check_ca_answers(upstream, url: str) -> None:
     """Ask the CA for its certificate now, so a wrong URL is caught by the admin, not by devices."""
     upstream.forget(url)

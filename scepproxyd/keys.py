@@ -20,6 +20,7 @@ from scepproxyd.files import loose_mode_advice, truncated_file_advice, write_pri
 _NONCE_BYTES = 12
 # Binds ciphertexts to their purpose, so a blob cannot be replayed as another kind of secret.
 _CHALLENGE_AAD = b"scepproxyd:ca-static-challenge:v1"
+_RA_KEY_AAD = b"scepproxyd:ra-private-key:v1"
 
 
 class KeyFileError(Exception):
@@ -96,7 +97,7 @@ def tokens_match(presented: bytes | str, expected: str) -> bool:
 
 
 class ChallengeCipher:
-    """Encrypts CA static challenges at rest (AES-256-GCM, random nonce per value)."""
+    """Encrypts CA static challenges and RA private keys at rest (AES-256-GCM, random nonce per value)."""
 
     def __init__(self, key: bytes):
         self._aead = AESGCM(key)
@@ -117,3 +118,17 @@ class ChallengeCipher:
                 "was the key replaced? Set the CA's challenge again"
             ) from None
         return plain.decode("utf-8")
+
+    def seal_ra_key(self, pkcs8_der: bytes) -> bytes:
+        """An RA private key (PKCS#8 DER) sealed for the database; it cannot be opened as a challenge."""
+        nonce = os.urandom(_NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, pkcs8_der, _RA_KEY_AAD)
+
+    def open_ra_key(self, blob: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], _RA_KEY_AAD)
+        except (InvalidTag, ValueError):
+            raise KeyFileError(
+                "a stored RA key does not decrypt with the current key file; was the key replaced? "
+                "Make the CA's RA identity again (scepproxyctl ca edit NAME --new-ra-identity)"
+            ) from None

@@ -14,6 +14,7 @@ grace period, then the upstream pool and finally the database close.
 problem it meets becomes one L{StartupError}.
 """
 
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -44,8 +45,10 @@ from scepproxyd.delivery.render import CommandRenderer
 from scepproxyd.jobs import CleanupJob, ProcessProfilesJob, RenewalJob, ScheduledJob, backends_for
 from scepproxyd.keys import ChallengeCipher, KeyFileError, load_or_create_key, load_or_create_token
 from scepproxyd.scep.proxy import ScepProxy
+from scepproxyd.scep.ra_flow import RaFlow
 from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http_client
 from scepproxyd.store import Store, StoreError
+from scepproxyd.web.api import off_reactor
 from scepproxyd.web.admin import AdminRoutes, admin_route_limits
 from scepproxyd.web.admin_agents import AgentCredentialRoutes
 from scepproxyd.web.admin_backup import backup_routes
@@ -283,12 +286,25 @@ def health_pages(store, upstream, metrics, listeners: list, started) -> dict:
     }
 
 
+def build_ra_flow(settings, store, upstream, cipher, reactor) -> RaFlow:
+    """RA mode's request flow: the built-in CA's key policy, ``reactor``'s worker threads for RSA and parsing."""
+    timeouts = settings.upstream
+    return RaFlow(
+        store, upstream, cipher, reactor, key_policy=settings.ca.key_policy,
+        run_in_thread=partial(off_reactor, reactor),
+        # A renewal claim outlives any upstream call; older, its node died mid-call.
+        stale_renewal_after=timeouts.connect_timeout + timeouts.response_timeout + timeouts.body_timeout + 60.0,
+    )
+
+
 def device_resource(*, store, upstream, renderer, webhook_token: str, clock, reactor, metrics=None,
-                    builtin_ca: BuiltinCA | None = None, health: dict | None = None) -> resource.Resource:
+                    builtin_ca: BuiltinCA | None = None, health: dict | None = None,
+                    ra_flow: RaFlow | None = None) -> resource.Resource:
     """The device-facing tree: SCEP proxy, agent API, NanoMDM webhook, built-in CA, health, metrics.
 
     ``upstream`` provides IUpstream; ``clock`` times requests and dates
-    agent reports; ``reactor``'s worker threads parse and encode JSON.
+    agent reports; ``reactor``'s worker threads parse and encode JSON;
+    ``ra_flow`` answers for CAs in RA mode.
     """
     root = resource.Resource()
     if builtin_ca is not None:
@@ -299,7 +315,7 @@ def device_resource(*, store, upstream, renderer, webhook_token: str, clock, rea
     scep = resource.Resource()
     root.putChild(b"mdm", mdm)
     mdm.putChild(b"scep", scep)
-    scep.putChild(b"proxy", ProxyResource(ScepProxy(store, upstream, metrics), clock, metrics))
+    scep.putChild(b"proxy", ProxyResource(ScepProxy(store, upstream, metrics, ra_flow), clock, metrics))
     root.putChild(b"api", agent_resource(store, renderer, clock, reactor))
     webhooks = resource.Resource()
     root.putChild(b"webhooks", webhooks)
@@ -404,6 +420,7 @@ def make_service(settings, reactor) -> OrderedMultiService:
         store=store, upstream=upstream.upstream, renderer=renderer,
         webhook_token=load_or_create_token(settings.delivery.webhook_token_file),
         clock=reactor, reactor=reactor, metrics=metrics, builtin_ca=builtin, health=health,
+        ra_flow=build_ra_flow(settings, store, upstream.upstream, cipher, reactor),
     )
     device_site = build_device_site(device_root, settings.server, reactor, in_flight)
     api = admin_api(

@@ -115,7 +115,7 @@ def refusal(
     csr: x509.CertificateSigningRequest,
     *,
     key_policy: KeyPolicy,
-    san_policy: SanPolicy,
+    san_policy: SanPolicy | None,
     ca_subject: x509.Name,
     expected: ExpectedRequest | None,
 ) -> Refusal | None:
@@ -127,6 +127,8 @@ def refusal(
     None for a request with no host profile (the static challenge, a
     challenge an admin minted), which the key and SAN policies alone judge.
     The CSR's own signature is checked elsewhere (issuer.check_csr).
+    ``san_policy`` None (RA mode, with ``expected``) allows exactly the
+    subjectAltNames the profile renders.
     """
     check = "extensions"
     try:
@@ -403,7 +405,7 @@ def _check_basic_constraints(extensions: x509.Extensions) -> None:
                                        " this CA issues end-entity certificates only")
 
 
-def _check_sans(sans: list[tuple[str, str]], policy: SanPolicy, expected: ExpectedRequest | None) -> None:
+def _check_sans(sans: list[tuple[str, str]], policy: SanPolicy | None, expected: ExpectedRequest | None) -> None:
     if expected is not None:
         candidates = []
         for san_type, value in sans:
@@ -417,6 +419,8 @@ def _check_sans(sans: list[tuple[str, str]], policy: SanPolicy, expected: Expect
             san_type, value = sans[unmatched]
             raise Refused(BAD_REQUEST, "CSR asks for more subjectAltNames like %s %s than the profile renders"
                           % (san_type, shown(value)))
+    if policy is None:
+        return  # RA mode: the upstream CA's own policy applies after the profile's
     for san_type, value in sans:
         pattern = policy.pattern_for(san_type)
         where = "[%s] san_%s" % (policy.section, san_type)

@@ -43,10 +43,12 @@ class ScepProxy:
 
     log = get_logger(__name__)
 
-    def __init__(self, store, upstream, metrics=None):
+    def __init__(self, store, upstream, metrics=None, ra_flow=None):
         self._store = store
         self._upstream = upstream
         self._metrics = metrics
+        #: ra_flow.RaFlow for CAs in RA mode; without one, such a CA is refused as unavailable.
+        self._ra = ra_flow
 
     def _count(self, event: str) -> None:
         if self._metrics is not None:
@@ -64,6 +66,8 @@ class ScepProxy:
         if target is None:
             return _refusal(400, "unknown", UNKNOWN_TARGET, **fields)
         try:
+            if target.ca_mode == "ra":
+                return await self._through_ra(ident, target, operation, method, params, body, fields)
             if operation == "GetCACaps":
                 return self._relay(await self._upstream.get_ca_caps(target.ca_url), fields)
             if operation == "GetCACert":
@@ -74,6 +78,28 @@ class ScepProxy:
         except UpstreamError as e:
             status = 504 if e.timed_out else 502
             return _refusal(status, "upstream_timeout" if e.timed_out else "upstream_error", e.reason, **fields)
+
+    async def _through_ra(self, ident, target, operation, method, params, body, fields) -> ProxyAnswer:
+        """A CA in RA mode: the proxy answers as its registration authority (ra_flow)."""
+        if self._ra is None:
+            raise UpstreamError("RA mode is not available on this node", answered=False)
+        if operation == "GetCACaps":
+            reply = await self._ra.get_ca_caps(target)
+        elif operation == "GetCACert":
+            message = params.get("message")
+            reply = await self._ra.get_ca_cert(target, message.decode("utf-8", "replace") if message else None)
+        else:
+            try:
+                message = self._message(method, params, body)
+            except InvalidQuery as e:
+                return _refusal(400, "bad_request", str(e), **fields)
+            if not codec.looks_like_pki_message(message):
+                return _refusal(400, "bad_request", "PKIOperation message is not a CMS SignedData", **fields)
+            reply = await self._ra.pki_operation(ident, target, message, lambda ident: self.spend(ident, fields))
+            if isinstance(reply, ProxyAnswer):
+                return reply
+        return ProxyAnswer(reply.status, reply.content_type, reply.body, reply.outcome,
+                           upstream_status=reply.upstream_status, **fields)
 
     def _relay(self, answer, fields) -> ProxyAnswer:
         if answer.status >= 500:
@@ -92,6 +118,31 @@ class ScepProxy:
             raise InvalidQuery("PKIOperation GET needs a message parameter")
         return decode_message(params["message"])
 
+    async def spend(self, ident, fields) -> tuple:
+        """
+        Spend the URL's one-time challenge: ``(ConsumedChallenge, None)``, or ``(None, the refusal to send)``.
+
+        Both modes come here, so a bad challenge is refused, counted and
+        logged the same way whether the CA is in passthrough or RA mode.
+        """
+        consumed = await self._store.consume_challenge(ident.challenge, ident.host_uuid, ident.profile_uuid)
+        if consumed is not None:
+            self._count("consumed")
+            return consumed, None
+        refusal = await self._store.challenge_failed(
+            ident.challenge, ident.host_uuid, ident.profile_uuid, CHALLENGE_FAILED
+        )
+        if refusal.counted:
+            return None, _refusal(400, "challenge_failed", CHALLENGE_FAILED, **fields)
+        # Same answer to the device (no oracle); the host profile is left alone.
+        self.log.warn(
+            "stale proxy challenge refused, host profile unchanged: host={host} profile={profile} ca={ca}"
+            " reason={reason} host_profile_status={hp_status}",
+            host=ident.host_uuid, profile=ident.profile_uuid, ca=ident.ca_name,
+            reason=refusal.reason, hp_status=refusal.status or "NULL",
+        )
+        return None, _refusal(400, "challenge_stale", CHALLENGE_FAILED, **fields)
+
     async def _pki_operation(self, ident, target, method, params, body, fields) -> ProxyAnswer:
         try:
             message = self._message(method, params, body)
@@ -102,22 +153,9 @@ class ScepProxy:
         # Learn how to reach the CA before spending the challenge: if it is down,
         # the device keeps a usable challenge without any put-back.
         use_post = await self._upstream.supports_post(target.ca_url)
-        consumed = await self._store.consume_challenge(ident.challenge, ident.host_uuid, ident.profile_uuid)
-        if consumed is None:
-            refusal = await self._store.challenge_failed(
-                ident.challenge, ident.host_uuid, ident.profile_uuid, CHALLENGE_FAILED
-            )
-            if refusal.counted:
-                return _refusal(400, "challenge_failed", CHALLENGE_FAILED, **fields)
-            # Same answer to the device (no oracle); the host profile is left alone.
-            self.log.warn(
-                "stale proxy challenge refused, host profile unchanged: host={host} profile={profile} ca={ca}"
-                " reason={reason} host_profile_status={hp_status}",
-                host=ident.host_uuid, profile=ident.profile_uuid, ca=ident.ca_name,
-                reason=refusal.reason, hp_status=refusal.status or "NULL",
-            )
-            return _refusal(400, "challenge_stale", CHALLENGE_FAILED, **fields)
-        self._count("consumed")
+        consumed, refused = await self.spend(ident, fields)
+        if refused is not None:
+            return refused
         if target.status != "pending":
             await self._store.challenge_settled(consumed)
             return _refusal(400, "not_pending", NOT_PENDING, **fields)

@@ -3,7 +3,7 @@ The SQLite store: schema, migrations and every SQL statement of scepproxyd.
 
 ``Store`` is one object for callers; its methods are grouped by subject in
 the modules here (CAs, hosts, profiles, assignments, challenges, commands,
-renewals, agent credentials) and all run on the DB thread that ``database.Database`` owns.
+renewals, RA mode, agent credentials) and all run on the DB thread that ``database.Database`` owns.
 Every method returns a Deferred; every write is one transaction, so a
 failed one leaves nothing behind.
 """
@@ -44,12 +44,14 @@ from scepproxyd.store.models import (
     PlatformMismatchError,
     Profile,
     ProxyTarget,
+    RaIdentityRecord,
     RenderJob,
     StoreError,
     StoreUnavailable,
     new_renewal_id,
 )
 from scepproxyd.store.profiles import ProfileQueries
+from scepproxyd.store.ra import RaQueries
 from scepproxyd.store.renewals import RenewalQueries
 
 
@@ -62,6 +64,7 @@ class Store(
     ChallengeQueries,
     CommandQueries,
     RenewalQueries,
+    RaQueries,
     AgentCredentialQueries,
     BackupQueries,
     Database,
@@ -101,6 +104,7 @@ __all__ = [
     "PlatformMismatchError",
     "Profile",
     "ProxyTarget",
+    "RaIdentityRecord",
     "RenderJob",
     "StateError",
     "Store",

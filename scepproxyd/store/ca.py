@@ -112,7 +112,7 @@ _REQUEST_COLUMNS = (
 # A certificate the CA issued for a host profile lands there at once, on
 # that host profile only; dates never move backwards. An awaiting host
 # profile becomes verified, as when its device reports the certificate.
-_RECORD_ON_HOST_PROFILE = (
+RECORD_ON_HOST_PROFILE = (
     "UPDATE host_profiles SET cert_serial = ?, cert_not_before = ?, cert_not_after = ?,"
     " status = CASE WHEN status IN ('pending', 'verifying') THEN 'verified' ELSE status END, updated_at = ?"
     " WHERE host_uuid = ? AND profile_uuid = ? AND (cert_not_before IS NULL OR cert_not_before < ?)"
@@ -138,7 +138,7 @@ def _insert_certificate(conn, cert: IssuedCertificate) -> None:
     )
     if cert.host_uuid is not None:
         conn.execute(
-            _RECORD_ON_HOST_PROFILE,
+            RECORD_ON_HOST_PROFILE,
             (cert.serial, cert.not_before, cert.not_after, cert.created_at, cert.host_uuid, cert.profile_uuid,
              cert.not_before),
         )

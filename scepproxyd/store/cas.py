@@ -5,11 +5,20 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from scepproxyd.store.database import keyset, one, order_by
-from scepproxyd.store.models import CertificateAuthority, DuplicateError, InUseError, NotFoundError
+from scepproxyd.store.models import (
+    CertificateAuthority,
+    DuplicateError,
+    InUseError,
+    NotFoundError,
+    RaIdentityRecord,
+)
 
 #: The sort key of CA lists (keyset pagination).
 CA_ORDER = (("name", False),)
-_CA_COLUMNS = "name, url, challenge_ciphertext, created_at, updated_at, tls_trust_bundle, tls_verify, builtin"
+_CA_COLUMNS = (
+    "name, url, challenge_ciphertext, created_at, updated_at, tls_trust_bundle, tls_verify, builtin,"
+    " mode, ra_key_ciphertext, ra_certificate, ra_enrolled"
+)
 
 
 def _profiles_using(conn, name) -> list[str]:
@@ -29,15 +38,18 @@ def _refuse_in_use(conn, name) -> None:
 
 
 class CaQueries:
-    def add_ca(self, name, url, challenge_ciphertext=None, tls_trust_bundle=None, tls_verify=True) -> defer.Deferred:
-        """Add an upstream CA; a name already in use fails with DuplicateError."""
+    def add_ca(self, name, url, challenge_ciphertext=None, tls_trust_bundle=None, tls_verify=True,
+               mode="passthrough", ra: RaIdentityRecord | None = None) -> defer.Deferred:
+        """Add an upstream CA (in ``mode``, with its RA identity ``ra``); a name already in use fails with DuplicateError."""
         now = self._clock.seconds()
+        ra_columns = (None, None, 0) if ra is None else (ra.key_ciphertext, ra.certificate, int(ra.enrolled))
 
         def add_ca(conn):
             cursor = conn.execute(
-                f"INSERT INTO cas ({_CA_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
+                f"INSERT INTO cas ({_CA_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)"
                 f" ON CONFLICT (name) DO NOTHING RETURNING {_CA_COLUMNS}",
-                (name, url, challenge_ciphertext, now, now, tls_trust_bundle, int(bool(tls_verify))),
+                (name, url, challenge_ciphertext, now, now, tls_trust_bundle, int(bool(tls_verify)), mode,
+                 *ra_columns),
             )
             ca = one(CertificateAuthority, cursor)
             if ca is None:
@@ -65,10 +77,11 @@ class CaQueries:
         return self._submit(list_cas, write=False)
 
     def update_ca(self, name, new_name=None, url=None, challenge_ciphertext=None,
-                  tls_trust_bundle=None, tls_verify=None) -> defer.Deferred:
+                  tls_trust_bundle=None, tls_verify=None, mode=None,
+                  ra: RaIdentityRecord | None = None) -> defer.Deferred:
         """
-        Change a CA's name, URL, sealed challenge or TLS trust; None leaves a field as it is
-        (an empty trust bundle removes the bundle).
+        Change a CA's name, URL, sealed challenge, TLS trust, mode or RA identity; None leaves a field as
+        it is (an empty trust bundle removes the bundle; a CA back in passthrough keeps its RA identity).
 
         NotFoundError if there is no such CA; a rename fails with InUseError
         while profiles use the CA, and with DuplicateError if the new name is taken.
@@ -87,10 +100,14 @@ class CaQueries:
                 "UPDATE cas SET name = ?, url = COALESCE(?, url),"
                 " challenge_ciphertext = COALESCE(?, challenge_ciphertext),"
                 " tls_trust_bundle = CASE WHEN ? IS NULL THEN tls_trust_bundle ELSE NULLIF(?, '') END,"
-                " tls_verify = COALESCE(?, tls_verify), updated_at = ?"
+                " tls_verify = COALESCE(?, tls_verify), mode = COALESCE(?, mode),"
+                " ra_key_ciphertext = COALESCE(?, ra_key_ciphertext), ra_certificate = COALESCE(?, ra_certificate),"
+                " ra_enrolled = COALESCE(?, ra_enrolled), updated_at = ?"
                 f" WHERE name = ? RETURNING {_CA_COLUMNS}",
                 (new_name if renaming else name, url, challenge_ciphertext, tls_trust_bundle, tls_trust_bundle,
-                 None if tls_verify is None else int(bool(tls_verify)), now, name),
+                 None if tls_verify is None else int(bool(tls_verify)), mode,
+                 *((None, None, None) if ra is None else (ra.key_ciphertext, ra.certificate, int(ra.enrolled))),
+                 now, name),
             )
             return one(CertificateAuthority, cursor)
 

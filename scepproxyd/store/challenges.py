@@ -69,7 +69,8 @@ class ChallengeQueries:
 
         def proxy_target(conn):
             cursor = conn.execute(
-                "SELECT hp.host_uuid, hp.profile_uuid, c.name, c.url, hp.status FROM host_profiles hp"
+                "SELECT hp.host_uuid, hp.profile_uuid, c.name, c.url, hp.status, c.mode, hp.cert_serial"
+                " FROM host_profiles hp"
                 " JOIN hosts h ON h.uuid = hp.host_uuid"
                 " JOIN profiles p ON p.uuid = hp.profile_uuid"
                 " JOIN cas c ON c.name = p.ca_name"

@@ -109,6 +109,22 @@ class CertificateAuthority:
     tls_verify: bool = attrs.field(default=True, converter=bool)
     #: The built-in CA's own row ([ca] name): one-time CA challenges, and the issuance policy binds its CSRs.
     builtin: bool = attrs.field(default=False, converter=bool)
+    #: "passthrough" (forward the device's bytes) or "ra" (the proxy is this CA's registration authority).
+    mode: str = "passthrough"
+    #: RA mode: the RA's private key sealed with the secrets key, and its certificate (DER).
+    ra_key_ciphertext: bytes | None = attrs.field(default=None, repr=False)
+    ra_certificate: bytes | None = attrs.field(default=None, repr=False)
+    #: Whether the upstream CA issued the RA certificate (else it is self-signed).
+    ra_enrolled: bool = attrs.field(default=False, converter=bool)
+
+
+@attrs.frozen
+class RaIdentityRecord:
+    """An RA identity as the store keeps it: the sealed key, the certificate (DER), and who issued it."""
+
+    key_ciphertext: bytes = attrs.field(repr=False)
+    certificate: bytes = attrs.field(repr=False)
+    enrolled: bool = False
 
 
 @attrs.frozen
@@ -157,6 +173,10 @@ class ProxyTarget:
     ca_name: str
     ca_url: str
     status: str | None
+    #: The CA integration's mode ("passthrough" or "ra").
+    ca_mode: str = "passthrough"
+    #: The serial (hex) of the certificate recorded for this host profile, if any.
+    cert_serial: str | None = None
 
 
 @attrs.frozen

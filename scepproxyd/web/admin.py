@@ -5,14 +5,18 @@ logs a static challenge. The full contract is in docs/admin-api.md.
 """
 
 import uuid as uuid_module
+from functools import partial
 
 import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from scepproxyd import admin
 from scepproxyd.daemon.logs import get_logger
 from scepproxyd.platforms import APPLE_PLATFORMS, PLATFORMS
 from scepproxyd.profiles import ANDROID_TEMPLATE, MOBILECONFIG, ProfileError, parse_profile
 from scepproxyd.profiles.binding import HostFacts, expected_request
+from scepproxyd.scep import ra
 from scepproxyd.store import (
     HOST_PROFILE_STATUSES,
     CertificateAuthority,
@@ -21,6 +25,7 @@ from scepproxyd.store import (
     InUseError,
     NotFoundError,
     PlatformMismatchError,
+    RaIdentityRecord,
 )
 from scepproxyd.timestamps import utc_iso_or_none as _time
 from scepproxyd.daemon.tls import TLSConfigError, load_certificates
@@ -55,12 +60,29 @@ IMPORT_BATCH = 2000
 _admin_rules = refusing(admin.InvalidAdminInput, lambda e: Invalid(e.message, field=e.field))
 
 
+def ra_json(ca) -> dict | None:
+    """The public half of a CA's RA identity: never its key."""
+    if ca.ra_certificate is None:
+        return None
+    certificate = x509.load_der_x509_certificate(ca.ra_certificate)
+    return {
+        "certificate": "enrolled" if ca.ra_enrolled else "self-signed",
+        "subject": certificate.subject.rfc4514_string(),
+        "issuer": certificate.issuer.rfc4514_string(),
+        "serial": "%x" % (certificate.serial_number,),
+        "not_after": _time(certificate.not_valid_after_utc.timestamp()),
+        "sha256": certificate.fingerprint(hashes.SHA256()).hex(),
+    }
+
+
 def ca_json(ca, profiles=None) -> dict:
     body = {
         "name": ca.name,
         "url": ca.url,
+        "mode": ca.mode,
         "tls_verify": ca.tls_verify,
         "trust_bundle": bool(ca.tls_trust_bundle),
+        "ra": ra_json(ca),
         "created_at": _time(ca.created_at),
         "updated_at": _time(ca.updated_at),
     }
@@ -210,14 +232,19 @@ class AdminRoutes:
         url = admin.check_ca_url(field(body, "url"))
         challenge = admin.check_challenge(field(body, "challenge"))
         bundle, verify = self._tls_fields(body)
+        mode = admin.check_ca_mode(field(body, "mode", required=False) or "passthrough")
+        source = admin.check_ra_certificate(field(body, "ra_certificate", required=False), mode)
         if await self._store.get_ca(name) is not None:
             raise Conflict("a CA named %r already exists" % (name,), field="name")
         candidate = CertificateAuthority(name, url, None, 0.0, 0.0, bundle, True if verify is None else verify)
         try:
             await self._apply_trust(candidate)
             await admin.check_ca_answers(self._upstream, url)
+            identity = None
+            if mode == "ra":
+                identity = await self._ra_identity(name, url, challenge, source or "enroll")
             ca = await self._store.add_ca(name, url, self._cipher.encrypt(challenge), bundle or None,
-                                          True if verify is None else verify)
+                                          True if verify is None else verify, mode=mode, ra=identity)
         except DuplicateError:
             raise Conflict("a CA named %r already exists" % (name,), field="name") from None
         finally:
@@ -228,10 +255,11 @@ class AdminRoutes:
     @_admin_rules
     async def edit_ca(self, request, name):
         body = json_body(request)
-        unknown = set(body) - {"name", "url", "challenge", "trust_bundle", "tls_verify"}
+        unknown = set(body) - {"name", "url", "challenge", "trust_bundle", "tls_verify", "mode", "ra_certificate"}
         if unknown:
             raise Invalid(
-                "unknown field %s; a CA has name, url, challenge, trust_bundle, tls_verify" % (sorted(unknown)[0],),
+                "unknown field %s; a CA has name, url, challenge, trust_bundle, tls_verify, mode, ra_certificate"
+                % (sorted(unknown)[0],),
                 field=sorted(unknown)[0],
             )
         current = await self._store.get_ca(name)
@@ -248,18 +276,37 @@ class AdminRoutes:
                 raise Invalid("changing the URL requires the challenge again", field="challenge")
         if challenge is not None:
             admin.check_challenge(challenge)
+        mode = field(body, "mode", required=False)
+        if mode is not None:
+            admin.check_ca_mode(mode)
+        if mode == "ra" and current.builtin:
+            raise Invalid("the built-in CA applies the issuance policy itself; it has no RA mode", field="mode")
+        new_mode = mode or current.mode
+        source = admin.check_ra_certificate(field(body, "ra_certificate", required=False), new_mode)
+        url_changes = url is not None and url != current.url
+        if new_mode == "ra" and source is None and (current.ra_certificate is None or url_changes):
+            # A new CA (or a first RA) needs a new RA identity, made the way the last one was.
+            source = "self-signed" if current.ra_certificate is not None and not current.ra_enrolled else "enroll"
         bundle, verify = self._tls_fields(body)
         trust_changes = bundle is not None or verify is not None
         try:
-            if (url is not None and url != current.url) or trust_changes:
-                candidate = attrs.evolve(
-                    current,
-                    url=url or current.url,
-                    tls_trust_bundle=current.tls_trust_bundle if bundle is None else (bundle or None),
-                    tls_verify=current.tls_verify if verify is None else verify,
-                )
+            candidate = attrs.evolve(
+                current,
+                url=url or current.url,
+                tls_trust_bundle=current.tls_trust_bundle if bundle is None else (bundle or None),
+                tls_verify=current.tls_verify if verify is None else verify,
+            )
+            if url_changes or trust_changes:
                 await self._apply_trust(candidate)
                 await admin.check_ca_answers(self._upstream, candidate.url)
+            identity = None
+            if source is not None:
+                if not (url_changes or trust_changes):
+                    await self._apply_trust(candidate)
+                identity = await self._ra_identity(
+                    new_name or name, candidate.url,
+                    challenge if challenge is not None else self._stored_challenge(current), source,
+                )
             ca = await self._store.update_ca(
                 name,
                 new_name=new_name if new_name != name else None,
@@ -267,6 +314,8 @@ class AdminRoutes:
                 challenge_ciphertext=self._cipher.encrypt(challenge) if challenge is not None else None,
                 tls_trust_bundle=bundle,
                 tls_verify=verify,
+                mode=mode,
+                ra=identity,
             )
         except InUseError as e:
             raise Conflict(
@@ -281,6 +330,23 @@ class AdminRoutes:
         self._upstream.forget(current.url)
         log.info("admin changed CA {ca}", ca=ca.name)
         return ca_json(ca, await self._store.profiles_using_ca(ca.name))
+
+    async def _ra_identity(self, name: str, url: str, challenge: str | None, source: str) -> RaIdentityRecord:
+        """A new RA identity for the CA at ``url`` (enrolled there, or self-signed), sealed for the store."""
+        try:
+            identity = await ra.new_identity(self._upstream, name, url, challenge, source,
+                                             run_in_thread=partial(off_reactor, self._reactor))
+        except ra.RaIdentityError as e:
+            raise Invalid("no RA certificate: %s" % (e,), field="ra_certificate") from None
+        key_ciphertext, certificate = identity.sealed(self._cipher)
+        log.info("admin made a new {source} RA identity for CA {ca}: {subject} issued by {issuer}",
+                 source="enrolled" if identity.enrolled else "self-signed", ca=name,
+                 subject=identity.certificate.subject.rfc4514_string(),
+                 issuer=identity.certificate.issuer.rfc4514_string())
+        return RaIdentityRecord(key_ciphertext, certificate, identity.enrolled)
+
+    def _stored_challenge(self, ca) -> str | None:
+        return self._cipher.decrypt(ca.challenge_ciphertext) if ca.challenge_ciphertext else None
 
     async def delete_ca(self, request, name):
         try:
