@@ -284,8 +284,11 @@ def test_migrate_from_schema_1_keeps_data_and_backfills_renewal_ids(tmp_path):
     assert Store.migrate(path) == SCHEMA_VERSION
     conn = raw(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    # Later versions add TLS columns with their defaults (no bundle, verified) and the built-in flag (off).
-    assert conn.execute("SELECT * FROM cas").fetchall() == [(CA, "https://ca.example/scep", b"sealed", EPOCH, EPOCH, None, 1, 0)]
+    # Later versions add TLS columns with their defaults (no bundle, verified), the built-in flag (off)
+    # and RA mode's (passthrough, no RA identity).
+    assert conn.execute("SELECT * FROM cas").fetchall() == [
+        (CA, "https://ca.example/scep", b"sealed", EPOCH, EPOCH, None, 1, 0, "passthrough", None, None, 0)
+    ]
     assert conn.execute("SELECT COUNT(*) FROM hosts").fetchone()[0] == 2
     # The live challenge is kept as its hash only (schema 13): its device still enrolls with it.
     assert conn.execute("SELECT * FROM challenges").fetchall() == [(challenge_hash("c1"), "h1", "p1", EPOCH)]

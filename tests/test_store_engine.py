@@ -628,10 +628,10 @@ async def test_migrate_from_schema_2_keeps_data(tmp_path, clock):
     assert Store.migrate(path) == SCHEMA_VERSION
     conn = raw(path)
     # Later columns start empty, except the latest proxy challenge's hash (schema 8): the pending
-    # host profile gets its live challenge's SHA-256, the NULL one nothing.
+    # host profile gets its live challenge's SHA-256, the NULL one nothing; no RA renewal claim (schema 14).
     latest = {"h1": hashlib.sha256(b"c1").hexdigest(), "h2": None}
     assert conn.execute("SELECT * FROM host_profiles ORDER BY host_uuid").fetchall() == [
-        row + (None, None, None, None, latest[row[0]]) for row in before
+        row + (None, None, None, None, latest[row[0]], None, None) for row in before
     ]
     assert conn.execute("SELECT * FROM challenges").fetchall() == [(challenge_hash("c1"), "h1", "p1", EPOCH)]
     assert conn.execute("SELECT COUNT(*) FROM commands").fetchone()[0] == 0
