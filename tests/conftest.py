@@ -66,10 +66,39 @@ def db_path(tmp_path):
     return migrated(tmp_path / "scepproxyd.sqlite")
 
 
+#: The store's engines. Store tests (modules test_store*) run on each, unless they look at the SQLite file.
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    """Run every store test that uses ``store`` or ``database`` (and not ``db_path``) on both engines."""
+    module = metafunc.module.__name__.rpartition(".")[2]
+    uses_store = {"store", "database"} & set(metafunc.fixturenames)
+    if module.startswith("test_store") and uses_store and "db_path" not in metafunc.fixturenames:
+        metafunc.parametrize("engine", ENGINES, indirect=True)
+
+
+@pytest.fixture
+def engine(request):
+    """The store's engine for this test: "sqlite" unless pytest_generate_tests parametrized it."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database(request, engine, tmp_path):
+    """A new database at the latest schema on ``engine``: ``(target, password)``, target a file or a URL."""
+    if engine == "sqlite" or "db_path" in request.fixturenames:
+        return request.getfixturevalue("db_path"), None
+    url = request.getfixturevalue("postgres_url")
+    Store.migrate(url.url, password=url.password)
+    return url.url, url.password
+
+
 @pytest_twisted.async_yield_fixture
-async def store(db_path, clock):
-    """A started Store on ``db_path`` and ``clock``, stopped afterwards."""
-    s = await started_store(db_path, reactor, clock)
+async def store(database, clock):
+    """A started Store on ``database`` (SQLite unless the test runs on both engines) and ``clock``, stopped afterwards."""
+    target, password = database
+    s = await started_store(target, reactor, clock, password=password)
     yield s
     await s.stop()
 
@@ -320,3 +349,23 @@ async def web(store, clock, db_path, tmp_path):
     w = await build_web(store, clock, tmp_path, database=db_path)
     yield w
     await stop_web(w)
+
+
+# -- DEV ONLY: replaced by support.postgres's real server fixture at merge ------------------------
+@pytest.fixture
+def postgres_url(request):
+    import os
+    import uuid
+    from types import SimpleNamespace
+
+    import psycopg
+
+    base = os.environ.get("SCEPPROXYD_DEV_PG")
+    if not base:
+        pytest.skip("no PostgreSQL")
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
+        conn.execute("CREATE DATABASE " + name)
+    yield SimpleNamespace(url=base + "/" + name, password=None)
+    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
+        conn.execute("DROP DATABASE " + name + " WITH (FORCE)")

@@ -179,7 +179,7 @@ async def test_profile_and_assignment_errors(store, clock):
         await store.assign_profile("nobody", PROFILE)
     clock.advance(5)
     await store.upsert_host(HOST, "NEWSERIAL", "ipados")  # update, not duplicate
-    assert raw(store._path).execute("SELECT serial, platform, created_at, updated_at FROM hosts").fetchall() == [
+    assert raw(store).execute("SELECT serial, platform, created_at, updated_at FROM hosts").fetchall() == [
         ("NEWSERIAL", "ipados", EPOCH, EPOCH + 5)
     ]
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 import attrs
 from twisted.internet import defer
 
-import sqlite3
 
 from scepproxyd.store.assignments import count_failed_attempt
-from scepproxyd.store.database import keyset, one, order_by
+from scepproxyd.store.database import IntegrityError, keyset, one, order_by
 from scepproxyd.store.models import DuplicateError, NotFoundError, StoreError, check_filter
 
 CERTIFICATE_STATUSES = ("valid", "revoked")
@@ -413,7 +412,7 @@ class CaAuthorityQueries:
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (challenge_hash, template, now, now + self._challenge_ttl, host_uuid, profile_uuid),
                 )
-            except sqlite3.IntegrityError as e:
+            except IntegrityError as e:
                 raise NotFoundError(f"no profile {profile_uuid} assigned to host {host_uuid}") from e
             return now + self._challenge_ttl
 

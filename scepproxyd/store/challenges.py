@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 
 import attrs
 from twisted.internet import defer
 
 from scepproxyd.store.assignments import ONE_HOST_PROFILE, count_failed_attempt
-from scepproxyd.store.database import one
+from scepproxyd.store.database import IntegrityError, one
 from scepproxyd.store.models import (
     ChallengeRefusal,
     ConsumedChallenge,
@@ -36,7 +35,7 @@ def _insert_challenge(conn, challenge, host_uuid, profile_uuid, now) -> None:
             "INSERT INTO challenges (challenge_hash, host_uuid, profile_uuid, created_at) VALUES (?, ?, ?, ?)",
             (hashed, host_uuid, profile_uuid, now),
         )
-    except sqlite3.IntegrityError as e:
+    except IntegrityError as e:
         raise NotFoundError(f"no profile {profile_uuid} assigned to host {host_uuid}") from e
     conn.execute(
         f"UPDATE host_profiles SET proxy_challenge_hash = ? WHERE {ONE_HOST_PROFILE}",

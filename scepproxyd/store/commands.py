@@ -25,7 +25,7 @@ from scepproxyd.store.assignments import (
     count_failed_attempt,
     supersede_outstanding,
 )
-from scepproxyd.store.database import one
+from scepproxyd.store.database import one, skip_locked
 from scepproxyd.store.models import PLATFORMS, ClaimResult, Command, HostProfile, RenderJob, check_positive
 
 _COMMAND_COLUMNS = (
@@ -33,22 +33,27 @@ _COMMAND_COLUMNS = (
 )
 _FINISHED_BATCH = 1000
 
-# One statement picks the batch (oldest first), sees whether each one's CA is
+# One statement picks the batch (oldest first, computed once: MATERIALIZED), sees whether each one's CA is
 # gone, and claims it: 'pending' with a new command uuid, or 'failed'. The
 # outer ``hp.status IS NULL`` is what keeps a concurrent claimer off the row.
 # A new attempt has issued no proxy challenge yet, so the latest one's hash is
 # cleared: a replay of the last attempt's URL must not count against this one.
 # gen_random_uuid() is PostgreSQL's built-in; the SQLite connection defines it.
+# On PostgreSQL the batch's rows are locked as they are picked, skipping any
+# another node is claiming right now ({lock}: database.skip_locked), so two
+# nodes claim disjoint batches rather than one waiting for the other's rows.
 _CLAIM = (
-    "UPDATE host_profiles SET"
+    "WITH batch AS MATERIALIZED ("
+    " SELECT w.host_uuid, w.profile_uuid, CASE WHEN ca.name IS NULL THEN p.ca_name END AS missing_ca"
+    "  FROM host_profiles w JOIN profiles p ON p.uuid = w.profile_uuid LEFT JOIN cas ca ON ca.name = p.ca_name"
+    "  WHERE w.status IS NULL ORDER BY w.updated_at LIMIT ?{lock})"
+    " UPDATE host_profiles SET"
     " status = CASE WHEN batch.missing_ca IS NULL THEN 'pending' ELSE 'failed' END,"
     " detail = CASE WHEN batch.missing_ca IS NULL THEN NULL"
     " ELSE 'CA ''' || batch.missing_ca || ''' no longer exists' END,"
     " command_uuid = CASE WHEN batch.missing_ca IS NULL THEN gen_random_uuid() END,"
     " proxy_challenge_hash = NULL, updated_at = ?"
-    " FROM (SELECT w.host_uuid, w.profile_uuid, CASE WHEN ca.name IS NULL THEN p.ca_name END AS missing_ca"
-    "  FROM host_profiles w JOIN profiles p ON p.uuid = w.profile_uuid LEFT JOIN cas ca ON ca.name = p.ca_name"
-    "  WHERE w.status IS NULL ORDER BY w.updated_at LIMIT ?) AS batch"
+    " FROM batch"
     " WHERE host_profiles.host_uuid = batch.host_uuid AND host_profiles.profile_uuid = batch.profile_uuid"
     " AND host_profiles.status IS NULL"
     " RETURNING host_profiles.host_uuid, host_profiles.profile_uuid, host_profiles.status, host_profiles.detail,"
@@ -103,7 +108,7 @@ class CommandQueries:
         def claim_host_profiles(conn):
             check_positive(limit, "limit")
             _check_backends(backends)
-            rows = conn.execute(_CLAIM, (now, limit)).fetchall()  # fetched before anything else runs
+            rows = conn.execute(_CLAIM.format(lock=skip_locked(conn, "w")), (limit, now)).fetchall()  # fetched before anything else runs
             supersede_outstanding(conn, [(host_uuid, profile_uuid) for host_uuid, profile_uuid, *_ in rows], now)
             claimed = tuple(
                 Command(command_uuid, host_uuid, profile_uuid, backends[platform], "queued", None, 0, now, now, now)

@@ -11,8 +11,12 @@ Why it is shaped this way:
   half-written, and concurrent callers are simply queued.
 - Time comes from an injected clock, read on the calling (reactor) thread,
   so tests drive expiry with ``twisted.internet.task.Clock``.
-- The SQL stays portable (``ON CONFLICT``, ``DELETE ... RETURNING``) so a
-  PostgreSQL store can later sit behind the same interface.
+- The SQL stays portable (``ON CONFLICT``, ``DELETE ... RETURNING``), so
+  one store serves SQLite (a file, the default) and PostgreSQL (a
+  ``postgresql://`` URL, for several nodes); what differs between the two
+  is in ``store.postgres`` and in the few engine checks of this module.
+  On PostgreSQL the jobs run on ``pool_size`` threads, each with a
+  connection from psycopg's pool for the length of one job.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from scepproxyd.daemon.logs import get_logger
+from scepproxyd.store import postgres
 from scepproxyd.store.models import (
     StoreError,
     StoreUnavailable,
@@ -45,6 +50,15 @@ _SCHEMA_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 VACUUM_AFTER = "-- scepproxyd: vacuum after this migration"
 # Keys bound into one IN (...) list; well under SQLite's variable limit.
 IN_LIST_CHUNK = 500
+
+try:
+    import psycopg as _psycopg
+except ImportError:  # pragma: no cover - a dependency; only PostgreSQL needs it
+    _psycopg = None
+
+#: What a unique or foreign key refusal raises, on either engine (the store's code catches this).
+IntegrityError = (sqlite3.IntegrityError,) + ((_psycopg.IntegrityError,) if _psycopg is not None else ())
+_ENGINE_ERRORS = (sqlite3.Error,) + ((_psycopg.Error,) if _psycopg is not None else ())
 
 
 def _schema_files() -> list[tuple[int, str]]:
@@ -65,7 +79,7 @@ def _schema_files() -> list[tuple[int, str]]:
     return found
 
 
-def _statements(script: str):
+def statements(script: str):
     """Split a schema script into statements, so it can run inside our own transaction."""
     pending = ""
     for line in script.splitlines(keepends=True):
@@ -179,6 +193,15 @@ def _vacuum(conn: sqlite3.Connection, path, version: int) -> None:
         )
 
 
+def skip_locked(conn, table: str) -> str:
+    """
+    The locking clause a claiming sub-SELECT ends with: ``FOR UPDATE OF table SKIP LOCKED`` on
+    PostgreSQL, so concurrent claimers (other nodes) take disjoint rows; nothing on SQLite, whose one
+    writer at a time already keeps claims apart.
+    """
+    return " FOR UPDATE OF %s SKIP LOCKED" % (table,) if isinstance(conn, postgres.Connection) else ""
+
+
 def one(cls, cursor):
     """The cursor's first row as ``cls(*row)``, or None."""
     row = cursor.fetchone()
@@ -245,10 +268,17 @@ class Database:
         challenge_ttl: float = 3600.0,
         busy_timeout: float = 5.0,
         max_retries: int = 3,
+        password: str | None = None,
+        pool_size: int = 4,
     ):
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be a non-negative integer, not {max_retries!r}")
         self._path = path
+        #: "sqlite" or "postgresql": the few places that differ ask this.
+        self.engine = "postgresql" if postgres.is_postgres(path) else "sqlite"
+        self._password = password
+        self._threads = pool_size if self.engine == "postgresql" else 1
+        self._connections = None  # psycopg_pool.ConnectionPool, on PostgreSQL
         self._max_retries = max_retries
         self._reactor = reactor
         self._clock = reactor if clock is None else clock
@@ -264,17 +294,20 @@ class Database:
         self._write_problem_since: float | None = None
 
     @staticmethod
-    def migrate(path) -> int:
+    def migrate(path, password: str | None = None) -> int:
         """
-        Bring the database at ``path`` to the newest schema, synchronously.
+        Bring the database at ``path`` (a file, or a ``postgresql://`` URL) to the newest schema, synchronously.
 
         Run by the tap before the reactor starts, so a bad file or a too-new
         schema stops twistd with a message rather than failing later. Each
         file runs in its own ``BEGIN IMMEDIATE`` transaction with its
         ``user_version`` bump, and the version is read inside it, so two
-        processes migrating at once cannot both apply the same file.
+        processes migrating at once cannot both apply the same file (on
+        PostgreSQL, under an advisory lock: see ``store.postgres.migrate``).
         """
         files = _schema_files()
+        if postgres.is_postgres(path):
+            return postgres.migrate(path, password, files, statements, _refuse_newer, log)
         conn = _open(path, busy_timeout=5.0)
         # Schema 8 backfills the hash of each pending host profile's newest challenge.
         conn.create_function("sha256_hex", 1, challenge_hash, deterministic=True)
@@ -289,7 +322,7 @@ class Database:
                     started = version if started is None else started
                     _refuse_newer(path, version, files[-1][0])
                     if version < number:
-                        for statement in _statements(script):
+                        for statement in statements(script):
                             conn.execute(statement)
                         if conn.execute("PRAGMA foreign_key_check").fetchall():
                             raise StoreError(f"schema {number} left rows breaking foreign keys in {path}")
@@ -315,7 +348,7 @@ class Database:
         """Start the DB thread and open the connection on it, as its first job."""
         if self._pool is not None:
             return defer.fail(StoreError("store is already started"))
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="scepproxyd-db")
+        self._pool = ThreadPool(minthreads=1, maxthreads=self._threads, name="scepproxyd-db")
         self._pool.start()
         self._running = True
         # Without stop() a reactor shutdown would leave the (non-daemon) DB
@@ -333,6 +366,10 @@ class Database:
         return deferToThreadPool(self._reactor, self._pool, self._connect).addErrback(failed)
 
     def _connect(self) -> None:
+        if self.engine == "postgresql":
+            self._connections = postgres.open_pool(self._path, self._password, self._threads,
+                                                   self._busy_timeout, _schema_files()[-1][0], _refuse_newer)
+            return
         conn = _open(self._path, self._busy_timeout)
         known, version = _schema_files()[-1][0], _user_version(conn)
         if version != known:
@@ -366,6 +403,9 @@ class Database:
         return self.stop()
 
     def _close(self) -> None:
+        if self._connections is not None:
+            self._connections.close()
+            self._connections = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -452,6 +492,9 @@ class Database:
             )
 
         def checkpoint(_):
+            if self.engine == "postgresql":
+                return None  # the server keeps its own WAL
+
             def truncate_wal(conn):
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
@@ -460,6 +503,8 @@ class Database:
         return self._submit(probe_writes).addCallback(checkpoint)
 
     def _run(self, fn, write: bool):
+        if self._connections is not None:
+            return self._run_postgres(fn, write)
         conn = self._conn
         try:
             if not write:
@@ -478,3 +523,29 @@ class Database:
             if reason is not None:
                 raise StoreUnavailable(reason) from e
             raise StoreError(f"database error in {fn.__name__}: {e}") from e
+
+    def _run_postgres(self, fn, write: bool):
+        """``fn`` on a pooled connection, a write in its own transaction; psycopg errors as the store's."""
+        try:
+            with self._connections.connection() as raw:
+                conn = postgres.Connection(raw)
+                if not write:
+                    return fn(conn)
+                conn.execute("BEGIN")
+                try:
+                    result = fn(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                return result
+        except _psycopg.IntegrityError:
+            raise
+        except _psycopg.Error as e:
+            reason = postgres.unavailable_reason(e)
+            if reason is not None:
+                raise StoreUnavailable(reason) from None
+            raise StoreError(f"database error in {fn.__name__}: {str(e).strip()}") from None
+        except postgres.PoolTimeout:
+            raise StoreUnavailable("no database connection within %.0f s" % (self._busy_timeout,)) from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from scepproxyd.store.database import IN_LIST_CHUNK, chunks, placeholders
+from scepproxyd.store.database import IN_LIST_CHUNK, chunks, placeholders, skip_locked
 from scepproxyd.store.models import check_positive
 
 # Statuses a device's report can confirm.
@@ -23,15 +23,16 @@ _AWAITING_DEVICE = "('pending', 'verifying')"
 # The cert_not_after bound repeats the condition in a form the
 # (status, cert_not_after) index can range over.
 _MARK_DUE = (
-    "UPDATE host_profiles SET status = NULL, retries = 0,"
-    " detail = 'renewing: certificate expires ' || utc_iso(host_profiles.cert_not_after), updated_at = ?"
-    " FROM (SELECT host_uuid, profile_uuid FROM host_profiles"
+    "WITH due AS MATERIALIZED (SELECT host_uuid, profile_uuid FROM host_profiles"
     "  WHERE status = 'verified' AND cert_not_before IS NOT NULL AND cert_not_after < ?"
     "  AND ((cert_not_after - cert_not_before > ? AND cert_not_after - ? < ?)"
     "   OR (cert_not_after - cert_not_before <= ? AND cert_not_after - ? < (cert_not_after - cert_not_before) * ?))"
-    "  ORDER BY cert_not_after LIMIT ?) AS due"
+    "  ORDER BY cert_not_after LIMIT ?{lock})"
+    " UPDATE host_profiles SET status = NULL, retries = 0,"
+    " detail = 'renewing: certificate expires ' || utc_iso(host_profiles.cert_not_after), updated_at = ?"
+    " FROM due"
     " WHERE host_profiles.host_uuid = due.host_uuid AND host_profiles.profile_uuid = due.profile_uuid"
-    " AND host_profiles.status = 'verified'"
+    " AND host_profiles.status = 'verified' RETURNING 1"  # sqlite3 gives no rowcount for WITH ... UPDATE
 )
 
 
@@ -124,11 +125,11 @@ class RenewalQueries:
         now = self._clock.seconds()
         horizon = now + threshold_seconds * max(1.0, short_fraction)
         params = (
-            now, horizon, threshold_seconds, now, threshold_seconds, threshold_seconds, now, short_fraction, limit,
+            horizon, threshold_seconds, now, threshold_seconds, threshold_seconds, now, short_fraction, limit, now,
         )
 
         def mark_due_for_renewal(conn):
             check_positive(limit, "limit")
-            return conn.execute(_MARK_DUE, params).rowcount
+            return len(conn.execute(_MARK_DUE.format(lock=skip_locked(conn, "host_profiles")), params).fetchall())
 
         return self._submit(mark_due_for_renewal)

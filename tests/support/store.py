@@ -5,7 +5,7 @@ import sqlite3
 
 from twisted.internet.task import Clock
 
-from scepproxyd.store import Store
+from scepproxyd.store import Store, postgres
 from scepproxyd.store.database import _schema_files
 from scepproxyd.store.models import challenge_hash
 
@@ -60,9 +60,16 @@ async def claim_all(store, limit=1000):
     return {(c.host_uuid, c.profile_uuid): c for c in result.claimed}
 
 
-def raw(path):
-    """A plain sqlite3 connection to the file, foreign keys on, to look at rows behind the store's back."""
-    conn = sqlite3.connect(path)
+def raw(target):
+    """
+    A plain connection to look at rows behind the store's back: ``target`` a SQLite file (foreign keys
+    on), or a Store on either engine (its own database, with ``?`` placeholders on PostgreSQL too).
+    """
+    if isinstance(target, Store):
+        if target.engine == "postgresql":
+            return postgres.connect(target._path, target._password)
+        target = target._path
+    conn = sqlite3.connect(target)
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
