@@ -73,7 +73,8 @@ class RenewalJob:
 
 
 class CleanupJob:
-    """Delete expired challenges and finished commands so tables do not grow without bound."""
+    """Delete expired challenges and finished commands so tables do not grow without bound (and, on
+    PostgreSQL, put back challenges a killed node left in flight)."""
 
     name = "cleanup"
 
@@ -82,10 +83,14 @@ class CleanupJob:
         self._retention = command_retention
 
     async def run(self) -> dict:
-        return {
+        result = {
             "expired_challenges_removed": await self._store.delete_expired_challenges(),
             "finished_commands_removed": await self._store.delete_finished_commands(self._retention),
         }
+        if getattr(self._store, "engine", "sqlite") == "postgresql":
+            # Several nodes: challenges a killed node held in flight go back to their devices.
+            result["orphaned_challenges_restored"] = await self._store.restore_orphaned_challenges()
+        return result
 
 
 class ScheduledJob:

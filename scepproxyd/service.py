@@ -119,8 +119,9 @@ def prepare_state(settings) -> None:
 def _prepare_files(settings) -> None:
     state: Path = settings.state_directory
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
-    settings.database.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    Store.migrate(settings.database.path)
+    if settings.database.engine == "sqlite":
+        settings.database.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    Store.migrate(settings.database.target, password=database_password(settings))
     load_or_create_key(settings.key_file)
     load_or_create_token(settings.admin.token_file)
     load_or_create_token(settings.delivery.webhook_token_file)
@@ -130,6 +131,15 @@ def _prepare_files(settings) -> None:
         prepare_ca_material(settings.ca)
     if settings.server.tls_certificate is not None:
         server_context(settings.server.tls_certificate, settings.server.tls_key, settings.server.tls_chain)
+
+
+def database_password(settings) -> str | None:
+    """The PostgreSQL password from ``[database] password_file``; KeyFileError naming the file if unreadable."""
+    try:
+        return settings.database.password()
+    except OSError as e:
+        raise KeyFileError("cannot read the database password from %s ([database] password_file): %s"
+                           % (settings.database.password_file, e.strerror or e)) from None
 
 
 def warn_retired(settings) -> None:
@@ -176,12 +186,17 @@ class StoreParts:
 def build_store(settings, reactor) -> StoreParts:
     """The Store on its DB thread, its start/stop service and the periodic write probe."""
     store = Store(
-        settings.database.path,
+        settings.database.target,
         reactor,
         clock=reactor,
         challenge_ttl=settings.challenges.ttl,
         busy_timeout=settings.database.busy_timeout,
         max_retries=settings.profiles.max_retries,
+        password=database_password(settings),
+        pool_size=settings.database.pool_size,
+        # Longer than any upstream call may last: older in-flight challenges are a dead node's.
+        in_flight_limit=settings.upstream.connect_timeout + settings.upstream.response_timeout
+        + settings.upstream.body_timeout + 60.0,
     )
     return StoreParts(store, StoreService(store), write_probe_service(store, settings.database.write_probe_interval,
                                                                       reactor))

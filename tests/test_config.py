@@ -99,6 +99,32 @@ def test_defaults_when_file_is_empty():
     assert settings.server.max_connections == 800
     assert settings.admin.max_connections == 64
     assert settings.database.write_probe_interval == 10.0
+    assert (settings.database.url, settings.database.password_file, settings.database.pool_size) == (None, None, 4)
+    assert (settings.database.engine, settings.database.target) == ("sqlite", settings.database.path)
+
+
+def test_database_on_postgresql(tmp_path):
+    settings = parse("[database]\nurl = postgresql://scepproxyd@db.internal:5432/scepproxyd\n"
+                     "password_file = db.password\n")
+    assert settings.database.engine == "postgresql"
+    assert settings.database.target == "postgresql://scepproxyd@db.internal:5432/scepproxyd"
+    assert settings.database.password_file == Path("/srv/scep/var/db.password")
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    assert attrs.evolve(settings.database, password_file=secret).password() == "s3cret"
+
+
+def test_database_url_with_a_password_is_refused_without_repeating_it():
+    error = refused("[database]\nurl = postgresql://u:s3cret@db/scep\n")
+    assert "must not hold a password" in error.problem
+    assert "s3cret" not in str(error)
+    assert str(error).endswith(", got 'postgresql://u:***@db/scep'")
+
+
+def test_password_file_needs_a_postgresql_url():
+    error = refused("[database]\npassword_file = db.password\n")
+    assert (error.section, error.key) == ("database", "password_file")
+    assert "applies to a postgresql:// url only" in str(error)
 
 
 def test_section_present_other_keys_default():
@@ -312,6 +338,10 @@ BAD_VALUES = [
     ("database", "busy_timeout", "-5s", "greater than 0 and at most 10 minutes"),
     ("database", "busy_timeout", "nan", "must be a duration"),
     ("database", "write_probe_interval", "0", "greater than 0 and at most 1 hour"),
+    ("database", "url", "mysql://db/scep", "must be - (SQLite at path) or a postgresql:// URL"),
+    ("database", "url", "postgresql://db", "must name the database"),
+    ("database", "url", "postgresql://db:port/scep", "is not a valid URL"),
+    ("database", "pool_size", "0", "whole number from 1 to 64"),
     ("server", "max_connections", "0", "whole number from 1 to 1000000"),
     ("server", "max_connections", "lots", "whole number from 1 to 1000000"),
     ("admin", "max_connections", "100001", "whole number from 1 to 100000"),
@@ -368,6 +398,9 @@ EVERY_KEY = [
     ("database", "path"),
     ("database", "busy_timeout"),
     ("database", "write_probe_interval"),
+    ("database", "url"),
+    ("database", "password_file"),
+    ("database", "pool_size"),
     ("challenges", "ttl"),
     ("challenges", "cleanup_interval"),
     ("upstream", "connect_timeout"),

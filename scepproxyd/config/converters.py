@@ -217,6 +217,29 @@ def admin_url(value: str) -> str | None:
     return url
 
 
+def database_url(value: str) -> str | None:
+    """``-`` (SQLite at ``path``) or a ``postgresql://`` URL with no password in it (that goes in password_file)."""
+    value = value.strip()
+    if value == "-":
+        return None
+    example = "e.g. postgresql://scepproxyd@db.internal/scepproxyd"
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise Invalid("must be - (SQLite at path) or a postgresql:// URL, %s, got %r" % (example, value))
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as e:
+        raise Invalid("is not a valid URL (%s), got %r" % (e, value)) from None
+    if parts.password is not None:
+        # The message must not repeat the password: it goes to the journal.
+        shown = value.replace(":" + parts.password + "@", ":***@")
+        raise Invalid("must not hold a password (it would be in logs and ps): put it in password_file, got %r"
+                      % (shown,))
+    if not parts.path.strip("/"):
+        raise Invalid("must name the database, %s, got %r" % (example, value))
+    return value
+
+
 def optional_text(value: str) -> str | None:
     return None if value.strip() == "-" else value.strip()
 

@@ -200,6 +200,10 @@ def parse_settings(text: str, config_path: Path) -> Settings:
     absolute_config = Path(os.path.abspath(config_path))
     state_directory = resolve_path(absolute_config.parent, values["state"]["directory"])
     values["database"]["path"] = resolve_path(state_directory, values["database"]["path"])
+    if values["database"]["password_file"] is not None:
+        if values["database"]["url"] is None:
+            raise ConfigError(config_path, "database", "password_file", "applies to a postgresql:// url only")
+        values["database"]["password_file"] = resolve_path(state_directory, values["database"]["password_file"])
     values["admin"]["token_file"] = resolve_path(state_directory, values["admin"]["token_file"])
     retired, ignored = _retired_values(parser, config_path)
     server = values["server"]

@@ -38,6 +38,28 @@ class DatabaseSettings:
     path: Path
     busy_timeout: float
     write_probe_interval: float
+    #: A postgresql:// URL (no password), or None for SQLite at ``path``.
+    url: str | None = None
+    #: The file holding the PostgreSQL password (None: libpq's own, e.g. PGPASSWORD or ~/.pgpass).
+    password_file: Path | None = None
+    #: PostgreSQL connections (and DB threads) per node.
+    pool_size: int = 4
+
+    @property
+    def engine(self) -> str:
+        return "sqlite" if self.url is None else "postgresql"
+
+    @property
+    def target(self):
+        """What the store opens: the SQLite file, or the PostgreSQL URL."""
+        return self.path if self.url is None else self.url
+
+    def password(self) -> str | None:
+        """The PostgreSQL password from ``password_file`` (first line), or None; OSError if unreadable."""
+        if self.url is None or self.password_file is None:
+            return None
+        text = self.password_file.read_text(encoding="utf-8")
+        return text.splitlines()[0].strip() if text.strip() else None
 
 
 @attrs.frozen
@@ -194,6 +216,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
         "path": ("scepproxyd.sqlite3", c.text),
         "busy_timeout": ("5s", c.duration(0, 10 * c.MINUTE)),
         "write_probe_interval": ("10s", c.duration(0, c.HOUR)),
+        "url": ("-", c.database_url),
+        "password_file": ("-", c.optional_text),
+        "pool_size": ("4", c.whole(1, 64)),
     },
     "challenges": {
         "ttl": ("1h", c.duration(c.MINUTE, 30 * c.DAY, allow_low=True)),

@@ -172,19 +172,31 @@ class ChallengeQueries:
 
     def restore_orphaned_challenges(self) -> defer.Deferred:
         """
-        Put back challenges a previous run took but never settled (it died mid-call).
+        Put back challenges a run took but never settled (it died mid-call). Fires the count.
 
-        Called once at start, before serving. Fires the count. With one
-        daemon per database every in-flight row is an orphan at start.
+        Called at start, before serving. With one daemon per database (SQLite)
+        every in-flight row is an orphan at start. On PostgreSQL other nodes
+        may hold challenges in flight right now, so only those taken longer
+        ago than any upstream call may last (``in_flight_limit``) are
+        orphans; the cleanup job puts those back too, so a node killed
+        mid-call leaves its devices' challenges usable on the others.
         """
+        if self.engine == "postgresql":
+            where, params = "claimed_at < ?", (self._clock.seconds() - self._in_flight_limit,)
+        else:
+            where, params = "true", ()
 
         def restore_orphaned_challenges(conn):
-            moved = conn.execute(
-                "INSERT INTO challenges (challenge_hash, host_uuid, profile_uuid, created_at)"
-                " SELECT challenge_hash, host_uuid, profile_uuid, created_at FROM challenges_in_flight"
-                " WHERE true ON CONFLICT (challenge_hash) DO NOTHING"
-            ).rowcount
-            conn.execute("DELETE FROM challenges_in_flight")
+            orphans = conn.execute(
+                f"DELETE FROM challenges_in_flight WHERE {where}"
+                " RETURNING challenge_hash, host_uuid, profile_uuid, created_at", params,
+            ).fetchall()
+            moved = 0
+            for row in orphans:
+                moved += conn.execute(
+                    "INSERT INTO challenges (challenge_hash, host_uuid, profile_uuid, created_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (challenge_hash) DO NOTHING", row,
+                ).rowcount
             return moved
 
         return self._submit(restore_orphaned_challenges)

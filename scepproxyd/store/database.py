@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import threading
 from importlib import resources
 
 from twisted.internet import defer
@@ -270,6 +271,7 @@ class Database:
         max_retries: int = 3,
         password: str | None = None,
         pool_size: int = 4,
+        in_flight_limit: float = 180.0,
     ):
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be a non-negative integer, not {max_retries!r}")
@@ -277,8 +279,14 @@ class Database:
         #: "sqlite" or "postgresql": the few places that differ ask this.
         self.engine = "postgresql" if postgres.is_postgres(path) else "sqlite"
         self._password = password
+        #: On PostgreSQL: how long a challenge may be in flight before it counts as a dead node's orphan.
+        self._in_flight_limit = in_flight_limit
         self._threads = pool_size if self.engine == "postgresql" else 1
         self._connections = None  # psycopg_pool.ConnectionPool, on PostgreSQL
+        # With several DB threads, jobs wait until the pool is open, and the close waits for running jobs.
+        self._opened = threading.Event()
+        self._active = 0
+        self._idle = threading.Condition()
         self._max_retries = max_retries
         self._reactor = reactor
         self._clock = reactor if clock is None else clock
@@ -367,8 +375,11 @@ class Database:
 
     def _connect(self) -> None:
         if self.engine == "postgresql":
-            self._connections = postgres.open_pool(self._path, self._password, self._threads,
-                                                   self._busy_timeout, _schema_files()[-1][0], _refuse_newer)
+            try:
+                self._connections = postgres.open_pool(self._path, self._password, self._threads,
+                                                       self._busy_timeout, _schema_files()[-1][0], _refuse_newer)
+            finally:
+                self._opened.set()
             return
         conn = _open(self._path, self._busy_timeout)
         known, version = _schema_files()[-1][0], _user_version(conn)
@@ -404,8 +415,10 @@ class Database:
 
     def _close(self) -> None:
         if self._connections is not None:
-            self._connections.close()
-            self._connections = None
+            with self._idle:  # jobs submitted before stop() may still run on the other DB threads
+                self._idle.wait_for(lambda: self._active == 0, timeout=self._busy_timeout + 60.0)
+                self._connections.close()
+                self._connections = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -503,8 +516,18 @@ class Database:
         return self._submit(probe_writes).addCallback(checkpoint)
 
     def _run(self, fn, write: bool):
-        if self._connections is not None:
-            return self._run_postgres(fn, write)
+        if self.engine == "postgresql":
+            self._opened.wait()
+            with self._idle:
+                if self._connections is None:
+                    raise StoreError("store is not open")
+                self._active += 1
+            try:
+                return self._run_postgres(fn, write)
+            finally:
+                with self._idle:
+                    self._active -= 1
+                    self._idle.notify_all()
         conn = self._conn
         try:
             if not write:
