@@ -286,8 +286,11 @@ async def test_due_commands_and_delivery_attempts(store, clock):
     await fleet(store, clock, macs=("m1", "m2", "m3"), androids=("a1",))
     claimed = await claim_all(store)
     m1, m2, m3 = (claimed[(h, MAC)].command_uuid for h in ("m1", "m2", "m3"))
-    assert {job.command_uuid for job in await store.due_commands("nanomdm", 10)} == {m1, m2, m3}
-    assert len(await store.due_commands("nanomdm", 2)) == 2
+    first = {job.command_uuid for job in await store.due_commands("nanomdm", 2)}
+    assert len(first) == 2
+    # Taken commands are leased (120 s by default): no second call, here or on another node, takes them.
+    assert {job.command_uuid for job in await store.due_commands("nanomdm", 10)} == {m1, m2, m3} - first
+    assert await store.due_commands("nanomdm", 10) == []
     assert [job.host_uuid for job in await store.due_commands("outbox", 10)] == ["a1"]
     assert await store.command_delivered(m1) is True
     assert await store.command_delivered(m1) is False  # only from queued
@@ -297,7 +300,7 @@ async def test_due_commands_and_delivery_attempts(store, clock):
     assert (command.status, command.attempts, command.detail, command.next_attempt_at) == (
         "queued", 1, "nanomdm unreachable", clock.seconds() + 60
     )
-    assert [job.command_uuid for job in await store.due_commands("nanomdm", 10)] == [m3]
+    assert await store.due_commands("nanomdm", 10) == []  # m3 is still leased
     clock.advance(60)
     await store.command_delivered(m3)
     assert [job.command_uuid for job in await store.due_commands("nanomdm", 10)] == [m2]
@@ -306,6 +309,17 @@ async def test_due_commands_and_delivery_attempts(store, clock):
     await store.command_delivery_failed(m1, "ignored", 0)  # delivered already: nothing changes
     assert (await store.get_command(m1)).attempts == 0
     assert await store.get_command("no-such-command") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_leased_command_is_sent_again_when_its_sender_died(store, clock):
+    await fleet(store, clock, macs=("m1",), androids=())
+    (command,) = (c.command_uuid for c in (await claim_all(store)).values())
+    assert [job.command_uuid for job in await store.due_commands("nanomdm", 10, lease=30)] == [command]
+    clock.advance(29)
+    assert await store.due_commands("nanomdm", 10) == []
+    clock.advance(1)  # the lease ended with no result: the node that took it is gone
+    assert [job.command_uuid for job in await store.due_commands("nanomdm", 10)] == [command]
 
 
 @pytest_twisted.ensureDeferred

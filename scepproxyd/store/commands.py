@@ -25,7 +25,7 @@ from scepproxyd.store.assignments import (
     count_failed_attempt,
     supersede_outstanding,
 )
-from scepproxyd.store.database import one, skip_locked
+from scepproxyd.store.database import chunks, one, placeholders, skip_locked
 from scepproxyd.store.models import PLATFORMS, ClaimResult, Command, HostProfile, RenderJob, check_positive
 
 _COMMAND_COLUMNS = (
@@ -145,20 +145,34 @@ class CommandQueries:
 
         return self._submit(commands_for_host, write=False)
 
-    def due_commands(self, backend, limit: int) -> defer.Deferred:
-        """Current queued commands of ``backend`` due by now, longest-waiting first, as RenderJobs."""
+    def due_commands(self, backend, limit: int, lease: float = 120.0) -> defer.Deferred:
+        """
+        Claim the current queued commands of ``backend`` due by now, longest-waiting first, as RenderJobs.
+
+        Each is leased: its next attempt moves ``lease`` seconds on, so no
+        other node (and no later call here) takes it while this one sends
+        it; on PostgreSQL rows another node is claiming at this moment are
+        skipped. Sending settles it (delivered, or a retry time); a node that
+        dies first leaves it to be sent again once the lease ends.
+        """
         now = self._clock.seconds()
 
         def due_commands(conn):
             check_positive(limit, "limit")
-            cursor = conn.execute(
+            rows = conn.execute(
                 f"{_RENDER_JOBS} WHERE c.backend = ? AND c.status = 'queued' AND c.next_attempt_at <= ?"
-                " ORDER BY c.next_attempt_at, c.created_at, c.command_uuid LIMIT ?",
+                " ORDER BY c.next_attempt_at, c.created_at, c.command_uuid LIMIT ?" + skip_locked(conn, "c"),
                 (backend, now, limit),
-            )
-            return [_render_job(row) for row in cursor]
+            ).fetchall()
+            jobs = [_render_job(row) for row in rows]
+            for batch in chunks([job.command_uuid for job in jobs]):
+                conn.execute(
+                    f"UPDATE commands SET next_attempt_at = ? WHERE command_uuid IN ({placeholders(batch)})",
+                    (now + lease, *batch),
+                )
+            return jobs
 
-        return self._submit(due_commands, write=False)
+        return self._submit(due_commands)
 
     def command_delivered(self, command_uuid) -> defer.Deferred:
         """Queued -> delivered; fires whether it changed (only a queued command does)."""
