@@ -408,6 +408,19 @@ async def test_crl_is_cached_until_a_revocation(store, clock):
     assert crl.get_revoked_certificate_by_serial_number(issued.serial_number) is not None
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_revocation_on_another_node_reaches_this_nodes_crl_within_its_check_interval(store, clock):
+    here = make_ca(store, clock)
+    elsewhere = make_ca(store, clock, material=here.material)  # a second node: same key, same database
+    first = await here.crl.der()
+    issued, _ = await issued_pair(elsewhere, Device())
+    await CaManager(elsewhere, store, TEMPLATES, 3600).revoke("%x" % issued.serial_number, None)
+    assert await here.crl.der() is first  # nobody told this node; it looks again after its interval
+    clock.advance(here.crl.check_interval)
+    crl = x509.load_der_x509_crl(await here.crl.der())
+    assert crl.get_revoked_certificate_by_serial_number(issued.serial_number) is not None
+
+
 # -- RA ----------------------------------------------------------------------------------------
 
 

@@ -55,7 +55,17 @@ def build_crl(ca_key, ca_certificate, revoked, now: float, validity: float, numb
 
 
 class CrlCache:
-    """Hands out the current CRL as DER; ``invalidate()`` after each revocation."""
+    """
+    Hands out the current CRL as DER; ``invalidate()`` after each revocation.
+
+    Another node sharing the database revokes without telling this one, so
+    the cache also looks at the database's revocation mark (count and
+    latest revocation time) at most every ``check_interval`` seconds and
+    rebuilds when it moved: every node serves the same revocations within
+    that bound.
+    """
+
+    check_interval = 2.0
 
     def __init__(self, store, material, validity: float, clock, run_in_thread):
         self._store = store
@@ -67,6 +77,8 @@ class CrlCache:
         self._built_at = 0.0
         self._generation = 0
         self._number = 0
+        self._mark = None
+        self._checked_at = None
 
     def invalidate(self) -> None:
         self._der = None
@@ -74,9 +86,15 @@ class CrlCache:
 
     async def der(self) -> bytes:
         now = self._clock.seconds()
+        if self._der is not None and (self._checked_at is None or now - self._checked_at >= self.check_interval):
+            mark = await self._store.revocation_mark()
+            self._checked_at = now
+            if mark != self._mark:
+                self.invalidate()  # revoked elsewhere (another node) since this CRL was built
         if self._der is not None and now - self._built_at < self._validity / 2:
             return self._der
         generation = self._generation
+        mark = await self._store.revocation_mark()
         revoked = await self._store.revoked_certificates()
         self._number = max(int(now), self._number + 1)
         crl = await self._run_in_thread(
@@ -84,7 +102,7 @@ class CrlCache:
         )
         der = crl.public_bytes(serialization.Encoding.DER)
         if generation == self._generation:  # no revocation slipped in while we built it
-            self._der, self._built_at = der, now
+            self._der, self._built_at, self._mark, self._checked_at = der, now, mark, now
         return der
 
     def crl(self) -> defer.Deferred:

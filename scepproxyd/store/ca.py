@@ -364,6 +364,17 @@ class CaAuthorityQueries:
 
         return self._submit(revoked_certificates, write=False)
 
+    def revocation_mark(self) -> defer.Deferred:
+        """``(count, latest revoked_at)`` of revoked certificates: changes with every revocation, on any node."""
+
+        def revocation_mark(conn):
+            count, latest = conn.execute(
+                "SELECT COUNT(*), MAX(revoked_at) FROM issued_certificates WHERE status = 'revoked'"
+            ).fetchone()
+            return int(count), latest
+
+        return self._submit(revocation_mark, write=False)
+
     def ca_statistics(self) -> defer.Deferred:
         """Counts of requests and certificates by status, for the admin's overview."""
 

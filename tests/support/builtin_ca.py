@@ -55,9 +55,10 @@ def in_line(function, *args, **kwargs):
     return defer.maybeDeferred(function, *args, **kwargs)
 
 
-def make_ca(store, clock, ra=False, **policy_changes) -> ScepCA:
-    return ScepCA(store, ca_material(ra), policy(**policy_changes), TEMPLATES, "http://ca.test:8080", 7 * DAY,
-                  clock, run_in_thread=in_line)
+def make_ca(store, clock, ra=False, material=None, **policy_changes) -> ScepCA:
+    """A ScepCA on ``store``; ``material`` another's key material (a second node of the same CA)."""
+    return ScepCA(store, material or ca_material(ra), policy(**policy_changes), TEMPLATES, "http://ca.test:8080",
+                  7 * DAY, clock, run_in_thread=in_line)
 
 
 class Device:
