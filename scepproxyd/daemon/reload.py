@@ -9,7 +9,7 @@ import signal
 
 import attrs
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from scepproxyd.config import ConfigError, load_settings
 from scepproxyd.daemon.logs import get_logger, set_level
@@ -34,8 +34,16 @@ def changed_keys(old, new) -> list[str]:
 APPLIED_LIVE = {"logging.level"}
 
 
+def _trust_mark(cas) -> tuple:
+    """What a CA list says about TLS trust: a change in it means the trust must be loaded again."""
+    return tuple(sorted((ca.name, ca.url, ca.tls_trust_bundle, ca.tls_verify, ca.updated_at) for ca in cas))
+
+
 class ReloadService(service.Service):
     name = "reload"
+
+    #: Several nodes (PostgreSQL): how often this node looks for CA changes another node's admin made.
+    follow_interval = 10.0
 
     def __init__(self, settings, store, trust, reactor):
         self.settings = settings
@@ -43,6 +51,8 @@ class ReloadService(service.Service):
         self._trust = trust
         self._reactor = reactor
         self._previous_handler = None
+        self._seen = None
+        self._follow = None
 
     def started(self) -> defer.Deferred:
         """Fires once the CAs' TLS trust is loaded from the store (part of being ready)."""
@@ -50,8 +60,27 @@ class ReloadService(service.Service):
 
     def refresh_trust(self) -> defer.Deferred:
         d = self._store.list_cas()
-        d.addCallback(self._trust.configure)
+        d.addCallback(self._configure)
         return d
+
+    def _configure(self, cas) -> None:
+        self._seen = _trust_mark(cas)
+        self._trust.configure(cas)
+
+    def follow_other_nodes(self) -> defer.Deferred:
+        """Re-load the CAs' TLS trust when another node changed a CA (several nodes on PostgreSQL)."""
+        d = self._store.list_cas()
+
+        def compare(cas):
+            if _trust_mark(cas) != self._seen:
+                log.info("CA integrations changed on another node: TLS trust re-read")
+                self._configure(cas)
+
+        def failed(failure):
+            log.warn("could not look for CA changes made on other nodes: {reason}",
+                     reason=failure.getErrorMessage())
+
+        return d.addCallbacks(compare, failed)
 
     def startService(self):
         super().startService()
@@ -59,9 +88,15 @@ class ReloadService(service.Service):
             self._previous_handler = signal.signal(signal.SIGHUP, self._on_signal)
         except ValueError:  # not the main thread (some test runners)
             self._previous_handler = None
+        if getattr(self._store, "engine", "sqlite") == "postgresql":
+            self._follow = task.LoopingCall(self.follow_other_nodes)
+            self._follow.clock = self._reactor
+            self._follow.start(self.follow_interval, now=False)
 
     def stopService(self):
         super().stopService()
+        if self._follow is not None and self._follow.running:
+            self._follow.stop()
         if self._previous_handler is not None:
             signal.signal(signal.SIGHUP, self._previous_handler)
 
