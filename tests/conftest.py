@@ -89,9 +89,10 @@ def database(request, engine, tmp_path):
     """A new database at the latest schema on ``engine``: ``(target, password)``, target a file or a URL."""
     if engine == "sqlite" or "db_path" in request.fixturenames:
         return request.getfixturevalue("db_path"), None
-    url = request.getfixturevalue("postgres_url")
-    Store.migrate(url.url, password=url.password)
-    return url.url, url.password
+    fresh = request.getfixturevalue("postgres_url")
+    password = fresh.password_file.read_text().strip() if fresh.password_file else None
+    Store.migrate(fresh.url, password=password)
+    return fresh.url, password
 
 
 @pytest_twisted.async_yield_fixture
@@ -366,6 +367,6 @@ def postgres_url(request):
     name = "t_" + uuid.uuid4().hex[:12]
     with psycopg.connect(base + "/postgres", autocommit=True) as conn:
         conn.execute("CREATE DATABASE " + name)
-    yield SimpleNamespace(url=base + "/" + name, password=None)
+    yield SimpleNamespace(url=base + "/" + name, password_file=None)
     with psycopg.connect(base + "/postgres", autocommit=True) as conn:
         conn.execute("DROP DATABASE " + name + " WITH (FORCE)")
