@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from scepproxyd.scep import codec
-from scepproxyd.scep.codec import enveloped, signed
 from support.api import apis
 from support.certs import csr, self_signed
 from support.clients import enroll, load, openssl_verify, pki, scepclient, strongswan_key
+from support.scep_capture import cert_rep_cipher
 from support.site import add_ca, challenge_from_url, enrollment_url
 from support.stepca import AES256_CBC, DEFAULT_CAPS, STRONGSWAN_CAPS, StepCA
 from support.upstream import CHALLENGE
@@ -75,12 +75,6 @@ def codec_request(ca, cn: str, challenge: str = CHALLENGE, signer_key=None, mess
                                      signer_certificate=signer_certificate, recipient_certificate=ca.intermediate,
                                      csr=csr(key, cn, challenge=challenge), **algorithms)
     return message, key, signer_certificate, signer_key
-
-
-def cert_rep_cipher(answer: bytes, recipient_key, recipient_certificate) -> str:
-    """The content encryption of a SUCCESS CertRep's envelope."""
-    _, cipher = enveloped.open_envelope(signed.open_signed_data(answer).content, recipient_key, recipient_certificate)
-    return cipher
 
 
 # -- how step-ca answers ---------------------------------------------------------------------------------

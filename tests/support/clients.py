@@ -8,6 +8,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from support.processes import need
+from support.site import OU
 
 
 def scepclient(workdir: Path, url: str, challenge: str | None, cn: str, *extra, timeout: float = 90):
@@ -17,6 +18,12 @@ def scepclient(workdir: Path, url: str, challenge: str | None, cn: str, *extra, 
     if challenge is not None:
         args.append("-challenge=" + challenge)
     return subprocess.run(args, cwd=str(workdir), capture_output=True, text=True, timeout=timeout)
+
+
+def bound_scepclient(workdir: Path, url: str, challenge: str | None, cn: str, *extra):
+    """scepclient asking for OU + CN only (no O or C of its own), as the bound Wi-Fi profile
+    (site.bound_mobileconfig) renders them, in the order scepclient writes them."""
+    return scepclient(workdir, url, challenge, cn, "-organization", "", "-country", "", "-ou", OU, *extra)
 
 
 def enroll(workdir: Path, url: str, challenge: str, cn: str, ou: str | None = None) -> str:

@@ -98,6 +98,8 @@ class StepCA:
                                     root_key, 1)
         # SCEP needs an RSA intermediate: step-ca decrypts requests with the intermediate's key.
         intermediate_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        # Tests open what was sent to step-ca with it (what an RA asked for, and how).
+        self.intermediate_key = intermediate_key
         self.intermediate = _ca_certificate("step-ca Test Intermediate", self.root.subject,
                                             intermediate_key.public_key(), root_key, 0)
         self.root_pem = directory / "root.pem"
