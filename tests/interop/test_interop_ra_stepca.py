@@ -25,7 +25,7 @@ from scepproxyd.scep import codec
 from support.certmonger import Certmonger
 from support.clients import bound_scepclient, load, openssl_verify, pki, scepclient, strongswan_key
 from support.hostile import db
-from support.scep_capture import CaptureServer, cert_rep_cipher
+from support.scep_capture import CaptureServer, cert_rep_cipher, envelope_cipher
 from support.site import OU, bound_mobileconfig, challenge_from_url, deliver_to, enrollment_url, host_profile_row
 from support.upstream import CHALLENGE as STATIC
 
@@ -155,7 +155,7 @@ def test_scepclient_enrolls_through_the_ra_and_the_certificate_is_recorded_at_on
 def test_certmonger_aes256_sha256_enrolls_with_step_ca_on_des(module_site, module_stepca, module_daemon, tmp_path):
     """certmonger speaks AES-256-CBC and SHA-256; step-ca stays on its DES-CBC CertReps. Relays on both
     sides of the proxy show what each side said: the RA reads the device's AES-256 and answers it in
-    AES-256, and asks step-ca with what step-ca's GetCACaps offers (AES-128, SHA-256)."""
+    AES-256, asks step-ca with what step-ca's GetCACaps offers (AES-128, SHA-256), and reads step-ca's DES."""
     admin, agent = module_site
     provisioner, = json.loads(module_stepca.config_path.read_text())["authority"]["provisioners"]
     assert "encryptionAlgorithmIdentifier" not in provisioner  # step-ca's default: DES-CBC CertReps
@@ -177,20 +177,22 @@ def test_certmonger_aes256_sha256_enrolls_with_step_ca_on_des(module_site, modul
     assert common_name(certificate) == cn
     assert_recorded(admin, "RA-STEP-RHEL", profile, certificate, module_daemon)
 
-    # The device's side: its PKCSReq signed with SHA-256; the RA's SUCCESS in the cipher it used, AES-256.
+    # The device's side: its PKCSReq in AES-256 signed with SHA-256; the RA's SUCCESS in AES-256 too.
     (request,), (answer,) = device_relay.messages, device_relay.answers
     header = codec.read_header(request)
-    assert (header.message_type, header.digest_algorithm) == ("PKCSReq", "sha256")
+    assert (header.message_type, header.digest_algorithm, envelope_cipher(request)) == ("PKCSReq", "sha256", "aes256")
     key = serialization.load_pem_private_key(client.key_path("wifi").read_bytes(), None)
     assert cert_rep_cipher(answer, key, header.signer_certificate) == "aes256"
 
-    # step-ca's side: the RA's own request (its enrollment first), the device's CSR inside, AES-128 / SHA-256.
+    # step-ca's side: the RA's own request (its enrollment came first) with the device's CSR inside, in what
+    # step-ca's GetCACaps offers (AES-128, SHA-256); step-ca's CertRep to the RA in DES-CBC.
     assert len(upstream_relay.messages) == 2
     upstream = codec.read_request(upstream_relay.messages[-1], module_stepca.intermediate_key,
                                   module_stepca.intermediate)
     assert upstream.header.signer_certificate.subject.rfc4514_string() == ca["ra"]["subject"]
     assert (upstream.content_encryption, upstream.header.digest_algorithm) == ("aes128", "sha256")
     assert upstream.csr.public_key().public_numbers() == key.public_key().public_numbers()
+    assert envelope_cipher(upstream_relay.answers[-1]) == "des"
 
 
 @pytest.mark.parametrize("upstream_name", ["step-ca", "scepserver"])

@@ -28,7 +28,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import AttributeOID, NameOID
 
-from scepproxyd.scep.codec import degenerate_certificates, enveloped, signed
+from asn1crypto import cms
+
+from scepproxyd.scep.codec import algorithms, ber, degenerate_certificates, enveloped, signed
 
 CAPS_WITH_AES = "POSTPKIOperation\nSHA-1\nSHA-256\nSHA-384\nSHA-512\nAES\nDES3\nSCEPStandard\nRenewal\n"
 CAPS_WITHOUT_AES = "POSTPKIOperation\nSHA-1\nSHA-256\nDES3\n"
@@ -53,6 +55,13 @@ def cert_rep_cipher(answer: bytes, recipient_key, recipient_certificate) -> str:
     """The content encryption of a SUCCESS CertRep's envelope, opened with the requester's key."""
     _, cipher = enveloped.open_envelope(signed.open_signed_data(answer).content, recipient_key, recipient_certificate)
     return cipher
+
+
+def envelope_cipher(message: bytes) -> str:
+    """The content encryption of a request's or SUCCESS CertRep's envelope, read without any key
+    (the algorithm identifier is in the clear): what its sender chose."""
+    info = ber.load(signed.open_signed_data(message).content, cms.ContentInfo)
+    return algorithms.content_cipher_name(info["content"]["encrypted_content_info"]["content_encryption_algorithm"])
 
 
 class CaptureServer:
