@@ -13,34 +13,19 @@ APIs. step-ca's own request log says what reached it.
 import datetime
 import json
 import re
-import urllib.error
-import urllib.request
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 
 from scepproxyd.scep import codec
 from support.certmonger import Certmonger
-from support.clients import bound_scepclient, load, openssl_verify, pki, scepclient, strongswan_key
+from support.clients import bound_scepclient, common_name, http, load, openssl_verify, pki, scepclient, strongswan_key
 from support.hostile import db
 from support.scep_capture import CaptureServer, cert_rep_cipher, envelope_cipher
 from support.site import OU, bound_mobileconfig, challenge_from_url, deliver_to, enrollment_url, host_profile_row
+from support.stepca import assert_chains_to_step_ca
 from support.upstream import CHALLENGE as STATIC
-
-
-def http(url: str) -> tuple[int, str, bytes]:
-    """(status, Content-Type, body) of one GET."""
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return response.status, response.headers.get("Content-Type"), response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers.get("Content-Type"), e.read()
-
-
-def common_name(certificate: x509.Certificate) -> str:
-    return certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
 
 
 def add_ra_ca(admin, name: str, url: str) -> tuple[dict, str]:
@@ -58,14 +43,6 @@ def step_ra(module_site, module_stepca):
     admin, agent = module_site
     ca, profile = add_ra_ca(admin, "STEP_RA", module_stepca.url)
     return admin, agent, ca, profile
-
-
-def assert_chains_to(stepca, path) -> x509.Certificate:
-    """Issued by step-ca's intermediate, chaining to its root (openssl verify); the certificate."""
-    openssl_verify(stepca.ca_pem, path, der=path.suffix == ".der", untrusted=stepca.intermediate_pem)
-    certificate = load(path)
-    certificate.verify_directly_issued_by(stepca.intermediate)
-    return certificate
 
 
 def assert_recorded(admin, host, profile, certificate, daemon) -> None:
@@ -142,7 +119,7 @@ def test_scepclient_enrolls_through_the_ra_and_the_certificate_is_recorded_at_on
     result = bound_scepclient(tmp_path / "mac", url, STATIC, cn)
     assert result.returncode == 0, result.stdout + result.stderr
     assert module_stepca.operations("PKIOperation") == before + 1
-    certificate = assert_chains_to(module_stepca, tmp_path / "mac" / "client.pem")
+    certificate = assert_chains_to_step_ca(module_stepca, tmp_path / "mac" / "client.pem")
     assert common_name(certificate) == cn
     assert certificate.serial_number in module_stepca.issued_serials()
     assert_recorded(admin, "RA-STEP-MAC", profile, certificate, module_daemon)
@@ -173,7 +150,7 @@ def test_certmonger_aes256_sha256_enrolls_with_step_ca_on_des(module_site, modul
         finally:
             client.stop()
     assert fields["status"] == Certmonger.DONE, fields
-    certificate = assert_chains_to(module_stepca, client.certificate_path("wifi"))
+    certificate = assert_chains_to_step_ca(module_stepca, client.certificate_path("wifi"))
     assert common_name(certificate) == cn
     assert_recorded(admin, "RA-STEP-RHEL", profile, certificate, module_daemon)
 
@@ -223,7 +200,7 @@ def test_strongswan_enrolls_through_the_ra(upstream_name, step_ra, module_site, 
     (tmp_path / "issued.der").write_bytes(result.stdout)
     certificate = load(tmp_path / "issued.der")
     if upstream_name == "step-ca":
-        assert_chains_to(module_stepca, tmp_path / "issued.der")
+        assert_chains_to_step_ca(module_stepca, tmp_path / "issued.der")
     else:
         openssl_verify(module_upstream.ca_pem, tmp_path / "issued.der", der=True)
     assert common_name(certificate) == cn
@@ -312,7 +289,7 @@ def test_passthrough_to_step_ca_is_untouched(module_site, module_stepca, module_
     assert len(device_relay.messages) == 1
     assert upstream_relay.messages == device_relay.messages
     assert upstream_relay.answers == device_relay.answers
-    certificate = assert_chains_to(module_stepca, tmp_path / "device" / "client.pem")
+    certificate = assert_chains_to_step_ca(module_stepca, tmp_path / "device" / "client.pem")
     assert common_name(certificate) == "pass-device-1"
     row = host_profile_row(admin, "PASS-STEP-1", profile)
     assert (row["status"], row["cert_serial"]) == ("verifying", None), row
