@@ -83,8 +83,9 @@ def proxy_ca_files(url: str, directory) -> tuple:
 
 
 def strongswan(workdir, url, cn, ra, cas, *extra):
-    """``pki --scep`` with a new key for OU + ``cn``, AES and SHA-256, encrypting to and trusting the RA:
-    the finished run (its stdout the issued certificate, DER)."""
+    """``pki --scep`` with a new key (``workdir``/key.der) for OU + ``cn``, AES and SHA-256, encrypting to
+    and trusting the RA, the static challenge in the CSR: the finished run (its stdout the issued
+    certificate, DER)."""
     workdir.mkdir(parents=True, exist_ok=True)
     key = strongswan_key(workdir / "key.der")
     ca_args = [a for path in cas for a in ("--cacert", str(path))]
@@ -207,6 +208,38 @@ def test_strongswan_enrolls_through_the_ra(upstream_name, step_ra, module_site, 
     assert_recorded(admin, host, profile, certificate, module_daemon)
 
 
+def test_strongswan_renews_through_the_ra_once(step_ra, module_stepca, module_daemon, tmp_path):
+    """A RenewalReq signed by the certificate recorded for the host profile needs no challenge in the URL
+    (step-ca checks its static challenge in every CSR, renewals too: strongSwan puts it in the CSR again).
+    The new certificate replaces the old one on the host profile at once, though both have the same
+    not-before (same second), and the old one cannot renew again."""
+    admin, agent, _, profile = step_ra
+    url, _, cn = deliver_to(admin, agent, "RA-STEP-RENEW", profile)
+    ra, cas = proxy_ca_files(url, tmp_path / "ca")
+    first = strongswan(tmp_path / "first", url, cn, ra, cas)
+    assert first.returncode == 0, first.stderr.decode()
+    (tmp_path / "old.der").write_bytes(first.stdout)
+    old = load(tmp_path / "old.der")
+    renewing = ("--cert", str(tmp_path / "old.der"), "--key", str(tmp_path / "first" / "key.der"))
+
+    requests = module_stepca.operations("PKIOperation")
+    result = strongswan(tmp_path / "renew", url, cn, ra, cas, *renewing)
+    assert result.returncode == 0, result.stderr.decode()
+    assert module_stepca.operations("PKIOperation") == requests + 1
+    (tmp_path / "renewed.der").write_bytes(result.stdout)
+    renewed = assert_chains_to_step_ca(module_stepca, tmp_path / "renewed.der")
+    assert common_name(renewed) == cn and renewed.public_key() != old.public_key()
+    assert_recorded(admin, "RA-STEP-RENEW", profile, renewed, module_daemon)
+    assert "RA recorded certificate %x from CA STEP_RA" % (renewed.serial_number,) in module_daemon.log()
+
+    again = strongswan(tmp_path / "again", url, cn, ra, cas, *renewing)
+    assert again.returncode != 0
+    assert re.search(r"failInfo:\s+badRequest", again.stderr.decode())
+    assert module_stepca.operations("PKIOperation") == requests + 1
+    assert host_profile_row(admin, "RA-STEP-RENEW", profile)["cert_serial"] == "%x" % (renewed.serial_number,)
+    assert "host=RA-STEP-RENEW profile=%s ca=STEP_RA outcome=renewal_refused" % (profile,) in module_daemon.log()
+
+
 # -- refusals: before step-ca sees anything --------------------------------------------------------------
 
 
@@ -293,3 +326,4 @@ def test_passthrough_to_step_ca_is_untouched(module_site, module_stepca, module_
     assert common_name(certificate) == "pass-device-1"
     row = host_profile_row(admin, "PASS-STEP-1", profile)
     assert (row["status"], row["cert_serial"]) == ("verifying", None), row
+
