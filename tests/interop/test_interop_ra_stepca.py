@@ -13,6 +13,7 @@ APIs. step-ca's own request log says what reached it.
 import datetime
 import json
 import re
+from contextlib import closing
 
 import pytest
 from cryptography import x509
@@ -51,9 +52,10 @@ def assert_recorded(admin, host, profile, certificate, daemon) -> None:
     assert (row["status"], row["cert_serial"]) == ("verified", "%x" % (certificate.serial_number,)), row
     assert datetime.datetime.fromisoformat(row["cert_not_after"]) == certificate.not_valid_after_utc
     # The admin API shows no not-before; the database has it.
-    (not_before,) = db(daemon).execute(
-        "SELECT cert_not_before FROM host_profiles WHERE host_uuid = ? AND profile_uuid = ?", (host, profile)
-    ).fetchone()
+    with closing(db(daemon)) as conn:
+        (not_before,) = conn.execute(
+            "SELECT cert_not_before FROM host_profiles WHERE host_uuid = ? AND profile_uuid = ?", (host, profile)
+        ).fetchone()
     assert not_before == certificate.not_valid_before_utc.timestamp()
 
 
