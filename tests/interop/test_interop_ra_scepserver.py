@@ -13,16 +13,11 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import threads
 
 from support.api import Api, aissue_agent_credential
-from support.clients import load, openssl_verify, scepclient
-from support.site import FIXTURES, OU, host_profile_status, scep_settings_from_mobileconfig
+from support.clients import bound_scepclient as device, load, openssl_verify
+from support.site import FIXTURES, host_profile_status, scep_settings_from_mobileconfig
 from support.upstream import CHALLENGE as STATIC
 
 HOST = "RA-MAC-1"
-
-
-def device(workdir, url, challenge, cn, *extra):
-    """scepclient asking for OU + CN (no O or C of its own), as the Fleet profile renders."""
-    return scepclient(workdir, url, challenge, cn, "-organization", "", "-country", "", "-ou", OU, *extra)
 
 
 async def ra_site(daemon, upstream, mode="ra", **ca_fields):

@@ -9,22 +9,19 @@ integration's upstream.
 """
 
 import base64
-import urllib.error
-import urllib.request
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from scepproxyd.scep import codec
-from scepproxyd.scep.codec import enveloped, signed
 from support.api import apis
 from support.certs import csr, self_signed
-from support.clients import enroll, load, openssl_verify, pki, scepclient, strongswan_key
+from support.clients import common_name, enroll, http, pki, scepclient, strongswan_key
+from support.scep_capture import cert_rep_cipher
 from support.site import add_ca, challenge_from_url, enrollment_url
-from support.stepca import AES256_CBC, DEFAULT_CAPS, STRONGSWAN_CAPS, StepCA
+from support.stepca import AES256_CBC, DEFAULT_CAPS, STRONGSWAN_CAPS, StepCA, assert_chains_to_step_ca
 from support.upstream import CHALLENGE
 
 
@@ -36,30 +33,8 @@ def module_stepca_aes(tmp_path_factory):
     ca.stop()
 
 
-def http(url: str, body: bytes | None = None) -> tuple[int, str, bytes]:
-    """(status, Content-Type, body) of one plain GET, or POST with ``body`` (step-ca answers big bodies chunked)."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as response:
-            return response.status, response.headers.get("Content-Type"), response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers.get("Content-Type"), e.read()
-
-
 def post_pki_operation(url: str, message: bytes) -> tuple[int, str, bytes]:
     return http(url + "?operation=PKIOperation", message)
-
-
-def common_name(certificate: x509.Certificate) -> str:
-    return certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-
-
-def assert_chains_to_step_ca(ca, certificate_path):
-    """The certificate chains through step-ca's intermediate to its root (openssl verify), signed by the intermediate."""
-    openssl_verify(ca.ca_pem, certificate_path, der=certificate_path.suffix == ".der", untrusted=ca.intermediate_pem)
-    issued = load(certificate_path)
-    assert issued.issuer == ca.intermediate.subject
-    issued.verify_directly_issued_by(ca.intermediate)
-    return issued
 
 
 def codec_request(ca, cn: str, challenge: str = CHALLENGE, signer_key=None, message_type: str = "PKCSReq",
@@ -75,12 +50,6 @@ def codec_request(ca, cn: str, challenge: str = CHALLENGE, signer_key=None, mess
                                      signer_certificate=signer_certificate, recipient_certificate=ca.intermediate,
                                      csr=csr(key, cn, challenge=challenge), **algorithms)
     return message, key, signer_certificate, signer_key
-
-
-def cert_rep_cipher(answer: bytes, recipient_key, recipient_certificate) -> str:
-    """The content encryption of a SUCCESS CertRep's envelope."""
-    _, cipher = enveloped.open_envelope(signed.open_signed_data(answer).content, recipient_key, recipient_certificate)
-    return cipher
 
 
 # -- how step-ca answers ---------------------------------------------------------------------------------

@@ -2,12 +2,16 @@
 plus ``openssl verify`` and certificate loading for checking what they got."""
 
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from support.processes import need
+from support.site import OU
 
 
 def scepclient(workdir: Path, url: str, challenge: str | None, cn: str, *extra, timeout: float = 90):
@@ -17,6 +21,12 @@ def scepclient(workdir: Path, url: str, challenge: str | None, cn: str, *extra, 
     if challenge is not None:
         args.append("-challenge=" + challenge)
     return subprocess.run(args, cwd=str(workdir), capture_output=True, text=True, timeout=timeout)
+
+
+def bound_scepclient(workdir: Path, url: str, challenge: str | None, cn: str, *extra):
+    """scepclient asking for OU + CN only (no O or C of its own), as the bound Wi-Fi profile
+    (site.bound_mobileconfig) renders them, in the order scepclient writes them."""
+    return scepclient(workdir, url, challenge, cn, "-organization", "", "-country", "", "-ou", OU, *extra)
 
 
 def enroll(workdir: Path, url: str, challenge: str, cn: str, ou: str | None = None) -> str:
@@ -61,3 +71,16 @@ def load(path: Path) -> x509.Certificate:
     """A certificate file, PEM or DER."""
     data = path.read_bytes()
     return x509.load_pem_x509_certificate(data) if data.startswith(b"-----") else x509.load_der_x509_certificate(data)
+
+
+def common_name(certificate: x509.Certificate) -> str:
+    return certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+
+def http(url: str, body: bytes | None = None) -> tuple[int, str, bytes]:
+    """(status, Content-Type, body) of one plain GET, or POST with ``body`` (step-ca answers big bodies chunked)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as response:
+            return response.status, response.headers.get("Content-Type"), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), e.read()

@@ -5,6 +5,12 @@ certificates it is given, and keeps every PKIOperation message. By default it
 answers PKIOperation with HTTP 500 (the client gives up, and the test reads the
 recorded request); give it ``answer`` to reply with a CertRep instead.
 
+Given ``forward_to`` (a SCEP URL), it is a recording relay instead: every
+request goes on to that URL with its query and body unchanged, and its
+answer comes back unchanged; each PKIOperation message and the answer to it
+are kept (``messages``, ``answers``). Put one between a client and a server
+to see what they said to each other, byte for byte.
+
 It runs on loopback on a free port, in a thread of the test process, and is
 shut down by the test (``with CaptureServer(...) as server:``).
 """
@@ -13,14 +19,18 @@ import base64
 import datetime
 import http.server
 import threading
+import urllib.error
 import urllib.parse
+import urllib.request
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import AttributeOID, NameOID
 
-from scepproxyd.scep.codec import degenerate_certificates
+from asn1crypto import cms
+
+from scepproxyd.scep.codec import algorithms, ber, degenerate_certificates, enveloped, signed
 
 CAPS_WITH_AES = "POSTPKIOperation\nSHA-1\nSHA-256\nSHA-384\nSHA-512\nAES\nDES3\nSCEPStandard\nRenewal\n"
 CAPS_WITHOUT_AES = "POSTPKIOperation\nSHA-1\nSHA-256\nDES3\n"
@@ -32,13 +42,38 @@ def _decode_get_message(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4))
 
 
+def _forward(url: str, body: bytes | None) -> tuple[int, str, bytes]:
+    """(status, Content-Type, body) of one request passed on as it came."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=60) as response:
+            return response.status, response.headers.get("Content-Type") or "", response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type") or "", e.read()
+
+
+def cert_rep_cipher(answer: bytes, recipient_key, recipient_certificate) -> str:
+    """The content encryption of a SUCCESS CertRep's envelope, opened with the requester's key."""
+    _, cipher = enveloped.open_envelope(signed.open_signed_data(answer).content, recipient_key, recipient_certificate)
+    return cipher
+
+
+def envelope_cipher(message: bytes) -> str:
+    """The content encryption of a request's or SUCCESS CertRep's envelope, read without any key
+    (the algorithm identifier is in the clear): what its sender chose."""
+    info = ber.load(signed.open_signed_data(message).content, cms.ContentInfo)
+    return algorithms.content_cipher_name(info["content"]["encrypted_content_info"]["content_encryption_algorithm"])
+
+
 class CaptureServer:
-    def __init__(self, ca_certificates, caps=CAPS_WITH_AES, answer=None):
-        """``ca_certificates``: cryptography certificates, the CA first; ``answer(message) -> bytes | None``."""
+    def __init__(self, ca_certificates=(), caps=CAPS_WITH_AES, answer=None, forward_to: str | None = None):
+        """``ca_certificates``: cryptography certificates, the CA first; ``answer(message) -> bytes | None``;
+        ``forward_to``: a SCEP URL to relay every request to (the other arguments are then unused)."""
         self.ca_certificates = list(ca_certificates)
         self.caps = caps
         self.answer = answer
+        self.forward_to = forward_to
         self.messages: list[bytes] = []
+        self.answers: list[bytes] = []  # a relay's: the answer to each of ``messages``
         self.operations: list[str] = []
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -80,10 +115,20 @@ class CaptureServer:
                 # A literal '+' in a SCEP GET message is base64 data, not a space.
                 return dict(urllib.parse.parse_qsl(query.replace("+", "%2B"), keep_blank_values=True))
 
+            def _relay(self, params: dict, body: bytes | None) -> None:
+                query = urllib.parse.urlsplit(self.path).query
+                status, content_type, answer = _forward(capture.forward_to + "?" + query, body)
+                if params.get("operation") == "PKIOperation":
+                    capture.messages.append(body if body is not None else _decode_get_message(params.get("message", "")))
+                    capture.answers.append(answer)
+                self._reply(status, answer, content_type)
+
             def _operation(self, params: dict, body: bytes | None) -> None:
                 operation = params.get("operation", "")
                 capture.operations.append(operation)
-                if operation == "GetCACaps":
+                if capture.forward_to is not None:
+                    self._relay(params, body)
+                elif operation == "GetCACaps":
                     self._reply(200, capture.caps.encode())
                 elif operation == "GetCACert":
                     self._reply(200, *capture._get_ca_cert())

@@ -72,6 +72,26 @@ def enrollment_url(admin: Api, agent: Api, ca_name: str, host: str, profile: str
     return fetch_urls(agent, host)[profile], profile
 
 
+def bound_mobileconfig(ca_name: str) -> bytes:
+    """The built-in CA's bound Wi-Fi profile (OU, then CN ``%SerialNumber% WIFI <renewal ID>``) for the CA
+    integration ``ca_name``, with a PayloadIdentifier of its own."""
+    template = (FIXTURES / "builtin-ca-wifi.mobileconfig").read_bytes()
+    return template.replace(b"_builtin<", b"_%s<" % (ca_name.encode(),)).replace(
+        b"Builtin.WiFi", b"Bound.%s" % (ca_name.encode(),))
+
+
+def deliver_to(admin: Api, agent: Api, host: str, profile: str) -> tuple[str, str, str]:
+    """``host`` (made if new, serial ``SER-<host>``) with ``profile`` assigned, processed and fetched by its
+    agent: (proxy URL, challenge, CN as a Mac expands ``%SerialNumber%``). Fleet.deliver, blocking, any CA."""
+    admin.call("PUT", "/api/v1/hosts/" + host, {"serial": "SER-" + host, "platform": "macos"})
+    admin.call("POST", "/api/v1/profiles/%s/assign" % (profile,), {"hosts": [host]})
+    admin.call("POST", "/api/v1/jobs/process_profiles")
+    commands = agent.call("GET", "/api/v1/agent/hosts/%s/commands" % (host,))["commands"]
+    (command,) = [c for c in commands if c["profile_uuid"] == profile]
+    url, challenge, cn = scep_settings_from_mobileconfig(command["payload"])
+    return url, challenge, cn.replace("%SerialNumber%", "SER-" + host)
+
+
 def identifier_path(host: str, profile: str, ca: str, challenge: str) -> str:
     return "/mdm/scep/proxy/" + quote("%s,%s,%s,%s" % (host, profile, ca, challenge), safe="")
 
@@ -106,6 +126,12 @@ async def set_up(daemon, upstream, template: bytes, content_type: str, host: str
     profile = await admin.acall("POST", "/api/v1/profiles" + query, raw=template, content_type=content_type)
     assert (await admin.acall("POST", "/api/v1/profiles/%s/assign" % profile["uuid"], {"hosts": [host]})) == {"assigned": 1}
     return admin, agent, profile["uuid"]
+
+
+def host_profile_row(admin: Api, host: str, profile: str) -> dict:
+    """The admin API's row for one host profile (blocking host_profile_status)."""
+    (row,) = admin.call("GET", "/api/v1/host-profiles?host=%s&profile=%s" % (host, profile))["host_profiles"]
+    return row
 
 
 async def host_profile_status(admin, host, profile):

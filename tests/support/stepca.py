@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from support.clients import load, openssl_verify
 from support.processes import REPO, free_port, stop, wait_for_port
 from support.upstream import CHALLENGE
 
@@ -98,6 +99,8 @@ class StepCA:
                                     root_key, 1)
         # SCEP needs an RSA intermediate: step-ca decrypts requests with the intermediate's key.
         intermediate_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        # Tests open what was sent to step-ca with it (what an RA asked for, and how).
+        self.intermediate_key = intermediate_key
         self.intermediate = _ca_certificate("step-ca Test Intermediate", self.root.subject,
                                             intermediate_key.public_key(), root_key, 0)
         self.root_pem = directory / "root.pem"
@@ -157,3 +160,13 @@ class StepCA:
     def issued_serials(self) -> list[int]:
         """The serial numbers of the certificates it issued, in order (from its request log)."""
         return [int(s) for s in re.findall(r" certificate=\S+ .*? serial=(\d+) ", self.log())]
+
+
+def assert_chains_to_step_ca(ca: StepCA, certificate_path: Path) -> x509.Certificate:
+    """The certificate chains through step-ca's intermediate to its root (openssl verify), signed by the
+    intermediate; the certificate."""
+    openssl_verify(ca.ca_pem, certificate_path, der=certificate_path.suffix == ".der", untrusted=ca.intermediate_pem)
+    issued = load(certificate_path)
+    assert issued.issuer == ca.intermediate.subject
+    issued.verify_directly_issued_by(ca.intermediate)
+    return issued
