@@ -109,7 +109,8 @@ class MisbehavingCA(resource.Resource):
     ``oversized`` (a 200 answer over MAX_RESPONSE_BYTES), ``reset`` (the connection closes
     before any answer), ``malformed_http`` (bytes that are not HTTP), ``cut`` (the connection
     closes halfway through the body), ``hang`` (never answers), ``stall`` (headers and part of
-    the body, then nothing). With ``everything`` GetCACaps and GetCACert misbehave too.
+    the body, then nothing), ``well`` (answers as the real CA does: a CA that is well again, at the same
+    URL). With ``everything`` GetCACaps and GetCACert misbehave too.
     """
 
     isLeaf = True
@@ -125,7 +126,7 @@ class MisbehavingCA(resource.Resource):
     def render(self, request):
         operation = (request.args.get(b"operation") or [b"-"])[0].decode("ascii", "replace")
         self.seen.append(operation)
-        if operation != "PKIOperation" and not self.everything:
+        if (operation != "PKIOperation" and not self.everything) or self.how == "well":
             return self._real.render(request)
         transport = request.channel.transport
         if self.how == "http_500":
