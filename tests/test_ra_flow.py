@@ -20,7 +20,6 @@ from scepproxyd.keys import load_or_create_key
 from scepproxyd.scep import codec
 from support.certs import csr as make_csr
 from support.scep_capture import fail_info_text, make_device
-from support.store import started_store
 from support.web import bound_subject, build_web, stop_web
 
 CHALLENGE_FAILED = b"custom scep challenge failed\n"
