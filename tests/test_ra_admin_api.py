@@ -197,6 +197,16 @@ async def test_a_new_url_in_ra_mode_makes_a_new_identity_the_way_the_last_was_ma
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_new_url_reenrolls_an_enrolled_ra_there(web):
+    first = (await web.ok(web.admin("POST", CAS, ca_fields(web, mode="ra"))))["ra"]
+    moved = await web.ok(web.admin("PATCH", CAS + "/RA_CA", {
+        "url": web.upstream_cas.url("well"), "challenge": web.upstream_cas.static_challenge}))
+    assert moved["ra"]["certificate"] == "enrolled" and moved["ra"]["sha256"] != first["sha256"]
+    assert web.upstream_cas.misbehaving["well"].seen.count("PKIOperation") == 1  # enrolled at the new URL
+    assert len(await web.upstream_cas.store.list_issued_certificates()) == 2
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_new_url_whose_ca_cannot_enroll_the_ra_changes_nothing(web):
     await web.ok(web.admin("POST", CAS, ca_fields(web, mode="ra")))
     before = await web.ok(web.admin("GET", CAS + "/RA_CA"))
