@@ -217,3 +217,69 @@ async def test_enrolling_a_new_ra_after_the_secrets_key_was_replaced_asks_for_th
         assert mended["ra"]["certificate"] == "enrolled"
     finally:
         await stop_web(web)
+
+
+# -- what the RA decides itself: policy and renewal ------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_csr_the_profile_does_not_render_never_reaches_the_ca(web):
+    e = await ra_enrollment(web)
+    request = await web.pkcs_req(e, cn="SER-%s WIFI another-host" % (e.host,))
+    answer = await web.device("POST", pki(e.path), request.message)
+    assert request.read(answer)[:2] == ("FAILURE", "badRequest")
+    assert "subject" in fail_info_text(answer.body)
+    assert await web.upstream_cas.store.list_ca_requests() == []
+    hp = await web.host_profile(e.host, e.profile)
+    assert (hp["status"], hp["retries"]) == (None, 1)
+    assert hp["detail"].startswith("RA refused the request: ")
+    assert await proxied(web, "policy_refused") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_renewal_signed_by_the_recorded_certificate_renews_it_once(web, clock):
+    e = await ra_enrollment(web)
+    request = await web.pkcs_req(e, subject=bound_subject(e))
+    _, _, (first,) = request.read(await web.device("POST", pki(e.path), request.message))
+    ra_certificate = request.ca_certificate
+
+    def renewal(signer_key, signer_certificate):
+        key, _, _ = make_device("renewed", None)
+        csr = make_csr(key, bound_subject(e), challenge=e.challenge_password)
+        message, _ = codec.build_request(message_type="RenewalReq", signer_key=signer_key,
+                                         signer_certificate=signer_certificate, csr=csr,
+                                         recipient_certificate=ra_certificate)
+        return key, message
+
+    clock.advance(3600)  # later: the new certificate starts after the old one (dates never move backwards)
+    key, message = renewal(request.key, first)
+    answer = await web.device("POST", pki(e.path), message)
+    status, _, (second,) = codec.read_response(answer.body, request.key, first, ra_certificate)
+    assert status == "SUCCESS" and second.serial_number != first.serial_number
+    assert (await web.host_profile(e.host, e.profile))["cert_serial"] == "%x" % (second.serial_number,)
+    assert await proxied(web, "ok") == 2
+    # The old certificate renewed once: a second renewal signed by it is refused, and the CA never sees it.
+    issued = len(await web.upstream_cas.store.list_issued_certificates())
+    _, again = renewal(request.key, first)
+    answer = await web.device("POST", pki(e.path), again)
+    assert codec.read_response(answer.body, request.key, first, ra_certificate)[:2] == ("FAILURE", "badRequest")
+    assert await proxied(web, "renewal_refused") == 1
+    assert len(await web.upstream_cas.store.list_issued_certificates()) == issued
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_certificate_that_starts_no_later_than_the_recorded_one_is_not_recorded_and_says_so(web, logs):
+    e = await ra_enrollment(web)
+    request = await web.pkcs_req(e, subject=bound_subject(e))
+    _, _, (first,) = request.read(await web.device("POST", pki(e.path), request.message))
+    key, _, _ = make_device("renewed", None)
+    message, _ = codec.build_request(  # renewed within the same second: the same notBefore
+        message_type="RenewalReq", signer_key=request.key, signer_certificate=first,
+        csr=make_csr(key, bound_subject(e), challenge=e.challenge_password),
+        recipient_certificate=request.ca_certificate)
+    answer = await web.device("POST", pki(e.path), message)
+    status, _, (second,) = codec.read_response(answer.body, request.key, first, request.ca_certificate)
+    assert status == "SUCCESS"
+    assert (await web.host_profile(e.host, e.profile))["cert_serial"] == "%x" % (first.serial_number,)
+    assert "RA did not record certificate %x" % (second.serial_number,) in logs.text()
+    assert "RA recorded certificate %x" % (second.serial_number,) not in logs.text()
