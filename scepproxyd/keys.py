@@ -130,5 +130,5 @@ class ChallengeCipher:
         except (InvalidTag, ValueError):
             raise KeyFileError(
                 "a stored RA key does not decrypt with the current key file; was the key replaced? "
-                "Make the CA's RA identity again (scepproxyctl ca edit NAME --new-ra-identity)"
+                "Make the CA's RA identity again (scepproxyctl ca edit NAME --ra-certificate enroll|self-signed)"
             ) from None

@@ -39,18 +39,8 @@ from scepproxyd.store.models import StoreUnavailable
 from support.builtin_ca import DAY, STATIC, TEMPLATES, Device, ca_material, in_line, make_ca, policy
 from support.certs import self_signed
 from support.processes import need
+from support.scep_capture import fail_info_text
 from support.store import EPOCH
-
-FAIL_INFO_TEXT_OID = "1.3.6.1.5.5.7.24.1"
-
-
-def fail_info_text(der: bytes) -> str | None:
-    signed = cms.ContentInfo.load(der)["content"]
-    for attribute in signed["signer_infos"][0]["signed_attrs"]:
-        if attribute["type"].dotted == FAIL_INFO_TEXT_OID:
-            return attribute["values"][0].native
-    return None
-
 
 async def enroll(ca, device, requester="10.0.0.5", **csr_args):
     answer = await ca.pki_operation(device.request(ca, csr=device.csr(**csr_args)), requester)

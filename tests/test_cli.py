@@ -133,6 +133,29 @@ def test_every_command_parses(argv, handler):
     assert parse(*argv).handler.__name__ == handler
 
 
+def test_ca_add_and_edit_take_a_mode_and_an_ra_certificate_source():
+    args = parse("ca", "add", "UP", "--url", "http://ca/scep", "--mode", "ra", "--ra-certificate", "self-signed")
+    assert (args.mode, args.ra_certificate) == ("ra", "self-signed")
+    args = parse("ca", "edit", "UP", "--mode", "passthrough")
+    assert (args.mode, args.ra_certificate) == ("passthrough", None)
+    args = parse("ca", "add", "UP", "--url", "http://ca/scep")
+    assert (args.mode, args.ra_certificate) == (None, None)  # the API's defaults: passthrough, enroll
+
+
+@pytest.mark.parametrize("argv, option, choices", [
+    (["ca", "add", "UP", "--url", "http://ca/scep", "--mode", "registration"], "--mode", "'passthrough', 'ra'"),
+    (["ca", "edit", "UP", "--mode", "RA"], "--mode", "'passthrough', 'ra'"),
+    (["ca", "edit", "UP", "--ra-certificate", "selfsigned"], "--ra-certificate", "'enroll', 'self-signed'"),
+])
+def test_a_mode_or_ra_certificate_source_not_offered_is_a_usage_error(capsys, argv, option, choices):
+    with pytest.raises(SystemExit) as e:
+        parse(*argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument %s: invalid choice: " % (option,) in err
+    assert "(choose from %s)" % (choices,) in err
+
+
 def test_there_is_no_challenge_value_option(capsys):
     # Not even as an abbreviation of --challenge-file, which would echo the value in "cannot read".
     for argv in (["ca", "add", "UP", "--url", "http://ca/scep", "--chall", SECRET],
@@ -194,7 +217,7 @@ def test_edit_with_nothing_to_change_is_a_usage_error(tmp_path):
     code, out, err = run(["--url", "http://127.0.0.1:9", "--token-file", str(token), "ca", "edit", "UP"])
     assert (code, out) == (2, "")
     assert err == ("scepproxyctl: nothing to change; give --name, --url, --challenge-file, --challenge-stdin, "
-                   "--trust-bundle, --no-trust-bundle or --tls-verify\n")
+                   "--trust-bundle, --no-trust-bundle, --tls-verify, --mode or --ra-certificate\n")
 
 
 # -- endpoint -> URL -----------------------------------------------------------

@@ -22,7 +22,13 @@ from support.ctl import ctl_in_process
 TOKEN = "admin-token-0123456789abcdef"
 SECRET = "s3cr3t-static-challenge"
 T0 = "2025-01-02T03:04:05+00:00"
-CA = {"name": "UPSTREAM", "url": "http://ca.example/scep", "profiles": [], "created_at": T0, "updated_at": T0}
+CA = {"name": "UPSTREAM", "url": "http://ca.example/scep", "mode": "passthrough", "ra": None, "profiles": [],
+      "created_at": T0, "updated_at": T0}
+#: The API's ``ra`` object of a CA in RA mode (never a key).
+RA = {"certificate": "enrolled", "subject": "CN=scepproxyd RA for CORP_CA,O=scepproxyd", "issuer": "CN=Corp Issuing CA",
+      "serial": "58a9b2a8f9227388be807ee757295403", "not_after": "2026-11-23T06:02:10+00:00",
+      "sha256": "e37f3c4bf4603a40b10aa17658c54005e007399e3a8294e4548dff996279fc49"}
+RA_CA = dict(CA, name="CORP_CA", url="http://ca.corp/scep", mode="ra", ra=RA)
 HOST = {"uuid": "H1", "serial": "C02X", "platform": "macos", "created_at": T0, "updated_at": T0}
 PROFILE = {
     "uuid": "0b5f2a3e-1111-4222-8333-944455556666", "name": "WIFI SCEP", "identifier": "Fleet.WiFi",
@@ -374,9 +380,21 @@ def test_ca_list(tcp_api):
     code, out, err = ctl(tcp_api, "ca", "list")
     assert code == 0
     assert out.splitlines() == [
-        "NAME       URL                                        PROFILES  UPDATED",
-        "UPSTREAM   http://ca.example/scep                     0         " + T0,
-        "SECOND_CA  https://ca2.example/cgi-bin/pkiclient.exe  2         " + T0,
+        "NAME       URL                                        MODE         RA_CERTIFICATE  RA_NOT_AFTER  PROFILES  UPDATED",
+        "UPSTREAM   http://ca.example/scep                     passthrough  -               -             0         " + T0,
+        "SECOND_CA  https://ca2.example/cgi-bin/pkiclient.exe  passthrough  -               -             2         " + T0,
+    ]
+
+
+def test_ca_list_shows_the_mode_and_the_ra_certificate(tcp_api):
+    kept = dict(RA_CA, name="OLD_RA", mode="passthrough", ra=dict(RA, certificate="self-signed"))
+    tcp_api.answer("GET", "/api/v1/cas?limit=5000", body={"cas": [RA_CA, kept]})
+    code, out, err = ctl(tcp_api, "ca", "list")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "NAME     URL                  MODE         RA_CERTIFICATE  RA_NOT_AFTER               PROFILES  UPDATED",
+        "CORP_CA  http://ca.corp/scep  ra           enrolled        2026-11-23T06:02:10+00:00  0         " + T0,
+        "OLD_RA   http://ca.corp/scep  passthrough  self-signed     2026-11-23T06:02:10+00:00  0         " + T0,
     ]
 
 
@@ -397,14 +415,99 @@ def test_ca_show(tcp_api):
     code, out, err = ctl(tcp_api, "ca", "show", "UPSTREAM")
     assert code == 0
     assert out.splitlines() == [
-        "name:         UPSTREAM",
-        "url:          http://ca.example/scep",
-        "profiles:     p1",
-        "tls_verify:   yes",
-        "trust_bundle: no",
-        "created_at:   " + T0,
-        "updated_at:   " + T0,
+        "name:           UPSTREAM",
+        "url:            http://ca.example/scep",
+        "mode:           passthrough",
+        "profiles:       p1",
+        "tls_verify:     yes",
+        "trust_bundle:   no",
+        "ra_certificate: -",
+        "created_at:     " + T0,
+        "updated_at:     " + T0,
     ]
+
+
+def test_ca_show_in_ra_mode_has_the_ra_certificate_and_never_a_key(tcp_api):
+    tcp_api.answer("GET", "/api/v1/cas/CORP_CA", body=dict(RA_CA, tls_verify=True, trust_bundle=False))
+    code, out, err = ctl(tcp_api, "ca", "show", "CORP_CA")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "name:           CORP_CA",
+        "url:            http://ca.corp/scep",
+        "mode:           ra",
+        "profiles:       -",
+        "tls_verify:     yes",
+        "trust_bundle:   no",
+        "ra_certificate: enrolled",
+        "ra_subject:     CN=scepproxyd RA for CORP_CA,O=scepproxyd",
+        "ra_issuer:      CN=Corp Issuing CA",
+        "ra_serial:      58a9b2a8f9227388be807ee757295403",
+        "ra_not_after:   2026-11-23T06:02:10+00:00",
+        "ra_sha256:      e37f3c4bf4603a40b10aa17658c54005e007399e3a8294e4548dff996279fc49",
+        "created_at:     " + T0,
+        "updated_at:     " + T0,
+    ]
+    code, out, err = ctl(tcp_api, "--json", "ca", "show", "CORP_CA")
+    assert json.loads(out)["ra"] == RA
+
+
+def test_ca_add_in_ra_mode_sends_mode_and_source_and_says_what_it_got(tcp_api):
+    tcp_api.answer("POST", "/api/v1/cas", 201, RA_CA)
+    code, out, err = ctl(tcp_api, "ca", "add", "CORP_CA", "--url", RA_CA["url"], "--mode", "ra", stdin=SECRET + "\n")
+    assert (code, err) == (0, "")
+    assert tcp_api.last.json() == {"name": "CORP_CA", "url": RA_CA["url"], "challenge": SECRET, "mode": "ra"}
+    assert out == ("added CA CORP_CA at http://ca.corp/scep in ra mode (RA certificate enrolled, issued by "
+                   "CN=Corp Issuing CA, expires 2026-11-23T06:02:10+00:00)\n")
+    tcp_api.requests.clear()
+    self_signed = dict(RA_CA, ra=dict(RA, certificate="self-signed", issuer=RA["subject"]))
+    tcp_api.answer("POST", "/api/v1/cas", 201, self_signed)
+    code, out, err = ctl(tcp_api, "ca", "add", "CORP_CA", "--url", RA_CA["url"], "--mode", "ra",
+                         "--ra-certificate", "self-signed", stdin=SECRET + "\n")
+    assert code == 0
+    assert tcp_api.last.json()["ra_certificate"] == "self-signed"
+    assert "in ra mode (RA certificate self-signed, issued by CN=scepproxyd RA for CORP_CA,O=scepproxyd" in out
+
+
+def test_ca_add_without_mode_sends_none_and_the_api_default_applies(tcp_api):
+    tcp_api.answer("POST", "/api/v1/cas", 201, CA)
+    assert ctl(tcp_api, "ca", "add", "UPSTREAM", "--url", CA["url"], stdin=SECRET)[:2] == (
+        0, "added CA UPSTREAM at http://ca.example/scep\n")
+    assert set(tcp_api.last.json()) == {"name", "url", "challenge"}
+
+
+def test_ca_add_in_ra_mode_refused_by_the_ca_shows_the_reason_and_field(tcp_api):
+    tcp_api.answer("POST", "/api/v1/cas", 422, {
+        "error": "no RA certificate: the CA answered PENDING to the RA's enrollment; approve it at the CA and "
+                 "save again, or use ra_certificate self-signed", "field": "ra_certificate"})
+    code, out, err = ctl(tcp_api, "ca", "add", "CORP_CA", "--url", RA_CA["url"], "--mode", "ra", stdin=SECRET)
+    assert (code, out) == (1, "")
+    assert err == ("scepproxyctl: no RA certificate: the CA answered PENDING to the RA's enrollment; approve it at "
+                   "the CA and save again, or use ra_certificate self-signed (field: ra_certificate)\n")
+
+
+def test_ca_edit_mode_needs_no_challenge_and_says_which_ra(tcp_api):
+    tcp_api.answer("PATCH", "/api/v1/cas/CORP_CA", body=RA_CA)
+    code, out, err = ctl(tcp_api, "ca", "edit", "CORP_CA", "--mode", "ra", stdin="must not be read")
+    assert (code, err) == (0, "")
+    assert tcp_api.last.json() == {"mode": "ra"}
+    assert out == ("changed CA CORP_CA (mode) in ra mode (RA certificate enrolled, issued by CN=Corp Issuing CA, "
+                   "expires 2026-11-23T06:02:10+00:00)\n")
+    tcp_api.requests.clear()
+    code, out, err = ctl(tcp_api, "ca", "edit", "CORP_CA", "--ra-certificate", "self-signed")
+    assert tcp_api.last.json() == {"ra_certificate": "self-signed"}
+    tcp_api.requests.clear()
+    tcp_api.answer("PATCH", "/api/v1/cas/CORP_CA", body=dict(RA_CA, mode="passthrough"))
+    code, out, err = ctl(tcp_api, "ca", "edit", "CORP_CA", "--mode", "passthrough")
+    assert (code, out) == (0, "changed CA CORP_CA (mode)\n")  # the kept RA identity is for a later switch
+    assert tcp_api.last.json() == {"mode": "passthrough"}
+
+
+def test_ca_edit_ra_certificate_for_a_passthrough_ca_is_the_apis_refusal(tcp_api):
+    tcp_api.answer("PATCH", "/api/v1/cas/UPSTREAM", 422,
+                   {"error": "ra_certificate applies to a CA in mode ra", "field": "ra_certificate"})
+    code, out, err = ctl(tcp_api, "ca", "edit", "UPSTREAM", "--ra-certificate", "enroll")
+    assert (code, out, err) == (1, "", "scepproxyctl: ra_certificate applies to a CA in mode ra "
+                                       "(field: ra_certificate)\n")
 
 
 def test_ca_add_with_trust_bundle_and_insecure(tcp_api, tmp_path):
@@ -711,8 +814,16 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 D_PROFILE = "ab589f64-6d55-4804-adf5-8d54e73433c3"
 D_HOST = "C8QHT3K1Q6L4"
 D_T52, D_T55, D_T56, D_T57 = ("2025-11-23T06:01:%d+00:00" % s for s in (52, 55, 56, 57))
-D_CA = {"name": "UPSTREAM_CA", "url": "http://ca.internal:2016/scep", "profiles": [D_PROFILE],
-        "tls_verify": True, "trust_bundle": False, "created_at": D_T52, "updated_at": D_T52}
+D_CA = {"name": "UPSTREAM_CA", "url": "http://ca.internal:2016/scep", "mode": "passthrough", "ra": None,
+        "profiles": [D_PROFILE], "tls_verify": True, "trust_bundle": False, "created_at": D_T52, "updated_at": D_T52}
+D_RA = {"certificate": "enrolled", "subject": "CN=scepproxyd RA for CORP_CA,O=scepproxyd",
+        "issuer": "CN=Corp Issuing CA,O=Example", "serial": "58a9b2a8f9227388be807ee757295403",
+        "not_after": "2027-11-23T06:01:52+00:00",
+        "sha256": "e37f3c4bf4603a40b10aa17658c54005e007399e3a8294e4548dff996279fc49"}
+D_RA_CA = dict(D_CA, name="CORP_CA", url="http://ca.corp.internal/scep", mode="ra", ra=D_RA, profiles=[])
+D_SELF_SIGNED = dict(D_CA, mode="ra", ra=dict(
+    D_RA, certificate="self-signed", subject="CN=scepproxyd RA for UPSTREAM_CA,O=scepproxyd",
+    issuer="CN=scepproxyd RA for UPSTREAM_CA,O=scepproxyd", not_after="2030-11-22T05:56:52+00:00"))
 D_HOSTS = [
     {"uuid": D_HOST, "serial": "C02XL0GHJG5J", "platform": "macos", "created_at": D_T55, "updated_at": D_T55},
     {"uuid": "D25ZQ0AAHTD8", "serial": "DMPXK9ZZQ1GC", "platform": "ipados", "created_at": D_T55, "updated_at": D_T55},
@@ -752,8 +863,21 @@ DOC_EXAMPLES = {
         {"uuid": "host-a", "serial": "C02\x1b]0;owned\x07\nfake-row\u202e", "platform": "macos",
          "created_at": "2025-01-01T00:00:00+00:00", "updated_at": "2025-01-01T00:00:00+00:00"}], "next": None})},
     ("scepproxyctl --config etc/typo.ini jobs", 0): {"config": "[admin]\nlisen = tcp:1\n"},
-    ("scepproxyctl ca list", 0): {("GET", "/api/v1/cas?limit=5000"): (200, {"cas": [D_CA], "next": None})},
+    ("scepproxyctl ca list", 0): {("GET", "/api/v1/cas?limit=5000"): (200, {"cas": [D_RA_CA, D_CA], "next": None})},
     ("scepproxyctl ca show UPSTREAM_CA", 0): {("GET", "/api/v1/cas/UPSTREAM_CA"): (200, D_CA)},
+    ("scepproxyctl ca show CORP_CA", 0): {("GET", "/api/v1/cas/CORP_CA"): (200, D_RA_CA)},
+    ("scepproxyctl ca add CORP_CA --url http://ca.corp.internal/scep --mode ra < /root/corp-challenge", 0): {
+        "stdin": SECRET + "\n", ("POST", "/api/v1/cas"): (201, D_RA_CA)},
+    ("scepproxyctl ca add HELD_CA --url http://held-ca.internal/scep --mode ra < /root/held-challenge", 0): {
+        "stdin": SECRET + "\n", ("POST", "/api/v1/cas"): error(
+            422, "no RA certificate: the CA answered PENDING to the RA's enrollment; approve it at the CA and save "
+                 "again, or use ra_certificate self-signed", "ra_certificate")},
+    ("scepproxyctl ca edit UPSTREAM_CA --mode ra --ra-certificate self-signed", 0): {
+        ("PATCH", "/api/v1/cas/UPSTREAM_CA"): (200, D_SELF_SIGNED)},
+    ("scepproxyctl ca edit UPSTREAM_CA --mode passthrough", 0): {
+        ("PATCH", "/api/v1/cas/UPSTREAM_CA"): (200, dict(D_SELF_SIGNED, mode="passthrough"))},
+    ("scepproxyctl ca edit UPSTREAM_CA --ra-certificate enroll", 0): {("PATCH", "/api/v1/cas/UPSTREAM_CA"): error(
+        422, "ra_certificate applies to a CA in mode ra", "ra_certificate")},
     ("scepproxyctl --json ca show UPSTREAM_CA", 0): {("GET", "/api/v1/cas/UPSTREAM_CA"): (200, D_CA)},
     ("scepproxyctl ca edit UPSTREAM_CA --name CORP_CA", 0): {("PATCH", "/api/v1/cas/UPSTREAM_CA"): error(
         409, "CA 'UPSTREAM_CA' is used by profiles %s; its name ties them and their renewals to it" % (D_PROFILE,),

@@ -102,17 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="verify the CA's https:// certificate against these roots instead of the system's")
     insecure = arg("--insecure-skip-verify", action="store_true",
                    help="do not verify the CA's https:// certificate (logged as a warning)")
+    mode = arg("--mode", choices=("passthrough", "ra"),
+               help="passthrough: forward devices' requests untouched; ra: check each CSR and ask the CA as its "
+                    "registration authority (docs/ra-mode.md)")
+    ra_certificate = arg("--ra-certificate", choices=("enroll", "self-signed"),
+                         help="with --mode ra: a new RA certificate, enrolled from the CA (the default for a new "
+                              "RA identity) or self-signed")
     ca = group("ca", "CA integrations")
     command(ca, "add", commands.ca_add, "add a CA (it must answer GetCACert)",
             arg("name", metavar="NAME"), arg("--url", required=True, help="the CA's SCEP URL"), challenge_file,
-            trust_bundle, insecure)
+            trust_bundle, insecure, mode, ra_certificate)
     command(ca, "list", commands.ca_list, "list CAs")
     command(ca, "show", commands.ca_show, "show one CA", arg("name", metavar="NAME"))
-    edit = command(ca, "edit", commands.ca_edit, "rename a CA, or change its URL or challenge",
+    edit = command(ca, "edit", commands.ca_edit, "rename a CA, or change its URL, challenge, TLS or mode",
                    arg("name", metavar="NAME"), arg("--name", dest="new_name", metavar="NEW", help="new name"),
                    arg("--url", help="new SCEP URL (the challenge is then read too)"),
                    trust_bundle, arg("--no-trust-bundle", action="store_true", help="use the system's roots again"),
-                   arg("--tls-verify", choices=("yes", "no"), help="turn https:// verification on or off"))
+                   arg("--tls-verify", choices=("yes", "no"), help="turn https:// verification on or off"),
+                   mode, ra_certificate)
     source = edit.add_mutually_exclusive_group()
     source.add_argument(*challenge_file[0], **challenge_file[1])
     source.add_argument("--challenge-stdin", action="store_true", help="read a new challenge from stdin")

@@ -60,24 +60,51 @@ def ca_add(api, args, stdin):
         body["trust_bundle"] = _read_bundle(args.trust_bundle)
     if args.insecure_skip_verify:
         body["tls_verify"] = False
+    _mode_fields(args, body)
     _, ca = api.request("POST", api_path("cas"), body)
-    return ca, "added CA %s at %s" % (ca["name"], ca["url"])
+    return ca, "added CA %s at %s%s" % (ca["name"], ca["url"], _ra_note(ca))
+
+
+def _mode_fields(args, body: dict) -> None:
+    """``--mode`` and ``--ra-certificate`` as the API's ``mode`` and ``ra_certificate`` (the API checks them)."""
+    if args.mode is not None:
+        body["mode"] = args.mode
+    if args.ra_certificate is not None:
+        body["ra_certificate"] = args.ra_certificate
+
+
+def _ra_note(ca: dict) -> str:
+    """`` in ra mode (RA certificate enrolled, issued by ...)``: what the admin needs to know right after a save."""
+    ra = ca.get("ra")
+    if ca.get("mode") != "ra" or not ra:
+        return ""
+    return " in ra mode (RA certificate %s, issued by %s, expires %s)" % (ra["certificate"], ra["issuer"],
+                                                                         ra["not_after"])
 
 
 def ca_list(api, args, stdin):
     answer = list_all(api, "cas", "cas")
     return answer, _listing(
-        answer["cas"], "no CAs", ("NAME", "URL", "PROFILES", "UPDATED"),
-        lambda ca: (ca["name"], ca["url"], len(ca.get("profiles") or []), ca["updated_at"]),
+        answer["cas"], "no CAs", ("NAME", "URL", "MODE", "RA_CERTIFICATE", "RA_NOT_AFTER", "PROFILES", "UPDATED"),
+        lambda ca: (ca["name"], ca["url"], ca.get("mode"), (ca.get("ra") or {}).get("certificate"),
+                    (ca.get("ra") or {}).get("not_after"), len(ca.get("profiles") or []), ca["updated_at"]),
     )
+
+
+#: ``ca show``'s lines for the RA identity, from the API's ``ra`` object.
+RA_FIELDS = (("ra_certificate", "certificate"), ("ra_subject", "subject"), ("ra_issuer", "issuer"),
+             ("ra_serial", "serial"), ("ra_not_after", "not_after"), ("ra_sha256", "sha256"))
 
 
 def ca_show(api, args, stdin):
     _, ca = api.request("GET", api_path("cas", args.name))
+    ra = ca.get("ra")
+    # A CA back in passthrough keeps its RA identity for a later switch, so it is shown whatever the mode.
+    identity = [(label, ra.get(key)) for label, key in RA_FIELDS] if ra else [("ra_certificate", None)]
     return ca, fields([
-        ("name", ca["name"]), ("url", ca["url"]), ("profiles", ca.get("profiles")),
+        ("name", ca["name"]), ("url", ca["url"]), ("mode", ca.get("mode")), ("profiles", ca.get("profiles")),
         ("tls_verify", _yes_no(ca.get("tls_verify"))), ("trust_bundle", _yes_no(ca.get("trust_bundle"))),
-        ("created_at", ca["created_at"]), ("updated_at", ca["updated_at"]),
+        *identity, ("created_at", ca["created_at"]), ("updated_at", ca["updated_at"]),
     ])
 
 
@@ -93,6 +120,7 @@ def ca_edit(api, args, stdin):
         body["trust_bundle"] = ""
     if args.tls_verify is not None:
         body["tls_verify"] = args.tls_verify == "yes"
+    _mode_fields(args, body)
     if args.challenge_file is not None or args.challenge_stdin or args.url is not None:
         # The API wants the challenge again with a new URL: it belongs to the CA at that URL.
         body["challenge"] = read_challenge(
@@ -102,10 +130,15 @@ def ca_edit(api, args, stdin):
     if not body:
         raise InvocationError(
             "nothing to change; give --name, --url, --challenge-file, --challenge-stdin, --trust-bundle, "
-            "--no-trust-bundle or --tls-verify"
+            "--no-trust-bundle, --tls-verify, --mode or --ra-certificate"
         )
     _, ca = api.request("PATCH", api_path("cas", args.name), body)
-    return ca, "changed CA %s (%s)" % (ca["name"], ", ".join(sorted(body)))
+    return ca, "changed CA %s (%s)%s" % (ca["name"], ", ".join(sorted(body)), _ra_note(ca) if _new_ra(body) else "")
+
+
+def _new_ra(body: dict) -> bool:
+    """Whether an edit may have made a new RA identity (so the answer says which)."""
+    return bool({"mode", "ra_certificate", "url"} & set(body))
 
 
 def ca_delete(api, args, stdin):

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes
 
 from scepproxyd import admin
 from scepproxyd.daemon.logs import get_logger
+from scepproxyd.keys import KeyFileError
 from scepproxyd.platforms import APPLE_PLATFORMS, PLATFORMS
 from scepproxyd.profiles import ANDROID_TEMPLATE, MOBILECONFIG, ProfileError, parse_profile
 from scepproxyd.profiles.binding import HostFacts, expected_request
@@ -303,10 +304,11 @@ class AdminRoutes:
             if source is not None:
                 if not (url_changes or trust_changes):
                     await self._apply_trust(candidate)
-                identity = await self._ra_identity(
-                    new_name or name, candidate.url,
-                    challenge if challenge is not None else self._stored_challenge(current), source,
-                )
+                # A self-signed RA needs no challenge: one that no longer decrypts must not stop it.
+                enrollment_challenge = challenge
+                if enrollment_challenge is None and source == "enroll":
+                    enrollment_challenge = self._stored_challenge(current)
+                identity = await self._ra_identity(new_name or name, candidate.url, enrollment_challenge, source)
             ca = await self._store.update_ca(
                 name,
                 new_name=new_name if new_name != name else None,
@@ -346,7 +348,16 @@ class AdminRoutes:
         return RaIdentityRecord(key_ciphertext, certificate, identity.enrolled)
 
     def _stored_challenge(self, ca) -> str | None:
-        return self._cipher.decrypt(ca.challenge_ciphertext) if ca.challenge_ciphertext else None
+        """The CA's stored static challenge, for the RA's enrollment; 422 if the secrets key no longer opens it."""
+        if not ca.challenge_ciphertext:
+            return None
+        try:
+            return self._cipher.decrypt(ca.challenge_ciphertext)
+        except KeyFileError:
+            raise Invalid(
+                "the CA's stored challenge does not decrypt with the current secrets key (was it replaced?); "
+                "give the challenge again to enroll a new RA certificate", field="challenge",
+            ) from None
 
     async def delete_ca(self, request, name):
         try:

@@ -32,6 +32,21 @@ from asn1crypto import cms
 
 from scepproxyd.scep.codec import algorithms, ber, degenerate_certificates, enveloped, signed
 
+#: RFC 8894's failInfoText signed attribute (id-scep-failInfoText).
+FAIL_INFO_TEXT_OID = "1.3.6.1.5.5.7.24.1"
+
+
+def fail_info_text(der: bytes) -> str | None:
+    """The failInfoText of a CertRep, the reason a FAILURE gives its device (codec.read_response skips it)."""
+    from asn1crypto import cms
+
+    signed = cms.ContentInfo.load(der)["content"]
+    for attribute in signed["signer_infos"][0]["signed_attrs"]:
+        if attribute["type"].dotted == FAIL_INFO_TEXT_OID:
+            return attribute["values"][0].native
+    return None
+
+
 CAPS_WITH_AES = "POSTPKIOperation\nSHA-1\nSHA-256\nSHA-384\nSHA-512\nAES\nDES3\nSCEPStandard\nRenewal\n"
 CAPS_WITHOUT_AES = "POSTPKIOperation\nSHA-1\nSHA-256\nDES3\n"
 

@@ -45,8 +45,9 @@ ADMIN_URL = "http://admin.test:8081"
 #: Where the upstream CAs live; every CA integration a test adds points under it.
 UPSTREAM = "http://upstream.test"
 UPSTREAM_CA_URL = UPSTREAM + "/scep"
-#: The upstream CA keeps PENDING whatever subject does not match this (its auto_approve_subject).
-AUTO_APPROVED_SUBJECT = ".*WIFI.*"
+#: The upstream CA keeps PENDING whatever subject does not match this (its auto_approve_subject): the
+#: Fleet profile's devices, and the RA identities of CA integrations named RA_* (others wait for an admin).
+AUTO_APPROVED_SUBJECT = ".*WIFI.*|CN=scepproxyd RA for RA_.*,O=scepproxyd"
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "profiles"
 APPLE_PROFILE = FIXTURES / "fleet-custom-scep-apple.mobileconfig"
 #: Small enough that a test CA can exceed it cheaply.
@@ -108,7 +109,8 @@ class MisbehavingCA(resource.Resource):
     ``oversized`` (a 200 answer over MAX_RESPONSE_BYTES), ``reset`` (the connection closes
     before any answer), ``malformed_http`` (bytes that are not HTTP), ``cut`` (the connection
     closes halfway through the body), ``hang`` (never answers), ``stall`` (headers and part of
-    the body, then nothing). With ``everything`` GetCACaps and GetCACert misbehave too.
+    the body, then nothing), ``well`` (answers as the real CA does: a CA that is well again, at the same
+    URL). With ``everything`` GetCACaps and GetCACert misbehave too.
     """
 
     isLeaf = True
@@ -124,7 +126,7 @@ class MisbehavingCA(resource.Resource):
     def render(self, request):
         operation = (request.args.get(b"operation") or [b"-"])[0].decode("ascii", "replace")
         self.seen.append(operation)
-        if operation != "PKIOperation" and not self.everything:
+        if (operation != "PKIOperation" and not self.everything) or self.how == "well":
             return self._real.render(request)
         transport = request.channel.transport
         if self.how == "http_500":
@@ -375,21 +377,41 @@ class Web:
                           command=command["command_uuid"], credential=credential)
 
     async def ca_certificate(self, enrollment: Enrollment):
-        """The CA certificate as the device gets it: GetCACert through the proxy."""
+        """
+        The certificate the device encrypts to and checks answers with, from GetCACert through the proxy.
+
+        The CA's certificate; for a CA in RA mode (``application/x-x509-ca-ra-cert``) the RA's, the one that
+        is not a CA (a PKCS#7 SET OF certificates is sorted by its DER encoding, so its place says nothing).
+        """
         from cryptography import x509
+        from scepproxyd.scep import codec
 
         answer = await self.device("GET", enrollment.path + "?operation=GetCACert")
         assert answer.status == 200, answer.body
+        if answer.content_type == b"application/x-x509-ca-ra-cert":
+            certificates = [x509.load_der_x509_certificate(der) for der in codec.ca_certificates(answer.body)]
+            (ra,) = [c for c in certificates
+                     if not c.extensions.get_extension_for_class(x509.BasicConstraints).value.ca]
+            return ra
         return x509.load_der_x509_certificate(answer.body)
 
-    async def pkcs_req(self, enrollment: Enrollment, cn: str | None = None, challenge: str | None = None):
-        """A device's PKCSReq for ``enrollment`` (micromdm style, made in process): ``DeviceRequest``."""
+    async def pkcs_req(self, enrollment: Enrollment, cn: str | None = None, challenge: str | None = None,
+                       subject=None):
+        """
+        A device's PKCSReq for ``enrollment`` (micromdm style, made in process): ``DeviceRequest``.
+
+        The CSR's subject is ``CN=<cn>``, or ``subject`` (an x509.Name; bound_subject(enrollment) is what
+        the profile renders, which a CA in RA mode insists on).
+        """
+        from support.certs import csr as make_csr
         from support.scep_capture import make_device
         from scepproxyd.scep import codec
 
         ca_cert = await self.ca_certificate(enrollment)
         cn = cn or enrollment.subject_cn.replace("%SerialNumber%", "SER-" + enrollment.host)
         key, cert, csr = make_device(cn, challenge or enrollment.challenge_password)
+        if subject is not None:
+            csr = make_csr(key, subject, challenge=challenge or enrollment.challenge_password)
         message, _ = codec.build_request(message_type="PKCSReq", signer_key=key, signer_certificate=cert,
                                          recipient_certificate=ca_cert, csr=csr)
         return DeviceRequest(message, key, cert, ca_cert, cn)
@@ -415,6 +437,16 @@ class DeviceRequest:
         assert answer.status == 200, (answer.status, answer.body)
         assert answer.content_type == b"application/x-pki-message"
         return codec.read_response(answer.body, self.key, self.certificate, self.ca_certificate)
+
+
+def bound_subject(enrollment: Enrollment):
+    """The subject APPLE_PROFILE renders for ``enrollment``'s host (CN, then OU), as x509.Name."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    cn = enrollment.subject_cn.replace("%SerialNumber%", "SER-" + enrollment.host)
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                      x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "FLEET DEVICE MANAGEMENT")])
 
 
 def _scep_fields(payload: str) -> tuple[str, str, str]:
