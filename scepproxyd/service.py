@@ -301,7 +301,7 @@ def health_pages(store, upstream, metrics, listeners: list, started) -> dict:
     }
 
 
-def build_ra_flow(settings, store, upstream, cipher, reactor) -> RaFlow:
+def build_ra_flow(settings, store, upstream, cipher, reactor, metrics=None) -> RaFlow:
     """RA mode's request flow: the built-in CA's key policy, ``reactor``'s worker threads for RSA and parsing."""
     timeouts = settings.upstream
     return RaFlow(
@@ -309,6 +309,7 @@ def build_ra_flow(settings, store, upstream, cipher, reactor) -> RaFlow:
         run_in_thread=partial(off_reactor, reactor),
         # A renewal claim outlives any upstream call; older, its node died mid-call.
         stale_renewal_after=timeouts.connect_timeout + timeouts.response_timeout + timeouts.body_timeout + 60.0,
+        metrics=metrics,
     )
 
 
@@ -435,7 +436,7 @@ def make_service(settings, reactor) -> OrderedMultiService:
         store=store, upstream=upstream.upstream, renderer=renderer,
         webhook_token=load_or_create_token(settings.delivery.webhook_token_file),
         clock=reactor, reactor=reactor, metrics=metrics, builtin_ca=builtin, health=health,
-        ra_flow=build_ra_flow(settings, store, upstream.upstream, cipher, reactor),
+        ra_flow=build_ra_flow(settings, store, upstream.upstream, cipher, reactor, metrics),
     )
     device_site = build_device_site(device_root, settings.server, reactor, in_flight)
     api = admin_api(

@@ -207,6 +207,18 @@ async def test_a_new_url_reenrolls_an_enrolled_ra_there(web):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_ca_moved_while_in_passthrough_gets_a_new_ra_identity_when_back_in_ra_mode(web):
+    first = (await web.ok(web.admin("POST", CAS, ca_fields(web, mode="ra"))))["ra"]
+    await web.ok(web.admin("PATCH", CAS + "/RA_CA", {"mode": "passthrough"}))
+    moved = await web.ok(web.admin("PATCH", CAS + "/RA_CA", {
+        "url": web.upstream_cas.url("well"), "challenge": web.upstream_cas.static_challenge}))
+    assert (moved["mode"], moved["ra"]) == ("passthrough", None)  # the old CA's RA is no use at the new URL
+    back = await web.ok(web.admin("PATCH", CAS + "/RA_CA", {"mode": "ra"}))
+    assert back["ra"]["certificate"] == "enrolled" and back["ra"]["sha256"] != first["sha256"]
+    assert web.upstream_cas.misbehaving["well"].seen.count("PKIOperation") == 1  # enrolled at the new URL
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_new_url_whose_ca_cannot_enroll_the_ra_changes_nothing(web):
     await web.ok(web.admin("POST", CAS, ca_fields(web, mode="ra")))
     before = await web.ok(web.admin("GET", CAS + "/RA_CA"))

@@ -86,7 +86,7 @@ class RaFlow:
     log = get_logger(__name__)
 
     def __init__(self, store, upstream, cipher, clock, key_policy=None, expected_for=None,
-                 run_in_thread=threads.deferToThread, stale_renewal_after: float = 120.0):
+                 run_in_thread=threads.deferToThread, stale_renewal_after: float = 120.0, metrics=None):
         from scepproxyd.ca.authority import expected_for as builtin_expected_for
 
         self._store = store
@@ -97,6 +97,7 @@ class RaFlow:
         self._expected_for = expected_for or builtin_expected_for
         self._thread = run_in_thread
         self._stale_renewal_after = stale_renewal_after
+        self._metrics = metrics
         self._identities: dict[str, tuple[bytes, ra.RaIdentity]] = {}
         self._views: dict[str, ra.UpstreamView] = {}
 
@@ -239,6 +240,9 @@ class RaFlow:
             consumed, refusal = await spend(ident)
             if refusal is not None:
                 return refusal
+            if target.status != "pending":
+                await self._store.challenge_settled(consumed)
+                raise _Refused("badRequest", "host profile is not awaiting enrollment", "not_pending")
         return await self._forward(ident, target, request, identity, view, "CertPoll", consumed=consumed,
                                    renews=target.cert_serial if renewing else None)
 
@@ -346,6 +350,8 @@ class RaFlow:
         if consumed is not None:
             if put_back:
                 await self._store.restore_challenge(consumed)
+                if self._metrics is not None:
+                    self._metrics.challenge("restored")
             else:
                 await self._store.challenge_settled(consumed)
         if renews is not None:

@@ -37,6 +37,13 @@ def _refuse_in_use(conn, name) -> None:
         raise InUseError(name, profiles)
 
 
+def _ra_columns(ra: RaIdentityRecord | None, forget: bool) -> tuple:
+    """update_ca's parameters for the RA identity: (forget, new value) for each of its three columns."""
+    values = (None, None, None) if ra is None else (ra.key_ciphertext, ra.certificate, int(ra.enrolled))
+    forget = bool(forget) and ra is None
+    return tuple(item for value in values for item in (forget, value))
+
+
 class CaQueries:
     def add_ca(self, name, url, challenge_ciphertext=None, tls_trust_bundle=None, tls_verify=True,
                mode="passthrough", ra: RaIdentityRecord | None = None) -> defer.Deferred:
@@ -78,10 +85,11 @@ class CaQueries:
 
     def update_ca(self, name, new_name=None, url=None, challenge_ciphertext=None,
                   tls_trust_bundle=None, tls_verify=None, mode=None,
-                  ra: RaIdentityRecord | None = None) -> defer.Deferred:
+                  ra: RaIdentityRecord | None = None, forget_ra: bool = False) -> defer.Deferred:
         """
         Change a CA's name, URL, sealed challenge, TLS trust, mode or RA identity; None leaves a field as
-        it is (an empty trust bundle removes the bundle; a CA back in passthrough keeps its RA identity).
+        it is (an empty trust bundle removes the bundle; a CA back in passthrough keeps its RA identity
+        unless ``forget_ra``: one enrolled from a CA at another URL is no use).
 
         NotFoundError if there is no such CA; a rename fails with InUseError
         while profiles use the CA, and with DuplicateError if the new name is taken.
@@ -101,13 +109,13 @@ class CaQueries:
                 " challenge_ciphertext = COALESCE(?, challenge_ciphertext),"
                 " tls_trust_bundle = CASE WHEN ? IS NULL THEN tls_trust_bundle ELSE NULLIF(?, '') END,"
                 " tls_verify = COALESCE(?, tls_verify), mode = COALESCE(?, mode),"
-                " ra_key_ciphertext = COALESCE(?, ra_key_ciphertext), ra_certificate = COALESCE(?, ra_certificate),"
-                " ra_enrolled = COALESCE(?, ra_enrolled), updated_at = ?"
+                " ra_key_ciphertext = CASE WHEN ? THEN NULL ELSE COALESCE(?, ra_key_ciphertext) END,"
+                " ra_certificate = CASE WHEN ? THEN NULL ELSE COALESCE(?, ra_certificate) END,"
+                " ra_enrolled = CASE WHEN ? THEN 0 ELSE COALESCE(?, ra_enrolled) END, updated_at = ?"
                 f" WHERE name = ? RETURNING {_CA_COLUMNS}",
                 (new_name if renaming else name, url, challenge_ciphertext, tls_trust_bundle, tls_trust_bundle,
                  None if tls_verify is None else int(bool(tls_verify)), mode,
-                 *((None, None, None) if ra is None else (ra.key_ciphertext, ra.certificate, int(ra.enrolled))),
-                 now, name),
+                 *_ra_columns(ra, forget_ra), now, name),
             )
             return one(CertificateAuthority, cursor)
 

@@ -318,6 +318,8 @@ class AdminRoutes:
                 tls_verify=verify,
                 mode=mode,
                 ra=identity,
+                # An RA identity from the CA at the old URL is no use at the new one.
+                forget_ra=url_changes and identity is None,
             )
         except InUseError as e:
             raise Conflict(

@@ -491,7 +491,7 @@ async def build_web(store, clock, directory: Path, database: Path | None = None,
     device_root = service.device_resource(
         store=store, upstream=upstream.upstream, renderer=renderer, webhook_token=webhook_token,
         clock=daemon_reactor, reactor=daemon_reactor, metrics=metrics, builtin_ca=builtin_ca, health=health,
-        ra_flow=service.build_ra_flow(settings, store, upstream.upstream, cipher, daemon_reactor),
+        ra_flow=service.build_ra_flow(settings, store, upstream.upstream, cipher, daemon_reactor, metrics),
     )
     site = service.build_device_site(device_root, settings.server, daemon_reactor, in_flight)
     admin_token = load_or_create_token(settings.admin.token_file)
