@@ -169,7 +169,8 @@ class PostgreSQL:
         self.settings = dict({} if durable else FAST, **(settings or {}))
         self.port = free_port()
         self.user = SUPERUSER
-        self.directory = Path(tempfile.mkdtemp(prefix="scepproxyd-postgres-"))
+        # Resolved: ``server_pids`` compares it with the processes' working directories.
+        self.directory = Path(tempfile.mkdtemp(prefix="scepproxyd-postgres-")).resolve()
         # Root's directory, which nobody may cross but not list: the password files stay root's.
         self.directory.chmod(0o711)
         self.data = self.directory / "data"
@@ -226,7 +227,8 @@ class PostgreSQL:
             code = stop(self.process, timeout, sig=signal.SIGINT)
             self.process = None
         for pid in self.server_pids():
-            self.pids.append(pid)
+            if pid not in self.pids:
+                self.pids.append(pid)
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
