@@ -11,6 +11,7 @@ import pwd
 import secrets
 import signal
 import stat
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,13 +19,16 @@ import pytest
 from support.postgres import REFUSALS, RUN_AS, PsqlFailed, alive, need_postgres
 
 
-def _uid_of(pid: int) -> int:
-    return os.stat("/proc/%d" % (pid,)).st_uid
-
-
-def _cmdline(pid: int) -> str:
-    with open("/proc/%d/cmdline" % (pid,), "rb") as f:
-        return f.read().replace(b"\0", b" ").decode(errors="replace")
+def _owner_and_command(pid: int) -> tuple[int, str] | None:
+    """The real uid (from its status: /proc's file owners turn root as a process exits) and command line of
+    ``pid``; None if it has gone (a backend of a psql that just ended)."""
+    try:
+        status = Path("/proc/%d/status" % (pid,)).read_text()
+        command = Path("/proc/%d/cmdline" % (pid,)).read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    uid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:"))
+    return uid, command
 
 
 def test_answers_psql_over_tcp_with_the_password(postgres_server, postgres_url):
@@ -67,9 +71,11 @@ def test_runs_as_nobody_and_keeps_the_password_to_root(postgres_server, postgres
     pids = postgres_server.server_pids()
     assert postgres_server.process.pid in pids and len(pids) > 1  # the postmaster and its helpers
     nobody = pwd.getpwnam(RUN_AS).pw_uid
-    for pid in pids:
-        assert _uid_of(pid) == nobody
-        assert password not in _cmdline(pid)
+    seen = {pid: _owner_and_command(pid) for pid in pids}
+    assert seen[postgres_server.process.pid] is not None
+    for owner, command in filter(None, seen.values()):
+        assert owner == nobody
+        assert password not in command
     # A refused attempt and a role with a password leave no password in the server's log.
     with pytest.raises(PsqlFailed):
         postgres_server.psql("SELECT 1", password="wrong-" + password[:4])

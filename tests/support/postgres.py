@@ -233,7 +233,9 @@ class PostgreSQL:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        wait_until(lambda: not self.server_pids(), timeout=timeout, what="gone")
+        # A killed process leaves its directory before it is dead: wait for both.
+        wait_until(lambda: not self.server_pids() and not any(alive(pid) for pid in self.pids),
+                   timeout=timeout, what="gone")
         return code
 
     def server_pids(self) -> list[int]:
