@@ -16,6 +16,7 @@ from support.admin_site import admin_site, ca_admin_site
 from support.api import apis
 from support.daemon import FAST, Daemon, Site
 from support.hostile import HostileCA
+from support.postgres import need_postgres
 from support.scep_capture import make_ca
 from support.stepca import StepCA
 from support.store import make_clock, migrated, started_store
@@ -307,6 +308,31 @@ def start_stepca(tmp_path):
     yield start
     for ca in started:
         ca.stop()
+
+
+# -- a real PostgreSQL server (issue 14: several nodes on one database) ----------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """support.postgres.PostgreSQL: one real server for the whole run, as nobody on a free loopback port,
+    password (scram-sha-256) on TCP; stopped by its pid at the end, leaving no process, and its directory removed."""
+    server = need_postgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """support.postgres.Database ``(url, password_file)``: a new, empty database on ``postgres_server`` for
+    this test, the superuser's URL without its password (that is in ``password_file``); dropped afterwards."""
+    database = postgres_server.fresh_database()
+    yield database
+    postgres_server.drop_database(database)
 
 
 @pytest.fixture(scope="module")

@@ -46,10 +46,26 @@ def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: f
     raise RuntimeError("nothing listening on port %d after %.0f s" % (port, timeout))
 
 
-def stop(process: subprocess.Popen, timeout: float = 10.0) -> int:
-    """SIGTERM by pid, then SIGKILL if it will not go."""
+def wait_until(ready, process: subprocess.Popen | None = None, timeout: float = 20.0, what: str = "ready") -> None:
+    """Poll ``ready()`` until it is true; fail early if ``process`` exits first.
+
+    For peers whose open port is not yet readiness (a database still
+    recovering answers its port but refuses sessions).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError("process exited with %s before it was %s" % (process.returncode, what))
+        if ready():
+            return
+        time.sleep(0.05)
+    raise RuntimeError("not %s after %.0f s" % (what, timeout))
+
+
+def stop(process: subprocess.Popen, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int:
+    """``sig`` (SIGTERM unless told) by pid, then SIGKILL if it will not go."""
     if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
+        os.kill(process.pid, sig)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
