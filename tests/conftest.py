@@ -376,23 +376,3 @@ async def web(store, clock, db_path, tmp_path):
     w = await build_web(store, clock, tmp_path, database=db_path)
     yield w
     await stop_web(w)
-
-
-# -- DEV ONLY: replaced by support.postgres's real server fixture at merge ------------------------
-@pytest.fixture
-def postgres_url(request):
-    import os
-    import uuid
-    from types import SimpleNamespace
-
-    import psycopg
-
-    base = os.environ.get("SCEPPROXYD_DEV_PG")
-    if not base:
-        pytest.skip("no PostgreSQL")
-    name = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
-        conn.execute("CREATE DATABASE " + name)
-    yield SimpleNamespace(url=base + "/" + name, password_file=None)
-    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
-        conn.execute("DROP DATABASE " + name + " WITH (FORCE)")

@@ -137,7 +137,8 @@ async def test_claim_two_calls_return_disjoint_sets(store, clock):
     )
     first = {c.host_uuid for c in one.claimed}
     second = {c.host_uuid for c in two.claimed}
-    assert len(one.claimed) == 30 and len(two.claimed) == 20
+    # On PostgreSQL the two run at once (several DB threads), so either may come first.
+    assert sorted([len(one.claimed), len(two.claimed)]) == [20, 30]
     assert first.isdisjoint(second) and len(first | second) == 50
 
 
