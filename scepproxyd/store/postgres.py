@@ -101,12 +101,24 @@ _UNAVAILABLE_CLASSES = {
 }
 
 
+def connection_problem(error) -> Exception:
+    """
+    What a failed connection means, as the store's error: StoreError for a refused login (a
+    configuration to fix), StoreUnavailable for a server that cannot be reached (try again later).
+    libpq's message names host, port and user, never the password.
+    """
+    text = " ".join(str(error).split())
+    if "authentication failed" in text or "no password supplied" in text or "does not exist" in text:
+        return StoreError(text)
+    return StoreUnavailable("cannot reach the database server: %s" % (text,))
+
+
 def unavailable_reason(error) -> str | None:
     """A short reason when ``error`` (a psycopg error) means "try again later", else None."""
     import psycopg
 
     if isinstance(error, psycopg.OperationalError) and getattr(error, "sqlstate", None) is None:
-        return "cannot reach the database server"
+        return "cannot reach the database server: %s" % (" ".join(str(error).split()),)
     state = getattr(error, "sqlstate", None) or ""
     meaning = _UNAVAILABLE_CLASSES.get(state[:2])
     return None if meaning is None else "%s (SQLSTATE %s)" % (meaning, state)
@@ -154,8 +166,7 @@ def connect(url: str, password: str | None = None, connect_timeout: float = 10.0
         raw = psycopg.connect(url, autocommit=True, cursor_factory=psycopg.ClientCursor,
                               connect_timeout=max(1, int(connect_timeout)), **kwargs)
     except psycopg.Error as e:
-        reason = unavailable_reason(e) or str(e).strip().splitlines()[0]
-        raise StoreUnavailable("%s (%s)" % (reason, redacted(url))) from None
+        raise connection_problem(e) from None
     raw.execute("SET TIME ZONE 'UTC'")
     return Connection(raw)
 
@@ -250,6 +261,7 @@ def open_pool(url: str, password: str | None, size: int, timeout: float, known: 
         pool.open(wait=True, timeout=timeout)
     except PoolTimeout:
         pool.close()
+        connect(url, password, timeout).close()  # says why (a refused login, a server down) ...
         raise StoreUnavailable("cannot reach the database server at %s" % (redacted(url),)) from None
     try:
         with pool.connection() as raw:

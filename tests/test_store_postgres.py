@@ -1,0 +1,112 @@
+"""What only PostgreSQL has: migrations from several nodes at once, its version table, its password, its server.
+
+The rest of the store's behaviour is tested on both engines by the other
+test_store modules (tests/conftest.py parametrizes them).
+"""
+
+import threading
+
+import psycopg
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from scepproxyd.store import Store, StoreError, StoreUnavailable
+from scepproxyd.store.postgres import redacted, translate
+from support.postgres import need_postgres
+from support.store import SCHEMA_VERSION, make_clock, seed
+
+
+def password_of(database) -> str:
+    return database.password_file.read_text().strip()
+
+
+def version_rows(database) -> list:
+    with psycopg.connect(database.url, password=password_of(database), autocommit=True) as db:
+        return db.execute("SELECT version FROM scepproxyd_schema").fetchall()
+
+
+def test_two_nodes_migrating_at_once_apply_each_schema_once(postgres_url):
+    results, errors = [], []
+
+    def migrate():
+        try:
+            results.append(Store.migrate(postgres_url.url, password=password_of(postgres_url)))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=migrate) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and results == [SCHEMA_VERSION] * 4
+    assert version_rows(postgres_url) == [(SCHEMA_VERSION,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_newer_than_the_code_is_refused(postgres_url):
+    password = password_of(postgres_url)
+    Store.migrate(postgres_url.url, password=password)
+    with psycopg.connect(postgres_url.url, password=password, autocommit=True) as db:
+        db.execute("UPDATE scepproxyd_schema SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="schema version %d, newer than this scepproxyd knows" % (SCHEMA_VERSION + 1)):
+        Store.migrate(postgres_url.url, password=password)
+    store = Store(postgres_url.url, reactor, clock=make_clock(), password=password)
+    with pytest.raises(StoreError, match="newer than this scepproxyd knows"):
+        await store.start()
+    await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_empty_database_is_refused_until_migrated(postgres_url):
+    store = Store(postgres_url.url, reactor, clock=make_clock(), password=password_of(postgres_url))
+    with pytest.raises(StoreError, match="run migrate first"):
+        await store.start()
+    await store.stop()
+
+
+def test_a_wrong_password_is_refused_without_showing_any_password(postgres_url):
+    with pytest.raises(StoreError) as refused:
+        Store.migrate(postgres_url.url, password="not-the-password")
+    assert "password authentication failed" in str(refused.value)
+    assert "not-the-password" not in str(refused.value) and password_of(postgres_url) not in str(refused.value)
+
+
+def test_urls_in_messages_never_carry_a_password():
+    assert redacted("postgresql://app:s3cret@db:5432/site") == "postgresql://app:***@db:5432/site"
+    assert redacted("postgresql://app@db/site") == "postgresql://app@db/site"
+
+
+def test_the_stores_sql_is_translated_once_for_psycopg():
+    assert translate("SELECT x FROM t WHERE a = ? AND b LIKE 'x%' LIMIT ?") == (
+        "SELECT x FROM t WHERE a = %s AND b LIKE 'x%%' LIMIT NULLIF(%s, -1)")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_goes_away_makes_the_store_unavailable_not_broken():
+    server = need_postgres().start()
+    try:
+        database = server.fresh_database()
+        password = password_of(database)
+        Store.migrate(database.url, password=password)
+        store = Store(database.url, reactor, clock=make_clock(), password=password, busy_timeout=2.0)
+        await store.start()
+        await seed(store)
+        server.stop()
+        with pytest.raises(StoreUnavailable) as down:
+            await store.list_hosts()
+        assert password not in str(down.value)
+        await store.stop()
+    finally:
+        server.stop()
+        server.remove()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unreachable_server_is_a_clear_start_up_error(postgres_server):
+    url = postgres_server.url.replace(":%d/" % postgres_server.port, ":1/")
+    store = Store(url, reactor, clock=make_clock(), password="x", busy_timeout=2.0)
+    with pytest.raises(StoreUnavailable, match="cannot reach the database server"):
+        await store.start()
+    await store.stop()
