@@ -14,7 +14,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from scepproxyd.store import Store
 from support.admin_site import admin_site, ca_admin_site
 from support.api import apis
-from support.daemon import FAST, Daemon, Site
+from support.daemon import FAST, HOLDS_DEVICES, Daemon, Site
 from support.hostile import HostileCA
 from support.scep_capture import make_ca
 from support.stepca import StepCA
@@ -222,6 +222,18 @@ def ca_site(tmp_path):
         code = daemon.stop()
         assert code in (0, -signal.SIGTERM), daemon.log()
         assert "Traceback" not in daemon.log(), daemon.log()
+
+
+@pytest.fixture(scope="module")
+def module_held_ca(tmp_path_factory):
+    """A second daemon whose built-in CA (support.daemon.HOLDS_DEVICES) issues an RA its certificate at once
+    and holds every device request for an admin: the upstream CA of an RA that must follow PENDING.
+    One per module, a support.daemon.Site; it must stop cleanly, with no traceback."""
+    daemon = Daemon(tmp_path_factory.mktemp("held-ca"), ca=HOLDS_DEVICES).start()
+    yield Site(daemon)
+    code = daemon.stop()
+    assert code in (0, -signal.SIGTERM), daemon.log()
+    assert "Traceback" not in daemon.log(), daemon.log()
 
 
 # -- a real upstream CA: micromdm scepserver ------------------------------------------------

@@ -327,12 +327,17 @@ class RaFlow:
             await self._settle_failed(ident, consumed, renews, put_back=False)
             raise UpstreamError("upstream CA's SUCCESS holds no certificate", answered=True, status=200)
         serial = serial_hex(certificate.serial_number)
-        await self._store.ra_certificate_issued(
+        recorded = await self._store.ra_certificate_issued(
             ident.host_uuid, ident.profile_uuid, serial, certificate.not_valid_before_utc.timestamp(),
             certificate.not_valid_after_utc.timestamp(), consumed=consumed, renewed_serial=renews,
         )
-        self.log.info("RA recorded certificate {serial} from CA {ca} for host {host} profile {profile}",
-                      serial=serial, ca=ident.ca_name, host=ident.host_uuid, profile=ident.profile_uuid)
+        if recorded:
+            self.log.info("RA recorded certificate {serial} from CA {ca} for host {host} profile {profile}",
+                          serial=serial, ca=ident.ca_name, host=ident.host_uuid, profile=ident.profile_uuid)
+        else:
+            self.log.warn("RA did not record certificate {serial} from CA {ca} for host {host} profile {profile}: "
+                          "the host profile is gone or holds a newer certificate", serial=serial, ca=ident.ca_name,
+                          host=ident.host_uuid, profile=ident.profile_uuid)
         return await self._answer(request, identity, "SUCCESS", "ok", upstream_status=200,
                                   certificates=[certificate])
 

@@ -1,0 +1,176 @@
+"""A certificate's life through the RA, with real peers: renewal, renew_certificates, PENDING, FAILURE.
+
+One daemon under twistd (the proxy) serves every test, each with its own CA
+integration in ``ra`` mode and its own hosts, set up through the admin and
+agent APIs (support.ra_site). Upstream are micromdm scepserver and, for a
+CA that holds requests for an admin, the built-in CA of a second daemon.
+The devices are micromdm scepclient and strongSwan ``pki --scep``.
+
+What is proved: a device renews with a RenewalReq signed by the certificate
+recorded on its host profile, through the same proxy URL, and the RA asks
+upstream with its own PKCSReq; the new certificate is recorded at once. A
+renewal signed by anything else, or by a certificate renewed already, is
+refused before the CA sees it. ``renew_certificates`` works from the dates
+the RA recorded, with no report from an agent. A PENDING upstream answer is
+followed through the device's polls until the upstream admin approves; an
+upstream FAILURE reaches the device with the upstream's failInfo, signed by
+the RA, and counts on the host profile.
+"""
+
+import shutil
+
+import pytest
+import pytest_twisted
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import threads
+
+from scepproxyd.timestamps import utc_iso
+from support.certs import self_signed
+from support.clients import load, openssl_verify, pki
+from support.ra_site import add_host, deliver, device, ra_site, strongswan_args
+from support.site import challenge_from_url, host_profile_status, move_certificate_into_renewal_window
+
+pytestmark = pytest.mark.daemon(profiles={"process_interval": "1h"})  # the tests run the jobs
+
+
+def serial(path) -> str:
+    return "%x" % load(path).serial_number
+
+
+def copy_device(source, target, certificate=None):
+    """A device directory holding ``source``'s key and ``certificate`` (default: its client.pem) as client.pem."""
+    target.mkdir(parents=True)
+    shutil.copy(source / "key.pem", target / "key.pem")
+    if certificate is not None:
+        (target / "client.pem").write_bytes(certificate)
+    else:
+        shutil.copy(source / "client.pem", target / "client.pem")
+    return target
+
+
+def refused(result) -> bool:
+    return result.returncode != 0 and "failInfo: badRequest" in result.stdout + result.stderr
+
+
+# -- renewal ---------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_scepclient_renews_with_the_recorded_certificate_and_nothing_else(tmp_path, module_daemon,
+                                                                                 module_upstream):
+    daemon, upstream = module_daemon, module_upstream
+    admin, agent_a, profile, ca = await ra_site(daemon, upstream, host="RENEW-A", name="RENEW_CA")
+    agent_b = await add_host(admin, daemon, "RENEW-B", profile)
+    url, challenge, cn = await deliver(admin, agent_a, profile, host="RENEW-A")
+    url_b, challenge_b, cn_b = await deliver(admin, agent_b, profile, host="RENEW-B")
+    a, b = tmp_path / "a", tmp_path / "b"
+    for workdir, target, secret, name in ((a, url, challenge, cn), (b, url_b, challenge_b, cn_b)):
+        result = await threads.deferToThread(device, workdir, target, secret, name)
+        assert result.returncode == 0, result.stdout + result.stderr
+    first = load(a / "client.pem")
+    enrolled = await host_profile_status(admin, "RENEW-A", profile)
+    assert (enrolled["status"], enrolled["cert_serial"]) == ("verified", serial(a / "client.pem"))
+    before = upstream.operations("PKIOperation")
+
+    # Signed by another host's certificate from the same CA, or by a self-signed one: refused, never upstream.
+    other_host = copy_device(b, tmp_path / "b-at-a")
+    own_key = serialization.load_pem_private_key((a / "key.pem").read_bytes(), None)
+    self_made = copy_device(a, tmp_path / "self-signed",
+                            self_signed(cn, key=own_key)[0].public_bytes(serialization.Encoding.PEM))
+    for workdir in (other_host, self_made):
+        result = await threads.deferToThread(device, workdir, url, None, cn)
+        assert refused(result), (workdir.name, result.stdout + result.stderr)
+    assert upstream.operations("PKIOperation") == before
+    assert await host_profile_status(admin, "RENEW-A", profile) == enrolled
+
+    # Its own certificate, through the same proxy URL (its challenge spent long ago): a RenewalReq.
+    old = (a / "client.pem").read_bytes()
+    result = await threads.deferToThread(device, a, url, None, cn)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert upstream.operations("PKIOperation") == before + 1
+    renewed = load(a / "client.pem")
+    openssl_verify(upstream.ca_pem, a / "client.pem")
+    assert renewed.serial_number != first.serial_number and renewed.subject == first.subject
+    row = await host_profile_status(admin, "RENEW-A", profile)
+    assert (row["status"], row["cert_serial"]) == ("verified", "%x" % renewed.serial_number)
+    assert row["cert_not_after"] == utc_iso(renewed.not_valid_after_utc.timestamp()) >= enrolled["cert_not_after"]
+    assert renewed.not_valid_before_utc >= first.not_valid_before_utc
+
+    # The old certificate again, after its renewal: refused, never upstream, the new one stays recorded.
+    result = await threads.deferToThread(device, copy_device(a, tmp_path / "old", old), url, None, cn)
+    assert refused(result), result.stdout + result.stderr
+    assert upstream.operations("PKIOperation") == before + 1
+    assert await host_profile_status(admin, "RENEW-A", profile) == row
+
+    log = daemon.log()
+    assert log.count("outcome=renewal_refused") == 3
+    for secret in (challenge, challenge_from_url(url), challenge_from_url(url_b)):
+        assert secret not in log
+
+
+def strongswan(workdir, url, challenge, cn, *extra):
+    """strongSwan ``pki --scep`` through the RA (a new key in ``workdir``): the finished run, its certificate
+    in ``workdir``/cert.der on success."""
+    result = pki(*strongswan_args(workdir, url, challenge, cn, *extra))
+    if result.returncode == 0:
+        (workdir / "cert.der").write_bytes(result.stdout)
+    return result
+
+
+@pytest_twisted.ensureDeferred
+async def test_strongswan_renews_with_a_new_key(tmp_path, module_daemon, module_upstream):
+    daemon, upstream = module_daemon, module_upstream
+    admin, agent, profile, ca = await ra_site(daemon, upstream, host="RENEW-S", name="SWAN_CA")
+    url, challenge, cn = await deliver(admin, agent, profile, host="RENEW-S")
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    result = await threads.deferToThread(strongswan, first_dir, url, challenge, cn)
+    assert result.returncode == 0, result.stderr.decode()
+    first = load(first_dir / "cert.der")
+    assert (await host_profile_status(admin, "RENEW-S", profile))["cert_serial"] == "%x" % first.serial_number
+
+    result = await threads.deferToThread(strongswan, second_dir, url, challenge, cn, "--cert", str(first_dir / "cert.der"),
+                                         "--key", str(first_dir / "key.der"))
+    assert result.returncode == 0, result.stderr.decode()
+    renewed = load(second_dir / "cert.der")
+    assert renewed.serial_number != first.serial_number
+    assert renewed.public_key() != first.public_key()
+    row = await host_profile_status(admin, "RENEW-S", profile)
+    assert (row["status"], row["cert_serial"]) == ("verified", "%x" % renewed.serial_number)
+
+
+# -- renew_certificates ------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_renew_certificates_uses_the_dates_the_ra_recorded(tmp_path, module_daemon, module_upstream):
+    daemon, upstream = module_daemon, module_upstream
+    admin, agent, profile, ca = await ra_site(daemon, upstream, host="RENEW-J", name="JOB_CA")
+    url, challenge, cn = await deliver(admin, agent, profile, host="RENEW-J")
+    result = await threads.deferToThread(device, tmp_path / "first", url, challenge, cn)
+    assert result.returncode == 0, result.stdout + result.stderr
+    first = load(tmp_path / "first" / "client.pem")
+    row = await host_profile_status(admin, "RENEW-J", profile)
+    assert (row["status"], row["cert_serial"]) == ("verified", "%x" % first.serial_number)
+
+    # Not due yet: the job leaves it alone. No agent ever reported a certificate.
+    await admin.acall("POST", "/api/v1/jobs/renew_certificates")
+    assert (await host_profile_status(admin, "RENEW-J", profile))["status"] == "verified"
+    move_certificate_into_renewal_window(daemon, "RENEW-J", profile)
+    answer = await admin.acall("POST", "/api/v1/jobs/renew_certificates")
+    assert answer["result"]["renewals_due"] >= 1, answer
+    row = await host_profile_status(admin, "RENEW-J", profile)
+    assert row["status"] is None and row["cert_serial"] == "%x" % first.serial_number
+
+    # The profile goes out again with a fresh one-time challenge in its URL; the Mac enrolls anew through the RA.
+    again, challenge, cn_again = await deliver(admin, agent, profile, host="RENEW-J")
+    assert challenge_from_url(again) != challenge_from_url(url) and cn_again == cn
+    result = await threads.deferToThread(device, tmp_path / "second", again, challenge, cn)
+    assert result.returncode == 0, result.stdout + result.stderr
+    second = load(tmp_path / "second" / "client.pem")
+    assert second.serial_number != first.serial_number
+    row = await host_profile_status(admin, "RENEW-J", profile)
+    assert (row["status"], row["cert_serial"]) == ("verified", "%x" % second.serial_number)
+    assert row["cert_not_after"] == utc_iso(second.not_valid_after_utc.timestamp())
+    # Its new dates are far from the window: the next run leaves it alone.
+    await admin.acall("POST", "/api/v1/jobs/renew_certificates")
+    assert (await host_profile_status(admin, "RENEW-J", profile))["status"] == "verified"
