@@ -18,17 +18,20 @@ the RA, and counts on the host profile.
 """
 
 import shutil
+import subprocess
 
 import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives import serialization
-from twisted.internet import threads
+from twisted.internet import reactor, threads
+from twisted.internet.task import deferLater
 
 from scepproxyd.timestamps import utc_iso
 from support.certs import self_signed
 from support.clients import load, openssl_verify, pki
+from support.processes import need
 from support.ra_site import add_host, deliver, device, ra_site, strongswan_args
-from support.site import challenge_from_url, host_profile_status, move_certificate_into_renewal_window
+from support.site import OU, challenge_from_url, host_profile_status, move_certificate_into_renewal_window
 
 pytestmark = pytest.mark.daemon(profiles={"process_interval": "1h"})  # the tests run the jobs
 
@@ -174,3 +177,68 @@ async def test_renew_certificates_uses_the_dates_the_ra_recorded(tmp_path, modul
     # Its new dates are far from the window: the next run leaves it alone.
     await admin.acall("POST", "/api/v1/jobs/renew_certificates")
     assert (await host_profile_status(admin, "RENEW-J", profile))["status"] == "verified"
+
+
+# -- PENDING upstream --------------------------------------------------------------------------------
+
+
+async def until(check, what: str, tries: int = 300):
+    """``check()`` until it returns something true (every 0.1 s, ``tries`` times); its last value."""
+    for _ in range(tries):
+        value = check()
+        if value:
+            return value
+        await deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError("still waiting for " + what)
+
+
+def held_requests(held, status: str) -> list:
+    """The upstream built-in CA's requests with ``status``, through its admin API."""
+    code, answer = held.admin("GET", "/api/v1/ca/requests?status=" + status)
+    assert code == 200, answer
+    return answer["requests"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pending_upstream_is_followed_until_its_admin_approves(tmp_path, module_daemon, module_held_ca):
+    daemon, held = module_daemon, module_held_ca
+    admin, agent, profile, ca = await ra_site(daemon, held.scep_url, host="HELD-1", name="HELD_CA",
+                                              challenge=held.static_challenge)
+    assert ca["ra"]["certificate"] == "enrolled"  # the RA's own request is the one the upstream issues at once
+    url, challenge, cn = await deliver(admin, agent, profile, host="HELD-1")
+    # strongSwan polls with CertPoll every second after PENDING.
+    args = strongswan_args(tmp_path / "swan", url, challenge, cn, "--interval", "1", "--maxpolltime", "120")
+    client = subprocess.Popen([need("pki"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        (waiting,) = await until(lambda: held_requests(held, "pending"), "the upstream's pending request")
+        assert waiting["subject"] == "CN=%s,OU=%s" % (cn, OU)
+        assert waiting["requester"] == "127.0.0.1"  # the RA asked, over SCEP, from the daemon
+        polls = "proxy PKIOperation host=HELD-1 profile=%s ca=HELD_CA outcome=pending" % (profile,)
+        await until(lambda: daemon.log().count(polls) >= 2, "the device to poll while PENDING")
+        row = await host_profile_status(admin, "HELD-1", profile)
+        assert (row["status"], row["cert_serial"], row["retries"]) == ("pending", None, 0)
+
+        approved = held.ctl("builtin-ca", "approve", waiting["transaction_id"])
+        assert approved.returncode == 0, approved.stderr
+        out, err = await threads.deferToThread(client.communicate, timeout=120)
+    finally:
+        if client.poll() is None:
+            client.terminate()
+            client.wait(10)
+    assert client.returncode == 0, err.decode()
+    (tmp_path / "cert.der").write_bytes(out)
+    openssl_verify(held.ca_pem, tmp_path / "cert.der", der=True)
+    certificate = load(tmp_path / "cert.der")
+    assert certificate.subject.rfc4514_string() == waiting["subject"]
+    row = await host_profile_status(admin, "HELD-1", profile)
+    assert (row["status"], row["cert_serial"]) == ("verified", "%x" % certificate.serial_number)
+    issued = {r["transaction_id"]: r["subject"] for r in held_requests(held, "issued")}
+    assert issued[waiting["transaction_id"]] == waiting["subject"]
+
+    upstream_log = held.daemon.log()
+    transaction = "transaction=%s " % (waiting["transaction_id"],)
+    assert "type=PKCSReq %soutcome=pending" % (transaction,) in upstream_log
+    assert "type=CertPoll %soutcome=delivered" % (transaction,) in upstream_log
+    log = daemon.log()
+    assert "host=HELD-1 profile=%s ca=HELD_CA outcome=ok" % (profile,) in log
+    assert challenge_from_url(url) not in log and held.static_challenge not in log
