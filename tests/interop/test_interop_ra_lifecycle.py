@@ -242,3 +242,40 @@ async def test_pending_upstream_is_followed_until_its_admin_approves(tmp_path, m
     log = daemon.log()
     assert "host=HELD-1 profile=%s ca=HELD_CA outcome=ok" % (profile,) in log
     assert challenge_from_url(url) not in log and held.static_challenge not in log
+
+
+# -- FAILURE upstream --------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_failure_is_relayed_signed_by_the_ra_and_counted(tmp_path, module_daemon, module_upstream):
+    daemon, upstream = module_daemon, module_upstream
+    admin, agent, profile, ca = await ra_site(daemon, upstream, host="REFUSED-1", name="REFUSING_CA")
+    assert ca["ra"]["certificate"] == "enrolled"
+    # The admin then saves a challenge scepserver does not know: every request the RA sends is refused there.
+    await admin.acall("PATCH", "/api/v1/cas/REFUSING_CA", {"challenge": "not-scepservers-challenge"})
+    before = upstream.operations("PKIOperation")
+
+    url, challenge, cn = await deliver(admin, agent, profile, host="REFUSED-1")
+    result = await threads.deferToThread(device, tmp_path / "scepclient", url, challenge, cn)
+    assert result.returncode != 0
+    assert "request failed, failInfo: badRequest" in result.stdout + result.stderr
+    assert upstream.operations("PKIOperation") == before + 1
+    row = await host_profile_status(admin, "REFUSED-1", profile)
+    assert (row["status"], row["retries"], row["cert_serial"]) == (None, 1, None)
+    assert row["detail"] == "upstream CA refused the request (badRequest)"
+
+    # strongSwan takes the CertRep's signer from --cacert-sig: the RA's certificate alone.
+    url, challenge, cn = await deliver(admin, agent, profile, host="REFUSED-1")
+    result = await threads.deferToThread(strongswan, tmp_path / "swan", url, challenge, cn)
+    assert result.returncode != 0
+    said = result.stderr.decode()
+    assert 'using trusted certificate "O=scepproxyd, CN=scepproxyd RA for REFUSING_CA"' in said, said
+    assert "failInfo:     badRequest" in said, said
+    assert upstream.operations("PKIOperation") == before + 2
+    row = await host_profile_status(admin, "REFUSED-1", profile)
+    assert (row["status"], row["retries"]) == (None, 2)
+    assert row["detail"] == "upstream CA refused the request (badRequest)"
+    log = daemon.log()
+    assert log.count("host=REFUSED-1 profile=%s ca=REFUSING_CA outcome=ca_refused" % (profile,)) == 2
+    assert "not-scepservers-challenge" not in log and challenge_from_url(url) not in log
