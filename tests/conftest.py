@@ -14,6 +14,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from scepproxyd.store import Store
 from support.admin_site import admin_site, ca_admin_site
 from support.api import apis
+from support.certmonger import Certmonger
 from support.daemon import FAST, HOLDS_DEVICES, Daemon, Site
 from support.hostile import HostileCA
 from support.scep_capture import make_ca
@@ -253,6 +254,27 @@ def module_upstream(tmp_path_factory):
     server = ScepServer(tmp_path_factory.mktemp("upstream"), CHALLENGE).start()
     yield server
     server.stop()
+
+
+# -- certmonger, a real SCEP client daemon -------------------------------------------------------
+
+
+@pytest.fixture
+def certmonger(tmp_path):
+    """support.certmonger.Certmonger on a private socket in ``tmp_path``; stopped by its pid, and gone afterwards."""
+    client = Certmonger(tmp_path / "certmonger").start()
+    pid = client.process.pid
+    yield client
+    client.stop()
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open("/proc/%d/stat" % (pid,)) as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 # -- a second real upstream CA: step-ca ------------------------------------------------------

@@ -27,6 +27,7 @@ from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
 from scepproxyd.timestamps import utc_iso
+from support.certmonger import Certmonger
 from support.certs import self_signed
 from support.clients import load, openssl_verify, pki
 from support.processes import need
@@ -139,6 +140,42 @@ async def test_strongswan_renews_with_a_new_key(tmp_path, module_daemon, module_
     assert renewed.public_key() != first.public_key()
     row = await host_profile_status(admin, "RENEW-S", profile)
     assert (row["status"], row["cert_serial"]) == ("verified", "%x" % renewed.serial_number)
+
+
+@pytest_twisted.ensureDeferred
+async def test_certmonger_resubmit_renews_with_its_current_certificate(module_daemon, module_upstream, certmonger):
+    """certmonger renews as the SCEP drafts did: a PKCSReq signed by the certificate it renews (its log says
+    "Signing using previously-issued key and cert"), which the RA takes as a renewal."""
+    daemon, upstream = module_daemon, module_upstream
+    admin, agent, profile, ca = await ra_site(daemon, upstream, host="RENEW-C", name="CERTMONGER_CA")
+    url, challenge, cn = await deliver(admin, agent, profile, host="RENEW-C")
+    await threads.deferToThread(certmonger.add_scep_ca, "ra", url, upstream.ca_pem)
+    # certmonger (NSS) writes the subject's RDNs in the order given: the profile's order.
+    await threads.deferToThread(certmonger.request, "wifi", "ra", "OU=%s,CN=%s" % (OU, cn), challenge)
+    fields = await threads.deferToThread(certmonger.wait_for, "wifi", Certmonger.DONE, Certmonger.REJECTED,
+                                         Certmonger.UNREACHABLE)
+    assert fields["status"] == Certmonger.DONE, fields
+    path = certmonger.certificate_path("wifi")
+    first = load(path)
+    assert (await host_profile_status(admin, "RENEW-C", profile))["cert_serial"] == "%x" % first.serial_number
+    before = upstream.operations("PKIOperation")
+
+    # The URL's one-time challenge was spent on the enrollment: only the certificate can renew now.
+    await threads.deferToThread(certmonger.resubmit, "wifi")
+    await until(lambda: load(path).serial_number != first.serial_number or
+                certmonger.status("wifi")["status"] in (Certmonger.REJECTED, Certmonger.UNREACHABLE),
+                "certmonger's renewal")
+    fields = await threads.deferToThread(certmonger.wait_for, "wifi", Certmonger.DONE, Certmonger.REJECTED,
+                                         Certmonger.UNREACHABLE)
+    assert fields["status"] == Certmonger.DONE, fields
+    assert "Signing using previously-issued key and cert" in certmonger.log()
+    renewed = load(path)
+    assert renewed.serial_number != first.serial_number and renewed.subject == first.subject
+    openssl_verify(upstream.ca_pem, path)
+    assert upstream.operations("PKIOperation") == before + 1
+    row = await host_profile_status(admin, "RENEW-C", profile)
+    assert (row["status"], row["cert_serial"]) == ("verified", "%x" % renewed.serial_number)
+    assert "host=RENEW-C profile=%s ca=CERTMONGER_CA outcome=challenge" % (profile,) not in daemon.log()
 
 
 # -- renew_certificates ------------------------------------------------------------------------------
