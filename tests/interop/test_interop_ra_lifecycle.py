@@ -27,6 +27,7 @@ from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
 from scepproxyd.timestamps import utc_iso
+from support.api import Api
 from support.certmonger import Certmonger
 from support.certs import self_signed
 from support.clients import load, openssl_verify, pki
@@ -236,6 +237,30 @@ def held_requests(held, status: str) -> list:
     return answer["requests"]
 
 
+async def approved_upstream(daemon, held, host, profile, args):
+    """strongSwan ``pki`` with ``args`` (polling every second) through the RA to ``held``: once its request waits
+    there and the device has polled at least once, the upstream's admin approves it. (the certificate strongSwan
+    wrote, the upstream's request as its admin API lists it)."""
+    polls = "proxy PKIOperation host=%s profile=%s ca=HELD_CA outcome=pending" % (host, profile)
+    polled = daemon.log().count(polls)
+    client = subprocess.Popen([need("pki"), *args, "--interval", "1", "--maxpolltime", "120"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        (waiting,) = await until(lambda: held_requests(held, "pending"), "the upstream's pending request")
+        await until(lambda: daemon.log().count(polls) >= polled + 2, "the device to poll while PENDING")
+        row = await host_profile_status(Api(daemon.admin_url, daemon.admin_token), host, profile)
+        assert row["retries"] == 0 and row["detail"] is None, row
+        code, approved = held.admin("POST", "/api/v1/ca/requests/%s/approve" % (waiting["transaction_id"],))
+        assert (code, approved["status"]) == (200, "approved"), approved
+        out, err = await threads.deferToThread(client.communicate, timeout=120)
+    finally:
+        if client.poll() is None:
+            client.terminate()
+            client.wait(10)
+    assert client.returncode == 0, err.decode()
+    return out, waiting
+
+
 @pytest_twisted.ensureDeferred
 async def test_pending_upstream_is_followed_until_its_admin_approves(tmp_path, module_daemon, module_held_ca):
     daemon, held = module_daemon, module_held_ca
@@ -243,26 +268,11 @@ async def test_pending_upstream_is_followed_until_its_admin_approves(tmp_path, m
                                               challenge=held.static_challenge)
     assert ca["ra"]["certificate"] == "enrolled"  # the RA's own request is the one the upstream issues at once
     url, challenge, cn = await deliver(admin, agent, profile, host="HELD-1")
-    # strongSwan polls with CertPoll every second after PENDING.
-    args = strongswan_args(tmp_path / "swan", url, challenge, cn, "--interval", "1", "--maxpolltime", "120")
-    client = subprocess.Popen([need("pki"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        (waiting,) = await until(lambda: held_requests(held, "pending"), "the upstream's pending request")
-        assert waiting["subject"] == "CN=%s,OU=%s" % (cn, OU)
-        assert waiting["requester"] == "127.0.0.1"  # the RA asked, over SCEP, from the daemon
-        polls = "proxy PKIOperation host=HELD-1 profile=%s ca=HELD_CA outcome=pending" % (profile,)
-        await until(lambda: daemon.log().count(polls) >= 2, "the device to poll while PENDING")
-        row = await host_profile_status(admin, "HELD-1", profile)
-        assert (row["status"], row["cert_serial"], row["retries"]) == ("pending", None, 0)
-
-        approved = held.ctl("builtin-ca", "approve", waiting["transaction_id"])
-        assert approved.returncode == 0, approved.stderr
-        out, err = await threads.deferToThread(client.communicate, timeout=120)
-    finally:
-        if client.poll() is None:
-            client.terminate()
-            client.wait(10)
-    assert client.returncode == 0, err.decode()
+    # strongSwan polls with CertPoll every second after PENDING; the host profile waits with it.
+    args = strongswan_args(tmp_path / "swan", url, challenge, cn)
+    out, waiting = await approved_upstream(daemon, held, "HELD-1", profile, args)
+    assert waiting["subject"] == "CN=%s,OU=%s" % (cn, OU)
+    assert waiting["requester"] == "127.0.0.1"  # the RA asked, over SCEP, from the daemon
     (tmp_path / "cert.der").write_bytes(out)
     openssl_verify(held.ca_pem, tmp_path / "cert.der", der=True)
     certificate = load(tmp_path / "cert.der")
@@ -279,6 +289,22 @@ async def test_pending_upstream_is_followed_until_its_admin_approves(tmp_path, m
     log = daemon.log()
     assert "host=HELD-1 profile=%s ca=HELD_CA outcome=ok" % (profile,) in log
     assert challenge_from_url(url) not in log and held.static_challenge not in log
+
+    # The device renews: its RenewalReq goes upstream as the RA's own PKCSReq, waits, and is polled for.
+    renewal = tmp_path / "renewal"
+    args = strongswan_args(renewal, url, challenge, cn, "--cert", str(tmp_path / "cert.der"),
+                           "--key", str(tmp_path / "swan" / "key.der"))
+    out, waiting = await approved_upstream(daemon, held, "HELD-1", profile, args)
+    (renewal / "cert.der").write_bytes(out)
+    renewed = load(renewal / "cert.der")
+    assert renewed.serial_number != certificate.serial_number and renewed.subject == certificate.subject
+    row = await host_profile_status(admin, "HELD-1", profile)
+    assert (row["status"], row["cert_serial"]) == ("verified", "%x" % renewed.serial_number)
+    upstream_log = held.daemon.log()
+    transaction = "transaction=%s " % (waiting["transaction_id"],)
+    assert "type=PKCSReq %soutcome=pending" % (transaction,) in upstream_log
+    assert "type=CertPoll %soutcome=delivered" % (transaction,) in upstream_log
+    assert "type=RenewalReq" not in upstream_log
 
 
 # -- FAILURE upstream --------------------------------------------------------------------------------
