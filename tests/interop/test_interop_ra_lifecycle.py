@@ -17,6 +17,7 @@ upstream FAILURE reaches the device with the upstream's failInfo, signed by
 the RA, and counts on the host profile.
 """
 
+import re
 import shutil
 import subprocess
 
@@ -237,28 +238,37 @@ def held_requests(held, status: str) -> list:
     return answer["requests"]
 
 
-async def approved_upstream(daemon, held, host, profile, args):
-    """strongSwan ``pki`` with ``args`` (polling every second) through the RA to ``held``: once its request waits
-    there and the device has polled at least once, the upstream's admin approves it. (the certificate strongSwan
-    wrote, the upstream's request as its admin API lists it)."""
-    polls = "proxy PKIOperation host=%s profile=%s ca=HELD_CA outcome=pending" % (host, profile)
-    polled = daemon.log().count(polls)
+async def decided_upstream(daemon, held, host, profile, cn, args, decision="approve", body=None):
+    """strongSwan ``pki`` with ``args`` (polling every second) through the RA to ``held``: once its request for
+    the profile's subject with ``cn`` waits there and the device has polled at least once, the upstream's admin
+    makes ``decision`` (approve, reject). (the finished pki run, the upstream's request as its admin API listed
+    it while it waited)."""
+    subject = "CN=%s,OU=%s" % (cn, OU)
+    polls = re.compile(r"proxy PKIOperation host=%s profile=%s ca=\w+ outcome=pending" % (host, profile))
+    polled = len(polls.findall(daemon.log()))
     client = subprocess.Popen([need("pki"), *args, "--interval", "1", "--maxpolltime", "120"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        (waiting,) = await until(lambda: held_requests(held, "pending"), "the upstream's pending request")
-        await until(lambda: daemon.log().count(polls) >= polled + 2, "the device to poll while PENDING")
+        (waiting,) = await until(lambda: [r for r in held_requests(held, "pending") if r["subject"] == subject],
+                                 "the upstream's pending request")
+        await until(lambda: len(polls.findall(daemon.log())) >= polled + 2, "the device to poll while PENDING")
         row = await host_profile_status(Api(daemon.admin_url, daemon.admin_token), host, profile)
         assert row["retries"] == 0 and row["detail"] is None, row
-        code, approved = held.admin("POST", "/api/v1/ca/requests/%s/approve" % (waiting["transaction_id"],))
-        assert (code, approved["status"]) == (200, "approved"), approved
+        code, decided = held.admin("POST", "/api/v1/ca/requests/%s/%s" % (waiting["transaction_id"], decision), body)
+        assert code == 200, decided
         out, err = await threads.deferToThread(client.communicate, timeout=120)
     finally:
         if client.poll() is None:
             client.terminate()
             client.wait(10)
-    assert client.returncode == 0, err.decode()
-    return out, waiting
+    return subprocess.CompletedProcess(args, client.returncode, out, err), waiting
+
+
+async def approved_upstream(daemon, held, host, profile, cn, args):
+    """decided_upstream, approved: (the certificate strongSwan wrote, the upstream's request)."""
+    result, waiting = await decided_upstream(daemon, held, host, profile, cn, args)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout, waiting
 
 
 @pytest_twisted.ensureDeferred
@@ -270,8 +280,7 @@ async def test_pending_upstream_is_followed_until_its_admin_approves(tmp_path, m
     url, challenge, cn = await deliver(admin, agent, profile, host="HELD-1")
     # strongSwan polls with CertPoll every second after PENDING; the host profile waits with it.
     args = strongswan_args(tmp_path / "swan", url, challenge, cn)
-    out, waiting = await approved_upstream(daemon, held, "HELD-1", profile, args)
-    assert waiting["subject"] == "CN=%s,OU=%s" % (cn, OU)
+    out, waiting = await approved_upstream(daemon, held, "HELD-1", profile, cn, args)
     assert waiting["requester"] == "127.0.0.1"  # the RA asked, over SCEP, from the daemon
     (tmp_path / "cert.der").write_bytes(out)
     openssl_verify(held.ca_pem, tmp_path / "cert.der", der=True)
@@ -294,7 +303,7 @@ async def test_pending_upstream_is_followed_until_its_admin_approves(tmp_path, m
     renewal = tmp_path / "renewal"
     args = strongswan_args(renewal, url, challenge, cn, "--cert", str(tmp_path / "cert.der"),
                            "--key", str(tmp_path / "swan" / "key.der"))
-    out, waiting = await approved_upstream(daemon, held, "HELD-1", profile, args)
+    out, waiting = await approved_upstream(daemon, held, "HELD-1", profile, cn, args)
     (renewal / "cert.der").write_bytes(out)
     renewed = load(renewal / "cert.der")
     assert renewed.serial_number != certificate.serial_number and renewed.subject == certificate.subject
@@ -305,6 +314,28 @@ async def test_pending_upstream_is_followed_until_its_admin_approves(tmp_path, m
     assert "type=PKCSReq %soutcome=pending" % (transaction,) in upstream_log
     assert "type=CertPoll %soutcome=delivered" % (transaction,) in upstream_log
     assert "type=RenewalReq" not in upstream_log
+
+
+@pytest_twisted.ensureDeferred
+async def test_pending_upstream_rejected_reaches_the_polling_device_as_failure(tmp_path, module_daemon,
+                                                                              module_held_ca):
+    daemon, held = module_daemon, module_held_ca
+    admin, agent, profile, ca = await ra_site(daemon, held.scep_url, host="HELD-2", name="REJECTING_CA",
+                                              challenge=held.static_challenge)
+    url, challenge, cn = await deliver(admin, agent, profile, host="HELD-2")
+    args = strongswan_args(tmp_path / "swan", url, challenge, cn)
+    result, waiting = await decided_upstream(daemon, held, "HELD-2", profile, cn, args, "reject",
+                                             {"reason": "unknown device"})
+    assert result.returncode != 0
+    said = result.stderr.decode()
+    assert 'using trusted certificate "O=scepproxyd, CN=scepproxyd RA for REJECTING_CA"' in said, said
+    assert "failInfo:     badRequest" in said, said
+    row = await host_profile_status(admin, "HELD-2", profile)
+    assert (row["status"], row["retries"], row["cert_serial"]) == (None, 1, None)
+    assert row["detail"] == "upstream CA refused the request (badRequest)"
+    transaction = "transaction=%s " % (waiting["transaction_id"],)
+    assert "type=CertPoll %soutcome=rejected" % (transaction,) in held.daemon.log()
+    assert "host=HELD-2 profile=%s ca=REJECTING_CA outcome=ca_refused" % (profile,) in daemon.log()
 
 
 # -- FAILURE upstream --------------------------------------------------------------------------------
