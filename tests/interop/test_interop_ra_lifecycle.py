@@ -3,18 +3,22 @@
 One daemon under twistd (the proxy) serves every test, each with its own CA
 integration in ``ra`` mode and its own hosts, set up through the admin and
 agent APIs (support.ra_site). Upstream are micromdm scepserver and, for a
-CA that holds requests for an admin, the built-in CA of a second daemon.
-The devices are micromdm scepclient and strongSwan ``pki --scep``.
+CA that holds requests for an admin, the built-in CA of a second daemon
+(conftest ``module_held_ca``). The devices are micromdm scepclient,
+strongSwan ``pki --scep`` and certmonger.
 
-What is proved: a device renews with a RenewalReq signed by the certificate
-recorded on its host profile, through the same proxy URL, and the RA asks
-upstream with its own PKCSReq; the new certificate is recorded at once. A
-renewal signed by anything else, or by a certificate renewed already, is
-refused before the CA sees it. ``renew_certificates`` works from the dates
-the RA recorded, with no report from an agent. A PENDING upstream answer is
-followed through the device's polls until the upstream admin approves; an
-upstream FAILURE reaches the device with the upstream's failInfo, signed by
-the RA, and counts on the host profile.
+What is proved: a device renews through the same proxy URL with its
+current certificate, the one recorded on its host profile (scepclient's and
+strongSwan's RenewalReq, certmonger's PKCSReq signed by that certificate),
+and the RA asks upstream with its own PKCSReq; the new certificate is
+recorded at once. A renewal signed by anything else, or by a certificate
+renewed already, is refused before the CA sees it. ``renew_certificates``
+works from the dates the RA recorded, with no report from an agent. A
+PENDING upstream answer is followed through the device's CertPolls until
+the upstream's admin approves (or rejects); an upstream FAILURE reaches the
+device with the upstream's failInfo, signed by the RA, and counts on the
+host profile. (scepclient polls by resending every 30 seconds, too slow to
+wait for here; strongSwan polls every second.)
 """
 
 import re
@@ -55,6 +59,7 @@ def copy_device(source, target, certificate=None):
 
 
 def refused(result) -> bool:
+    """scepclient ended on a FAILURE badRequest CertRep."""
     return result.returncode != 0 and "failInfo: badRequest" in result.stdout + result.stderr
 
 
@@ -164,9 +169,16 @@ async def test_certmonger_resubmit_renews_with_its_current_certificate(module_da
 
     # The URL's one-time challenge was spent on the enrollment: only the certificate can renew now.
     await threads.deferToThread(certmonger.resubmit, "wifi")
-    await until(lambda: load(path).serial_number != first.serial_number or
-                certmonger.status("wifi")["status"] in (Certmonger.REJECTED, Certmonger.UNREACHABLE),
-                "certmonger's renewal")
+
+    def settled():
+        if certmonger.status("wifi")["status"] in (Certmonger.REJECTED, Certmonger.UNREACHABLE):
+            return True
+        try:
+            return load(path).serial_number != first.serial_number
+        except ValueError:  # being written
+            return False
+
+    await until(settled, "certmonger's renewal")
     fields = await threads.deferToThread(certmonger.wait_for, "wifi", Certmonger.DONE, Certmonger.REJECTED,
                                          Certmonger.UNREACHABLE)
     assert fields["status"] == Certmonger.DONE, fields
