@@ -340,9 +340,9 @@ class RaFlow:
             self.log.info("RA recorded certificate {serial} from CA {ca} for host {host} profile {profile}",
                           serial=serial, ca=ident.ca_name, host=ident.host_uuid, profile=ident.profile_uuid)
         else:
-            self.log.warn("RA did not record certificate {serial} from CA {ca} for host {host} profile {profile}: "
-                          "the host profile is gone or holds a newer certificate", serial=serial, ca=ident.ca_name,
-                          host=ident.host_uuid, profile=ident.profile_uuid)
+            self.log.warn("RA did not record certificate {serial} from CA {ca} for host {host} profile {profile}:"
+                          " the host profile is gone or holds a newer certificate",
+                          serial=serial, ca=ident.ca_name, host=ident.host_uuid, profile=ident.profile_uuid)
         return await self._answer(request, identity, "SUCCESS", "ok", upstream_status=200,
                                   certificates=[certificate])
 

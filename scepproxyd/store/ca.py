@@ -110,14 +110,12 @@ _REQUEST_COLUMNS = (
     " issued_serial, created_at, updated_at, sender_nonce, host_uuid, profile_uuid, answer"
 )
 # A certificate the CA issued for a host profile lands there at once, on
-# that host profile only; dates never move backwards (a renewal issued in
-# the same second as the certificate it renews starts at the same second,
-# and replaces it). An awaiting host profile becomes verified, as when its
-# device reports the certificate.
+# that host profile only; dates never move backwards. An awaiting host
+# profile becomes verified, as when its device reports the certificate.
 RECORD_ON_HOST_PROFILE = (
     "UPDATE host_profiles SET cert_serial = ?, cert_not_before = ?, cert_not_after = ?,"
     " status = CASE WHEN status IN ('pending', 'verifying') THEN 'verified' ELSE status END, updated_at = ?"
-    " WHERE host_uuid = ? AND profile_uuid = ? AND (cert_not_before IS NULL OR cert_not_before <= ?)"
+    " WHERE host_uuid = ? AND profile_uuid = ? AND (cert_not_before IS NULL OR cert_not_before < ?)"
 )
 # A new request under a known transaction ID replaces it only once that one is finished.
 _UPSERT_REQUEST = (

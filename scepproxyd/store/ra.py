@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from scepproxyd.store.ca import RECORD_ON_HOST_PROFILE
 from scepproxyd.store.models import ConsumedChallenge
 
 _ONE = "host_uuid = ? AND profile_uuid = ?"
+# The certificate the RA just got lands like the built-in CA's (store.ca.RECORD_ON_HOST_PROFILE), except
+# that it always replaces the certificate it renews, and wins a tie on not-before: CAs write whole seconds
+# (step-ca backdates by a minute), so a renewal in the same second as its enrollment has the same
+# not-before, and with "<" the old certificate would stay recorded, free to renew again.
+_RECORD_RA_CERTIFICATE = (
+    "UPDATE host_profiles SET cert_serial = ?, cert_not_before = ?, cert_not_after = ?,"
+    " status = CASE WHEN status IN ('pending', 'verifying') THEN 'verified' ELSE status END, updated_at = ?"
+    f" WHERE {_ONE} AND (cert_not_before IS NULL OR cert_not_before <= ? OR cert_serial = ?)"
+)
 
 
 class RaQueries:
@@ -19,9 +27,10 @@ class RaQueries:
 
         The proxy challenge that authorised it (``consumed``) is spent for
         good and a renewal claim on ``renewed_serial`` is let go in the same
-        transaction. Dates never move backwards; an awaiting host profile
-        becomes verified, as when its device reports the certificate. Fires
-        whether the host profile took the certificate.
+        transaction. Dates never move backwards, except that the certificate
+        replaces the one it renews; an awaiting host profile becomes
+        verified, as when its device reports the certificate. Fires whether
+        the host profile took the certificate.
         """
         now = self._clock.seconds()
 
@@ -35,7 +44,8 @@ class RaQueries:
                     (host_uuid, profile_uuid, renewed_serial),
                 )
             return conn.execute(
-                RECORD_ON_HOST_PROFILE, (serial, not_before, not_after, now, host_uuid, profile_uuid, not_before)
+                _RECORD_RA_CERTIFICATE,
+                (serial, not_before, not_after, now, host_uuid, profile_uuid, not_before, renewed_serial),
             ).rowcount > 0
 
         return self._submit(ra_certificate_issued)
