@@ -138,13 +138,18 @@ async def test_strongswan_renews_with_a_new_key(tmp_path, module_daemon, module_
     assert result.returncode == 0, result.stderr.decode()
     first = load(first_dir / "cert.der")
     assert (await host_profile_status(admin, "RENEW-S", profile))["cert_serial"] == "%x" % first.serial_number
+    before = upstream.operations("PKIOperation")
 
-    result = await threads.deferToThread(strongswan, second_dir, url, challenge, cn, "--cert", str(first_dir / "cert.der"),
-                                         "--key", str(first_dir / "key.der"))
+    # A new key in a RenewalReq signed by the old certificate (its --password: the profile's static challenge,
+    # which scepserver wants in every CSR), through the same proxy URL.
+    result = await threads.deferToThread(strongswan, second_dir, url, challenge, cn,
+                                         "--cert", str(first_dir / "cert.der"), "--key", str(first_dir / "key.der"))
     assert result.returncode == 0, result.stderr.decode()
     renewed = load(second_dir / "cert.der")
-    assert renewed.serial_number != first.serial_number
+    assert renewed.serial_number != first.serial_number and renewed.subject == first.subject
     assert renewed.public_key() != first.public_key()
+    openssl_verify(upstream.ca_pem, second_dir / "cert.der", der=True)
+    assert upstream.operations("PKIOperation") == before + 1
     row = await host_profile_status(admin, "RENEW-S", profile)
     assert (row["status"], row["cert_serial"]) == ("verified", "%x" % renewed.serial_number)
 

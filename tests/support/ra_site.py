@@ -16,8 +16,8 @@ CA_NAME = "CORP_CA"
 
 
 async def ra_site(daemon, upstream, mode="ra", host=HOST, **ca_fields):
-    """A CA integration on ``upstream`` (its URL, or anything with a ``url``) in ``mode``, ``host`` with its agent and the
-    Fleet Wi-Fi profile on that CA assigned: (admin, agent, profile uuid, CA's JSON).
+    """A CA integration on ``upstream`` (its URL, or anything with a ``url``) in ``mode``, ``host`` with its agent
+    and the Fleet Wi-Fi profile on that CA assigned: (admin, agent, profile uuid, CA's JSON).
 
     ``ca_fields`` add to or override the CA's JSON (``name`` CORP_CA, ``challenge`` scepserver's static one).
     """
