@@ -14,7 +14,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 from scepproxyd.store import Store
 from support.admin_site import admin_site, ca_admin_site
 from support.api import apis
-from support.daemon import FAST, Daemon, Site
+from support.certmonger import Certmonger
+from support.daemon import FAST, HOLDS_DEVICES, Daemon, Site
 from support.hostile import HostileCA
 from support.postgres import need_postgres
 from support.scep_capture import make_ca
@@ -255,6 +256,18 @@ def ca_site(tmp_path):
         assert "Traceback" not in daemon.log(), daemon.log()
 
 
+@pytest.fixture(scope="module")
+def module_held_ca(tmp_path_factory):
+    """A second daemon whose built-in CA (support.daemon.HOLDS_DEVICES) issues an RA its certificate at once
+    and holds every device request for an admin: the upstream CA of an RA that must follow PENDING.
+    One per module, a support.daemon.Site; it must stop cleanly, with no traceback."""
+    daemon = Daemon(tmp_path_factory.mktemp("held-ca"), ca=HOLDS_DEVICES).start()
+    yield Site(daemon)
+    code = daemon.stop()
+    assert code in (0, -signal.SIGTERM), daemon.log()
+    assert "Traceback" not in daemon.log(), daemon.log()
+
+
 # -- a real upstream CA: micromdm scepserver ------------------------------------------------
 
 
@@ -272,6 +285,27 @@ def module_upstream(tmp_path_factory):
     server = ScepServer(tmp_path_factory.mktemp("upstream"), CHALLENGE).start()
     yield server
     server.stop()
+
+
+# -- certmonger, a real SCEP client daemon -------------------------------------------------------
+
+
+@pytest.fixture
+def certmonger(tmp_path):
+    """support.certmonger.Certmonger on a private socket in ``tmp_path``; stopped by its pid, and gone afterwards."""
+    client = Certmonger(tmp_path / "certmonger").start()
+    pid = client.process.pid
+    yield client
+    client.stop()
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open("/proc/%d/stat" % (pid,)) as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 # -- a second real upstream CA: step-ca ------------------------------------------------------

@@ -163,6 +163,11 @@ class RaFlow:
             return await self._unreadable(message, identity, str(e))
         kind = request.header.message_type
         try:
+            if kind == "PKCSReq" and target.cert_serial is not None and self._renewal_signer(
+                    target, request, await self._view(target.ca_url)):
+                # certmonger (and clients of the SCEP drafts) renew with a PKCSReq signed by the
+                # certificate they renew: the same credential as a RenewalReq, judged the same way.
+                return await self._renew(ident, target, request, identity)
             if kind == "PKCSReq":
                 return await self._enroll(ident, target, request, identity, spend)
             if kind == "RenewalReq":

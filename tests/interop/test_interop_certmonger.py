@@ -16,7 +16,6 @@ refused.
 import re
 import time
 
-import pytest
 import pytest_twisted
 from cryptography.x509.oid import NameOID
 from twisted.internet import threads
@@ -25,23 +24,6 @@ from support.certmonger import Certmonger
 from support.clients import load, openssl_verify
 from support.daemon import Site
 from support.site import OU, Fleet
-
-
-@pytest.fixture
-def certmonger(tmp_path):
-    client = Certmonger(tmp_path / "certmonger").start()
-    pid = client.process.pid
-    yield client
-    client.stop()
-    assert not _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open("/proc/%d/stat" % (pid,)) as stat:
-            return stat.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def outcomes(log: str, transaction: str) -> list[str]:

@@ -12,37 +12,10 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from twisted.internet import threads
 
-from support.api import Api, aissue_agent_credential
 from support.clients import bound_scepclient as device, load, openssl_verify
-from support.site import FIXTURES, host_profile_status, scep_settings_from_mobileconfig
+from support.ra_site import HOST, deliver, ra_site
+from support.site import host_profile_status
 from support.upstream import CHALLENGE as STATIC
-
-HOST = "RA-MAC-1"
-
-
-async def ra_site(daemon, upstream, mode="ra", **ca_fields):
-    """CORP_CA on scepserver in ``mode``, HOST with its agent and the Fleet Wi-Fi profile assigned:
-    (admin, agent, profile uuid, CA's JSON)."""
-    admin = Api(daemon.admin_url, daemon.admin_token)
-    ca = await admin.acall("POST", "/api/v1/cas", {"name": "CORP_CA", "url": upstream.url, "challenge": STATIC,
-                                                     "mode": mode, **ca_fields})
-    await admin.acall("PUT", "/api/v1/hosts/" + HOST, {"serial": "SER-" + HOST, "platform": "macos"})
-    agent = Api(daemon.url, await aissue_agent_credential(admin, HOST))
-    # OU then CN, in the order scepclient writes them.
-    template = (FIXTURES / "builtin-ca-wifi.mobileconfig").read_bytes().replace(b"_builtin<", b"_CORP_CA<")
-    profile = await admin.acall("POST", "/api/v1/profiles?platform=macos", raw=template,
-                                content_type="application/x-apple-aspen-config")
-    await admin.acall("POST", "/api/v1/profiles/%s/assign" % profile["uuid"], {"hosts": [HOST]})
-    return admin, agent, profile["uuid"], ca
-
-
-async def deliver(admin, agent, profile):
-    """Process, then fetch as the agent: (proxy URL, challenge, CN as the Mac expands it)."""
-    await admin.acall("POST", "/api/v1/jobs/process_profiles")
-    commands = (await agent.acall("GET", "/api/v1/agent/hosts/%s/commands" % HOST))["commands"]
-    (command,) = [c for c in commands if c["profile_uuid"] == profile]
-    url, challenge, cn = scep_settings_from_mobileconfig(command["payload"])
-    return url, challenge, cn.replace("%SerialNumber%", "SER-" + HOST)
 
 
 @pytest_twisted.ensureDeferred

@@ -130,6 +130,9 @@ class Daemon:
 # The built-in CA as network equipment uses it: with the static challenge, which an admin
 # turns on ([ca] static_challenge), and loopback auto-approved; a small key, to start fast.
 FAST = {"key_size": "2048", "static_challenge": "yes", "auto_approve_networks": "127.0.0.0/8"}
+# The built-in CA as the upstream of another daemon's RA: the RA's own enrollment (its subject,
+# from loopback) is issued at once; every device's request through the RA waits for an admin.
+HOLDS_DEVICES = dict(FAST, auto_approve_subject="CN=scepproxyd RA for .*")
 
 
 class Site:
