@@ -10,7 +10,10 @@ scepserver sees it, and record every certificate it learns at once.
 import pytest_twisted
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+import treq
 from twisted.internet import threads
+
+from scepproxyd.scep import codec
 
 from support.clients import bound_scepclient as device, load, openssl_verify
 from support.ra_site import HOST, deliver, ra_site
@@ -54,13 +57,10 @@ async def test_enrollment_through_the_ra_is_checked_and_recorded_at_once(tmp_pat
 
 
 @pytest_twisted.ensureDeferred
-async def test_getcacert_adds_the_ra_certificate(upstream, daemon):
+async def test_a_self_signed_ra_is_in_getcacert_and_scepclient_enrolls_through_it(tmp_path, upstream, daemon):
     admin, agent, profile, ca = await ra_site(daemon, upstream, ra_certificate="self-signed")
     assert ca["ra"]["certificate"] == "self-signed"
     url, challenge, cn = await deliver(admin, agent, profile)
-    import treq
-    from scepproxyd.scep import codec
-
     answer = await treq.get(url + "?operation=GetCACert")
     assert answer.headers.getRawHeaders(b"Content-Type") == [b"application/x-x509-ca-ra-cert"]
     certificates = [x509.load_der_x509_certificate(der) for der in codec.ca_certificates(await answer.content())]
@@ -68,3 +68,6 @@ async def test_getcacert_adds_the_ra_certificate(upstream, daemon):
         [ca["ra"]["subject"], load(upstream.ca_pem).subject.rfc4514_string()])
     caps = await treq.get(url + "?operation=GetCACaps")
     assert b"Renewal" in await caps.content()
+    result = await threads.deferToThread(device, tmp_path / "mac", url, challenge, cn)
+    assert result.returncode == 0, result.stdout + result.stderr
+    openssl_verify(upstream.ca_pem, tmp_path / "mac" / "client.pem")
