@@ -44,8 +44,9 @@ def test_walkthrough(tmp_path, upstream, daemon):
     out = ctl("ca", "add", CA_NAME, "--url", upstream.url, "--challenge-file", str(challenge_file)).stdout
     assert out == "added CA %s at %s\n" % (CA_NAME, upstream.url)
     listed = ctl("ca", "list").stdout
-    assert listed.splitlines()[0].split() == ["NAME", "URL", "PROFILES", "UPDATED"]
-    assert table_rows(listed)[0][:3] == [CA_NAME, upstream.url, "0"]
+    assert listed.splitlines()[0].split() == ["NAME", "URL", "MODE", "RA_CERTIFICATE", "RA_NOT_AFTER", "PROFILES",
+                                              "UPDATED"]
+    assert table_rows(listed)[0][:6] == [CA_NAME, upstream.url, "passthrough", "-", "-", "0"]
     shown = ctl.json("ca", "show", CA_NAME)
     assert (shown["name"], shown["url"], shown["profiles"]) == (CA_NAME, upstream.url, [])
     assert "challenge" not in shown
