@@ -41,7 +41,7 @@ from twisted.internet.threads import deferToThreadPool
 from scepproxyd.files import fsync_directory, open_new_private
 from scepproxyd.ca.material import RA_CERTIFICATE_NAME, RA_KEY_NAME
 from scepproxyd.daemon.logs import get_logger
-from scepproxyd.store import StoreError
+from scepproxyd.store import StoreError, offline
 from scepproxyd.timestamps import utc_iso
 
 log = get_logger(__name__)
@@ -53,12 +53,9 @@ DATABASE_ROLE = "database"
 #: (agent.token_file: the shared agent token, replaced by per-host agent credentials in the database.)
 RETIRED_ROLES = frozenset({"agent.token_file"})
 #: How long restore waits for the live database's lock before deciding a daemon holds it.
-LOCK_TIMEOUT = 0.5
+LOCK_TIMEOUT = offline.LOCK_TIMEOUT
 _CHUNK = 1024 * 1024
 _STAGED_SUFFIX = ".restoring"
-# SQLite's unix locking bytes (os_unix.c): a reader holds a shared lock on this range.
-_SHARED_FIRST = 0x40000000 + 2
-_SHARED_SIZE = 510
 
 
 class BackupError(Exception):
@@ -337,27 +334,6 @@ async def take_backup(store, settings, directory: Path, reactor) -> dict:
 # -- restore ---------------------------------------------------------------------
 
 
-def _sqlite_busy(error: sqlite3.Error) -> bool:
-    name = getattr(error, "sqlite_errorname", "") or ""
-    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(error)
-
-
-def _posix_locked(path: Path) -> bool:
-    """Whether another process holds SQLite's shared lock on ``path`` (works on files SQLite cannot read)."""
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR)
-    try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, _SHARED_SIZE, _SHARED_FIRST, os.SEEK_SET)
-        except OSError:
-            return True
-        fcntl.lockf(fd, fcntl.LOCK_UN, _SHARED_SIZE, _SHARED_FIRST, os.SEEK_SET)
-        return False
-    finally:
-        os.close(fd)
-
-
 def _running(path: Path) -> DaemonRunning:
     return DaemonRunning(
         "scepproxyd is running: another process has the database %s open; stop the daemon "
@@ -367,33 +343,21 @@ def _running(path: Path) -> DaemonRunning:
 
 def _lock_live_database(path: Path) -> sqlite3.Connection | None:
     """
-    Take an exclusive lock on the live database, or refuse because a daemon holds it.
+    Take an exclusive lock on the live database, or refuse because a daemon holds it (``store.offline``).
 
-    In WAL mode a plain ``BEGIN EXCLUSIVE`` only excludes writers, so the
-    connection first asks for exclusive locking mode: that needs the file
-    lock every other open connection holds a share of. Returns the locked
-    connection (None when there is no live database, or SQLite cannot read
-    it and no other process holds it).
+    Returns the locked connection (None when there is no live database, or
+    SQLite cannot read it and no other process holds it).
     """
     if not path.exists():
         return None
-    conn = None
     try:
-        conn = sqlite3.connect(
-            "file:%s?mode=rw" % (quote(str(path)),), uri=True, isolation_level=None, timeout=LOCK_TIMEOUT
-        )
-        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-        conn.execute("BEGIN EXCLUSIVE")
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        return conn
-    except sqlite3.Error as e:
-        if conn is not None:
-            conn.close()
-        if _sqlite_busy(e):
-            raise _running(path) from None
+        return offline.lock_exclusive(path, LOCK_TIMEOUT)
+    except offline.DatabaseInUse:
+        raise _running(path) from None
+    except sqlite3.Error:
         # A damaged file (the reason for many restores): ask the OS about the lock instead.
         try:
-            locked = _posix_locked(path)
+            locked = offline.posix_locked(path)
         except OSError as os_error:
             raise BackupError(
                 "cannot open the live database %s to check that scepproxyd is stopped: %s; run the restore "
