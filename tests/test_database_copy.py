@@ -19,7 +19,7 @@ from scepproxyd.store import Store, postgres
 from scepproxyd.store import copy as copying
 from scepproxyd.store.copy import CopyError, copy_to_postgres
 from scepproxyd.store.database import _refuse_newer, _schema_files, statements
-from scepproxyd.store.models import StoreError, challenge_hash
+from scepproxyd.store.models import StoreError, StoreUnavailable, challenge_hash
 from support.ctl import ctl_in_process
 from support.daemon import daemon_config
 from support.processes import free_port
@@ -224,7 +224,8 @@ def test_an_unreachable_server_is_named(source):
         copy_to_postgres(path, url, "a-password")
 
 
-def test_a_wrong_password_is_named_and_never_shown(source, postgres_url):
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_password_is_named_and_never_shown(source, postgres_url):
     path, _ = source
     wrong = "not-the-password-%s" % (postgres_url.password or "")
     try:
@@ -242,6 +243,11 @@ def test_a_wrong_password_is_named_and_never_shown(source, postgres_url):
     with pytest.raises(StoreError, match="refused the connection: password authentication failed") as started:
         Store.migrate(postgres_url.url, wrong)
     assert wrong not in str(started.value)
+    copy_to_postgres(path, postgres_url.url, postgres_url.password)  # the schema is there: only the login fails
+    store = Store(postgres_url.url, reactor, password=wrong, busy_timeout=1)
+    with pytest.raises(StoreError, match="refused the connection: password authentication failed") as started:
+        await store.start()
+    assert wrong not in str(started.value) and not isinstance(started.value, StoreUnavailable)
 
 
 @pytest_twisted.ensureDeferred
@@ -300,7 +306,7 @@ def test_ctl_database_copy(source, postgres_url, tmp_path):
 
     # Again: refused, exit 1, the reason on stderr.
     code, out, err = ctl_in_process("--config", str(config), "--json", "database", "copy", "--to", postgres_url.url,
-                                    "--password-file", password_file(tmp_path / "..", postgres_url))
+                                    "--password-file", password_file(tmp_path, postgres_url))
     assert code == 1 and out == "" and "is not empty: it already holds scepproxyd rows" in err
 
 
