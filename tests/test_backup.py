@@ -21,6 +21,7 @@ from twisted.internet import reactor
 
 from support.ctl import ctl_in_process
 from support.state import DB_NAME, fingerprint_files, make_settings, new_settings, rows
+from support.store import postgres_password
 from scepproxyd.backup import (
     DATABASE_ROLE,
     MANIFEST,
@@ -445,7 +446,7 @@ def pg_settings(directory: Path, postgres_url):
     """A configuration on ``postgres_url`` (its password in a file of the state), its state made as the daemon does."""
     directory.mkdir(parents=True)
     password_file = directory / "pg-password"
-    password_file.write_text((postgres_url.password or "") + "\n")
+    password_file.write_text((postgres_password(postgres_url) or "") + "\n")
     password_file.chmod(0o600)
     return make_settings(directory, database={"url": postgres_url.url, "password_file": str(password_file)})
 
@@ -495,8 +496,8 @@ async def test_backup_on_postgresql_holds_the_state_files_and_says_the_database_
     _, text = cli_backup(Api(), SimpleNamespace(directory=str(tmp_path / "by-route")), None)
     assert text == ("backed up %d files to %s: the state files only (the secrets key, the API tokens, the built-in "
                     "CA's key material)\n%s" % (len(answer["files"]), tmp_path / "by-route", not_included))
-    if postgres_url.password:
-        assert postgres_url.password not in json.dumps(manifest) + text
+    if postgres_password(postgres_url):
+        assert postgres_password(postgres_url) not in json.dumps(manifest) + text
 
 
 @pytest_twisted.ensureDeferred

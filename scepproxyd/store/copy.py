@@ -113,9 +113,9 @@ def _connect_target(url: str, password: str | None) -> postgres.Connection:
     try:
         return postgres.connect(url, password)
     except StoreError as e:
-        # connect's messages name the URL without its password, and never the password.
-        raise CopyError("cannot open the target database: %s; nothing was copied"
-                        % (getattr(e, "reason", None) or e,)) from None
+        # libpq's words: a refused login or an unreachable server, naming host, port and user, never the password.
+        raise CopyError("cannot open the target database %s: %s; nothing was copied"
+                        % (postgres.redacted(url), getattr(e, "reason", None) or e)) from None
 
 
 def _check_target_before_migrating(url: str, password: str | None, known: int) -> None:
@@ -173,7 +173,7 @@ def _refuse_rows(conn: postgres.Connection, url: str, tables) -> None:
 
 def _without_values(error) -> str:
     """PostgreSQL's primary message, cut before a quoted value (``invalid input syntax for type ...: "..."``)."""
-    message = getattr(getattr(error, "diag", None), "message_primary", None) or postgres.connect_failure(error)
+    message = getattr(getattr(error, "diag", None), "message_primary", None) or " ".join(str(error).split())
     return re.sub(r':\s*".*$', "", message, flags=re.S)
 
 

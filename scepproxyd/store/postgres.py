@@ -101,24 +101,16 @@ _UNAVAILABLE_CLASSES = {
 }
 
 
-#: What libpq says when the server answered but refused the login: not "try again later", and never the password.
-_LOGIN_REFUSALS = ("password authentication failed", "no password supplied", "does not exist", "pg_hba.conf",
-                   "authentication failed", "permission denied")
-
-
-def connect_failure(error) -> str:
-    """libpq's own words for a failed connection, one line, without psycopg's "connection to server at ..." preamble."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    text = text.rpartition(" failed: ")[2] if " failed: " in text else text
-    return " ".join(text.replace("FATAL:", "").split())
-
-
-def refused_login(error) -> bool:
-    """Whether a failed connection was the server refusing the login (password, role, database), not being down."""
-    import psycopg
-
-    return (isinstance(error, psycopg.OperationalError) and getattr(error, "sqlstate", None) is None
-            and any(words in str(error) for words in _LOGIN_REFUSALS))
+def connection_problem(error) -> Exception:
+    """
+    What a failed connection means, as the store's error: StoreError for a refused login (a
+    configuration to fix), StoreUnavailable for a server that cannot be reached (try again later).
+    libpq's message names host, port and user, never the password.
+    """
+    text = " ".join(str(error).split())
+    if "authentication failed" in text or "no password supplied" in text or "does not exist" in text:
+        return StoreError(text)
+    return StoreUnavailable("cannot reach the database server: %s" % (text,))
 
 
 def unavailable_reason(error) -> str | None:
@@ -126,7 +118,7 @@ def unavailable_reason(error) -> str | None:
     import psycopg
 
     if isinstance(error, psycopg.OperationalError) and getattr(error, "sqlstate", None) is None:
-        return None if refused_login(error) else "cannot reach the database server"
+        return "cannot reach the database server: %s" % (" ".join(str(error).split()),)
     state = getattr(error, "sqlstate", None) or ""
     meaning = _UNAVAILABLE_CLASSES.get(state[:2])
     return None if meaning is None else "%s (SQLSTATE %s)" % (meaning, state)
@@ -174,12 +166,7 @@ def connect(url: str, password: str | None = None, connect_timeout: float = 10.0
         raw = psycopg.connect(url, autocommit=True, cursor_factory=psycopg.ClientCursor,
                               connect_timeout=max(1, int(connect_timeout)), **kwargs)
     except psycopg.Error as e:
-        if refused_login(e):
-            # A wrong password or a missing role/database: fixed by the operator, not by waiting.
-            raise StoreError("the database server refused the connection: %s (%s)"
-                             % (connect_failure(e), redacted(url))) from None
-        reason = unavailable_reason(e) or "cannot connect"
-        raise StoreUnavailable("%s: %s (%s)" % (reason, connect_failure(e), redacted(url))) from None
+        raise connection_problem(e) from None
     raw.execute("SET TIME ZONE 'UTC'")
     return Connection(raw)
 
@@ -274,8 +261,7 @@ def open_pool(url: str, password: str | None, size: int, timeout: float, known: 
         pool.open(wait=True, timeout=timeout)
     except PoolTimeout:
         pool.close()
-        # The pool only says it timed out: one plain connection says why (a refused login, a refused connection).
-        connect(url, password, timeout).close()
+        connect(url, password, timeout).close()  # says why (a refused login, a server down) ...
         raise StoreUnavailable("cannot reach the database server at %s" % (redacted(url),)) from None
     try:
         with pool.connection() as raw:

@@ -22,6 +22,7 @@ from support.ctl import Ctl, run_ctl
 from support.daemon import Daemon
 from support.site import FIXTURES
 from support.state import FAST_CA, fingerprint_files, rows
+from support.store import postgres_password
 
 FIXTURE = FIXTURES / "fleet-custom-scep-apple.mobileconfig"
 
@@ -262,7 +263,7 @@ def test_ctl_backup_and_restore_of_a_daemon_on_postgresql(tmp_path, postgres_url
     directory = tmp_path / "d"
     directory.mkdir()
     password_file = directory / "db-password"
-    password_file.write_text((postgres_url.password or "") + "\n")
+    password_file.write_text((postgres_password(postgres_url) or "") + "\n")
     password_file.chmod(0o600)
     daemon = Daemon(directory, ca=dict(FAST_CA, ra="yes"),
                     database={"url": postgres_url.url, "password_file": str(password_file)}).start()

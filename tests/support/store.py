@@ -127,3 +127,14 @@ def table_rows(conn, table: str) -> list[tuple]:
     rows = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
             for row in conn.execute("SELECT * FROM %s" % (table,)).fetchall()]
     return sorted(rows, key=repr)
+
+
+def postgres_password(database) -> str | None:
+    """
+    The password of a ``postgres_url`` fixture's database: its ``password_file``'s first line (support.postgres),
+    or the ``password`` a development fixture gives; None when the server asks for none.
+    """
+    password_file = getattr(database, "password_file", None)
+    if password_file is not None:
+        return password_file.read_text().strip() or None
+    return getattr(database, "password", None)
