@@ -323,7 +323,7 @@ def test_ctl_database_copy_refusals(source, tmp_path):
                               "postgresql://scepproxyd@db.internal/scepproxyd\n")
     code, out, err = ctl_in_process("--config", config, "database", "copy", "--to", "postgresql://db.internal/x",
                                     "--password-file", str(tmp_path / "nope"))
-    assert code == 2 and "cannot read the password file %s: No such file or directory" % (tmp_path / "nope",) in err
+    assert code == 1 and "cannot read the password file %s: No such file or directory" % (tmp_path / "nope",) in err
     code, out, err = ctl_in_process("--config", str(tmp_path / "missing.ini"), "database", "copy", "--to",
                                     "postgresql://db.internal/x")
     assert code == 2 and "cannot read configuration file" in err

@@ -38,7 +38,7 @@ def _password(settings, url: str, password_file: str | None) -> str | None:
     try:
         return database.password()
     except (OSError, UnicodeDecodeError) as e:
-        raise InvocationError("cannot read the password file %s: %s"
+        raise CliError("cannot read the password file %s: %s"
                               % (database.password_file, getattr(e, "strerror", None) or e)) from None
 
 
