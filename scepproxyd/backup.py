@@ -148,7 +148,9 @@ def not_included(settings) -> str | None:
 def _plan(settings) -> list[tuple[str, str, Path]]:
     """``(name in the backup, role, source path)`` for each file, the database not included."""
     plan = [(_backup_name(settings, role, path), role, path) for role, path in _present(settings)]
-    names = [name for name, _, _ in plan] + [MANIFEST] + ([] if on_postgres(settings) else [settings.database.path.name])
+    names = [name for name, _, _ in plan] + [MANIFEST]
+    if not on_postgres(settings):
+        names.append(settings.database.path.name)
     if len(set(names)) != len(names):
         raise BackupError(
             "two state files would have the same name in the backup (%s); give them distinct names in the "

@@ -38,7 +38,8 @@ from scepproxyd.store.models import StoreError
 
 #: Rows read from SQLite per round.
 BATCH = 1000
-#: Tables the migration itself fills: their rows are replaced by the source's, and they do not make a target "not empty".
+#: Tables the migration itself fills: their rows are replaced by the source's,
+#: and they do not make a target "not empty".
 SEEDED = frozenset({"write_probe"})
 
 
@@ -218,7 +219,8 @@ def _copy_rows(source: sqlite3.Connection, target: postgres.Connection, url: str
             try:
                 written = _copy_table(source, target, table, _source_columns(source, table), batch)
             except psycopg.Error as e:
-                raise CopyError("copying table %s failed: %s; nothing was copied" % (table, _without_values(e))) from None
+                raise CopyError("copying table %s failed: %s; nothing was copied"
+                                % (table, _without_values(e))) from None
             expected, landed = _count(source, table), _count(target, table)
             if not expected == written == landed:
                 raise CopyError(
