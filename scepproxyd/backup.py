@@ -22,6 +22,14 @@ before it touches the state directory. Files are then staged next to their
 targets and renamed into place, so the state never holds a half-written file.
 Each file goes where the restoring configuration says its role lives, so a
 backup can be restored into a new state directory.
+
+With ``[database] url`` set the database is on PostgreSQL, shared by every
+node, and a backup holds the state files only: the manifest says the
+database is not included (``database_included: false``, with the URL without
+password and its schema version at the time), and the answer says to back
+the database up with ``pg_dump``. Restore then puts back files only: it
+refuses a backup without a database into a SQLite configuration, and
+leaves out a SQLite snapshot when restoring into a PostgreSQL one.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from twisted.internet.threads import deferToThreadPool
 from scepproxyd.files import fsync_directory, open_new_private
 from scepproxyd.ca.material import RA_CERTIFICATE_NAME, RA_KEY_NAME
 from scepproxyd.daemon.logs import get_logger
-from scepproxyd.store import StoreError
+from scepproxyd.store import StoreError, offline
 from scepproxyd.timestamps import utc_iso
 
 log = get_logger(__name__)
@@ -53,12 +61,9 @@ DATABASE_ROLE = "database"
 #: (agent.token_file: the shared agent token, replaced by per-host agent credentials in the database.)
 RETIRED_ROLES = frozenset({"agent.token_file"})
 #: How long restore waits for the live database's lock before deciding a daemon holds it.
-LOCK_TIMEOUT = 0.5
+LOCK_TIMEOUT = offline.LOCK_TIMEOUT
 _CHUNK = 1024 * 1024
 _STAGED_SUFFIX = ".restoring"
-# SQLite's unix locking bytes (os_unix.c): a reader holds a shared lock on this range.
-_SHARED_FIRST = 0x40000000 + 2
-_SHARED_SIZE = 510
 
 
 class BackupError(Exception):
@@ -125,10 +130,27 @@ def _backup_name(settings, role: str, path: Path) -> str:
         return "external/%s/%s" % (role, path.name)
 
 
+def on_postgres(settings) -> bool:
+    """Whether the database is on PostgreSQL: then a backup holds the state files only."""
+    return settings.database.engine == "postgresql"
+
+
+def not_included(settings) -> str | None:
+    """What a backup of ``settings`` leaves out and how to back it up, or None when it is complete."""
+    if not on_postgres(settings):
+        return None
+    from scepproxyd.store.postgres import redacted
+
+    return ("the database is not in this backup: it is on PostgreSQL (%s), shared by every node; back it up with "
+            "pg_dump (docs/operations.md, Several nodes)" % (redacted(settings.database.url),))
+
+
 def _plan(settings) -> list[tuple[str, str, Path]]:
     """``(name in the backup, role, source path)`` for each file, the database not included."""
     plan = [(_backup_name(settings, role, path), role, path) for role, path in _present(settings)]
-    names = [name for name, _, _ in plan] + [settings.database.path.name, MANIFEST]
+    names = [name for name, _, _ in plan] + [MANIFEST]
+    if not on_postgres(settings):
+        names.append(settings.database.path.name)
     if len(set(names)) != len(names):
         raise BackupError(
             "two state files would have the same name in the backup (%s); give them distinct names in the "
@@ -178,13 +200,14 @@ def _reason(error: OSError) -> str:
 # -- backup ----------------------------------------------------------------------
 
 
-def _prepare_directory(directory: Path, database_name: str) -> bool:
+def _prepare_directory(directory: Path, claim_name: str) -> bool:
     """
     Make ``directory`` (mode 0700) or check that it is empty and writable, and claim it.
 
-    The claim is the empty database file, made with O_EXCL: a second backup
-    racing into the same directory fails there, before writing anything.
-    Returns whether the directory was made here.
+    The claim is an empty file (the database snapshot's, or on PostgreSQL the
+    manifest's staging file), made with O_EXCL: a second backup racing into
+    the same directory fails there, before writing anything. Returns whether
+    the directory was made here.
     """
     where = "directory"
     try:
@@ -215,7 +238,7 @@ def _prepare_directory(directory: Path, database_name: str) -> bool:
                     "and the unit's ReadWritePaths)")
         raise BackupError("cannot create %s: %s%s" % (directory, _reason(e), hint), field=where) from None
     try:
-        open_new_private(directory / database_name).close()
+        open_new_private(directory / claim_name).close()
     except FileExistsError:
         raise BackupError(
             "%s is not empty; back up into a new or empty directory" % (directory,), field=where
@@ -235,12 +258,18 @@ def _schema_version(database: Path) -> int:
         conn.close()
 
 
-def _write_files(directory: Path, plan, database_name: str) -> dict:
-    """Copy the state files next to the database snapshot and write the manifest last."""
+def _write_files(directory: Path, plan, database_name: str | None, postgres: dict | None = None) -> dict:
+    """
+    Copy the state files next to the database snapshot and write the manifest last.
+
+    ``database_name`` None: no snapshot (the database is on PostgreSQL, described by ``postgres``:
+    its URL without password and schema version); the claim file is then the manifest's staging file.
+    """
     entries = []
-    database = directory / database_name
-    digest, size = _sha256(database)
-    entries.append({"name": database_name, "role": DATABASE_ROLE, "bytes": size, "sha256": digest})
+    if database_name is not None:
+        database = directory / database_name
+        digest, size = _sha256(database)
+        entries.append({"name": database_name, "role": DATABASE_ROLE, "bytes": size, "sha256": digest})
     for name, role, source in plan:
         target = directory / name
         try:
@@ -257,12 +286,19 @@ def _write_files(directory: Path, plan, database_name: str) -> dict:
     manifest = {
         "format": FORMAT,
         "created_at": utc_iso(time.time()),
-        "schema_version": _schema_version(database),
         "database": database_name,
+        "database_included": database_name is not None,
         "files": entries,
     }
+    if database_name is not None:
+        manifest["schema_version"] = _schema_version(database)
+    else:
+        manifest.update(schema_version=postgres["schema_version"], database_engine="postgresql",
+                        database_url=postgres["url"], not_included=postgres["not_included"])
     staged = directory / (MANIFEST + ".tmp")
     try:
+        if database_name is None:
+            staged.unlink()  # the claim (see _prepare_directory), made anew as the manifest's own private file
         with open_new_private(staged) as f:
             f.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n")
             f.flush()
@@ -313,49 +349,42 @@ async def take_backup(store, settings, directory: Path, reactor) -> dict:
     directory = Path(directory)
     if not directory.is_absolute():
         raise BackupError("directory must be an absolute path, got %r" % (str(directory),), field="directory")
-    database_name = settings.database.path.name
+    database_name = None if on_postgres(settings) else settings.database.path.name
     plan = await in_thread(_plan, settings)
-    created = await in_thread(_prepare_directory, directory, database_name)
-    names = [database_name, MANIFEST, MANIFEST + ".tmp"] + [name for name, _, _ in plan]
+    created = await in_thread(_prepare_directory, directory, database_name or MANIFEST + ".tmp")
+    names = [MANIFEST, MANIFEST + ".tmp"] + [name for name, _, _ in plan] + [database_name] * bool(database_name)
+    database_bytes, postgres = None, None
     try:
         try:
-            database_bytes = await store.backup_database(directory / database_name)
+            if database_name is not None:
+                database_bytes = await store.backup_database(directory / database_name)
+            else:
+                from scepproxyd.store.postgres import redacted
+
+                postgres = {"url": redacted(settings.database.url), "schema_version": await store.schema_version(),
+                            "not_included": not_included(settings)}
         except StoreError as e:
             raise BackupError("database backup into %s failed: %s" % (directory, e)) from None
-        manifest = await in_thread(_write_files, directory, plan, database_name)
+        manifest = await in_thread(_write_files, directory, plan, database_name, postgres)
     except BaseException:
         await in_thread(_discard, directory, created, names)
         raise
     files = [entry["name"] for entry in manifest["files"]]
-    log.info(
-        "backed up {count} files ({database_bytes} bytes of database) to {directory}",
-        count=len(files), database_bytes=database_bytes, directory=str(directory),
-    )
-    return {"directory": str(directory), "files": files, "database_bytes": database_bytes}
+    answer = {"directory": str(directory), "files": files, "database_bytes": database_bytes,
+              "database_included": database_name is not None}
+    if database_name is None:
+        answer["not_included"] = postgres["not_included"]
+        log.info("backed up {count} state files to {directory}; {not_included}", count=len(files),
+                 directory=str(directory), not_included=postgres["not_included"])
+    else:
+        log.info(
+            "backed up {count} files ({database_bytes} bytes of database) to {directory}",
+            count=len(files), database_bytes=database_bytes, directory=str(directory),
+        )
+    return answer
 
 
 # -- restore ---------------------------------------------------------------------
-
-
-def _sqlite_busy(error: sqlite3.Error) -> bool:
-    name = getattr(error, "sqlite_errorname", "") or ""
-    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(error)
-
-
-def _posix_locked(path: Path) -> bool:
-    """Whether another process holds SQLite's shared lock on ``path`` (works on files SQLite cannot read)."""
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR)
-    try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, _SHARED_SIZE, _SHARED_FIRST, os.SEEK_SET)
-        except OSError:
-            return True
-        fcntl.lockf(fd, fcntl.LOCK_UN, _SHARED_SIZE, _SHARED_FIRST, os.SEEK_SET)
-        return False
-    finally:
-        os.close(fd)
 
 
 def _running(path: Path) -> DaemonRunning:
@@ -367,33 +396,21 @@ def _running(path: Path) -> DaemonRunning:
 
 def _lock_live_database(path: Path) -> sqlite3.Connection | None:
     """
-    Take an exclusive lock on the live database, or refuse because a daemon holds it.
+    Take an exclusive lock on the live database, or refuse because a daemon holds it (``store.offline``).
 
-    In WAL mode a plain ``BEGIN EXCLUSIVE`` only excludes writers, so the
-    connection first asks for exclusive locking mode: that needs the file
-    lock every other open connection holds a share of. Returns the locked
-    connection (None when there is no live database, or SQLite cannot read
-    it and no other process holds it).
+    Returns the locked connection (None when there is no live database, or
+    SQLite cannot read it and no other process holds it).
     """
     if not path.exists():
         return None
-    conn = None
     try:
-        conn = sqlite3.connect(
-            "file:%s?mode=rw" % (quote(str(path)),), uri=True, isolation_level=None, timeout=LOCK_TIMEOUT
-        )
-        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-        conn.execute("BEGIN EXCLUSIVE")
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        return conn
-    except sqlite3.Error as e:
-        if conn is not None:
-            conn.close()
-        if _sqlite_busy(e):
-            raise _running(path) from None
+        return offline.lock_exclusive(path, LOCK_TIMEOUT)
+    except offline.DatabaseInUse:
+        raise _running(path) from None
+    except sqlite3.Error:
         # A damaged file (the reason for many restores): ask the OS about the lock instead.
         try:
-            locked = _posix_locked(path)
+            locked = offline.posix_locked(path)
         except OSError as os_error:
             raise BackupError(
                 "cannot open the live database %s to check that scepproxyd is stopped: %s; run the restore "
@@ -450,8 +467,11 @@ def _check_manifest(manifest: dict, known_roles) -> list[dict]:
             raise BackupError("%s lists %s (role %s) twice" % (MANIFEST, name, role))
         names.add(name)
         roles.add(role)
-    if DATABASE_ROLE not in roles:
+    included = manifest.get("database_included", True)
+    if included is not False and DATABASE_ROLE not in roles:
         raise BackupError("%s lists no database" % (MANIFEST,))
+    if included is False and DATABASE_ROLE in roles:
+        raise BackupError("%s lists a database but says the database is not included" % (MANIFEST,))
     return files
 
 
@@ -565,11 +585,19 @@ def restore_backup(directory: Path, settings) -> list[str]:
     touched; then each file is staged next to its target and renamed into
     place, mode 0600, and the old database's ``-wal``/``-shm`` are removed.
     Returns the names restored, as the manifest lists them.
+
+    On PostgreSQL (``[database] url``) only the files are restored: the
+    database is the server's (restored from its ``pg_dump``), a SQLite
+    snapshot in the backup is checked but left out, and no daemon can be
+    seen from here, so stopping this node first is the operator's part.
+    A backup without a database (taken on PostgreSQL) is refused for a
+    SQLite configuration, which would be left without one.
     """
     directory = Path(directory).absolute()
     paths = _role_paths(settings)
     database = settings.database.path
-    lock = _lock_live_database(database)
+    files_only = on_postgres(settings)
+    lock = None if files_only else _lock_live_database(database)
     staged: list[tuple[Path, Path]] = []
     try:
         _refuse_symlinks(directory)
@@ -578,8 +606,17 @@ def restore_backup(directory: Path, settings) -> list[str]:
         for entry in entries:
             _verify_file(directory, entry)
         entries = [entry for entry in entries if entry["role"] not in RETIRED_ROLES]
-        database_entry = next(e for e in entries if e["role"] == DATABASE_ROLE)
-        _check_database(directory / database_entry["name"])
+        database_entry = next((e for e in entries if e["role"] == DATABASE_ROLE), None)
+        if database_entry is None and not files_only:
+            raise BackupError(
+                "backup %s holds no database: it was taken with the database on PostgreSQL (%s), and this "
+                "configuration keeps its database in SQLite at %s; restore it with a configuration whose "
+                "[database] url names that PostgreSQL database, or use a backup taken on SQLite; nothing was "
+                "restored" % (directory, manifest.get("database_url", "its URL is not recorded"), database))
+        if database_entry is not None:
+            _check_database(directory / database_entry["name"])
+        if files_only:
+            entries = [entry for entry in entries if entry["role"] != DATABASE_ROLE]
         targets = [(entry, paths[entry["role"]]) for entry in entries]
         if len({target for _, target in targets}) != len(targets):
             raise BackupError("two backup files would be restored to the same path; check the configuration")
@@ -601,7 +638,7 @@ def restore_backup(directory: Path, settings) -> list[str]:
         raise
     if lock is not None:
         lock.close()  # before the stale -wal goes: closing may checkpoint into the old file
-    for suffix in ("-wal", "-shm", "-journal"):
+    for suffix in ("-wal", "-shm", "-journal") if not files_only else ():
         Path(str(database) + suffix).unlink(missing_ok=True)
     for path, target in staged:
         os.replace(path, target)

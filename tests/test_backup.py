@@ -13,6 +13,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
@@ -20,7 +21,9 @@ from twisted.internet import reactor
 
 from support.ctl import ctl_in_process
 from support.state import DB_NAME, fingerprint_files, make_settings, new_settings, rows
+from support.store import postgres_password
 from scepproxyd.backup import (
+    DATABASE_ROLE,
     MANIFEST,
     BackupError,
     DaemonRunning,
@@ -28,6 +31,7 @@ from scepproxyd.backup import (
     state_files,
     take_backup,
 )
+from scepproxyd.cli.backup import backup as cli_backup
 from scepproxyd.service import prepare_state
 from scepproxyd.store import Store, StoreError
 from scepproxyd.store.database import _schema_files
@@ -392,6 +396,7 @@ async def test_ctl_restore_needs_no_api(live_store, settings, tmp_path):
     assert (code, err) == (0, "")
     assert json.loads(out) == {
         "directory": str(directory), "state_directory": str(other.state_directory), "files": json.loads(out)["files"],
+        "database_restored": True,
     }
     assert set(json.loads(out)["files"]) == STATE_NAMES | {DB_NAME}
     code, out, err = ctl_in_process("--config", str(tmp_path / "missing.ini"), "restore", str(directory))
@@ -432,3 +437,119 @@ async def test_restore_refuses_symbolic_links_and_changes_nothing(live_store, se
     elsewhere.rename(key)
     restore_backup(directory, target)
     assert fingerprint_files(target.state_directory) != before
+
+
+# -- with the database on PostgreSQL: the state files only ------------------------------------------
+
+
+def pg_settings(directory: Path, postgres_url):
+    """A configuration on ``postgres_url`` (its password in a file of the state), its state made as the daemon does."""
+    directory.mkdir(parents=True)
+    password_file = directory / "pg-password"
+    password_file.write_text((postgres_password(postgres_url) or "") + "\n")
+    password_file.chmod(0o600)
+    return make_settings(directory, database={"url": postgres_url.url, "password_file": str(password_file)})
+
+
+@pytest_twisted.async_yield_fixture
+async def pg_store(postgres_url, tmp_path):
+    """``(settings, started Store)`` of a site on PostgreSQL with two hosts."""
+    settings = pg_settings(tmp_path / "pg", postgres_url)
+    Store.migrate(settings.database.target, settings.database.password())
+    s = Store(settings.database.target, reactor, password=settings.database.password())
+    await s.start()
+    await s.upsert_host("HOST-1", "C02AAA", "macos")
+    yield settings, s
+    await s.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_backup_on_postgresql_holds_the_state_files_and_says_the_database_is_not_in_it(pg_store, postgres_url,
+                                                                                            tmp_path):
+    settings, store = pg_store
+    directory = tmp_path / "backup"
+    result = await take_backup(store, settings, directory, reactor)
+
+    not_included = ("the database is not in this backup: it is on PostgreSQL (%s), shared by every node; back it up "
+                    "with pg_dump (docs/operations.md, Several nodes)" % (postgres_url.url,))
+    assert result == {"directory": str(directory), "files": result["files"], "database_bytes": None,
+                      "database_included": False, "not_included": not_included}
+    assert set(result["files"]) == STATE_NAMES - {"nanomdm.key"}
+    written = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
+    assert written == set(result["files"]) | {MANIFEST}
+    manifest = json.loads((directory / MANIFEST).read_text())
+    assert (manifest["database"], manifest["database_included"], manifest["database_engine"]) == (
+        None, False, "postgresql")
+    assert (manifest["database_url"], manifest["not_included"]) == (postgres_url.url, not_included)
+    assert manifest["schema_version"] == _schema_files()[-1][0]
+    assert DATABASE_ROLE not in {entry["role"] for entry in manifest["files"]}
+
+    # The admin route answers the same, and scepproxyctl says what the backup covers and what it does not.
+    [(_, _, handler)] = backup_routes(store, settings, reactor)
+    status, answer = await handler(FakeRequest({"directory": str(tmp_path / "by-route")}))
+    assert status == 201 and answer["database_included"] is False
+
+    class Api:
+        def request(self, method, path, body):
+            return 201, answer
+
+    _, text = cli_backup(Api(), SimpleNamespace(directory=str(tmp_path / "by-route")), None)
+    assert text == ("backed up %d files to %s: the state files only (the secrets key, the API tokens, the built-in "
+                    "CA's key material)\n%s" % (len(answer["files"]), tmp_path / "by-route", not_included))
+    if postgres_password(postgres_url):
+        assert postgres_password(postgres_url) not in json.dumps(manifest) + text
+
+
+@pytest_twisted.ensureDeferred
+async def test_restore_on_postgresql_puts_back_the_files_only(pg_store, postgres_url, tmp_path):
+    settings, store = pg_store
+    directory = tmp_path / "backup"
+    await take_backup(store, settings, directory, reactor)
+    await store.upsert_host("AFTER-BACKUP", None, "ios")
+    await store.stop()
+    before = {name: (settings.state_directory / name).read_bytes() for name in ("secrets.key", "ca/ca.key")}
+    for name in before:
+        (settings.state_directory / name).write_bytes(b"lost")
+
+    # Offline, on this node: nothing to lock on PostgreSQL, the files go back, the database is left alone.
+    code, out, err = ctl_in_process("--config", str(settings.config_path), "restore", str(directory))
+    assert (code, err) == (0, "")
+    assert "the database was not restored: it is on PostgreSQL (%s); restore it from its pg_dump" % (
+        postgres_url.url,) in out
+    for name, data in before.items():
+        assert (settings.state_directory / name).read_bytes() == data
+    assert not settings.database.path.exists()
+    hosts = Store(settings.database.target, reactor, password=settings.database.password())
+    await hosts.start()
+    try:
+        assert [h.uuid for h in await hosts.list_hosts()] == ["AFTER-BACKUP", "HOST-1"]
+    finally:
+        await hosts.stop()
+    code, out, err = ctl_in_process("--config", str(settings.config_path), "--json", "restore", str(directory))
+    assert code == 0 and json.loads(out)["database_restored"] is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backup_without_database_is_refused_for_sqlite(pg_store, tmp_path):
+    settings, store = pg_store
+    directory = tmp_path / "backup"
+    await take_backup(store, settings, directory, reactor)
+    target = make_settings(tmp_path / "sqlite-site")
+    before = fingerprint_files(target.state_directory)
+    with pytest.raises(BackupError, match=r"holds no database: it was taken with the database on PostgreSQL \(%s\), "
+                                          r"and this configuration keeps its database in SQLite at %s; .*nothing "
+                                          r"was restored" % (settings.database.url, target.database.path)):
+        restore_backup(directory, target)
+    assert fingerprint_files(target.state_directory) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sqlite_backup_restored_on_postgresql_leaves_its_database_out(live_store, settings, postgres_url,
+                                                                            tmp_path):
+    directory = tmp_path / "backup"
+    await backed_up(live_store, settings, directory)
+    target = pg_settings(tmp_path / "pg", postgres_url)
+    names = restore_backup(directory, target)
+    assert set(names) == STATE_NAMES and DB_NAME not in names
+    assert not target.database.path.exists()
+    assert (target.state_directory / "secrets.key").read_bytes() == (directory / "secrets.key").read_bytes()

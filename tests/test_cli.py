@@ -61,7 +61,8 @@ def test_global_options_also_come_after_the_command(argv):
 
 def test_global_options_not_given_keep_their_defaults_on_every_command(monkeypatch):
     monkeypatch.delenv("SCEPPROXYD_CONFIG", raising=False)
-    for argv in (["jobs"], ["ca", "list"], ["builtin-ca", "show"], ["restore", "DIR"]):
+    for argv in (["jobs"], ["ca", "list"], ["builtin-ca", "show"], ["restore", "DIR"],
+                 ["database", "copy", "--to", "postgresql://db.internal/scepproxyd"]):
         args = parse(*argv)
         assert (args.config, args.api_url, args.token_file, args.json, args.timeout) == (
             "/etc/scepproxyd/scepproxyd.ini", None, None, False, 60.0), argv
@@ -127,6 +128,7 @@ def test_config_default_and_environment(monkeypatch):
         (["resend", "H1", "P"], "resend"),
         (["trigger", "cleanup"], "trigger"),
         (["jobs"], "jobs"),
+        (["database", "copy", "--to", "postgresql://db.internal/scepproxyd", "--password-file", "pw"], "copy"),
     ],
 )
 def test_every_command_parses(argv, handler):

@@ -1000,6 +1000,12 @@ DOC_EXAMPLES = {
         "directory": D_BACKUP, "files": D_BACKUP_FILES, "database_bytes": 81920})},
     ("scepproxyctl backup %s" % (D_BACKUP,), 1): {("POST", "/api/v1/backup"): error(
         409, "%s is not empty; back up into a new or empty directory" % (D_BACKUP,), "directory")},
+    ("scepproxyctl backup %s" % (D_BACKUP,), 2): {("POST", "/api/v1/backup"): (201, {
+        "directory": D_BACKUP, "files": [f for f in D_BACKUP_FILES if f != "scepproxyd.sqlite3"],
+        "database_bytes": None, "database_included": False,
+        "not_included": "the database is not in this backup: it is on PostgreSQL "
+                        "(postgresql://scepproxyd@db.internal/scepproxyd), shared by every node; back it up with "
+                        "pg_dump (docs/operations.md, Several nodes)"})},
     ("scepproxyctl backup /root/backup", 0): {("POST", "/api/v1/backup"): error(
         422, "cannot create /root/backup: permission denied (scepproxyd must be able to write there)", "directory")},
 }
@@ -1018,6 +1024,8 @@ DOC_EXAMPLES_NOT_RUN = {
     "scepproxyctl profile upload": "reads a file of the reader's",
     "scepproxyctl builtin-ca show": "the example elides the PEM",
     "scepproxyctl restore": "offline, on backups and a state directory of the reader's (tests/test_backup.py)",
+    "scepproxyctl database copy": "offline, on a SQLite file of the reader's and a PostgreSQL server "
+                                  "(tests/test_database_copy.py)",
 }
 
 

@@ -4,8 +4,9 @@ scepproxyctl: the admin command line of scepproxyd.
 It reads the admin endpoint and token file from the daemon's own INI file
 (its ``[admin]`` section only: ``scepproxyd.cli.settings``), makes one request
 to the admin API (docs/admin-api.md) and prints a table, or the API's JSON
-with ``--json``. ``restore`` is the exception: it works
-offline on the state files of the stopped daemon (``scepproxyd.backup``).
+with ``--json``. ``restore`` and ``database copy`` are the exceptions: they
+work offline on the state of the stopped daemon (``scepproxyd.backup``,
+``scepproxyd.store.copy``).
 Exit status: 0 done, 1 refused or unreachable, 2 bad command line or
 configuration. The command reference is docs/cli.md.
 """
@@ -17,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from scepproxyd.cli import agent_credential, backup, builtin_ca, commands
+from scepproxyd.cli import agent_credential, backup, builtin_ca, commands, database
 from scepproxyd.cli.client import AdminClient, CliError, InvocationError, target_from_endpoint, target_from_url
 from scepproxyd.cli.render import as_json, message
 from scepproxyd.cli.settings import load_admin_endpoint
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     builtin_ca.add_commands(command, group, arg)
     agent_credential.add_commands(command, group, arg)
     backup.add_commands(command, groups, arg)
+    database.add_commands(command, group, arg)
     return parser
 
 
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None, stdin=None, stdout=None, stderr=None) ->
         return 2
     args = build_parser().parse_args(argv)
     try:
-        # restore works offline, on the state files: no API, no token.
+        # restore and database copy work offline, on the state: no API, no token.
         client = None if getattr(args, "offline", False) else make_client(args)
         answer, human = args.handler(client, args, stdin)
     except CliError as e:

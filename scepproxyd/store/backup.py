@@ -1,5 +1,9 @@
 """Online backup of the database, and the cheapest query there is (for health checks).
 
+SQLite only: a PostgreSQL database is backed up with the server's own tools
+(``pg_dump``), so ``backup_database`` refuses there and a backup holds the
+state files alone (``scepproxyd.backup``).
+
 ``VACUUM INTO`` writes a consistent snapshot of the live database to a new
 file while the daemon keeps serving: it is one read transaction, so in WAL
 mode writers on other connections are not blocked, and on our one DB thread
@@ -43,6 +47,10 @@ class BackupQueries:
         first so the copy is never readable by others). The copy is synced
         to disk before the Deferred fires.
         """
+        if self.engine == "postgresql":
+            from scepproxyd.store.models import StoreError
+
+            return defer.fail(StoreError("the database is on PostgreSQL: back it up with pg_dump"))
         target = os.fspath(path)
 
         def backup_database(conn):
@@ -57,6 +65,17 @@ class BackupQueries:
 
         # Not a write: VACUUM cannot run inside the transaction _run would open.
         return self._submit(backup_database, write=False)
+
+    def schema_version(self) -> defer.Deferred:
+        """The database's schema version, on either engine (a backup's manifest records it)."""
+        from scepproxyd.store import postgres
+
+        def schema_version(conn):
+            if isinstance(conn, postgres.Connection):
+                return postgres.schema_version(conn)
+            return conn.execute("PRAGMA user_version").fetchone()[0]
+
+        return self._submit(schema_version, write=False)
 
     def ping(self) -> defer.Deferred:
         """``SELECT 1`` on the DB thread; fires None when the database answers."""

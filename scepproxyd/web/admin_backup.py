@@ -3,8 +3,10 @@
 The backup is written by the daemon, on the daemon's machine, into the
 directory the admin names (absolute, new or empty). The answer lists file
 names only: key and token contents never leave the state directory except
-into the backup itself. Restore is offline (``scepproxyctl restore``), so it
-has no route.
+into the backup itself. With the database on PostgreSQL the backup holds
+the state files only and the answer says so (``database_included`` false,
+``not_included``). Restore is offline (``scepproxyctl restore``), so it has
+no route.
 """
 
 from __future__ import annotations

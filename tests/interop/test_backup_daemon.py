@@ -22,6 +22,7 @@ from support.ctl import Ctl, run_ctl
 from support.daemon import Daemon
 from support.site import FIXTURES
 from support.state import FAST_CA, fingerprint_files, rows
+from support.store import postgres_password
 
 FIXTURE = FIXTURES / "fleet-custom-scep-apple.mobileconfig"
 
@@ -254,3 +255,37 @@ def test_ctl_backup_refusals_from_the_daemon(tmp_path):
         assert (status, answer["field"]) == (422, "directory")
     finally:
         daemon.stop()
+
+
+def test_ctl_backup_and_restore_of_a_daemon_on_postgresql(tmp_path, postgres_url):
+    """On PostgreSQL the real daemon's backup holds the state files, says the database is not in it, and restore
+    puts back the files only."""
+    directory = tmp_path / "d"
+    directory.mkdir()
+    password_file = directory / "db-password"
+    password_file.write_text((postgres_password(postgres_url) or "") + "\n")
+    password_file.chmod(0o600)
+    daemon = Daemon(directory, ca=dict(FAST_CA, ra="yes"),
+                    database={"url": postgres_url.url, "password_file": str(password_file)}).start()
+    try:
+        result = ctl(daemon.config, "backup", str(tmp_path / "backup"))
+    finally:
+        daemon.stop()
+    lines = result.stdout.splitlines()
+    assert lines == [
+        "backed up 8 files to %s: the state files only (the secrets key, the API tokens, the built-in CA's key "
+        "material)" % (tmp_path / "backup",),
+        "the database is not in this backup: it is on PostgreSQL (%s), shared by every node; back it up with "
+        "pg_dump (docs/operations.md, Several nodes)" % (postgres_url.url,),
+    ]
+    manifest = json.loads((tmp_path / "backup" / MANIFEST).read_text())
+    assert manifest["database_included"] is False and manifest["database"] is None
+    assert "database" not in {entry["role"] for entry in manifest["files"]}
+
+    state = directory / "state"
+    key = (state / "ca" / "ca.key").read_bytes()
+    (state / "ca" / "ca.key").unlink()
+    restored = ctl(daemon.config, "restore", str(tmp_path / "backup"))
+    assert "the database was not restored: it is on PostgreSQL (%s)" % (postgres_url.url,) in restored.stdout
+    assert (state / "ca" / "ca.key").read_bytes() == key
+    assert not list(state.glob("*.sqlite3*"))

@@ -84,3 +84,57 @@ def database_at_schema(path, version: int):
         conn.executescript(script)
     conn.execute("PRAGMA user_version = %d" % (version,))
     return conn
+
+
+#: What ``populate`` puts in a store, for tests that read it back elsewhere (a copy, a backup).
+POPULATED_HOSTS = (HOST, "host-2")
+AGENT_TOKEN_HASH = "a" * 64
+CA_CHALLENGE_HASH = "c" * 64
+
+
+async def populate(s):
+    """
+    A site with a row in every table: CAs (one with a sealed challenge and a trust bundle), hosts, profiles,
+    host profiles claimed (commands), a live one-time challenge and one in flight, an agent credential, the
+    built-in CA's request, certificate and one-time challenge. Fires the live proxy challenge (plain text).
+    """
+    from scepproxyd.store import CaRequest, IssuedCertificate
+
+    await s.add_ca(CA, "https://ca.example/scep", challenge_ciphertext=b"\x00sealed\xff",
+                   tls_trust_bundle="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", tls_verify=False)
+    await s.add_ca("other_ca", "http://other.example/scep")
+    await seed(s)
+    await s.upsert_host("host-2", None, "android")
+    await s.add_profile("profile-2", "VPN cert", "android", b'{"template": "x"}', "other_ca")
+    await s.assign_profile("host-2", "profile-2")
+    await claim_all(s)
+    live = await s.issue_challenge(HOST, PROFILE)
+    spent = await s.issue_challenge("host-2", "profile-2")
+    assert await s.consume_challenge(spent, "host-2", "profile-2") is not None  # left in flight
+    await s.set_agent_credential(HOST, AGENT_TOKEN_HASH)
+    now = s._clock.seconds()
+    request = CaRequest("TX-1", "issued", "CN=device", b"\x30\x82csr", b"\x30signer", "10.0.0.1", "default",
+                        None, "0a1b", now, now, "nonce-1")
+    certificate = IssuedCertificate("0a1b", "CN=device", now, now + 86400, "valid", None, None, "10.0.0.1", "TX-1",
+                                    "default", None, b"\x30\x82der\x00", now, "nonce-1")
+    await s.record_issued(request, certificate)
+    await s.add_ca_challenge(CA_CHALLENGE_HASH, "default", 3600)
+    return live
+
+
+def table_rows(conn, table: str) -> list[tuple]:
+    """Every row of ``table`` on a raw connection (either engine), as plain values in a stable order."""
+    rows = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+            for row in conn.execute("SELECT * FROM %s" % (table,)).fetchall()]
+    return sorted(rows, key=repr)
+
+
+def postgres_password(database) -> str | None:
+    """
+    The password of a ``postgres_url`` fixture's database: its ``password_file``'s first line (support.postgres),
+    or the ``password`` a development fixture gives; None when the server asks for none.
+    """
+    password_file = getattr(database, "password_file", None)
+    if password_file is not None:
+        return password_file.read_text().strip() or None
+    return getattr(database, "password", None)
