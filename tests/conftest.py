@@ -20,7 +20,7 @@ from support.hostile import HostileCA
 from support.postgres import need_postgres
 from support.scep_capture import make_ca
 from support.stepca import StepCA
-from support.store import make_clock, migrated, started_store
+from support.store import make_clock, migrated, postgres_password, started_store
 from support.upstream import CHALLENGE, ScepServer
 
 
@@ -92,7 +92,7 @@ def database(request, engine, tmp_path):
     if engine == "sqlite" or "db_path" in request.fixturenames:
         return request.getfixturevalue("db_path"), None
     fresh = request.getfixturevalue("postgres_url")
-    password = fresh.password_file.read_text().strip() if fresh.password_file else None
+    password = postgres_password(fresh)
     Store.migrate(fresh.url, password=password)
     return fresh.url, password
 

@@ -14,15 +14,11 @@ from twisted.internet import reactor
 from scepproxyd.store import Store, StoreError, StoreUnavailable
 from scepproxyd.store.postgres import redacted, translate
 from support.postgres import need_postgres
-from support.store import SCHEMA_VERSION, make_clock, seed
-
-
-def password_of(database) -> str:
-    return database.password_file.read_text().strip()
+from support.store import SCHEMA_VERSION, make_clock, postgres_password, seed
 
 
 def version_rows(database) -> list:
-    with psycopg.connect(database.url, password=password_of(database), autocommit=True) as db:
+    with psycopg.connect(database.url, password=postgres_password(database), autocommit=True) as db:
         return db.execute("SELECT version FROM scepproxyd_schema").fetchall()
 
 
@@ -31,7 +27,7 @@ def test_two_nodes_migrating_at_once_apply_each_schema_once(postgres_url):
 
     def migrate():
         try:
-            results.append(Store.migrate(postgres_url.url, password=password_of(postgres_url)))
+            results.append(Store.migrate(postgres_url.url, password=postgres_password(postgres_url)))
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -46,7 +42,7 @@ def test_two_nodes_migrating_at_once_apply_each_schema_once(postgres_url):
 
 @pytest_twisted.ensureDeferred
 async def test_a_database_newer_than_the_code_is_refused(postgres_url):
-    password = password_of(postgres_url)
+    password = postgres_password(postgres_url)
     Store.migrate(postgres_url.url, password=password)
     with psycopg.connect(postgres_url.url, password=password, autocommit=True) as db:
         db.execute("UPDATE scepproxyd_schema SET version = %s", (SCHEMA_VERSION + 1,))
@@ -60,7 +56,7 @@ async def test_a_database_newer_than_the_code_is_refused(postgres_url):
 
 @pytest_twisted.ensureDeferred
 async def test_an_empty_database_is_refused_until_migrated(postgres_url):
-    store = Store(postgres_url.url, reactor, clock=make_clock(), password=password_of(postgres_url))
+    store = Store(postgres_url.url, reactor, clock=make_clock(), password=postgres_password(postgres_url))
     with pytest.raises(StoreError, match="run migrate first"):
         await store.start()
     await store.stop()
@@ -70,7 +66,7 @@ def test_a_wrong_password_is_refused_without_showing_any_password(postgres_url):
     with pytest.raises(StoreError) as refused:
         Store.migrate(postgres_url.url, password="not-the-password")
     assert "password authentication failed" in str(refused.value)
-    assert "not-the-password" not in str(refused.value) and password_of(postgres_url) not in str(refused.value)
+    assert "not-the-password" not in str(refused.value) and postgres_password(postgres_url) not in str(refused.value)
 
 
 def test_urls_in_messages_never_carry_a_password():
@@ -88,7 +84,7 @@ async def test_a_server_that_goes_away_makes_the_store_unavailable_not_broken():
     server = need_postgres().start()
     try:
         database = server.fresh_database()
-        password = password_of(database)
+        password = postgres_password(database)
         Store.migrate(database.url, password=password)
         store = Store(database.url, reactor, clock=make_clock(), password=password, busy_timeout=2.0)
         await store.start()

@@ -26,6 +26,7 @@ from support.clients import scepclient
 from support.daemon import FAST
 from support.nodes import start_nodes
 from support.site import scep_url_from
+from support.store import postgres_password
 from support.upstream import CHALLENGE as STATIC
 
 HOSTS = 10_000
@@ -33,8 +34,7 @@ HOSTS = 10_000
 
 def connect(database):
     """psycopg on the nodes' database, to count rows behind their back."""
-    password = database.password_file.read_text().strip() if database.password_file else None
-    return psycopg.connect(database.url, password=password, autocommit=True)
+    return psycopg.connect(database.url, password=postgres_password(database), autocommit=True)
 
 
 def counts(database) -> dict:

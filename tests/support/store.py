@@ -130,11 +130,5 @@ def table_rows(conn, table: str) -> list[tuple]:
 
 
 def postgres_password(database) -> str | None:
-    """
-    The password of a ``postgres_url`` fixture's database: its ``password_file``'s first line (support.postgres),
-    or the ``password`` a development fixture gives; None when the server asks for none.
-    """
-    password_file = getattr(database, "password_file", None)
-    if password_file is not None:
-        return password_file.read_text().strip() or None
-    return getattr(database, "password", None)
+    """The password of a ``postgres_url`` fixture's database (support.postgres): its ``password_file``'s first line."""
+    return database.password_file.read_text().strip() or None
