@@ -14,10 +14,14 @@ grace period, then the upstream pool and finally the database close.
 problem it meets becomes one L{StartupError}.
 """
 
+import hashlib
+import hmac
+import time
 from functools import partial
 from pathlib import Path
 
 import attrs
+from cryptography.hazmat.primitives import hashes
 from twisted.application import strports
 from twisted.internet.endpoints import serverFromString
 from twisted.web import resource
@@ -48,6 +52,8 @@ from scepproxyd.scep.proxy import ScepProxy
 from scepproxyd.scep.ra_flow import RaFlow
 from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http_client
 from scepproxyd.store import Store, StoreError
+from scepproxyd.store.fingerprints import differing_state_files
+from scepproxyd.store.postgres import redacted
 from scepproxyd.web.api import off_reactor
 from scepproxyd.web.admin import AdminRoutes, admin_route_limits
 from scepproxyd.web.admin_agents import AgentCredentialRoutes
@@ -122,15 +128,39 @@ def _prepare_files(settings) -> None:
     if settings.database.engine == "sqlite":
         settings.database.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     Store.migrate(settings.database.target, password=database_password(settings))
-    load_or_create_key(settings.key_file)
-    load_or_create_token(settings.admin.token_file)
-    load_or_create_token(settings.delivery.webhook_token_file)
+    secrets_key = load_or_create_key(settings.key_file)
+    admin_token = load_or_create_token(settings.admin.token_file)
+    webhook_token = load_or_create_token(settings.delivery.webhook_token_file)
     if settings.delivery.backend == "nanomdm":
         read_nanomdm_api_key(settings.delivery.nanomdm_api_key_file)
-    if settings.ca.enabled:
-        prepare_ca_material(settings.ca)
+    material = prepare_ca_material(settings.ca) if settings.ca.enabled else None
+    if settings.database.engine == "postgresql":
+        _check_shared_state(settings, {
+            "secrets_key": hmac.new(secrets_key, b"scepproxyd node fingerprint", hashlib.sha256).hexdigest(),
+            "admin_token": hashlib.sha256(admin_token.encode()).hexdigest(),
+            "webhook_token": hashlib.sha256(webhook_token.encode()).hexdigest(),
+            **({"builtin_ca": material.certificate.fingerprint(hashes.SHA256()).hex()} if material else {}),
+        })
     if settings.server.tls_certificate is not None:
         server_context(settings.server.tls_certificate, settings.server.tls_key, settings.server.tls_chain)
+
+
+#: Which setting names each shared state file, for the message when a node's differ.
+_SHARED_FILES = {
+    "secrets_key": "[state] key_file", "admin_token": "[admin] token_file",
+    "webhook_token": "[delivery] webhook_token_file", "builtin_ca": "[ca] key_file and certificate_file",
+}
+
+
+def _check_shared_state(settings, fingerprints: dict) -> None:
+    """Several nodes: refuse to start with state files other than those the first node recorded."""
+    differing = differing_state_files(settings.database.target, database_password(settings), fingerprints, time.time())
+    if differing:
+        raise StoreError(
+            "this node's %s differ from those of the nodes already using database %s: copy them from a "
+            "running node (mode 0600) before starting it (docs/operations.md, Several nodes)"
+            % (", ".join(_SHARED_FILES[name] for name in differing), redacted(settings.database.target))
+        )
 
 
 def database_password(settings) -> str | None:

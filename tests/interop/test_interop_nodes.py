@@ -11,6 +11,7 @@ import signal
 import time
 
 import psycopg
+import pytest
 import pytest_twisted
 import treq
 from cryptography import x509
@@ -23,8 +24,8 @@ from scepproxyd.scep import codec
 from support.api import Api
 from support.certs import self_signed
 from support.clients import scepclient
-from support.daemon import FAST
-from support.nodes import start_nodes
+from support.daemon import FAST, Daemon
+from support.nodes import database_section, share_state, start_nodes
 from support.site import scep_url_from
 from support.store import postgres_password
 from support.upstream import CHALLENGE as STATIC
@@ -169,3 +170,25 @@ async def test_the_builtin_ca_on_both_nodes_never_repeats_a_serial(tmp_path, pos
     finally:
         for node in (one, two):
             node.stop()
+
+
+def test_a_node_without_the_shared_state_files_refuses_to_start(tmp_path, postgres_url):
+    (one,) = start_nodes(tmp_path, postgres_url, count=1)
+    try:
+        stranger = tmp_path / "stranger"
+        stranger.mkdir()
+        with pytest.raises(RuntimeError) as refused:
+            Daemon(stranger, database=database_section(postgres_url)).start()
+        message = str(refused.value)
+        for setting in ("[state] key_file", "[admin] token_file", "[delivery] webhook_token_file",
+                        "[ca] key_file and certificate_file"):
+            assert setting in message
+        assert "copy them from a running node" in message
+        assert postgres_password(postgres_url) not in message
+        # The node that holds the files is unaffected, and a node given copies starts.
+        share_state(tmp_path / "node-1" / "state", stranger / "state")
+        Daemon(stranger, database=database_section(postgres_url)).start().stop()
+        listed = Api(one.admin_url, one.admin_token).call("GET", "/api/v1/cas")["cas"]
+        assert [ca["name"] for ca in listed] == ["builtin"]
+    finally:
+        one.stop()
