@@ -31,6 +31,8 @@ With ``--cprofile N``, the RA phase also runs cProfile, one profiler on the reac
 thread and one around each function RaFlow runs on a worker thread, and prints the top
 N functions of each by own time and by cumulative time (cProfile slows what it watches,
 so the stage times of that phase are inflated; compare them with a run without it).
+``--cprofile-out DIR`` also saves both profiles there (``reactor.prof``, ``threads.prof``)
+for ``python -m pstats``.
 
     .venv/bin/python bench/pkioperation_breakdown.py [--requests 200] [--modes passthrough,ra] [--cprofile 25]
 """
@@ -248,7 +250,7 @@ def print_profile(title, profile, top):
         print(text[text.find("   ncalls"):].rstrip())
 
 
-async def breakdown(reactor, requests, modes, top):
+async def breakdown(reactor, requests, modes, top, profile_out=None):
     from twisted.internet import defer, threads
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
@@ -292,6 +294,10 @@ async def breakdown(reactor, requests, modes, top):
             if profiling:
                 print_profile("reactor thread, RA phase", PROFILES.reactor, top)
                 print_profile("worker threads (RaFlow's run_in_thread), RA phase", PROFILES.threads, top)
+                if profile_out:
+                    Path(profile_out).mkdir(parents=True, exist_ok=True)
+                    PROFILES.reactor.dump_stats(str(Path(profile_out) / "reactor.prof"))
+                    PROFILES.threads.dump_stats(str(Path(profile_out) / "threads.prof"))
     finally:
         await defer.maybeDeferred(daemon.stopService)
         scep.stop()
@@ -304,10 +310,12 @@ def main():
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--modes", default="passthrough,ra", help="phases in order: passthrough, ra")
     parser.add_argument("--cprofile", type=int, default=0, metavar="N", help="cProfile the RA phase, top N functions")
+    parser.add_argument("--cprofile-out", metavar="DIR", help="with --cprofile: save reactor.prof and threads.prof")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     from twisted.internet import defer, task
-    task.react(lambda reactor: defer.ensureDeferred(breakdown(reactor, args.requests, modes, args.cprofile)))
+    task.react(lambda reactor: defer.ensureDeferred(breakdown(reactor, args.requests, modes, args.cprofile,
+                                                                        args.cprofile_out)))
 
 
 if __name__ == "__main__":
