@@ -15,8 +15,9 @@ proxy's GetCACert answer, as a device's is. In order:
    profile) and nginx, alternated; scepproxyd's CPU time from /proc during its runs.
 2. PKIOperation throughput at ``concurrency``: direct to scepserver, through scepproxyd
    in passthrough and through scepproxyd in RA mode (one pre-minted one-time challenge
-   each), in halves in the order direct, proxy, ra, ra, proxy, direct, so scepserver's
-   depot growth (its index.txt is rescanned at every issue) weighs on all alike. Only
+   each), in ``rounds`` mirrored rounds of blocks (direct, proxy, ra, ra, proxy, direct),
+   so scepserver's depot growth (its index.txt is rescanned at every issue) and other
+   load on the machine weigh on all alike. Only
    CertReps with pkiStatus SUCCESS count as enrollments; all CertReps, and scepserver's
    and the daemon's CPU, are recorded too.
 3. PKIOperation latency at concurrency 1: requests alternate direct / proxy / ra.
@@ -84,21 +85,29 @@ class Spy:
 LEGS = ("direct", "proxy", "ra")
 
 
-def _enroll_legs(scep, daemon_pid, legs, concurrency, spy):
+def _blocks(legs, rounds):
     """
-    ``legs``: {leg: (port, requests)}, run as halves in a mirrored order (direct, proxy,
-    ra, ra, proxy, direct), so scepserver's depot growth weighs on each leg alike.
+    ``legs``: {leg: (port, requests)} cut into ``2 * rounds`` blocks each, in ``rounds``
+    mirrored rounds (direct, proxy, ra, ra, proxy, direct): scepserver's depot growth and
+    the load other processes put on the machine weigh on every leg alike.
+    """
+    parts = 2 * rounds
+    chunks = {leg: [reqs[i * len(reqs) // parts:(i + 1) * len(reqs) // parts] for i in range(parts)]
+              for leg, (_, reqs) in legs.items()}
+    for _ in range(rounds):
+        for leg in list(legs) + list(reversed(legs)):
+            yield leg, legs[leg][0], chunks[leg].pop(0)
 
+
+def _enroll_legs(scep, daemon_pid, legs, concurrency, rounds, spy):
+    """
     Per leg: SUCCESS CertReps, all CertReps, seconds, other answers, and the CPU seconds
     scepserver and the daemon used per answered PKIOperation (from /proc/PID/stat).
     """
-    order = list(legs) + list(reversed(legs))
-    halves = {leg: [reqs[:len(reqs) // 2], reqs[len(reqs) // 2:]] for leg, (_, reqs) in legs.items()}
     scep_pid = scep.process.pid
     got_legs = {leg: {"enrolled": 0, "certreps": 0, "seconds": 0.0, "other": {}, "scep_cpu": 0.0, "daemon_cpu": 0.0}
                 for leg in legs}
-    for leg in order:
-        port, reqs = legs[leg][0], halves[leg].pop(0)
+    for leg, port, reqs in _blocks(legs, rounds):
         phase = "pkioperation" if leg == "proxy" else f"pkioperation-{leg}"
         if leg != "direct" and phase not in spy.files:
             spy.start(phase)
@@ -210,7 +219,7 @@ def one_run(opts) -> dict:
         for port, path in ((scep.port, "/scep?operation=GetCACaps"), (daemon.port, caps_path + "?operation=GetCACaps"),
                            (daemon.port, ra_paths[0] + "?operation=GetCACaps")):
             load.drive(port, [("GET", path, b"")], 1)  # warm: keep-alive, caps cache
-        out["enroll"] = _enroll_legs(scep, pid, throughput, opts.concurrency, spy)
+        out["enroll"] = _enroll_legs(scep, pid, throughput, opts.concurrency, opts.rounds, spy)
 
         # -- 3. latency at concurrency 1, alternating ------------------------------------------
         answers = load.alternate([latency[leg] for leg in LEGS])

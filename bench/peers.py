@@ -79,6 +79,8 @@ def main():
     parser.add_argument("--duration", type=int, default=10, help="seconds of each wrk run")
     parser.add_argument("--concurrency", type=int, default=8, help="PKIOperation throughput concurrency")
     parser.add_argument("--enrollments", type=int, default=600, help="PKIOperations per leg (throughput)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="mirrored rounds of throughput blocks (direct, proxy, ra, ra, proxy, direct)")
     parser.add_argument("--latency-requests", type=int, default=200, help="sequential PKIOperations per leg")
     parser.add_argument("--wrk-connections", type=int, default=16)
     parser.add_argument("--fleet", type=int, default=100_000, help="hosts and host profiles for the RSS figure")
@@ -98,7 +100,7 @@ def main():
         if args.profile:
             profile_dir = Path(args.profile).resolve() / f"run{run}"
             profile_dir.mkdir(parents=True, exist_ok=True)
-        opts = {k: getattr(args, k) for k in ("duration", "concurrency", "enrollments", "latency_requests",
+        opts = {k: getattr(args, k) for k in ("duration", "concurrency", "enrollments", "rounds", "latency_requests",
                                               "wrk_connections", "fleet")}
         opts["profile_dir"] = str(profile_dir) if profile_dir else None
         r = child("peers.py", "--child-run", json.dumps(opts), timeout=3600)
@@ -212,7 +214,8 @@ def print_table(args, peers, stores, processing):
     head = ("figure", "scepproxyd", "peer", "peer figure", "ratio", "target", "verdict")
     widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
     print(f"\nscepproxyd vs peers on loopback, medians of {len(peers)} peer runs / {len(stores)} store runs"
-          f" (wrk {args.duration} s; {args.enrollments} PKIOperations per leg, {args.latency_requests} at c=1)\n")
+          f" (wrk {args.duration} s; {args.enrollments} PKIOperations per leg in {args.rounds} mirrored rounds,"
+          f" {args.latency_requests} at c=1)\n")
     for line in [head, tuple("-" * w for w in widths)] + rows:
         print(" | ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
     print("\nThe daemon's reactor is one thread (plus one DB thread for SQL), so its figures are one process on"
