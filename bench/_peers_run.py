@@ -177,10 +177,9 @@ def one_run(opts) -> dict:
         key, cert = load.device_identity()
         started = time.perf_counter()
 
-        def requests(recipient, subjects, paths=None):
+        def requests(recipient, subjects, paths=None, challenge=device_challenge):
             paths = paths or ["/scep"] * len(subjects)
-            return [("POST", path + "?operation=PKIOperation", load.pkcs_req(key, cert, recipient, subject,
-                                                                             device_challenge))
+            return [("POST", path + "?operation=PKIOperation", load.pkcs_req(key, cert, recipient, subject, challenge))
                     for path, subject in zip(paths, subjects)]
 
         n, m = opts.enrollments, opts.latency_requests
@@ -189,12 +188,12 @@ def one_run(opts) -> dict:
         throughput = {
             "direct": (scep.port, requests(ca_cert, [f"direct-{i}" for i in range(n)])),
             "proxy": (daemon.port, requests(ca_cert, [f"proxy-{i}" for i in range(n)], proxy_paths[:n])),
-            "ra": (daemon.port, requests(ra_cert, ra_subjects[:n], ra_paths[:n])),
+            "ra": (daemon.port, requests(ra_cert, ra_subjects[:n], ra_paths[:n], ra_fetched[0].challenge)),
         }
         latency = {
             "direct": (scep.port, requests(ca_cert, [f"direct-l-{i}" for i in range(m)])),
             "proxy": (daemon.port, requests(ca_cert, [f"proxy-l-{i}" for i in range(m)], proxy_paths[n:])),
-            "ra": (daemon.port, requests(ra_cert, ra_subjects[n:], ra_paths[n:])),
+            "ra": (daemon.port, requests(ra_cert, ra_subjects[n:], ra_paths[n:], ra_fetched[0].challenge)),
         }
         out["build_seconds"] = time.perf_counter() - started
 
