@@ -15,8 +15,9 @@ import time
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import AttributeOID, NameOID
+from cryptography.x509.oid import NameOID
 
+from _peers_procs import csr
 from scepproxyd.scep import codec
 
 
@@ -32,15 +33,22 @@ def device_identity(common_name="bench-device"):
     return key, cert
 
 
-def pkcs_req(key, cert, ca_cert, common_name, challenge_password):
-    """A real PKCSReq: a CSR (CN, challengePassword) signed and enveloped as a device sends it."""
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-           .add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge_password.encode())
-           .sign(key, hashes.SHA256()))
+def pkcs_req(key, cert, recipient, subject, challenge_password):
+    """
+    A real PKCSReq as a device sends it: a CSR (``subject``, a Name or a CN; the
+    challengePassword) signed by the device and enveloped to ``recipient``, the
+    certificate its GetCACert answer says to encrypt to (the CA's, or the proxy's
+    RA certificate for a CA in RA mode).
+    """
     der, _ = codec.build_request(message_type="PKCSReq", signer_key=key, signer_certificate=cert,
-                                 recipient_certificate=ca_cert, csr=csr)
+                                 recipient_certificate=recipient, csr=csr(key, subject, challenge=challenge_password))
     return der
+
+
+def recipient_certificate(ca_cert_body):
+    """The certificate a device encrypts to, from a GetCACert answer: the lone one, or the first of a chain
+    (the proxy in RA mode sends its RA certificate first)."""
+    return x509.load_der_x509_certificate(codec.ca_certificates(ca_cert_body)[0])
 
 
 def enrolled(body):

@@ -3,7 +3,9 @@
 bench's one door to the test harness: importing this module puts the repo's
 tests/ directory on sys.path, so scepserver and the daemon are started by the
 interop tests' own code (tests/support: ScepServer, Daemon), on free loopback
-ports, and bench's API client is the tests' one (support.api.Api). nginx runs from a
+ports, bench's API client is the tests' one (support.api.Api), and so is the
+fixture profile for a CA (support.site.mobileconfig) and the CSR a device
+writes (support.certs.csr). nginx runs from a
 generated config in a temporary prefix (master_process off, one worker, daemon
 off), a plain ``proxy_pass`` to scepserver with a keep-alive upstream: the
 yardstick for what a forwarding proxy costs. Every process is stopped by its pid.
@@ -22,12 +24,14 @@ if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 
 from support.api import Api  # noqa: E402
+from support.certs import csr  # noqa: E402
 from support.daemon import Daemon  # noqa: E402
 from support.processes import free_port, stop, wait_for_port  # noqa: E402
+from support.site import mobileconfig as site_mobileconfig  # noqa: E402
 from support.upstream import ScepServer  # noqa: E402
 
-__all__ = ["Api", "Daemon", "Nginx", "ScepServer", "free_port", "proc_memory_mb", "py_spy", "py_spy_stop", "stop",
-           "wait_for_port", "wrk"]
+__all__ = ["Api", "Daemon", "Nginx", "ScepServer", "csr", "free_port", "proc_memory_mb", "py_spy", "py_spy_stop",
+           "site_mobileconfig", "stop", "wait_for_port", "wrk"]
 
 SPY_RATE = 200
 

@@ -3,18 +3,24 @@
 On loopback, free ports: micromdm ``scepserver`` (the real upstream CA, ``-challenge=S
 -allowrenew=0``, a new depot), ``nginx`` proxy_pass to it, and scepproxyd under twistd
 (shipped defaults, built-in CA included, log level info; timers pushed to 1 h so only
-the benchmark triggers jobs), with a CA integration pointing at the same scepserver.
+the benchmark triggers jobs), with two CA integrations pointing at the same scepserver:
+one in passthrough (macOS hosts), one in RA mode (iOS hosts, its own copy of the
+profile; the daemon enrolls its RA certificate from scepserver when it is added).
 The site is seeded through the admin and agent APIs only (bench/_peers_site.py).
-All request bodies are built before any timing. In order:
+All request bodies are built before any timing; an RA-mode request carries the subject
+the profile renders for its host and is encrypted to the RA certificate from the
+proxy's GetCACert answer, as a device's is. In order:
 
 1. wrk on GetCACaps and GetCACert: scepproxyd (a proxy identifier URL of a pending host
    profile) and nginx, alternated; scepproxyd's CPU time from /proc during its runs.
-2. PKIOperation throughput at ``concurrency``: direct to scepserver and through
-   scepproxyd (one pre-minted one-time challenge each), in the order direct, proxy,
-   proxy, direct, so scepserver's depot growth (its index.txt is rescanned at every
-   issue) weighs on both alike. Only CertReps with pkiStatus SUCCESS count as
-   enrollments; all CertReps, and scepserver's and the daemon's CPU, are recorded too.
-3. PKIOperation latency at concurrency 1: requests alternate direct / proxy.
+2. PKIOperation throughput at ``concurrency``: direct to scepserver, through scepproxyd
+   in passthrough and through scepproxyd in RA mode (one pre-minted one-time challenge
+   each), in ``rounds`` mirrored rounds of blocks (direct, proxy, ra, ra, proxy, direct),
+   so scepserver's depot growth (its index.txt is rescanned at every issue) and other
+   load on the machine weigh on all alike. Only
+   CertReps with pkiStatus SUCCESS count as enrollments; all CertReps, and scepserver's
+   and the daemon's CPU, are recorded too.
+3. PKIOperation latency at concurrency 1: requests alternate direct / proxy / ra.
 4. RSS: ``fleet`` (100,000) more hosts imported (JSON chunks of 5,000), assigned by
    platform, VmRSS/VmHWM of the twistd pid; then the process_profiles job and again.
 
@@ -31,10 +37,13 @@ from cryptography import x509
 
 import _peers_load as load
 import _peers_site as site
-from _peers_procs import REPO, Daemon, Nginx, ScepServer, proc_memory_mb, py_spy, py_spy_stop, wrk
+from _peers_procs import Daemon, Nginx, ScepServer, proc_memory_mb, py_spy, py_spy_stop, wrk
 
 STATIC_CHALLENGE = "bench-static-challenge"
 CA_NAME = "BENCH_CA"
+#: The same scepserver as a second CA integration, in RA mode, for the hosts of another platform.
+RA_CA_NAME = "BENCH_RA"
+RA_PLATFORM = "ios"
 
 
 def pct(values, q):
@@ -72,25 +81,40 @@ class Spy:
             self.current = None
 
 
-def _enroll_legs(scep, proxy_port, daemon_pid, direct, proxied, concurrency, spy):
-    """
-    ABBA: direct half, proxy half, proxy half, direct half.
+#: The PKIOperation legs: scepserver direct, through the proxy in passthrough, through the proxy in RA mode.
+LEGS = ("direct", "proxy", "ra")
 
+
+def _blocks(legs, rounds):
+    """
+    ``legs``: {leg: (port, requests)} cut into ``2 * rounds`` blocks each, in ``rounds``
+    mirrored rounds (direct, proxy, ra, ra, proxy, direct): scepserver's depot growth and
+    the load other processes put on the machine weigh on every leg alike.
+    """
+    parts = 2 * rounds
+    chunks = {leg: [reqs[i * len(reqs) // parts:(i + 1) * len(reqs) // parts] for i in range(parts)]
+              for leg, (_, reqs) in legs.items()}
+    for _ in range(rounds):
+        for leg in list(legs) + list(reversed(legs)):
+            yield leg, legs[leg][0], chunks[leg].pop(0)
+
+
+def _enroll_legs(scep, daemon_pid, legs, concurrency, rounds, spy):
+    """
     Per leg: SUCCESS CertReps, all CertReps, seconds, other answers, and the CPU seconds
     scepserver and the daemon used per answered PKIOperation (from /proc/PID/stat).
     """
-    half_d, half_p = len(direct) // 2, len(proxied) // 2
-    scep_port, scep_pid = scep.port, scep.process.pid
-    legs = {leg: {"enrolled": 0, "certreps": 0, "seconds": 0.0, "other": {}, "scep_cpu": 0.0, "daemon_cpu": 0.0}
-            for leg in ("direct", "proxy")}
-    for leg, port, reqs in (("direct", scep_port, direct[:half_d]), ("proxy", proxy_port, proxied[:half_p]),
-                            ("proxy", proxy_port, proxied[half_p:]), ("direct", scep_port, direct[half_d:])):
-        if leg == "proxy" and "pkioperation" not in spy.files:
-            spy.start("pkioperation")
+    scep_pid = scep.process.pid
+    got_legs = {leg: {"enrolled": 0, "certreps": 0, "seconds": 0.0, "other": {}, "scep_cpu": 0.0, "daemon_cpu": 0.0}
+                for leg in legs}
+    for leg, port, reqs in _blocks(legs, rounds):
+        phase = "pkioperation" if leg == "proxy" else f"pkioperation-{leg}"
+        if leg != "direct" and phase not in spy.files:
+            spy.start(phase)
         cpu = (cpu_seconds(scep_pid), cpu_seconds(daemon_pid))
         results, seconds = load.drive(port, reqs, concurrency)
         spy.stop()
-        got = legs[leg]
+        got = got_legs[leg]
         got["scep_cpu"] += cpu_seconds(scep_pid) - cpu[0]
         got["daemon_cpu"] += cpu_seconds(daemon_pid) - cpu[1]
         got["seconds"] += seconds
@@ -101,12 +125,12 @@ def _enroll_legs(scep, proxy_port, daemon_pid, direct, proxied, concurrency, spy
             else:
                 key = f"{status} {load.describe(status, body)}"
                 got["other"][key] = got["other"].get(key, 0) + 1
-    for got in legs.values():
+    for got in got_legs.values():
         got["rate"] = got["enrolled"] / got["seconds"]
         got["certrep_rate"] = got["certreps"] / got["seconds"]
         got["scep_cpu_ms"] = 1000 * got["scep_cpu"] / max(1, got["certreps"])
         got["daemon_cpu_ms"] = 1000 * got["daemon_cpu"] / max(1, got["certreps"])
-    return legs
+    return got_legs
 
 
 def one_run(opts) -> dict:
@@ -125,37 +149,56 @@ def one_run(opts) -> dict:
         admin = site.client(daemon.admin_port, daemon.admin_token)
         agent = site.client(daemon.port, None)  # each host's agent: its own credential per request
 
-        # -- seed: CA, profile, hosts that will enroll, assignment, processing, agent fetch --
+        # -- seed: the CA twice (passthrough, ra), profiles, hosts, assignment, processing, agent fetch --
         started = time.perf_counter()
         site.add_ca(admin, CA_NAME, scep.url, STATIC_CHALLENGE)
-        profile = site.upload_profile(admin, (REPO / site.REPO_FIXTURE).read_bytes(), CA_NAME)
-        needed = 2 * opts.enrollments + opts.latency_requests + 1
-        hosts = site.import_hosts(admin, "ENROLL", needed)
+        site.add_ca(admin, RA_CA_NAME, scep.url, STATIC_CHALLENGE, mode="ra")  # enrolls its RA certificate
+        profile = site.upload_profile(admin, CA_NAME)
+        ra_profile = site.upload_profile(admin, RA_CA_NAME, platform=RA_PLATFORM, identifier="Bench.RA")
+        per_leg = opts.enrollments + opts.latency_requests
+        hosts = site.import_hosts(admin, "ENROLL", per_leg + 1)
+        ra_hosts = site.import_hosts(admin, "RA", per_leg, platform=RA_PLATFORM)
         site.assign_platform(admin, profile)
+        site.assign_platform(admin, ra_profile, RA_PLATFORM)
         site.process_profiles(admin)
-        credentials = site.issue_agent_credentials(admin, hosts)
+        credentials = site.issue_agent_credentials(admin, hosts + ra_hosts)
         fetched = [site.fetch_enrollment(agent, h, credentials[h]) for h in hosts]
-        paths = [path for path, _ in fetched]
-        device_challenge = fetched[0][1]
+        ra_fetched = [site.fetch_enrollment(agent, h, credentials[h]) for h in ra_hosts]
+        device_challenge = fetched[0].challenge
         out["seed_seconds"] = time.perf_counter() - started
 
+        # -- every PKCSReq body, before any timing: one device key, one CSR per request --
         ca_cert = x509.load_pem_x509_certificate(scep.ca_pem.read_bytes())
+        # A device of an RA-mode CA encrypts to the RA certificate, the first in the proxy's GetCACert answer.
+        answers, _ = load.drive(daemon.port, [("GET", ra_fetched[0].path + "?operation=GetCACert", b"")], 1)
+        if answers[0][0] != 200:
+            raise RuntimeError(f"GetCACert through the RA answered {answers[0][0]}: {answers[0][1][:200]!r}")
+        ra_cert = load.recipient_certificate(answers[0][1])
         key, cert = load.device_identity()
         started = time.perf_counter()
 
-        def bodies(tag, count):
-            return [load.pkcs_req(key, cert, ca_cert, f"{tag}-{i}", device_challenge) for i in range(count)]
+        def requests(recipient, subjects, paths=None, challenge=device_challenge):
+            paths = paths or ["/scep"] * len(subjects)
+            return [("POST", path + "?operation=PKIOperation", load.pkcs_req(key, cert, recipient, subject, challenge))
+                    for path, subject in zip(paths, subjects)]
 
-        direct_t = [("POST", "/scep?operation=PKIOperation", b) for b in bodies("direct", opts.enrollments)]
-        proxy_paths = iter(paths[1:])
-        proxy_t = [("POST", next(proxy_paths) + "?operation=PKIOperation", b) for b in bodies("proxy", opts.enrollments)]
-        direct_l = [("POST", "/scep?operation=PKIOperation", b) for b in bodies("direct-l", opts.latency_requests)]
-        proxy_l = [("POST", next(proxy_paths) + "?operation=PKIOperation", b)
-                   for b in bodies("proxy-l", opts.latency_requests)]
+        n, m = opts.enrollments, opts.latency_requests
+        proxy_paths = [e.path for e in fetched[1:]]
+        ra_paths, ra_subjects = [e.path for e in ra_fetched], [e.subject for e in ra_fetched]
+        throughput = {
+            "direct": (scep.port, requests(ca_cert, [f"direct-{i}" for i in range(n)])),
+            "proxy": (daemon.port, requests(ca_cert, [f"proxy-{i}" for i in range(n)], proxy_paths[:n])),
+            "ra": (daemon.port, requests(ra_cert, ra_subjects[:n], ra_paths[:n], ra_fetched[0].challenge)),
+        }
+        latency = {
+            "direct": (scep.port, requests(ca_cert, [f"direct-l-{i}" for i in range(m)])),
+            "proxy": (daemon.port, requests(ca_cert, [f"proxy-l-{i}" for i in range(m)], proxy_paths[n:])),
+            "ra": (daemon.port, requests(ra_cert, ra_subjects[n:], ra_paths[n:], ra_fetched[0].challenge)),
+        }
         out["build_seconds"] = time.perf_counter() - started
 
         # -- 1. wrk: GetCACaps / GetCACert, scepproxyd vs nginx -----------------------------
-        caps_path = paths[0]
+        caps_path = fetched[0].path
         out["wrk"] = {}
         for op in ("GetCACaps", "GetCACert"):
             query = f"operation={op}" + ("&message=bench" if op == "GetCACert" else "")
@@ -171,18 +214,18 @@ def one_run(opts) -> dict:
                 spy.stop()
                 out["wrk"][f"{op} {peer}"] = result
 
-        # -- 2. PKIOperation throughput, ABBA ------------------------------------------------
-        for port, path in ((scep.port, "/scep?operation=GetCACaps"), (daemon.port, caps_path + "?operation=GetCACaps")):
+        # -- 2. PKIOperation throughput, mirrored order ------------------------------------
+        for port, path in ((scep.port, "/scep?operation=GetCACaps"), (daemon.port, caps_path + "?operation=GetCACaps"),
+                           (daemon.port, ra_paths[0] + "?operation=GetCACaps")):
             load.drive(port, [("GET", path, b"")], 1)  # warm: keep-alive, caps cache
-        out["enroll"] = _enroll_legs(scep, daemon.port, pid, direct_t, proxy_t, opts.concurrency, spy)
+        out["enroll"] = _enroll_legs(scep, pid, throughput, opts.concurrency, opts.rounds, spy)
 
         # -- 3. latency at concurrency 1, alternating ------------------------------------------
-        d_res, p_res = load.alternate([(scep.port, direct_l), (daemon.port, proxy_l)])
-        d_ms = [1000 * s for st, b, s in d_res if st == 200 and load.enrolled(b)]
-        p_ms = [1000 * s for st, b, s in p_res if st == 200 and load.enrolled(b)]
-        out["latency"] = {"direct_p50": pct(d_ms, 50), "direct_p99": pct(d_ms, 99), "proxy_p50": pct(p_ms, 50),
-                          "proxy_p99": pct(p_ms, 99), "direct_n": len(d_ms), "proxy_n": len(p_ms),
-                          "requests": len(d_res)}
+        answers = load.alternate([latency[leg] for leg in LEGS])
+        out["latency"] = {"requests": m}
+        for leg, results in zip(LEGS, answers):
+            ms = [1000 * s for st, b, s in results if st == 200 and load.enrolled(b)]
+            out["latency"].update({f"{leg}_p50": pct(ms, 50), f"{leg}_p99": pct(ms, 99), f"{leg}_n": len(ms)})
 
         # -- 4. RSS with 100,000 more hosts and host profiles ---------------------------------
         out["mem_before_fleet"] = proc_memory_mb(pid)

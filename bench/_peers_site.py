@@ -6,15 +6,25 @@ naming that CA, N macOS hosts imported as JSON in chunks, the profile assigned
 by platform (N host profiles, status NULL), the process_profiles job triggered
 (N commands queued, host profiles pending), each host's agent credential issued
 in one bulk call, then, per host, its agent's fetch of its commands: that renders the profile with a fresh one-time challenge in the
-proxy URL. The URL and the (rendered) static challenge are read back from the
-SCEP payload, exactly what a device would use.
+proxy URL. The URL, the (rendered) static challenge and the subject are read back
+from the SCEP payload, exactly what a device would use (``%SerialNumber%``
+expanded with the host's serial, as a Mac does).
+
+An RA-mode site (bench/peers.py's ``ra`` leg) is the same with the CA
+integration added with ``mode: ra`` and its own copy of the profile (another
+PayloadIdentifier) for another platform, so assigning each by platform keeps
+the two sets of hosts apart.
 """
 
 import plistlib
 import time
 from urllib.parse import urlsplit
 
-from _peers_procs import Api
+import attrs
+from cryptography import x509
+
+from _peers_procs import Api, site_mobileconfig
+from scepproxyd.profiles import binding, variables
 
 REPO_FIXTURE = "tests/fixtures/profiles/fleet-custom-scep-apple.mobileconfig"
 IMPORT_CHUNK = 5000
@@ -25,28 +35,34 @@ def client(port: int, token: str | None) -> Api:
     return Api(port, token, timeout=600.0, keep_alive=True, record=False)
 
 
-def add_ca(admin: Api, name: str, url: str, challenge: str) -> None:
-    admin.call("POST", "/api/v1/cas", {"name": name, "url": url, "challenge": challenge})
+def add_ca(admin: Api, name: str, url: str, challenge: str, mode: str = "passthrough") -> dict:
+    """The CA integration; in ``ra`` mode the daemon enrolls its RA certificate from the CA first."""
+    return admin.call("POST", "/api/v1/cas", {"name": name, "url": url, "challenge": challenge, "mode": mode})
 
 
-def upload_profile(admin: Api, fixture_bytes: bytes, ca_name: str) -> str:
-    content = fixture_bytes.replace(b"CA_NAME", ca_name.encode())
-    answer = admin.call("POST", "/api/v1/profiles?platform=macos&name=bench", raw=content,
-                        content_type="application/x-apple-aspen-config")
+def upload_profile(admin: Api, ca_name: str, platform: str = "macos", identifier: str = "Fleet.WiFi") -> str:
+    """The fleet-custom-scep-apple fixture naming ``ca_name`` (tests/support/site.py's mobileconfig)."""
+    answer = admin.call("POST", f"/api/v1/profiles?platform={platform}&name=bench",
+                        raw=site_mobileconfig(ca_name, identifier), content_type="application/x-apple-aspen-config")
     return answer["uuid"]
 
 
-def import_hosts(admin: Api, prefix: str, count: int, chunk: int = IMPORT_CHUNK) -> list[str]:
-    """``count`` macOS hosts named PREFIX-00000000..., imported as JSON in chunks."""
+def serial_of(host: str) -> str:
+    """The serial number import_hosts gives a host."""
+    return "SN" + host
+
+
+def import_hosts(admin: Api, prefix: str, count: int, chunk: int = IMPORT_CHUNK, platform: str = "macos") -> list[str]:
+    """``count`` hosts named PREFIX-00000000..., imported as JSON in chunks."""
     names = [f"{prefix}-{i:08d}" for i in range(count)]
     for first in range(0, count, chunk):
-        rows = [{"uuid": n, "serial": "SN" + n, "platform": "macos"} for n in names[first:first + chunk]]
+        rows = [{"uuid": n, "serial": serial_of(n), "platform": platform} for n in names[first:first + chunk]]
         admin.call("POST", "/api/v1/hosts/import", rows)
     return names
 
 
-def assign_platform(admin: Api, profile_uuid: str) -> int:
-    return admin.call("POST", f"/api/v1/profiles/{profile_uuid}/assign", {"platform": "macos"})["assigned"]
+def assign_platform(admin: Api, profile_uuid: str, platform: str = "macos") -> int:
+    return admin.call("POST", f"/api/v1/profiles/{profile_uuid}/assign", {"platform": platform})["assigned"]
 
 
 def process_profiles(admin: Api) -> tuple[dict, float]:
@@ -70,11 +86,35 @@ def issue_agent_credentials(admin: Api, hosts: list[str]) -> dict[str, str]:
     return {item["host_uuid"]: item["token"] for item in answer["issued"]}
 
 
-def fetch_enrollment(agent: Api, host: str, credential: str) -> tuple[str, str]:
-    """The host's agent fetches its commands: (proxy path with the one-time challenge, static challenge)."""
+@attrs.frozen
+class Enrollment:
+    """What a device reads from its delivered SCEP payload."""
+
+    #: The proxy URL's path, with the host profile's one-time challenge in it.
+    path: str
+    #: The (rendered) static challenge, the CSR's challengePassword.
+    challenge: str
+    #: The subject the profile renders for this host, as the device writes it in its CSR.
+    subject: x509.Name
+
+
+def device_subject(rdns: list, serial: str) -> x509.Name:
+    """A payload's ``Subject`` (RDNs of [type, value] pairs) as a device fills it in: ``%SerialNumber%`` expanded."""
+    placeholder = "%" + variables.SERIAL_NUMBER + "%"
+    return x509.Name([
+        x509.RelativeDistinguishedName([
+            x509.NameAttribute(x509.ObjectIdentifier(binding.ATTRIBUTE_TYPES[kind.upper()]),
+                               value.replace(placeholder, serial))
+            for kind, value in rdn
+        ])
+        for rdn in rdns
+    ])
+
+
+def fetch_enrollment(agent: Api, host: str, credential: str) -> Enrollment:
+    """The host's agent fetches its commands; what its device then enrolls with."""
     commands = agent.call("GET", f"/api/v1/agent/hosts/{host}/commands", token=credential)["commands"]
     if len(commands) != 1:
         raise RuntimeError(f"host {host} has {len(commands)} commands, expected 1")
     scep = scep_payload(commands[0]["payload"])
-    parts = urlsplit(scep["URL"])
-    return parts.path, scep["Challenge"]
+    return Enrollment(urlsplit(scep["URL"]).path, scep["Challenge"], device_subject(scep["Subject"], serial_of(host)))

@@ -7,6 +7,9 @@ Every run is a set of fresh child processes, and each figure is the median over 
   pre-minted one-time challenge per enrollment from pending host profiles; ratio >= 0.95.
 - latency scepproxyd adds to a PKIOperation at concurrency 1 (proxy minus direct, p50
   and p99, requests alternating between the two); p50 <= 2 ms.
+- the same PKIOperation figures through a CA integration in RA mode (the proxy opens,
+  checks and re-signs every request and answer), beside passthrough and direct, in the
+  same runs: enrollments/s, latency, the daemon's CPU per request, ratios to direct.
 - GetCACaps and GetCACert requests/s through scepproxyd vs nginx proxy_pass (wrk);
   >= 5,000/s on one core (the daemon's reactor is one thread, plus one DB thread).
 - the processing job at 10,000 and 100,000 and the reactor stall meanwhile: the child
@@ -29,6 +32,10 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(BENCH), str(REPO)]
+
+#: The PKIOperation legs (bench/_peers_run.py's LEGS) and their names in the tables.
+LEGS = ("direct", "proxy", "ra")
+LEG_NAMES = {"direct": "scepserver direct", "proxy": "passthrough", "ra": "ra mode"}
 
 
 def child(script, *args, timeout=1800):
@@ -72,6 +79,8 @@ def main():
     parser.add_argument("--duration", type=int, default=10, help="seconds of each wrk run")
     parser.add_argument("--concurrency", type=int, default=8, help="PKIOperation throughput concurrency")
     parser.add_argument("--enrollments", type=int, default=600, help="PKIOperations per leg (throughput)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="mirrored rounds of throughput blocks (direct, proxy, ra, ra, proxy, direct)")
     parser.add_argument("--latency-requests", type=int, default=200, help="sequential PKIOperations per leg")
     parser.add_argument("--wrk-connections", type=int, default=16)
     parser.add_argument("--fleet", type=int, default=100_000, help="hosts and host profiles for the RSS figure")
@@ -91,7 +100,7 @@ def main():
         if args.profile:
             profile_dir = Path(args.profile).resolve() / f"run{run}"
             profile_dir.mkdir(parents=True, exist_ok=True)
-        opts = {k: getattr(args, k) for k in ("duration", "concurrency", "enrollments", "latency_requests",
+        opts = {k: getattr(args, k) for k in ("duration", "concurrency", "enrollments", "rounds", "latency_requests",
                                               "wrk_connections", "fleet")}
         opts["profile_dir"] = str(profile_dir) if profile_dir else None
         r = child("peers.py", "--child-run", json.dumps(opts), timeout=3600)
@@ -118,12 +127,18 @@ def main():
 def print_run(run, r):
     """One line per run with the raw figures behind the medians (and anything odd)."""
     e, lat, w = r["enroll"], r["latency"], r["wrk"]
-    p, d = e["proxy"], e["direct"]
-    print(f"run {run}: PKIOperation c=8 proxy/direct: enroll/s {p['rate']:.1f}/{d['rate']:.1f},"
-          f" CertReps/s {p['certrep_rate']:.1f}/{d['certrep_rate']:.1f}, not SUCCESS {p['other'] or 0}/{d['other'] or 0},"
-          f" CPU ms each: scepserver {p['scep_cpu_ms']:.1f}/{d['scep_cpu_ms']:.1f} daemon {p['daemon_cpu_ms']:.1f};"
-          f" c=1 p50 {fmt(lat['proxy_p50'], '.1f')}/{fmt(lat['direct_p50'], '.1f')} ms,"
-          f" p99 {fmt(lat['proxy_p99'], '.1f')}/{fmt(lat['direct_p99'], '.1f')} ms", flush=True)
+    legs = [leg for leg in LEGS if leg in e]
+    each = lambda get, spec=".1f": "/".join(fmt(get(leg), spec) for leg in legs)  # noqa: E731
+    print(f"run {run}: PKIOperation c=8 {'/'.join(legs)}: enroll/s {each(lambda g: e[g]['rate'])},"
+          f" CertReps/s {each(lambda g: e[g]['certrep_rate'])},"
+          f" not SUCCESS {'/'.join(str(sum(e[g]['other'].values())) for g in legs)},"
+          f" CPU ms each: scepserver {each(lambda g: e[g]['scep_cpu_ms'])}"
+          f" daemon {each(lambda g: e[g]['daemon_cpu_ms'])};"
+          f" c=1 p50 {each(lambda g: lat.get(f'{g}_p50'))} ms, p99 {each(lambda g: lat.get(f'{g}_p99'))} ms",
+          flush=True)
+    for leg in legs:
+        if e[leg]["other"]:
+            print(f"run {run}:   {leg} answers not SUCCESS: {e[leg]['other']}", flush=True)
     for key, v in w.items():
         cpu = f", daemon CPU {v['daemon_user']:.2f} user + {v['daemon_sys']:.2f} sys cores" if "proxy" in key else ""
         odd = f", non-2xx {v['non2xx']} {v['socket_errors']} {v['raw'][-300:]}" if v["non2xx"] or v["rps"] is None else ""
@@ -150,12 +165,26 @@ def print_table(args, peers, stores, processing):
     rows.append(("  CPU ms per PKIOperation: daemon", fmt(med(peers, lambda r: r["enroll"]["proxy"]["daemon_cpu_ms"]), ".2f"),
                  "scepserver, proxy/direct legs", f"{fmt(med(peers, lambda r: r['enroll']['proxy']['scep_cpu_ms']), '.1f')}/"
                  f"{fmt(med(peers, lambda r: r['enroll']['direct']['scep_cpu_ms']), '.1f')}", "", "(reported)", ""))
+    ra_rate = med(peers, lambda r: r["enroll"]["ra"]["rate"])
+    ratio = ratio_row(peers, lambda r: r["enroll"]["ra"]["rate"], lambda r: r["enroll"]["direct"]["rate"])
+    d_rate = med(peers, lambda r: r["enroll"]["direct"]["rate"])
+    rows.append((f"PKIOperation enrollments/s, c={args.concurrency}, ra mode", fmt(ra_rate, ".1f"),
+                 "scepserver direct", fmt(d_rate, ".1f"), fmt(ratio, ".3f"), "(reported)", ""))
+    rows.append(("  CPU ms per PKIOperation: daemon, ra mode",
+                 fmt(med(peers, lambda r: r["enroll"]["ra"]["daemon_cpu_ms"]), ".2f"), "scepserver, ra/direct legs",
+                 f"{fmt(med(peers, lambda r: r['enroll']['ra']['scep_cpu_ms']), '.1f')}/"
+                 f"{fmt(med(peers, lambda r: r['enroll']['direct']['scep_cpu_ms']), '.1f')}", "", "(reported)", ""))
     for q in ("50", "99"):
         prox, dire = med(peers, lambda r: r["latency"][f"proxy_p{q}"]), med(peers, lambda r: r["latency"][f"direct_p{q}"])
         added = med(peers, lambda r: r["latency"][f"proxy_p{q}"] - r["latency"][f"direct_p{q}"])
         target, ok = ("added p50 <= 2 ms", verdict(added, lambda v: v <= 2.0)) if q == "50" else ("(reported)", "")
         rows.append((f"PKIOperation latency p{q} ms, c=1", fmt(prox, ".2f"), "scepserver direct", fmt(dire, ".2f"),
                      f"+{fmt(added, '.2f')} ms", target, ok))
+    for q in ("50", "99"):
+        ra, dire = med(peers, lambda r: r["latency"][f"ra_p{q}"]), med(peers, lambda r: r["latency"][f"direct_p{q}"])
+        added = med(peers, lambda r: r["latency"][f"ra_p{q}"] - r["latency"][f"direct_p{q}"])
+        rows.append((f"PKIOperation latency p{q} ms, c=1, ra mode", fmt(ra, ".2f"), "scepserver direct",
+                     fmt(dire, ".2f"), f"+{fmt(added, '.2f')} ms", "(reported)", ""))
     for op in ("GetCACaps", "GetCACert"):
         prox, ngx = med(peers, lambda r: r["wrk"][f"{op} proxy"]["rps"]), med(peers, lambda r: r["wrk"][f"{op} nginx"]["rps"])
         ratio = ratio_row(peers, lambda r: r["wrk"][f"{op} proxy"]["rps"], lambda r: r["wrk"][f"{op} nginx"]["rps"])
@@ -185,11 +214,49 @@ def print_table(args, peers, stores, processing):
     head = ("figure", "scepproxyd", "peer", "peer figure", "ratio", "target", "verdict")
     widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
     print(f"\nscepproxyd vs peers on loopback, medians of {len(peers)} peer runs / {len(stores)} store runs"
-          f" (wrk {args.duration} s; {args.enrollments} PKIOperations per leg, {args.latency_requests} at c=1)\n")
+          f" (wrk {args.duration} s; {args.enrollments} PKIOperations per leg in {args.rounds} mirrored rounds,"
+          f" {args.latency_requests} at c=1)\n")
     for line in [head, tuple("-" * w for w in widths)] + rows:
         print(" | ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
     print("\nThe daemon's reactor is one thread (plus one DB thread for SQL), so its figures are one process on"
           " one core at most; nginx runs one worker; scepserver (Go) uses both cores.")
+    print_modes(args, peers)
+
+
+def print_modes(args, peers):
+    """PKIOperation by mode, side by side: direct, passthrough, RA mode, and each mode's ratio to direct."""
+    def leg_ratio(a, b, get):
+        return ratio_row(peers, lambda r: get(r, a), lambda r: get(r, b))
+
+    def added(leg, q):
+        return med(peers, lambda r: r["latency"][f"{leg}_p{q}"] - r["latency"][f"direct_p{q}"])
+
+    enroll = lambda key: lambda r, leg: r["enroll"][leg][key]  # noqa: E731
+    figures = [
+        (f"enrollments/s, c={args.concurrency}", enroll("rate"), ".1f", False),
+        ("any CertRep/s", enroll("certrep_rate"), ".1f", False),
+        ("latency p50 ms, c=1", lambda r, leg: r["latency"][f"{leg}_p50"], ".2f", "50"),
+        ("latency p99 ms, c=1", lambda r, leg: r["latency"][f"{leg}_p99"], ".2f", "99"),
+        ("daemon CPU ms per PKIOperation", enroll("daemon_cpu_ms"), ".2f", None),
+        ("scepserver CPU ms per PKIOperation", enroll("scep_cpu_ms"), ".2f", False),
+    ]
+    rows = []
+    for name, get, spec, latency in figures:
+        row = [name] + [fmt(med(peers, lambda r: get(r, leg)), spec) for leg in LEGS]
+        if name.startswith("daemon CPU"):
+            row[1] = "-"
+        for leg in LEGS[1:]:
+            if latency is None:
+                row.append("")
+            else:
+                cell = fmt(leg_ratio(leg, "direct", get), ".3f")
+                row.append(cell + (f" (+{fmt(added(leg, latency), '.2f')} ms)" if latency else ""))
+        rows.append(tuple(row))
+    head = ("PKIOperation", *(LEG_NAMES[leg] for leg in LEGS), *(f"{LEG_NAMES[leg]}/direct" for leg in LEGS[1:]))
+    widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
+    print(f"\nPKIOperation by mode, same runs, medians of {len(peers)} (ratios: the median of each run's ratio)\n")
+    for line in [head, tuple("-" * w for w in widths)] + rows:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
 
 
 def print_profiles(peers):

@@ -271,6 +271,19 @@ def test_wrong_recipient_is_refused(codec_ca, device):
         codec.read_request(message, other_key, ca_cert)
 
 
+def test_names_match_by_encoding_first_and_by_rfc5280_otherwise():
+    """The issuer of an IssuerAndSerialNumber: the same bytes match at once; another encoding of
+    the same name (string type, case, spaces) still matches; another name does not."""
+    from asn1crypto import x509 as asn1_x509
+
+    printable = asn1_x509.Name.build({"common_name": "Corp CA", "country_name": "US"})
+    utf8 = asn1_x509.Name.build({"common_name": "corp  ca", "country_name": "US"}, use_printable=False)
+    assert printable.dump() != utf8.dump()
+    assert scep_signed.same_name(printable, asn1_x509.Name.load(printable.dump()))
+    assert scep_signed.same_name(printable, utf8)
+    assert not scep_signed.same_name(printable, asn1_x509.Name.build({"common_name": "Corp CA 2", "country_name": "US"}))
+
+
 @pytest.mark.parametrize("content_encryption, wrong_key_size", [("des3", 16), ("aes256", 16), ("des", 24)])
 def test_key_length_mismatch_after_decrypt_is_refused(codec_ca, device, content_encryption, wrong_key_size):
     """The envelope's RSA-wrapped key has the wrong length for its cipher."""

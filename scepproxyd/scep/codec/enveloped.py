@@ -23,7 +23,7 @@ from scepproxyd.scep.codec.algorithms import (
     key_transport_padding_of,
 )
 from scepproxyd.scep.codec.errors import MessageError
-from scepproxyd.scep.codec.signed import to_asn1_certificate
+from scepproxyd.scep.codec.signed import same_name, to_asn1_certificate
 
 
 class _LenientEncryptedContentInfo(cms.EncryptedContentInfo):
@@ -85,7 +85,7 @@ def envelope(content: bytes, recipient_certificate: x509.Certificate, content_en
 def _names_recipient(rid: cms.RecipientIdentifier, recipient: asn1_x509.Certificate) -> bool:
     if rid.name == "issuer_and_serial_number":
         return (rid.chosen["serial_number"].native == recipient.serial_number
-                and rid.chosen["issuer"] == recipient.issuer)
+                and same_name(rid.chosen["issuer"], recipient.issuer))
     if rid.name == "subject_key_identifier":
         return rid.chosen.native == (recipient.key_identifier or recipient.public_key.sha1)
     return False

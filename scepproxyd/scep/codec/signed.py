@@ -47,6 +47,17 @@ def to_asn1_certificate(certificate) -> asn1_x509.Certificate:
     return asn1_x509.Certificate.load(der)
 
 
+def same_name(a: asn1_x509.Name, b: asn1_x509.Name) -> bool:
+    """
+    RFC 5280 name equality, with the common case first: the same encoding.
+
+    asn1crypto's own comparison normalizes every value (LDAP string prep,
+    about 0.3 ms a name in pure Python) even when the two encodings are the
+    same bytes, which they are whenever a peer copies our certificate's issuer.
+    """
+    return a.dump() == b.dump() or a == b
+
+
 def universal_set(body: bytes) -> bytes:
     """``body`` under the universal SET tag: what a signature over signed attributes covers."""
     return b"\x31" + ber.length_octets(len(body)) + body
@@ -141,7 +152,7 @@ def _find_signer(signed: cms.SignedData, sid: cms.SignerIdentifier) -> asn1_x509
         certificate = choice.chosen
         if sid.name == "issuer_and_serial_number":
             if (certificate.serial_number == sid.chosen["serial_number"].native
-                    and certificate.issuer == sid.chosen["issuer"]):
+                    and same_name(certificate.issuer, sid.chosen["issuer"])):
                 return certificate
         elif sid.name == "subject_key_identifier":
             if (certificate.key_identifier or certificate.public_key.sha1) == sid.chosen.native:
