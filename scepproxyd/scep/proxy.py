@@ -89,17 +89,12 @@ class ScepProxy:
             message = params.get("message")
             reply = await self._ra.get_ca_cert(target, message.decode("utf-8", "replace") if message else None)
         else:
-            try:
-                message = self._message(method, params, body)
-            except InvalidQuery as e:
-                return _refusal(400, "bad_request", str(e), **fields)
-            if not codec.looks_like_pki_message(message):
-                return _refusal(400, "bad_request", "PKIOperation message is not a CMS SignedData", **fields)
+            message, refused = self._pki_message(method, params, body, fields)
+            if refused is not None:
+                return refused
             reply = await self._ra.pki_operation(ident, target, message, lambda ident: self.spend(ident, fields))
-            if isinstance(reply, ProxyAnswer):
-                return reply
-        return ProxyAnswer(reply.status, reply.content_type, reply.body, reply.outcome,
-                           upstream_status=reply.upstream_status, **fields)
+        # The RA's answers name no request; the log line and metrics need this one's operation and identifier.
+        return attrs.evolve(reply, **fields)
 
     def _relay(self, answer, fields) -> ProxyAnswer:
         if answer.status >= 500:
@@ -143,13 +138,20 @@ class ScepProxy:
         )
         return None, _refusal(400, "challenge_stale", CHALLENGE_FAILED, **fields)
 
-    async def _pki_operation(self, ident, target, method, params, body, fields) -> ProxyAnswer:
+    def _pki_message(self, method, params, body, fields) -> tuple:
+        """The PKIOperation's message, ``(bytes, None)``, or ``(None, the refusal)`` when there is no SCEP SignedData."""
         try:
             message = self._message(method, params, body)
         except InvalidQuery as e:
-            return _refusal(400, "bad_request", str(e), **fields)
+            return None, _refusal(400, "bad_request", str(e), **fields)
         if not codec.looks_like_pki_message(message):
-            return _refusal(400, "bad_request", "PKIOperation message is not a CMS SignedData", **fields)
+            return None, _refusal(400, "bad_request", "PKIOperation message is not a CMS SignedData", **fields)
+        return message, None
+
+    async def _pki_operation(self, ident, target, method, params, body, fields) -> ProxyAnswer:
+        message, refused = self._pki_message(method, params, body, fields)
+        if refused is not None:
+            return refused
         # Learn how to reach the CA before spending the challenge: if it is down,
         # the device keeps a usable challenge without any put-back.
         use_post = await self._upstream.supports_post(target.ca_url)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 
-import attrs
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -34,23 +33,12 @@ from scepproxyd.daemon.logs import get_logger
 from scepproxyd.keys import KeyFileError
 from scepproxyd.profiles import ProfileError
 from scepproxyd.scep import codec, ra
+from scepproxyd.scep.proxy import TEXT, ProxyAnswer
 from scepproxyd.scep.upstream import PKI_MESSAGE_TYPE, UpstreamError
 
 CA_RA_CERT_TYPE = b"application/x-x509-ca-ra-cert"
-TEXT = b"text/plain; charset=utf-8"
 #: Outcome words of a CertRep the proxy sends the device, by pkiStatus.
 _OUTCOMES = {"SUCCESS": "ok", "PENDING": "pending", "FAILURE": "ca_refused"}
-
-
-@attrs.frozen
-class RaReply:
-    """What the RA flow tells the device: a status, a content type, a body, and the outcome word for logs."""
-
-    status: int
-    content_type: bytes
-    body: bytes = attrs.field(repr=False)
-    outcome: str
-    upstream_status: int | None = None
 
 
 class _Refused(Exception):
@@ -103,13 +91,13 @@ class RaFlow:
 
     # -- what the device sees before it enrolls ------------------------------------
 
-    async def get_ca_caps(self, target) -> RaReply:
-        return RaReply(200, b"text/plain", ra.RA_CAPS, "ok")
+    async def get_ca_caps(self, target) -> ProxyAnswer:
+        return ProxyAnswer(200, b"text/plain", ra.RA_CAPS, "ok")
 
-    async def get_ca_cert(self, target, message: str | None) -> RaReply:
+    async def get_ca_cert(self, target, message: str | None) -> ProxyAnswer:
         identity = await self._identity(target.ca_name)
         view = await self._view(target.ca_url, message)
-        return RaReply(200, CA_RA_CERT_TYPE, ra.device_ca_certificates(identity, view), "ok", 200)
+        return ProxyAnswer(200, CA_RA_CERT_TYPE, ra.device_ca_certificates(identity, view), "ok", upstream_status=200)
 
     async def _identity(self, ca_name: str) -> ra.RaIdentity:
         ca = await self._store.get_ca(ca_name)
@@ -151,7 +139,7 @@ class RaFlow:
 
     # -- PKIOperation ---------------------------------------------------------------
 
-    async def pki_operation(self, ident, target, message: bytes, spend) -> RaReply:
+    async def pki_operation(self, ident, target, message: bytes, spend) -> ProxyAnswer:
         """
         One device PKIOperation through the RA. ``spend(ident)`` spends the URL's challenge:
         it returns ``(ConsumedChallenge, None)``, or ``(None, refusal)`` to hand back as it is.
@@ -179,18 +167,18 @@ class RaFlow:
             return await self._answer(request, identity, "FAILURE", refused.outcome, fail_info=refused.fail_info,
                                       fail_info_text=refused.reason)
 
-    async def _unreadable(self, message: bytes, identity, reason: str) -> RaReply:
+    async def _unreadable(self, message: bytes, identity, reason: str) -> ProxyAnswer:
         """A request the RA cannot open: FAILURE badMessageCheck when its sender can be answered."""
         self.log.debug("RA could not read a request: {reason}", reason=reason)
         try:
             header = await self._thread(codec.read_header, message)
         except codec.MessageError:
-            return RaReply(400, TEXT, b"not a SCEP message\n", "bad_request")
+            return ProxyAnswer(400, TEXT, b"not a SCEP message\n", "bad_request")
         body = await self._thread(
             codec.build_cert_rep, header=header, status="FAILURE", signer_key=identity.key,
             signer_certificate=identity.certificate, fail_info="badMessageCheck",
         )
-        return RaReply(200, PKI_MESSAGE_TYPE, body, "bad_message")
+        return ProxyAnswer(200, PKI_MESSAGE_TYPE, body, "bad_message")
 
     async def _judge(self, ident, target, csr, view) -> None:
         """The host profile's issuance policy (ca.csr_policy); _Refused when the CSR does not pass."""
@@ -212,18 +200,15 @@ class RaFlow:
         if refusal is not None:
             raise _Refused(refusal.fail_info, refusal.reason, "policy_refused")
 
-    async def _enroll(self, ident, target, request, identity, spend) -> RaReply:
+    async def _enroll(self, ident, target, request, identity, spend) -> ProxyAnswer:
         if request.csr is None:
             raise _Refused("badRequest", "request carries no CSR", "bad_request")
         # Learn how to reach the CA before spending the challenge: if it is down,
         # the device keeps a usable challenge without any put-back.
         view = await self._view(target.ca_url)
-        consumed, refusal = await spend(ident)
+        consumed, refusal = await self._spend_while_pending(ident, target, spend)
         if refusal is not None:
             return refusal
-        if target.status != "pending":
-            await self._store.challenge_settled(consumed)
-            raise _Refused("badRequest", "host profile is not awaiting enrollment", "not_pending")
         try:
             await self._judge(ident, target, request.csr, view)
         except _Refused as refused:
@@ -236,18 +221,23 @@ class RaFlow:
             raise
         return await self._forward(ident, target, request, identity, view, "PKCSReq", consumed=consumed)
 
-    async def _poll(self, ident, target, request, identity, spend) -> RaReply:
+    async def _spend_while_pending(self, ident, target, spend) -> tuple:
+        """The URL's challenge spent (``spend``'s answer); _Refused when the host profile awaits no enrollment."""
+        consumed, refusal = await spend(ident)
+        if refusal is None and target.status != "pending":
+            await self._store.challenge_settled(consumed)
+            raise _Refused("badRequest", "host profile is not awaiting enrollment", "not_pending")
+        return consumed, refusal
+
+    async def _poll(self, ident, target, request, identity, spend) -> ProxyAnswer:
         """CertPoll after PENDING: relayed as the RA's own, under the same upstream transaction."""
         view = await self._view(target.ca_url)
         renewing = self._renewal_signer(target, request, view)
         consumed = None
         if not renewing:
-            consumed, refusal = await spend(ident)
+            consumed, refusal = await self._spend_while_pending(ident, target, spend)
             if refusal is not None:
                 return refusal
-            if target.status != "pending":
-                await self._store.challenge_settled(consumed)
-                raise _Refused("badRequest", "host profile is not awaiting enrollment", "not_pending")
         return await self._forward(ident, target, request, identity, view, "CertPoll", consumed=consumed,
                                    renews=target.cert_serial if renewing else None)
 
@@ -267,7 +257,7 @@ class RaFlow:
                 continue
         return False
 
-    async def _renew(self, ident, target, request, identity) -> RaReply:
+    async def _renew(self, ident, target, request, identity) -> ProxyAnswer:
         """
         RenewalReq: signed by the certificate recorded for this host profile, from this CA, still valid.
 
@@ -290,7 +280,7 @@ class RaFlow:
                            "renewal_refused")
         return await self._forward(ident, target, request, identity, view, "PKCSReq", renews=serial)
 
-    async def _forward(self, ident, target, request, identity, view, kind, consumed=None, renews=None) -> RaReply:
+    async def _forward(self, ident, target, request, identity, view, kind, consumed=None, renews=None) -> ProxyAnswer:
         """Ask the upstream CA as the RA; record a certificate; answer the device as the RA."""
         transaction_id = upstream_transaction_id(ident.host_uuid, ident.profile_uuid, request.header.transaction_id)
         built = await self._thread(
@@ -362,10 +352,10 @@ class RaFlow:
         if renews is not None:
             await self._store.release_ra_renewal(ident.host_uuid, ident.profile_uuid, renews)
 
-    async def _answer(self, request, identity, status, outcome, upstream_status=None, **fields) -> RaReply:
+    async def _answer(self, request, identity, status, outcome, upstream_status=None, **fields) -> ProxyAnswer:
         body = await self._thread(
             codec.build_cert_rep, header=request.header, status=status, signer_key=identity.key,
             signer_certificate=identity.certificate,
             content_encryption=codec.choose_content_encryption(request.content_encryption), **fields,
         )
-        return RaReply(200, PKI_MESSAGE_TYPE, body, outcome, upstream_status)
+        return ProxyAnswer(200, PKI_MESSAGE_TYPE, body, outcome, upstream_status=upstream_status)

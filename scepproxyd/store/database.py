@@ -194,6 +194,21 @@ def _vacuum(conn: sqlite3.Connection, path, version: int) -> None:
         )
 
 
+def _in_transaction(conn, fn, write: bool, begin: str):
+    """``fn(conn)``; a write inside ``begin`` ... COMMIT, rolled back whole if ``fn`` raises."""
+    if not write:
+        return fn(conn)
+    conn.execute(begin)
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
 def skip_locked(conn, table: str) -> str:
     """
     The locking clause a claiming sub-SELECT ends with: ``FOR UPDATE OF table SKIP LOCKED`` on
@@ -528,19 +543,8 @@ class Database:
                 with self._idle:
                     self._active -= 1
                     self._idle.notify_all()
-        conn = self._conn
         try:
-            if not write:
-                return fn(conn)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
+            return _in_transaction(self._conn, fn, write, "BEGIN IMMEDIATE")
         except sqlite3.Error as e:
             reason = unavailable_reason(e)
             if reason is not None:
@@ -551,18 +555,7 @@ class Database:
         """``fn`` on a pooled connection, a write in its own transaction; psycopg errors as the store's."""
         try:
             with self._connections.connection() as raw:
-                conn = postgres.Connection(raw)
-                if not write:
-                    return fn(conn)
-                conn.execute("BEGIN")
-                try:
-                    result = fn(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-                return result
+                return _in_transaction(postgres.Connection(raw), fn, write, "BEGIN")
         except _psycopg.IntegrityError:
             raise
         except _psycopg.Error as e:
