@@ -119,6 +119,13 @@ async def populate(s):
                                     "default", None, b"\x30\x82der\x00", now, "nonce-1")
     await s.record_issued(request, certificate)
     await s.add_ca_challenge(CA_CHALLENGE_HASH, "default", 3600)
+    # What the first of several nodes records at start (service._check_shared_state), outside the Store's API.
+    conn = raw(s)
+    conn.execute("INSERT INTO node_fingerprints (name, fingerprint, created_at) VALUES (?, ?, ?)",
+                 ("secrets_key", "5e" * 32, now))
+    if isinstance(conn, sqlite3.Connection):
+        conn.commit()
+    conn.close()
     return live
 
 
