@@ -117,9 +117,12 @@ def one_run(opts) -> dict:
         scep = ScepServer(top / "upstream", STATIC_CHALLENGE).start()
         nginx = Nginx(top / "nginx", scep.port).start()
         (top / "daemon").mkdir()
+        engine = {"database": opts.database} if getattr(opts, "database", None) else {}  # bench/engines.py
         daemon = Daemon(top / "daemon", logging={"level": "info"}, profiles={"process_interval": "1h"},
                         renewal={"interval": "1d"},
-                        upstream={"connect_timeout": "5s", "response_timeout": "30s", "body_timeout": "30s"}).start()
+                        upstream={"connect_timeout": "5s", "response_timeout": "30s", "body_timeout": "30s"},
+                        **engine).start()
+        skip = set(getattr(opts, "skip", ()))  # phases bench/engines.py leaves out
         pid = daemon.process.pid
         spy = Spy(opts.profile_dir, pid)
         admin = site.client(daemon.admin_port, daemon.admin_token)
@@ -157,7 +160,7 @@ def one_run(opts) -> dict:
         # -- 1. wrk: GetCACaps / GetCACert, scepproxyd vs nginx -----------------------------
         caps_path = paths[0]
         out["wrk"] = {}
-        for op in ("GetCACaps", "GetCACert"):
+        for op in () if "wrk" in skip else ("GetCACaps", "GetCACert"):
             query = f"operation={op}" + ("&message=bench" if op == "GetCACert" else "")
             for peer, url in (("proxy", f"http://127.0.0.1:{daemon.port}{caps_path}?{query}"),
                               ("nginx", nginx.url(query))):
@@ -174,7 +177,7 @@ def one_run(opts) -> dict:
         # -- 2. PKIOperation throughput, ABBA ------------------------------------------------
         for port, path in ((scep.port, "/scep?operation=GetCACaps"), (daemon.port, caps_path + "?operation=GetCACaps")):
             load.drive(port, [("GET", path, b"")], 1)  # warm: keep-alive, caps cache
-        out["enroll"] = _enroll_legs(scep, daemon.port, pid, direct_t, proxy_t, opts.concurrency, spy)
+        out["enroll"] = None if "enroll" in skip else _enroll_legs(scep, daemon.port, pid, direct_t, proxy_t, opts.concurrency, spy)
 
         # -- 3. latency at concurrency 1, alternating ------------------------------------------
         d_res, p_res = load.alternate([(scep.port, direct_l), (daemon.port, proxy_l)])
