@@ -19,6 +19,8 @@ All request bodies are built before any timing. In order:
    platform, VmRSS/VmHWM of the twistd pid; then the process_profiles job and again.
 
 With a profile directory, py-spy records the daemon during each load phase (Spy).
+bench/engines.py gives ``database`` (a ``[database]`` section: the daemon on PostgreSQL)
+and ``skip`` (phases left out: ``wrk``, ``enroll``).
 """
 
 import os
@@ -177,7 +179,8 @@ def one_run(opts) -> dict:
         # -- 2. PKIOperation throughput, ABBA ------------------------------------------------
         for port, path in ((scep.port, "/scep?operation=GetCACaps"), (daemon.port, caps_path + "?operation=GetCACaps")):
             load.drive(port, [("GET", path, b"")], 1)  # warm: keep-alive, caps cache
-        out["enroll"] = None if "enroll" in skip else _enroll_legs(scep, daemon.port, pid, direct_t, proxy_t, opts.concurrency, spy)
+        out["enroll"] = None if "enroll" in skip else _enroll_legs(scep, daemon.port, pid, direct_t, proxy_t,
+                                                                   opts.concurrency, spy)
 
         # -- 3. latency at concurrency 1, alternating ------------------------------------------
         d_res, p_res = load.alternate([(scep.port, direct_l), (daemon.port, proxy_l)])
