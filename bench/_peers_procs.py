@@ -35,6 +35,12 @@ __all__ = ["Api", "Daemon", "Nginx", "ScepServer", "csr", "free_port", "proc_mem
 
 SPY_RATE = 200
 
+# bench/engines.py: the tests' PostgreSQL server, and a daemon's [database] section for one of its databases.
+from support.nodes import database_section  # noqa: E402
+from support.postgres import PostgreSQL, server_version  # noqa: E402
+
+__all__ += ["PostgreSQL", "database_section", "server_version"]
+
 NGINX_CONF = """\
 daemon off;
 master_process off;

@@ -25,6 +25,8 @@ proxy's GetCACert answer, as a device's is. In order:
    platform, VmRSS/VmHWM of the twistd pid; then the process_profiles job and again.
 
 With a profile directory, py-spy records the daemon during each load phase (Spy).
+bench/engines.py gives ``database`` (a ``[database]`` section: the daemon on PostgreSQL)
+and ``skip`` (phases left out: ``wrk``, ``enroll``).
 """
 
 import os
@@ -141,9 +143,12 @@ def one_run(opts) -> dict:
         scep = ScepServer(top / "upstream", STATIC_CHALLENGE).start()
         nginx = Nginx(top / "nginx", scep.port).start()
         (top / "daemon").mkdir()
+        engine = {"database": opts.database} if getattr(opts, "database", None) else {}  # bench/engines.py
         daemon = Daemon(top / "daemon", logging={"level": "info"}, profiles={"process_interval": "1h"},
                         renewal={"interval": "1d"},
-                        upstream={"connect_timeout": "5s", "response_timeout": "30s", "body_timeout": "30s"}).start()
+                        upstream={"connect_timeout": "5s", "response_timeout": "30s", "body_timeout": "30s"},
+                        **engine).start()
+        skip = set(getattr(opts, "skip", ()))  # phases bench/engines.py leaves out
         pid = daemon.process.pid
         spy = Spy(opts.profile_dir, pid)
         admin = site.client(daemon.admin_port, daemon.admin_token)
@@ -200,7 +205,7 @@ def one_run(opts) -> dict:
         # -- 1. wrk: GetCACaps / GetCACert, scepproxyd vs nginx -----------------------------
         caps_path = fetched[0].path
         out["wrk"] = {}
-        for op in ("GetCACaps", "GetCACert"):
+        for op in () if "wrk" in skip else ("GetCACaps", "GetCACert"):
             query = f"operation={op}" + ("&message=bench" if op == "GetCACert" else "")
             for peer, url in (("proxy", f"http://127.0.0.1:{daemon.port}{caps_path}?{query}"),
                               ("nginx", nginx.url(query))):
@@ -218,7 +223,8 @@ def one_run(opts) -> dict:
         for port, path in ((scep.port, "/scep?operation=GetCACaps"), (daemon.port, caps_path + "?operation=GetCACaps"),
                            (daemon.port, ra_paths[0] + "?operation=GetCACaps")):
             load.drive(port, [("GET", path, b"")], 1)  # warm: keep-alive, caps cache
-        out["enroll"] = _enroll_legs(scep, pid, throughput, opts.concurrency, opts.rounds, spy)
+        out["enroll"] = None if "enroll" in skip else _enroll_legs(scep, pid, throughput, opts.concurrency,
+                                                                   opts.rounds, spy)
 
         # -- 3. latency at concurrency 1, alternating ------------------------------------------
         answers = load.alternate([latency[leg] for leg in LEGS])

@@ -19,6 +19,10 @@ The daemon is built with parse_settings / prepare_state / make_service and start
 startService on the global reactor, exactly as twistd does; seeding (one CA, one
 profile, N hosts, assignment) goes through the Store API and is timed but not the figure.
 
+A child run (``--child N``) with ``--database-url`` and ``--password-file`` puts the
+daemon's store on that (empty) PostgreSQL database through ``[database] url`` and
+``password_file``, as an operator would: bench/engines.py runs it beside SQLite.
+
     .venv/bin/python bench/process_profiles.py [--sizes 10000,100000] [--runs 3] [--batch-size 1000]
 """
 
@@ -66,7 +70,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-async def one_run(reactor, size, batch_size):
+async def one_run(reactor, size, batch_size, database=None):
     """Start the daemon in this process, seed N host profiles, process them; a dict of figures."""
     import treq
     from twisted.internet import defer, task
@@ -89,13 +93,15 @@ async def one_run(reactor, size, batch_size):
         f"[admin]\nlisten = tcp:{admin_port}:interface=127.0.0.1\n"
         f"[profiles]\nprocess_interval = 1h\nbatch_size = {batch_size}\n"
     )
+    if database:  # {"url": ..., "password_file": ...}
+        ini += "[database]\n" + "".join(f"{key} = {value}\n" for key, value in database.items())
     settings = parse_settings(ini, top_dir / "scepproxyd.ini")
     prepare_state(settings)
     daemon = make_service(settings, reactor)
     await defer.maybeDeferred(daemon.startService)
     store = next(child.store for child in daemon if isinstance(child, StoreService))
     pool = HTTPConnectionPool(reactor, persistent=True)
-    out = {"size": size, "batch_size": batch_size}
+    out = {"size": size, "batch_size": batch_size, "engine": store.engine}
     try:
         # -- seeding, through the store API ----------------------------------------
         started = time.perf_counter()
@@ -186,12 +192,12 @@ async def one_run(reactor, size, batch_size):
     return out
 
 
-def child(size, batch_size):
+def child(size, batch_size, database=None):
     from twisted.internet import defer, task
 
     def main(reactor):
         async def run():
-            print("RESULT " + json.dumps(await one_run(reactor, size, batch_size)), flush=True)
+            print("RESULT " + json.dumps(await one_run(reactor, size, batch_size, database)), flush=True)
         return defer.ensureDeferred(run())
 
     task.react(main)
@@ -207,9 +213,12 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--database-url", help=argparse.SUPPRESS)  # with --child: PostgreSQL (bench/engines.py)
+    parser.add_argument("--password-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        return child(args.child, args.batch_size)
+        database = {"url": args.database_url, "password_file": args.password_file} if args.database_url else None
+        return child(args.child, args.batch_size, database)
     rows = []
     for size in [int(s) for s in args.sizes.split(",") if s.strip()]:
         results = []
