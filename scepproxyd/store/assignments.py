@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from scepproxyd.store.database import chunks, keyset, one, order_by, placeholders
+from scepproxyd.store.database import bulk_written, chunks, keyset, one, order_by, placeholders
 from scepproxyd.store.models import (
     HOST_PROFILE_STATUSES,
     PLATFORMS,
@@ -140,7 +140,9 @@ class AssignmentQueries:
                 _INSERT_HOST_PROFILE,
                 ((host_uuid, profile_uuid, now, now, new_renewal_id()) for host_uuid in host_uuids),
             )
-            return max(cursor.rowcount, 0)
+            assigned = max(cursor.rowcount, 0)
+            bulk_written(conn, "host_profiles", assigned)
+            return assigned
 
         return self._submit(assign_profile_to_hosts)
 
@@ -158,13 +160,15 @@ class AssignmentQueries:
             profile_platform = _profile_platform(conn, profile_uuid)
             if platform != profile_platform:
                 raise PlatformMismatchError(None, platform, profile_platform, profile_uuid)
-            return conn.execute(
+            assigned = conn.execute(
                 f"INSERT INTO host_profiles ({_INSERT_COLUMNS})"
                 " SELECT h.uuid, ?, NULL, NULL, 0, ?, ?, new_renewal_id() FROM hosts h"
                 " WHERE h.platform = ? AND NOT EXISTS"
                 " (SELECT 1 FROM host_profiles hp WHERE hp.host_uuid = h.uuid AND hp.profile_uuid = ?)",
                 (profile_uuid, now, now, platform, profile_uuid),
             ).rowcount
+            bulk_written(conn, "host_profiles", assigned)
+            return assigned
 
         return self._submit(assign_profile_to_platform)
 

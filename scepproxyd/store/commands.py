@@ -33,7 +33,9 @@ _COMMAND_COLUMNS = (
 )
 _FINISHED_BATCH = 1000
 
-# One statement picks the batch (oldest first, computed once: MATERIALIZED), sees whether each one's CA is
+# One statement picks the batch (oldest first, computed once: MATERIALIZED;
+# ordered by status too, all NULL here, so that PostgreSQL walks the
+# (status, updated_at) index rather than sorting every NULL host profile), sees whether each one's CA is
 # gone, and claims it: 'pending' with a new command uuid, or 'failed'. The
 # outer ``hp.status IS NULL`` is what keeps a concurrent claimer off the row.
 # A new attempt has issued no proxy challenge yet, so the latest one's hash is
@@ -46,7 +48,7 @@ _CLAIM = (
     "WITH batch AS MATERIALIZED ("
     " SELECT w.host_uuid, w.profile_uuid, CASE WHEN ca.name IS NULL THEN p.ca_name END AS missing_ca"
     "  FROM host_profiles w JOIN profiles p ON p.uuid = w.profile_uuid LEFT JOIN cas ca ON ca.name = p.ca_name"
-    "  WHERE w.status IS NULL ORDER BY w.updated_at LIMIT ?{lock})"
+    "  WHERE w.status IS NULL ORDER BY w.status, w.updated_at LIMIT ?{lock})"
     " UPDATE host_profiles SET"
     " status = CASE WHEN batch.missing_ca IS NULL THEN 'pending' ELSE 'failed' END,"
     " detail = CASE WHEN batch.missing_ca IS NULL THEN NULL"

@@ -209,6 +209,22 @@ def _in_transaction(conn, fn, write: bool, begin: str):
     return result
 
 
+#: Rows written at once past which PostgreSQL's statistics of the table are refreshed in the same job.
+BULK_ROWS = 1000
+
+
+def bulk_written(conn, table: str, count: int) -> None:
+    """
+    After ``count`` rows went into ``table`` at once: on PostgreSQL, refresh its statistics (ANALYZE).
+
+    Statistics taken while a table was small make the planner join a claim
+    back row by row over the whole table (seconds per batch) until
+    autovacuum catches up; SQLite plans without them.
+    """
+    if count >= BULK_ROWS and isinstance(conn, postgres.Connection):
+        conn.execute("ANALYZE %s" % (table,))
+
+
 def skip_locked(conn, table: str) -> str:
     """
     The locking clause a claiming sub-SELECT ends with: ``FOR UPDATE OF table SKIP LOCKED`` on
