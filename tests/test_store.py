@@ -36,6 +36,7 @@ from support.store import (
     make_clock,
     raw,
     refuse_latest,
+    refused_by_schema,
     seed,
 )
 
@@ -127,15 +128,16 @@ async def test_connection_used_only_from_db_thread(db_path, monkeypatch):
 
 
 @pytest_twisted.ensureDeferred
-async def test_stop_twice_then_new_store_starts(db_path, clock):
-    s = Store(db_path, reactor, clock=clock)
+async def test_stop_twice_then_new_store_starts(database, clock):
+    target, password = database
+    s = Store(target, reactor, clock=clock, password=password)
     await s.start()
     await s.add_ca(CA, "https://ca.example/scep")
     await defer.gatherResults([s.stop(), s.stop()])
     await s.stop()
     with pytest.raises(StoreError, match="not running"):
         await s.get_ca(CA)
-    again = Store(db_path, reactor, clock=clock)
+    again = Store(target, reactor, clock=clock, password=password)
     await again.start()
     assert (await again.get_ca(CA)).url == "https://ca.example/scep"
     await again.stop()
@@ -206,7 +208,7 @@ async def test_proxy_target_found(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_proxy_target_none_for_each_missing_piece(store, db_path):
+async def test_proxy_target_none_for_each_missing_piece(store):
     await seed(store)
     await store.add_ca("other", "https://other.example/scep")
     await store.upsert_host("host-2", "S2", "android")
@@ -361,7 +363,7 @@ def test_upgrade_warns_when_the_file_cannot_be_compacted(tmp_path, logs):
 
 
 @pytest_twisted.ensureDeferred
-async def test_consume_expired_refused_and_removed(store, clock, db_path):
+async def test_consume_expired_refused_and_removed(store, clock):
     await seed(store)
     c = await store.new_challenge(HOST, PROFILE)
     clock.advance(TTL)  # exactly at the TTL it is still valid
@@ -369,7 +371,7 @@ async def test_consume_expired_refused_and_removed(store, clock, db_path):
     assert await store.consume_challenge(fresh, HOST, PROFILE) is not None
     clock.advance(0.5)
     assert await store.consume_challenge(c, HOST, PROFILE) is None
-    assert raw(db_path).execute("SELECT COUNT(*) FROM challenges").fetchone()[0] == 0
+    assert raw(store).execute("SELECT COUNT(*) FROM challenges").fetchone()[0] == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -400,10 +402,10 @@ async def test_restore_keeps_original_created_at(store, clock):
 
 
 @pytest_twisted.ensureDeferred
-async def test_restore_after_host_profile_gone_is_noop(store, db_path):
+async def test_restore_after_host_profile_gone_is_noop(store):
     await seed(store)
     consumed = await store.consume_challenge(await store.new_challenge(HOST, PROFILE), HOST, PROFILE)
-    conn = raw(db_path)
+    conn = raw(store)
     conn.execute("DELETE FROM hosts WHERE uuid = ?", (HOST,))
     conn.commit()
     await store.restore_challenge(consumed)
@@ -467,10 +469,10 @@ async def test_enrollment_forwarded_only_from_pending(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_deleting_host_cascades(store, db_path):
+async def test_deleting_host_cascades(store):
     await seed(store)
     await store.new_challenge(HOST, PROFILE)
-    conn = raw(db_path)
+    conn = raw(store)
     conn.execute("DELETE FROM hosts WHERE uuid = ?", (HOST,))
     conn.commit()
     assert await store.get_host_profile(HOST, PROFILE) is None
@@ -479,10 +481,10 @@ async def test_deleting_host_cascades(store, db_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_ca_in_use_cannot_be_deleted_or_renamed(store, db_path):
+async def test_ca_in_use_cannot_be_deleted_or_renamed(store, engine):
     await seed(store)
-    conn = raw(db_path)
-    with pytest.raises(sqlite3.IntegrityError):
+    conn = raw(store)
+    with pytest.raises(refused_by_schema(engine)):
         conn.execute("DELETE FROM cas WHERE name = ?", (CA,))
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(refused_by_schema(engine)):
         conn.execute("UPDATE cas SET name = 'renamed' WHERE name = ?", (CA,))

@@ -6,7 +6,7 @@ import json
 
 from twisted.internet import defer
 
-from scepproxyd.store.database import keyset, order_by
+from scepproxyd.store.database import insert_checked, keyset, order_by
 from scepproxyd.store.models import (
     PLATFORMS,
     PROFILE_KINDS,
@@ -54,9 +54,7 @@ class ProfileQueries:
         now = self._clock.seconds()
         variables = tuple(variables)
 
-        def add_profile(conn):
-            check_choice(platform, PLATFORMS, "platform")
-            check_choice(kind, PROFILE_KINDS, "profile kind")
+        def refuse_taken(conn):
             if conn.execute("SELECT 1 FROM profiles WHERE uuid = ?", (uuid,)).fetchone() is not None:
                 raise DuplicateError(f"a profile with uuid {uuid} already exists")
             if identifier is not None:
@@ -66,13 +64,20 @@ class ProfileQueries:
                 ).fetchone()
                 if holder is not None:
                     raise IdentifierInUseError(kind, identifier, *holder)
+
+        def add_profile(conn):
+            check_choice(platform, PLATFORMS, "platform")
+            check_choice(kind, PROFILE_KINDS, "profile kind")
+            refuse_taken(conn)
             if ca_name is not None and conn.execute("SELECT 1 FROM cas WHERE name = ?", (ca_name,)).fetchone() is None:
                 raise NotFoundError(f"profile {uuid} uses CA {ca_name!r}, which does not exist")
-            row = conn.execute(
+            row = insert_checked(
+                conn,
                 f"INSERT INTO profiles ({_PROFILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 f" RETURNING {_PROFILE_COLUMNS}",
                 (uuid, name, platform, kind, identifier, ca_name, json.dumps(list(variables)), content, now, now),
-            ).fetchone()
+                refuse_taken,
+            )
             return _profile(row)
 
         return self._submit(add_profile)

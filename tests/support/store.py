@@ -60,17 +60,50 @@ async def claim_all(store, limit=1000):
     return {(c.host_uuid, c.profile_uuid): c for c in result.claimed}
 
 
+class _RawPostgres(postgres.Connection):
+    """A PostgreSQL connection used as tests use a raw sqlite3 one. It autocommits each statement, so
+    ``commit`` and ``rollback`` (which tests call after writing around the store) have nothing left to do."""
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+
 def raw(target):
     """
     A plain connection to look at rows behind the store's back: ``target`` a SQLite file (foreign keys
-    on), or a Store on either engine (its own database, with ``?`` placeholders on PostgreSQL too).
+    on), or a Store on either engine (its own database, with ``?`` placeholders on PostgreSQL too;
+    each statement commits at once there).
     """
     if isinstance(target, Store):
         if target.engine == "postgresql":
-            return postgres.connect(target._path, target._password)
+            return _RawPostgres(postgres.connect(target._path, target._password).raw)
         target = target._path
     conn = sqlite3.connect(target)
     conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def refused_by_schema(engine: str) -> type[Exception]:
+    """What a raw connection (``raw``) on ``engine`` raises for a row a constraint refuses:
+    sqlite3's IntegrityError, or psycopg's (whose subclasses name the kind of constraint)."""
+    if engine == "postgresql":
+        import psycopg
+
+        return psycopg.IntegrityError
+    return sqlite3.IntegrityError
+
+
+def without_foreign_keys(store):
+    """A raw connection to ``store``'s database that does not enforce foreign keys, for the state a bug or a
+    hand edit could leave: sqlite3's default, or PostgreSQL's replication role (the tests' user is a superuser)."""
+    conn = raw(store)
+    if store.engine == "postgresql":
+        conn.execute("SET session_replication_role = replica")
+    else:
+        conn.execute("PRAGMA foreign_keys = OFF")
     return conn
 
 
