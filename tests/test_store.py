@@ -38,6 +38,7 @@ from support.store import (
     refuse_latest,
     refused_by_schema,
     seed,
+    set_schema_version,
 )
 
 
@@ -55,14 +56,11 @@ def test_migrate_is_idempotent_and_sets_wal_and_version(tmp_path):
     assert {"cas", "hosts", "profiles", "host_profiles", "challenges"} <= tables
 
 
-def test_migrate_refuses_newer_schema(tmp_path):
-    path = tmp_path / "db.sqlite"
-    Store.migrate(path)
-    conn = raw(path)
-    conn.execute("PRAGMA user_version = 99")
-    conn.close()
+def test_migrate_refuses_newer_schema(database):
+    target, password = database
+    set_schema_version(database, 99)
     with pytest.raises(StoreError, match="schema version 99, newer than this scepproxyd knows"):
-        Store.migrate(path)
+        Store.migrate(target, password=password)
 
 
 def test_migrate_missing_directory_has_clear_message(tmp_path):
@@ -71,26 +69,28 @@ def test_migrate_missing_directory_has_clear_message(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_start_refuses_unmigrated_database(tmp_path):
-    s = Store(tmp_path / "fresh.sqlite", reactor, clock=make_clock())
+async def test_start_refuses_unmigrated_database(empty_database):
+    target, password = empty_database
+    s = Store(target, reactor, clock=make_clock(), password=password)
     with pytest.raises(StoreError, match="run migrate first"):
         await s.start()
     await s.stop()  # nothing to stop; still fine
 
 
 @pytest_twisted.ensureDeferred
-async def test_start_refuses_newer_database(db_path):
-    conn = raw(db_path)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    conn.close()
-    s = Store(db_path, reactor, clock=make_clock())
+async def test_start_refuses_newer_database(database):
+    target, password = database
+    set_schema_version(database, SCHEMA_VERSION + 1)
+    s = Store(target, reactor, clock=make_clock(), password=password)
     with pytest.raises(StoreError, match="newer than this scepproxyd knows"):
         await s.start()
+    await s.stop()
 
 
 @pytest_twisted.ensureDeferred
-async def test_stop_during_failing_start(tmp_path):
-    s = Store(tmp_path / "fresh.sqlite", reactor, clock=make_clock())
+async def test_stop_during_failing_start(empty_database):
+    target, password = empty_database
+    s = Store(target, reactor, clock=make_clock(), password=password)
     started, stopped = s.start(), s.stop()
     with pytest.raises(StoreError, match="run migrate first"):
         await started

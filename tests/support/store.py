@@ -86,6 +86,19 @@ def raw(target):
     return conn
 
 
+def set_schema_version(database, version: int) -> None:
+    """Mark ``database`` (``(target, password)``, as the ``database`` fixture gives it) as at schema ``version``,
+    as a newer release would leave it: SQLite's ``PRAGMA user_version``, PostgreSQL's ``scepproxyd_schema``."""
+    target, password = database
+    if postgres.is_postgres(target):
+        conn = postgres.connect(target, password)
+        conn.execute("UPDATE scepproxyd_schema SET version = ?", (version,))
+    else:
+        conn = raw(target)
+        conn.execute("PRAGMA user_version = %d" % (version,))
+    conn.close()
+
+
 def refused_by_schema(engine: str) -> type[Exception]:
     """What a raw connection (``raw``) on ``engine`` raises for a row a constraint refuses:
     sqlite3's IntegrityError, or psycopg's (whose subclasses name the kind of constraint)."""
