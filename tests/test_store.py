@@ -32,6 +32,7 @@ from support.store import (
     RENEWAL_ID,
     SCHEMA_VERSION,
     TTL,
+    bytes_on_disk,
     database_at_schema,
     make_clock,
     raw,
@@ -39,6 +40,7 @@ from support.store import (
     refused_by_schema,
     seed,
     set_schema_version,
+    wal_position,
 )
 
 
@@ -254,12 +256,12 @@ async def test_consume_once(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_challenges_are_stored_only_as_hashes(store, db_path):
+async def test_challenges_are_stored_only_as_hashes(store):
+    since = wal_position(store)
     await seed(store)
     minted = [await store.new_challenge(HOST, PROFILE), await store.issue_challenge(HOST, PROFILE)]
     taken = await store.consume_challenge(minted[1], HOST, PROFILE)  # now in flight
-    files = [db_path, db_path.with_name(db_path.name + "-wal")]
-    stored = b"".join(path.read_bytes() for path in files if path.exists())
+    stored = bytes_on_disk(store, since)
     for challenge in minted:
         assert challenge.encode() not in stored
     assert challenge_hash(minted[1]).encode() in stored

@@ -99,6 +99,38 @@ def set_schema_version(database, version: int) -> None:
     conn.close()
 
 
+def wal_position(store):
+    """Where ``store``'s engine writes its log now, for ``bytes_on_disk``: PostgreSQL's WAL position, or None on
+    SQLite (whose -wal file is the database's own)."""
+    if store.engine != "postgresql":
+        return None
+    return raw(store).execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+
+
+def bytes_on_disk(store, since=None) -> bytes:
+    """
+    Every byte the engine keeps on disk for ``store``'s database, free space included. SQLite: the file
+    and its -wal. PostgreSQL (after a CHECKPOINT, so the pages are written out): the database's own
+    directory, and the WAL segments written since ``since`` (a ``wal_position``), which the server
+    shares with every other database on it.
+    """
+    from pathlib import Path
+
+    if store.engine != "postgresql":
+        path = Path(store._path)
+        return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+    conn = raw(store)
+    conn.execute("CHECKPOINT")
+    data = Path(conn.execute("SHOW data_directory").fetchone()[0])
+    oid = conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0]
+    first, last = conn.execute("SELECT pg_walfile_name(?::pg_lsn), pg_walfile_name(pg_current_wal_insert_lsn())",
+                               (since,)).fetchone()
+    conn.close()
+    files = sorted((data / "base" / str(oid)).iterdir())
+    files += [p for p in sorted((data / "pg_wal").iterdir()) if first <= p.name <= last]
+    return b"".join(p.read_bytes() for p in files if p.is_file())
+
+
 def refused_by_schema(engine: str) -> type[Exception]:
     """What a raw connection (``raw``) on ``engine`` raises for a row a constraint refuses:
     sqlite3's IntegrityError, or psycopg's (whose subclasses name the kind of constraint)."""
