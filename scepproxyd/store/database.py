@@ -203,27 +203,6 @@ def skip_locked(conn, table: str) -> str:
     return " FOR UPDATE OF %s SKIP LOCKED" % (table,) if isinstance(conn, postgres.Connection) else ""
 
 
-def insert_checked(conn, sql: str, params, refuse_taken):
-    """
-    The row of ``sql`` (an INSERT ... RETURNING), whose keys the caller's ``refuse_taken(conn)`` found free;
-    if a unique index refuses it all the same, ``refuse_taken`` runs again to raise the store's own error.
-
-    On SQLite a write transaction (BEGIN IMMEDIATE) has the database to itself, so the check holds. On
-    PostgreSQL (READ COMMITTED) two transactions can pass the check at once: the second INSERT waits for
-    the first to commit and is then refused, which aborts its transaction. The savepoint keeps the
-    transaction usable, and the check, run again, now sees the row that won.
-    """
-    conn.execute("SAVEPOINT insert_checked")
-    try:
-        row = conn.execute(sql, params).fetchone()
-    except IntegrityError:
-        conn.execute("ROLLBACK TO SAVEPOINT insert_checked")
-        refuse_taken(conn)
-        raise
-    conn.execute("RELEASE SAVEPOINT insert_checked")
-    return row
-
-
 def one(cls, cursor):
     """The cursor's first row as ``cls(*row)``, or None."""
     row = cursor.fetchone()

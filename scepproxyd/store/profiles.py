@@ -6,7 +6,7 @@ import json
 
 from twisted.internet import defer
 
-from scepproxyd.store.database import insert_checked, keyset, order_by
+from scepproxyd.store.database import keyset, order_by
 from scepproxyd.store.models import (
     PLATFORMS,
     PROFILE_KINDS,
@@ -47,9 +47,11 @@ class ProfileQueries:
         ``identifier`` is the Apple PayloadIdentifier or the template name;
         ``variables`` the variable names found in it, kept for display.
         IdentifierInUseError if another profile of the same kind has that
-        identifier: the check runs in the insert's own transaction (so of two
-        concurrent uploads one fails), with the unique index of schema 7
-        behind it.
+        identifier: the check runs in the insert's own transaction, with the
+        unique index of schema 7 behind it. On PostgreSQL two uploads can
+        pass the check at once; the insert then skips the row the index
+        refuses (ON CONFLICT DO NOTHING, which waits for the other to commit)
+        and the check, run again, names the winner, as on SQLite.
         """
         now = self._clock.seconds()
         variables = tuple(variables)
@@ -71,13 +73,16 @@ class ProfileQueries:
             refuse_taken(conn)
             if ca_name is not None and conn.execute("SELECT 1 FROM cas WHERE name = ?", (ca_name,)).fetchone() is None:
                 raise NotFoundError(f"profile {uuid} uses CA {ca_name!r}, which does not exist")
-            row = insert_checked(
-                conn,
+            row = conn.execute(
                 f"INSERT INTO profiles ({_PROFILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                f" RETURNING {_PROFILE_COLUMNS}",
+                f" ON CONFLICT DO NOTHING RETURNING {_PROFILE_COLUMNS}",
                 (uuid, name, platform, kind, identifier, ca_name, json.dumps(list(variables)), content, now, now),
-                refuse_taken,
-            )
+            ).fetchone()
+            if row is None:
+                # Taken since the check: on PostgreSQL (READ COMMITTED) a concurrent upload, on another node or
+                # thread, passed it too and committed first. Checked again, the winner shows; say which it is.
+                refuse_taken(conn)
+                raise DuplicateError(f"profile {uuid} or its identifier was added by another upload at the same time")
             return _profile(row)
 
         return self._submit(add_profile)
