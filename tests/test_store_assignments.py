@@ -333,7 +333,8 @@ async def test_store_works_on_migrated_schema_1_database(tmp_path, clock):
 async def test_kind_is_checked_by_the_schema(store, engine):
     conn = raw(store)
     # Each engine words a refused CHECK its own way (PostgreSQL names the constraint it made for the column).
-    message = {"sqlite": "CHECK constraint failed", "postgresql": 'violates check constraint "profiles_kind_check"'}[engine]
+    message = {"sqlite": "CHECK constraint failed",
+               "postgresql": 'violates check constraint "profiles_kind_check"'}[engine]
     with pytest.raises(refused_by_schema(engine), match=message):
         conn.execute("INSERT INTO profiles (uuid, name, platform, content, kind, created_at, updated_at)"
                      " VALUES ('p', 'n', 'macos', ?, 'pdf', 0, 0)", (b"\x00",))

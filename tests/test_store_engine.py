@@ -184,7 +184,8 @@ def same_command_uuid_every_time(store, monkeypatch):
     """
     if store.engine == "postgresql":
         conn = raw(store)
-        conn.execute("CREATE FUNCTION public.gen_random_uuid() RETURNS text LANGUAGE sql AS $$ SELECT 'same-uuid-every-time' $$")
+        conn.execute("CREATE FUNCTION public.gen_random_uuid() RETURNS text LANGUAGE sql"
+                     " AS $$ SELECT 'same-uuid-every-time' $$")
         conn.raw.execute('ALTER DATABASE "%s" SET search_path = public, pg_catalog'
                          % (conn.execute("SELECT current_database()").fetchone()[0],))
         conn.close()
@@ -696,7 +697,8 @@ async def test_command_status_is_checked_by_the_schema(store, engine):
     conn = raw(store)
     conn.execute("INSERT INTO hosts VALUES ('h', NULL, 'macos', 0, 0)")
     conn.execute(
-        "INSERT INTO profiles (uuid, name, platform, content, created_at, updated_at) VALUES ('p', 'n', 'macos', ?, 0, 0)",
+        "INSERT INTO profiles (uuid, name, platform, content, created_at, updated_at)"
+        " VALUES ('p', 'n', 'macos', ?, 0, 0)",
         (b"\x00",),
     )
     conn.execute("INSERT INTO host_profiles (host_uuid, profile_uuid, created_at, updated_at) VALUES ('h', 'p', 0, 0)")
