@@ -73,9 +73,10 @@ ENGINES = ("sqlite", "postgresql")
 
 
 def pytest_generate_tests(metafunc):
-    """Run every store test that uses ``store`` or ``database`` (and not ``db_path``) on both engines."""
+    """Run every store test that uses ``store``, ``database`` or ``empty_database`` (and not ``db_path``) on
+    both engines."""
     module = metafunc.module.__name__.rpartition(".")[2]
-    uses_store = {"store", "database"} & set(metafunc.fixturenames)
+    uses_store = {"store", "database", "empty_database"} & set(metafunc.fixturenames)
     if module.startswith("test_store") and uses_store and "db_path" not in metafunc.fixturenames:
         metafunc.parametrize("engine", ENGINES, indirect=True)
 
@@ -95,6 +96,16 @@ def database(request, engine, tmp_path):
     password = postgres_password(fresh)
     Store.migrate(fresh.url, password=password)
     return fresh.url, password
+
+
+@pytest.fixture
+def empty_database(request, engine, tmp_path):
+    """A new database on ``engine`` that was never migrated: ``(target, password)``, target a file
+    (not made yet) or a URL."""
+    if engine == "sqlite":
+        return tmp_path / "fresh.sqlite", None
+    fresh = request.getfixturevalue("postgres_url")
+    return fresh.url, fresh.password_file.read_text().strip() if fresh.password_file else None
 
 
 @pytest_twisted.async_yield_fixture

@@ -32,11 +32,15 @@ from support.store import (
     RENEWAL_ID,
     SCHEMA_VERSION,
     TTL,
+    bytes_on_disk,
     database_at_schema,
     make_clock,
     raw,
     refuse_latest,
+    refused_by_schema,
     seed,
+    set_schema_version,
+    wal_position,
 )
 
 
@@ -54,14 +58,11 @@ def test_migrate_is_idempotent_and_sets_wal_and_version(tmp_path):
     assert {"cas", "hosts", "profiles", "host_profiles", "challenges"} <= tables
 
 
-def test_migrate_refuses_newer_schema(tmp_path):
-    path = tmp_path / "db.sqlite"
-    Store.migrate(path)
-    conn = raw(path)
-    conn.execute("PRAGMA user_version = 99")
-    conn.close()
+def test_migrate_refuses_newer_schema(database):
+    target, password = database
+    set_schema_version(database, 99)
     with pytest.raises(StoreError, match="schema version 99, newer than this scepproxyd knows"):
-        Store.migrate(path)
+        Store.migrate(target, password=password)
 
 
 def test_migrate_missing_directory_has_clear_message(tmp_path):
@@ -70,26 +71,28 @@ def test_migrate_missing_directory_has_clear_message(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_start_refuses_unmigrated_database(tmp_path):
-    s = Store(tmp_path / "fresh.sqlite", reactor, clock=make_clock())
+async def test_start_refuses_unmigrated_database(empty_database):
+    target, password = empty_database
+    s = Store(target, reactor, clock=make_clock(), password=password)
     with pytest.raises(StoreError, match="run migrate first"):
         await s.start()
     await s.stop()  # nothing to stop; still fine
 
 
 @pytest_twisted.ensureDeferred
-async def test_start_refuses_newer_database(db_path):
-    conn = raw(db_path)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    conn.close()
-    s = Store(db_path, reactor, clock=make_clock())
+async def test_start_refuses_newer_database(database):
+    target, password = database
+    set_schema_version(database, SCHEMA_VERSION + 1)
+    s = Store(target, reactor, clock=make_clock(), password=password)
     with pytest.raises(StoreError, match="newer than this scepproxyd knows"):
         await s.start()
+    await s.stop()
 
 
 @pytest_twisted.ensureDeferred
-async def test_stop_during_failing_start(tmp_path):
-    s = Store(tmp_path / "fresh.sqlite", reactor, clock=make_clock())
+async def test_stop_during_failing_start(empty_database):
+    target, password = empty_database
+    s = Store(target, reactor, clock=make_clock(), password=password)
     started, stopped = s.start(), s.stop()
     with pytest.raises(StoreError, match="run migrate first"):
         await started
@@ -127,15 +130,16 @@ async def test_connection_used_only_from_db_thread(db_path, monkeypatch):
 
 
 @pytest_twisted.ensureDeferred
-async def test_stop_twice_then_new_store_starts(db_path, clock):
-    s = Store(db_path, reactor, clock=clock)
+async def test_stop_twice_then_new_store_starts(database, clock):
+    target, password = database
+    s = Store(target, reactor, clock=clock, password=password)
     await s.start()
     await s.add_ca(CA, "https://ca.example/scep")
     await defer.gatherResults([s.stop(), s.stop()])
     await s.stop()
     with pytest.raises(StoreError, match="not running"):
         await s.get_ca(CA)
-    again = Store(db_path, reactor, clock=clock)
+    again = Store(target, reactor, clock=clock, password=password)
     await again.start()
     assert (await again.get_ca(CA)).url == "https://ca.example/scep"
     await again.stop()
@@ -206,7 +210,7 @@ async def test_proxy_target_found(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_proxy_target_none_for_each_missing_piece(store, db_path):
+async def test_proxy_target_none_for_each_missing_piece(store):
     await seed(store)
     await store.add_ca("other", "https://other.example/scep")
     await store.upsert_host("host-2", "S2", "android")
@@ -252,12 +256,12 @@ async def test_consume_once(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_challenges_are_stored_only_as_hashes(store, db_path):
+async def test_challenges_are_stored_only_as_hashes(store):
+    since = wal_position(store)
     await seed(store)
     minted = [await store.new_challenge(HOST, PROFILE), await store.issue_challenge(HOST, PROFILE)]
     taken = await store.consume_challenge(minted[1], HOST, PROFILE)  # now in flight
-    files = [db_path, db_path.with_name(db_path.name + "-wal")]
-    stored = b"".join(path.read_bytes() for path in files if path.exists())
+    stored = bytes_on_disk(store, since)
     for challenge in minted:
         assert challenge.encode() not in stored
     assert challenge_hash(minted[1]).encode() in stored
@@ -361,7 +365,7 @@ def test_upgrade_warns_when_the_file_cannot_be_compacted(tmp_path, logs):
 
 
 @pytest_twisted.ensureDeferred
-async def test_consume_expired_refused_and_removed(store, clock, db_path):
+async def test_consume_expired_refused_and_removed(store, clock):
     await seed(store)
     c = await store.new_challenge(HOST, PROFILE)
     clock.advance(TTL)  # exactly at the TTL it is still valid
@@ -369,7 +373,7 @@ async def test_consume_expired_refused_and_removed(store, clock, db_path):
     assert await store.consume_challenge(fresh, HOST, PROFILE) is not None
     clock.advance(0.5)
     assert await store.consume_challenge(c, HOST, PROFILE) is None
-    assert raw(db_path).execute("SELECT COUNT(*) FROM challenges").fetchone()[0] == 0
+    assert raw(store).execute("SELECT COUNT(*) FROM challenges").fetchone()[0] == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -400,10 +404,10 @@ async def test_restore_keeps_original_created_at(store, clock):
 
 
 @pytest_twisted.ensureDeferred
-async def test_restore_after_host_profile_gone_is_noop(store, db_path):
+async def test_restore_after_host_profile_gone_is_noop(store):
     await seed(store)
     consumed = await store.consume_challenge(await store.new_challenge(HOST, PROFILE), HOST, PROFILE)
-    conn = raw(db_path)
+    conn = raw(store)
     conn.execute("DELETE FROM hosts WHERE uuid = ?", (HOST,))
     conn.commit()
     await store.restore_challenge(consumed)
@@ -467,10 +471,10 @@ async def test_enrollment_forwarded_only_from_pending(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_deleting_host_cascades(store, db_path):
+async def test_deleting_host_cascades(store):
     await seed(store)
     await store.new_challenge(HOST, PROFILE)
-    conn = raw(db_path)
+    conn = raw(store)
     conn.execute("DELETE FROM hosts WHERE uuid = ?", (HOST,))
     conn.commit()
     assert await store.get_host_profile(HOST, PROFILE) is None
@@ -479,10 +483,10 @@ async def test_deleting_host_cascades(store, db_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_ca_in_use_cannot_be_deleted_or_renamed(store, db_path):
+async def test_ca_in_use_cannot_be_deleted_or_renamed(store, engine):
     await seed(store)
-    conn = raw(db_path)
-    with pytest.raises(sqlite3.IntegrityError):
+    conn = raw(store)
+    with pytest.raises(refused_by_schema(engine)):
         conn.execute("DELETE FROM cas WHERE name = ?", (CA,))
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(refused_by_schema(engine)):
         conn.execute("UPDATE cas SET name = 'renamed' WHERE name = ?", (CA,))

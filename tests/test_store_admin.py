@@ -1,6 +1,5 @@
 """Tests for the store's admin plane: CAs, hosts and profiles."""
 
-import sqlite3
 from importlib import resources
 
 import pytest
@@ -20,13 +19,13 @@ from scepproxyd.store import (
     Store,
     StoreError,
 )
-from support.store import CA, EPOCH, HOST, PROFILE, SCHEMA_VERSION, database_at_schema, raw, seed
+from support.store import CA, EPOCH, HOST, PROFILE, SCHEMA_VERSION, database_at_schema, raw, refused_by_schema, seed
 
 URL = "https://ca.example/scep"
 
 
-def table(db_path, name):
-    return raw(db_path).execute(f"SELECT * FROM {name} ORDER BY 1, 2").fetchall()
+def table(store, name):
+    return raw(store).execute(f"SELECT * FROM {name} ORDER BY 1, 2").fetchall()
 
 
 # -- CAs -------------------------------------------------------------------------
@@ -64,29 +63,29 @@ async def test_rename_unused_ca(store, clock):
 
 
 @pytest_twisted.ensureDeferred
-async def test_update_ca_errors(store, db_path):
+async def test_update_ca_errors(store):
     with pytest.raises(NotFoundError, match="no CA named 'ghost'"):
         await store.update_ca("ghost", url=URL)
     await store.add_ca(CA, URL)
     await store.add_ca("other", URL)
-    before = table(db_path, "cas")
+    before = table(store, "cas")
     with pytest.raises(DuplicateError, match="'other' already exists"):
         await store.update_ca(CA, new_name="other", url="https://changed.example/scep")
-    assert table(db_path, "cas") == before
+    assert table(store, "cas") == before
 
 
 @pytest_twisted.ensureDeferred
-async def test_rename_used_ca_names_profiles(store, db_path):
+async def test_rename_used_ca_names_profiles(store):
     await seed(store)
     await store.add_profile("profile-0", "another", "ios", b"x", CA)
     await store.add_profile("unrelated", "no CA", "ios", b"x", None)
-    before = table(db_path, "cas")
+    before = table(store, "cas")
     with pytest.raises(InUseError) as caught:
         await store.update_ca(CA, new_name="renamed", url="https://changed.example/scep")
     assert caught.value.profiles == ["profile-0", PROFILE]
     assert str(caught.value) == "CA 'acme' is used by profiles: profile-0, profile-1"
     assert isinstance(caught.value, StoreError)
-    assert table(db_path, "cas") == before
+    assert table(store, "cas") == before
     # Changing anything but the name is fine while in use.
     assert (await store.update_ca(CA, new_name=CA, url="https://changed.example/scep")).url.startswith("https://changed")
 
@@ -139,14 +138,14 @@ async def test_list_hosts(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_delete_host_cascades(store, db_path):
+async def test_delete_host_cascades(store):
     await seed(store)
     await store.new_challenge(HOST, PROFILE)
     assert await store.delete_host(HOST) is True
     assert await store.delete_host(HOST) is False
     assert await store.get_host(HOST) is None
-    assert table(db_path, "host_profiles") == []
-    assert table(db_path, "challenges") == []
+    assert table(store, "host_profiles") == []
+    assert table(store, "challenges") == []
     assert await store.get_profile(PROFILE) is not None
 
 
@@ -173,12 +172,12 @@ async def test_import_hosts(store, clock):
     ],
 )
 @pytest_twisted.ensureDeferred
-async def test_import_hosts_all_or_nothing(store, db_path, bad_row, message):
+async def test_import_hosts_all_or_nothing(store, bad_row, message):
     await store.upsert_host("h1", "OLD", "macos")
-    before = table(db_path, "hosts")
+    before = table(store, "hosts")
     with pytest.raises(ValueError, match=message):
         await store.import_hosts([("h1", "NEW", "macos"), ("h2", "S2", "ios"), bad_row, ("h4", "S4", "ios")])
-    assert table(db_path, "hosts") == before
+    assert table(store, "hosts") == before
 
 
 # -- profiles --------------------------------------------------------------------
@@ -209,28 +208,28 @@ async def test_add_profile_positional_defaults(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_add_profile_errors(store, db_path):
+async def test_add_profile_errors(store):
     with pytest.raises(NotFoundError, match="uses CA 'ghost', which does not exist"):
         await store.add_profile(PROFILE, "p", "ios", b"x", "ghost")
     with pytest.raises(ValueError, match="profile kind must be one of"):
         await store.add_profile(PROFILE, "p", "ios", b"x", None, kind="pdf")
     with pytest.raises(ValueError, match="platform must be one of"):
         await store.add_profile(PROFILE, "p", "windows", b"x", None)
-    assert table(db_path, "profiles") == []
+    assert table(store, "profiles") == []
     await store.add_profile(PROFILE, "p", "ios", b"x", None)
     with pytest.raises(DuplicateError, match=f"uuid {PROFILE} already exists"):
         await store.add_profile(PROFILE, "other", "ios", b"y", None)
 
 
 @pytest_twisted.ensureDeferred
-async def test_identifier_belongs_to_one_profile_of_its_kind(store, db_path):
+async def test_identifier_belongs_to_one_profile_of_its_kind(store):
     await store.add_profile("first", "Wi-Fi", "macos", b"<plist/>", None, identifier="com.example.wifi")
     with pytest.raises(IdentifierInUseError) as e:
         await store.add_profile("second", "Wi-Fi again", "ios", b"<plist/>", None, identifier="com.example.wifi")
     assert (e.value.kind, e.value.identifier, e.value.profile_uuid, e.value.profile_name) == (
         "mobileconfig", "com.example.wifi", "first", "Wi-Fi")
     assert isinstance(e.value, DuplicateError)
-    assert [row[0] for row in table(db_path, "profiles")] == ["first"]
+    assert [row[0] for row in table(store, "profiles")] == ["first"]
     # The other kind has its own names; profiles without an identifier (older than schema 2) never clash.
     await store.add_profile("android", "t", "android", b"{}", None, kind="android_template", identifier="com.example.wifi")
     with pytest.raises(IdentifierInUseError, match="android_template identifier 'com.example.wifi' is already used by profile android"):
@@ -243,7 +242,7 @@ async def test_identifier_belongs_to_one_profile_of_its_kind(store, db_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrent_adds_of_one_identifier_one_wins(store, db_path):
+async def test_concurrent_adds_of_one_identifier_one_wins(store):
     adds = [
         store.add_profile("p%d" % i, "p", "macos", b"<plist/>", None, identifier="com.example.race")
         for i in range(5)
@@ -253,16 +252,20 @@ async def test_concurrent_adds_of_one_identifier_one_wins(store, db_path):
     lost = [value.value for ok, value in results if not ok]
     assert len(won) == 1 and len(lost) == 4
     assert all(isinstance(error, IdentifierInUseError) and error.profile_uuid == won[0].uuid for error in lost)
-    assert [row[0] for row in table(db_path, "profiles")] == [won[0].uuid]
+    assert [row[0] for row in table(store, "profiles")] == [won[0].uuid]
 
 
-def test_unique_index_refuses_a_second_identifier_written_around_the_store(db_path):
-    conn = raw(db_path)
+@pytest_twisted.ensureDeferred
+async def test_unique_index_refuses_a_second_identifier_written_around_the_store(store, engine):
+    conn = raw(store)
     insert = ("INSERT INTO profiles (uuid, name, platform, content, created_at, updated_at, kind, identifier)"
-              " VALUES (?, 'p', 'macos', x'00', 0, 0, 'mobileconfig', 'com.example.wifi')")
-    conn.execute(insert, ("a",))
-    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed: profiles.kind, profiles.identifier"):
-        conn.execute(insert, ("b",))
+              " VALUES (?, 'p', 'macos', ?, 0, 0, 'mobileconfig', 'com.example.wifi')")
+    conn.execute(insert, ("a", b"\x00"))
+    # Each engine names what it refused its own way: SQLite the index's columns, PostgreSQL the index.
+    message = {"sqlite": "UNIQUE constraint failed: profiles.kind, profiles.identifier",
+               "postgresql": 'duplicate key value violates unique constraint "profiles_kind_identifier"'}[engine]
+    with pytest.raises(refused_by_schema(engine), match=message):
+        conn.execute(insert, ("b", b"\x00"))
 
 
 #: The schema that made profile identifiers unique.
@@ -347,7 +350,7 @@ async def test_list_profiles_ordered_by_name_then_uuid(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_delete_profile_unassigns_everywhere(store, db_path):
+async def test_delete_profile_unassigns_everywhere(store):
     await seed(store)
     await seed(store, host="host-2", profile="profile-2")
     await store.assign_profile("host-2", PROFILE)
@@ -355,5 +358,5 @@ async def test_delete_profile_unassigns_everywhere(store, db_path):
     assert await store.delete_profile(PROFILE) is True
     assert await store.delete_profile(PROFILE) is False
     assert [(hp.host_uuid, hp.profile_uuid) for hp in await store.list_host_profiles()] == [("host-2", "profile-2")]
-    assert table(db_path, "challenges") == []
+    assert table(store, "challenges") == []
     assert len(await store.list_hosts()) == 2

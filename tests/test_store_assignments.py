@@ -18,12 +18,13 @@ from support.store import (
     SCHEMA_VERSION,
     raw,
     refuse_latest,
+    refused_by_schema,
     seed,
 )
 
 
-def host_profiles(db_path):
-    return raw(db_path).execute("SELECT * FROM host_profiles ORDER BY host_uuid, profile_uuid").fetchall()
+def host_profiles(store):
+    return raw(store).execute("SELECT * FROM host_profiles ORDER BY host_uuid, profile_uuid").fetchall()
 
 
 async def fleet(store, hosts=(("m1", "macos"), ("m2", "macos"), ("m3", "macos"), ("i1", "ios"))):
@@ -48,7 +49,7 @@ async def test_assign_profile_sets_unique_renewal_ids(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_assign_profile_errors(store, db_path):
+async def test_assign_profile_errors(store):
     await fleet(store)
     message = "profile mac-profile is for macos and cannot be assigned to host i1, which is ios"
     with pytest.raises(PlatformMismatchError, match=message) as caught:
@@ -59,19 +60,22 @@ async def test_assign_profile_errors(store, db_path):
         await store.assign_profile("ghost", "nothing")
     with pytest.raises(NotFoundError, match="cannot assign: no profile nothing"):
         await store.assign_profile("m1", "nothing")
-    assert host_profiles(db_path) == []
+    assert host_profiles(store) == []
     await store.assign_profile("m1", "mac-profile")
     with pytest.raises(DuplicateError):
         await store.assign_profile("m1", "mac-profile")
 
 
 @pytest_twisted.ensureDeferred
-async def test_renewal_id_is_unique_in_the_schema(store, db_path):
+async def test_renewal_id_is_unique_in_the_schema(store, engine):
     await fleet(store)
     first = await store.assign_profile("m1", "mac-profile")
     await store.assign_profile("m2", "mac-profile")
-    conn = raw(db_path)
-    with pytest.raises(Exception, match="UNIQUE constraint failed: host_profiles.renewal_id"):
+    conn = raw(store)
+    # Each engine names what it refused its own way: SQLite the index's column, PostgreSQL the index.
+    message = {"sqlite": "UNIQUE constraint failed: host_profiles.renewal_id",
+               "postgresql": 'duplicate key value violates unique constraint "host_profiles_renewal_id"'}[engine]
+    with pytest.raises(refused_by_schema(engine), match=message):
         conn.execute("UPDATE host_profiles SET renewal_id = ? WHERE host_uuid = 'm2'", (first.renewal_id,))
 
 
@@ -92,17 +96,17 @@ async def test_assign_profile_to_hosts_skips_existing(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_assign_profile_to_hosts_all_or_nothing(store, db_path):
+async def test_assign_profile_to_hosts_all_or_nothing(store):
     await fleet(store)
     await store.assign_profile("m3", "mac-profile")
-    before = host_profiles(db_path)
+    before = host_profiles(store)
     with pytest.raises(NotFoundError, match="no host ghost-1$"):
         await store.assign_profile_to_hosts("mac-profile", ["m1", "i1", "ghost-1", "m2", "ghost-2"])
-    assert host_profiles(db_path) == before
+    assert host_profiles(store) == before
     with pytest.raises(PlatformMismatchError) as caught:
         await store.assign_profile_to_hosts("mac-profile", ["m1", "m2", "i1"])
     assert (caught.value.host_uuid, caught.value.host_platform, caught.value.profile_platform) == ("i1", "ios", "macos")
-    assert host_profiles(db_path) == before
+    assert host_profiles(store) == before
     with pytest.raises(NotFoundError, match="no profile ghost"):
         await store.assign_profile_to_hosts("ghost", ["m1"])
 
@@ -133,7 +137,7 @@ async def test_assign_profile_to_platform(store, clock):
 
 
 @pytest_twisted.ensureDeferred
-async def test_assign_profile_to_platform_errors(store, db_path):
+async def test_assign_profile_to_platform_errors(store):
     await fleet(store)
     with pytest.raises(PlatformMismatchError, match="cannot be assigned to ios hosts") as caught:
         await store.assign_profile_to_platform("mac-profile", "ios")
@@ -142,20 +146,20 @@ async def test_assign_profile_to_platform_errors(store, db_path):
         await store.assign_profile_to_platform("ghost", "macos")
     with pytest.raises(ValueError, match="platform must be one of"):
         await store.assign_profile_to_platform("mac-profile", "windows")
-    assert host_profiles(db_path) == []
+    assert host_profiles(store) == []
 
 
 # -- unassign_profile ---------------------------------------------------------------
 
 
 @pytest_twisted.ensureDeferred
-async def test_unassign_profile(store, db_path):
+async def test_unassign_profile(store):
     await fleet(store)
     await store.assign_profile_to_platform("mac-profile", "macos")
     await store.assign_profile("i1", "ios-profile")
     await store.new_challenge("m1", "mac-profile")
     assert await store.unassign_profile("mac-profile", ["m1", "ghost", "i1"]) == 1
-    assert raw(db_path).execute("SELECT COUNT(*) FROM challenges").fetchone()[0] == 0
+    assert raw(store).execute("SELECT COUNT(*) FROM challenges").fetchone()[0] == 0
     assert await store.unassign_profile("mac-profile", []) == 0
     assert await store.unassign_profile("mac-profile", None) == 2
     assert await store.unassign_profile("mac-profile") == 0
@@ -222,7 +226,7 @@ async def test_list_host_profiles_bad_arguments(store, kwargs, message):
 
 
 @pytest_twisted.ensureDeferred
-async def test_resend_resets_and_removes_challenges(store, clock, db_path):
+async def test_resend_resets_and_removes_challenges(store, clock):
     assigned = await seed(store)
     await seed(store, host="host-2", profile="profile-2")
     await store.set_host_profile_status(HOST, PROFILE, "pending")
@@ -325,10 +329,12 @@ async def test_store_works_on_migrated_schema_1_database(tmp_path, clock):
         await s.stop()
 
 
-def test_kind_is_checked_by_the_schema(tmp_path):
-    path = tmp_path / "db.sqlite"
-    Store.migrate(path)
-    conn = raw(path)
-    with pytest.raises(Exception, match="CHECK constraint failed"):
+@pytest_twisted.ensureDeferred
+async def test_kind_is_checked_by_the_schema(store, engine):
+    conn = raw(store)
+    # Each engine words a refused CHECK its own way (PostgreSQL names the constraint it made for the column).
+    message = {"sqlite": "CHECK constraint failed",
+               "postgresql": 'violates check constraint "profiles_kind_check"'}[engine]
+    with pytest.raises(refused_by_schema(engine), match=message):
         conn.execute("INSERT INTO profiles (uuid, name, platform, content, kind, created_at, updated_at)"
-                     " VALUES ('p', 'n', 'macos', x'00', 'pdf', 0, 0)")
+                     " VALUES ('p', 'n', 'macos', ?, 'pdf', 0, 0)", (b"\x00",))

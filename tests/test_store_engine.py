@@ -1,7 +1,6 @@
 """Tests for the profile engine's storage: claiming, commands, device reports, renewal and cleanup."""
 
 import hashlib
-import sqlite3
 import time
 import uuid
 from importlib import resources
@@ -25,6 +24,8 @@ from support.store import (
     make_clock,
     raw,
     refuse_latest,
+    refused_by_schema,
+    without_foreign_keys,
 )
 
 DAY = 86400.0
@@ -45,32 +46,34 @@ async def fleet(store, clock, macs=("m1", "m2"), androids=("a1",)):
         clock.advance(1)
 
 
-def commands_table(db_path):
-    return raw(db_path).execute(
+def commands_table(store):
+    return raw(store).execute(
         "SELECT host_uuid, profile_uuid, backend, status FROM commands ORDER BY created_at, host_uuid"
     ).fetchall()
 
 
 @pytest_twisted.async_yield_fixture
-async def strict_store(db_path, clock):
+async def strict_store(database, clock):
     """A store that gives up after one retry."""
-    s = Store(db_path, reactor, clock=clock, challenge_ttl=TTL, max_retries=1)
+    target, password = database
+    s = Store(target, reactor, clock=clock, challenge_ttl=TTL, max_retries=1, password=password)
     await s.start()
     yield s
     await s.stop()
 
 
-def test_max_retries_must_be_a_whole_number(db_path):
+def test_max_retries_must_be_a_whole_number(database):
+    target, password = database
     for bad in (-1, 1.5, "3"):
         with pytest.raises(ValueError, match="max_retries must be a non-negative integer"):
-            Store(db_path, reactor, max_retries=bad)
+            Store(target, reactor, max_retries=bad, password=password)
 
 
 # -- claim_host_profiles -------------------------------------------------------------
 
 
 @pytest_twisted.ensureDeferred
-async def test_claim_makes_pending_host_profiles_with_queued_commands(store, clock, db_path):
+async def test_claim_makes_pending_host_profiles_with_queued_commands(store, clock):
     await fleet(store, clock)
     await store.set_host_profile_status("m1", MAC, "pending")
     assert (await refuse_latest(store, "m1", MAC, "earlier trouble")).counted  # detail is cleared by the claim
@@ -109,10 +112,11 @@ async def test_claim_respects_limit_oldest_first(store, clock):
 
 
 @pytest_twisted.ensureDeferred
-async def test_claim_is_exclusive_across_daemons(db_path, clock):
+async def test_claim_is_exclusive_across_daemons(database, clock):
     """Two stores on one database (as two daemons would be), claiming at once, never share a row."""
-    first = Store(db_path, reactor, clock=clock)
-    second = Store(db_path, reactor, clock=clock)
+    target, password = database
+    first = Store(target, reactor, clock=clock, password=password)
+    second = Store(target, reactor, clock=clock, password=password)
     await first.start()
     await second.start()
     try:
@@ -123,7 +127,7 @@ async def test_claim_is_exclusive_across_daemons(db_path, clock):
         claimed = [(c.host_uuid, c.profile_uuid) for result in results for c in result.claimed]
         assert all(len(result.claimed) <= 15 for result in results)
         assert len(claimed) == len(set(claimed)) == 50
-        assert raw(db_path).execute("SELECT COUNT(*) FROM commands").fetchone()[0] == 50
+        assert raw(first).execute("SELECT COUNT(*) FROM commands").fetchone()[0] == 50
     finally:
         await first.stop()
         await second.stop()
@@ -143,11 +147,11 @@ async def test_claim_two_calls_return_disjoint_sets(store, clock):
 
 
 @pytest_twisted.ensureDeferred
-async def test_claim_fails_host_profiles_whose_ca_is_gone(store, clock, db_path):
+async def test_claim_fails_host_profiles_whose_ca_is_gone(store, clock):
     await fleet(store, clock, macs=("m1",), androids=())
     await store.add_profile("no-ca", "Plain", "macos", b"<plist/>", None)
     await store.assign_profile("m1", "no-ca")
-    conn = sqlite3.connect(db_path)  # foreign keys off: the state a later bug or hand edit could leave
+    conn = without_foreign_keys(store)  # the state a later bug or hand edit could leave
     conn.execute("DELETE FROM cas WHERE name = ?", (CA,))
     conn.commit()
     clock.advance(5)
@@ -156,41 +160,63 @@ async def test_claim_fails_host_profiles_whose_ca_is_gone(store, clock, db_path)
     assert [(c.host_uuid, c.profile_uuid) for c in result.claimed] == [("m1", "no-ca")]
     hp = await store.get_host_profile("m1", MAC)
     assert (hp.status, hp.detail, hp.command_uuid, hp.updated_at) == ("failed", "CA 'acme' no longer exists", None, EPOCH + 6)
-    assert commands_table(db_path) == [("m1", "no-ca", "nanomdm", "queued")]
+    assert commands_table(store) == [("m1", "no-ca", "nanomdm", "queued")]
     assert await store.claim_host_profiles(10, BACKENDS) == ClaimResult((), ())
 
 
 @pytest_twisted.ensureDeferred
-async def test_claim_needs_a_backend_for_every_platform(store, clock, db_path):
+async def test_claim_needs_a_backend_for_every_platform(store, clock):
     await fleet(store, clock)
     with pytest.raises(ValueError, match="no delivery backend for: android"):
         await store.claim_host_profiles(10, {"macos": "outbox", "ios": "outbox", "ipados": "outbox"})
     with pytest.raises(ValueError, match="limit must be a positive integer"):
         await store.claim_host_profiles(0, BACKENDS)
     assert [hp.status for hp in await store.list_host_profiles()] == [None, None, None]
-    assert commands_table(db_path) == []
+    assert commands_table(store) == []
+
+
+def same_command_uuid_every_time(store, monkeypatch):
+    """
+    Every command uuid the next store makes is one and the same, so a claim fails at its second command.
+
+    SQLite's ``gen_random_uuid`` is the store's Python function; PostgreSQL's is its own, so a function of
+    that name goes ahead of it on the database's search path (for connections opened from now on).
+    """
+    if store.engine == "postgresql":
+        conn = raw(store)
+        conn.execute("CREATE FUNCTION public.gen_random_uuid() RETURNS text LANGUAGE sql"
+                     " AS $$ SELECT 'same-uuid-every-time' $$")
+        conn.raw.execute('ALTER DATABASE "%s" SET search_path = public, pg_catalog'
+                         % (conn.execute("SELECT current_database()").fetchone()[0],))
+        conn.close()
+    else:
+        monkeypatch.setattr(database_module, "new_command_uuid", lambda: "same-uuid-every-time")
 
 
 @pytest_twisted.ensureDeferred
-async def test_claim_is_all_or_nothing(store, clock, db_path, monkeypatch):
+async def test_claim_is_all_or_nothing(store, clock, database, engine, monkeypatch):
     """A batch that fails half-way leaves every host profile NULL, with no command."""
     await fleet(store, clock)
     await store.stop()
-    monkeypatch.setattr(database_module, "new_command_uuid", lambda: "same-uuid-every-time")
-    broken = Store(db_path, reactor, clock=clock)
+    same_command_uuid_every_time(store, monkeypatch)
+    target, password = database
+    broken = Store(target, reactor, clock=clock, password=password)
     await broken.start()
+    # Each engine names what it refused its own way: SQLite the key's column, PostgreSQL the key.
+    message = {"sqlite": "UNIQUE constraint failed: commands.command_uuid",
+               "postgresql": 'duplicate key value violates unique constraint "commands_pkey"'}[engine]
     try:
-        with pytest.raises(Exception, match="UNIQUE constraint failed: commands.command_uuid"):
+        with pytest.raises(Exception, match=message):
             await broken.claim_host_profiles(10, BACKENDS)
         assert [hp.status for hp in await broken.list_host_profiles()] == [None, None, None]
         assert [hp.command_uuid for hp in await broken.list_host_profiles()] == [None, None, None]
     finally:
         await broken.stop()
-    assert commands_table(db_path) == []
+    assert commands_table(broken) == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_claim_supersedes_outstanding_commands(store, clock, db_path):
+async def test_claim_supersedes_outstanding_commands(store, clock):
     await fleet(store, clock, macs=("m1", "m2"), androids=())
     first = await claim_all(store)
     await store.command_delivered(first[("m1", MAC)].command_uuid)
@@ -578,7 +604,7 @@ async def test_renewal_only_touches_verified_with_dates_and_respects_limit(store
 
 
 @pytest_twisted.ensureDeferred
-async def test_delete_finished_commands_in_batches(store, clock, db_path, monkeypatch):
+async def test_delete_finished_commands_in_batches(store, clock, monkeypatch):
     monkeypatch.setattr(commands_module, "_FINISHED_BATCH", 2)
     await fleet(store, clock, macs=[f"m{i}" for i in range(7)], androids=())
     claimed = list((await claim_all(store)).values())
@@ -591,7 +617,7 @@ async def test_delete_finished_commands_in_batches(store, clock, db_path, monkey
     await store.command_result(claimed[0].command_uuid, ok=True)  # touched again: too recent
     assert await store.delete_finished_commands(DAY - 1) == 4
     assert await store.delete_finished_commands(DAY - 1) == 0
-    left = raw(db_path).execute("SELECT command_uuid, status FROM commands ORDER BY status").fetchall()
+    left = raw(store).execute("SELECT command_uuid, status FROM commands ORDER BY status").fetchall()
     assert sorted(left) == sorted([
         (claimed[0].command_uuid, "acknowledged"),
         (claimed[5].command_uuid, "delivered"),
@@ -600,12 +626,12 @@ async def test_delete_finished_commands_in_batches(store, clock, db_path, monkey
 
 
 @pytest_twisted.ensureDeferred
-async def test_commands_go_with_their_host_profile(store, clock, db_path):
+async def test_commands_go_with_their_host_profile(store, clock):
     await fleet(store, clock, macs=("m1", "m2"), androids=())
     await claim_all(store)
     await store.delete_host("m1")
     await store.unassign_profile(MAC, ["m2"])
-    assert commands_table(db_path) == []
+    assert commands_table(store) == []
 
 
 # -- migration 0002 -> 0003 -----------------------------------------------------------------------
@@ -666,19 +692,28 @@ async def test_migrate_from_schema_2_keeps_data(tmp_path, clock):
         await s.stop()
 
 
-def test_command_status_is_checked_by_the_schema(db_path):
-    conn = raw(db_path)
+@pytest_twisted.ensureDeferred
+async def test_command_status_is_checked_by_the_schema(store, engine):
+    conn = raw(store)
     conn.execute("INSERT INTO hosts VALUES ('h', NULL, 'macos', 0, 0)")
     conn.execute(
-        "INSERT INTO profiles (uuid, name, platform, content, created_at, updated_at) VALUES ('p', 'n', 'macos', x'00', 0, 0)"
+        "INSERT INTO profiles (uuid, name, platform, content, created_at, updated_at)"
+        " VALUES ('p', 'n', 'macos', ?, 0, 0)",
+        (b"\x00",),
     )
     conn.execute("INSERT INTO host_profiles (host_uuid, profile_uuid, created_at, updated_at) VALUES ('h', 'p', 0, 0)")
-    with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+    # Each engine words a refused row its own way (PostgreSQL names the constraint it made for the table).
+    check, foreign_key = {
+        "sqlite": ("CHECK constraint failed", "FOREIGN KEY constraint failed"),
+        "postgresql": ('violates check constraint "commands_status_check"',
+                       'violates foreign key constraint "commands_host_uuid_profile_uuid_fkey"'),
+    }[engine]
+    with pytest.raises(refused_by_schema(engine), match=check):
         conn.execute(
             "INSERT INTO commands (command_uuid, host_uuid, profile_uuid, backend, status, created_at, updated_at)"
             " VALUES ('c', 'h', 'p', 'outbox', 'lost', 0, 0)"
         )
-    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY constraint failed"):
+    with pytest.raises(refused_by_schema(engine), match=foreign_key):
         conn.execute(
             "INSERT INTO commands (command_uuid, host_uuid, profile_uuid, backend, status, created_at, updated_at)"
             " VALUES ('c', 'h', 'other', 'outbox', 'queued', 0, 0)"
@@ -689,11 +724,9 @@ def test_command_status_is_checked_by_the_schema(db_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_claiming_100000_host_profiles_in_batches(tmp_path):
-    path = tmp_path / "big.sqlite"
-    Store.migrate(path)
-    clock = make_clock()
-    s = Store(path, reactor, clock=clock)
+async def test_claiming_100000_host_profiles_in_batches(database):
+    target, password = database
+    s = Store(target, reactor, clock=make_clock(), password=password)
     await s.start()
     try:
         await s.add_ca(CA, "https://ca.example/scep", b"sealed")

@@ -1,7 +1,8 @@
-"""What only PostgreSQL has: migrations from several nodes at once, its version table, its password, its server.
+"""What only PostgreSQL has: migrations from several nodes at once, its password, its server.
 
 The rest of the store's behaviour is tested on both engines by the other
-test_store modules (tests/conftest.py parametrizes them).
+test_store modules (tests/conftest.py parametrizes them), a database newer
+than the code or never migrated included (test_store.py).
 """
 
 import threading
@@ -38,28 +39,6 @@ def test_two_nodes_migrating_at_once_apply_each_schema_once(postgres_url):
         thread.join()
     assert errors == [] and results == [SCHEMA_VERSION] * 4
     assert version_rows(postgres_url) == [(SCHEMA_VERSION,)]
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_database_newer_than_the_code_is_refused(postgres_url):
-    password = postgres_password(postgres_url)
-    Store.migrate(postgres_url.url, password=password)
-    with psycopg.connect(postgres_url.url, password=password, autocommit=True) as db:
-        db.execute("UPDATE scepproxyd_schema SET version = %s", (SCHEMA_VERSION + 1,))
-    with pytest.raises(StoreError, match="schema version %d, newer than this scepproxyd knows" % (SCHEMA_VERSION + 1)):
-        Store.migrate(postgres_url.url, password=password)
-    store = Store(postgres_url.url, reactor, clock=make_clock(), password=password)
-    with pytest.raises(StoreError, match="newer than this scepproxyd knows"):
-        await store.start()
-    await store.stop()
-
-
-@pytest_twisted.ensureDeferred
-async def test_an_empty_database_is_refused_until_migrated(postgres_url):
-    store = Store(postgres_url.url, reactor, clock=make_clock(), password=postgres_password(postgres_url))
-    with pytest.raises(StoreError, match="run migrate first"):
-        await store.start()
-    await store.stop()
 
 
 def test_a_wrong_password_is_refused_without_showing_any_password(postgres_url):

@@ -158,14 +158,14 @@ async def test_host_profile_gone(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_ca_refusal_counts_only_for_the_latest_challenge_of_a_pending_host_profile(store, clock, db_path):
+async def test_ca_refusal_counts_only_for_the_latest_challenge_of_a_pending_host_profile(store, clock):
     await seed(store)
     latest = await pending(store)
     taken = await store.consume_challenge(latest, HOST, PROFILE)
     assert await store.enrollment_refused(taken, "upstream CA refused the request (badRequest)") == ChallengeRefusal(
         True, "latest", None
     )
-    assert raw(db_path).execute("SELECT COUNT(*) FROM challenges_in_flight").fetchone()[0] == 0
+    assert raw(store).execute("SELECT COUNT(*) FROM challenges_in_flight").fetchone()[0] == 0
     hp = await store.get_host_profile(HOST, PROFILE)
     assert (hp.status, hp.retries, hp.detail) == (None, 1, "upstream CA refused the request (badRequest)")
 
@@ -184,17 +184,17 @@ async def test_ca_refusal_counts_only_for_the_latest_challenge_of_a_pending_host
     before = await store.get_host_profile(HOST, PROFILE)
     assert await store.enrollment_refused(taken, "old copy") == ChallengeRefusal(False, "not_latest", "pending")
     assert await store.get_host_profile(HOST, PROFILE) == before
-    assert raw(db_path).execute("SELECT COUNT(*) FROM challenges_in_flight").fetchone()[0] == 0
+    assert raw(store).execute("SELECT COUNT(*) FROM challenges_in_flight").fetchone()[0] == 0
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_hash_is_set_with_the_challenge_and_never_the_challenge_itself(store, db_path):
+async def test_the_hash_is_set_with_the_challenge_and_never_the_challenge_itself(store):
     await seed(store)
     minted = await store.new_challenge(HOST, PROFILE)
-    stored = raw(db_path).execute("SELECT proxy_challenge_hash FROM host_profiles").fetchone()[0]
+    stored = raw(store).execute("SELECT proxy_challenge_hash FROM host_profiles").fetchone()[0]
     assert stored == hashlib.sha256(minted.encode()).hexdigest()
     issued = await store.issue_challenge(HOST, PROFILE)
-    stored = raw(db_path).execute("SELECT proxy_challenge_hash FROM host_profiles").fetchone()[0]
+    stored = raw(store).execute("SELECT proxy_challenge_hash FROM host_profiles").fetchone()[0]
     assert stored == hashlib.sha256(issued.encode()).hexdigest() and issued not in stored
     assert "proxy_challenge_hash" not in repr(await store.get_host_profile(HOST, PROFILE))
 

@@ -47,16 +47,16 @@ class ProfileQueries:
         ``identifier`` is the Apple PayloadIdentifier or the template name;
         ``variables`` the variable names found in it, kept for display.
         IdentifierInUseError if another profile of the same kind has that
-        identifier: the check runs in the insert's own transaction (so of two
-        concurrent uploads one fails), with the unique index of schema 7
-        behind it.
+        identifier: the check runs in the insert's own transaction, with the
+        unique index of schema 7 behind it. On PostgreSQL two uploads can
+        pass the check at once; the insert then skips the row the index
+        refuses (ON CONFLICT DO NOTHING, which waits for the other to commit)
+        and the check, run again, names the winner, as on SQLite.
         """
         now = self._clock.seconds()
         variables = tuple(variables)
 
-        def add_profile(conn):
-            check_choice(platform, PLATFORMS, "platform")
-            check_choice(kind, PROFILE_KINDS, "profile kind")
+        def refuse_taken(conn):
             if conn.execute("SELECT 1 FROM profiles WHERE uuid = ?", (uuid,)).fetchone() is not None:
                 raise DuplicateError(f"a profile with uuid {uuid} already exists")
             if identifier is not None:
@@ -66,13 +66,23 @@ class ProfileQueries:
                 ).fetchone()
                 if holder is not None:
                     raise IdentifierInUseError(kind, identifier, *holder)
+
+        def add_profile(conn):
+            check_choice(platform, PLATFORMS, "platform")
+            check_choice(kind, PROFILE_KINDS, "profile kind")
+            refuse_taken(conn)
             if ca_name is not None and conn.execute("SELECT 1 FROM cas WHERE name = ?", (ca_name,)).fetchone() is None:
                 raise NotFoundError(f"profile {uuid} uses CA {ca_name!r}, which does not exist")
             row = conn.execute(
                 f"INSERT INTO profiles ({_PROFILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                f" RETURNING {_PROFILE_COLUMNS}",
+                f" ON CONFLICT DO NOTHING RETURNING {_PROFILE_COLUMNS}",
                 (uuid, name, platform, kind, identifier, ca_name, json.dumps(list(variables)), content, now, now),
             ).fetchone()
+            if row is None:
+                # Taken since the check: on PostgreSQL (READ COMMITTED) a concurrent upload, on another node or
+                # thread, passed it too and committed first. Checked again, the winner shows; say which it is.
+                refuse_taken(conn)
+                raise DuplicateError(f"profile {uuid} or its identifier was added by another upload at the same time")
             return _profile(row)
 
         return self._submit(add_profile)

@@ -60,17 +60,95 @@ async def claim_all(store, limit=1000):
     return {(c.host_uuid, c.profile_uuid): c for c in result.claimed}
 
 
+class _RawPostgres(postgres.Connection):
+    """A PostgreSQL connection used as tests use a raw sqlite3 one. It autocommits each statement, so
+    ``commit`` and ``rollback`` (which tests call after writing around the store) have nothing left to do."""
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+
 def raw(target):
     """
     A plain connection to look at rows behind the store's back: ``target`` a SQLite file (foreign keys
-    on), or a Store on either engine (its own database, with ``?`` placeholders on PostgreSQL too).
+    on), or a Store on either engine (its own database, with ``?`` placeholders on PostgreSQL too;
+    each statement commits at once there).
     """
     if isinstance(target, Store):
         if target.engine == "postgresql":
-            return postgres.connect(target._path, target._password)
+            return _RawPostgres(postgres.connect(target._path, target._password).raw)
         target = target._path
     conn = sqlite3.connect(target)
     conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def set_schema_version(database, version: int) -> None:
+    """Mark ``database`` (``(target, password)``, as the ``database`` fixture gives it) as at schema ``version``,
+    as a newer release would leave it: SQLite's ``PRAGMA user_version``, PostgreSQL's ``scepproxyd_schema``."""
+    target, password = database
+    if postgres.is_postgres(target):
+        conn = postgres.connect(target, password)
+        conn.execute("UPDATE scepproxyd_schema SET version = ?", (version,))
+    else:
+        conn = raw(target)
+        conn.execute("PRAGMA user_version = %d" % (version,))
+    conn.close()
+
+
+def wal_position(store):
+    """Where ``store``'s engine writes its log now, for ``bytes_on_disk``: PostgreSQL's WAL position, or None on
+    SQLite (whose -wal file is the database's own)."""
+    if store.engine != "postgresql":
+        return None
+    return raw(store).execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+
+
+def bytes_on_disk(store, since=None) -> bytes:
+    """
+    Every byte the engine keeps on disk for ``store``'s database, free space included. SQLite: the file
+    and its -wal. PostgreSQL (after a CHECKPOINT, so the pages are written out): the database's own
+    directory, and the WAL segments written since ``since`` (a ``wal_position``), which the server
+    shares with every other database on it.
+    """
+    from pathlib import Path
+
+    if store.engine != "postgresql":
+        path = Path(store._path)
+        return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+    conn = raw(store)
+    conn.execute("CHECKPOINT")
+    data = Path(conn.execute("SHOW data_directory").fetchone()[0])
+    oid = conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0]
+    first, last = conn.execute("SELECT pg_walfile_name(?::pg_lsn), pg_walfile_name(pg_current_wal_insert_lsn())",
+                               (since,)).fetchone()
+    conn.close()
+    files = sorted((data / "base" / str(oid)).iterdir())
+    files += [p for p in sorted((data / "pg_wal").iterdir()) if first <= p.name <= last]
+    return b"".join(p.read_bytes() for p in files if p.is_file())
+
+
+def refused_by_schema(engine: str) -> type[Exception]:
+    """What a raw connection (``raw``) on ``engine`` raises for a row a constraint refuses:
+    sqlite3's IntegrityError, or psycopg's (whose subclasses name the kind of constraint)."""
+    if engine == "postgresql":
+        import psycopg
+
+        return psycopg.IntegrityError
+    return sqlite3.IntegrityError
+
+
+def without_foreign_keys(store):
+    """A raw connection to ``store``'s database that does not enforce foreign keys, for the state a bug or a
+    hand edit could leave: sqlite3's default, or PostgreSQL's replication role (the tests' user is a superuser)."""
+    conn = raw(store)
+    if store.engine == "postgresql":
+        conn.execute("SET session_replication_role = replica")
+    else:
+        conn.execute("PRAGMA foreign_keys = OFF")
     return conn
 
 
