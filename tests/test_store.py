@@ -490,3 +490,15 @@ async def test_ca_in_use_cannot_be_deleted_or_renamed(store, engine):
         conn.execute("DELETE FROM cas WHERE name = ?", (CA,))
     with pytest.raises(refused_by_schema(engine)):
         conn.execute("UPDATE cas SET name = 'renamed' WHERE name = ?", (CA,))
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_host_profile_assigned_eight_times_at_once_is_assigned_once(store):
+    """On PostgreSQL the eight run on several DB threads: a write that loses the race is a duplicate, never a raw error."""
+    await store.upsert_host(HOST, "C02XYZ", "macos")
+    await store.add_profile(PROFILE, "Wi-Fi cert", "macos", b"<plist/>", None)
+    results = await defer.DeferredList([store.assign_profile(HOST, PROFILE) for _ in range(8)], consumeErrors=True)
+    failures = [result for ok, result in results if not ok]
+    assert len(failures) == 7
+    assert all(failure.check(DuplicateError) for failure in failures), [f.value for f in failures]
+    assert [hp.profile_uuid for hp in await store.list_host_profiles(host_uuid=HOST)] == [PROFILE]

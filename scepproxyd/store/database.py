@@ -35,6 +35,7 @@ from twisted.python.threadpool import ThreadPool
 from scepproxyd.daemon.logs import get_logger
 from scepproxyd.store import postgres
 from scepproxyd.store.models import (
+    DuplicateError,
     StoreError,
     StoreUnavailable,
     challenge_hash,
@@ -572,8 +573,14 @@ class Database:
         try:
             with self._connections.connection() as raw:
                 return _in_transaction(postgres.Connection(raw), fn, write, "BEGIN")
-        except _psycopg.IntegrityError:
-            raise
+        except _psycopg.IntegrityError as e:
+            # Checked first, then written: on SQLite one writer at a time makes that safe; on PostgreSQL
+            # another node (or DB thread) may write the same key in between. That is a duplicate, said so.
+            constraint = getattr(getattr(e, "diag", None), "constraint_name", None) or "a constraint"
+            if getattr(e, "sqlstate", None) == "23505":
+                raise DuplicateError(f"{fn.__name__}: the row was written meanwhile by another request ({constraint})") \
+                    from None
+            raise StoreError(f"{fn.__name__}: a concurrent change conflicted ({constraint})") from None
         except _psycopg.Error as e:
             reason = postgres.unavailable_reason(e)
             if reason is not None:
