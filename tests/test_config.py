@@ -502,7 +502,7 @@ def test_unknown_key():
     assert str(error) == (
         "%s: [server] lisen: unknown key; valid keys in [server] are: "
         "listen, public_url, max_body_bytes, idle_timeout, request_timeout, shutdown_grace, max_connections, "
-        "tls_certificate, tls_key, tls_chain" % (CONFIG,)
+        "tls_certificate, tls_key, tls_chain, target_cache_seconds" % (CONFIG,)
     )
 
 
