@@ -63,7 +63,7 @@ def loadavg() -> str:
 def one_run(opts) -> dict:
     import _peers_load as load
     import _peers_site as site
-    from _peers_procs import Daemon, ScepServer, free_port, stop, wait_for_port, wrk
+    from _peers_procs import Daemon, ScepServer, free_port, py_spy, py_spy_stop, stop, wait_for_port, wrk
     from _peers_run import CA_NAME, STATIC_CHALLENGE, cpu_seconds
 
     top = Path(tempfile.mkdtemp(prefix="scepproxyd-bench-ceiling-"))
@@ -105,9 +105,17 @@ def one_run(opts) -> dict:
             for name, (pid, base) in peers.items():
                 wrk(f"{base}?{query}", 1, connections=opts.connections)  # warm: connections, caches
             for name, (pid, base) in peers.items():
+                spy = None
+                if opts.profile and name == "proxy":
+                    raw = Path(opts.profile).resolve() / f"run{len(opts.profiles) + 1}-{op}.txt"
+                    raw.parent.mkdir(parents=True, exist_ok=True)
+                    spy = py_spy(pid, raw)
                 cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
                 result = wrk(f"{base}?{query}", opts.duration, connections=opts.connections)
                 result["cores"] = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - wall0)
+                if spy is not None:
+                    py_spy_stop(spy)
+                    out.setdefault("profiles", {})[op] = (str(raw), time.perf_counter() - wall0)
                 if result["non2xx"] or result["rps"] is None:
                     raise RuntimeError(f"wrk {op} {name}: {result}")
                 out[f"{op} {name}"] = result
@@ -128,12 +136,14 @@ def main():
     parser.add_argument("--duration", type=int, default=8, help="seconds of each wrk run")
     parser.add_argument("--connections", type=int, default=16, help="wrk -c (one wrk thread)")
     parser.add_argument("--target-cache", default="5s", help="the daemon's [server] target_cache_seconds")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy the daemon under wrk (figures then lower)")
     parser.add_argument("--serve", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         return serve(int(args.serve[0]), Path(args.serve[1]))
 
     runs = []
+    args.profiles = runs
     for run in range(1, args.runs + 1):
         r = one_run(args)
         runs.append(r)
@@ -158,6 +168,12 @@ def main():
     widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
     for line in [head, tuple("-" * w for w in widths)] + rows:
         print(" | ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
+    if args.profile:
+        from _peers_procs import SPY_RATE
+        from _peers_profile import summarize
+        for op, (raw, seconds) in runs[0].get("profiles", {}).items():
+            print(f"\npy-spy, run 1, {op} through the proxy ({raw}):")
+            print(summarize(Path(raw), SPY_RATE, seconds))
     return 0
 
 
