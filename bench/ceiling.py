@@ -156,15 +156,18 @@ def main():
 
     print(f"\nGetCACaps/GetCACert req/s, wrk -t1 -c{args.connections} -d{args.duration}s, medians of {len(runs)} runs"
           f" (ratio: the median of each run's proxy/ceiling)\n")
-    head = ("operation", "scepproxyd", "bare twisted.web", "ratio", "target", "verdict")
+    head = ("operation", "scepproxyd", "bare twisted.web", "ratio", "target", "verdict",
+            "CPU us/request, proxy / ceiling")
     rows = []
+    per_request = lambda r, key: 1e6 * r[key]["cores"] / r[key]["rps"]  # noqa: E731
     for op in OPERATIONS:
         proxy = statistics.median(r[f"{op} proxy"]["rps"] for r in runs)
         top = statistics.median(r[f"{op} ceiling"]["rps"] for r in runs)
         ratio = statistics.median(r[f"{op} proxy"]["rps"] / r[f"{op} ceiling"]["rps"] for r in runs)
         cores = statistics.median(r[f"{op} proxy"]["cores"] for r in runs)
+        cpu = [statistics.median(per_request(r, f"{op} {peer}") for r in runs) for peer in ("proxy", "ceiling")]
         rows.append((op, f"{proxy:.0f} ({cores:.2f} cores)", f"{top:.0f}", f"{ratio:.2f}", f">= {TARGET}",
-                     "PASS" if ratio >= TARGET else "MISS"))
+                     "PASS" if ratio >= TARGET else "MISS", f"{cpu[0]:.0f} / {cpu[1]:.0f}"))
     widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
     for line in [head, tuple("-" * w for w in widths)] + rows:
         print(" | ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
