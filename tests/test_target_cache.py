@@ -11,6 +11,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from scepproxyd.scep.targets import TargetCache
+from scepproxyd.store import InUseError
 from support.store import CA, HOST, PROFILE, seed, started_store
 
 UNKNOWN = (400, "unknown host, profile or CA\n")
@@ -131,7 +132,7 @@ async def test_a_failed_write_moves_the_generation_too(store):
     """It may have failed after its COMMIT (a lost connection): forgetting costs one query, keeping could mislead."""
     await seed(store)
     before = store.targets_generation
-    with pytest.raises(Exception):
+    with pytest.raises(InUseError):
         await store.delete_ca(CA)  # in use
     assert store.targets_generation == before + 1
 
