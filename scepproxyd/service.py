@@ -51,6 +51,7 @@ from scepproxyd.keys import ChallengeCipher, KeyFileError, load_or_create_key, l
 from scepproxyd.scep.proxy import ScepProxy
 from scepproxyd.scep.ra_flow import RaFlow
 from scepproxyd.scep.upstream import UpstreamClient, UpstreamTimeouts, make_http_client
+from scepproxyd.scep.targets import TargetCache
 from scepproxyd.store import Store, StoreError
 from scepproxyd.store.fingerprints import differing_state_files
 from scepproxyd.store.postgres import redacted
@@ -345,12 +346,13 @@ def build_ra_flow(settings, store, upstream, cipher, reactor, metrics=None) -> R
 
 def device_resource(*, store, upstream, renderer, webhook_token: str, clock, reactor, metrics=None,
                     builtin_ca: BuiltinCA | None = None, health: dict | None = None,
-                    ra_flow: RaFlow | None = None) -> resource.Resource:
+                    ra_flow: RaFlow | None = None, target_cache_seconds: float = 0.0) -> resource.Resource:
     """The device-facing tree: SCEP proxy, agent API, NanoMDM webhook, built-in CA, health, metrics.
 
     ``upstream`` provides IUpstream; ``clock`` times requests and dates
     agent reports; ``reactor``'s worker threads parse and encode JSON;
-    ``ra_flow`` answers for CAs in RA mode.
+    ``ra_flow`` answers for CAs in RA mode; GetCACaps and GetCACert find
+    their target in a cache kept ``target_cache_seconds`` (0: no cache).
     """
     root = resource.Resource()
     if builtin_ca is not None:
@@ -361,7 +363,8 @@ def device_resource(*, store, upstream, renderer, webhook_token: str, clock, rea
     scep = resource.Resource()
     root.putChild(b"mdm", mdm)
     mdm.putChild(b"scep", scep)
-    scep.putChild(b"proxy", ProxyResource(ScepProxy(store, upstream, metrics, ra_flow), clock, metrics))
+    targets = TargetCache(store, clock, target_cache_seconds)
+    scep.putChild(b"proxy", ProxyResource(ScepProxy(store, upstream, metrics, ra_flow, targets), clock, metrics))
     root.putChild(b"api", agent_resource(store, renderer, clock, reactor))
     webhooks = resource.Resource()
     root.putChild(b"webhooks", webhooks)
@@ -467,6 +470,7 @@ def make_service(settings, reactor) -> OrderedMultiService:
         webhook_token=load_or_create_token(settings.delivery.webhook_token_file),
         clock=reactor, reactor=reactor, metrics=metrics, builtin_ca=builtin, health=health,
         ra_flow=build_ra_flow(settings, store, upstream.upstream, cipher, reactor, metrics),
+        target_cache_seconds=settings.server.target_cache_seconds,
     )
     device_site = build_device_site(device_root, settings.server, reactor, in_flight)
     api = admin_api(

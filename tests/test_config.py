@@ -97,6 +97,7 @@ def test_defaults_when_file_is_empty():
     assert settings.admin.listen == "tcp:8081:interface=127.0.0.1"
     assert settings.admin.token_file == Path("/srv/scep/var/admin.token")
     assert settings.server.max_connections == 800
+    assert settings.server.target_cache_seconds == 5.0
     assert settings.admin.max_connections == 64
     assert settings.database.write_probe_interval == 10.0
     assert (settings.database.url, settings.database.password_file, settings.database.pool_size) == (None, None, 4)
@@ -152,6 +153,7 @@ def test_all_keys_given():
         public_url = https://mdm.example.com/scep/
         max_body_bytes = 1M
         idle_timeout = 1m
+        target_cache_seconds = 0
         [database]
         path = db/main.sqlite3
         busy_timeout = 2.5
@@ -173,6 +175,7 @@ def test_all_keys_given():
     assert settings.server.public_url == "https://mdm.example.com/scep"
     assert settings.server.max_body_bytes == 1024 * 1024
     assert settings.server.idle_timeout == 60.0
+    assert settings.server.target_cache_seconds == 0.0
     assert settings.database.path == Path("/var/lib/scepproxyd/db/main.sqlite3")
     assert settings.database.busy_timeout == 2.5
     assert settings.challenges.ttl == 2 * 86400.0
@@ -343,6 +346,8 @@ BAD_VALUES = [
     ("database", "url", "postgresql://db:port/scep", "is not a valid URL"),
     ("database", "pool_size", "0", "whole number from 1 to 64"),
     ("server", "max_connections", "0", "whole number from 1 to 1000000"),
+    ("server", "target_cache_seconds", "-1", "from 0 to 1 hour"),
+    ("server", "target_cache_seconds", "2h", "from 0 to 1 hour"),
     ("server", "max_connections", "lots", "whole number from 1 to 1000000"),
     ("admin", "max_connections", "100001", "whole number from 1 to 100000"),
     ("challenges", "ttl", "59s", "from 1 minute to 30 days"),
@@ -395,6 +400,7 @@ EVERY_KEY = [
     ("server", "tls_certificate"),
     ("server", "tls_key"),
     ("server", "tls_chain"),
+    ("server", "target_cache_seconds"),
     ("database", "path"),
     ("database", "busy_timeout"),
     ("database", "write_probe_interval"),
@@ -496,7 +502,7 @@ def test_unknown_key():
     assert str(error) == (
         "%s: [server] lisen: unknown key; valid keys in [server] are: "
         "listen, public_url, max_body_bytes, idle_timeout, request_timeout, shutdown_grace, max_connections, "
-        "tls_certificate, tls_key, tls_chain" % (CONFIG,)
+        "tls_certificate, tls_key, tls_chain, target_cache_seconds" % (CONFIG,)
     )
 
 

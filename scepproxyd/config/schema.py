@@ -31,6 +31,8 @@ class ServerSettings:
     tls_certificate: Path | None
     tls_key: Path | None
     tls_chain: Path | None
+    #: How long GetCACaps/GetCACert reuse a proxy target read from the database (0: never).
+    target_cache_seconds: float = 5.0
 
 
 @attrs.frozen
@@ -211,6 +213,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
         "tls_certificate": ("-", c.optional_text),
         "tls_key": ("-", c.optional_text),
         "tls_chain": ("-", c.optional_text),
+        "target_cache_seconds": ("5s", c.duration(0, c.HOUR, allow_low=True)),
     },
     "database": {
         "path": ("scepproxyd.sqlite3", c.text),

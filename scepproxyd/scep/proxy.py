@@ -21,6 +21,9 @@ UNKNOWN_TARGET = "unknown host, profile or CA"
 CHALLENGE_FAILED = "custom scep challenge failed"
 NOT_PENDING = "host profile is not awaiting enrollment"
 
+# What may be answered from targets.TargetCache: these use only the target's CA (name, URL, mode).
+CACHED_OPERATIONS = frozenset({"GetCACaps", "GetCACert"})
+
 
 @attrs.frozen
 class ProxyAnswer:
@@ -43,8 +46,10 @@ class ScepProxy:
 
     log = get_logger(__name__)
 
-    def __init__(self, store, upstream, metrics=None, ra_flow=None):
+    def __init__(self, store, upstream, metrics=None, ra_flow=None, targets=None):
         self._store = store
+        #: targets.TargetCache for GetCACaps and GetCACert; without one, they ask the store each time.
+        self._targets = targets
         self._upstream = upstream
         self._metrics = metrics
         #: ra_flow.RaFlow for CAs in RA mode; without one, such a CA is refused as unavailable.
@@ -62,7 +67,11 @@ class ScepProxy:
         except (InvalidIdentifier, InvalidQuery) as e:
             return _refusal(400, "bad_request", str(e))
         fields = {"operation": operation, "identifier": ident}
-        target = await self._store.proxy_target(ident.host_uuid, ident.profile_uuid, ident.ca_name)
+        if operation in CACHED_OPERATIONS and self._targets is not None:
+            target = await self._targets.ca_target(ident.host_uuid, ident.profile_uuid, ident.ca_name)
+        else:
+            # PKIOperation reads fresh: the host profile's status and certificate decide what may enroll.
+            target = await self._store.proxy_target(ident.host_uuid, ident.profile_uuid, ident.ca_name)
         if target is None:
             return _refusal(400, "unknown", UNKNOWN_TARGET, **fields)
         try:

@@ -114,7 +114,7 @@ class AssignmentQueries:
                 raise DuplicateError(f"profile {profile_uuid} is already assigned to host {host_uuid}")
             return assigned
 
-        return self._submit(assign_profile)
+        return self._submit(assign_profile, changes_targets=True)
 
     def assign_profile_to_hosts(self, profile_uuid, host_uuids) -> defer.Deferred:
         """
@@ -144,7 +144,7 @@ class AssignmentQueries:
             bulk_written(conn, "host_profiles", assigned)
             return assigned
 
-        return self._submit(assign_profile_to_hosts)
+        return self._submit(assign_profile_to_hosts, changes_targets=True)
 
     def assign_profile_to_platform(self, profile_uuid, platform) -> defer.Deferred:
         """
@@ -170,7 +170,7 @@ class AssignmentQueries:
             bulk_written(conn, "host_profiles", assigned)
             return assigned
 
-        return self._submit(assign_profile_to_platform)
+        return self._submit(assign_profile_to_platform, changes_targets=True)
 
     def unassign_profile(self, profile_uuid, host_uuids=None) -> defer.Deferred:
         """Remove a profile from the given hosts, or from all with None; fires the number removed."""
@@ -187,7 +187,7 @@ class AssignmentQueries:
                 for keys in chunks(host_uuids)
             )
 
-        return self._submit(unassign_profile)
+        return self._submit(unassign_profile, changes_targets=True)
 
     def get_host_profile(self, host_uuid, profile_uuid) -> defer.Deferred:
         def get_host_profile(conn):

@@ -530,7 +530,7 @@ class CaAuthorityQueries:
             )
             return before is not None and before[0] is not None
 
-        return self._submit(register_managed_ca)
+        return self._submit(register_managed_ca, changes_targets=True)
 
 
 def _refuse_not_pending(conn, transaction_id) -> None:

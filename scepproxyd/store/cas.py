@@ -63,7 +63,7 @@ class CaQueries:
                 raise DuplicateError(f"a CA named {name!r} already exists")
             return ca
 
-        return self._submit(add_ca)
+        return self._submit(add_ca, changes_targets=True)
 
     def get_ca(self, name) -> defer.Deferred:
         def get_ca(conn):
@@ -119,7 +119,7 @@ class CaQueries:
             )
             return one(CertificateAuthority, cursor)
 
-        return self._submit(update_ca)
+        return self._submit(update_ca, changes_targets=True)
 
     def delete_ca(self, name) -> defer.Deferred:
         """Delete a CA; NotFoundError if there is none, InUseError while profiles use it."""
@@ -130,7 +130,7 @@ class CaQueries:
             _refuse_in_use(conn, name)
             conn.execute("DELETE FROM cas WHERE name = ?", (name,))
 
-        return self._submit(delete_ca)
+        return self._submit(delete_ca, changes_targets=True)
 
     def profiles_using_ca(self, name) -> defer.Deferred:
         """The uuids of the profiles that use the CA, sorted; empty for an unknown CA."""

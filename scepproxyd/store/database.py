@@ -332,6 +332,9 @@ class Database:
         #: Why the last write failed (None while writes work); read and set on the reactor thread.
         self.write_problem: str | None = None
         self._write_problem_since: float | None = None
+        #: Bumped (on the reactor thread) after every write that can change a proxy target: a CA, profile,
+        #: host or assignment added, changed or removed. Caches of proxy_target compare it to drop what they hold.
+        self.targets_generation = 0
 
     @staticmethod
     def migrate(path, password: str | None = None) -> int:
@@ -488,19 +491,28 @@ class Database:
             if count < batch:
                 return total
 
-    def _submit(self, fn, write: bool = True) -> defer.Deferred:
+    def _submit(self, fn, write: bool = True, changes_targets: bool = False) -> defer.Deferred:
         """
         Queue ``fn(conn)`` on the DB thread; a write gets a transaction of its own.
 
         Whatever ``fn`` raises rolls the whole transaction back, so a write
         that checks as it goes still leaves nothing behind when a check fails.
+        ``changes_targets``: the write can change what ``proxy_target``
+        answers, so ``targets_generation`` moves on once it is over (failed
+        too: an uncertain COMMIT may have happened), before its caller hears.
         """
         if not self._running:
             return defer.fail(StoreError("store is not running; call start() first"))
         d = deferToThreadPool(self._reactor, self._pool, self._run, fn, write)
         if write:
             d.addCallbacks(self._write_worked, self._write_failed)
+        if changes_targets:
+            d.addBoth(self._targets_changed)
         return d
+
+    def _targets_changed(self, result):
+        self.targets_generation += 1
+        return result
 
     def _write_worked(self, result):
         if self.write_problem is not None:

@@ -47,7 +47,7 @@ class HostQueries:
             check_choice(platform, PLATFORMS, "platform")
             return _upsert(conn, uuid, serial, platform, now)
 
-        return self._submit(upsert_host)
+        return self._submit(upsert_host, changes_targets=True)
 
     def import_hosts(self, rows) -> defer.Deferred:
         """
@@ -65,7 +65,7 @@ class HostQueries:
             created = sum(_upsert(conn, uuid, serial, platform, now) for uuid, serial, platform in rows)
             return created, len(rows) - created
 
-        return self._submit(import_hosts)
+        return self._submit(import_hosts, changes_targets=True)
 
     def import_hosts_batch(self, rows) -> defer.Deferred:
         """
@@ -92,7 +92,7 @@ class HostQueries:
             )
             return len(rows) - known, known
 
-        return self._submit(import_hosts_batch)
+        return self._submit(import_hosts_batch, changes_targets=True)
 
     def get_host(self, uuid) -> defer.Deferred:
         def get_host(conn):
@@ -127,4 +127,4 @@ class HostQueries:
         def delete_host(conn):
             return conn.execute("DELETE FROM hosts WHERE uuid = ?", (uuid,)).rowcount == 1
 
-        return self._submit(delete_host)
+        return self._submit(delete_host, changes_targets=True)

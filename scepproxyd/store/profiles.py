@@ -85,7 +85,7 @@ class ProfileQueries:
                 raise DuplicateError(f"profile {uuid} or its identifier was added by another upload at the same time")
             return _profile(row)
 
-        return self._submit(add_profile)
+        return self._submit(add_profile, changes_targets=True)
 
     def get_profile(self, uuid) -> defer.Deferred:
         def get_profile(conn):
@@ -112,7 +112,7 @@ class ProfileQueries:
         def delete_profile(conn):
             return conn.execute("DELETE FROM profiles WHERE uuid = ?", (uuid,)).rowcount == 1
 
-        return self._submit(delete_profile)
+        return self._submit(delete_profile, changes_targets=True)
 
     def shared_profile_identifiers(self) -> defer.Deferred:
         """

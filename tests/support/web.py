@@ -492,6 +492,7 @@ async def build_web(store, clock, directory: Path, database: Path | None = None,
         store=store, upstream=upstream.upstream, renderer=renderer, webhook_token=webhook_token,
         clock=daemon_reactor, reactor=daemon_reactor, metrics=metrics, builtin_ca=builtin_ca, health=health,
         ra_flow=service.build_ra_flow(settings, store, upstream.upstream, cipher, daemon_reactor, metrics),
+        target_cache_seconds=settings.server.target_cache_seconds,
     )
     site = service.build_device_site(device_root, settings.server, daemon_reactor, in_flight)
     admin_token = load_or_create_token(settings.admin.token_file)
