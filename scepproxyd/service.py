@@ -36,6 +36,7 @@ from scepproxyd.daemon.lifecycle import (
     InFlight,
     OrderedMultiService,
     StoreService,
+    freeze_start_up_heap,
     write_probe_service,
 )
 from scepproxyd.daemon.logs import get_logger, set_level
@@ -463,6 +464,8 @@ def make_service(settings, reactor) -> OrderedMultiService:
     warn_retired(settings)
 
     listeners = []
+    # Once started, the start-up heap is left out of every later full collection (no stall walking it).
+    stored.service.ready.addCallback(lambda _: freeze_start_up_heap())
     started = lambda: stored.service.ready.called  # noqa: E731 - open, orphaned challenges put back
     health = health_pages(store, upstream.upstream, metrics, listeners, started)
     device_root = device_resource(

@@ -1,7 +1,8 @@
 """The ``/mdm/scep/proxy/{identifier}`` resource: HTTP in, L{ScepProxy} decisions out."""
 
 from twisted.internet import defer
-from scepproxyd.daemon.logs import get_logger
+from twisted.logger import LogLevel
+from scepproxyd.daemon.logs import emit_rendered, get_logger
 from twisted.web import resource, server
 
 from scepproxyd.scep.proxy import TEXT, ProxyAnswer
@@ -68,7 +69,9 @@ class ProxyResource(resource.Resource):
         ident = answer.identifier
         if self._metrics is not None:
             self._metrics.proxied(answer.operation, answer.outcome)
-        log.info(
+        # Rendered once here, not by each observer: this line is written for every request.
+        emit_rendered(
+            log, LogLevel.info,
             "proxy {operation} host={host} profile={profile} ca={ca} outcome={outcome} "
             "status={status} upstream_status={upstream_status} ms={ms:.1f}",
             operation=answer.operation or "-",
