@@ -137,14 +137,18 @@ def test_a_database_owned_by_an_ordinary_role(postgres_server):
         postgres_server.drop_database(database)
 
 
+def started_with_a_session(server):
+    """``server`` started, with one session open: (the connection, its backend's pid, the postmaster's pid)."""
+    server.start()
+    connection = psycopg.connect(server.url, password=server.password_file.read_text())
+    return connection, connection.execute("SELECT pg_backend_pid()").fetchone()[0], server.process.pid
+
+
 def test_stop_leaves_no_process():
     server = need_postgres()
     try:
-        server.start()
         # A session held open: its backend is one more process that must go.
-        connection = psycopg.connect(server.url, password=server.password_file.read_text())
-        backend = connection.execute("SELECT pg_backend_pid()").fetchone()[0]
-        postmaster = server.process.pid
+        connection, backend, postmaster = started_with_a_session(server)
         assert backend in server.server_pids()
         assert server.stop() == 0  # fast shutdown, not SIGKILL
         assert postmaster in server.pids and backend in server.pids
@@ -165,10 +169,7 @@ def test_stop_after_the_postmaster_was_killed_ends_its_backends():
     """
     server = need_postgres()
     try:
-        server.start()
-        connection = psycopg.connect(server.url, password=server.password_file.read_text())
-        backend = connection.execute("SELECT pg_backend_pid()").fetchone()[0]
-        postmaster = server.process.pid
+        connection, backend, postmaster = started_with_a_session(server)
         os.kill(backend, signal.SIGSTOP)
         os.kill(postmaster, signal.SIGKILL)
         server.process.wait()
