@@ -41,6 +41,12 @@ def _refusal(status: int, outcome: str, reason: str, **fields) -> ProxyAnswer:
     return ProxyAnswer(status, TEXT, (reason + "\n").encode("utf-8"), outcome, **fields)
 
 
+def _cert_message(params) -> str | None:
+    """GetCACert's optional ``message`` (a CA identifier the device chose), as text for the CA."""
+    message = params.get("message")
+    return message.decode("utf-8", "replace") if message else None
+
+
 class ScepProxy:
     """Check the identifier, spend the one-time challenge, forward, and record the outcome."""
 
@@ -80,13 +86,44 @@ class ScepProxy:
             if operation == "GetCACaps":
                 return self._relay(await self._upstream.get_ca_caps(target.ca_url), fields)
             if operation == "GetCACert":
-                message = params.get("message")
-                text = message.decode("utf-8", "replace") if message else None
-                return self._relay(await self._upstream.get_ca_cert(target.ca_url, text), fields)
+                return self._relay(await self._upstream.get_ca_cert(target.ca_url, _cert_message(params)), fields)
             return await self._pki_operation(ident, target, method, params, body, fields)
         except UpstreamError as e:
             status = 504 if e.timed_out else 502
             return _refusal(status, "upstream_timeout" if e.timed_out else "upstream_error", e.reason, **fields)
+
+    def answer_in_memory(self, identifier_segment: bytes, method: bytes, uri: bytes) -> ProxyAnswer | None:
+        """
+        The answer to a GetCACaps or GetCACert, synchronously, when everything it needs is in memory; else None.
+
+        Devices ask these far more often than they enroll. With the target
+        and the CA's answer both cached, this is the same answer L{handle}
+        would give, without a coroutine or a Deferred; on None the caller
+        awaits L{handle}, which asks the store and the CA as needed.
+        """
+        if self._targets is None:
+            return None
+        try:
+            ident = parse_identifier(identifier_segment)
+            params = parse_query(uri)
+            operation = scep_operation(params)
+        except (InvalidIdentifier, InvalidQuery):
+            return None  # handle() words the refusal
+        if operation not in CACHED_OPERATIONS:
+            return None
+        held, target = self._targets.in_memory(ident.host_uuid, ident.profile_uuid, ident.ca_name)
+        if not held:
+            return None
+        fields = {"operation": operation, "identifier": ident}
+        if target is None:
+            return _refusal(400, "unknown", UNKNOWN_TARGET, **fields)
+        if target.ca_mode == "ra":
+            return None
+        message = _cert_message(params) if operation == "GetCACert" else None
+        answer = self._upstream.answer_in_memory(target.ca_url, operation, message)
+        if answer is None or answer.status >= 500:
+            return None
+        return self._relay(answer, fields)
 
     async def _through_ra(self, ident, target, operation, method, params, body, fields) -> ProxyAnswer:
         """A CA in RA mode: the proxy answers as its registration authority (ra_flow)."""
@@ -95,8 +132,7 @@ class ScepProxy:
         if operation == "GetCACaps":
             reply = await self._ra.get_ca_caps(target)
         elif operation == "GetCACert":
-            message = params.get("message")
-            reply = await self._ra.get_ca_cert(target, message.decode("utf-8", "replace") if message else None)
+            reply = await self._ra.get_ca_cert(target, _cert_message(params))
         else:
             message, refused = self._pki_message(method, params, body, fields)
             if refused is not None:
