@@ -158,3 +158,65 @@ def implicit_octets(encoding: bytes, tag: int) -> bytes:
         parts.append(encoding[start:start + length])
         offset = start + length
     return b"".join(parts)
+
+
+def scan(data: bytes) -> dict[int, int]:
+    """Check, without building anything, that ``normalize(data)`` would succeed.
+
+    The cheap readers in ``skim.py`` must refuse exactly what ``normalize``
+    refuses, so this walks every element with the same rules and the same
+    bounds (depth, lengths, end-of-contents, string chunks, trailing bytes),
+    in one linear pass with its own stack instead of recursion. It returns,
+    for each indefinite-length element, where its contents stop (keyed by where
+    they start), so a second look can step over it without scanning again.
+    """
+    end = len(data)
+    stops: dict[int, int] = {}
+    # The innermost open element: where its contents stop (-1: indefinite length; -2: none open),
+    # the bound its children are read within, where its contents start, and whether it is a
+    # chunked string (whose chunks must be OCTET STRINGs). ``outer`` holds the ones around it.
+    stop, bound, start, string = -2, end, 0, False
+    outer: list[tuple[int, int, int, bool]] = []
+    position = 0
+    while True:
+        if len(outer) > _MAX_DEPTH:
+            raise MessageError("nested too deeply")
+        if position + 2 > bound or data[position] & 0x1F == 0x1F or data[position + 1] & 0x80:
+            _, constructed, class_, tag, length, content = _read_header(data, position, bound)
+            first = data[position]
+        else:
+            first = data[position]
+            constructed, class_, tag = first & 0x20, first >> 6, first & 0x1F
+            length, content = data[position + 1], position + 2
+        if string and first != 0x04 and first != 0x24:
+            raise MessageError("string chunk of another type")
+        if not constructed:
+            position = content + length
+            if position > bound:
+                raise MessageError("truncated: value longer than its container")
+        else:
+            outer.append((stop, bound, start, string))
+            string = class_ == 0 and tag in _STRING_TAGS
+            start = position = content
+            if length is None:
+                stop = -1
+            else:
+                stop = content + length
+                if stop > bound:
+                    raise MessageError("truncated: value longer than its container")
+                bound = stop
+        while True:
+            if stop >= 0:
+                if position < stop:
+                    break
+            elif stop == -1:
+                if position + 2 <= bound and data[position] == 0 and data[position + 1] == 0:
+                    stops[start] = position
+                    position += 2
+                else:
+                    break
+            else:
+                if position != end:
+                    raise MessageError("trailing bytes after the message")
+                return stops
+            stop, bound, start, string = outer.pop()
