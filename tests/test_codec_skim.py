@@ -85,6 +85,13 @@ def scan_fails(data: bytes) -> bool:
     return False
 
 
+def agree(data: bytes) -> None:
+    assert scan_fails(data) == normalize_fails(data)
+    full = full_answers(data)
+    assert cheap_answers(data) == full
+    assert peek._full_pki_message_status(data) == full
+
+
 # -- real messages -------------------------------------------------------------------------------
 
 
@@ -117,7 +124,7 @@ def test_raw_pki_status_strings_follow_the_full_parse():
 def test_other_signed_data_falls_back_to_the_full_parse():
     """Shapes the cheap reader does not know exactly: PKCS#7 from cryptography, a certs-only chain."""
     for message in (signed_blob(), codec.degenerate_certificates([CA_CERT]), der(CA_CERT)):
-        assert cheap_answers(message) == full_answers(message)
+        agree(message)
     assert codec.looks_like_pki_message(signed_blob())
     assert not codec.looks_like_pki_message(codec.degenerate_certificates([CA_CERT]))
     assert skim(codec.degenerate_certificates([CA_CERT])) == (0, None, None)
@@ -139,8 +146,7 @@ GARBAGE = [b"", b"\x00", b"hello world", b"\x30\x80", b"\x30\x84\xff\xff\xff\xff
 
 @pytest.mark.parametrize("garbage", GARBAGE, ids=range(len(GARBAGE)))
 def test_garbage_agrees(garbage):
-    assert scan_fails(garbage) == normalize_fails(garbage)
-    assert cheap_answers(garbage) == full_answers(garbage)
+    agree(garbage)
 
 
 def test_nesting_at_the_depth_limit():
@@ -161,11 +167,6 @@ def test_inputs_of_other_types(value):
 
 
 AGREE = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def agree(data: bytes) -> None:
-    assert scan_fails(data) == normalize_fails(data)
-    assert cheap_answers(data) == full_answers(data)
 
 
 @AGREE

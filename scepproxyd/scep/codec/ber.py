@@ -181,13 +181,25 @@ def scan(data: bytes) -> dict[int, int]:
     while True:
         if len(outer) > _MAX_DEPTH:
             raise MessageError("nested too deeply")
-        if position + 2 > bound or data[position] & 0x1F == 0x1F or data[position + 1] & 0x80:
+        # The common headers read here, anything else by _read_header (the same rules, and its errors).
+        first = length = -1
+        if position + 2 <= bound and data[position] & 0x1F != 0x1F:
+            first, length = data[position], data[position + 1]
+            if length < 0x80:
+                content = position + 2
+            elif length == 0x81 and position + 3 <= bound:
+                length, content = data[position + 2], position + 3
+            elif length == 0x82 and position + 4 <= bound:
+                length, content = (data[position + 2] << 8) | data[position + 3], position + 4
+            elif length == 0x80 and first & 0x20:
+                length, content = None, position + 2
+            else:
+                first = -1
+        if first < 0:
             _, constructed, class_, tag, length, content = _read_header(data, position, bound)
             first = data[position]
         else:
-            first = data[position]
             constructed, class_, tag = first & 0x20, first >> 6, first & 0x1F
-            length, content = data[position + 1], position + 2
         if string and first != 0x04 and first != 0x24:
             raise MessageError("string chunk of another type")
         if not constructed:

@@ -58,9 +58,13 @@ def _signed_attribute(signed: cms.SignedData, oid: str) -> str | None:
 
 
 @decoding
-def _status_attributes(der: bytes) -> tuple[str | None, str | None]:
-    signed = _checked_signed_data(der)
+def _statuses(signed: cms.SignedData) -> tuple[str | None, str | None]:
     return _signed_attribute(signed, PKI_STATUS_OID), _signed_attribute(signed, FAIL_INFO_OID)
+
+
+@decoding
+def _status_attributes(der: bytes) -> tuple[str | None, str | None]:
+    return _statuses(_checked_signed_data(der))
 
 
 def _status_names(status: str | None, fail: str | None) -> tuple[str | None, str | None]:
@@ -73,6 +77,18 @@ def _full_cert_rep_status(der: bytes) -> tuple[str | None, str | None]:
     except MessageError:
         return None, None
     return _status_names(status, fail)
+
+
+def _full_pki_message_status(der: bytes) -> tuple[bool, str | None, str | None]:
+    """Both full answers from one parse: the same parse each of them makes."""
+    signed = _signed_data(der)
+    if signed is None:
+        return False, None, None
+    try:
+        status, fail = _statuses(signed)
+    except MessageError:
+        return len(signed["signer_infos"]) > 0, None, None
+    return (len(signed["signer_infos"]) > 0, *_status_names(status, fail))
 
 
 def looks_like_pki_message(der: bytes) -> bool:
@@ -102,7 +118,7 @@ def pki_message_status(der: bytes) -> tuple[bool, str | None, str | None]:
     try:
         skimmed = skim(der)
     except CannotJudge:
-        return (_full_looks_like_pki_message(der), *_full_cert_rep_status(der))
+        return _full_pki_message_status(der)
     if skimmed is None:
         return False, None, None
     return (skimmed[0] > 0, *_status_names(skimmed[1], skimmed[2]))
