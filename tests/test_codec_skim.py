@@ -9,8 +9,10 @@ mutated bytes, both give the same answers. ``ber.scan`` refuses exactly what
 """
 
 import os
+from pathlib import Path
 
 import pytest
+from asn1crypto import core
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +21,9 @@ from support.certs import signed_blob
 from support.scep_capture import der, issue, make_ca, make_device
 from test_codec_fuzz import mutated
 from scepproxyd.scep import codec
-from scepproxyd.scep.codec import ber, peek
+from scepproxyd.scep.codec import ber, peek, signed
+from scepproxyd.scep.codec import attributes as scep_attributes
+from scepproxyd.scep.codec.algorithms import digest
 from scepproxyd.scep.codec.skim import CannotJudge, skim
 
 CA_CERT, CA_KEY = make_ca("Skim CA")
@@ -54,6 +58,13 @@ CERT_REPS.update({
 EXPECTED = {name: ("SUCCESS", None) for name in ("success", "success-sha1")}
 EXPECTED.update({"pending": ("PENDING", None)})
 EXPECTED.update({"failure-" + fail: ("FAILURE", fail) for fail in codec.FAIL_INFO_NAMES.values()})
+PEERS = {path.stem: path.read_bytes() for path in (Path(__file__).parent / "fixtures" / "scep").glob("*.der")}
+PEER_ANSWERS = {
+    "scepclient-pkcsreq-success": (True, None, None), "scepclient-pkcsreq-failure": (True, None, None),
+    "scepserver-certrep-success": (True, "SUCCESS", None), "scepserver-certrep-failure": (True, "FAILURE", "badRequest"),
+    "step-ca-certrep-success": (True, "SUCCESS", None), "step-ca-certrep-failure": (True, "FAILURE", "badRequest"),
+    "strongswan-pkcsreq-default": (True, None, None), "strongswan-pkcsreq-pss": (True, None, None),
+}
 FORMS = {"der": lambda m: m, "indefinite": to_indefinite_ber, "chunked": to_chunked_strings, "long": to_long_lengths}
 MESSAGES = {"%s/%s" % (name, form): encode(message)
             for name, message in {**REQUESTS, **CERT_REPS}.items() for form, encode in FORMS.items()}
@@ -104,6 +115,47 @@ def test_real_messages_are_judged_cheaply_and_alike(name):
     assert answers[0] is True
     kind = name.split("/")[0]
     assert answers[1:] == EXPECTED.get(kind, (None, None))
+
+
+@pytest.mark.parametrize("name", sorted(PEER_ANSWERS))
+def test_real_peers_messages_are_judged_alike(name):
+    """What micromdm scepclient and scepserver, step-ca and strongSwan sent (tests/fixtures/scep)."""
+    message = PEERS[name]
+    agree(message)
+    assert cheap_answers(message) == PEER_ANSWERS[name]
+    if name.endswith("-pss"):
+        with pytest.raises(CannotJudge):
+            skim(message)  # RSASSA-PSS parameters: the full parse reads them
+    else:
+        assert skim(message) is not None
+
+
+def signed_with(extra_attributes: list[bytes], pki_status: str | None = "3") -> bytes:
+    """A CertRep-like message whose signed attributes include ``extra_attributes``."""
+    envelope = b""
+    attributes = scep_attributes.encode_attributes(
+        content_digest=digest("sha256", envelope), message_type="3", transaction_id="t", sender_nonce=b"n" * 16,
+        pki_status=pki_status)
+    return signed.build_signed_data(content=envelope, attributes=attributes + extra_attributes,
+                                    signer_key=CA_KEY, signer_certificate=CA_CERT, digest_algorithm="sha256")
+
+
+def test_attributes_asn1crypto_has_no_spec_for_are_read_as_any():
+    """step-ca's failInfoText type, or any unregistered one; not a registered type, nor a known one re-encoded."""
+    unregistered = signed_with([scep_attributes._attribute("1.3.6.1.5.5.7.24", core.PrintableString("why"))])
+    assert skim(unregistered) == (1, "3", None)
+    agree(unregistered)
+    registered = signed_with([scep_attributes._attribute("1.2.840.113549.1.9.15", core.PrintableString("x"))])
+    with pytest.raises(CannotJudge):
+        skim(registered)
+    agree(registered)
+    # pkiStatus's OID with a non-minimal arc (0x80 padding): asn1crypto still reads it as pkiStatus.
+    padded_oid = bytes.fromhex("06 0b 60 86 48 80 01 86 f8 45 01 09 03")
+    padded = signed_with([b"\x30\x12" + padded_oid + b"\x31\x03\x13\x012"], pki_status=None)
+    with pytest.raises(CannotJudge):
+        skim(padded)
+    assert full_answers(padded) == (True, "FAILURE", None)
+    agree(padded)
 
 
 @pytest.mark.parametrize("form", sorted(FORMS))
@@ -184,8 +236,9 @@ def test_random_bytes_after_a_ber_signed_data_prefix_agree(data):
 @AGREE
 @given(data=st.data())
 def test_mutated_messages_agree(data):
-    name = data.draw(st.sampled_from(sorted(MESSAGES)))
-    agree(data.draw(mutated(MESSAGES[name])))
+    messages = {**MESSAGES, **PEERS}
+    name = data.draw(st.sampled_from(sorted(messages)))
+    agree(data.draw(mutated(messages[name])))
 
 
 @AGREE

@@ -18,6 +18,8 @@ values are read as ANY, as the full reader reads them.
 
 import datetime
 
+from asn1crypto import cms
+
 from scepproxyd.scep.codec import ber
 from scepproxyd.scep.codec.attributes import FAIL_INFO_OID, PKI_STATUS_OID
 from scepproxyd.scep.codec.errors import MessageError
@@ -63,6 +65,8 @@ _FAIL_INFO = _oid(FAIL_INFO_OID)
 # Unregistered in asn1crypto, so SET OF ANY: messageType, pkiStatus, failInfo, the nonces, transactionID,
 # failInfoText.
 _ANY_VALUED = frozenset([_oid("2.16.840.1.113733.1.9." + n) for n in "234567"] + [_oid("1.3.6.1.5.5.7.24.1")])
+
+_KNOWN_ATTRIBUTES = frozenset({_CONTENT_TYPE, _MESSAGE_DIGEST, _SIGNING_TIME, *_ANY_VALUED})
 
 # Universal strings an ANY value may hold here (primitive, or chunked: ber.normalize joins those),
 # with the codec asn1crypto decodes them with (None: OCTET STRING, kept as bytes).
@@ -180,6 +184,38 @@ def _time(reader: _Reader, node) -> None:
         raise CannotJudge("signing time") from None
 
 
+def _dotted(octets: bytes) -> str:
+    """asn1crypto's ObjectIdentifier.dotted, step for step (it accepts non-minimal encodings)."""
+    if len(octets) > 64:
+        raise CannotJudge("long object identifier")
+    arcs = []
+    part = 0
+    for byte in octets:
+        part = part * 128 + (byte & 0x7F)
+        if not byte & 0x80:
+            if arcs:
+                arcs.append(str(part))
+            else:
+                arcs += ["2", str(part - 80)] if part >= 80 else ["1", str(part - 40)] if part >= 40 else ["0", str(part)]
+            part = 0
+    return ".".join(arcs)
+
+
+_KNOWN_DOTTED = frozenset(_dotted(octets) for octets in _KNOWN_ATTRIBUTES)
+
+
+def _any_valued(kind: bytes) -> bool:
+    """True for an attribute type asn1crypto has no spec for (its values are SET OF ANY).
+
+    step-ca, for one, writes failInfoText as 1.3.6.1.5.5.7.24. A type whose dotted form is
+    one of the known ones (a non-minimal encoding) or that asn1crypto registers is not judged.
+    """
+    dotted = _dotted(kind)
+    if dotted in _KNOWN_DOTTED or dotted in cms.CMSAttributeType._map or dotted in cms.CMSAttribute._oid_specs:
+        raise CannotJudge("signed attribute")
+    return True
+
+
 def _attributes(reader: _Reader, node) -> list[tuple[bytes, str | None]]:
     """Signed attributes as (type, what ``peek._signed_attribute`` reads from the first value)."""
     found = []
@@ -188,8 +224,9 @@ def _attributes(reader: _Reader, node) -> list[tuple[bytes, str | None]]:
         kind = reader.oid(kind)
         values = reader.fields(values, 0x31, range(0, 1 << 30))
         first = None
+        any_valued = kind in _ANY_VALUED or (kind not in _KNOWN_ATTRIBUTES and _any_valued(kind))
         for index, value in enumerate(values):
-            if kind in _ANY_VALUED:
+            if any_valued:
                 tag, octets = reader.string(value, _ANY_STRINGS)
                 if index == 0 and tag != _OCTETS:
                     first = octets.decode(_ANY_STRINGS[tag])
@@ -197,12 +234,8 @@ def _attributes(reader: _Reader, node) -> list[tuple[bytes, str | None]]:
                 reader.oid(value)
             elif kind == _MESSAGE_DIGEST:
                 reader.string(value, {_OCTETS: None})
-            elif kind == _SIGNING_TIME:
-                _time(reader, value)
             else:
-                raise CannotJudge("signed attribute")
-        if kind not in (_CONTENT_TYPE, _MESSAGE_DIGEST, _SIGNING_TIME, *_ANY_VALUED):
-            raise CannotJudge("signed attribute")
+                _time(reader, value)
         found.append((kind, first))
     return found
 
