@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from asn1crypto import core
+from asn1crypto import cms, core
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -156,6 +156,16 @@ def test_attributes_asn1crypto_has_no_spec_for_are_read_as_any():
         skim(padded)
     assert full_answers(padded) == (True, "FAILURE", None)
     agree(padded)
+
+
+def test_asn1crypto_registries_are_as_skim_reads_them():
+    """skim reads SCEP attributes as SET OF ANY and the CMS ones by asn1crypto's specs: if someone
+    registers the SCEP attributes in asn1crypto (the codec never does), skim must change too."""
+    scep = ["2.16.840.1.113733.1.9.%d" % n for n in range(2, 8)] + ["1.3.6.1.5.5.7.24.1", "1.3.6.1.5.5.7.24"]
+    assert not set(scep) & set(cms.CMSAttributeType._map)
+    assert {name: cms.CMSAttribute._oid_specs[name] for name in ("content_type", "message_digest", "signing_time")} \
+        == {"content_type": cms.SetOfContentType, "message_digest": cms.SetOfOctetString,
+            "signing_time": cms.SetOfTime}
 
 
 @pytest.mark.parametrize("form", sorted(FORMS))
