@@ -100,12 +100,17 @@ class _Reader:
         return first, start, stop, stop
 
     def children(self, node) -> list[tuple[int, int, int, int]]:
-        found = []
+        data, found = self.data, []
         offset, stop = node[1], node[2]
         while offset < stop:
-            child = self.element(offset)
-            found.append(child)
-            offset = child[3]
+            if data[offset] & 0x1F != 0x1F and data[offset + 1] < 0x80:  # element(), its commonest case
+                start = offset + 2
+                offset = start + data[offset + 1]
+                found.append((data[start - 2], start, offset, offset))
+            else:
+                child = self.element(offset)
+                found.append(child)
+                offset = child[3]
         return found
 
     def fields(self, node, identifier: int, count: int | tuple[int, ...]) -> list[tuple[int, int, int, int]]:
