@@ -6,7 +6,8 @@ timed on the cheap path (codec/skim.py, what the public functions run) and on th
 parse they fall back to (``peek._full_...``), on a real PKCSReq and a real SUCCESS
 CertRep built with the codec's builders (2048-bit RSA CA, the issued certificate inside),
 in DER and in the indefinite-length BER OpenSSL's streaming mode writes. It prints the
-median µs per call of each over ``--runs`` batches of ``--number`` calls, and the ratio.
+median µs per call of each over ``--runs`` pairs of batches of ``--number`` calls (cheap
+then full), and the median of each pair's full/cheap ratio.
 
     .venv/bin/python bench/codec_peek.py [--runs 15] [--number 200]
 """
@@ -45,14 +46,22 @@ CALLS = [
 ]
 
 
-def median_us(function, argument, runs: int, number: int) -> float:
-    samples = []
+def batch_us(function, argument, number: int) -> float:
+    started = time.perf_counter()
+    for _ in range(number):
+        function(argument)
+    return (time.perf_counter() - started) / number * 1e6
+
+
+def compare(cheap, full, argument, runs: int, number: int) -> tuple[float, float, float]:
+    """Median µs per call of each, and the median of each run's full/cheap: the two batches of a run
+    follow each other, so a busy machine weighs on both alike."""
+    fast, slow = [], []
     for _ in range(runs):
-        started = time.perf_counter()
-        for _ in range(number):
-            function(argument)
-        samples.append((time.perf_counter() - started) / number * 1e6)
-    return statistics.median(samples)
+        fast.append(batch_us(cheap, argument, number))
+        slow.append(batch_us(full, argument, number))
+    ratios = [s / f for f, s in zip(fast, slow)]
+    return statistics.median(fast), statistics.median(slow), statistics.median(ratios)
 
 
 def main() -> None:
@@ -66,9 +75,8 @@ def main() -> None:
         for label in (kind, kind + " (BER)"):
             body = bodies[label]
             assert cheap(body) == full(body)
-            fast = median_us(cheap, body, options.runs, options.number)
-            slow = median_us(full, body, options.runs, options.number)
-            print("%-24s %-14s %10.1f %10.1f %6.1fx" % (name, label, fast, slow, slow / fast))
+            fast, slow, ratio = compare(cheap, full, body, options.runs, options.number)
+            print("%-24s %-14s %10.1f %10.1f %6.1fx" % (name, label, fast, slow, ratio))
 
 
 if __name__ == "__main__":
