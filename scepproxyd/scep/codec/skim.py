@@ -67,6 +67,7 @@ _FAIL_INFO = _oid(FAIL_INFO_OID)
 _ANY_VALUED = frozenset([_oid("2.16.840.1.113733.1.9." + n) for n in "234567"] + [_oid("1.3.6.1.5.5.7.24.1")])
 
 _KNOWN_ATTRIBUTES = frozenset({_CONTENT_TYPE, _MESSAGE_DIGEST, _SIGNING_TIME, *_ANY_VALUED})
+_ANY_NUMBER = range(1 << 30)  # of children, for a SET OF or SEQUENCE OF
 
 # Universal strings an ANY value may hold here (primitive, or chunked: ber.normalize joins those),
 # with the codec asn1crypto decodes them with (None: OCTET STRING, kept as bytes).
@@ -113,7 +114,7 @@ class _Reader:
                 offset = child[3]
         return found
 
-    def fields(self, node, identifier: int, count: int | tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    def fields(self, node, identifier: int, count: int | tuple[int, ...] | range) -> list[tuple[int, int, int, int]]:
         """The children of a constructed ``node`` that must have ``identifier`` and ``count`` children."""
         if node[0] != identifier:
             raise CannotJudge("identifier %#x, expected %#x" % (node[0], identifier))
@@ -159,8 +160,8 @@ def _algorithm(reader: _Reader, node, known: frozenset) -> None:
 
 def _name(reader: _Reader, node) -> None:
     """A Name whose every value asn1crypto's ``.native`` converts without error."""
-    for rdn in reader.fields(node, 0x30, range(0, 1 << 30)):
-        for pair in reader.fields(rdn, 0x31, range(0, 1 << 30)):
+    for rdn in reader.fields(node, 0x30, _ANY_NUMBER):
+        for pair in reader.fields(rdn, 0x31, _ANY_NUMBER):
             kind, value = reader.fields(pair, 0x30, 2)
             kind = reader.oid(kind)
             if kind in _DIRECTORY_STRING_TYPES:
@@ -227,7 +228,7 @@ def _attributes(reader: _Reader, node) -> list[tuple[bytes, str | None]]:
     for attribute in reader.children(node):
         kind, values = reader.fields(attribute, 0x30, 2)
         kind = reader.oid(kind)
-        values = reader.fields(values, 0x31, range(0, 1 << 30))
+        values = reader.fields(values, 0x31, _ANY_NUMBER)
         first = None
         any_valued = kind in _ANY_VALUED or (kind not in _KNOWN_ATTRIBUTES and _any_valued(kind))
         for index, value in enumerate(values):
