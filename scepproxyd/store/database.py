@@ -318,7 +318,8 @@ class Database:
         self._in_flight_limit = in_flight_limit
         self._threads = pool_size if self.engine == "postgresql" else 1
         self._connections = None  # psycopg_pool.ConnectionPool, on PostgreSQL
-        # With several DB threads, jobs wait until the pool is open, and the close waits for running jobs.
+        # With several DB threads, jobs wait until the pool is open, and the close waits for every job
+        # submitted before it (counted here from submission to its end, on PostgreSQL).
         self._opened = threading.Event()
         self._active = 0
         self._idle = threading.Condition()
@@ -512,6 +513,9 @@ class Database:
         """
         if not self._running:
             return defer.fail(StoreError("store is not running; call start() first"))
+        if self.engine == "postgresql":  # see _postgres_job
+            with self._idle:
+                self._active += 1
         if group and write:
             d = self._grouped.submit(self._pool, fn)
         else:
@@ -578,18 +582,22 @@ class Database:
         return self._run_sqlite(fn, write)
 
     @contextlib.contextmanager
-    def _postgres_job(self):
-        """Around a job on a PostgreSQL DB thread: waits for the pool, and keeps ``_close`` waiting meanwhile."""
-        self._opened.wait()
-        with self._idle:
+    def _postgres_job(self, jobs: int = 1):
+        """
+        Around ``jobs`` submitted jobs on a PostgreSQL DB thread: waits for the pool to open, counts them done after.
+
+        ``_submit`` counted them in ``_active`` on the reactor thread, so
+        ``_close`` waits for a job queued before ``stop()`` even when another
+        DB thread dequeued it and has not started it yet.
+        """
+        try:
+            self._opened.wait()
             if self._connections is None:
                 raise StoreError("store is not open")
-            self._active += 1
-        try:
             yield
         finally:
             with self._idle:
-                self._active -= 1
+                self._active -= jobs
                 self._idle.notify_all()
 
     def _run_sqlite(self, fn, write: bool):
@@ -633,7 +641,7 @@ class Database:
         the jobs of a batch share one pooled connection, any DB thread's.
         """
         if self.engine == "postgresql":
-            with self._postgres_job():
+            with self._postgres_job(len(fns)):
                 outcomes = self._batch_postgres(fns)
                 if outcomes is None:
                     outcomes = [group_commit.outcome(self._run_postgres, fn, True) for fn in fns]
