@@ -178,8 +178,9 @@ def main():
     rows = rows_for(args, results)
     head = ("figure", "SQLite", "PostgreSQL", "PostgreSQL/SQLite")
     widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
+    legs = "" if args.store_only else f"{args.latency_requests} PKIOperations per leg at c=1, "
     print(f"\nscepproxyd's store on SQLite and PostgreSQL (durable, loopback), medians of {args.runs} runs"
-          f" ({args.latency_requests} PKIOperations per leg at c=1, {args.challenges:,} challenges)\n")
+          f" ({legs}{args.challenges:,} challenges)\n")
     for line in [head, tuple("-" * w for w in widths)] + rows:
         print(" | ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
     return 0
