@@ -336,7 +336,7 @@ class Database:
         #: Why the last write failed (None while writes work); read and set on the reactor thread.
         self.write_problem: str | None = None
         self._write_problem_since: float | None = None
-        self._grouped = group_commit.WriteQueue(reactor, self._run_batch)
+        self._grouped = group_commit.WriteQueue(reactor, self._run_batch, group_commit.batch_cap(self._threads))
         #: Bumped (on the reactor thread) after every write that can change a proxy target: a CA, profile,
         #: host or assignment added, changed or removed. Caches of proxy_target compare it to drop what they hold.
         self.targets_generation = 0
