@@ -508,8 +508,8 @@ class Database:
         ``group``: a short write (a few statements on a few rows) that may
         share its transaction with others queued at the same moment
         (store.group_commit); it still fails or succeeds on its own, but a
-        failed COMMIT fails the whole batch. Grouped jobs may run before
-        ungrouped ones queued earlier, never after a job queued later.
+        failed COMMIT fails the whole batch. On SQLite a grouped job may run
+        before ungrouped jobs queued earlier, never after one queued later.
         """
         if not self._running:
             return defer.fail(StoreError("store is not running; call start() first"))
