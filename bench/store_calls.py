@@ -14,7 +14,8 @@ empty database on a durable PostgreSQL from tests/support/postgres.py, ``pool_si
    bench/_peers_store.py does.
 
 Meanwhile, on the DB threads: each job's time on its thread (the reactor's time minus
-this is the thread-pool hop and the queue), and within it each statement by its first
+this is the thread-pool hop and the queue; a grouped job, store.group_commit, gets an
+equal share of its batch's time, BEGIN and COMMIT included), and within it each statement by its first
 word (BEGIN, SELECT, DELETE, INSERT, UPDATE, COMMIT) and, on PostgreSQL, the pool's
 checkout (``getconn``, which runs psycopg_pool's ``check_connection``, an empty query)
 and return (``putconn``). With ``--cprofile N``, cProfile runs on every DB thread during
@@ -104,11 +105,11 @@ def instrument(current):
     from scepproxyd.store import database, postgres
 
     run, execute, executemany = database.Database._run, postgres.Connection.execute, postgres.Connection.executemany
+    run_batch = database.Database._run_batch
     getconn, putconn = psycopg_pool.ConnectionPool.getconn, psycopg_pool.ConnectionPool.putconn
     local = threading.local()
 
-    def timed_run(self, fn, write):
-        timings = current[0]
+    def profiled(timings, call, *args):
         if timings.profiles is not None and timings.phase in PROFILED:
             if getattr(local, "owner", None) != (timings, timings.phase):
                 local.owner, local.profile = (timings, timings.phase), cProfile.Profile()
@@ -116,15 +117,32 @@ def instrument(current):
                     timings.profiles[timings.phase].append(local.profile)
             local.profile.enable()
             try:
-                return timings.timed(("job", fn.__name__), run, self, fn, write)
+                return call(*args)
             finally:
                 local.profile.disable()
-        return timings.timed(("job", fn.__name__), run, self, fn, write)
+        return call(*args)
+
+    def timed_run(self, fn, write):
+        timings = current[0]
+        return profiled(timings, timings.timed, ("job", fn.__name__), run, self, fn, write)
+
+    def timed_batch(self, fns):
+        """A group commit's batch (store.group_commit): each job is given an equal share of the batch's time."""
+        timings = current[0]
+        started = time.perf_counter()
+        try:
+            return profiled(timings, run_batch, self, fns)
+        finally:
+            share = (time.perf_counter() - started) / len(fns)
+            for fn in fns:
+                timings.add(("job", fn.__name__), share)
+            timings.add(("batch", "jobs"), len(fns))
 
     def sql_kind(sql):
         return ("sql", sql.split(None, 1)[0].upper())
 
     database.Database._run = timed_run
+    database.Database._run_batch = timed_batch
     postgres.Connection.execute = lambda self, sql, params=(): current[0].timed(
         sql_kind(sql), execute, self, sql, params)
     postgres.Connection.executemany = lambda self, sql, rows: current[0].timed(
@@ -214,8 +232,10 @@ def report(engine, timings, result, top_n):
         jobs = sum(len(v[(phase, "job", name)]) for name in names) or 1
         rows = sorted((k[2], vals) for k, vals in v.items() if k[0] == phase and k[1] in ("sql", "pool"))
         if phase == "c=64":
+            sizes = v[(phase, "batch", "jobs")]
+            grouped = f"; {len(sizes)} group commits of {statistics.fmean(sizes):.1f} jobs on average" if sizes else ""
             print(f"\n== {engine}: c=64 consume_challenge: {result['consumes_per_s']:.0f}/s; job on thread p50"
-                  f" {ms(v[(phase, 'job', 'consume_challenge')]):.3f} ms")
+                  f" {ms(v[(phase, 'job', 'consume_challenge')]):.3f} ms{grouped}")
         print(f"-- {engine} {phase}: on the DB threads, by statement (count per job, mean ms, share of job time)")
         job_time = sum(sum(v[(phase, "job", name)]) for name in names) or 1.0
         for kind, vals in rows:

@@ -141,7 +141,7 @@ class ChallengeQueries:
             )
             return None
 
-        return self._submit(consume_challenge)
+        return self._submit(consume_challenge, group=True)
 
     def restore_challenge(self, consumed: ConsumedChallenge) -> defer.Deferred:
         """
@@ -160,7 +160,7 @@ class ChallengeQueries:
                 attrs.astuple(consumed) + (consumed.host_uuid, consumed.profile_uuid),
             )
 
-        return self._submit(restore_challenge)
+        return self._submit(restore_challenge, group=True)
 
     def challenge_settled(self, consumed: ConsumedChallenge) -> defer.Deferred:
         """The upstream answered: the challenge is spent for good."""
@@ -168,7 +168,7 @@ class ChallengeQueries:
         def challenge_settled(conn):
             conn.execute("DELETE FROM challenges_in_flight WHERE challenge_hash = ?", (consumed.challenge_hash,))
 
-        return self._submit(challenge_settled)
+        return self._submit(challenge_settled, group=True)
 
     def restore_orphaned_challenges(self) -> defer.Deferred:
         """
@@ -227,7 +227,7 @@ class ChallengeQueries:
                 return ChallengeRefusal(True, "latest", counted.status)
             return _why_not_counted(conn, host_uuid, profile_uuid, hashed)
 
-        return self._submit(challenge_failed)
+        return self._submit(challenge_failed, group=True)
 
     def enrollment_refused(self, consumed: ConsumedChallenge, detail) -> defer.Deferred:
         """
@@ -251,7 +251,7 @@ class ChallengeQueries:
                 return ChallengeRefusal(True, "latest", counted.status)
             return _why_not_counted(conn, consumed.host_uuid, consumed.profile_uuid, hashed)
 
-        return self._submit(enrollment_refused)
+        return self._submit(enrollment_refused, group=True)
 
     def enrollment_forwarded(self, host_uuid, profile_uuid) -> defer.Deferred:
         """Move pending -> verifying; fires whether it changed (only from pending)."""
@@ -264,7 +264,7 @@ class ChallengeQueries:
                 (now, host_uuid, profile_uuid),
             ).rowcount == 1
 
-        return self._submit(enrollment_forwarded)
+        return self._submit(enrollment_forwarded, group=True)
 
     def delete_expired_challenges(self):
         """
