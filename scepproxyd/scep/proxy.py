@@ -12,7 +12,6 @@ from scepproxyd.scep import codec
 from scepproxyd.scep.identifier import InvalidIdentifier, ProxyIdentifier, parse_identifier
 from scepproxyd.scep.query import InvalidQuery, decode_message, parse_query, scep_operation
 from scepproxyd.scep.upstream import PKI_MESSAGE_TYPE, UpstreamError
-from scepproxyd.store.models import StoreUnavailable
 
 TEXT = b"text/plain; charset=utf-8"
 
@@ -247,17 +246,10 @@ class ScepProxy:
                 raise
             # The guess may be stale: what the store says now decides the answer.
             return await self._enroll(ident, message, request, fields, None, guarded)
-        try:
-            start = await self._store.begin_enrollment(
-                ident.challenge, ident.host_uuid, ident.profile_uuid, ident.ca_name, ca_url if guarded else None,
-                CHALLENGE_FAILED,
-            )
-        except StoreUnavailable:
-            # A store that cannot write can still read: an unknown identifier keeps its one answer.
-            _, answer = await self._read_target(ident, request, fields)
-            if answer is not None:
-                return answer
-            raise
+        start = await self._store.begin_enrollment(
+            ident.challenge, ident.host_uuid, ident.profile_uuid, ident.ca_name, ca_url if guarded else None,
+            CHALLENGE_FAILED,
+        )
         self._remember(start.target)
         answer = await self._not_passthrough(ident, start.target, request, fields)
         if answer is not None:
