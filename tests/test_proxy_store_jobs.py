@@ -191,3 +191,23 @@ async def test_a_full_disk_still_gives_an_unknown_identifier_its_one_answer(tmp_
     finally:
         await stop_web(web)
         await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ca_down_at_the_remembered_url_is_asked_once_and_the_challenge_kept(web, events, clock):
+    e = await after_a_first_enrollment(web, ca_url=web.upstream_cas.url("well"))
+    request = await web.pkcs_req(e)
+    ca = web.upstream_cas.misbehaving["well"]
+    ca.how, ca.everything = "reset", True
+    clock.advance(web.settings.upstream.caps_cache_seconds + 1)  # its capabilities are asked again
+    seen = len(ca.seen)
+    caps = await web.device("GET", e.path + "?operation=GetCACaps")
+    assert caps.status == 502
+    asked_once = len(ca.seen) - seen  # what one GetCACaps costs the CA (a dead pooled connection is retried)
+    seen = len(ca.seen)
+    del events[:]
+    answer = await web.device("POST", pki(e), request.message)
+    assert (answer.status, answer.text) == (502, caps.text)
+    assert ca.seen[seen:] == ["GetCACaps"] * asked_once
+    assert events == ["proxy_target"]  # the store still names that URL: nothing spent, nothing to put back
+    assert await web.store.consume_challenge(e.one_time_challenge, e.host, e.profile) is not None

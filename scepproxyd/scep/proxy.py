@@ -226,12 +226,13 @@ class ScepProxy:
         """
         Spend the challenge, then forward ``message`` to the passthrough CA at ``ca_url``.
 
-        ``ca_url`` is a remembered guess, or None to read the target first.
-        Either way the CA's capabilities are learned before the challenge is
-        spent: if the CA is down, the device keeps a usable challenge
-        without any put-back. begin_enrollment then spends only for a
-        passthrough CA at that URL (``guarded``); if the CA has moved, this
-        runs once more for the new URL, unguarded, so it ends.
+        ``ca_url`` is a remembered guess, or None to read the target first
+        (also what happens when the CA fails at a guessed URL). Either way the
+        CA's capabilities are learned before the challenge is spent: if the
+        CA is down, the device keeps a usable challenge without any put-back.
+        begin_enrollment then spends only for a passthrough CA at that URL
+        (``guarded``); if the CA has moved meanwhile, this runs once more for
+        the new URL, unguarded, so it ends.
         """
         guessed = ca_url is not None
         if not guessed:
@@ -244,8 +245,14 @@ class ScepProxy:
         except UpstreamError:
             if not guessed:
                 raise
-            # The guess may be stale: what the store says now decides the answer.
-            return await self._enroll(ident, message, request, fields, None, guarded)
+            # The guess may be stale: what the store says now decides the answer. The same URL is not asked twice.
+            target, answer = await self._read_target(ident, request, fields)
+            if answer is not None:
+                return answer
+            if target.ca_url == ca_url:
+                raise
+            ca_url = target.ca_url
+            use_post = await self._upstream.supports_post(ca_url)
         start = await self._store.begin_enrollment(
             ident.challenge, ident.host_uuid, ident.profile_uuid, ident.ca_name, ca_url if guarded else None,
             CHALLENGE_FAILED,
