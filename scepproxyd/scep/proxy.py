@@ -167,8 +167,9 @@ class ScepProxy:
         """
         Spend the URL's one-time challenge: ``(ConsumedChallenge, None)``, or ``(None, the refusal to send)``.
 
-        Both modes come here, so a bad challenge is refused, counted and
-        logged the same way whether the CA is in passthrough or RA mode.
+        RA mode's step (ra_flow). Passthrough spends in begin_enrollment with
+        the rest of its first job; both end in _spent, so a bad challenge is
+        refused, counted and logged the same way whatever the CA's mode.
         """
         consumed = await self._store.consume_challenge(ident.challenge, ident.host_uuid, ident.profile_uuid)
         refusal = None
