@@ -264,6 +264,7 @@ async def breakdown(reactor, requests, modes, top, profile_out=None, database=No
     from scepproxyd.config import parse_settings
     from scepproxyd.service import make_service, prepare_state
 
+    instrument()  # first: if it fails, nothing is left running
     top_dir = Path(tempfile.mkdtemp(prefix="scepproxyd-bench-breakdown-"))
     scep = ScepServer(top_dir / "upstream", "bench-static-challenge").start()
     log_file = open(top_dir / "scepproxyd.log", "a")
@@ -276,7 +277,6 @@ async def breakdown(reactor, requests, modes, top, profile_out=None, database=No
         + (f"[database]\nurl = {database.url}\npassword_file = {database.password_file}\n"
            if database is not None else ""), top_dir / "scepproxyd.ini")
     prepare_state(settings)
-    instrument()
     daemon = make_service(settings, reactor)
     await defer.maybeDeferred(daemon.startService)
     try:
