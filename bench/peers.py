@@ -6,20 +6,26 @@ Every run is a set of fresh child processes, and each figure is the median over 
   concurrency, real PKCSReq bodies (codec.build_request, built before timing), one
   pre-minted one-time challenge per enrollment from pending host profiles; ratio >= 0.95.
 - latency scepproxyd adds to a PKIOperation at concurrency 1 (proxy minus direct, p50
-  and p99, requests alternating between the two); p50 <= 2 ms.
+  and p99, requests alternating between the two); p50 <= 2 ms, p99 <= 4 ms; and the
+  daemon's CPU per PKIOperation, <= 1.5 ms (issue 15).
 - the same PKIOperation figures through a CA integration in RA mode (the proxy opens,
   checks and re-signs every request and answer), beside passthrough and direct, in the
   same runs: enrollments/s, latency, the daemon's CPU per request, ratios to direct.
 - GetCACaps and GetCACert requests/s through scepproxyd vs nginx proxy_pass (wrk);
-  >= 5,000/s on one core (the daemon's reactor is one thread, plus one DB thread).
+  reported here; issue 15's target is against a bare twisted.web resource (bench/ceiling.py).
 - the processing job at 10,000 and 100,000 and the reactor stall meanwhile: the child
-  runs of bench/process_profiles.py (--child), not rewritten here.
+  runs of bench/process_profiles.py (--child), not rewritten here; <= 5 s and a longest
+  stall <= 20 ms at 100,000.
 - challenge consumption through the store, consumes/s (bench/_peers_store.py); >= 5,000.
 - the twistd process's RSS with 100,000 hosts and host profiles; <= 150 MB.
 
 bench/_peers_run.py does one run against the real processes; see bench/README.md.
 
-    .venv/bin/python bench/peers.py [--runs 3] [--duration 10] [--profile DIR]
+    .venv/bin/python bench/peers.py [--runs 3] [--duration 10] [--profile DIR] [--engine postgresql]
+
+With --engine postgresql every child's store is an empty database on one durable
+PostgreSQL server (tests/support/postgres.py) started for the benchmark: the same table on
+the other backend.
 """
 
 import argparse
@@ -88,6 +94,9 @@ def main():
     parser.add_argument("--store-concurrency", type=int, default=64)
     parser.add_argument("--processing-sizes", default="10000,100000", help="'' skips process_profiles.py")
     parser.add_argument("--profile", metavar="DIR", help="py-spy the daemon in each load phase (figures then skewed)")
+    parser.add_argument("--engine", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the daemon's and the store children's database: postgresql starts a durable server"
+                             " (tests/support/postgres.py) and gives every child an empty database of its own")
     parser.add_argument("--child-run", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_run:
@@ -95,6 +104,33 @@ def main():
 
     sizes = [int(s) for s in args.processing_sizes.split(",") if s.strip()]
     peers, stores, processing = [], [], {size: [] for size in sizes}
+    pg = None
+    if args.engine == "postgresql":
+        from _peers_procs import PostgreSQL
+        pg = PostgreSQL(settings={}, durable=True).start()
+    try:
+        runs(args, sizes, peers, stores, processing, pg)
+    finally:
+        if pg is not None:
+            pg.stop()
+    print_table(args, peers, stores, processing)
+    if args.profile:
+        print_profiles(peers)
+    return 0
+
+
+def runs(args, sizes, peers, stores, processing, pg):
+    """Every run's children; on PostgreSQL each child gets an empty database, dropped after it."""
+    def database():
+        return pg.fresh_database() if pg is not None else None
+
+    def done(db):
+        if db is not None:
+            pg.drop_database(db)
+
+    def engine_args(db):
+        return ["--database-url", db.url, "--password-file", db.password_file] if db else []
+
     for run in range(1, args.runs + 1):
         profile_dir = None
         if args.profile:
@@ -103,25 +139,31 @@ def main():
         opts = {k: getattr(args, k) for k in ("duration", "concurrency", "enrollments", "rounds", "latency_requests",
                                               "wrk_connections", "fleet")}
         opts["profile_dir"] = str(profile_dir) if profile_dir else None
+        db = database()
+        if db is not None:
+            from _peers_procs import database_section
+            opts["database"] = database_section(db)
         r = child("peers.py", "--child-run", json.dumps(opts), timeout=3600)
+        done(db)
         if r is not None:
             peers.append(r)
             print_run(run, r)
-        s = child("_peers_store.py", "--challenges", args.challenges, "--concurrency", args.store_concurrency)
+        db = database()
+        s = child("_peers_store.py", "--challenges", args.challenges, "--concurrency", args.store_concurrency,
+                  *engine_args(db))
+        done(db)
         if s is not None:
             stores.append(s)
             print(f"run {run}: store consumed {s['consumed']}/{s['challenges']} in {s['consume_seconds']:.2f} s"
                   f" ({fmt(s['consumes_per_s'])}/s; minted in {s['mint_seconds']:.2f} s)", flush=True)
         for size in sizes:
-            p = child("process_profiles.py", "--child", size, "--batch-size", 1000)
+            db = database()
+            p = child("process_profiles.py", "--child", size, "--batch-size", 1000, *engine_args(db))
+            done(db)
             if p is not None:
                 processing[size].append(p)
                 print(f"run {run}: process_profiles {size}: {p['process_seconds']:.2f} s {p['job_result']},"
                       f" stall {p['job']['longest_stall_ms']:.0f} ms", flush=True)
-    print_table(args, peers, stores, processing)
-    if args.profile:
-        print_profiles(peers)
-    return 0
 
 
 def print_run(run, r):
@@ -162,9 +204,11 @@ def print_table(args, peers, stores, processing):
     ratio = ratio_row(peers, lambda r: r["enroll"]["proxy"]["certrep_rate"], lambda r: r["enroll"]["direct"]["certrep_rate"])
     rows.append(("  any CertRep/s (SUCCESS + FAILURE)", fmt(p_rate, ".1f"), "scepserver direct", fmt(d_rate, ".1f"),
                  fmt(ratio, ".3f"), "(reported)", ""))
-    rows.append(("  CPU ms per PKIOperation: daemon", fmt(med(peers, lambda r: r["enroll"]["proxy"]["daemon_cpu_ms"]), ".2f"),
+    cpu = med(peers, lambda r: r["enroll"]["proxy"]["daemon_cpu_ms"])
+    rows.append(("  CPU ms per PKIOperation: daemon", fmt(cpu, ".2f"),
                  "scepserver, proxy/direct legs", f"{fmt(med(peers, lambda r: r['enroll']['proxy']['scep_cpu_ms']), '.1f')}/"
-                 f"{fmt(med(peers, lambda r: r['enroll']['direct']['scep_cpu_ms']), '.1f')}", "", "(reported)", ""))
+                 f"{fmt(med(peers, lambda r: r['enroll']['direct']['scep_cpu_ms']), '.1f')}", "", "<= 1.5 ms",
+                 verdict(cpu, lambda v: v <= 1.5)))
     ra_rate = med(peers, lambda r: r["enroll"]["ra"]["rate"])
     ratio = ratio_row(peers, lambda r: r["enroll"]["ra"]["rate"], lambda r: r["enroll"]["direct"]["rate"])
     d_rate = med(peers, lambda r: r["enroll"]["direct"]["rate"])
@@ -177,7 +221,8 @@ def print_table(args, peers, stores, processing):
     for q in ("50", "99"):
         prox, dire = med(peers, lambda r: r["latency"][f"proxy_p{q}"]), med(peers, lambda r: r["latency"][f"direct_p{q}"])
         added = med(peers, lambda r: r["latency"][f"proxy_p{q}"] - r["latency"][f"direct_p{q}"])
-        target, ok = ("added p50 <= 2 ms", verdict(added, lambda v: v <= 2.0)) if q == "50" else ("(reported)", "")
+        limit = 2.0 if q == "50" else 4.0
+        target, ok = (f"added p{q} <= {limit:.0f} ms", verdict(added, lambda v: v <= limit))
         rows.append((f"PKIOperation latency p{q} ms, c=1", fmt(prox, ".2f"), "scepserver direct", fmt(dire, ".2f"),
                      f"+{fmt(added, '.2f')} ms", target, ok))
     for q in ("50", "99"):
@@ -190,22 +235,23 @@ def print_table(args, peers, stores, processing):
         ratio = ratio_row(peers, lambda r: r["wrk"][f"{op} proxy"]["rps"], lambda r: r["wrk"][f"{op} nginx"]["rps"])
         cores = med(peers, lambda r: r["wrk"][f"{op} proxy"]["daemon_cpu"])
         rows.append((f"{op} req/s (wrk -c{args.wrk_connections})", f"{fmt(prox)} ({fmt(cores, '.2f')} cores)",
-                     "nginx proxy_pass", fmt(ngx), fmt(ratio, ".2f"), ">= 5,000/s, one core",
-                     verdict(prox, lambda v: v >= 5000)))
+                     "nginx proxy_pass", fmt(ngx), fmt(ratio, ".2f"), "(ceiling: bench/ceiling.py)", ""))
     for size, runs in processing.items():
         secs = med(runs, lambda r: r["process_seconds"])
-        target, ok = ("<= 10 s", verdict(secs, lambda v: v <= 10.0)) if size == 100_000 else ("(reported)", "")
+        target, ok = ("<= 5 s", verdict(secs, lambda v: v <= 5.0)) if size == 100_000 else ("(reported)", "")
         rows.append((f"processing job, {size:,} host profiles, s", fmt(secs, ".2f"), "", "",
                      f"{fmt(size / secs if secs else None)} hp/s", target, ok))
         stall = med(runs, lambda r: r["job"]["longest_stall_ms"])
         idle, job = med(runs, lambda r: r["idle"]["proxy_p99_ms"]), med(runs, lambda r: r["job"]["proxy_p99_ms"])
-        target, ok = ("stall <= 50 ms", verdict(stall, lambda v: v <= 50.0)) if size == 100_000 else ("(reported)", "")
+        target, ok = ("stall <= 20 ms", verdict(stall, lambda v: v <= 20.0)) if size == 100_000 else ("(reported)", "")
         rows.append(("  longest reactor stall ms; proxy p99 job vs idle", fmt(stall, ".1f"), "proxy p99 idle/job ms",
                      f"{fmt(idle, '.1f')}/{fmt(job, '.1f')}", f"{fmt(job / idle if idle and job else None, '.1f')}x",
                      target, ok))
     cps = med(stores, lambda s: s["consumes_per_s"])
+    # Issue 15: >= 5,000/s on SQLite; on PostgreSQL the figure is reported.
+    target, ok = (">= 5,000/s", verdict(cps, lambda v: v >= 5000)) if args.engine == "sqlite" else ("(reported)", "")
     rows.append((f"challenge consumes/s (store, {args.store_concurrency} outstanding)", fmt(cps), "", "", "",
-                 ">= 5,000/s", verdict(cps, lambda v: v >= 5000)))
+                 target, ok))
     peak = med(peers, lambda r: r["mem_after_process"]["VmHWM"])
     seeded = med(peers, lambda r: r["mem_after_fleet"]["VmRSS"])
     after = med(peers, lambda r: r["mem_after_process"]["VmRSS"])
@@ -213,7 +259,7 @@ def print_table(args, peers, stores, processing):
                  f"{fmt(after)} / {fmt(peak)}", "", "peak <= 150 MB", verdict(peak, lambda v: v <= 150.0)))
     head = ("figure", "scepproxyd", "peer", "peer figure", "ratio", "target", "verdict")
     widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
-    print(f"\nscepproxyd vs peers on loopback, medians of {len(peers)} peer runs / {len(stores)} store runs"
+    print(f"\nscepproxyd on {args.engine} vs peers on loopback, medians of {len(peers)} peer runs / {len(stores)} store runs"
           f" (wrk {args.duration} s; {args.enrollments} PKIOperations per leg in {args.rounds} mirrored rounds,"
           f" {args.latency_requests} at c=1)\n")
     for line in [head, tuple("-" * w for w in widths)] + rows:
