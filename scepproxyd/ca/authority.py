@@ -123,19 +123,18 @@ class ScepCA:
 
     async def _pki_operation(self, message: bytes, requester) -> CaAnswer:
         try:
-            header = await self._thread(codec.read_header, message)
+            # One worker-thread call reads the signed header and the content (parsed and verified once).
+            header, request = await self._thread(
+                codec.open_request, message, self.material.message_key, self.material.message_certificate
+            )
         except codec.MessageError as e:
             self.log.debug("ca PKIOperation refused: {reason}", reason=str(e))
             return CaAnswer(400, TEXT, NOT_SCEP, "PKIOperation", "not_scep")
         kind = header.message_type
         fields = {"message_type": kind, "transaction_id": header.transaction_id}
-        try:
-            request = await self._thread(
-                codec.read_request, message, self.material.message_key, self.material.message_certificate
-            )
-        except codec.MessageError as e:
+        if isinstance(request, codec.MessageError):
             self.log.debug("ca PKIOperation {transaction_id} undecodable: {reason}",
-                           transaction_id=header.transaction_id, reason=str(e))
+                           transaction_id=header.transaction_id, reason=str(request))
             return await self._failure(header, None, _Refusal("badMessageCheck", None, "bad_message"), fields)
         handlers = {
             "PKCSReq": self._enroll, "RenewalReq": self._renew, "CertPoll": self._poll,
@@ -159,9 +158,13 @@ class ScepCA:
         return CaAnswer(200, PKI_MESSAGE_TYPE, body, "PKIOperation", outcome, serial=extra.get("serial"), **fields)
 
     async def _reply(self, header, request, status, fail_info=None, fail_info_text=None, certificates=None, crl=None):
+        return await self._thread(self._cert_rep, header, request, status, fail_info=fail_info,
+                                  fail_info_text=fail_info_text, certificates=certificates, crl=crl)
+
+    def _cert_rep(self, header, request, status, fail_info=None, fail_info_text=None, certificates=None, crl=None):
+        """The signed CertRep answering ``header`` (RSA and CMS work: call it on a worker thread)."""
         encryption = codec.choose_content_encryption(request.content_encryption if request is not None else None)
-        return await self._thread(
-            codec.build_cert_rep,
+        return codec.build_cert_rep(
             header=header, status=status, signer_key=self.material.message_key,
             signer_certificate=self.material.message_certificate,
             fail_info=fail_info, fail_info_text=fail_info_text, certificates=certificates, crl=crl,
@@ -298,18 +301,25 @@ class ScepCA:
 
     async def _policy_refusal(self, csr, grant: CaGrant):
         """The issuance policy's csr_policy.Refusal for ``csr``, or None when it may be signed."""
-        expected = None
+        facts = None
         if grant.host_uuid is not None:
             facts = await self._store.binding_facts(grant.host_uuid, grant.profile_uuid)
             if facts is None:
                 raise _Refusal("badRequest", "the host profile this challenge was issued for no longer exists")
+        return await self._thread(self._refusal_for, csr, grant, facts)
+
+    def _refusal_for(self, csr, grant: CaGrant, facts):
+        """
+        On a worker thread, in one call: what the host profile in ``facts`` (if any) asks for, then the policy.
+        """
+        expected = None
+        if facts is not None:
             try:
-                expected = await self._thread(expected_for, facts)
+                expected = expected_for(facts)
             except ProfileError as e:
                 return csr_policy.Refusal("badRequest", "its host profile cannot be checked: %s" % (e,), "profile")
-        return await self._thread(
-            csr_policy.refusal, csr, key_policy=self._key_policy,
-            san_policy=self._templates[grant.template].san_policy,
+        return csr_policy.refusal(
+            csr, key_policy=self._key_policy, san_policy=self._templates[grant.template].san_policy,
             ca_subject=self.material.certificate.subject, expected=expected,
         )
 
@@ -461,11 +471,9 @@ class ScepCA:
         fetches the certificate with CertPoll).
         """
         now = self._clock.seconds()
+        reply_to = answer_to if not approve else None
         try:
-            certificate = await self._thread(
-                build_certificate, csr, self.material.key, self.material.certificate,
-                self._templates[template], self.crl_url, now,
-            )
+            certificate, answer = await self._thread(self._sign, csr, template, now, reply_to)
         except CsrError as e:
             # The issuance policy refuses all of these first; this is the signer's own last word.
             raise _Refusal("badRequest", str(e)) from None
@@ -478,12 +486,9 @@ class ScepCA:
             der=certificate.public_bytes(serialization.Encoding.DER), created_at=now,
             sender_nonce=request.sender_nonce, host_uuid=request.host_uuid, profile_uuid=request.profile_uuid,
         )
-        answer = None
         if approve:
             await self._store.approve_ca_request(request.transaction_id, record)
         else:
-            if answer_to is not None:
-                answer = await self._reply(answer_to.header, answer_to, "SUCCESS", certificates=[certificate])
             try:
                 await self._store.record_issued(
                     attrs.evolve(request, status="issued", issued_serial=record.serial, updated_at=now,
@@ -498,6 +503,16 @@ class ScepCA:
             self.log.info("ca certificate {serial} recorded for host {host} profile {profile}",
                           serial=record.serial, host=record.host_uuid, profile=record.profile_uuid)
         return Issued(certificate, answer)
+
+    def _sign(self, csr, template: str, now: float, answer_to=None):
+        """
+        On a worker thread, in one call: the certificate, and the SUCCESS CertRep answering ``answer_to`` (or None).
+        """
+        certificate = build_certificate(csr, self.material.key, self.material.certificate,
+                                        self._templates[template], self.crl_url, now)
+        if answer_to is None:
+            return certificate, None
+        return certificate, self._cert_rep(answer_to.header, answer_to, "SUCCESS", certificates=[certificate])
 
 
 @attrs.frozen
