@@ -37,6 +37,7 @@ count. Target: built-in CA enrollments/s >= 1.0 x scepserver direct.
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -48,6 +49,9 @@ REPO = BENCH.parent
 sys.path[:0] = [str(BENCH), str(REPO)]
 
 from peers import child, fmt, med, verdict  # noqa: E402
+
+# twistd imports scepproxyd from sys.path: this checkout's, not the one the venv was installed from.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
 #: The legs, in the order of a mirrored round's first half, and their names in the table.
 LEGS = ("direct", "builtin", "proxy")
