@@ -51,6 +51,10 @@ class CaAnswer:
     detail: str | None = None
 
 
+#: A host profile's BindingFacts not looked up yet (None means looked up and gone).
+_UNREAD = object()
+
+
 def _in_thread(function, *args, **kwargs) -> defer.Deferred:
     return threads.deferToThread(function, *args, **kwargs)
 
@@ -228,11 +232,11 @@ class ScepCA:
                 return known
             self._refused_by_policy("challenge")
             raise _Refusal("badRequest", WRONG_CHALLENGE)
-        grant, kind, spend = found
+        grant, kind, spend, facts = found
         if grant.template not in self._templates:
             await self._spend_refused(grant, spend, "certificate template %s no longer exists" % (grant.template,))
             raise _Refusal("badRequest", "certificate template %s no longer exists" % (grant.template,))
-        await self._judge(request, csr, grant, spend)
+        await self._judge(request, csr, grant, spend, facts)
         subject = csr.subject.rfc4514_string()
         row = self._request_row(request, "pending", grant.template, requester, grant)
         if not self._policy.auto_approves(subject, requester, grant=kind):
@@ -248,9 +252,11 @@ class ScepCA:
             return "PENDING", {"outcome": "pending"}
         return await self._issued(request, csr, grant.template, row, spend_challenge=spend)
 
-    async def _grant_for(self, csr) -> tuple[CaGrant, str, str | None] | None:
+    async def _grant_for(self, csr) -> tuple[CaGrant, str, str | None, object] | None:
         """
-        What authorises this CSR: ``(grant, kind, hash of the one-time challenge to spend)``; None if nothing does.
+        What authorises this CSR: ``(grant, kind, hash of the one-time challenge to spend, facts)``; None if nothing
+        does. ``facts`` are the BindingFacts of the host profile a rendered challenge is bound to (None if it is
+        gone), read in the same store look-up as the challenge.
 
         A one-time challenge (rendered into one host profile's profile, or
         minted by an admin) is looked at here and spent in the transaction
@@ -263,12 +269,12 @@ class ScepCA:
         except codec.MessageError:
             challenge = None
         if self._policy.is_static_challenge(challenge):
-            return CaGrant(self._policy.default_template, None, None), "static", None
+            return CaGrant(self._policy.default_template, None, None), "static", None, None
         hashed = challenge_hash(challenge) if challenge else None
-        grant = await self._store.peek_ca_challenge(hashed) if hashed else None
+        grant, facts = await self._store.peek_ca_grant(hashed) if hashed else (None, None)
         if grant is None:
             return None
-        return grant, ("host_profile" if grant.host_uuid is not None else "minted"), hashed
+        return grant, ("host_profile" if grant.host_uuid is not None else "minted"), hashed, facts
 
     async def _spend_refused(self, grant: CaGrant, spend: str | None, reason: str) -> None:
         """A refused request spends its one-time challenge; a host profile's is sent again, ``reason`` kept."""
@@ -277,7 +283,7 @@ class ScepCA:
         elif spend is not None:
             await self._store.consume_ca_challenge(spend)
 
-    async def _judge(self, request, csr, grant: CaGrant, spend: str | None = None) -> None:
+    async def _judge(self, request, csr, grant: CaGrant, spend: str | None = None, facts=_UNREAD) -> None:
         """
         Apply the issuance policy; a refusal (FAILURE CertRep) if the CSR does not pass.
 
@@ -285,9 +291,9 @@ class ScepCA:
         rendered for that host; every request meets the key policy and its
         template's SAN policy. A refused host profile request spends its
         challenge, so the host profile is sent again with a fresh one, its
-        ``detail`` saying why.
+        ``detail`` saying why. ``facts``: the host profile's BindingFacts when already read.
         """
-        refusal = await self._policy_refusal(csr, grant)
+        refusal = await self._policy_refusal(csr, grant, facts)
         if refusal is None:
             return
         self._refused_by_policy(refusal.check)
@@ -299,11 +305,13 @@ class ScepCA:
         await self._spend_refused(grant, spend, refusal.reason)
         raise _Refusal(refusal.fail_info, refusal.reason, "refused")
 
-    async def _policy_refusal(self, csr, grant: CaGrant):
+    async def _policy_refusal(self, csr, grant: CaGrant, facts=_UNREAD):
         """The issuance policy's csr_policy.Refusal for ``csr``, or None when it may be signed."""
-        facts = None
-        if grant.host_uuid is not None:
-            facts = await self._store.binding_facts(grant.host_uuid, grant.profile_uuid)
+        if grant.host_uuid is None:
+            facts = None
+        else:
+            if facts is _UNREAD:
+                facts = await self._store.binding_facts(grant.host_uuid, grant.profile_uuid)
             if facts is None:
                 raise _Refusal("badRequest", "the host profile this challenge was issued for no longer exists")
         return await self._thread(self._refusal_for, csr, grant, facts)
