@@ -2,7 +2,8 @@
 
 What it measures: one-time challenges spent per second with ``Store.consume_challenge``,
 the proxy's one write per PKIOperation before it goes upstream (one DELETE ... RETURNING
-plus the in-flight record, one transaction on the DB thread). A Store on a temporary
+plus the in-flight record; a grouped write, so the consumes queued at the same moment
+share one transaction on a DB thread, store/group_commit.py). A Store on a temporary
 SQLite file (migrated as the daemon migrates it, WAL, synchronous=NORMAL) gets one CA,
 the fixture profile and N macOS host profiles; then one challenge per host profile is
 minted (``new_challenge``, timed but not the figure), and all of them are consumed with

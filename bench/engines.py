@@ -21,6 +21,7 @@ a run the engines take turns, in the order SQLite, PostgreSQL, then the reverse 
 next run, so drift on the shared machine weighs on both.
 
     .venv/bin/python bench/engines.py [--runs 3] [--fleet 100000] [--processing-size 100000]
+    .venv/bin/python bench/engines.py --store-only [--challenges 20000]    # the consumes/s row alone
 """
 
 import argparse
@@ -49,12 +50,10 @@ def run_engine(args, engine, pg) -> dict:
         if db is not None:
             pg.drop_database(db)
 
-    db = database()
-    opts = {"duration": 0, "concurrency": 1, "enrollments": 0, "latency_requests": args.latency_requests,
-            "wrk_connections": 1, "fleet": args.fleet, "profile_dir": None, "skip": ["wrk", "enroll"],
-            "database": database_section(db) if db else None}
-    out["peers"] = child("peers.py", "--child-run", json.dumps(opts), timeout=3600)
-    done(db)
+    if not args.store_only:
+        db = database()
+        out["peers"] = child("peers.py", "--child-run", json.dumps(peers_options(args, db)), timeout=3600)
+        done(db)
 
     db = database()
     extra = ["--database-url", db.url, "--password-file", db.password_file] if db else []
@@ -62,12 +61,19 @@ def run_engine(args, engine, pg) -> dict:
                          *extra)
     done(db)
 
-    if args.processing_size:
+    if args.processing_size and not args.store_only:
         db = database()
         extra = ["--database-url", db.url, "--password-file", db.password_file] if db else []
         out["processing"] = child("process_profiles.py", "--child", args.processing_size, "--batch-size", 1000, *extra)
         done(db)
     return out
+
+
+def peers_options(args, db) -> dict:
+    """The options of peers.py's child for the latency and RSS rows (its wrk and c=8 phases left out)."""
+    return {"duration": 0, "concurrency": 1, "enrollments": 0, "latency_requests": args.latency_requests,
+            "wrk_connections": 1, "fleet": args.fleet, "profile_dir": None, "skip": ["wrk", "enroll"],
+            "database": database_section(db) if db else None}
 
 
 def print_run(run, engine, r):
@@ -103,17 +109,20 @@ def rows_for(args, results):
     def processing(get):
         return lambda r: get(r["processing"]) if r.get("processing") else None
 
-    figures = [
+    latency = [
         ("PKIOperation latency p50 ms, c=1, proxy", peers(lambda p: p["latency"]["proxy_p50"]), ".2f"),
         ("  scepserver direct p50 ms", peers(lambda p: p["latency"]["direct_p50"]), ".2f"),
         ("  added p50 ms (target <= 2)", peers(lambda p: p["latency"]["proxy_p50"] - p["latency"]["direct_p50"]), ".2f"),
         ("PKIOperation latency p99 ms, c=1, proxy", peers(lambda p: p["latency"]["proxy_p99"]), ".2f"),
         ("  scepserver direct p99 ms", peers(lambda p: p["latency"]["direct_p99"]), ".2f"),
         ("  added p99 ms", peers(lambda p: p["latency"]["proxy_p99"] - p["latency"]["direct_p99"]), ".2f"),
+    ]
+    figures = [] if args.store_only else latency
+    figures += [
         (f"challenge consumes/s ({args.store_concurrency} outstanding; target >= 5,000)",
          store(lambda s: s["consumes_per_s"]), ".0f"),
     ]
-    if args.processing_size:
+    if args.processing_size and not args.store_only:
         figures += [
             (f"processing job, {args.processing_size:,} host profiles, s (target <= 10)",
              processing(lambda j: j["process_seconds"]), ".2f"),
@@ -121,7 +130,7 @@ def rows_for(args, results):
             ("  proxy p99 ms during the job", processing(lambda j: j["job"]["proxy_p99_ms"]), ".1f"),
             ("  RSS MB after processing (in-process daemon)", processing(lambda j: j["mem_after_process"]["VmRSS"]), ".0f"),
         ]
-    figures += [
+    figures += [] if args.store_only else [
         (f"twistd: {args.fleet:,} hosts imported + assigned, s", peers(lambda p: p["fleet_seed_seconds"]), ".1f"),
         ("  RSS MB seeded", peers(lambda p: p["mem_after_fleet"]["VmRSS"]), ".0f"),
         ("  processing them through the admin API, s", peers(lambda p: p["fleet_process"]["seconds"]), ".1f"),
@@ -144,6 +153,8 @@ def main():
     parser.add_argument("--challenges", type=int, default=20_000)
     parser.add_argument("--store-concurrency", type=int, default=64)
     parser.add_argument("--processing-size", type=int, default=100_000, help="0 skips process_profiles.py")
+    parser.add_argument("--store-only", action="store_true",
+                        help="only the challenge consumes/s row (bench/_peers_store.py), on both engines")
     parser.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a PostgreSQL server setting over the durable defaults (diagnostics only)")
     args = parser.parse_args()
@@ -167,8 +178,9 @@ def main():
     rows = rows_for(args, results)
     head = ("figure", "SQLite", "PostgreSQL", "PostgreSQL/SQLite")
     widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
+    legs = "" if args.store_only else f"{args.latency_requests} PKIOperations per leg at c=1, "
     print(f"\nscepproxyd's store on SQLite and PostgreSQL (durable, loopback), medians of {args.runs} runs"
-          f" ({args.latency_requests} PKIOperations per leg at c=1, {args.challenges:,} challenges)\n")
+          f" ({legs}{args.challenges:,} challenges)\n")
     for line in [head, tuple("-" * w for w in widths)] + rows:
         print(" | ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
     return 0

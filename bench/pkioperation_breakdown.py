@@ -34,7 +34,12 @@ so the stage times of that phase are inflated; compare them with a run without i
 ``--cprofile-out DIR`` also saves both profiles there (``reactor.prof``, ``threads.prof``)
 for ``python -m pstats``.
 
+With ``--postgresql`` the daemon's store is an empty database on the tests' PostgreSQL
+server (tests/support/postgres.py, durable, as bench/engines.py starts it), reached by TCP
+with a password file, ``pool_size`` 4.
+
     .venv/bin/python bench/pkioperation_breakdown.py [--requests 200] [--modes passthrough,ra] [--cprofile 25]
+    .venv/bin/python bench/pkioperation_breakdown.py --modes passthrough --postgresql
 """
 
 import argparse
@@ -157,9 +162,10 @@ def instrument():
     from scepproxyd.store import Store
     from scepproxyd.store.database import Database
 
-    for name in ("proxy_target", "consume_challenge", "challenge_settled", "enrollment_forwarded", "get_ca",
-                 "binding_facts", "ra_certificate_issued"):
-        timed_async(Store, name, "store." + name)
+    for name in ("proxy_target", "begin_enrollment", "finish_enrollment", "consume_challenge", "challenge_settled",
+                 "enrollment_forwarded", "get_ca", "binding_facts", "ra_certificate_issued"):
+        if hasattr(Store, name):  # so the same script times an older tree (before begin_enrollment) too
+            timed_async(Store, name, "store." + name)
     run = Database._run
 
     def timed_run(self, fn, write):
@@ -170,6 +176,19 @@ def instrument():
             TIMES["dbthread." + fn.__name__].append(time.perf_counter() - started)
 
     Database._run = timed_run
+    run_batch = Database._run_batch
+
+    def timed_batch(self, fns):
+        """A group commit's batch (store.group_commit): each job is given an equal share of its time."""
+        started = time.perf_counter()
+        try:
+            return run_batch(self, fns)
+        finally:
+            share = (time.perf_counter() - started) / len(fns)
+            for fn in fns:
+                TIMES["dbthread." + fn.__name__].append(share)
+
+    Database._run_batch = timed_batch
     for name in ("pki_operation", "get_ca_caps", "get_ca_cert", "supports_post"):
         timed_async(upstream.UpstreamClient, name, "upstream." + name)
     timed_async(proxy.ScepProxy, "handle", "proxy.handle")
@@ -250,7 +269,7 @@ def print_profile(title, profile, top):
         print(text[text.find("   ncalls"):].rstrip())
 
 
-async def breakdown(reactor, requests, modes, top, profile_out=None):
+async def breakdown(reactor, requests, modes, top, profile_out=None, database=None):
     from twisted.internet import defer, threads
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
@@ -258,6 +277,7 @@ async def breakdown(reactor, requests, modes, top, profile_out=None):
     from scepproxyd.config import parse_settings
     from scepproxyd.service import make_service, prepare_state
 
+    instrument()  # first: if it fails, nothing is left running
     top_dir = Path(tempfile.mkdtemp(prefix="scepproxyd-bench-breakdown-"))
     scep = ScepServer(top_dir / "upstream", "bench-static-challenge").start()
     log_file = open(top_dir / "scepproxyd.log", "a")
@@ -266,9 +286,10 @@ async def breakdown(reactor, requests, modes, top, profile_out=None):
     settings = parse_settings(
         f"[state]\ndirectory = {top_dir / 'var'}\n[server]\nlisten = tcp:{port}:interface=127.0.0.1\n"
         f"public_url = http://127.0.0.1:{port}\n[admin]\nlisten = tcp:{admin_port}:interface=127.0.0.1\n"
-        "[profiles]\nprocess_interval = 1h\n[renewal]\ninterval = 1d\n", top_dir / "scepproxyd.ini")
+        "[profiles]\nprocess_interval = 1h\n[renewal]\ninterval = 1d\n"
+        + (f"[database]\nurl = {database.url}\npassword_file = {database.password_file}\n"
+           if database is not None else ""), top_dir / "scepproxyd.ini")
     prepare_state(settings)
-    instrument()
     daemon = make_service(settings, reactor)
     await defer.maybeDeferred(daemon.startService)
     try:
@@ -311,11 +332,23 @@ def main():
     parser.add_argument("--modes", default="passthrough,ra", help="phases in order: passthrough, ra")
     parser.add_argument("--cprofile", type=int, default=0, metavar="N", help="cProfile the RA phase, top N functions")
     parser.add_argument("--cprofile-out", metavar="DIR", help="with --cprofile: save reactor.prof and threads.prof")
+    parser.add_argument("--postgresql", action="store_true", help="the daemon's store on PostgreSQL (durable)")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     from twisted.internet import defer, task
-    task.react(lambda reactor: defer.ensureDeferred(breakdown(reactor, args.requests, modes, args.cprofile,
-                                                                        args.cprofile_out)))
+    pg = database = None
+    if args.postgresql:
+        from _peers_procs import PostgreSQL
+        pg = PostgreSQL(durable=True).start()
+        database = pg.fresh_database()
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(breakdown(reactor, args.requests, modes, args.cprofile,
+                                                                  args.cprofile_out, database)))
+    finally:
+        if pg is not None:
+            pg.drop_database(database)
+            pg.stop()
+            pg.remove()
 
 
 if __name__ == "__main__":

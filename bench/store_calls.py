@@ -7,14 +7,18 @@ empty database on a durable PostgreSQL from tests/support/postgres.py, ``pool_si
 1. **claim**: the processing job's store call, ``claim_host_profiles(1000)`` until
    none is left (what bench/process_profiles.py times, without the daemon around it);
    then one challenge minted for each of the next two phases' host profiles (not timed);
-2. **c=1**: the proxy's four store calls of a PKIOperation, one host after the other
-   (``--sequential`` of them): ``proxy_target``, ``consume_challenge``,
-   ``challenge_settled``, ``enrollment_forwarded``, each timed from the reactor;
+2. **c=1**: a PKIOperation's store calls, one host after the other (``--sequential``
+   of them each way), each timed from the reactor: the four calls the proxy made one
+   job each before issue 15 (``proxy_target``, ``consume_challenge``,
+   ``challenge_settled``, ``enrollment_forwarded``), then, for as many other hosts,
+   the two jobs it makes now (``begin_enrollment`` before the upstream call,
+   ``finish_enrollment`` "forwarded" after), which do the same in two transactions;
 3. **c=64**: ``consume_challenge`` for ``--consumes`` more, with 64 outstanding, as
    bench/_peers_store.py does.
 
 Meanwhile, on the DB threads: each job's time on its thread (the reactor's time minus
-this is the thread-pool hop and the queue), and within it each statement by its first
+this is the thread-pool hop and the queue; a grouped job, store.group_commit, gets an
+equal share of its batch's time, BEGIN and COMMIT included), and within it each statement by its first
 word (BEGIN, SELECT, DELETE, INSERT, UPDATE, COMMIT) and, on PostgreSQL, the pool's
 checkout (``getconn``, which runs psycopg_pool's ``check_connection``, an empty query)
 and return (``putconn``). With ``--cprofile N``, cProfile runs on every DB thread during
@@ -47,7 +51,10 @@ from _peers_procs import PostgreSQL  # noqa: E402
 from _peers_store import CA_NAME, pump, seed  # noqa: E402
 
 CALLS = ("proxy_target", "consume_challenge", "challenge_settled", "enrollment_forwarded")
-PHASES = ("claim", "c=1", "c=64")
+#: The same PKIOperation in the proxy's two jobs (issue 15).
+TWO_JOBS = ("begin_enrollment", "finish_enrollment")
+CA_URL = "http://127.0.0.1:9/scep"  # what _peers_store.seed gives the CA
+PHASES = ("claim", "c=1", "c=1 two jobs", "c=64")
 PROFILED = ("claim", "c=64")
 
 
@@ -104,11 +111,11 @@ def instrument(current):
     from scepproxyd.store import database, postgres
 
     run, execute, executemany = database.Database._run, postgres.Connection.execute, postgres.Connection.executemany
+    run_batch = database.Database._run_batch
     getconn, putconn = psycopg_pool.ConnectionPool.getconn, psycopg_pool.ConnectionPool.putconn
     local = threading.local()
 
-    def timed_run(self, fn, write):
-        timings = current[0]
+    def profiled(timings, call, *args):
         if timings.profiles is not None and timings.phase in PROFILED:
             if getattr(local, "owner", None) != (timings, timings.phase):
                 local.owner, local.profile = (timings, timings.phase), cProfile.Profile()
@@ -116,15 +123,32 @@ def instrument(current):
                     timings.profiles[timings.phase].append(local.profile)
             local.profile.enable()
             try:
-                return timings.timed(("job", fn.__name__), run, self, fn, write)
+                return call(*args)
             finally:
                 local.profile.disable()
-        return timings.timed(("job", fn.__name__), run, self, fn, write)
+        return call(*args)
+
+    def timed_run(self, fn, write):
+        timings = current[0]
+        return profiled(timings, timings.timed, ("job", fn.__name__), run, self, fn, write)
+
+    def timed_batch(self, fns):
+        """A group commit's batch (store.group_commit): each job is given an equal share of the batch's time."""
+        timings = current[0]
+        started = time.perf_counter()
+        try:
+            return profiled(timings, run_batch, self, fns)
+        finally:
+            share = (time.perf_counter() - started) / len(fns)
+            for fn in fns:
+                timings.add(("job", fn.__name__), share)
+            timings.add(("batch", "jobs"), len(fns))
 
     def sql_kind(sql):
         return ("sql", sql.split(None, 1)[0].upper())
 
     database.Database._run = timed_run
+    database.Database._run_batch = timed_batch
     postgres.Connection.execute = lambda self, sql, params=(): current[0].timed(
         sql_kind(sql), execute, self, sql, params)
     postgres.Connection.executemany = lambda self, sql, rows: current[0].timed(
@@ -159,7 +183,7 @@ async def engine_run(reactor, engine, pg, args, timings):
                 break
         out = {"claimed": claimed, "claim_seconds": time.perf_counter() - started}
         timings.phase = None
-        spend = hosts[:args.sequential + args.consumes]
+        spend = hosts[:2 * args.sequential + args.consumes]
         challenges = await pump(spend, lambda h: store.new_challenge(h, profile).addCallback(lambda c, h=h: (c, h)), 64)
         half = args.sequential
 
@@ -180,9 +204,20 @@ async def engine_run(reactor, engine, pg, args, timings):
                 await call()
                 timings.add(("call", name), time.perf_counter() - started)
 
+        timings.phase = "c=1 two jobs"
+        for challenge, host in challenges[half:2 * half]:
+            started = time.perf_counter()
+            start = await store.begin_enrollment(challenge, host, profile, CA_NAME, CA_URL, "bench")
+            timings.add(("call", "begin_enrollment"), time.perf_counter() - started)
+            if start.consumed is None or start.target.status != "pending":
+                raise RuntimeError(f"begin_enrollment took nothing for {host}: {start}")
+            started = time.perf_counter()
+            await store.finish_enrollment(start.consumed, "forwarded")
+            timings.add(("call", "finish_enrollment"), time.perf_counter() - started)
+
         timings.phase = "c=64"
         started = time.perf_counter()
-        done = await pump(challenges[half:], lambda ch: store.consume_challenge(ch[0], ch[1], profile), 64)
+        done = await pump(challenges[2 * half:], lambda ch: store.consume_challenge(ch[0], ch[1], profile), 64)
         seconds = time.perf_counter() - started
         timings.phase = None
         out["consumes_per_s"] = sum(1 for c in done if c is not None) / seconds
@@ -201,21 +236,24 @@ def report(engine, timings, result, top_n):
     v = timings.values
     print(f"\n== {engine}: c=1, per PKIOperation's store calls (p50 ms; reactor = from the call to its Deferred)")
     print(f"{'call':22} {'reactor':>8} {'thread':>8}  {'hop':>6}")
-    total_r = total_t = 0.0
-    for name in CALLS:
-        r, t = ms(v[("c=1", "call", name)]), ms(v[("c=1", "job", name)])
-        total_r, total_t = total_r + r, total_t + t
-        print(f"{name:22} {r:8.3f} {t:8.3f}  {r - t:6.3f}")
-    print(f"{'sum':22} {total_r:8.3f} {total_t:8.3f}  {total_r - total_t:6.3f}")
+    for phase, names in (("c=1", CALLS), ("c=1 two jobs", TWO_JOBS)):
+        total_r = total_t = 0.0
+        for name in names:
+            r, t = ms(v[(phase, "call", name)]), ms(v[(phase, "job", name)])
+            total_r, total_t = total_r + r, total_t + t
+            print(f"{name:22} {r:8.3f} {t:8.3f}  {r - t:6.3f}")
+        print(f"{'sum':22} {total_r:8.3f} {total_t:8.3f}  {total_r - total_t:6.3f}")
     print(f"\n== {engine}: claimed {result['claimed']} host profiles in {result['claim_seconds']:.2f} s;"
           f" claim_host_profiles(1000) on the thread p50 {ms(v[('claim', 'job', 'claim_host_profiles')]):.1f} ms")
     for phase in PHASES:
-        names = ("claim_host_profiles",) if phase == "claim" else CALLS
+        names = {"claim": ("claim_host_profiles",), "c=1 two jobs": TWO_JOBS}.get(phase, CALLS)
         jobs = sum(len(v[(phase, "job", name)]) for name in names) or 1
         rows = sorted((k[2], vals) for k, vals in v.items() if k[0] == phase and k[1] in ("sql", "pool"))
         if phase == "c=64":
+            sizes = v[(phase, "batch", "jobs")]
+            grouped = f"; {len(sizes)} group commits of {statistics.fmean(sizes):.1f} jobs on average" if sizes else ""
             print(f"\n== {engine}: c=64 consume_challenge: {result['consumes_per_s']:.0f}/s; job on thread p50"
-                  f" {ms(v[(phase, 'job', 'consume_challenge')]):.3f} ms")
+                  f" {ms(v[(phase, 'job', 'consume_challenge')]):.3f} ms{grouped}")
         print(f"-- {engine} {phase}: on the DB threads, by statement (count per job, mean ms, share of job time)")
         job_time = sum(sum(v[(phase, "job", name)]) for name in names) or 1.0
         for kind, vals in rows:
@@ -237,7 +275,8 @@ def report(engine, timings, result, top_n):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", type=int, default=10000, help="host profiles claimed, then consumed")
-    parser.add_argument("--sequential", type=int, default=1000, help="of which PKIOperations' store calls at c=1")
+    parser.add_argument("--sequential", type=int, default=1000,
+                        help="of which PKIOperations' store calls at c=1, each way (four calls, two jobs)")
     parser.add_argument("--consumes", type=int, default=5000, help="and then consumes at c=64")
     parser.add_argument("--engines", default="sqlite,postgresql")
     parser.add_argument("--cprofile", type=int, default=0, metavar="N", help="cProfile the DB threads at c=64")

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from support.ber_forms import to_indefinite_ber
 from support.certs import signed_blob
 from support.processes import need
 from support.scep_capture import der, issue, make_ca, make_device, pem
@@ -396,34 +397,6 @@ def test_strongswan_style_unsorted_csr_attributes_are_read(device):
 
 
 # -- BER -----------------------------------------------------------------------------------------
-
-
-def to_indefinite_ber(data: bytes) -> bytes:
-    """Re-encode DER with indefinite lengths everywhere and OCTET STRINGs in 7-byte chunks."""
-
-    def element(offset):
-        first = data[offset]
-        length_byte = data[offset + 1]
-        if length_byte & 0x80:
-            count = length_byte & 0x7F
-            length = int.from_bytes(data[offset + 2:offset + 2 + count], "big")
-            start = offset + 2 + count
-        else:
-            length, start = length_byte, offset + 2
-        body = data[start:start + length]
-        end = start + length
-        if first == 0x04 and len(body) > 7:
-            chunks = b"".join(b"\x04" + bytes([len(body[i:i + 7])]) + body[i:i + 7] for i in range(0, len(body), 7))
-            return b"\x24\x80" + chunks + b"\x00\x00", end
-        if first & 0x20:
-            children, position = [], start
-            while position < end:
-                child, position = element(position)
-                children.append(child)
-            return bytes([first]) + b"\x80" + b"".join(children) + b"\x00\x00", end
-        return data[offset:end], end
-
-    return element(0)[0]
 
 
 def test_indefinite_length_ber_request_decodes(codec_ca, device):

@@ -1,6 +1,5 @@
 """Jobs on a Clock: they fire every interval, never overlap, and share one code path with triggers."""
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock

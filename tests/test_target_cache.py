@@ -8,6 +8,7 @@ check the answer itself after every admin change that could alter it.
 
 import pytest
 import pytest_twisted
+from twisted.logger import formatEvent
 from twisted.internet import defer, reactor
 
 from scepproxyd.scep.targets import TargetCache
@@ -237,6 +238,34 @@ async def test_getcacaps_and_getcacert_are_answered_without_the_store(web):
         assert (again_caps.status, again_caps.body) == (first_caps.status, first_caps.body)
         assert (again_cert.status, again_cert.body) == (first_cert.status, first_cert.body)
     assert calls == []
+
+
+async def upstream_requests(web) -> float:
+    """GetCACaps and GetCACert requests the daemon sent its upstream CAs so far (its /metrics)."""
+    name = "scepproxyd_upstream_latency_seconds_count"
+    return sum([await web.metric(name, operation=operation) for operation in ("GetCACaps", "GetCACert")])
+
+
+def proxy_lines(logs) -> list[str]:
+    return [formatEvent(e) for e in logs.events if formatEvent(e).startswith("proxy ")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_from_memory_is_the_answer_and_log_line_of_a_first_request(web, logs):
+    e = await web.enrollment()
+    unknown = other_host_path(e, "NO-SUCH-HOST")
+    asked = [(ask, path) for path in (e.path, unknown) for ask in (caps, cert)]
+    first = [await ask(web, path) for ask, path in asked]  # through the store and the CA
+    first_lines = proxy_lines(logs)
+    del logs.events[:]
+    calls, upstream = count_lookups(web.store), await upstream_requests(web)
+    again = [await ask(web, path) for ask, path in asked]  # from memory
+    assert calls == [] and await upstream_requests(web) == upstream > 0
+    for one, other in zip(first, again):
+        assert (other.status, other.content_type, other.body) == (one.status, one.content_type, one.body)
+    strip_ms = [line.rpartition(" ms=")[0] for line in first_lines]
+    assert [line.rpartition(" ms=")[0] for line in proxy_lines(logs)] == strip_ms
+    assert [line.split()[1] for line in strip_ms] == ["GetCACaps", "GetCACert"] * 2
 
 
 @pytest_twisted.ensureDeferred

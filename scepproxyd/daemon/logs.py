@@ -11,6 +11,8 @@ L{printable}, so such text cannot start a new log line, drive the terminal
 of someone reading the log, or carry a lone surrogate the log cannot encode.
 """
 
+import time
+
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -47,9 +49,17 @@ def emit_rendered(logger: Logger, level: LogLevel, format: str, **fields) -> Non
     text (braces escaped) as its format, and the fields as they were, string
     fields made printable first, exactly as L{_observer} would.
     """
+    if level < _level:
+        return  # what _predicate would decide (it holds only the one level set_level gives), before any work
     clean = {key: printable(value) if isinstance(value, str) else value for key, value in fields.items()}
     text = format.format(**clean)
-    logger.emit(level, text.replace("{", "{{").replace("}", "}}"), **clean)
+    # The event Logger.emit would build, past the level filter already passed above, and with fields
+    # clean already, so _observer's second printable pass is skipped too.
+    clean.update(
+        log_logger=logger, log_level=level, log_namespace=logger.namespace, log_source=logger.source,
+        log_format=text.replace("{", "{{").replace("}", "}}"), log_time=time.time(),
+    )
+    globalLogPublisher(clean)
 
 
 def get_logger(namespace: str) -> Logger:

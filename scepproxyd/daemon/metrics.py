@@ -17,6 +17,7 @@ class Metrics:
 
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
+        self._proxied = {}  # (operation, outcome) -> the counter's labelled child
         self.proxy_requests = Counter(
             "scepproxyd_proxy_requests", "Proxied SCEP requests by operation and outcome.",
             ["operation", "outcome"], registry=self.registry,
@@ -71,7 +72,11 @@ class Metrics:
         self.connections_refused.labels(listener).inc()
 
     def proxied(self, operation: str | None, outcome: str) -> None:
-        self.proxy_requests.labels(operation or "-", outcome).inc()
+        key = (operation or "-", outcome)
+        child = self._proxied.get(key)
+        if child is None:  # a handful of pairs: the labelled child is looked up once per pair, not per request
+            child = self._proxied[key] = self.proxy_requests.labels(*key)
+        child.inc()
 
     def upstream_answered(self, operation: str, seconds: float) -> None:
         self.upstream_latency.labels(operation).observe(seconds)

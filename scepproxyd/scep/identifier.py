@@ -38,6 +38,8 @@ class ProxyIdentifier:
 
 
 def _percent_decode(raw: str) -> str:
+    if "%" not in raw and raw.isascii():
+        return raw  # nothing to decode, and ASCII is valid UTF-8 as it is
     if _BAD_ESCAPE.search(raw):
         raise InvalidIdentifier("identifier has a malformed percent-escape")
     try:

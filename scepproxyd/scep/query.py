@@ -21,6 +21,8 @@ class InvalidQuery(ValueError):
 
 
 def _percent_decode(value: bytes) -> bytes:
+    if b"%" not in value:
+        return value  # the common case, with no regular expression at all
     if _BAD_ESCAPE.search(value):
         raise InvalidQuery("query has a malformed percent-escape")
     return _ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), value)

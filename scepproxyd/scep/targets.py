@@ -42,22 +42,32 @@ class TargetCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def ca_target(self, host_uuid, profile_uuid, ca_name):
-        """The identifier's ProxyTarget (for its CA fields only) or None, from memory when fresh enough."""
+    def in_memory(self, host_uuid, profile_uuid, ca_name) -> tuple:
+        """``(True, ProxyTarget or None)`` when a fresh answer is held, else ``(False, None)``: no I/O, no Deferred."""
         if self._seconds <= 0:
-            return await self._store.proxy_target(host_uuid, profile_uuid, ca_name)
+            return False, None
         generation = self._store.targets_generation
         if generation != self._generation:
             self._entries.clear()
             self._generation = generation
         key = (host_uuid, profile_uuid, ca_name)
-        now = self._clock.seconds()
         entry = self._entries.get(key)
         if entry is not None:
-            if entry[0] > now:
+            if entry[0] > self._clock.seconds():
                 self._entries.move_to_end(key)
-                return entry[1]
+                return True, entry[1]
             del self._entries[key]
+        return False, None
+
+    async def ca_target(self, host_uuid, profile_uuid, ca_name):
+        """The identifier's ProxyTarget (for its CA fields only) or None, from memory when fresh enough."""
+        held, target = self.in_memory(host_uuid, profile_uuid, ca_name)
+        if held:
+            return target
+        if self._seconds <= 0:
+            return await self._store.proxy_target(host_uuid, profile_uuid, ca_name)
+        generation, now = self._generation, self._clock.seconds()
+        key = (host_uuid, profile_uuid, ca_name)
         target = await self._store.proxy_target(host_uuid, profile_uuid, ca_name)
         # A write that ended while this query ran may have come after it: keep nothing then.
         if self._store.targets_generation == generation == self._generation:

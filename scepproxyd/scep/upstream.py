@@ -70,6 +70,15 @@ class IUpstream(Interface):
     def supports_post(ca_url):
         """A Deferred firing with whether the CA takes PKIOperation by POST."""
 
+    def answer_in_memory(ca_url, operation, message=None):
+        """
+        The GetCACaps or GetCACert answer, synchronously, when it is at hand without any I/O; else None.
+
+        The proxy's hot path asks this first and awaits C{get_ca_caps} /
+        C{get_ca_cert} only when it gets None, so a cached answer costs no
+        Deferred. It returns only what those calls would give right now.
+        """
+
     def pki_operation(ca_url, message, use_post):
         """Send the PKIOperation bytes untouched; a Deferred firing with the CA's L{UpstreamAnswer}."""
 
@@ -183,6 +192,13 @@ class UpstreamClient:
             if e.answered or e.timed_out:
                 raise
             return await self._request("GET", url, operation)
+
+    def answer_in_memory(self, ca_url: str, operation: str, message: str | None = None) -> UpstreamAnswer | None:
+        """The cached GetCACaps / GetCACert answer while it is fresh, else None."""
+        hit = self._cache.get((ca_url, operation, message))
+        if hit is not None and hit[0] > self._clock.seconds():
+            return hit[1]
+        return None
 
     async def _cached(self, key: tuple, url: str) -> UpstreamAnswer:
         now = self._clock.seconds()

@@ -177,4 +177,4 @@ class AgentCredentialQueries:
         def agent_credential_used(conn):
             conn.execute("UPDATE agent_credentials SET last_used_at = ? WHERE token_hash = ?", (when, token_hash))
 
-        return self._submit(agent_credential_used)
+        return self._submit(agent_credential_used, group=True)

@@ -187,7 +187,7 @@ class CaAuthorityQueries:
             _save_request(conn, request)
             _insert_certificate(conn, certificate)
 
-        return self._submit(record_issued)
+        return self._submit(record_issued, group=True)
 
     def add_pending_request(self, request: CaRequest, spend_challenge: str | None = None) -> defer.Deferred:
         """Keep a request that waits for an admin; DuplicateError and ``spend_challenge`` as for ``record_issued``."""
@@ -196,7 +196,7 @@ class CaAuthorityQueries:
             _spend_challenge(conn, spend_challenge)
             _save_request(conn, request)
 
-        return self._submit(add_pending_request)
+        return self._submit(add_pending_request, group=True)
 
     def seen_request(self, transaction_id: str, sender_nonce: str) -> defer.Deferred:
         """
@@ -301,7 +301,7 @@ class CaAuthorityQueries:
                 (now, transaction_id),
             ).rowcount == 1
 
-        return self._submit(ca_request_delivered)
+        return self._submit(ca_request_delivered, group=True)
 
     # -- certificates --------------------------------------------------------
 
@@ -481,7 +481,7 @@ class CaAuthorityQueries:
                 return CaGrant(template, host_uuid, profile_uuid)
             return None
 
-        return self._submit(consume_ca_challenge)
+        return self._submit(consume_ca_challenge, group=True)
 
     # -- the profile engine --------------------------------------------------
 
@@ -513,7 +513,7 @@ class CaAuthorityQueries:
                 conn, host_uuid, profile_uuid, detail, now, self._max_retries, " AND status = 'pending'"
             ) is not None
 
-        return self._submit(ca_request_refused)
+        return self._submit(ca_request_refused, group=True)
 
     def register_managed_ca(self, name, url) -> defer.Deferred:
         """

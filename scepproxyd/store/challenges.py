@@ -9,11 +9,14 @@ from twisted.internet import defer
 from scepproxyd.store.assignments import ONE_HOST_PROFILE, count_failed_attempt
 from scepproxyd.store.database import IntegrityError, one
 from scepproxyd.store.models import (
+    ENROLLMENT_ENDINGS,
     ChallengeRefusal,
     ConsumedChallenge,
+    EnrollmentStart,
     NotFoundError,
     ProxyTarget,
     challenge_hash,
+    check_choice,
     mint_challenge,
 )
 
@@ -57,6 +60,98 @@ def _why_not_counted(conn, host_uuid, profile_uuid, hashed) -> ChallengeRefusal:
     return ChallengeRefusal(False, "in_flight" if latest else "not_latest", status)
 
 
+# -- the proxy's steps, each on the caller's connection and in its transaction --------------
+# The methods below run them one job each; begin_enrollment and finish_enrollment run
+# several in one job, so a PKIOperation costs one transaction before the upstream call
+# and one after (on PostgreSQL each job is several network round trips).
+
+
+def _proxy_target(conn, host_uuid, profile_uuid, ca_name) -> ProxyTarget | None:
+    """Where to proxy for this identifier, or None: one query, whichever piece is missing."""
+    cursor = conn.execute(
+        "SELECT hp.host_uuid, hp.profile_uuid, c.name, c.url, hp.status, c.mode, hp.cert_serial"
+        " FROM host_profiles hp"
+        " JOIN hosts h ON h.uuid = hp.host_uuid"
+        " JOIN profiles p ON p.uuid = hp.profile_uuid"
+        " JOIN cas c ON c.name = p.ca_name"
+        " WHERE hp.host_uuid = ? AND hp.profile_uuid = ? AND p.ca_name = ?",
+        (host_uuid, profile_uuid, ca_name),
+    )
+    return one(ProxyTarget, cursor)
+
+
+def _consume(conn, hashed, host_uuid, profile_uuid, now, cutoff) -> ConsumedChallenge | None:
+    """Take the challenge (created at ``cutoff`` or later) and record it in flight; delete it if expired."""
+    params = (hashed, host_uuid, profile_uuid, cutoff)
+    rows = conn.execute(
+        "DELETE FROM challenges WHERE challenge_hash = ? AND host_uuid = ? AND profile_uuid = ?"
+        " AND created_at >= ? RETURNING challenge_hash, host_uuid, profile_uuid, created_at",
+        params,
+    ).fetchall()  # fetched before the COMMIT that _run issues
+    if rows:
+        # Same transaction: a crash leaves it either usable or recorded as in flight.
+        conn.execute(
+            "INSERT INTO challenges_in_flight (challenge_hash, host_uuid, profile_uuid, created_at, claimed_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            rows[0] + (now,),
+        )
+        return ConsumedChallenge(*rows[0])
+    conn.execute(
+        "DELETE FROM challenges WHERE challenge_hash = ? AND host_uuid = ? AND profile_uuid = ? AND created_at < ?",
+        params,
+    )
+    return None
+
+
+def _challenge_failed(conn, hashed, host_uuid, profile_uuid, detail, now, max_retries) -> ChallengeRefusal:
+    """The retry rule for a challenge that could not be taken: only the latest of a pending host profile, not in flight."""
+    counted = count_failed_attempt(
+        conn, host_uuid, profile_uuid, detail, now, max_retries,
+        _LATEST_WHILE_PENDING + _NOT_IN_FLIGHT, (hashed, LEGACY_HASH, hashed),
+    )
+    if counted is not None:
+        return ChallengeRefusal(True, "latest", counted.status)
+    return _why_not_counted(conn, host_uuid, profile_uuid, hashed)
+
+
+def _settle(conn, consumed: ConsumedChallenge) -> None:
+    """The challenge is spent for good: it is no longer in flight."""
+    conn.execute("DELETE FROM challenges_in_flight WHERE challenge_hash = ?", (consumed.challenge_hash,))
+
+
+def _restore(conn, consumed: ConsumedChallenge) -> None:
+    """Put the challenge back (with its created_at), unless its host profile has gone."""
+    conn.execute("DELETE FROM challenges_in_flight WHERE challenge_hash = ?", (consumed.challenge_hash,))
+    conn.execute(
+        "INSERT INTO challenges (challenge_hash, host_uuid, profile_uuid, created_at) SELECT ?, ?, ?, ?"
+        f" WHERE EXISTS (SELECT 1 FROM host_profiles WHERE {ONE_HOST_PROFILE})"
+        " ON CONFLICT (challenge_hash) DO NOTHING",
+        attrs.astuple(consumed) + (consumed.host_uuid, consumed.profile_uuid),
+    )
+
+
+def _enrollment_refused(conn, consumed: ConsumedChallenge, detail, now, max_retries) -> ChallengeRefusal:
+    """Settle the challenge and apply the retry rule while it is the latest of a pending host profile."""
+    _settle(conn, consumed)
+    hashed = consumed.challenge_hash
+    counted = count_failed_attempt(
+        conn, consumed.host_uuid, consumed.profile_uuid, detail, now, max_retries,
+        _LATEST_WHILE_PENDING, (hashed, LEGACY_HASH),
+    )
+    if counted is not None:
+        return ChallengeRefusal(True, "latest", counted.status)
+    return _why_not_counted(conn, consumed.host_uuid, consumed.profile_uuid, hashed)
+
+
+def _enrollment_forwarded(conn, host_uuid, profile_uuid, now) -> bool:
+    """pending -> verifying; whether it changed."""
+    return conn.execute(
+        "UPDATE host_profiles SET status = 'verifying', updated_at = ?"
+        f" WHERE {ONE_HOST_PROFILE} AND status = 'pending'",
+        (now, host_uuid, profile_uuid),
+    ).rowcount == 1
+
+
 class ChallengeQueries:
     def proxy_target(self, host_uuid, profile_uuid, ca_name) -> defer.Deferred:
         """
@@ -67,16 +162,7 @@ class ChallengeQueries:
         """
 
         def proxy_target(conn):
-            cursor = conn.execute(
-                "SELECT hp.host_uuid, hp.profile_uuid, c.name, c.url, hp.status, c.mode, hp.cert_serial"
-                " FROM host_profiles hp"
-                " JOIN hosts h ON h.uuid = hp.host_uuid"
-                " JOIN profiles p ON p.uuid = hp.profile_uuid"
-                " JOIN cas c ON c.name = p.ca_name"
-                " WHERE hp.host_uuid = ? AND hp.profile_uuid = ? AND p.ca_name = ?",
-                (host_uuid, profile_uuid, ca_name),
-            )
-            return one(ProxyTarget, cursor)
+            return _proxy_target(conn, host_uuid, profile_uuid, ca_name)
 
         return self._submit(proxy_target, write=False)
 
@@ -119,29 +205,12 @@ class ChallengeQueries:
         """
         now = self._clock.seconds()
         cutoff = now - self._challenge_ttl
-        params = (challenge_hash(challenge), host_uuid, profile_uuid, cutoff)
+        hashed = challenge_hash(challenge)
 
         def consume_challenge(conn):
-            rows = conn.execute(
-                "DELETE FROM challenges WHERE challenge_hash = ? AND host_uuid = ? AND profile_uuid = ?"
-                " AND created_at >= ? RETURNING challenge_hash, host_uuid, profile_uuid, created_at",
-                params,
-            ).fetchall()  # fetched before the COMMIT that _run issues
-            if rows:
-                # Same transaction: a crash leaves it either usable or recorded as in flight.
-                conn.execute(
-                    "INSERT INTO challenges_in_flight (challenge_hash, host_uuid, profile_uuid, created_at, claimed_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    rows[0] + (now,),
-                )
-                return ConsumedChallenge(*rows[0])
-            conn.execute(
-                "DELETE FROM challenges WHERE challenge_hash = ? AND host_uuid = ? AND profile_uuid = ? AND created_at < ?",
-                params,
-            )
-            return None
+            return _consume(conn, hashed, host_uuid, profile_uuid, now, cutoff)
 
-        return self._submit(consume_challenge)
+        return self._submit(consume_challenge, group=True)
 
     def restore_challenge(self, consumed: ConsumedChallenge) -> defer.Deferred:
         """
@@ -152,23 +221,17 @@ class ChallengeQueries:
         """
 
         def restore_challenge(conn):
-            conn.execute("DELETE FROM challenges_in_flight WHERE challenge_hash = ?", (consumed.challenge_hash,))
-            conn.execute(
-                "INSERT INTO challenges (challenge_hash, host_uuid, profile_uuid, created_at) SELECT ?, ?, ?, ?"
-                f" WHERE EXISTS (SELECT 1 FROM host_profiles WHERE {ONE_HOST_PROFILE})"
-                " ON CONFLICT (challenge_hash) DO NOTHING",
-                attrs.astuple(consumed) + (consumed.host_uuid, consumed.profile_uuid),
-            )
+            _restore(conn, consumed)
 
-        return self._submit(restore_challenge)
+        return self._submit(restore_challenge, group=True)
 
     def challenge_settled(self, consumed: ConsumedChallenge) -> defer.Deferred:
         """The upstream answered: the challenge is spent for good."""
 
         def challenge_settled(conn):
-            conn.execute("DELETE FROM challenges_in_flight WHERE challenge_hash = ?", (consumed.challenge_hash,))
+            _settle(conn, consumed)
 
-        return self._submit(challenge_settled)
+        return self._submit(challenge_settled, group=True)
 
     def restore_orphaned_challenges(self) -> defer.Deferred:
         """
@@ -219,15 +282,9 @@ class ChallengeQueries:
         hashed = challenge_hash(challenge)
 
         def challenge_failed(conn):
-            counted = count_failed_attempt(
-                conn, host_uuid, profile_uuid, detail, now, self._max_retries,
-                _LATEST_WHILE_PENDING + _NOT_IN_FLIGHT, (hashed, LEGACY_HASH, hashed),
-            )
-            if counted is not None:
-                return ChallengeRefusal(True, "latest", counted.status)
-            return _why_not_counted(conn, host_uuid, profile_uuid, hashed)
+            return _challenge_failed(conn, hashed, host_uuid, profile_uuid, detail, now, self._max_retries)
 
-        return self._submit(challenge_failed)
+        return self._submit(challenge_failed, group=True)
 
     def enrollment_refused(self, consumed: ConsumedChallenge, detail) -> defer.Deferred:
         """
@@ -239,32 +296,79 @@ class ChallengeQueries:
         profile was rendered again, moves nothing.
         """
         now = self._clock.seconds()
-        hashed = consumed.challenge_hash
 
         def enrollment_refused(conn):
-            conn.execute("DELETE FROM challenges_in_flight WHERE challenge_hash = ?", (consumed.challenge_hash,))
-            counted = count_failed_attempt(
-                conn, consumed.host_uuid, consumed.profile_uuid, detail, now, self._max_retries,
-                _LATEST_WHILE_PENDING, (hashed, LEGACY_HASH),
-            )
-            if counted is not None:
-                return ChallengeRefusal(True, "latest", counted.status)
-            return _why_not_counted(conn, consumed.host_uuid, consumed.profile_uuid, hashed)
+            return _enrollment_refused(conn, consumed, detail, now, self._max_retries)
 
-        return self._submit(enrollment_refused)
+        return self._submit(enrollment_refused, group=True)
 
     def enrollment_forwarded(self, host_uuid, profile_uuid) -> defer.Deferred:
         """Move pending -> verifying; fires whether it changed (only from pending)."""
         now = self._clock.seconds()
 
         def enrollment_forwarded(conn):
-            return conn.execute(
-                "UPDATE host_profiles SET status = 'verifying', updated_at = ?"
-                f" WHERE {ONE_HOST_PROFILE} AND status = 'pending'",
-                (now, host_uuid, profile_uuid),
-            ).rowcount == 1
+            return _enrollment_forwarded(conn, host_uuid, profile_uuid, now)
 
-        return self._submit(enrollment_forwarded)
+        return self._submit(enrollment_forwarded, group=True)
+
+    def begin_enrollment(self, challenge, host_uuid, profile_uuid, ca_name, ca_url, detail) -> defer.Deferred:
+        """
+        A passthrough PKIOperation's one job before the upstream call: fires an EnrollmentStart.
+
+        In one transaction: read the identifier's target fresh (proxy_target's
+        query, so an unknown host, profile or CA is one answer and spends
+        nothing); if its CA is in passthrough mode at ``ca_url`` (the URL the
+        caller learned the CA's capabilities from; None: any URL), take the
+        challenge as consume_challenge does, or, when it cannot be taken,
+        apply challenge_failed's retry rule with ``detail``; and when the host
+        profile is not 'pending', settle the taken challenge at once (the
+        proxy refuses to forward). A CA in RA mode, or at another URL, spends
+        nothing: its caller goes the other way, or prepares for the new URL.
+        """
+        now = self._clock.seconds()
+        cutoff = now - self._challenge_ttl
+        hashed = challenge_hash(challenge)
+
+        def begin_enrollment(conn):
+            target = _proxy_target(conn, host_uuid, profile_uuid, ca_name)
+            if target is None or target.ca_mode != "passthrough" or ca_url not in (None, target.ca_url):
+                return EnrollmentStart(target)
+            consumed = _consume(conn, hashed, host_uuid, profile_uuid, now, cutoff)
+            if consumed is None:
+                return EnrollmentStart(
+                    target, refusal=_challenge_failed(conn, hashed, host_uuid, profile_uuid, detail, now,
+                                                      self._max_retries))
+            if target.status != "pending":
+                _settle(conn, consumed)
+            return EnrollmentStart(target, consumed)
+
+        return self._submit(begin_enrollment, group=True)
+
+    def finish_enrollment(self, consumed: ConsumedChallenge, ending: str, detail=None) -> defer.Deferred:
+        """
+        A forwarded PKIOperation's one job after the upstream answer, whichever way it ended.
+
+        ``ending`` (models.ENROLLMENT_ENDINGS): "spent" (challenge_settled),
+        "forwarded" (challenge_settled and enrollment_forwarded: the CA said
+        SUCCESS), "restored" (restore_challenge: the CA said PENDING or never
+        answered), "refused" (enrollment_refused with ``detail``: the CA said
+        FAILURE). One transaction; fires what those fire (None, whether the
+        host profile moved, None, a ChallengeRefusal).
+        """
+        check_choice(ending, ENROLLMENT_ENDINGS, "ending")
+        now = self._clock.seconds()
+
+        def finish_enrollment(conn):
+            if ending == "restored":
+                return _restore(conn, consumed)
+            if ending == "refused":
+                return _enrollment_refused(conn, consumed, detail, now, self._max_retries)
+            _settle(conn, consumed)
+            if ending == "forwarded":
+                return _enrollment_forwarded(conn, consumed.host_uuid, consumed.profile_uuid, now)
+            return None
+
+        return self._submit(finish_enrollment, group=True)
 
     def delete_expired_challenges(self):
         """

@@ -186,7 +186,7 @@ class CommandQueries:
                 (now, command_uuid),
             ).rowcount == 1
 
-        return self._submit(command_delivered)
+        return self._submit(command_delivered, group=True)
 
     def command_delivery_failed(self, command_uuid, detail, next_attempt_at) -> defer.Deferred:
         """Count a failed hand-over of a queued command and set when to try again; it stays queued."""
@@ -199,7 +199,7 @@ class CommandQueries:
                 (detail, next_attempt_at, now, command_uuid),
             )
 
-        return self._submit(command_delivery_failed)
+        return self._submit(command_delivery_failed, group=True)
 
     def get_command(self, command_uuid) -> defer.Deferred:
         def get_command(conn):
@@ -251,7 +251,7 @@ class CommandQueries:
             )
             return one(HostProfile, cursor)
 
-        return self._submit(command_result)
+        return self._submit(command_result, group=True)
 
     def delete_finished_commands(self, older_than_seconds: float):
         """

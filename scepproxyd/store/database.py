@@ -8,7 +8,9 @@ Why it is shaped this way:
   *on* that thread and keeps sqlite3's ``check_same_thread``, so a stray use
   from any other thread fails loudly instead of racing.
 - One DB thread plus ``BEGIN IMMEDIATE`` per write: no row is ever
-  half-written, and concurrent callers are simply queued.
+  half-written, and concurrent callers are simply queued. Short writes
+  that opt in share one transaction with those queued at the same
+  moment (``store.group_commit``), so a burst of them costs one COMMIT.
 - Time comes from an injected clock, read on the calling (reactor) thread,
   so tests drive expiry with ``twisted.internet.task.Clock``.
 - The SQL stays portable (``ON CONFLICT``, ``DELETE ... RETURNING``), so
@@ -21,6 +23,7 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -33,7 +36,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from scepproxyd.daemon.logs import get_logger
-from scepproxyd.store import postgres
+from scepproxyd.store import group_commit, postgres
 from scepproxyd.store.models import (
     DuplicateError,
     StoreError,
@@ -315,7 +318,8 @@ class Database:
         self._in_flight_limit = in_flight_limit
         self._threads = pool_size if self.engine == "postgresql" else 1
         self._connections = None  # psycopg_pool.ConnectionPool, on PostgreSQL
-        # With several DB threads, jobs wait until the pool is open, and the close waits for running jobs.
+        # With several DB threads, jobs wait until the pool is open, and the close waits for every job
+        # submitted before it (counted here from submission to its end, on PostgreSQL).
         self._opened = threading.Event()
         self._active = 0
         self._idle = threading.Condition()
@@ -332,6 +336,7 @@ class Database:
         #: Why the last write failed (None while writes work); read and set on the reactor thread.
         self.write_problem: str | None = None
         self._write_problem_since: float | None = None
+        self._grouped = group_commit.WriteQueue(reactor, self._run_batch, group_commit.batch_cap(self._threads))
         #: Bumped (on the reactor thread) after every write that can change a proxy target: a CA, profile,
         #: host or assignment added, changed or removed. Caches of proxy_target compare it to drop what they hold.
         self.targets_generation = 0
@@ -491,7 +496,7 @@ class Database:
             if count < batch:
                 return total
 
-    def _submit(self, fn, write: bool = True, changes_targets: bool = False) -> defer.Deferred:
+    def _submit(self, fn, write: bool = True, changes_targets: bool = False, group: bool = False) -> defer.Deferred:
         """
         Queue ``fn(conn)`` on the DB thread; a write gets a transaction of its own.
 
@@ -500,10 +505,21 @@ class Database:
         ``changes_targets``: the write can change what ``proxy_target``
         answers, so ``targets_generation`` moves on once it is over (failed
         too: an uncertain COMMIT may have happened), before its caller hears.
+        ``group``: a short write (a few statements on a few rows) that may
+        share its transaction with others queued at the same moment
+        (store.group_commit); it still fails or succeeds on its own, but a
+        failed COMMIT fails the whole batch. On SQLite a grouped job may run
+        before ungrouped jobs queued earlier, never after one queued later.
         """
         if not self._running:
             return defer.fail(StoreError("store is not running; call start() first"))
-        d = deferToThreadPool(self._reactor, self._pool, self._run, fn, write)
+        if self.engine == "postgresql":  # see _postgres_job
+            with self._idle:
+                self._active += 1
+        if group and write:
+            d = self._grouped.submit(self._pool, fn)
+        else:
+            d = deferToThreadPool(self._reactor, self._pool, self._run, fn, write)
         if write:
             d.addCallbacks(self._write_worked, self._write_failed)
         if changes_targets:
@@ -561,42 +577,99 @@ class Database:
 
     def _run(self, fn, write: bool):
         if self.engine == "postgresql":
-            self._opened.wait()
-            with self._idle:
-                if self._connections is None:
-                    raise StoreError("store is not open")
-                self._active += 1
-            try:
+            with self._postgres_job():
                 return self._run_postgres(fn, write)
-            finally:
-                with self._idle:
-                    self._active -= 1
-                    self._idle.notify_all()
+        return self._run_sqlite(fn, write)
+
+    @contextlib.contextmanager
+    def _postgres_job(self, jobs: int = 1):
+        """
+        Around ``jobs`` submitted jobs on a PostgreSQL DB thread: waits for the pool to open, counts them done after.
+
+        ``_submit`` counted them in ``_active`` on the reactor thread, so
+        ``_close`` waits for a job queued before ``stop()`` even when another
+        DB thread dequeued it and has not started it yet.
+        """
+        try:
+            self._opened.wait()
+            if self._connections is None:
+                raise StoreError("store is not open")
+            yield
+        finally:
+            with self._idle:
+                self._active -= jobs
+                self._idle.notify_all()
+
+    def _run_sqlite(self, fn, write: bool):
         try:
             return _in_transaction(self._conn, fn, write, "BEGIN IMMEDIATE")
         except sqlite3.Error as e:
-            reason = unavailable_reason(e)
-            if reason is not None:
-                raise StoreUnavailable(reason) from e
-            raise StoreError(f"database error in {fn.__name__}: {e}") from e
+            raise _sqlite_error(fn, e) from e
 
     def _run_postgres(self, fn, write: bool):
         """``fn`` on a pooled connection, a write in its own transaction; psycopg errors as the store's."""
         try:
             with self._connections.connection() as raw:
                 return _in_transaction(postgres.Connection(raw), fn, write, "BEGIN")
-        except _psycopg.IntegrityError as e:
+        except (_psycopg.Error, postgres.PoolTimeout) as e:
+            raise self._postgres_error(fn, e) from None
+
+    def _postgres_error(self, fn, e) -> StoreError:
+        """What a psycopg error (or the pool's timeout) in ``fn`` means, as the store's error."""
+        if isinstance(e, _psycopg.IntegrityError):
             # Checked first, then written: on SQLite one writer at a time makes that safe; on PostgreSQL
             # another node (or DB thread) may write the same key in between. That is a duplicate, said so.
             constraint = getattr(getattr(e, "diag", None), "constraint_name", None) or "a constraint"
             if getattr(e, "sqlstate", None) == "23505":
-                raise DuplicateError(f"{fn.__name__}: the row was written meanwhile by another request ({constraint})") \
-                    from None
-            raise StoreError(f"{fn.__name__}: a concurrent change conflicted ({constraint})") from None
-        except _psycopg.Error as e:
+                return DuplicateError(f"{fn.__name__}: the row was written meanwhile by another request ({constraint})")
+            return StoreError(f"{fn.__name__}: a concurrent change conflicted ({constraint})")
+        if isinstance(e, _psycopg.Error):
             reason = postgres.unavailable_reason(e)
             if reason is not None:
-                raise StoreUnavailable(reason) from None
-            raise StoreError(f"database error in {fn.__name__}: {str(e).strip()}") from None
-        except postgres.PoolTimeout:
-            raise StoreUnavailable("no database connection within %.0f s" % (self._busy_timeout,)) from None
+                return StoreUnavailable(reason)
+            return StoreError(f"database error in {fn.__name__}: {str(e).strip()}")
+        return StoreUnavailable("no database connection within %.0f s" % (self._busy_timeout,))
+
+    # -- group commit (store.group_commit) ------------------------------------
+
+    def _run_batch(self, fns) -> list:
+        """
+        On a DB thread: ``fns`` (grouped writes) in one transaction; ``(ok, result or Failure)`` for each.
+
+        When one of them fails, each runs again alone, as an ungrouped write
+        would (its own transaction, its own translated error). On PostgreSQL
+        the jobs of a batch share one pooled connection, any DB thread's.
+        """
+        if self.engine == "postgresql":
+            with self._postgres_job(len(fns)):
+                outcomes = self._batch_postgres(fns)
+                if outcomes is None:
+                    outcomes = [group_commit.outcome(self._run_postgres, fn, True) for fn in fns]
+                return outcomes
+        outcomes = self._batch_sqlite(fns)
+        if outcomes is None:
+            outcomes = [group_commit.outcome(self._run_sqlite, fn, True) for fn in fns]
+        return outcomes
+
+    def _batch_sqlite(self, fns):
+        try:
+            results = group_commit.run_together(self._conn, fns, "BEGIN IMMEDIATE")
+        except sqlite3.Error as e:  # BEGIN or COMMIT: every job of the batch failed alike
+            return [(False, Failure(_sqlite_error(fn, e))) for fn in fns]
+        return None if results is None else [(True, result) for result in results]
+
+    def _batch_postgres(self, fns):
+        try:
+            with self._connections.connection() as raw:
+                results = group_commit.run_together(postgres.Connection(raw), fns, "BEGIN")
+        except (_psycopg.Error, postgres.PoolTimeout) as e:
+            return [(False, Failure(self._postgres_error(fn, e))) for fn in fns]
+        return None if results is None else [(True, result) for result in results]
+
+
+def _sqlite_error(fn, e: sqlite3.Error) -> StoreError:
+    """What an SQLite error in ``fn`` means, as the store's error: StoreUnavailable when the file cannot be written."""
+    reason = unavailable_reason(e)
+    if reason is not None:
+        return StoreUnavailable(reason)
+    return StoreError(f"database error in {fn.__name__}: {e}")

@@ -208,6 +208,31 @@ class ChallengeRefusal:
     status: str | None
 
 
+#: How a forwarded enrollment ends (ChallengeQueries.finish_enrollment): the challenge spent for good
+#: ("spent"), spent and the host profile moved pending -> verifying ("forwarded"), put back ("restored"),
+#: or spent and the CA's refusal counted ("refused").
+ENROLLMENT_ENDINGS = ("spent", "forwarded", "restored", "refused")
+
+
+@attrs.frozen
+class EnrollmentStart:
+    """
+    What ChallengeQueries.begin_enrollment found and did, in one transaction.
+
+    ``target`` is the identifier's ProxyTarget read in that transaction
+    (None: unknown host, profile or CA). ``consumed`` is the challenge taken
+    (left in flight while the host profile is 'pending', else settled
+    already); ``refusal`` says what a challenge that could not be taken did
+    to its host profile. Both None: nothing was tried, because the target is
+    unknown, its CA is in RA mode, or its CA's URL is not the one the caller
+    prepared for.
+    """
+
+    target: ProxyTarget | None
+    consumed: ConsumedChallenge | None = None
+    refusal: ChallengeRefusal | None = None
+
+
 @attrs.frozen
 class Command:
     """One attempt to deliver a host profile; only the host profile's current command is delivered."""

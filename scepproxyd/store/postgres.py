@@ -161,6 +161,14 @@ class Connection:
 
         return self.raw.info.transaction_status != TransactionStatus.IDLE
 
+    @property
+    def in_usable_transaction(self) -> bool:
+        """In a transaction no statement has failed in: after an error PostgreSQL refuses all but ROLLBACK,
+        and turns a COMMIT into a rollback without saying so."""
+        from psycopg.pq import TransactionStatus
+
+        return self.raw.info.transaction_status == TransactionStatus.INTRANS
+
     def close(self) -> None:
         self.raw.close()
 

@@ -48,7 +48,7 @@ class RaQueries:
                 (serial, not_before, not_after, now, host_uuid, profile_uuid, not_before, renewed_serial),
             ).rowcount > 0
 
-        return self._submit(ra_certificate_issued)
+        return self._submit(ra_certificate_issued, group=True)
 
     def claim_ra_renewal(self, host_uuid, profile_uuid, serial: str, stale_after: float) -> defer.Deferred:
         """
@@ -70,7 +70,7 @@ class RaQueries:
                 (serial, now, host_uuid, profile_uuid, serial, now - stale_after),
             ).rowcount > 0
 
-        return self._submit(claim_ra_renewal)
+        return self._submit(claim_ra_renewal, group=True)
 
     def release_ra_renewal(self, host_uuid, profile_uuid, serial: str) -> defer.Deferred:
         """Let go of a renewal claim without a certificate (the CA refused, said PENDING, or never answered)."""
@@ -82,4 +82,4 @@ class RaQueries:
                 (host_uuid, profile_uuid, serial),
             )
 
-        return self._submit(release_ra_renewal)
+        return self._submit(release_ra_renewal, group=True)

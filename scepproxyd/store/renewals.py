@@ -111,7 +111,7 @@ class RenewalQueries:
             ).fetchone()
             return "older" if known else "unknown"
 
-        return self._submit(record_certificate)
+        return self._submit(record_certificate, group=True)
 
     def mark_due_for_renewal(self, threshold_seconds: float, short_fraction: float, limit: int) -> defer.Deferred:
         """

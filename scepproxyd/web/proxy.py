@@ -47,6 +47,12 @@ class ProxyResource(resource.Resource):
             )
             self._finish(request, answer, started)
             return server.NOT_DONE_YET
+        if request.method == b"GET":
+            # GetCACaps / GetCACert with the target and the CA's answer cached: no Deferred at all.
+            answer = self._proxy.answer_in_memory(segments[0], request.method, request.uri)
+            if answer is not None:
+                self._finish(request, answer, started)
+                return server.NOT_DONE_YET
         body = request.content.read() if request.method == b"POST" else b""
         d = defer.ensureDeferred(self._proxy.handle(segments[0], request.method, request.uri, body))
 

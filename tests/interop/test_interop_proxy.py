@@ -10,12 +10,11 @@ import pytest_twisted
 import treq
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from twisted.internet import defer, protocol, reactor, threads
+from twisted.internet import defer, reactor, threads
 from twisted.web import resource, server
 
 from support.certs import signed_blob
 from support.clients import scepclient
-from support.processes import free_port
 from support.site import CA, HOST, PROFILE, identifier_path, pending_host_profile
 from support.upstream import CHALLENGE as STATIC_CHALLENGE
 

@@ -1,7 +1,5 @@
 """Operating the daemon: HTTPS both ways, metrics, health, reload on SIGHUP, graceful stop."""
 
-import ipaddress
-import json
 import signal
 import ssl as stdlib_ssl
 import http.client

@@ -6,14 +6,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from twisted.logger import LogLevel, Logger, globalLogPublisher
+from twisted.logger import LogLevel, Logger
 
 from support.daemon import TWISTD, daemon_config, twistd_command
-from support.processes import REPO, free_port, wait_for_port
+from support.processes import REPO
 from scepproxyd.daemon import logs
 from scepproxyd.daemon.journald import format_journal_lines, observer
 

@@ -8,7 +8,7 @@ docs/codec.md for the algorithms and the quirks of real peers.
 from scepproxyd.scep.codec.algorithms import CIPHERS, DIGESTS, KEY_TRANSPORTS
 from scepproxyd.scep.codec.attributes import FAIL_INFO_NAMES, MESSAGE_TYPES, PKI_STATUS_NAMES
 from scepproxyd.scep.codec.errors import MessageError
-from scepproxyd.scep.codec.peek import ca_certificates, cert_rep_status, looks_like_pki_message
+from scepproxyd.scep.codec.peek import ca_certificates, cert_rep_status, looks_like_pki_message, pki_message_status
 from scepproxyd.scep.codec.requests import (
     MessageHeader,
     PkiRequest,
@@ -40,6 +40,7 @@ __all__ = [
     "degenerate_certificates",
     "looks_like_pki_message",
     "open_request",
+    "pki_message_status",
     "read_header",
     "read_request",
     "read_response",

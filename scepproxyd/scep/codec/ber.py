@@ -158,3 +158,77 @@ def implicit_octets(encoding: bytes, tag: int) -> bytes:
         parts.append(encoding[start:start + length])
         offset = start + length
     return b"".join(parts)
+
+
+def scan(data: bytes) -> dict[int, int]:
+    """Check, without building anything, that ``normalize(data)`` would succeed.
+
+    The cheap readers in ``skim.py`` must refuse exactly what ``normalize``
+    refuses, so this walks every element with the same rules and the same
+    bounds (depth, lengths, end-of-contents, string chunks, trailing bytes),
+    in one linear pass with its own stack instead of recursion. It returns,
+    for each indefinite-length element, where its contents stop (keyed by where
+    they start), so a second look can step over it without scanning again.
+    """
+    end = len(data)
+    stops: dict[int, int] = {}
+    # The innermost open element: where its contents stop (-1: indefinite length; -2: none open),
+    # the bound its children are read within, where its contents start, and whether it is a
+    # chunked string (whose chunks must be OCTET STRINGs). ``outer`` holds the ones around it.
+    stop, bound, start, string = -2, end, 0, False
+    outer: list[tuple[int, int, int, bool]] = []
+    position = 0
+    while True:
+        if len(outer) > _MAX_DEPTH:
+            raise MessageError("nested too deeply")
+        # The common headers read here, anything else by _read_header (the same rules, and its errors).
+        first = length = -1
+        if position + 2 <= bound and data[position] & 0x1F != 0x1F:
+            first, length = data[position], data[position + 1]
+            if length < 0x80:
+                content = position + 2
+            elif length == 0x81 and position + 3 <= bound:
+                length, content = data[position + 2], position + 3
+            elif length == 0x82 and position + 4 <= bound:
+                length, content = (data[position + 2] << 8) | data[position + 3], position + 4
+            elif length == 0x80 and first & 0x20:
+                length, content = None, position + 2
+            else:
+                first = -1
+        if first < 0:
+            _, constructed, class_, tag, length, content = _read_header(data, position, bound)
+            first = data[position]
+        else:
+            constructed, class_, tag = first & 0x20, first >> 6, first & 0x1F
+        if string and first != 0x04 and first != 0x24:
+            raise MessageError("string chunk of another type")
+        if not constructed:
+            position = content + length
+            if position > bound:
+                raise MessageError("truncated: value longer than its container")
+        else:
+            outer.append((stop, bound, start, string))
+            string = class_ == 0 and tag in _STRING_TAGS
+            start = position = content
+            if length is None:
+                stop = -1
+            else:
+                stop = content + length
+                if stop > bound:
+                    raise MessageError("truncated: value longer than its container")
+                bound = stop
+        while True:
+            if stop >= 0:
+                if position < stop:
+                    break
+            elif stop == -1:
+                if position + 2 <= bound and data[position] == 0 and data[position + 1] == 0:
+                    stops[start] = position
+                    position += 2
+                else:
+                    break
+            else:
+                if position != end:
+                    raise MessageError("trailing bytes after the message")
+                return stops
+            stop, bound, start, string = outer.pop()
