@@ -33,15 +33,20 @@ def device_identity(common_name="bench-device"):
     return key, cert
 
 
-def pkcs_req(key, cert, recipient, subject, challenge_password):
+def pkcs_req(key, cert, recipient, subject, challenge_password, transaction_id=None):
     """
     A real PKCSReq as a device sends it: a CSR (``subject``, a Name or a CN; the
     challengePassword) signed by the device and enveloped to ``recipient``, the
     certificate its GetCACert answer says to encrypt to (the CA's, or the proxy's
     RA certificate for a CA in RA mode).
+
+    ``transaction_id``: by default the codec's, a hash of the CSR's key, so every
+    request made with the one bench key shares it; a CA that keeps transactions
+    (the built-in CA) needs one per request, as one key per device gives.
     """
     der, _ = codec.build_request(message_type="PKCSReq", signer_key=key, signer_certificate=cert,
-                                 recipient_certificate=recipient, csr=csr(key, subject, challenge=challenge_password))
+                                 recipient_certificate=recipient, csr=csr(key, subject, challenge=challenge_password),
+                                 transaction_id=transaction_id)
     return der
 
 

@@ -164,6 +164,26 @@ async def test_host_profile_ca_challenge_is_bound_retired_and_cascaded(store, cl
 
 
 @pytest_twisted.ensureDeferred
+async def test_peek_ca_grant_reads_the_challenge_and_its_host_profile_together(store, clock):
+    await store.add_ca("builtin", "http://ca.test:8080/scep")
+    await store.upsert_host("H1", "SER1", "macos")
+    await store.add_profile("P1", "p", "macos", b"<plist/>", "builtin")
+    await store.assign_profile("H1", "P1")
+    await store.issue_host_profile_ca_challenge("H1", "P1", "bound", "default")
+    await store.add_ca_challenge("minted", "wifi", 600)
+    grant, facts = await store.peek_ca_grant("bound")
+    assert grant == await store.peek_ca_challenge("bound") == CaGrant("default", "H1", "P1")
+    assert facts == await store.binding_facts("H1", "P1")
+    assert (facts.serial, facts.content) == ("SER1", b"<plist/>")
+    assert await store.peek_ca_grant("minted") == (CaGrant("wifi", None, None), None)
+    assert await store.peek_ca_grant("unknown") == (None, None)
+    # Peeking spends nothing; an expired challenge grants nothing.
+    assert (await store.peek_ca_grant("bound"))[0] == CaGrant("default", "H1", "P1")
+    clock.advance(601)
+    assert await store.peek_ca_grant("minted") == (None, None)
+
+
+@pytest_twisted.ensureDeferred
 async def test_upgrade_from_a_static_challenge_row_is_logged_once(store, logs):
     # An install from before one-time CA challenges: its row rendered the static challenge into profiles.
     await store.add_ca("builtin", "http://a/scep", b"sealed-static")

@@ -5,7 +5,8 @@ import os
 import subprocess
 
 import pytest
-from asn1crypto import cms
+from asn1crypto import algos, cms, core
+from asn1crypto import crl as asn1_crl
 from asn1crypto import csr as asn1_csr
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -508,3 +509,105 @@ def test_degenerate_certificates_for_get_ca_cert(codec_ca):
     assert codec.ca_certificates(chain) == [der(ra_cert), der(ca_cert)]
     assert codec.ca_certificates(der(ca_cert)) == [der(ca_cert)]
     assert codec.looks_like_pki_message(chain) is False
+
+
+# -- the builders write DER directly (codec.der) ---------------------------------------------------
+
+
+def _asn1crypto_signed_data(attributes, signature, signer, digest_algorithm, content, certificates):
+    """The SignedData the builders wrote before codec.der, assembled from asn1crypto objects."""
+    signer = scep_signed.to_asn1_certificate(signer)
+    digest_identifier = algos.DigestAlgorithm({"algorithm": digest_algorithm})
+    signer_info = cms.SignerInfo({
+        "version": "v1",
+        "sid": cms.SignerIdentifier(name="issuer_and_serial_number", value=cms.IssuerAndSerialNumber(
+            {"issuer": signer.issuer, "serial_number": signer.serial_number})),
+        "digest_algorithm": digest_identifier,
+        "signed_attrs": cms.CMSAttributes.load(scep_signed.universal_set(b"".join(sorted(attributes)))),
+        "signature_algorithm": algos.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15"}),
+        "signature": signature,
+    })
+    encapsulated = {"content_type": "data"}
+    if content is not None:
+        encapsulated["content"] = content
+    return cms.ContentInfo({"content_type": "signed_data", "content": cms.SignedData({
+        "version": "v1", "digest_algorithms": [digest_identifier], "encap_content_info": encapsulated,
+        "certificates": cms.CertificateSet([
+            cms.CertificateChoices(name="certificate", value=scep_signed.to_asn1_certificate(c)) for c in certificates
+        ]),
+        "signer_infos": [signer_info],
+    })}).dump()
+
+
+@pytest.mark.parametrize("content", [None, b"", b"inner content"])
+@pytest.mark.parametrize("digest_algorithm", ["sha1", "sha256"])
+def test_signed_data_is_the_der_asn1crypto_wrote(codec_ca, device, content, digest_algorithm):
+    ca_cert, ca_key = codec_ca
+    _, cert, _ = device
+    attributes = scep_attributes.encode_attributes(
+        content_digest=digest(digest_algorithm, content or b""), message_type="3", transaction_id="T-1",
+        sender_nonce=b"n" * 16, recipient_nonce=b"r" * 16, pki_status="2", fail_info="2",
+        fail_info_text="déjà refusé", signing_time=datetime.datetime(2026, 11, 29, tzinfo=datetime.timezone.utc))
+    built = scep_signed.build_signed_data(content=content, attributes=attributes, signer_key=ca_key,
+                                          signer_certificate=ca_cert, digest_algorithm=digest_algorithm,
+                                          certificates=[cert])
+    signature = scep_signed.load_signed_data(built)["signer_infos"][0]["signature"].native
+    assert built == _asn1crypto_signed_data(attributes, signature, ca_cert, digest_algorithm, content, [ca_cert, cert])
+
+
+def test_envelope_and_certs_only_are_the_der_asn1crypto_wrote(codec_ca, device):
+    ca_cert, ca_key = codec_ca
+    key, cert, _ = device
+    sealed = make_envelope(b"inner", cert, "aes256")
+    parsed = cms.ContentInfo.load(sealed)["content"]
+    recipient = parsed["recipient_infos"][0].chosen
+    asn1_cert = scep_signed.to_asn1_certificate(cert)
+    rebuilt = cms.ContentInfo({"content_type": "enveloped_data", "content": cms.EnvelopedData({
+        "version": "v0",
+        "recipient_infos": [cms.RecipientInfo(name="ktri", value=cms.KeyTransRecipientInfo({
+            "version": "v0",
+            "rid": cms.RecipientIdentifier(name="issuer_and_serial_number", value=cms.IssuerAndSerialNumber(
+                {"issuer": asn1_cert.issuer, "serial_number": asn1_cert.serial_number})),
+            "key_encryption_algorithm": {"algorithm": "rsaes_pkcs1v15", "parameters": core.Null()},
+            "encrypted_key": recipient["encrypted_key"].native,
+        }))],
+        "encrypted_content_info": {
+            "content_type": "data",
+            "content_encryption_algorithm": parsed["encrypted_content_info"]["content_encryption_algorithm"],
+            "encrypted_content": parsed["encrypted_content_info"]["encrypted_content"].native,
+        },
+    })}).dump()
+    assert sealed == rebuilt
+    crl = _tiny_crl(ca_cert, ca_key)
+    chain = cms.ContentInfo({"content_type": "signed_data", "content": cms.SignedData({
+        "version": "v1", "digest_algorithms": [], "encap_content_info": {"content_type": "data"},
+        "certificates": cms.CertificateSet([
+            cms.CertificateChoices(name="certificate", value=scep_signed.to_asn1_certificate(c)) for c in (cert, ca_cert)
+        ]),
+        "crls": [cms.RevocationInfoChoice(name="crl", value=asn1_crl.CertificateList.load(crl))],
+        "signer_infos": [],
+    })}).dump()
+    assert codec.degenerate_certificates([cert, ca_cert], crl=crl) == chain
+
+
+def _tiny_crl(ca_cert, ca_key) -> bytes:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now)
+           .next_update(now + datetime.timedelta(days=1)).sign(ca_key, hashes.SHA256()))
+    return crl.public_bytes(Encoding.DER)
+
+
+def test_open_request_reads_what_read_header_and_read_request_read(codec_ca, device):
+    ca_cert, ca_key = codec_ca
+    message, header = pkcs_req(codec_ca, device)
+    assert codec.open_request(message, ca_key, ca_cert) == (header, codec.read_request(message, ca_key, ca_cert))
+    # Addressed to another CA: the header is read, the content is the MessageError read_request raises.
+    other_cert, other_key = make_ca("Other CA")
+    read_header, content = codec.open_request(message, other_key, other_cert)
+    assert read_header == header
+    assert isinstance(content, codec.MessageError)
+    with pytest.raises(codec.MessageError):
+        codec.read_request(message, other_key, other_cert)
+    # Not a SCEP message at all: raised, as read_header raises.
+    with pytest.raises(codec.MessageError):
+        codec.open_request(flip(message, len(message) - 5), ca_key, ca_cert)

@@ -51,6 +51,10 @@ class CaAnswer:
     detail: str | None = None
 
 
+#: A host profile's BindingFacts not looked up yet (None means looked up and gone).
+_UNREAD = object()
+
+
 def _in_thread(function, *args, **kwargs) -> defer.Deferred:
     return threads.deferToThread(function, *args, **kwargs)
 
@@ -123,19 +127,18 @@ class ScepCA:
 
     async def _pki_operation(self, message: bytes, requester) -> CaAnswer:
         try:
-            header = await self._thread(codec.read_header, message)
+            # One worker-thread call reads the signed header and the content (parsed and verified once).
+            header, request = await self._thread(
+                codec.open_request, message, self.material.message_key, self.material.message_certificate
+            )
         except codec.MessageError as e:
             self.log.debug("ca PKIOperation refused: {reason}", reason=str(e))
             return CaAnswer(400, TEXT, NOT_SCEP, "PKIOperation", "not_scep")
         kind = header.message_type
         fields = {"message_type": kind, "transaction_id": header.transaction_id}
-        try:
-            request = await self._thread(
-                codec.read_request, message, self.material.message_key, self.material.message_certificate
-            )
-        except codec.MessageError as e:
+        if isinstance(request, codec.MessageError):
             self.log.debug("ca PKIOperation {transaction_id} undecodable: {reason}",
-                           transaction_id=header.transaction_id, reason=str(e))
+                           transaction_id=header.transaction_id, reason=str(request))
             return await self._failure(header, None, _Refusal("badMessageCheck", None, "bad_message"), fields)
         handlers = {
             "PKCSReq": self._enroll, "RenewalReq": self._renew, "CertPoll": self._poll,
@@ -159,9 +162,13 @@ class ScepCA:
         return CaAnswer(200, PKI_MESSAGE_TYPE, body, "PKIOperation", outcome, serial=extra.get("serial"), **fields)
 
     async def _reply(self, header, request, status, fail_info=None, fail_info_text=None, certificates=None, crl=None):
+        return await self._thread(self._cert_rep, header, request, status, fail_info=fail_info,
+                                  fail_info_text=fail_info_text, certificates=certificates, crl=crl)
+
+    def _cert_rep(self, header, request, status, fail_info=None, fail_info_text=None, certificates=None, crl=None):
+        """The signed CertRep answering ``header`` (RSA and CMS work: call it on a worker thread)."""
         encryption = codec.choose_content_encryption(request.content_encryption if request is not None else None)
-        return await self._thread(
-            codec.build_cert_rep,
+        return codec.build_cert_rep(
             header=header, status=status, signer_key=self.material.message_key,
             signer_certificate=self.material.message_certificate,
             fail_info=fail_info, fail_info_text=fail_info_text, certificates=certificates, crl=crl,
@@ -225,11 +232,11 @@ class ScepCA:
                 return known
             self._refused_by_policy("challenge")
             raise _Refusal("badRequest", WRONG_CHALLENGE)
-        grant, kind, spend = found
+        grant, kind, spend, facts = found
         if grant.template not in self._templates:
             await self._spend_refused(grant, spend, "certificate template %s no longer exists" % (grant.template,))
             raise _Refusal("badRequest", "certificate template %s no longer exists" % (grant.template,))
-        await self._judge(request, csr, grant, spend)
+        await self._judge(request, csr, grant, spend, facts)
         subject = csr.subject.rfc4514_string()
         row = self._request_row(request, "pending", grant.template, requester, grant)
         if not self._policy.auto_approves(subject, requester, grant=kind):
@@ -245,9 +252,11 @@ class ScepCA:
             return "PENDING", {"outcome": "pending"}
         return await self._issued(request, csr, grant.template, row, spend_challenge=spend)
 
-    async def _grant_for(self, csr) -> tuple[CaGrant, str, str | None] | None:
+    async def _grant_for(self, csr) -> tuple[CaGrant, str, str | None, object] | None:
         """
-        What authorises this CSR: ``(grant, kind, hash of the one-time challenge to spend)``; None if nothing does.
+        What authorises this CSR: ``(grant, kind, hash of the one-time challenge to spend, facts)``; None if nothing
+        does. ``facts`` are the BindingFacts of the host profile a rendered challenge is bound to (None if it is
+        gone), read in the same store look-up as the challenge.
 
         A one-time challenge (rendered into one host profile's profile, or
         minted by an admin) is looked at here and spent in the transaction
@@ -260,12 +269,12 @@ class ScepCA:
         except codec.MessageError:
             challenge = None
         if self._policy.is_static_challenge(challenge):
-            return CaGrant(self._policy.default_template, None, None), "static", None
+            return CaGrant(self._policy.default_template, None, None), "static", None, None
         hashed = challenge_hash(challenge) if challenge else None
-        grant = await self._store.peek_ca_challenge(hashed) if hashed else None
+        grant, facts = await self._store.peek_ca_grant(hashed) if hashed else (None, None)
         if grant is None:
             return None
-        return grant, ("host_profile" if grant.host_uuid is not None else "minted"), hashed
+        return grant, ("host_profile" if grant.host_uuid is not None else "minted"), hashed, facts
 
     async def _spend_refused(self, grant: CaGrant, spend: str | None, reason: str) -> None:
         """A refused request spends its one-time challenge; a host profile's is sent again, ``reason`` kept."""
@@ -274,7 +283,7 @@ class ScepCA:
         elif spend is not None:
             await self._store.consume_ca_challenge(spend)
 
-    async def _judge(self, request, csr, grant: CaGrant, spend: str | None = None) -> None:
+    async def _judge(self, request, csr, grant: CaGrant, spend: str | None = None, facts=_UNREAD) -> None:
         """
         Apply the issuance policy; a refusal (FAILURE CertRep) if the CSR does not pass.
 
@@ -282,9 +291,9 @@ class ScepCA:
         rendered for that host; every request meets the key policy and its
         template's SAN policy. A refused host profile request spends its
         challenge, so the host profile is sent again with a fresh one, its
-        ``detail`` saying why.
+        ``detail`` saying why. ``facts``: the host profile's BindingFacts when already read.
         """
-        refusal = await self._policy_refusal(csr, grant)
+        refusal = await self._policy_refusal(csr, grant, facts)
         if refusal is None:
             return
         self._refused_by_policy(refusal.check)
@@ -296,20 +305,29 @@ class ScepCA:
         await self._spend_refused(grant, spend, refusal.reason)
         raise _Refusal(refusal.fail_info, refusal.reason, "refused")
 
-    async def _policy_refusal(self, csr, grant: CaGrant):
+    async def _policy_refusal(self, csr, grant: CaGrant, facts=_UNREAD):
         """The issuance policy's csr_policy.Refusal for ``csr``, or None when it may be signed."""
-        expected = None
-        if grant.host_uuid is not None:
-            facts = await self._store.binding_facts(grant.host_uuid, grant.profile_uuid)
+        if grant.host_uuid is None:
+            facts = None
+        else:
+            if facts is _UNREAD:
+                facts = await self._store.binding_facts(grant.host_uuid, grant.profile_uuid)
             if facts is None:
                 raise _Refusal("badRequest", "the host profile this challenge was issued for no longer exists")
+        return await self._thread(self._refusal_for, csr, grant, facts)
+
+    def _refusal_for(self, csr, grant: CaGrant, facts):
+        """
+        On a worker thread, in one call: what the host profile in ``facts`` (if any) asks for, then the policy.
+        """
+        expected = None
+        if facts is not None:
             try:
-                expected = await self._thread(expected_for, facts)
+                expected = expected_for(facts)
             except ProfileError as e:
                 return csr_policy.Refusal("badRequest", "its host profile cannot be checked: %s" % (e,), "profile")
-        return await self._thread(
-            csr_policy.refusal, csr, key_policy=self._key_policy,
-            san_policy=self._templates[grant.template].san_policy,
+        return csr_policy.refusal(
+            csr, key_policy=self._key_policy, san_policy=self._templates[grant.template].san_policy,
             ca_subject=self.material.certificate.subject, expected=expected,
         )
 
@@ -461,11 +479,9 @@ class ScepCA:
         fetches the certificate with CertPoll).
         """
         now = self._clock.seconds()
+        reply_to = answer_to if not approve else None
         try:
-            certificate = await self._thread(
-                build_certificate, csr, self.material.key, self.material.certificate,
-                self._templates[template], self.crl_url, now,
-            )
+            certificate, answer = await self._thread(self._sign, csr, template, now, reply_to)
         except CsrError as e:
             # The issuance policy refuses all of these first; this is the signer's own last word.
             raise _Refusal("badRequest", str(e)) from None
@@ -478,12 +494,9 @@ class ScepCA:
             der=certificate.public_bytes(serialization.Encoding.DER), created_at=now,
             sender_nonce=request.sender_nonce, host_uuid=request.host_uuid, profile_uuid=request.profile_uuid,
         )
-        answer = None
         if approve:
             await self._store.approve_ca_request(request.transaction_id, record)
         else:
-            if answer_to is not None:
-                answer = await self._reply(answer_to.header, answer_to, "SUCCESS", certificates=[certificate])
             try:
                 await self._store.record_issued(
                     attrs.evolve(request, status="issued", issued_serial=record.serial, updated_at=now,
@@ -498,6 +511,16 @@ class ScepCA:
             self.log.info("ca certificate {serial} recorded for host {host} profile {profile}",
                           serial=record.serial, host=record.host_uuid, profile=record.profile_uuid)
         return Issued(certificate, answer)
+
+    def _sign(self, csr, template: str, now: float, answer_to=None):
+        """
+        On a worker thread, in one call: the certificate, and the SUCCESS CertRep answering ``answer_to`` (or None).
+        """
+        certificate = build_certificate(csr, self.material.key, self.material.certificate,
+                                        self._templates[template], self.crl_url, now)
+        if answer_to is None:
+            return certificate, None
+        return certificate, self._cert_rep(answer_to.header, answer_to, "SUCCESS", certificates=[certificate])
 
 
 @attrs.frozen

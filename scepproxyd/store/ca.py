@@ -439,13 +439,28 @@ class CaAuthorityQueries:
         now = self._clock.seconds()
 
         def peek_ca_challenge(conn):
-            row = conn.execute(
-                "SELECT template, host_uuid, profile_uuid FROM ca_challenges WHERE challenge_hash = ? AND expires_at > ?",
-                (challenge_hash, now),
-            ).fetchone()
-            return None if row is None else CaGrant(*row)
+            return _peek_ca_challenge(conn, challenge_hash, now)
 
         return self._submit(peek_ca_challenge, write=False)
+
+    def peek_ca_grant(self, challenge_hash: str) -> defer.Deferred:
+        """
+        ``(grant, facts)``: ``peek_ca_challenge``, and for a challenge rendered into a host profile that
+        host profile's ``binding_facts`` (None if it is gone), in one look; ``(None, None)`` when the
+        challenge is gone or expired.
+
+        The CA needs both to judge a request bound to a host profile; one
+        DB-thread job instead of two saves a round trip per enrollment.
+        """
+        now = self._clock.seconds()
+
+        def peek_ca_grant(conn):
+            grant = _peek_ca_challenge(conn, challenge_hash, now)
+            if grant is None or grant.host_uuid is None:
+                return grant, None
+            return grant, _binding_facts(conn, grant.host_uuid, grant.profile_uuid)
+
+        return self._submit(peek_ca_grant, write=False)
 
     def consume_ca_challenge(self, challenge_hash: str) -> defer.Deferred:
         """
@@ -474,15 +489,7 @@ class CaAuthorityQueries:
         """The host profile's BindingFacts, or None if it is gone."""
 
         def binding_facts(conn):
-            return one(
-                BindingFacts,
-                conn.execute(
-                    "SELECT hp.host_uuid, hp.profile_uuid, h.serial, h.platform, p.kind, p.content, hp.renewal_id,"
-                    " hp.status FROM host_profiles hp JOIN hosts h ON h.uuid = hp.host_uuid"
-                    " JOIN profiles p ON p.uuid = hp.profile_uuid WHERE hp.host_uuid = ? AND hp.profile_uuid = ?",
-                    (host_uuid, profile_uuid),
-                ),
-            )
+            return _binding_facts(conn, host_uuid, profile_uuid)
 
         return self._submit(binding_facts, write=False)
 
@@ -531,6 +538,26 @@ class CaAuthorityQueries:
             return before is not None and before[0] is not None
 
         return self._submit(register_managed_ca, changes_targets=True)
+
+
+def _peek_ca_challenge(conn, challenge_hash: str, now: float) -> CaGrant | None:
+    row = conn.execute(
+        "SELECT template, host_uuid, profile_uuid FROM ca_challenges WHERE challenge_hash = ? AND expires_at > ?",
+        (challenge_hash, now),
+    ).fetchone()
+    return None if row is None else CaGrant(*row)
+
+
+def _binding_facts(conn, host_uuid, profile_uuid) -> BindingFacts | None:
+    return one(
+        BindingFacts,
+        conn.execute(
+            "SELECT hp.host_uuid, hp.profile_uuid, h.serial, h.platform, p.kind, p.content, hp.renewal_id,"
+            " hp.status FROM host_profiles hp JOIN hosts h ON h.uuid = hp.host_uuid"
+            " JOIN profiles p ON p.uuid = hp.profile_uuid WHERE hp.host_uuid = ? AND hp.profile_uuid = ?",
+            (host_uuid, profile_uuid),
+        ),
+    )
 
 
 def _refuse_not_pending(conn, transaction_id) -> None:

@@ -14,6 +14,7 @@ from scepproxyd.scep.codec.requests import (
     PkiRequest,
     build_request,
     csr_challenge_password,
+    open_request,
     read_header,
     read_request,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "csr_challenge_password",
     "degenerate_certificates",
     "looks_like_pki_message",
+    "open_request",
     "pki_message_status",
     "read_header",
     "read_request",

@@ -6,9 +6,11 @@ generic attribute structure by OID and written the same way.
 """
 
 import datetime
+import functools
 
 from asn1crypto import cms, core
 
+from scepproxyd.scep.codec import der
 from scepproxyd.scep.codec.errors import MessageError
 
 _VERISIGN_ATTRIBUTES = "2.16.840.1.113733.1.9."
@@ -89,18 +91,14 @@ class SignedAttributes:
         return self._value(oid, core.ObjectIdentifier, name).dotted
 
 
-class _AnyValues(core.SetOf):
-    _child_spec = core.Any
+@functools.lru_cache(maxsize=None)
+def _attribute_type(oid: str) -> bytes:
+    return core.ObjectIdentifier(oid).dump()
 
 
-class _Attribute(core.Sequence):
-    """An Attribute with values of any type, so no global registry is touched."""
-
-    _fields = [("type", core.ObjectIdentifier), ("values", _AnyValues)]
-
-
-def _attribute(oid: str, value: core.Asn1Value) -> bytes:
-    return _Attribute({"type": oid, "values": [value]}).dump()
+def _attribute(oid: str, value: bytes) -> bytes:
+    """An Attribute (SEQUENCE of its type and a SET of one value), written as DER; ``value`` is DER."""
+    return der.sequence(_attribute_type(oid), der.tlv(der.SET, value))
 
 
 def encode_attributes(
@@ -118,19 +116,19 @@ def encode_attributes(
     """The DER of each signed attribute of a SCEP message, in no particular order."""
     signing_time = signing_time or datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     attributes = [
-        _attribute(CONTENT_TYPE_OID, core.ObjectIdentifier("1.2.840.113549.1.7.1")),
-        _attribute(MESSAGE_DIGEST_OID, core.OctetString(content_digest)),
-        _attribute(SIGNING_TIME_OID, cms.Time({"utc_time": signing_time}).chosen),
-        _attribute(MESSAGE_TYPE_OID, core.PrintableString(message_type)),
-        _attribute(TRANSACTION_ID_OID, core.PrintableString(transaction_id)),
-        _attribute(SENDER_NONCE_OID, core.OctetString(sender_nonce)),
+        _attribute(CONTENT_TYPE_OID, der.content_type("data")),
+        _attribute(MESSAGE_DIGEST_OID, der.octet_string(content_digest)),
+        _attribute(SIGNING_TIME_OID, cms.Time({"utc_time": signing_time}).chosen.dump()),
+        _attribute(MESSAGE_TYPE_OID, core.PrintableString(message_type).dump()),
+        _attribute(TRANSACTION_ID_OID, core.PrintableString(transaction_id).dump()),
+        _attribute(SENDER_NONCE_OID, der.octet_string(sender_nonce)),
     ]
     if recipient_nonce is not None:
-        attributes.append(_attribute(RECIPIENT_NONCE_OID, core.OctetString(recipient_nonce)))
+        attributes.append(_attribute(RECIPIENT_NONCE_OID, der.octet_string(recipient_nonce)))
     if pki_status is not None:
-        attributes.append(_attribute(PKI_STATUS_OID, core.PrintableString(pki_status)))
+        attributes.append(_attribute(PKI_STATUS_OID, core.PrintableString(pki_status).dump()))
     if fail_info is not None:
-        attributes.append(_attribute(FAIL_INFO_OID, core.PrintableString(fail_info)))
+        attributes.append(_attribute(FAIL_INFO_OID, core.PrintableString(fail_info).dump()))
     if fail_info_text is not None:
-        attributes.append(_attribute(FAIL_INFO_TEXT_OID, core.UTF8String(fail_info_text)))
+        attributes.append(_attribute(FAIL_INFO_TEXT_OID, core.UTF8String(fail_info_text).dump()))
     return attributes

@@ -7,12 +7,14 @@ exactly the length the content cipher needs, and the content must then
 decrypt with valid padding; anything else is MessageError.
 """
 
+import functools
+
 from asn1crypto import cms, core
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from scepproxyd.scep.codec import ber
+from scepproxyd.scep.codec import ber, der
 from scepproxyd.scep.codec.algorithms import (
     CIPHERS,
     content_cipher_name,
@@ -23,7 +25,7 @@ from scepproxyd.scep.codec.algorithms import (
     key_transport_padding_of,
 )
 from scepproxyd.scep.codec.errors import MessageError
-from scepproxyd.scep.codec.signed import same_name, to_asn1_certificate
+from scepproxyd.scep.codec.signed import certificate_der, same_name, to_asn1_certificate
 
 
 class _LenientEncryptedContentInfo(cms.EncryptedContentInfo):
@@ -50,36 +52,40 @@ class _LenientContentInfo(cms.ContentInfo):
     _oid_specs = {"enveloped_data": _LenientEnvelopedData}
 
 
+@functools.lru_cache(maxsize=None)
+def _transport_identifier(key_transport: str) -> bytes:
+    return key_transport_algorithm(key_transport).dump()
+
+
 def envelope(content: bytes, recipient_certificate: x509.Certificate, content_encryption: str,
              key_transport: str = "pkcs1v15") -> bytes:
-    """A ContentInfo(EnvelopedData) of ``content`` for the holder of ``recipient_certificate``."""
+    """
+    A ContentInfo(EnvelopedData) of ``content`` for the holder of ``recipient_certificate``.
+
+    Written as DER directly (codec.der): the bytes asn1crypto wrote, without
+    assembling its objects; the recipient is named by the issuer and serial
+    of its certificate, as encoded there.
+    """
     if content_encryption not in CIPHERS:
         raise ValueError("content_encryption must be one of %s" % (", ".join(CIPHERS),))
     public_key = recipient_certificate.public_key()
     if not isinstance(public_key, rsa.RSAPublicKey):
         raise ValueError("the recipient certificate must hold an RSA key")
-    transport = key_transport_algorithm(key_transport)
+    transport = _transport_identifier(key_transport)
     algorithm, ciphertext, key = encrypt_content(content_encryption, content)
-    recipient = to_asn1_certificate(recipient_certificate)
-    recipient_info = cms.KeyTransRecipientInfo({
-        "version": "v0",
-        "rid": cms.RecipientIdentifier(name="issuer_and_serial_number", value=cms.IssuerAndSerialNumber({
-            "issuer": recipient.issuer,
-            "serial_number": recipient.serial_number,
-        })),
-        "key_encryption_algorithm": transport,
-        "encrypted_key": public_key.encrypt(key, key_transport_padding(key_transport)),
-    })
-    enveloped = cms.EnvelopedData({
-        "version": "v0",
-        "recipient_infos": [cms.RecipientInfo(name="ktri", value=recipient_info)],
-        "encrypted_content_info": {
-            "content_type": "data",
-            "content_encryption_algorithm": algorithm,
-            "encrypted_content": ciphertext,
-        },
-    })
-    return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+    recipient_info = der.sequence(  # KeyTransRecipientInfo
+        der.integer(0),  # v0
+        der.issuer_and_serial(certificate_der(recipient_certificate)),
+        transport,
+        der.octet_string(public_key.encrypt(key, key_transport_padding(key_transport))),
+    )
+    encrypted_content_info = der.sequence(
+        der.content_type("data"),
+        algorithm.dump(),
+        der.tlv(0x80, ciphertext),  # encryptedContent, [0] IMPLICIT OCTET STRING
+    )
+    enveloped = der.sequence(der.integer(0), der.tlv(der.SET, recipient_info), encrypted_content_info)
+    return der.sequence(der.content_type("enveloped_data"), der.explicit(0, enveloped))
 
 
 def _names_recipient(rid: cms.RecipientIdentifier, recipient: asn1_x509.Certificate) -> bool:

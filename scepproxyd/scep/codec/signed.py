@@ -9,14 +9,13 @@ signature covers what they sent.
 import hmac
 
 import attrs
-from asn1crypto import algos, cms, core
-from asn1crypto import crl as asn1_crl
+from asn1crypto import cms, core
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from scepproxyd.scep.codec import ber
+from scepproxyd.scep.codec import ber, der
 from scepproxyd.scep.codec.algorithms import DIGESTS, digest, digest_hash
 from scepproxyd.scep.codec.attributes import CONTENT_TYPE_OID, MESSAGE_DIGEST_OID, SignedAttributes
 from scepproxyd.scep.codec.errors import MessageError
@@ -63,17 +62,25 @@ def universal_set(body: bytes) -> bytes:
     return b"\x31" + ber.length_octets(len(body)) + body
 
 
-def _issuer_and_serial(certificate: asn1_x509.Certificate) -> cms.IssuerAndSerialNumber:
-    return cms.IssuerAndSerialNumber({
-        "issuer": certificate.issuer,
-        "serial_number": certificate.serial_number,
-    })
+def certificate_der(certificate) -> bytes:
+    """A cryptography certificate (or DER bytes) as DER."""
+    return certificate if isinstance(certificate, bytes) else certificate.public_bytes(serialization.Encoding.DER)
 
 
-def certificate_set(certificates) -> cms.CertificateSet:
-    return cms.CertificateSet([
-        cms.CertificateChoices(name="certificate", value=to_asn1_certificate(c)) for c in certificates
-    ])
+def _implicit_certificates(number: int, certificates) -> bytes:
+    """``[number] IMPLICIT CertificateSet``: the certificates' DER, sorted as DER orders a SET OF."""
+    return der.tlv(0xA0 | number, b"".join(sorted(certificate_der(c) for c in certificates)))
+
+
+def _signed_data(*, digest_algorithms: bytes, content: bytes | None, certificates: bytes,
+                 crls: bytes, signer_infos: bytes) -> bytes:
+    """A ContentInfo(SignedData) v1 from its parts (DER), with eContentType ``data``."""
+    encapsulated = der.content_type("data")
+    if content is not None:
+        encapsulated += der.explicit(0, der.octet_string(content))
+    signed = der.sequence(der.integer(1), der.tlv(der.SET, digest_algorithms), der.sequence(encapsulated),
+                          certificates, crls, der.tlv(der.SET, signer_infos))
+    return der.sequence(der.content_type("signed_data"), der.explicit(0, signed))
 
 
 def build_signed_data(
@@ -90,51 +97,39 @@ def build_signed_data(
 
     The signature algorithm is plain rsaEncryption with PKCS#1 v1.5: strongSwan
     refuses sha*WithRSAEncryption there. ``sort_attributes=False`` keeps the
-    given order, as some clients do (tests use it).
+    given order, as some clients do (tests use it). Written as DER directly
+    (codec.der): the bytes asn1crypto wrote, without assembling its objects.
     """
     if not isinstance(signer_key, rsa.RSAPrivateKey):
         raise ValueError("the signer key must be an RSA private key")
     if digest_algorithm not in DIGESTS:
         raise ValueError("digest_algorithm must be one of %s" % (", ".join(DIGESTS),))
-    signed_attributes = universal_set(b"".join(sorted(attributes) if sort_attributes else attributes))
+    body = b"".join(sorted(attributes) if sort_attributes else attributes)
+    signed_attributes = universal_set(body)
     signature = signer_key.sign(signed_attributes, padding.PKCS1v15(), digest_hash(digest_algorithm))
-    signer = to_asn1_certificate(signer_certificate)
-    digest_identifier = algos.DigestAlgorithm({"algorithm": digest_algorithm})
-    signer_info = cms.SignerInfo({
-        "version": "v1",
-        "sid": cms.SignerIdentifier(name="issuer_and_serial_number", value=_issuer_and_serial(signer)),
-        "digest_algorithm": digest_identifier,
-        "signed_attrs": cms.CMSAttributes.load(signed_attributes),
-        "signature_algorithm": algos.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15"}),
-        "signature": signature,
-    })
-    encapsulated = {"content_type": "data"}
-    if content is not None:
-        encapsulated["content"] = content
-    signed = cms.SignedData({
-        "version": "v1",
-        "digest_algorithms": [digest_identifier],
-        "encap_content_info": encapsulated,
-        "certificates": certificate_set([signer_certificate, *(certificates or [])]),
-        "signer_infos": [signer_info],
-    })
-    return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
+    signer = certificate_der(signer_certificate)
+    digest_identifier = der.digest_algorithm(digest_algorithm)
+    signer_info = der.sequence(
+        der.integer(1),  # v1: the signer named by issuer and serial number
+        der.issuer_and_serial(signer),
+        digest_identifier,
+        der.tlv(0xA0, body),  # signedAttrs, [0] IMPLICIT SET OF
+        der.signed_digest_algorithm("rsassa_pkcs1v15"),
+        der.octet_string(signature),
+    )
+    return _signed_data(digest_algorithms=digest_identifier, content=content,
+                        certificates=_implicit_certificates(0, [signer, *(certificates or [])]), crls=b"",
+                        signer_infos=signer_info)
 
 
 def degenerate_certificates(certificates: list, crl=None) -> bytes:
     """A certs-only SignedData (no signers): a CA/RA chain, or issued certificates, or a CRL."""
-    signed = {
-        "version": "v1",
-        "digest_algorithms": [],
-        "encap_content_info": {"content_type": "data"},
-        "signer_infos": [],
-    }
-    if certificates:
-        signed["certificates"] = certificate_set(certificates)
+    crls = b""
     if crl is not None:
-        der = crl if isinstance(crl, bytes) else crl.public_bytes(serialization.Encoding.DER)
-        signed["crls"] = [cms.RevocationInfoChoice(name="crl", value=asn1_crl.CertificateList.load(der))]
-    return cms.ContentInfo({"content_type": "signed_data", "content": cms.SignedData(signed)}).dump()
+        crls = der.tlv(0xA1, crl if isinstance(crl, bytes) else crl.public_bytes(serialization.Encoding.DER))
+    return _signed_data(digest_algorithms=b"", content=None,
+                        certificates=_implicit_certificates(0, certificates) if certificates else b"", crls=crls,
+                        signer_infos=b"")
 
 
 def load_signed_data(der: bytes) -> cms.SignedData:
