@@ -142,10 +142,10 @@ def signed_with(extra_attributes: list[bytes], pki_status: str | None = "3") -> 
 
 def test_attributes_asn1crypto_has_no_spec_for_are_read_as_any():
     """step-ca's failInfoText type, or any unregistered one; not a registered type, nor a known one re-encoded."""
-    unregistered = signed_with([scep_attributes._attribute("1.3.6.1.5.5.7.24", core.PrintableString("why"))])
+    unregistered = signed_with([scep_attributes._attribute("1.3.6.1.5.5.7.24", core.PrintableString("why").dump())])
     assert skim(unregistered) == (1, "3", None)
     agree(unregistered)
-    registered = signed_with([scep_attributes._attribute("1.2.840.113549.1.9.15", core.PrintableString("x"))])
+    registered = signed_with([scep_attributes._attribute("1.2.840.113549.1.9.15", core.PrintableString("x").dump())])
     with pytest.raises(CannotJudge):
         skim(registered)
     agree(registered)
