@@ -4,6 +4,7 @@ from hypothesis import HealthCheck, given, settings
 from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import strategies as st
 
+from support.ber_forms import BER_SIGNED_DATA_PREFIX
 from support.scep_capture import issue, make_ca, make_device
 from scepproxyd.scep import codec
 from scepproxyd.scep.codec import attributes, enveloped, signed
@@ -79,7 +80,7 @@ def test_random_bytes(der):
 
 
 @FUZZ
-@given(st.binary(max_size=400).map(lambda tail: b"\x30\x80\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02\xa0\x80" + tail))
+@given(st.binary(max_size=400).map(lambda tail: BER_SIGNED_DATA_PREFIX + tail))
 def test_random_bytes_after_a_ber_signed_data_prefix(der):
     only_message_errors(der)
 

@@ -7,6 +7,11 @@ a DER message that way and changes nothing else (docs/codec.md, "BER handled").
 """
 
 
+#: ContentInfo, id-signedData and the [0] of its content, all with indefinite lengths: what a BER
+#: SignedData starts with, for fuzzing what follows it.
+BER_SIGNED_DATA_PREFIX = b"\x30\x80\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02\xa0\x80"
+
+
 def _header(data: bytes, offset: int) -> tuple[int, int, int]:
     """(first identifier octet, contents start, contents end) of a DER element with a one-octet tag."""
     length_byte = data[offset + 1]
