@@ -358,7 +358,8 @@ def ca_limits(value: str) -> tuple[tuple[str, int | None], ...]:
     ``-`` (none), or per-CA renewal limits ``NAME:LIMIT, ...`` overriding ``[renewal] limit``.
 
     Each LIMIT is written as ``limit`` is (a whole number or ``none``); each
-    CA is named once, so the file never holds two answers for one CA.
+    CA is named once, so the file never holds two answers for one CA. The
+    name ``-`` stands for profiles that name no CA (no CA can be called so).
     """
     if value.strip() == "-":
         return ()
@@ -371,7 +372,7 @@ def ca_limits(value: str) -> tuple[tuple[str, int | None], ...]:
         if not colon:
             raise Invalid("each entry must be CA_NAME:LIMIT, e.g. ndes:200 or builtin:none, got %r" % (entry,))
         try:
-            name = ca_name(name)
+            name = "-" if name.strip() == "-" else ca_name(name)  # "-": profiles that name no CA
         except Invalid:
             raise Invalid("the CA name in %r must be 1-255 letters, digits or underscores" % (entry,)) from None
         if name in limits:
