@@ -112,10 +112,12 @@ class RenewalJob:
             started += count
             if count >= due[ca_name]:
                 continue
+            # The n-th waiting starts by window + (window_started + n) * step, plus at most min_wake until
+            # this job wakes, at the latest: in this window a slot opens by then (the burst only makes it
+            # sooner); in the windows after, the limit per window keeps the same pace (scepproxyd.pacing).
+            step = self._pacing.interval / limit
             waiting, missing, earliest = await self._store.renewal_backlog(
-                ca_name, self._threshold, self._fraction, window + self._pacing.interval,
-                max(0, limit - window_started), self._pacing.interval / limit, self._pacing.interval,
-            )
+                ca_name, self._threshold, self._fraction, window + window_started * step + self._min_wake, step)
             if not waiting:
                 continue
             deferred[ca_name] = waiting

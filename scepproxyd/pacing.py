@@ -6,29 +6,37 @@ once, its host profiles mint thousands of one-time challenges together, the
 CA (NDES, typically) is swamped, and challenges expire unused while devices
 queue for it. So renewals start per CA at a pace the admin sets: at most
 ``limit`` in each ``interval`` (``[renewal] limit``, ``limit_interval``,
-``ca_limits``), soonest expiry first.
+``ca_limits``), soonest expiry first (the store's order).
 
-How a window's limit L opens (``allowed``):
+The rules, for a CA with limit L per interval W (spacing T = W / L):
 
-- **Windows** are the intervals of the epoch (for ``1h``, each clock hour
-  UTC). The count of renewals started in the current window is kept per CA
-  in the database (store.renewals), so nodes sharing PostgreSQL hold one
-  limit between them.
-- **Burst**: a tenth of L (at least one) may start at once, so the few
-  certificates that fall due together on a small site never wait.
-- **Pace with jitter**: the rest opens through the window, one renewal per
-  1/L of it; slot ``i`` opens at a random moment within its own 1/L. So a
-  backlog leaves evenly, not as L renewals at the top of each hour, and
-  with a random phase, so windows, CAs and sites do not tick in step; and
-  a fleet renewed this way comes back spread the next time, since its new
-  certificates expire as spread as they were started. The random moment
-  is a hash of (CA, window, slot), not a random generator's draw: every
-  node computes the same schedule without sharing any state, and a test is
-  repeatable.
+- **Windows**: at most L start in each interval of the epoch (for ``1h``,
+  each clock hour UTC). A hard cap, counted per CA in the database.
+- **Even pace with a small burst**: one start per T, and up to a tenth of L
+  (at least one) at once after a quiet spell, so the few renewals a small
+  site has never wait. Kept as the moment the CA's next start is due
+  (``next_at``, the "theoretical arrival time" of the generic cell rate
+  algorithm, a token bucket in one number): k starts move it on by k * T,
+  and one may start while it is no more than the burst's share ahead of
+  now. Unlike a count that fills through the window, time nobody needed is
+  not saved up: a backlog that appears late in a window still leaves at
+  the pace, not all at once.
+- **Jitter**: while renewals wait, the job wakes for the next start at its
+  paced moment plus a random fraction of T, so starts do not tick on a
+  grid shared by every CA and site. The fraction is a hash of the CA and
+  the moment, not a random draw, so every node wakes alike and tests
+  repeat. (Whenever ``[profiles] process_interval`` is longer than T the
+  job wakes on that instead, starting what opened meanwhile: devices get
+  renewals no faster than that job hands them out.)
 
-Why not a random pick order (another way to jitter): it spreads nothing in
-time, and it would start a certificate with weeks left before one expiring
-tomorrow.
+The count and ``next_at`` live in the database (store.renewals), locked per
+CA for the transaction that starts renewals, so nodes sharing PostgreSQL
+hold one pace and one limit between them.
+
+Spreading starts over time is what keeps a fleet out of lock step: its new
+certificates expire as spread as they were started. A random pick order
+(another way to jitter) would spread nothing in time, and would start a
+certificate with weeks left before one expiring tomorrow.
 
 A limit holds even when it makes certificates miss their expiry: it is the
 admin's statement of what the CA can take, and going past it is what
@@ -45,22 +53,24 @@ import attrs
 
 #: A tenth of a window's limit may start at once.
 BURST_SHARE = 10
+#: Slack for float rounding when counting spacings (a run exactly on a paced moment gets its start).
+_EPSILON = 1e-9
 
 
 def burst(limit: int) -> int:
-    """How many of a window's ``limit`` may start at its very beginning."""
+    """How many of a window's ``limit`` may start at once after a quiet spell."""
     return max(1, limit // BURST_SHARE)
 
 
-def _jitter(ca_name: str, window_start: float, slot: int) -> float:
-    """Where in its 1/L of the window slot ``slot`` opens: a fraction in [0, 1), the same on every node."""
-    digest = hashlib.sha256(("%s\0%.6f\0%d" % (ca_name, window_start, slot)).encode("utf-8")).digest()
+def jitter(ca_name: str, moment: float) -> float:
+    """A fraction in [0, 1) for this CA's start due at ``moment``: the same on every node."""
+    digest = hashlib.sha256(("%s\0%.6f" % (ca_name, moment)).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64
 
 
 @attrs.frozen
 class RenewalPacing:
-    """The limits of ``[renewal]`` and the schedule they make; pure arithmetic on times it is given."""
+    """The limits of ``[renewal]`` and the pace they make: pure arithmetic on times it is given."""
 
     #: Renewals per CA per window, for a CA ``ca_limits`` does not name; None: no limit.
     limit: int | None
@@ -86,26 +96,56 @@ class RenewalPacing:
     def window_start(self, now: float) -> float:
         return math.floor(now / self.interval) * self.interval
 
-    def _slot_opens(self, ca_name: str, limit: int, window_start: float, slot: int) -> float:
-        return window_start + (slot + _jitter(ca_name, window_start, slot)) * self.interval / limit
+    def pace(self, ca_name: str, limit: int, now: float) -> "CaPace":
+        return CaPace(ca_name, limit, self.interval, now)
 
-    def allowed(self, ca_name: str, limit: int, now: float) -> int:
-        """How many renewals of the CA may have started in the current window by ``now``."""
-        start = self.window_start(now)
-        slot = min(limit - 1, int((now - start) * limit / self.interval))
-        opened = slot + (1 if self._slot_opens(ca_name, limit, start, slot) <= now else 0)
-        return min(limit, burst(limit) + opened)
 
-    def next_opening(self, ca_name: str, limit: int, now: float, started: int) -> float:
+@attrs.frozen
+class CaPace:
+    """One CA's pace at one moment: what the store asks, in the transaction that starts renewals."""
+
+    ca_name: str
+    limit: int
+    interval: float
+    now: float
+
+    @property
+    def spacing(self) -> float:
+        return self.interval / self.limit
+
+    @property
+    def _tolerance(self) -> float:
+        """How far ``next_at`` may be ahead of now for a start: the burst's share (GCRA's tau)."""
+        return (burst(self.limit) - 1) * self.spacing
+
+    def allowance(self, window_started: int, next_at: float) -> int:
+        """How many may start now, given the window's count and the moment the next start is due."""
+        room = self.limit - window_started
+        slack = self.now + self._tolerance - max(next_at, self.now)
+        if room <= 0 or slack < 0:
+            return 0
+        return min(room, int(slack / self.spacing + _EPSILON) + 1)
+
+    def advanced(self, next_at: float, started: int) -> float:
+        """``next_at`` once ``started`` more have started now."""
+        return max(next_at, self.now) + started * self.spacing
+
+    def next_opening(self, window_started: int, next_at: float) -> float:
         """
-        When the CA may start one more renewal than the ``started`` its window counts: a slot's moment,
-        or the next window's start once this one's limit is spent. ``now`` when one may start already
-        (rows that were busy elsewhere, say).
+        When one more may start: the paced moment plus its jitter, or the next window's start once this
+        one's limit is spent; not before now.
         """
-        start = self.window_start(now)
-        if started >= limit:
-            return start + self.interval
-        slot = started - burst(limit)  # the slot whose opening allows started + 1
-        if slot < 0:
-            return now
-        return max(now, self._slot_opens(ca_name, limit, start, slot))
+        window = math.floor(self.now / self.interval) * self.interval
+        if window_started >= self.limit:
+            return window + self.interval
+        due = max(next_at, self.now) - self._tolerance
+        return max(self.now, due + jitter(self.ca_name, due) * self.spacing)
+
+    def latest_start(self, next_at: float) -> float:
+        """
+        A bound on when the first of those still waiting starts; each after it one ``spacing`` later.
+
+        The pace starts the n-th at ``next_at - tolerance + (n - 1) * spacing``; a window's cap delays
+        that by at most the burst's share, which the bound adds back (so it errs early, not late).
+        """
+        return max(next_at, self.now) + self.spacing

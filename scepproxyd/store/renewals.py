@@ -65,15 +65,14 @@ _OPEN_WINDOW = (
 )
 
 # A CA's due host profiles left waiting, and which of them the pace would start
-# only after their certificate expires. queue_place 1 is the next to start:
-# the first `room` (what the current window may still start) start before the
-# window ends; each later one by the end of the window its turn falls in,
-# bounded by (queue_place - room) * seconds_per_start + one interval after it.
-# Parameters: window end, room, room, seconds_per_start, interval, _due_params, the CA.
+# only after their certificate expires: queue_place 1 is the next to start,
+# and starts by base + queue_place * seconds_per_start at the latest (the job
+# works out base from the window, see RenewalJob); an expired one has missed
+# already. Parameters: now, base, seconds_per_start, _due_params, the CA.
 _BACKLOG = (
     "SELECT count(*), count(missed), min(missed) FROM ("
-    " SELECT CASE WHEN cert_not_after <= ? + CASE WHEN queue_place > ? THEN (queue_place - ?) * ? + ? ELSE 0 END"
-    "  THEN cert_not_after END AS missed FROM ("
+    " SELECT CASE WHEN cert_not_after <= ? OR cert_not_after <= ? + queue_place * ? THEN cert_not_after END"
+    "  AS missed FROM ("
     "  SELECT cert_not_after, ROW_NUMBER() OVER (ORDER BY cert_not_after) AS queue_place FROM host_profiles"
     "  WHERE " + _DUE + _OF_CA + ") ranked) judged"
 )
@@ -233,21 +232,18 @@ class RenewalQueries:
         return self._submit(start_renewals)
 
     def renewal_backlog(
-        self, ca_name: str, threshold_seconds: float, short_fraction: float,
-        window_end: float, room: int, seconds_per_start: float, interval: float,
+        self, ca_name: str, threshold_seconds: float, short_fraction: float, base: float, seconds_per_start: float,
     ) -> defer.Deferred:
         """
-        A CA's due host profiles still waiting, and those the pace would start only after their
-        certificate expired; fires ``(waiting, missing, earliest expiry missed or None)``.
+        A CA's due host profiles still waiting, and how many of them the pace would start only after
+        their certificate expired; fires ``(waiting, missing, earliest expiry missed or None)``.
 
-        The pace: ``room`` more start before ``window_end``, then one per
-        ``seconds_per_start`` in windows of ``interval`` (what
-        scepproxyd.pacing allows). The bound errs late by up to one window, so
-        a warning may come early, never too late.
+        The pace, as the caller knows it: the n-th to start (soonest expiry
+        first) starts by ``base + n * seconds_per_start`` at the latest.
         """
+        now = self._clock.seconds()
         # In the order of the statement's text: the outer judgement, then the inner selection.
-        params = (window_end, room, room, seconds_per_start, interval,
-                  *_due_params(self._clock.seconds(), threshold_seconds, short_fraction), ca_name)
+        params = (now, base, seconds_per_start, *_due_params(now, threshold_seconds, short_fraction), ca_name)
 
         def renewal_backlog(conn):
             ((waiting, missing, earliest),) = conn.execute(_BACKLOG, params).fetchall()

@@ -197,6 +197,7 @@ async def populate(s):
                                     "default", None, b"\x30\x82der\x00", now, "nonce-1")
     await s.record_issued(request, certificate)
     await s.add_ca_challenge(CA_CHALLENGE_HASH, "default", 3600)
+    await s.start_renewals(CA, 30 * 86400.0, 0.5, 10, window_start=now - now % 3600, allowed=5)  # its window count
     # What the first of several nodes records at start (service._check_shared_state), outside the Store's API.
     conn = raw(s)
     conn.execute("INSERT INTO node_fingerprints (name, fingerprint, created_at) VALUES (?, ?, ?)",
@@ -205,6 +206,30 @@ async def populate(s):
         conn.commit()
     conn.close()
     return live
+
+
+async def certified_fleet(s, ca, profile, hosts, expiries, validity: float = 365 * 86400.0) -> None:
+    """
+    ``hosts`` (macOS) holding ``profile`` (using CA ``ca``, added if missing), each host profile verified
+    with a certificate expiring at its entry of ``expiries``: what the renewal job works on. The
+    certificates' dates are written behind the store's back, in one statement each, so a fleet of
+    thousands is ready in moments.
+    """
+    hosts = list(hosts)
+    if await s.get_ca(ca) is None:
+        await s.add_ca(ca, "https://%s.example/scep" % (ca,))
+    await s.add_profile(profile, "cert " + profile, "macos", b"<plist/>", ca)
+    await s.import_hosts([(host, None, "macos") for host in hosts])
+    await s.assign_profile_to_hosts(profile, hosts)
+    conn = raw(s)
+    conn.executemany(
+        "UPDATE host_profiles SET status = 'verified', cert_serial = ?, cert_not_before = ?, cert_not_after = ?"
+        " WHERE host_uuid = ? AND profile_uuid = ?",
+        [(host, expiry - validity, expiry, host, profile) for host, expiry in zip(hosts, expiries)],
+    )
+    if isinstance(conn, sqlite3.Connection):
+        conn.commit()
+    conn.close()
 
 
 def table_rows(conn, table: str) -> list[tuple]:
