@@ -106,22 +106,20 @@ class RenewalJob:
             if limit is None:
                 started += await self._start(ca_name)
                 continue
-            window = self._pacing.window_start(now)
-            allowed = self._pacing.allowed(ca_name, limit, now)
-            count, window_started = await self._start_paced(ca_name, window, allowed)
+            pace = self._pacing.pace(ca_name, limit, now, self._min_wake)
+            count, window_started, next_at = await self._start_paced(ca_name, self._pacing.window_start(now), pace)
             started += count
             if count >= due[ca_name]:
                 continue
-            # The n-th waiting starts by window + (window_started + n) * step, plus at most min_wake until
-            # this job wakes, at the latest: in this window a slot opens by then (the burst only makes it
-            # sooner); in the windows after, the limit per window keeps the same pace (scepproxyd.pacing).
-            step = self._pacing.interval / limit
+            if window_started is None:  # this node's clock is behind the window the database counts
+                window_started = limit
+            # The job wakes at most min_wake after each paced moment.
             waiting, missing, earliest = await self._store.renewal_backlog(
-                ca_name, self._threshold, self._fraction, window + window_started * step + self._min_wake, step)
+                ca_name, self._threshold, self._fraction, pace.waiting_bound(next_at) + self._min_wake, pace.spacing)
             if not waiting:
                 continue
             deferred[ca_name] = waiting
-            opening = self._pacing.next_opening(ca_name, limit, now, window_started)
+            opening = pace.next_opening(window_started, next_at)
             wake = opening if wake is None else min(wake, opening)
             if missing:
                 at_risk[ca_name] = missing
@@ -146,20 +144,20 @@ class RenewalJob:
         """Every due host profile of an unlimited CA, in batches."""
         total = 0
         while True:
-            count, _ = await self._store.start_renewals(ca_name, self._threshold, self._fraction, self._batch_size)
+            count, _, _ = await self._store.start_renewals(ca_name, self._threshold, self._fraction, self._batch_size)
             total += count
             if count < self._batch_size:
                 return total
 
-    async def _start_paced(self, ca_name: str, window: float, allowed: int) -> tuple[int, int]:
-        """Up to what the CA's window allows by now, in batches; ``(started, the window's count after)``."""
+    async def _start_paced(self, ca_name: str, window: float, pace) -> tuple[int, int | None, float]:
+        """What the CA's pace allows now, in batches; ``(started, the window's count, next_at)`` after."""
         total = 0
         while True:
-            count, window_started = await self._store.start_renewals(
-                ca_name, self._threshold, self._fraction, self._batch_size, window, allowed)
+            count, window_started, next_at = await self._store.start_renewals(
+                ca_name, self._threshold, self._fraction, self._batch_size, window, pace)
             total += count
             if count < self._batch_size:
-                return total, window_started
+                return total, window_started, next_at
 
 
 class CleanupJob:

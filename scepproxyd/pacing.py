@@ -20,7 +20,11 @@ The rules, for a CA with limit L per interval W (spacing T = W / L):
   and one may start while it is no more than the burst's share ahead of
   now. Unlike a count that fills through the window, time nobody needed is
   not saved up: a backlog that appears late in a window still leaves at
-  the pace, not all at once.
+  the pace, not all at once. The burst is never less than what opens
+  between two runs of the job (``wake``), or a job that wakes less often
+  than once per T would lose starts and fall behind the pace. Only a
+  window whose cap was reached early (after a burst) leaves a quiet end,
+  and so a burst at the next window's start.
 - **Jitter**: while renewals wait, the job wakes for the next start at its
   paced moment plus a random fraction of T, so starts do not tick on a
   grid shared by every CA and site. The fraction is a hash of the CA and
@@ -96,8 +100,9 @@ class RenewalPacing:
     def window_start(self, now: float) -> float:
         return math.floor(now / self.interval) * self.interval
 
-    def pace(self, ca_name: str, limit: int, now: float) -> "CaPace":
-        return CaPace(ca_name, limit, self.interval, now)
+    def pace(self, ca_name: str, limit: int, now: float, wake: float = 0.0) -> "CaPace":
+        """The CA's pace at ``now``, for a job that runs at least every ``wake`` seconds while renewals wait."""
+        return CaPace(ca_name, limit, self.interval, now, wake)
 
 
 @attrs.frozen
@@ -108,6 +113,8 @@ class CaPace:
     limit: int
     interval: float
     now: float
+    #: How long the job may sleep between runs while renewals wait: the burst holds at least that much.
+    wake: float = 0.0
 
     @property
     def spacing(self) -> float:
@@ -116,7 +123,7 @@ class CaPace:
     @property
     def _tolerance(self) -> float:
         """How far ``next_at`` may be ahead of now for a start: the burst's share (GCRA's tau)."""
-        return (burst(self.limit) - 1) * self.spacing
+        return max((burst(self.limit) - 1) * self.spacing, self.wake)
 
     def allowance(self, window_started: int, next_at: float) -> int:
         """How many may start now, given the window's count and the moment the next start is due."""
@@ -138,14 +145,18 @@ class CaPace:
         window = math.floor(self.now / self.interval) * self.interval
         if window_started >= self.limit:
             return window + self.interval
-        due = max(next_at, self.now) - self._tolerance
-        return max(self.now, due + jitter(self.ca_name, due) * self.spacing)
+        if self.allowance(window_started, next_at):
+            return self.now
+        due = next_at - self._tolerance
+        return due + jitter(self.ca_name, due) * self.spacing
 
-    def latest_start(self, next_at: float) -> float:
+    def waiting_bound(self, next_at: float) -> float:
         """
-        A bound on when the first of those still waiting starts; each after it one ``spacing`` later.
+        ``B`` such that the n-th of the renewals still waiting (soonest expiry first) starts by
+        ``B + n * spacing`` at the latest, if the job wakes on time.
 
-        The pace starts the n-th at ``next_at - tolerance + (n - 1) * spacing``; a window's cap delays
-        that by at most the burst's share, which the bound adds back (so it errs early, not late).
+        The pace starts the n-th at ``max(next_at, now) - tolerance + (n - 1) * spacing``; a window's
+        cap delays that by at most the burst's share, which the bound gives back, so it errs early (a
+        warning a little too soon), never late.
         """
-        return max(next_at, self.now) + self.spacing
+        return max(next_at, self.now)

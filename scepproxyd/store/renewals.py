@@ -50,18 +50,19 @@ _DUE_BY_CA = (
     " WHERE " + _DUE + " GROUP BY COALESCE(profiles.ca_name, '-')"
 )
 
-# The pacing window's count of a CA: made when first needed, then moved to the
-# caller's window (counting from 0) unless it is already there, or at a later
-# one (a node whose clock is behind). The UPDATE locks the row on PostgreSQL
-# until the transaction ends, so two nodes starting renewals for one CA take
-# turns and each sees the other's count.
-_NEW_WINDOW = (
-    "INSERT INTO renewal_windows (ca_name, window_start, started) VALUES (?, ?, 0) ON CONFLICT (ca_name) DO NOTHING"
+# A CA's pace (scepproxyd.pacing): made when first needed, then moved to the
+# caller's window (its count from 0) unless it is there already, or at a
+# later one (a node whose clock is behind). The UPDATE locks the row on
+# PostgreSQL until the transaction ends, so two nodes starting renewals for
+# one CA take turns and each sees what the other started.
+_NEW_PACE = (
+    "INSERT INTO renewal_windows (ca_name, window_start, started, next_start_at) VALUES (?, ?, 0, 0)"
+    " ON CONFLICT (ca_name) DO NOTHING"
 )
-_OPEN_WINDOW = (
+_OPEN_PACE = (
     "UPDATE renewal_windows SET started = CASE WHEN window_start < ? THEN 0 ELSE started END,"
     " window_start = CASE WHEN window_start < ? THEN ? ELSE window_start END"
-    " WHERE ca_name = ? RETURNING window_start, started"
+    " WHERE ca_name = ? RETURNING window_start, started, next_start_at"
 )
 
 # A CA's due host profiles left waiting, and which of them the pace would start
@@ -192,42 +193,45 @@ class RenewalQueries:
 
     def start_renewals(
         self, ca_name: str, threshold_seconds: float, short_fraction: float, batch: int,
-        window_start: float | None = None, allowed: int | None = None,
+        window_start: float | None = None, pace=None,
     ) -> defer.Deferred:
         """
         Send due host profiles of one CA (``"-"``: profiles naming none) back to NULL, soonest expiry
-        first; fires ``(started, window_started)``.
+        first; fires ``(started, window_started, next_at)``.
 
-        Without ``allowed``: at most ``batch`` (``window_started`` is None).
-        With it: the CA's count for the pacing window that begins at
-        ``window_start`` is locked for the transaction, and at most enough
-        start to bring it to ``allowed`` (and at most ``batch``);
-        ``window_started`` is the count after, other nodes' starts included.
-        A node whose clock is behind a window already counted starts none
-        and hears ``allowed`` (its window is over).
+        Without ``pace``: at most ``batch``, and no count kept (the last two
+        are None). With it (a scepproxyd.pacing.CaPace): the CA's count for
+        the window beginning at ``window_start`` and its next-start moment
+        are locked for the transaction, ``pace.allowance`` says how many may
+        start (at most ``batch`` do), and both are written back;
+        ``window_started`` and ``next_at`` are as they are after, other
+        nodes' starts included. A node whose clock is behind a window
+        already counted starts none and hears ``window_started`` None.
         """
         now = self._clock.seconds()
         due = _due_params(now, threshold_seconds, short_fraction)
 
         def start_renewals(conn):
             check_positive(batch, "batch")
-            room, counted = batch, None
-            if allowed is not None:
-                conn.execute(_NEW_WINDOW, (ca_name, window_start))
-                ((recorded, counted),) = conn.execute(
-                    _OPEN_WINDOW, (window_start, window_start, window_start, ca_name)).fetchall()
+            room, counted, next_at = batch, None, None
+            if pace is not None:
+                conn.execute(_NEW_PACE, (ca_name, window_start))
+                ((recorded, counted, next_at),) = conn.execute(
+                    _OPEN_PACE, (window_start, window_start, window_start, ca_name)).fetchall()
                 if recorded > window_start:
-                    return 0, allowed
-                room = min(batch, allowed - counted)
+                    return 0, None, next_at
+                room = min(batch, pace.allowance(counted, next_at))
                 if room <= 0:
-                    return 0, counted
+                    return 0, counted, next_at
             sql = _MARK_DUE.format(ca=_OF_CA, lock=skip_locked(conn, "host_profiles"))
             started = len(conn.execute(sql, (*due, ca_name, room, now)).fetchall())
-            if counted is None:
-                return started, None
+            if pace is None:
+                return started, None, None
             if started:
-                conn.execute("UPDATE renewal_windows SET started = started + ? WHERE ca_name = ?", (started, ca_name))
-            return started, counted + started
+                next_at = pace.advanced(next_at, started)
+                conn.execute("UPDATE renewal_windows SET started = started + ?, next_start_at = ? WHERE ca_name = ?",
+                             (started, next_at, ca_name))
+            return started, counted + started, next_at
 
         return self._submit(start_renewals)
 
