@@ -59,8 +59,8 @@ class RenewalJob:
 
     Without limits (``pacing`` None or unlimited) every due host profile
     goes back to NULL at once, soonest expiry first. With them
-    (scepproxyd.pacing explains the schedule) each CA starts only what its
-    window allows by now; the rest wait, reported per CA in the result
+    (scepproxyd.pacing explains the pace) each CA starts only what its pace
+    and its window's limit allow now; the rest wait, reported per CA in the result
     (``renewals_deferred``) and in ``scepproxyd_renewals_deferred{ca}``,
     and ``next_run_at`` asks the scheduler to run again when the next one
     may start (never sooner than ``min_wake``: the processing job hands

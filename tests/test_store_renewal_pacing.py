@@ -112,10 +112,10 @@ async def test_the_backlog_counts_the_waiting_and_those_the_pace_would_start_too
     now = clock.seconds()
     expiries = [now - 60, now + 1000, now + 1500, now + 3 * DAY]
     await certified_fleet(store, "ndes", "wifi", ["gone", "a", "b", "c"], expiries)
-    # The n-th starts by now + n * 600: "gone" has expired, "b" (2nd, by now + 1200) makes it, ...
-    assert await store.renewal_backlog("ndes", THRESHOLD, FRACTION, now, 600.0) == (4, 1, now - 60)
-    # ... at one per 1000 s, "a" (by now + 2000) and "b" (by now + 3000) miss too.
-    assert await store.renewal_backlog("ndes", THRESHOLD, FRACTION, now, 1000.0) == (4, 3, now - 60)
+    # The n-th starts by now + n * 400: "gone" has expired; "a" (2nd, by now + 800) and "b" make it.
+    assert await store.renewal_backlog("ndes", THRESHOLD, FRACTION, now, 400.0) == (4, 1, now - 60)
+    # At one per 600 s, "a" (by now + 1200) and "b" (by now + 1800) miss too.
+    assert await store.renewal_backlog("ndes", THRESHOLD, FRACTION, now, 600.0) == (4, 3, now - 60)
     assert await store.renewal_backlog("acme", THRESHOLD, FRACTION, now, 1000.0) == (0, 0, None)
 
 
