@@ -98,7 +98,8 @@ class RenewalJob:
 
     async def _run_paced(self) -> dict:
         now = self._clock.seconds()
-        self.next_run_at = now + self._min_wake  # a run that fails tries again soon
+        if self.next_run_at is not None:  # while a queue is paced, a run that fails tries again soon
+            self.next_run_at = now + self._min_wake
         due = await self._store.due_renewals_by_ca(self._threshold, self._fraction)
         started, deferred, at_risk, wake = 0, {}, {}, None
         for ca_name in sorted(due):
