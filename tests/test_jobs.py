@@ -1,5 +1,6 @@
 """Jobs on a Clock: they fire every interval, never overlap, and share one code path with triggers."""
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -171,3 +172,23 @@ def test_a_job_run_only_by_triggers_asks_for_nothing():
     job = AskingJob(clock, [10])
     ScheduledJob(job, 1000, clock).trigger()
     assert job.runs == [0] and clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_paced_renewal_run_retries_soon_only_while_a_queue_waits():
+    from scepproxyd.pacing import RenewalPacing
+
+    class DownStore:
+        def due_renewals_by_ca(self, threshold, fraction):
+            return defer.fail(RuntimeError("database down"))
+
+    clock = Clock()
+    job = RenewalJob(DownStore(), 30 * 86400, 0.5, pacing=RenewalPacing(1000, 3600.0), clock=clock, min_wake=30.0)
+    with pytest.raises(RuntimeError):
+        await job.run()
+    assert job.next_run_at is None, "no queue was waiting: the timer's next tick will do"
+    job.next_run_at = 5.0  # a queue was waiting
+    clock.advance(10)
+    with pytest.raises(RuntimeError):
+        await job.run()
+    assert job.next_run_at == 40.0
