@@ -4,7 +4,8 @@ What devices report back (installed profiles, certificates), and renewal before 
 A host profile is 'verified' once its device reports the profile installed
 or a certificate carrying its renewal ID. The certificate's dates are kept,
 so the renewal job can send the profile again, with a fresh challenge,
-before the certificate expires.
+before the certificate expires; with renewal pacing (scepproxyd.pacing),
+per CA at the pace its row in renewal_windows keeps for every node.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ _OPEN_PACE = (
 # A CA's due host profiles left waiting, and which of them the pace would start
 # only after their certificate expires: queue_place 1 is the next to start,
 # and starts by base + queue_place * seconds_per_start at the latest (the job
-# works out base from the window, see RenewalJob); an expired one has missed
-# already. Parameters: now, base, seconds_per_start, _due_params, the CA.
+# has base from the CA's pace, CaPace.waiting_bound); an expired one has
+# missed already. Parameters: now, base, seconds_per_start, _due_params, the CA.
 _BACKLOG = (
     "SELECT count(*), count(missed), min(missed) FROM ("
     " SELECT CASE WHEN cert_not_after <= ? OR cert_not_after <= ? + queue_place * ? THEN cert_not_after END"
