@@ -66,17 +66,22 @@ _OPEN_PACE = (
     " WHERE ca_name = ? RETURNING window_start, started, next_start_at"
 )
 
-# A CA's due host profiles left waiting, and which of them the pace would start
-# only after their certificate expires: queue_place 1 is the next to start,
-# and starts by base + queue_place * seconds_per_start at the latest (the job
-# has base from the CA's pace, CaPace.waiting_bound); an expired one has
-# missed already. Parameters: now, base, seconds_per_start, _due_params, the CA.
-_BACKLOG = (
-    "SELECT count(*), count(missed), min(missed) FROM ("
+# A CA's due host profiles left waiting. Parameters: _due_params, the CA.
+_WAITING = "SELECT count(*) FROM host_profiles WHERE " + _DUE + _OF_CA
+
+# Which of them the pace would start only after their certificate expires:
+# queue_place 1 is the next to start, and starts by base + queue_place *
+# seconds_per_start at the latest (the job has base from the CA's pace,
+# CaPace.waiting_bound); an expired one has missed already. Only the soonest
+# expiring are ranked: those expiring after the last one's bound (the
+# horizon) cannot miss, and leaving them out changes no one's place.
+# Parameters: now, base, seconds_per_start, _due_params, the CA, the horizon.
+_MISSING = (
+    "SELECT count(missed), min(missed) FROM ("
     " SELECT CASE WHEN cert_not_after <= ? OR cert_not_after <= ? + queue_place * ? THEN cert_not_after END"
     "  AS missed FROM ("
     "  SELECT cert_not_after, ROW_NUMBER() OVER (ORDER BY cert_not_after) AS queue_place FROM host_profiles"
-    "  WHERE " + _DUE + _OF_CA + ") ranked) judged"
+    "  WHERE " + _DUE + _OF_CA + " AND cert_not_after <= ?) ranked) judged"
 )
 
 
@@ -247,11 +252,13 @@ class RenewalQueries:
         first) starts by ``base + n * seconds_per_start`` at the latest.
         """
         now = self._clock.seconds()
-        # In the order of the statement's text: the outer judgement, then the inner selection.
-        params = (now, base, seconds_per_start, *_due_params(now, threshold_seconds, short_fraction), ca_name)
+        due = (*_due_params(now, threshold_seconds, short_fraction), ca_name)
 
         def renewal_backlog(conn):
-            ((waiting, missing, earliest),) = conn.execute(_BACKLOG, params).fetchall()
+            ((waiting,),) = conn.execute(_WAITING, due).fetchall()
+            horizon = max(now, base + waiting * seconds_per_start)
+            # In the order of the statement's text: the outer judgement, then the inner selection.
+            ((missing, earliest),) = conn.execute(_MISSING, (now, base, seconds_per_start, *due, horizon)).fetchall()
             return waiting, missing, earliest
 
         return self._submit(renewal_backlog, write=False)
