@@ -5,6 +5,7 @@ from twisted.internet import defer
 
 from scepproxyd.daemon.logs import get_logger
 from scepproxyd.platforms import APPLE_PLATFORMS, PLATFORMS
+from scepproxyd.timestamps import utc_iso
 
 log = get_logger(__name__)
 
@@ -53,23 +54,111 @@ class ProcessProfilesJob:
 
 
 class RenewalJob:
-    """Send host profiles again, with a fresh challenge, before their certificates expire."""
+    """
+    Send host profiles again, with a fresh challenge, before their certificates expire.
+
+    Without limits (``pacing`` None or unlimited) every due host profile
+    goes back to NULL at once, soonest expiry first. With them
+    (scepproxyd.pacing explains the pace) each CA starts only what its pace
+    and its window's limit allow now; the rest wait, reported per CA in the result
+    (``renewals_deferred``) and in ``scepproxyd_renewals_deferred{ca}``,
+    and ``next_run_at`` asks the scheduler to run again when the next one
+    may start (never sooner than ``min_wake``: the processing job hands
+    NULL host profiles to devices no faster than that anyway). Those the
+    pace would start only after their certificate expired are counted
+    (``renewals_at_risk``) and warned about on every run: the limit holds.
+    """
 
     name = "renew_certificates"
 
-    def __init__(self, store, threshold: float, short_fraction: float, batch_size: int = 1000):
+    def __init__(
+        self, store, threshold: float, short_fraction: float, batch_size: int = 1000,
+        pacing=None, clock=None, metrics=None, min_wake: float = 30.0,
+    ):
         self._store = store
         self._threshold = threshold
         self._fraction = short_fraction
         self._batch_size = batch_size
+        self._pacing = pacing
+        self._clock = clock
+        self._metrics = metrics
+        self._min_wake = min_wake
+        #: When this job wants its next run, if sooner than its timer's (pacing holds renewals back).
+        self.next_run_at = None
 
     async def run(self) -> dict:
+        if self._pacing is None or self._pacing.unlimited:
+            total = 0
+            while True:
+                count = await self._store.mark_due_for_renewal(self._threshold, self._fraction, self._batch_size)
+                total += count
+                if count < self._batch_size:
+                    return {"renewals_due": total}
+        return await self._run_paced()
+
+    async def _run_paced(self) -> dict:
+        now = self._clock.seconds()
+        if self.next_run_at is not None:  # while a queue is paced, a run that fails tries again soon
+            self.next_run_at = now + self._min_wake
+        due = await self._store.due_renewals_by_ca(self._threshold, self._fraction)
+        started, deferred, at_risk, wake = 0, {}, {}, None
+        for ca_name in sorted(due):
+            limit = self._pacing.limit_for(ca_name)
+            if limit is None:
+                started += await self._start(ca_name)
+                continue
+            pace = self._pacing.pace(ca_name, limit, now, self._min_wake)
+            count, window_started, next_at = await self._start_paced(ca_name, self._pacing.window_start(now), pace)
+            started += count
+            if count >= due[ca_name]:
+                continue
+            if window_started is None:  # this node's clock is behind the window the database counts
+                window_started = limit
+            # The job wakes at most min_wake after each paced moment.
+            waiting, missing, earliest = await self._store.renewal_backlog(
+                ca_name, self._threshold, self._fraction, pace.waiting_bound(next_at) + self._min_wake, pace.spacing)
+            if not waiting:
+                continue
+            deferred[ca_name] = waiting
+            opening = pace.next_opening(window_started, next_at)
+            wake = opening if wake is None else min(wake, opening)
+            if missing:
+                at_risk[ca_name] = missing
+                log.warn(
+                    "renewal pacing: {missing} of the {waiting} renewals waiting for CA {ca} would start after "
+                    "their certificate expires (the first on {expiry}) at {limit} per {interval:g} s; the limit "
+                    "holds: raise it for {ca} ([renewal] ca_limits or limit)",
+                    missing=missing, waiting=waiting, ca=ca_name, expiry=utc_iso(earliest), limit=limit,
+                    interval=self._pacing.interval,
+                )
+        if self._metrics is not None:
+            self._metrics.set_renewal_queue(deferred, at_risk, due)
+        self.next_run_at = None if wake is None else max(wake, now + self._min_wake)
+        result = {"renewals_due": started}
+        if deferred:
+            result["renewals_deferred"] = deferred
+        if at_risk:
+            result["renewals_at_risk"] = at_risk
+        return result
+
+    async def _start(self, ca_name: str) -> int:
+        """Every due host profile of an unlimited CA, in batches."""
         total = 0
         while True:
-            count = await self._store.mark_due_for_renewal(self._threshold, self._fraction, self._batch_size)
+            count, _, _ = await self._store.start_renewals(ca_name, self._threshold, self._fraction, self._batch_size)
             total += count
             if count < self._batch_size:
-                return {"renewals_due": total}
+                return total
+
+    async def _start_paced(self, ca_name: str, window: float, pace) -> tuple[int, int | None, float]:
+        """What the CA's pace allows now, in batches; ``(started, the window's count, next_at)`` after."""
+        total = 0
+        while True:
+            count, window_started, next_at = await self._store.start_renewals(
+                ca_name, self._threshold, self._fraction, self._batch_size, window, pace)
+            total += count
+            if count < self._batch_size:
+                return total, window_started, next_at
 
 
 class CleanupJob:
@@ -107,6 +196,8 @@ class ScheduledJob:
         self._clock = clock
         self._metrics = metrics
         self._lock = defer.DeferredLock()
+        self._timer = None
+        self._wake = None
 
     def trigger(self) -> defer.Deferred:
         return self._lock.run(self._run_logged)
@@ -119,6 +210,8 @@ class ScheduledJob:
             if self._metrics is not None:
                 self._metrics.job_finished(self.name, self._clock.seconds() - started, None)
             raise
+        finally:
+            self._wake_when_asked()
         if self._metrics is not None:
             self._metrics.job_finished(self.name, self._clock.seconds() - started, result)
         log.info(
@@ -137,9 +230,32 @@ class ScheduledJob:
         d.addErrback(lambda f: log.failure("job {job} failed", f, job=self.name))
         return d
 
+    def _wake_when_asked(self) -> None:
+        """
+        Run again at ``job.next_run_at`` if the job asks (the renewal job does while pacing holds
+        renewals back), besides the timer's ticks.
+
+        One wake-up at a time, replaced after every run; none unless the
+        timer runs, and none for a moment that is not in the future, so a
+        job can never make the scheduler spin. One left over when the timer
+        stops finds it stopped and does nothing.
+        """
+        if self._wake is not None and self._wake.active():
+            self._wake.cancel()
+        self._wake = None
+        at = getattr(self.job, "next_run_at", None)
+        if at is None or self._timer is None or not self._timer.running or at <= self._clock.seconds():
+            return
+        self._wake = self._clock.callLater(at - self._clock.seconds(), self._woken)
+
+    def _woken(self) -> None:
+        self._wake = None
+        if self._timer is not None and self._timer.running:
+            self._tick()
+
     def service(self) -> TimerService:
         """A TimerService; LoopingCall waits for each run before scheduling the next."""
-        timer = TimerService(self.interval, self._tick)
+        timer = self._timer = TimerService(self.interval, self._tick)
         timer.clock = self._clock
         timer.setName("job-" + self.name)
         return timer

@@ -48,6 +48,7 @@ from scepproxyd.delivery.nanomdm import NanoMDMClient
 from scepproxyd.delivery.push import PushDelivery
 from scepproxyd.delivery.render import CommandRenderer
 from scepproxyd.jobs import CleanupJob, ProcessProfilesJob, RenewalJob, ScheduledJob, backends_for
+from scepproxyd.pacing import RenewalPacing
 from scepproxyd.keys import ChallengeCipher, KeyFileError, load_or_create_key, load_or_create_token
 from scepproxyd.scep.proxy import ScepProxy
 from scepproxyd.scep.ra_flow import RaFlow
@@ -309,7 +310,11 @@ def build_jobs(settings, store, renderer, http_client, reactor, metrics) -> list
             settings.profiles.process_interval, reactor, metrics,
         ),
         ScheduledJob(
-            RenewalJob(store, settings.renewal.threshold, settings.renewal.short_fraction),
+            RenewalJob(
+                store, settings.renewal.threshold, settings.renewal.short_fraction,
+                pacing=RenewalPacing.from_settings(settings.renewal), clock=reactor, metrics=metrics,
+                min_wake=settings.profiles.process_interval,
+            ),
             settings.renewal.interval, reactor, metrics,
         ),
         ScheduledJob(

@@ -426,6 +426,9 @@ EVERY_KEY = [
     ("renewal", "interval"),
     ("renewal", "threshold"),
     ("renewal", "short_fraction"),
+    ("renewal", "limit"),
+    ("renewal", "limit_interval"),
+    ("renewal", "ca_limits"),
     ("delivery", "backend"),
     ("delivery", "nanomdm_url"),
     ("delivery", "nanomdm_api_key_file"),
@@ -705,6 +708,71 @@ def test_engine_defaults():
     assert settings.delivery.backend == "outbox" and settings.delivery.nanomdm_url is None
     assert settings.retired_agent_token_file == Path("/srv/scep/var/agent.token")
     assert settings.ignored == ()
+
+
+# -- renewal pacing ---------------------------------------------------------
+
+
+def test_renewal_pacing_defaults():
+    """A limit high enough that a small site never notices it, per hour, and no per-CA overrides."""
+    renewal = parse("").renewal
+    assert (renewal.limit, renewal.limit_interval, renewal.ca_limits) == (1000, 3600.0, ())
+
+
+@pytest.mark.parametrize(
+    "lines, expected",
+    [
+        ("limit = 200\nlimit_interval = 10m", (200, 600.0, ())),
+        ("limit = none", (None, 3600.0, ())),
+        ("limit = NONE\nlimit_interval = 7d", (None, 7 * 86400.0, ())),
+        ("limit = 1000000\nlimit_interval = 1m", (1000000, 60.0, ())),
+        ("ca_limits = ndes:200", (1000, 3600.0, (("ndes", 200),))),
+        ("ca_limits = ndes : 200 ,builtin:none, -:5", (1000, 3600.0, (("ndes", 200), ("builtin", None), ("-", 5)))),
+        ("limit = none\nca_limits = ndes:50", (None, 3600.0, (("ndes", 50),))),
+    ],
+)
+def test_renewal_pacing_values(lines, expected):
+    renewal = parse("[renewal]\n%s\n" % (lines,)).renewal
+    assert (renewal.limit, renewal.limit_interval, renewal.ca_limits) == expected
+
+
+@pytest.mark.parametrize(
+    "key, value, problem",
+    [
+        ("limit", "0", "must not be 0, which would stop renewals and let every certificate expire; "
+                       "write none for no limit, got '0'"),
+        ("limit", "-5", "must be a whole number of renewals from 1 to 1000000, or none for no limit, got '-5'"),
+        ("limit", "lots", "must be a whole number of renewals from 1 to 1000000, or none for no limit, got 'lots'"),
+        ("limit", "1000001", "must be a whole number of renewals from 1 to 1000000, or none for no limit"),
+        ("limit", "2.5", "must be a whole number of renewals from 1 to 1000000, or none for no limit"),
+        ("limit_interval", "30s", "must be a duration from 1 minute to 7 days"),
+        ("limit_interval", "8d", "must be a duration from 1 minute to 7 days"),
+        ("limit_interval", "hourly", "must be a duration from 1 minute to 7 days"),
+        ("ca_limits", "ndes", "each entry must be CA_NAME:LIMIT, e.g. ndes:200 or builtin:none, got 'ndes'"),
+        ("ca_limits", "ndes=200", "each entry must be CA_NAME:LIMIT, e.g. ndes:200 or builtin:none, got 'ndes=200'"),
+        ("ca_limits", "ndes:200,", "has an empty entry (a stray comma?); expected NAME:LIMIT, ..., got 'ndes:200,'"),
+        ("ca_limits", "my ca:200", "the CA name in 'my ca:200' must be 1-255 letters, digits or underscores"),
+        ("ca_limits", ":200", "the CA name in ':200' must be 1-255 letters, digits or underscores"),
+        ("ca_limits", "ndes:200, ndes:100", "names CA 'ndes' twice; give each CA one limit, got 'ndes:200, ndes:100'"),
+        ("ca_limits", "ndes:0", "the limit for CA 'ndes' must not be 0, which would stop renewals"),
+        ("ca_limits", "ndes:many", "the limit for CA 'ndes' must be a whole number of renewals from 1 to 1000000, "
+                                   "or none for no limit, got 'many'"),
+        ("ca_limits", "ndes:", "the limit for CA 'ndes' must be a whole number of renewals"),
+    ],
+)
+def test_renewal_pacing_refusals(key, value, problem):
+    error = refused("[renewal]\n%s = %s\n" % (key, value))
+    assert (error.section, error.key) == ("renewal", key)
+    assert problem in error.problem
+    assert str(error).startswith("%s: [renewal] %s: " % (CONFIG, key))
+
+
+def test_renewal_pacing_messages_match_the_documented_examples():
+    """docs/configuration.md quotes three of these messages whole."""
+    doc = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    for key, value in (("limit", "0"), ("ca_limits", "ndes"), ("ca_limits", "ndes:200, ndes:100")):
+        error = refused("[renewal]\n%s = %s\n" % (key, value), Path("/etc/scepproxyd/scepproxyd.ini"))
+        assert str(error) in doc
 
 
 def test_retired_agent_token_file_is_accepted_and_ignored():

@@ -1,5 +1,6 @@
 """Jobs on a Clock: they fire every interval, never overlap, and share one code path with triggers."""
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -111,3 +112,83 @@ def test_admin_api_doc_lists_every_job():
     assert names == ["cleanup", "process_profiles", "renew_certificates"]
     assert sorted(rows) == names
     assert '{"jobs": [%s]}' % ", ".join('"%s"' % n for n in names) in " ".join(chapter.split())
+
+
+class AskingJob:
+    """Asks for its next runs at the moments in ``plan`` (relative to each run), then for none."""
+
+    name = "asking"
+
+    def __init__(self, clock, plan):
+        self.clock = clock
+        self.plan = list(plan)
+        self.runs = []
+        self.next_run_at = None
+
+    async def run(self):
+        self.runs.append(self.clock.seconds())
+        step = self.plan.pop(0) if self.plan else None
+        self.next_run_at = None if step is None else self.clock.seconds() + step
+        return {}
+
+
+def test_a_job_may_ask_to_run_before_its_next_tick():
+    """The renewal job does while pacing holds renewals back: one wake-up at a time, besides the ticks."""
+    clock = Clock()
+    job = AskingJob(clock, [10, 15, 0, None])
+    scheduled = ScheduledJob(job, 1000, clock)
+    timer = scheduled.service()
+    timer.startService()
+    assert job.runs == [0]
+    clock.advance(10)
+    clock.advance(15)
+    assert job.runs == [0, 10, 25]
+    clock.advance(500)
+    assert job.runs == [0, 10, 25], "a moment not in the future is no wake-up: a job cannot make it spin"
+    clock.advance(475)
+    assert job.runs == [0, 10, 25, 1000], "the timer ticks on"
+    timer.stopService()
+
+
+def test_a_trigger_replaces_the_wake_up_and_a_stopped_timer_wakes_nothing():
+    clock = Clock()
+    job = AskingJob(clock, [100, 50, 30])
+    scheduled = ScheduledJob(job, 1000, clock)
+    timer = scheduled.service()
+    timer.startService()
+    clock.advance(20)
+    scheduled.trigger()  # asks for +50 from here: the wake-up at 100 is gone
+    assert job.runs == [0, 20]
+    clock.advance(50)
+    assert job.runs == [0, 20, 70]
+    timer.stopService()
+    clock.advance(30)
+    assert job.runs == [0, 20, 70]
+    assert not [call for call in clock.getDelayedCalls() if call.active()]
+
+
+def test_a_job_run_only_by_triggers_asks_for_nothing():
+    clock = Clock()
+    job = AskingJob(clock, [10])
+    ScheduledJob(job, 1000, clock).trigger()
+    assert job.runs == [0] and clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_paced_renewal_run_retries_soon_only_while_a_queue_waits():
+    from scepproxyd.pacing import RenewalPacing
+
+    class DownStore:
+        def due_renewals_by_ca(self, threshold, fraction):
+            return defer.fail(RuntimeError("database down"))
+
+    clock = Clock()
+    job = RenewalJob(DownStore(), 30 * 86400, 0.5, pacing=RenewalPacing(1000, 3600.0), clock=clock, min_wake=30.0)
+    with pytest.raises(RuntimeError):
+        await job.run()
+    assert job.next_run_at is None, "no queue was waiting: the timer's next tick will do"
+    job.next_run_at = 5.0  # a queue was waiting
+    clock.advance(10)
+    with pytest.raises(RuntimeError):
+        await job.run()
+    assert job.next_run_at == 40.0

@@ -329,6 +329,61 @@ def ca_name(value: str) -> str:
     return value.strip()
 
 
+#: The largest renewal limit a file may give: far above what one CA could take in any interval.
+MAX_RENEWAL_LIMIT = 1_000_000
+
+
+def renewal_limit(value: str) -> int | None:
+    """
+    Renewals started per CA in each ``[renewal] limit_interval``: a whole number, or ``none`` (no limit).
+
+    ``0`` is refused rather than read either way: "no limit" would surprise
+    whoever meant to pause renewals, and pausing them would let every
+    certificate expire.
+    """
+    text = value.strip().lower()
+    if text == "none":
+        return None
+    if text.isdigit() and int(text) == 0:
+        raise Invalid("must not be 0, which would stop renewals and let every certificate expire; "
+                      "write none for no limit, got %r" % (value,))
+    if not text.isdigit() or int(text) > MAX_RENEWAL_LIMIT:
+        raise Invalid("must be a whole number of renewals from 1 to %d, or none for no limit, got %r"
+                      % (MAX_RENEWAL_LIMIT, value))
+    return int(text)
+
+
+def ca_limits(value: str) -> tuple[tuple[str, int | None], ...]:
+    """
+    ``-`` (none), or per-CA renewal limits ``NAME:LIMIT, ...`` overriding ``[renewal] limit``.
+
+    Each LIMIT is written as ``limit`` is (a whole number or ``none``); each
+    CA is named once, so the file never holds two answers for one CA. The
+    name ``-`` stands for profiles that name no CA (no CA can be called so).
+    """
+    if value.strip() == "-":
+        return ()
+    limits: dict[str, int | None] = {}
+    for part in value.split(","):
+        entry = part.strip()
+        name, colon, count = entry.partition(":")
+        if not entry:
+            raise Invalid("has an empty entry (a stray comma?); expected NAME:LIMIT, ..., got %r" % (value,))
+        if not colon:
+            raise Invalid("each entry must be CA_NAME:LIMIT, e.g. ndes:200 or builtin:none, got %r" % (entry,))
+        try:
+            name = "-" if name.strip() == "-" else ca_name(name)  # "-": profiles that name no CA
+        except Invalid:
+            raise Invalid("the CA name in %r must be 1-255 letters, digits or underscores" % (entry,)) from None
+        if name in limits:
+            raise Invalid("names CA %r twice; give each CA one limit, got %r" % (name, value))
+        try:
+            limits[name] = renewal_limit(count)
+        except Invalid as e:
+            raise Invalid("the limit for CA %r %s" % (name, e)) from None
+    return tuple(limits.items())
+
+
 def template_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value.strip()):
         raise Invalid("must be 1-64 letters, digits, '.', '_' or '-', got %r" % (value,))

@@ -106,6 +106,11 @@ class RenewalSettings:
     interval: float
     threshold: float
     short_fraction: float
+    #: Renewals started per CA in each ``limit_interval`` (None: no limit), unless ``ca_limits`` names the CA.
+    limit: int | None = 1000
+    limit_interval: float = 3600.0
+    #: ``((ca_name, limit or None), ...)``: per-CA overrides of ``limit``.
+    ca_limits: tuple = ()
 
 
 @attrs.frozen
@@ -253,6 +258,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
         "interval": ("1d", c.duration(0, 7 * c.DAY)),
         "threshold": ("30d", c.duration(0, 3650 * c.DAY)),
         "short_fraction": ("0.5", c.fraction),
+        "limit": ("1000", c.renewal_limit),
+        "limit_interval": ("1h", c.duration(c.MINUTE, 7 * c.DAY, allow_low=True)),
+        "ca_limits": ("-", c.ca_limits),
     },
     "delivery": {
         "backend": ("outbox", c.choice("outbox", "nanomdm")),

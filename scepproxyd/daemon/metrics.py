@@ -57,6 +57,17 @@ class Metrics:
             "Connections closed at accept because the listener was at its max_connections cap.",
             ["listener"], registry=self.registry,
         )
+        self.renewals_deferred = Gauge(
+            "scepproxyd_renewals_deferred",
+            "Host profiles due for renewal that pacing holds back, by CA, as of this node's last renewal run.",
+            ["ca"], registry=self.registry,
+        )
+        self.renewals_at_risk = Gauge(
+            "scepproxyd_renewals_at_risk",
+            "Of those held back, how many the CA's pace would start only after their certificate expires, by CA.",
+            ["ca"], registry=self.registry,
+        )
+        self._renewal_cas = set()  # every CA the two gauges above were given, so one that drains shows 0
         self.ca_refusals = Counter(
             "scepproxyd_ca_policy_refusals", "Built-in CA requests refused by the issuance policy, by check.",
             ["check"], registry=self.registry,
@@ -103,6 +114,18 @@ class Metrics:
     def set_host_profile_counts(self, counts: dict) -> None:
         for status, count in counts.items():
             self.host_profiles.labels(status or "null").set(count)
+
+    def set_renewal_queue(self, deferred: dict, at_risk: dict, cas=()) -> None:
+        """
+        The renewal job's view after a paced run: ``{ca: count}`` held back, and at risk of expiring.
+
+        ``cas`` names CAs to show even with nothing held back (those with
+        renewals due); a CA shown once keeps its series, at 0 when drained.
+        """
+        self._renewal_cas.update(cas, deferred, at_risk)
+        for ca in self._renewal_cas:
+            self.renewals_deferred.labels(ca).set(deferred.get(ca, 0))
+            self.renewals_at_risk.labels(ca).set(at_risk.get(ca, 0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

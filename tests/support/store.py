@@ -176,6 +176,7 @@ async def populate(s):
     host profiles claimed (commands), a live one-time challenge and one in flight, an agent credential, the
     built-in CA's request, certificate and one-time challenge. Fires the live proxy challenge (plain text).
     """
+    from scepproxyd.pacing import RenewalPacing
     from scepproxyd.store import CaRequest, IssuedCertificate
 
     await s.add_ca(CA, "https://ca.example/scep", challenge_ciphertext=b"\x00sealed\xff",
@@ -197,6 +198,8 @@ async def populate(s):
                                     "default", None, b"\x30\x82der\x00", now, "nonce-1")
     await s.record_issued(request, certificate)
     await s.add_ca_challenge(CA_CHALLENGE_HASH, "default", 3600)
+    # The renewal pace of a CA (nothing is due, so only the CA's row is made).
+    await s.start_renewals(CA, 30 * 86400.0, 0.5, 10, now - now % 3600, RenewalPacing(5, 3600.0).pace(CA, 5, now))
     # What the first of several nodes records at start (service._check_shared_state), outside the Store's API.
     conn = raw(s)
     conn.execute("INSERT INTO node_fingerprints (name, fingerprint, created_at) VALUES (?, ?, ?)",
@@ -205,6 +208,30 @@ async def populate(s):
         conn.commit()
     conn.close()
     return live
+
+
+async def certified_fleet(s, ca, profile, hosts, expiries, validity: float = 365 * 86400.0) -> None:
+    """
+    ``hosts`` (macOS) holding ``profile`` (using CA ``ca``, added if missing; None: no CA), each host profile verified
+    with a certificate expiring at its entry of ``expiries``: what the renewal job works on. The
+    certificates' dates are written behind the store's back, in one statement each, so a fleet of
+    thousands is ready in moments.
+    """
+    hosts = list(hosts)
+    if ca is not None and await s.get_ca(ca) is None:
+        await s.add_ca(ca, "https://%s.example/scep" % (ca,))
+    await s.add_profile(profile, "cert " + profile, "macos", b"<plist/>", ca)
+    await s.import_hosts([(host, None, "macos") for host in hosts])
+    await s.assign_profile_to_hosts(profile, hosts)
+    conn = raw(s)
+    conn.executemany(
+        "UPDATE host_profiles SET status = 'verified', cert_serial = ?, cert_not_before = ?, cert_not_after = ?"
+        " WHERE host_uuid = ? AND profile_uuid = ?",
+        [(host, expiry - validity, expiry, host, profile) for host, expiry in zip(hosts, expiries)],
+    )
+    if isinstance(conn, sqlite3.Connection):
+        conn.commit()
+    conn.close()
 
 
 def table_rows(conn, table: str) -> list[tuple]:
