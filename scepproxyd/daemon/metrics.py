@@ -28,8 +28,8 @@ class Metrics:
         )
         self.challenges = Counter(
             "scepproxyd_challenges",
-            "One-time challenges by event (minted, consumed, restored, expired, expired_resent: expired unused while"
-            " its host profile waited, which was sent again without a retry).",
+            "One-time challenges by event (minted, consumed, restored, expired: removed by the cleanup job,"
+            " expired_resent: a host profile's latest expired unused and it was sent again without a retry).",
             ["event"], registry=self.registry,
         )
         self.job_duration = Histogram(

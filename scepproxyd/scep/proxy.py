@@ -223,7 +223,6 @@ class ScepProxy:
             return None, _refusal(400, "challenge_failed", CHALLENGE_FAILED, **fields)
         if refusal.reason == "expired":
             # The device came back after the TTL: same answer, and its profile is on its way again (no retry).
-            self._count("expired")
             self._count("expired_resent")
             self.log.info(
                 RESENT_AFTER_EXPIRY, host=ident.host_uuid, profile=ident.profile_uuid, ca=ident.ca_name,
