@@ -134,9 +134,14 @@ def _delete_expired(conn, hashed, host_uuid, profile_uuid, cutoff) -> float | No
     return rows[0][0] if rows else None
 
 
+def _resent_after_expiry(conn, hashed, host_uuid, profile_uuid, now) -> bool:
+    """An expired challenge was deleted: send its host profile again if it was the latest of a pending one; whether it was."""
+    return conn.execute(_RESEND_EXPIRED, (EXPIRED_DETAIL, now, host_uuid, profile_uuid, hashed)).rowcount == 1
+
+
 def _challenge_expired(conn, hashed, host_uuid, profile_uuid, created_at, now) -> ChallengeRefusal:
-    """A presented challenge was there but past its TTL: send its host profile again if it was the latest of a pending one."""
-    if conn.execute(_RESEND_EXPIRED, (EXPIRED_DETAIL, now, host_uuid, profile_uuid, hashed)).rowcount == 1:
+    """A presented challenge was there but past its TTL (now deleted): what that did to its host profile."""
+    if _resent_after_expiry(conn, hashed, host_uuid, profile_uuid, now):
         return ChallengeRefusal(False, "expired", None, now - created_at)
     return _why_not_counted(conn, host_uuid, profile_uuid, hashed)
 
@@ -285,9 +290,8 @@ class ChallengeQueries:
         def consume_challenge(conn):
             consumed = _consume(conn, hashed, host_uuid, profile_uuid, now, cutoff)
             if consumed is None:
-                created_at = _delete_expired(conn, hashed, host_uuid, profile_uuid, cutoff)
-                if created_at is not None:
-                    _challenge_expired(conn, hashed, host_uuid, profile_uuid, created_at, now)
+                if _delete_expired(conn, hashed, host_uuid, profile_uuid, cutoff) is not None:
+                    _resent_after_expiry(conn, hashed, host_uuid, profile_uuid, now)
             return consumed
 
         return self._submit(consume_challenge, group=True)
@@ -422,8 +426,9 @@ class ChallengeQueries:
         challenge as spend_challenge does (when it cannot be taken: the
         expiry rule, or challenge_failed's retry rule with ``detail``); and
         when the host profile is not 'pending', settle the taken challenge at
-        once (the proxy refuses to forward). A CA in RA mode, or at another URL, spends
-        nothing: its caller goes the other way, or prepares for the new URL.
+        once (the proxy refuses to forward). A CA in RA mode, or at another
+        URL, spends nothing: its caller goes the other way, or prepares for
+        the new URL.
         """
         now = self._clock.seconds()
         cutoff = now - self._challenge_ttl
