@@ -5,6 +5,7 @@ from twisted.internet import defer
 
 from scepproxyd.daemon.logs import get_logger
 from scepproxyd.platforms import APPLE_PLATFORMS, PLATFORMS
+from scepproxyd.store.models import RESENT_AFTER_EXPIRY
 from scepproxyd.timestamps import utc_iso
 
 log = get_logger(__name__)
@@ -163,7 +164,12 @@ class RenewalJob:
 
 class CleanupJob:
     """Delete expired challenges and finished commands so tables do not grow without bound (and, on
-    PostgreSQL, put back challenges a killed node left in flight)."""
+    PostgreSQL, put back challenges a killed node left in flight).
+
+    A pending host profile whose latest challenge expired unused (its device
+    was offline past ``[challenges] ttl``) is sent again without a retry
+    counted: one info line each, as its batch is done.
+    """
 
     name = "cleanup"
 
@@ -172,14 +178,22 @@ class CleanupJob:
         self._retention = command_retention
 
     async def run(self) -> dict:
+        expired = await self._store.expire_challenges(on_resent=_log_resent)
         result = {
-            "expired_challenges_removed": await self._store.delete_expired_challenges(),
+            "expired_challenges_removed": expired.removed,
+            "expired_profiles_resent": len(expired.resent),
             "finished_commands_removed": await self._store.delete_finished_commands(self._retention),
         }
         if getattr(self._store, "engine", "sqlite") == "postgresql":
             # Several nodes: challenges a killed node held in flight go back to their devices.
             result["orphaned_challenges_restored"] = await self._store.restore_orphaned_challenges()
         return result
+
+
+def _log_resent(resent) -> None:
+    for hp in resent:
+        log.info(RESENT_AFTER_EXPIRY, host=hp.host_uuid, profile=hp.profile_uuid, ca=hp.ca_name or "-",
+                 waited=hp.waited, found_by="cleanup")
 
 
 class ScheduledJob:

@@ -303,7 +303,8 @@ def build_jobs(settings, store, renderer, http_client, reactor, metrics) -> list
             read_nanomdm_api_key(settings.delivery.nanomdm_api_key_file),
             timeout=settings.upstream.response_timeout,
         )
-        pusher = PushDelivery(store, renderer, nanomdm, reactor)
+        pusher = PushDelivery(store, renderer, nanomdm, reactor,
+                              max_unused_challenges=settings.delivery.max_unused_challenges)
     return [
         ScheduledJob(
             ProcessProfilesJob(store, settings.profiles.batch_size, backends_for(settings.delivery.backend), pusher),

@@ -956,7 +956,8 @@ DOC_EXAMPLES = {
     ("scepproxyctl jobs", 2): {
         ("GET", "/api/v1/jobs"): (200, {"jobs": ["cleanup", "process_profiles", "renew_certificates"]})},
     ("scepproxyctl trigger cleanup", 0): {("POST", "/api/v1/jobs/cleanup"): (200, {
-        "job": "cleanup", "result": {"expired_challenges_removed": 4, "finished_commands_removed": 0}})},
+        "job": "cleanup", "result": {"expired_challenges_removed": 4, "expired_profiles_resent": 1,
+                                     "finished_commands_removed": 0}})},
     ("scepproxyctl trigger nope", 0): {("POST", "/api/v1/jobs/nope"): error(
         404, "no job 'nope'; jobs are cleanup, process_profiles, renew_certificates")},
     ("scepproxyctl builtin-ca requests --status pending", 0): {

@@ -350,6 +350,7 @@ BAD_VALUES = [
     ("server", "target_cache_seconds", "2h", "from 0 to 1 hour"),
     ("server", "max_connections", "lots", "whole number from 1 to 1000000"),
     ("admin", "max_connections", "100001", "whole number from 1 to 100000"),
+    ("delivery", "max_unused_challenges", "0", "whole number from 1 to 1000000"),
     ("challenges", "ttl", "59s", "from 1 minute to 30 days"),
     ("challenges", "ttl", "31d", "from 1 minute to 30 days"),
     ("challenges", "ttl", "inf", "from 1 minute to 30 days"),
@@ -434,6 +435,7 @@ EVERY_KEY = [
     ("delivery", "nanomdm_api_key_file"),
     ("delivery", "webhook_token_file"),
     ("delivery", "command_retention"),
+    ("delivery", "max_unused_challenges"),
     ("ca", "enabled"),
     ("ca", "name"),
     ("ca", "key_file"),
@@ -706,6 +708,7 @@ def test_engine_defaults():
     assert settings.renewal.threshold == 30 * 86400.0
     assert settings.renewal.short_fraction == 0.5
     assert settings.delivery.backend == "outbox" and settings.delivery.nanomdm_url is None
+    assert settings.delivery.max_unused_challenges == 1000
     assert settings.retired_agent_token_file == Path("/srv/scep/var/agent.token")
     assert settings.ignored == ()
 

@@ -79,13 +79,14 @@ async def test_begin_spends_nothing_for_a_ca_in_ra_mode_or_at_another_url(store)
 async def test_begin_counts_a_refused_challenge_that_was_the_latest_of_a_pending_host_profile(store, clock):
     await seed(store)
     latest = await pending(store)
+    await store.challenge_settled(await store.consume_challenge(latest, HOST, PROFILE))  # spent, CA answered garbage
     clock.advance(TTL + 1)
     start = await begin(store, latest)
     assert start == EnrollmentStart(ProxyTarget(HOST, PROFILE, CA, URL, "pending"), None,
                                     ChallengeRefusal(True, "latest", None))
     hp = await store.get_host_profile(HOST, PROFILE)
     assert (hp.status, hp.retries, hp.detail, hp.updated_at) == (None, 1, FAILED, EPOCH + TTL + 1)
-    assert count(store, "challenges") == 0  # the expired row is gone, as consume_challenge leaves it
+    assert count(store, "challenges") == 0
 
 
 @pytest_twisted.ensureDeferred

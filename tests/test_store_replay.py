@@ -11,6 +11,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from scepproxyd.store import ChallengeRefusal, Store
+from scepproxyd.store.challenges import EXPIRED_DETAIL
 from support.store import (
     CA,
     EPOCH,
@@ -41,13 +42,15 @@ async def refused(s, challenge, host=HOST, profile=PROFILE):
 
 
 @pytest_twisted.ensureDeferred
-async def test_latest_challenge_expired_while_pending_requeues_and_counts(store, clock):
+async def test_latest_challenge_expired_while_pending_is_sent_again_without_a_retry(store, clock):
+    """The device was offline past the TTL: its profile goes out again, and that is no failed attempt."""
     await seed(store)
     latest = await pending(store)
     clock.advance(TTL + 1)
-    assert await refused(store, latest) == ChallengeRefusal(True, "latest", None)
+    assert await store.spend_challenge(latest, HOST, PROFILE, FAILED) == (
+        None, ChallengeRefusal(False, "expired", None, TTL + 1))
     hp = await store.get_host_profile(HOST, PROFILE)
-    assert (hp.status, hp.retries, hp.detail, hp.updated_at) == (None, 1, FAILED, EPOCH + TTL + 1)
+    assert (hp.status, hp.retries, hp.detail, hp.updated_at) == (None, 0, EXPIRED_DETAIL, EPOCH + TTL + 1)
 
 
 @pytest_twisted.ensureDeferred
@@ -140,7 +143,7 @@ async def test_a_new_attempt_does_not_count_the_last_attempts_challenge(store, c
     await claim_all(store)
     previous = await store.issue_challenge(HOST, PROFILE)
     clock.advance(TTL + 1)
-    assert (await refused(store, previous)).counted  # expired: back to NULL
+    assert (await store.spend_challenge(previous, HOST, PROFILE, FAILED))[1].reason == "expired"  # back to NULL
     await claim_all(store)  # pending again, not rendered yet
     before = await store.get_host_profile(HOST, PROFILE)
     assert await refused(store, previous) == ChallengeRefusal(False, "not_latest", "pending")
@@ -232,7 +235,8 @@ async def test_upgrade_keeps_pending_host_profiles_working(tmp_path, clock):
         assert await refused(s, "A" * 32, "live", "p") == ChallengeRefusal(False, "not_latest", "pending")
         clock.advance(TTL + 10)
         assert await refused(s, "older", "live", "p") == ChallengeRefusal(False, "not_latest", "pending")
-        assert await refused(s, "newest", "live", "p") == ChallengeRefusal(True, "latest", None)
+        assert await s.spend_challenge("newest", "live", "p", FAILED) == (
+            None, ChallengeRefusal(False, "expired", None, TTL + 9))  # sent again, no retry
         # Its challenge gone before the upgrade: the next refusal counts once, as it always did.
         assert (await refused(s, "A" * 32, "spent", "p")).counted
         await claim_all(s)
@@ -240,7 +244,7 @@ async def test_upgrade_keeps_pending_host_profiles_working(tmp_path, clock):
         # A verified host profile got no mark at all.
         assert await refused(s, "done-old", "done", "p") == ChallengeRefusal(False, "not_pending", "verified")
         assert sorted((hp.host_uuid, hp.status, hp.retries) for hp in await s.list_host_profiles()) == [
-            ("done", "verified", 0), ("live", "pending", 1), ("spent", "pending", 1)
+            ("done", "verified", 0), ("live", "pending", 0), ("spent", "pending", 1)
         ]
     finally:
         await s.stop()

@@ -120,6 +120,8 @@ class DeliverySettings:
     nanomdm_api_key_file: Path
     webhook_token_file: Path
     command_retention: float
+    #: Push delivery sends only while fewer of its challenges than this are unused (delivery/push.py).
+    max_unused_challenges: int = 1000
 
 
 KEY_USAGES = (
@@ -268,6 +270,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
         "nanomdm_api_key_file": ("nanomdm.key", c.text),
         "webhook_token_file": ("nanomdm-webhook.token", c.text),
         "command_retention": ("7d", c.duration(0, 3650 * c.DAY)),
+        "max_unused_challenges": ("1000", c.whole(1, 1000000)),
     },
     "ca": {
         "enabled": ("yes", c.boolean),

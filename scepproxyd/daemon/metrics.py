@@ -27,7 +27,9 @@ class Metrics:
             ["operation"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self.challenges = Counter(
-            "scepproxyd_challenges", "One-time challenges by event (minted, consumed, restored, expired).",
+            "scepproxyd_challenges",
+            "One-time challenges by event (minted, consumed, restored, expired: removed by the cleanup job,"
+            " expired_resent: a host profile's latest expired unused and it was sent again without a retry).",
             ["event"], registry=self.registry,
         )
         self.job_duration = Histogram(
@@ -110,6 +112,8 @@ class Metrics:
                 self.job_items.labels(job, item).inc(count)
         if result and result.get("expired_challenges_removed"):
             self.challenge("expired", result["expired_challenges_removed"])
+        if result and result.get("expired_profiles_resent"):
+            self.challenge("expired_resent", result["expired_profiles_resent"])
 
     def set_host_profile_counts(self, counts: dict) -> None:
         for status, count in counts.items():

@@ -3,6 +3,14 @@
 A command stays ``queued`` until the backend has taken it. When the backend
 is down the command is retried later with exponential backoff; when it
 refuses the command for good, the host profile counts a failed attempt.
+
+Each send renders the profile with a fresh one-time challenge, which lives
+``[challenges] ttl``. So that a backlog (a mass assignment, a wave of
+renewals) is not flushed faster than devices enroll, leaving challenges to
+expire in the MDM's queue, a run sends only while fewer than
+``max_unused_challenges`` of the challenges this backend handed over are
+still unused; the rest stays queued (no challenge minted) until devices
+use theirs or they expire.
 """
 
 from twisted.internet import defer
@@ -16,7 +24,8 @@ log = get_logger(__name__)
 
 
 class PushDelivery:
-    def __init__(self, store, renderer, client, clock, backend: str = "nanomdm", batch_size: int = 200, concurrency: int = 8):
+    def __init__(self, store, renderer, client, clock, backend: str = "nanomdm", batch_size: int = 200, concurrency: int = 8,
+                 max_unused_challenges: int = 1000):
         self._store = store
         self._renderer = renderer
         self._client = client
@@ -24,11 +33,24 @@ class PushDelivery:
         self._backend = backend
         self._batch_size = batch_size
         self._limit = defer.DeferredSemaphore(concurrency)
+        self._max_unused = max_unused_challenges
 
     async def deliver_due(self) -> dict:
-        counts = {"delivered": 0, "delivery_retries": 0, "delivery_refused": 0}
+        """Send what is due, in batches, while the challenge budget lasts; fires the counts by outcome."""
+        counts = {"delivered": 0, "delivery_retries": 0, "delivery_refused": 0, "delivery_held": 0}
         while True:
-            jobs = await self._store.due_commands(self._backend, self._batch_size)
+            unused = await self._store.count_live_challenges(self._backend)
+            room = min(self._batch_size, self._max_unused - unused)
+            if room <= 0:
+                counts["delivery_held"] = held = await self._store.count_due_commands(self._backend)
+                if held:
+                    log.info(
+                        "{backend} delivery holds {held} due commands: {unused} profiles sent are not enrolled yet"
+                        " ([delivery] max_unused_challenges = {limit}); the rest goes as devices use theirs",
+                        backend=self._backend, held=held, unused=unused, limit=self._max_unused,
+                    )
+                return counts
+            jobs = await self._store.due_commands(self._backend, room)
             if not jobs:
                 return counts
             outcomes = await defer.gatherResults(
@@ -36,7 +58,7 @@ class PushDelivery:
             )
             for outcome in outcomes:
                 counts[outcome] += 1
-            if len(jobs) < self._batch_size:
+            if len(jobs) < room:
                 return counts
 
     async def _send(self, job) -> str:

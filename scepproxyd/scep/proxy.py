@@ -12,6 +12,7 @@ from scepproxyd.scep import codec
 from scepproxyd.scep.identifier import InvalidIdentifier, ProxyIdentifier, parse_identifier
 from scepproxyd.scep.query import InvalidQuery, decode_message, parse_query, scep_operation
 from scepproxyd.scep.upstream import PKI_MESSAGE_TYPE, UpstreamError
+from scepproxyd.store.models import RESENT_AFTER_EXPIRY
 
 TEXT = b"text/plain; charset=utf-8"
 
@@ -203,16 +204,14 @@ class ScepProxy:
         """
         Spend the URL's one-time challenge: ``(ConsumedChallenge, None)``, or ``(None, the refusal to send)``.
 
-        RA mode's step (ra_flow). Passthrough spends in begin_enrollment with
-        the rest of its first job; both end in _spent, so a bad challenge is
-        refused, counted and logged the same way whatever the CA's mode.
+        RA mode's step (ra_flow), one store job. Passthrough spends in
+        begin_enrollment with the rest of its first job; both end in _spent,
+        so a bad challenge is refused, counted and logged the same way
+        whatever the CA's mode.
         """
-        consumed = await self._store.consume_challenge(ident.challenge, ident.host_uuid, ident.profile_uuid)
-        refusal = None
-        if consumed is None:
-            refusal = await self._store.challenge_failed(
-                ident.challenge, ident.host_uuid, ident.profile_uuid, CHALLENGE_FAILED
-            )
+        consumed, refusal = await self._store.spend_challenge(
+            ident.challenge, ident.host_uuid, ident.profile_uuid, CHALLENGE_FAILED
+        )
         return self._spent(ident, consumed, refusal, fields)
 
     def _spent(self, ident, consumed, refusal, fields) -> tuple:
@@ -222,6 +221,14 @@ class ScepProxy:
             return consumed, None
         if refusal.counted:
             return None, _refusal(400, "challenge_failed", CHALLENGE_FAILED, **fields)
+        if refusal.reason == "expired":
+            # The device came back after the TTL: same answer, and its profile is on its way again (no retry).
+            self._count("expired_resent")
+            self.log.info(
+                RESENT_AFTER_EXPIRY, host=ident.host_uuid, profile=ident.profile_uuid, ca=ident.ca_name,
+                waited=refusal.waited, found_by="device",
+            )
+            return None, _refusal(400, "challenge_expired", CHALLENGE_FAILED, **fields)
         # Same answer to the device (no oracle); the host profile is left alone.
         self.log.warn(
             "stale proxy challenge refused, host profile unchanged: host={host} profile={profile} ca={ca}"

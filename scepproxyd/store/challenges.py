@@ -7,20 +7,46 @@ import attrs
 from twisted.internet import defer
 
 from scepproxyd.store.assignments import ONE_HOST_PROFILE, count_failed_attempt
-from scepproxyd.store.database import IntegrityError, one
+from scepproxyd.store.database import IntegrityError, chunks, one
 from scepproxyd.store.models import (
     ENROLLMENT_ENDINGS,
     ChallengeRefusal,
     ConsumedChallenge,
     EnrollmentStart,
+    ExpiredChallenges,
     NotFoundError,
     ProxyTarget,
+    ResentHostProfile,
     challenge_hash,
     check_choice,
     mint_challenge,
 )
 
 _EXPIRED_BATCH = 1000
+#: The detail of a host profile sent again because its latest challenge expired unused.
+EXPIRED_DETAIL = "the one-time challenge expired before the device used it; sent again"
+# A pending host profile whose latest challenge expired unused goes back to NULL, so the
+# processing job sends it again with a fresh challenge. The device never came (it was
+# offline), so this is no failed attempt: retries stay as they are. Guarded like the retry
+# rule (only while 'pending', only for its latest challenge), so an older copy's expiry, a
+# host profile verifying or verified, or a second node acting on the same expiry changes
+# nothing. One statement per challenge presented; the cleanup job's batches use
+# _RESEND_EXPIRED_ROWS, the same guard over many rows.
+_RESEND_EXPIRED = (
+    "UPDATE host_profiles SET status = NULL, detail = ?, updated_at = ?"
+    f" WHERE {ONE_HOST_PROFILE} AND status = 'pending' AND proxy_challenge_hash = ?"
+)
+# {values}: "(?, ?, ?), ..." — host, profile and challenge hash of each expired challenge.
+# (VALUES names its columns column1, column2, ... on both engines.) SQLite's RETURNING sees
+# only the updated table, so the challenge's own row is matched back by its hash.
+_RESEND_EXPIRED_ROWS = (
+    "UPDATE host_profiles SET status = NULL, detail = ?, updated_at = ?"
+    " FROM (VALUES {values}) AS expired"
+    " WHERE host_profiles.host_uuid = expired.column1 AND host_profiles.profile_uuid = expired.column2"
+    " AND host_profiles.proxy_challenge_hash = expired.column3 AND host_profiles.status = 'pending'"
+    " RETURNING host_profiles.host_uuid, host_profiles.profile_uuid, host_profiles.proxy_challenge_hash,"
+    " (SELECT p.ca_name FROM profiles p WHERE p.uuid = host_profiles.profile_uuid)"
+)
 # What schema 8 marks a pending host profile with when its challenge was gone
 # before the upgrade: its next refused challenge counts, as before.
 LEGACY_HASH = "legacy"
@@ -81,26 +107,76 @@ def _proxy_target(conn, host_uuid, profile_uuid, ca_name) -> ProxyTarget | None:
 
 
 def _consume(conn, hashed, host_uuid, profile_uuid, now, cutoff) -> ConsumedChallenge | None:
-    """Take the challenge (created at ``cutoff`` or later) and record it in flight; delete it if expired."""
-    params = (hashed, host_uuid, profile_uuid, cutoff)
+    """Take the challenge (created at ``cutoff`` or later) and record it in flight; None if there is none to take."""
     rows = conn.execute(
         "DELETE FROM challenges WHERE challenge_hash = ? AND host_uuid = ? AND profile_uuid = ?"
         " AND created_at >= ? RETURNING challenge_hash, host_uuid, profile_uuid, created_at",
-        params,
+        (hashed, host_uuid, profile_uuid, cutoff),
     ).fetchall()  # fetched before the COMMIT that _run issues
-    if rows:
-        # Same transaction: a crash leaves it either usable or recorded as in flight.
-        conn.execute(
-            "INSERT INTO challenges_in_flight (challenge_hash, host_uuid, profile_uuid, created_at, claimed_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            rows[0] + (now,),
-        )
-        return ConsumedChallenge(*rows[0])
+    if not rows:
+        return None
+    # Same transaction: a crash leaves it either usable or recorded as in flight.
     conn.execute(
-        "DELETE FROM challenges WHERE challenge_hash = ? AND host_uuid = ? AND profile_uuid = ? AND created_at < ?",
-        params,
+        "INSERT INTO challenges_in_flight (challenge_hash, host_uuid, profile_uuid, created_at, claimed_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        rows[0] + (now,),
     )
-    return None
+    return ConsumedChallenge(*rows[0])
+
+
+def _delete_expired(conn, hashed, host_uuid, profile_uuid, cutoff) -> float | None:
+    """Delete the challenge if it is there past its TTL (created before ``cutoff``); its created_at, or None."""
+    rows = conn.execute(
+        "DELETE FROM challenges WHERE challenge_hash = ? AND host_uuid = ? AND profile_uuid = ? AND created_at < ?"
+        " RETURNING created_at",
+        (hashed, host_uuid, profile_uuid, cutoff),
+    ).fetchall()
+    return rows[0][0] if rows else None
+
+
+def _resent_after_expiry(conn, hashed, host_uuid, profile_uuid, now) -> bool:
+    """An expired challenge was deleted: send its host profile again if it was the latest of a pending one; whether it was."""
+    return conn.execute(_RESEND_EXPIRED, (EXPIRED_DETAIL, now, host_uuid, profile_uuid, hashed)).rowcount == 1
+
+
+def _challenge_expired(conn, hashed, host_uuid, profile_uuid, created_at, now) -> ChallengeRefusal:
+    """A presented challenge was there but past its TTL (now deleted): what that did to its host profile."""
+    if _resent_after_expiry(conn, hashed, host_uuid, profile_uuid, now):
+        return ChallengeRefusal(False, "expired", None, now - created_at)
+    return _why_not_counted(conn, host_uuid, profile_uuid, hashed)
+
+
+def _spend(conn, hashed, host_uuid, profile_uuid, detail, now, cutoff, max_retries) -> tuple:
+    """
+    Take the challenge, or apply the rule for one that cannot be taken: ``(ConsumedChallenge, None)`` or ``(None, ChallengeRefusal)``.
+
+    Expired unused: deleted, and its host profile sent again without a retry
+    if it was the latest of a pending one. Anything else: the retry rule.
+    """
+    consumed = _consume(conn, hashed, host_uuid, profile_uuid, now, cutoff)
+    if consumed is not None:
+        return consumed, None
+    created_at = _delete_expired(conn, hashed, host_uuid, profile_uuid, cutoff)
+    if created_at is not None:
+        return None, _challenge_expired(conn, hashed, host_uuid, profile_uuid, created_at, now)
+    return None, _challenge_failed(conn, hashed, host_uuid, profile_uuid, detail, now, max_retries)
+
+
+def _resend_expired(conn, expired, now) -> list[ResentHostProfile]:
+    """Send again the pending host profiles whose latest challenge is among ``expired`` (rows the caller deleted)."""
+    minted = {hashed: created_at for hashed, _host, _profile, created_at in expired}
+    resent = []
+    for batch in chunks(expired):
+        values = ", ".join(("(?, ?, ?)",) * len(batch))
+        params = [EXPIRED_DETAIL, now]
+        for hashed, host_uuid, profile_uuid, _created_at in batch:
+            params += (host_uuid, profile_uuid, hashed)
+        rows = conn.execute(_RESEND_EXPIRED_ROWS.format(values=values), params).fetchall()
+        resent.extend(
+            ResentHostProfile(host_uuid, profile_uuid, ca_name, now - minted[hashed])
+            for host_uuid, profile_uuid, hashed, ca_name in rows
+        )
+    return resent
 
 
 def _challenge_failed(conn, hashed, host_uuid, profile_uuid, detail, now, max_retries) -> ChallengeRefusal:
@@ -201,16 +277,44 @@ class ChallengeQueries:
 
         The consuming DELETE ... RETURNING is one statement, so of any number
         of concurrent callers exactly one wins, here and on PostgreSQL. A
-        matching row past its TTL is refused, and deleted by a second one.
+        matching row past its TTL is refused, and deleted by a second one;
+        if it was the latest challenge of a pending host profile, that host
+        profile is sent again without a retry counted (as spend_challenge
+        and the cleanup job do), so no expired challenge is ever dropped
+        with its host profile left waiting for it.
         """
         now = self._clock.seconds()
         cutoff = now - self._challenge_ttl
         hashed = challenge_hash(challenge)
 
         def consume_challenge(conn):
-            return _consume(conn, hashed, host_uuid, profile_uuid, now, cutoff)
+            consumed = _consume(conn, hashed, host_uuid, profile_uuid, now, cutoff)
+            if consumed is None:
+                if _delete_expired(conn, hashed, host_uuid, profile_uuid, cutoff) is not None:
+                    _resent_after_expiry(conn, hashed, host_uuid, profile_uuid, now)
+            return consumed
 
         return self._submit(consume_challenge, group=True)
+
+    def spend_challenge(self, challenge, host_uuid, profile_uuid, detail) -> defer.Deferred:
+        """
+        Take a presented challenge, or say what its refusal did: fires ``(ConsumedChallenge, None)`` or ``(None, ChallengeRefusal)``.
+
+        One job: consume_challenge, and for a challenge that cannot be taken
+        either the expiry rule (it was there, unused past its TTL: deleted,
+        and if it was the latest of a pending host profile, that host profile
+        is sent again without a retry; reason ``expired``) or
+        challenge_failed's retry rule with ``detail``. RA mode's step;
+        begin_enrollment does the same for passthrough.
+        """
+        now = self._clock.seconds()
+        cutoff = now - self._challenge_ttl
+        hashed = challenge_hash(challenge)
+
+        def spend_challenge(conn):
+            return _spend(conn, hashed, host_uuid, profile_uuid, detail, now, cutoff, self._max_retries)
+
+        return self._submit(spend_challenge, group=True)
 
     def restore_challenge(self, consumed: ConsumedChallenge) -> defer.Deferred:
         """
@@ -319,11 +423,12 @@ class ChallengeQueries:
         query, so an unknown host, profile or CA is one answer and spends
         nothing); if its CA is in passthrough mode at ``ca_url`` (the URL the
         caller learned the CA's capabilities from; None: any URL), take the
-        challenge as consume_challenge does, or, when it cannot be taken,
-        apply challenge_failed's retry rule with ``detail``; and when the host
-        profile is not 'pending', settle the taken challenge at once (the
-        proxy refuses to forward). A CA in RA mode, or at another URL, spends
-        nothing: its caller goes the other way, or prepares for the new URL.
+        challenge as spend_challenge does (when it cannot be taken: the
+        expiry rule, or challenge_failed's retry rule with ``detail``); and
+        when the host profile is not 'pending', settle the taken challenge at
+        once (the proxy refuses to forward). A CA in RA mode, or at another
+        URL, spends nothing: its caller goes the other way, or prepares for
+        the new URL.
         """
         now = self._clock.seconds()
         cutoff = now - self._challenge_ttl
@@ -333,11 +438,10 @@ class ChallengeQueries:
             target = _proxy_target(conn, host_uuid, profile_uuid, ca_name)
             if target is None or target.ca_mode != "passthrough" or ca_url not in (None, target.ca_url):
                 return EnrollmentStart(target)
-            consumed = _consume(conn, hashed, host_uuid, profile_uuid, now, cutoff)
+            consumed, refusal = _spend(conn, hashed, host_uuid, profile_uuid, detail, now, cutoff,
+                                       self._max_retries)
             if consumed is None:
-                return EnrollmentStart(
-                    target, refusal=_challenge_failed(conn, hashed, host_uuid, profile_uuid, detail, now,
-                                                      self._max_retries))
+                return EnrollmentStart(target, refusal=refusal)
             if target.status != "pending":
                 _settle(conn, consumed)
             return EnrollmentStart(target, consumed)
@@ -370,20 +474,47 @@ class ChallengeQueries:
 
         return self._submit(finish_enrollment, group=True)
 
-    def delete_expired_challenges(self):
+    def expire_challenges(self, on_resent=None) -> defer.Deferred:
         """
-        Delete challenges older than the TTL; fires the count.
+        Delete challenges older than the TTL, sending again the host profiles still waiting for them; fires ExpiredChallenges.
 
-        In batches, each its own job, so proxy calls queued meanwhile are
-        not held behind one long delete.
+        A pending host profile whose latest challenge expired unused (its
+        device was offline) goes back to NULL, so the processing job sends
+        it again with a fresh challenge; no retry is counted, and its detail
+        says why. An expired older copy, or the challenge of a host profile
+        verifying, verified or already sent again, is just deleted. In
+        batches, each its own job (the deletes and the guarded UPDATE of one
+        batch in one transaction), so proxy calls queued meanwhile are not
+        held behind one long delete; two nodes cleaning at once delete each
+        row once and send each host profile again once. ``on_resent`` is
+        called with each batch's ResentHostProfiles as it is done (the
+        cleanup job logs them there, between batches).
         """
-        cutoff = self._clock.seconds() - self._challenge_ttl
+        now = self._clock.seconds()
+        cutoff = now - self._challenge_ttl
 
-        def delete_expired_challenges(conn):
-            return conn.execute(
+        def expire_challenges(conn):
+            expired = conn.execute(
                 "DELETE FROM challenges WHERE challenge_hash IN"
-                " (SELECT challenge_hash FROM challenges WHERE created_at < ? ORDER BY created_at LIMIT ?)",
+                " (SELECT challenge_hash FROM challenges WHERE created_at < ? ORDER BY created_at LIMIT ?)"
+                " RETURNING challenge_hash, host_uuid, profile_uuid, created_at",
                 (cutoff, _EXPIRED_BATCH),
-            ).rowcount
+            ).fetchall()
+            return len(expired), _resend_expired(conn, expired, now)
 
-        return self._delete_in_batches(delete_expired_challenges, _EXPIRED_BATCH)
+        async def in_batches():
+            removed, resent = 0, []
+            while True:
+                count, sent_again = await self._submit(expire_challenges)
+                removed += count
+                resent += sent_again
+                if on_resent is not None and sent_again:
+                    on_resent(sent_again)
+                if count < _EXPIRED_BATCH:
+                    return ExpiredChallenges(removed, tuple(resent))
+
+        return defer.ensureDeferred(in_batches())
+
+    def delete_expired_challenges(self) -> defer.Deferred:
+        """expire_challenges, firing only the number of challenges deleted."""
+        return self.expire_challenges().addCallback(lambda expired: expired.removed)

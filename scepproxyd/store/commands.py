@@ -176,6 +176,42 @@ class CommandQueries:
 
         return self._submit(due_commands)
 
+    def count_live_challenges(self, backend) -> defer.Deferred:
+        """
+        How many challenges ``backend`` has handed over that a device may still use; fires the count.
+
+        Those of pending host profiles whose current command the backend
+        delivered, neither spent nor past the TTL: push delivery's budget
+        (delivery/push.py), so a backlog is not flushed faster than devices
+        enroll. A command whose send failed holds none (its challenge is
+        retired when it is rendered again).
+        """
+        cutoff = self._clock.seconds() - self._challenge_ttl
+
+        def count_live_challenges(conn):
+            return conn.execute(
+                "SELECT count(*) FROM challenges ch"
+                " JOIN host_profiles hp ON hp.host_uuid = ch.host_uuid AND hp.profile_uuid = ch.profile_uuid"
+                "  AND hp.status = 'pending'"
+                " JOIN commands c ON c.command_uuid = hp.command_uuid AND c.status = 'delivered' AND c.backend = ?"
+                " WHERE ch.created_at >= ?",
+                (backend, cutoff),
+            ).fetchone()[0]
+
+        return self._submit(count_live_challenges, write=False)
+
+    def count_due_commands(self, backend) -> defer.Deferred:
+        """How many queued commands of ``backend`` are due now (what push delivery holds back at its limit)."""
+        now = self._clock.seconds()
+
+        def count_due_commands(conn):
+            return conn.execute(
+                "SELECT count(*) FROM commands WHERE backend = ? AND status = 'queued' AND next_attempt_at <= ?",
+                (backend, now),
+            ).fetchone()[0]
+
+        return self._submit(count_due_commands, write=False)
+
     def command_delivered(self, command_uuid) -> defer.Deferred:
         """Queued -> delivered; fires whether it changed (only a queued command does)."""
         now = self._clock.seconds()

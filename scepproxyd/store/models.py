@@ -196,16 +196,48 @@ class ChallengeRefusal:
 
     ``counted``: it was the challenge most recently issued to the host
     profile, the host profile was 'pending', and the retry rule applied
-    (``status`` is then NULL or 'failed'). Otherwise nothing changed and
-    ``reason`` says why, in one word for logs: ``not_latest`` (an older,
-    unknown or another host profile's challenge), ``not_pending`` (the host
-    profile is in ``status``), ``in_flight`` (another request holds it right
-    now; its answer decides) or ``gone`` (no such host profile).
+    (``status`` is then NULL or 'failed'). ``reason`` ``expired``: it was
+    that latest challenge, unused past its TTL (the device was offline), so
+    the host profile was sent again (``status`` NULL) without a retry
+    counted; ``waited`` is how long it had been out, in seconds. Otherwise
+    nothing changed and ``reason`` says why, in one word for logs:
+    ``not_latest`` (an older, unknown or another host profile's challenge),
+    ``not_pending`` (the host profile is in ``status``), ``in_flight``
+    (another request holds it right now; its answer decides) or ``gone`` (no
+    such host profile).
     """
 
     counted: bool
     reason: str
     status: str | None
+    waited: float | None = None
+
+
+#: The info line (cleanup job and proxy alike) for a host profile sent again because its latest
+#: challenge expired unused; ``found_by`` is "cleanup" or "device". Never names the challenge.
+RESENT_AFTER_EXPIRY = (
+    "one-time challenge expired unused; host profile sent again, no retry counted: host={host} profile={profile}"
+    " ca={ca} waited={waited:.0f}s found_by={found_by}"
+)
+
+
+@attrs.frozen
+class ResentHostProfile:
+    """A pending host profile sent again because its latest challenge expired unused (no retry counted)."""
+
+    host_uuid: str
+    profile_uuid: str
+    ca_name: str | None
+    #: Seconds from the challenge's minting (the hand-over) to its expiry being acted on.
+    waited: float
+
+
+@attrs.frozen
+class ExpiredChallenges:
+    """What ChallengeQueries.expire_challenges did: rows deleted, and the host profiles it sent again."""
+
+    removed: int
+    resent: tuple[ResentHostProfile, ...]
 
 
 #: How a forwarded enrollment ends (ChallengeQueries.finish_enrollment): the challenge spent for good
