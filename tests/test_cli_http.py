@@ -777,6 +777,13 @@ def test_trigger_and_jobs(tcp_api):
     assert ctl(tcp_api, "trigger", "nope") == (1, "", "scepproxyctl: no job 'nope'; jobs are cleanup\n")
 
 
+def test_trigger_prints_a_count_per_ca_as_ca_and_count(tcp_api):
+    result = {"renewals_due": 17, "renewals_deferred": {"ndes": 8203, "builtin": 4}, "renewals_at_risk": {}}
+    tcp_api.answer("POST", "/api/v1/jobs/renew_certificates", body={"job": "renew_certificates", "result": result})
+    assert ctl(tcp_api, "trigger", "renew_certificates") == (
+        0, "ran job renew_certificates: renewals_at_risk=- renewals_deferred=builtin:4,ndes:8203 renewals_due=17\n", "")
+
+
 def test_path_segments_are_escaped(tcp_api):
     ctl(tcp_api, "host", "show", "a/b")
     assert tcp_api.last.path == "/api/v1/hosts/a%2Fb"

@@ -266,7 +266,7 @@ def trigger(api, args, stdin):
     _, answer = api.request("POST", api_path("jobs", args.job))
     result = answer.get("result") or {}
     if isinstance(result, dict):
-        counts = " ".join("%s=%s" % (key, result[key]) for key in sorted(result))
+        counts = " ".join("%s=%s" % (text(key), text(result[key])) for key in sorted(result))
     else:
         counts = text(result)
     return answer, "ran job %s: %s" % (answer.get("job", args.job), counts or "done")

@@ -15,9 +15,12 @@ from scepproxyd.printable import printable
 
 
 def text(value) -> str:
-    """A cell: NULL is ``-``, lists are comma-joined, everything else ``str()``, escaped by L{printable}."""
+    """A cell: NULL is ``-``, lists are comma-joined, mappings ``key:value`` comma-joined by key, everything
+    else ``str()``, escaped by L{printable}."""
     if value is None or value == "":
         return "-"
+    if isinstance(value, dict):
+        return ",".join("%s:%s" % (text(k), text(value[k])) for k in sorted(value)) if value else "-"
     if isinstance(value, (list, tuple)):
         return ", ".join(text(v) for v in value) if value else "-"
     return printable(str(value))
