@@ -86,6 +86,8 @@ class RenewalJob:
         self._min_wake = min_wake
         #: When this job wants its next run, if sooner than its timer's (pacing holds renewals back).
         self.next_run_at = None
+        #: ``ca_limits`` names already warned about as matching no CA (once each per process).
+        self._unmatched_warned = set()
 
     async def run(self) -> dict:
         if self._pacing is None or self._pacing.unlimited:
@@ -97,8 +99,27 @@ class RenewalJob:
                     return {"renewals_due": total}
         return await self._run_paced()
 
+    async def _warn_unmatched_limits(self) -> None:
+        """
+        A ``[renewal] ca_limits`` name that matches no CA limits nothing: say so, once per name.
+
+        A typo there would otherwise leave that CA at the default limit
+        without a word. A CA added later under that name is simply matched.
+        """
+        named = {name for name, _ in self._pacing.ca_limits if name != "-"} - self._unmatched_warned
+        if not named:
+            return
+        unmatched = named - {ca.name for ca in await self._store.list_cas()}
+        for name in sorted(unmatched):
+            self._unmatched_warned.add(name)
+            log.warn(
+                "renewal pacing: [renewal] ca_limits names {name}, which is no CA here: its limit applies to "
+                "nothing until a CA of that name is added (scepproxyctl ca list shows the names)", name=name,
+            )
+
     async def _run_paced(self) -> dict:
         now = self._clock.seconds()
+        await self._warn_unmatched_limits()
         if self.next_run_at is not None:  # while a queue is paced, a run that fails tries again soon
             self.next_run_at = now + self._min_wake
         due = await self._store.due_renewals_by_ca(self._threshold, self._fraction)

@@ -160,6 +160,20 @@ async def test_the_job_reports_what_it_deferred_and_what_would_expire(store, clo
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_ca_limits_name_matching_no_ca_is_warned_about_once(store, clock, logs):
+    now = clock.seconds()
+    await certified_fleet(store, "ndes", "wifi", ["a"], [now + DAY])
+    pacing = RenewalPacing(5, HOUR, (("ndes", 20), ("nedes", 10), ("-", 3)))
+    job = RenewalJob(store, THRESHOLD, FRACTION, pacing=pacing, clock=clock, metrics=Metrics(), min_wake=30.0)
+    assert (await job.run())["renewals_due"] == 1
+    assert logs.warnings() == [
+        "renewal pacing: [renewal] ca_limits names nedes, which is no CA here: its limit applies to nothing until"
+        " a CA of that name is added (scepproxyctl ca list shows the names)"]
+    await job.run()
+    assert len(logs.warnings()) == 1, "once per name"
+
+
+@pytest_twisted.ensureDeferred
 async def test_without_limits_the_job_is_what_it_was(store, clock):
     now = clock.seconds()
     await certified_fleet(store, "ndes", "wifi", ["a", "b"], [now + DAY, now + 2 * DAY])
