@@ -6,6 +6,7 @@ DEVICE MANAGEMENT``, and the Android sample template.
 """
 
 import functools
+import ipaddress
 import json
 import plistlib
 from pathlib import Path
@@ -402,3 +403,63 @@ def test_json_template_with_sans():
     expected = expected_request("android_template", json.dumps(template).encode(), renewal_id=RENEWAL_ID, host=HOST)
     assert [(t, m.describe()) for t, m in expected.sans] == [
         ("dns", "'%HostName%.corp.example'"), ("uri", "'urn:x:%UDID%'")]
+
+
+# -- Android: every subjectAltName kind, in Fleet's spelling ------------------------------------
+
+ANDROID_SANS = ("DNS=$FLEET_VAR_SCEP_RENEWAL_ID.wifi.example.com, EMAIL=ann@example.com, UPN=ann@corp.example,"
+                " IP=2001:DB8::0:1, IP=10.0.0.1, URI=spiffe://example.com/device/$FLEET_VAR_SCEP_RENEWAL_ID")
+
+
+EVERY_SAN = SanPolicy.from_patterns({t: ".*" for t in ("dns", "email", "uri", "ip", "upn")})
+
+
+def android_with_sans(sans=ANDROID_SANS) -> bytes:
+    template = json.loads(ANDROID)
+    del template["subject_alt_names"]
+    template["subject_alternative_name"] = sans
+    return json.dumps(template).encode()
+
+
+def android_subject():
+    return name([(O, "Example, Inc.")], [(OU, "Devices")], [(CN, RENEWAL_ID)])
+
+
+def rendered_sans():
+    return [x509.DNSName(RENEWAL_ID + ".wifi.example.com"), x509.RFC822Name("ann@example.com"),
+            upn("ann@corp.example"), x509.IPAddress(ipaddress.ip_address("2001:db8::1")),
+            x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+            x509.UniformResourceIdentifier("spiffe://example.com/device/" + RENEWAL_ID)]
+
+
+def test_android_fleet_sans_expected_request():
+    expected = expected_request("android_template", android_with_sans(), renewal_id=RENEWAL_ID, host=HOST)
+    assert [(t, m.describe()) for t, m in expected.sans] == [
+        ("dns", "'%s.wifi.example.com'" % RENEWAL_ID), ("email", "'ann@example.com'"),
+        ("upn", "'ann@corp.example'"), ("ip", "'2001:db8::1'"), ("ip", "'10.0.0.1'"),
+        ("uri", "'spiffe://example.com/device/%s'" % RENEWAL_ID)]
+
+
+def test_android_csr_with_exactly_the_rendered_sans_passes_in_any_order():
+    sans = rendered_sans()
+    for order in (sans, sans[::-1]):
+        request = csr(rsa_key(), android_subject(), order)
+        assert judge(request, android_with_sans(), "android_template", san_policy=EVERY_SAN) is None
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda sans: sans + [x509.DNSName("evil.example.com")],
+     "CSR asks for subjectAltName dns 'evil.example.com', which the profile does not render"),
+    (lambda sans: sans + [upn("ann@corp.example")],
+     "CSR asks for more subjectAltNames like upn 'ann@corp.example' than the profile renders"),
+    (lambda sans: [upn("admin@corp.example") if isinstance(s, x509.OtherName) else s for s in sans],
+     "CSR asks for subjectAltName upn 'admin@corp.example', which the profile does not render"),
+    (lambda sans: sans[:3] + [x509.IPAddress(ipaddress.ip_address("10.0.0.2"))],
+     "CSR asks for subjectAltName ip '10.0.0.2', which the profile does not render"),
+    (lambda sans: [x509.DNSName(OTHER_RENEWAL_ID + ".wifi.example.com")] + sans[1:],
+     "CSR asks for subjectAltName dns '%s.wifi.example.com', which the profile does not render" % OTHER_RENEWAL_ID),
+])
+def test_android_csr_with_an_extra_or_different_san_is_refused(change, reason):
+    request = csr(rsa_key(), android_subject(), change(rendered_sans()))
+    assert judge(request, android_with_sans(), "android_template", san_policy=EVERY_SAN) == Refusal(
+        "badRequest", reason, "san")

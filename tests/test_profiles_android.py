@@ -112,7 +112,7 @@ def test_unknown_top_level_key():
     refused(
         variant(lambda t: t.update(ca="CORP_CA")),
         'template has unknown key "ca"; allowed: format, name, scep, subject, key,'
-        " key_usage, extended_key_usage, subject_alt_names",
+        " key_usage, extended_key_usage, subject_alt_names, subject_alternative_name",
         "ca",
     )
 
@@ -194,11 +194,11 @@ def test_bad_extended_key_usage(usages):
     )
 
 
-@pytest.mark.parametrize("names", [{"ip": ["10.0.0.1"]}, {"dns": "a.example"}, {"dns": [""]}, []])
+@pytest.mark.parametrize("names", [{"rid": ["1.2.3"]}, {"dns": "a.example"}, {"dns": [""]}, []])
 def test_bad_subject_alt_names(names):
     refused(
         variant(lambda t: t.update(subject_alt_names=names)),
-        'template "subject_alt_names" must be an object with lists of strings under: dns, email, uri',
+        'template "subject_alt_names" must be an object with lists of strings under: dns, email, uri, upn, ip',
         "subject_alt_names",
     )
 
@@ -258,7 +258,6 @@ def test_duplicated_variable():
     "change, where",
     [
         (lambda t: t.update(name="$FLEET_VAR_SCEP_RENEWAL_ID"), "name"),
-        (lambda t: t["subject_alt_names"].update(dns=["$FLEET_VAR_SCEP_RENEWAL_ID.example"]), "subject_alt_names.dns[0]"),
     ],
 )
 def test_variable_outside_its_fields(change, where):
@@ -268,9 +267,17 @@ def test_variable_outside_its_fields(change, where):
 
     refused(
         variant(move),
-        "variable $FLEET_VAR_SCEP_RENEWAL_ID may only appear in scep.url, scep.challenge or subject (found in %s)"
-        % (where,),
+        "variable $FLEET_VAR_SCEP_RENEWAL_ID may only appear in scep.url, scep.challenge, subject"
+        " or a subject alternative name (found in %s)" % (where,),
     )
+
+
+def test_renewal_id_in_a_name_still_needs_it_in_the_subject():
+    def move(t):
+        t["subject"] = "CN=phone"
+        t["subject_alt_names"]["dns"] = ["$FLEET_VAR_SCEP_RENEWAL_ID.example"]
+
+    refused(variant(move), RENEWAL_MESSAGE, "subject")
 
 
 def test_second_ca_in_the_subject():
@@ -305,3 +312,122 @@ def test_render_is_valid_json_with_values_in_place():
     assert {k: v for k, v in template.items() if k not in ("scep", "subject")} == {
         k: v for k, v in GOOD.items() if k not in ("scep", "subject")
     }
+
+
+# -- subject alternative names: every kind, both spellings ---------------------------
+
+FLEET_SANS = (
+    "DNS=$FLEET_VAR_SCEP_RENEWAL_ID.wifi.example.com, email = ann@example.com,UPN=ann@corp.example,"
+    " IP=2001:DB8::0:1, URI=spiffe://example.com/device/$FLEET_VAR_SCEP_RENEWAL_ID, ip=10.0.0.1"
+)
+
+
+def with_names(**change) -> bytes:
+    def apply(t):
+        t.pop("subject_alt_names")
+        t.update(change)
+
+    return variant(apply)
+
+
+def test_every_kind_in_the_object_spelling():
+    names = {"dns": ["wifi.example.com", "*.corp.example", "%HostName%.corp.example"],
+             "email": ["ann@example.com"], "uri": ["urn:example:$FLEET_VAR_SCEP_RENEWAL_ID"],
+             "upn": ["%SerialNumber%@corp.example", "ann@corp.example"], "ip": ["10.0.0.1", "2001:db8::1"]}
+    parsed = parse_profile(with_names(subject_alt_names=names))
+    assert "FLEET_VAR_SCEP_RENEWAL_ID" in parsed.variables
+
+
+def test_fleet_string_spelling_is_accepted_and_rendered_as_the_object():
+    content = with_names(subject_alternative_name=FLEET_SANS)
+    assert parse_profile(content).kind == "android_template"
+    rendered = json.loads(render_profile("android_template", content, ca_challenge="c", proxy_url="u",
+                                         renewal_id="sp-0123456789abcdef"))
+    assert "subject_alternative_name" not in rendered
+    assert rendered["subject_alt_names"] == {
+        "dns": ["sp-0123456789abcdef.wifi.example.com"], "email": ["ann@example.com"],
+        "uri": ["spiffe://example.com/device/sp-0123456789abcdef"], "upn": ["ann@corp.example"],
+        "ip": ["2001:DB8::0:1", "10.0.0.1"],
+    }
+    assert rendered["subject"] == "CN=sp-0123456789abcdef,OU=Devices,O=Example\\, Inc."
+
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_empty_fleet_string_is_no_names(text):
+    content = with_names(subject_alternative_name=text)
+    assert parse_profile(content).kind == "android_template"
+    rendered = json.loads(render_profile("android_template", content, ca_challenge="c", proxy_url="u", renewal_id="r"))
+    assert rendered["subject_alt_names"] == {"dns": [], "email": [], "uri": [], "upn": [], "ip": []}
+
+
+@pytest.mark.parametrize("names, message", [
+    ({"ip": ["10.0.0.256"]},
+     'template "subject_alt_names.ip[0]" must be an IPv4 or IPv6 address such as 10.0.0.1 or 2001:db8::1,'
+     " not '10.0.0.256'"),
+    ({"ip": ["10.0.0.0/8"]},
+     'template "subject_alt_names.ip[0]" must be an IPv4 or IPv6 address such as 10.0.0.1 or 2001:db8::1,'
+     " not '10.0.0.0/8'"),
+    ({"ip": ["10.0.0.1", "$FLEET_VAR_SCEP_RENEWAL_ID"]},
+     'template "subject_alt_names.ip[1]": an IP address cannot come from a variable or placeholder; write the address'),
+    ({"dns": ["wifi example.com"]},
+     "template \"subject_alt_names.dns[0]\" must be a DNS name such as wifi.example.com, not 'wifi example.com'"),
+    ({"dns": ["%HostName%/corp"]},
+     "template \"subject_alt_names.dns[0]\" must be a DNS name such as wifi.example.com, not '%HostName%/corp'"),
+    ({"email": ["ann.example.com"]},
+     "template \"subject_alt_names.email[0]\" must be an email address such as ann@example.com,"
+     " not 'ann.example.com'"),
+    ({"upn": ["ann"]},
+     "template \"subject_alt_names.upn[0]\" must be a user principal name such as ann@corp.example, not 'ann'"),
+    ({"uri": ["example.com/device"]},
+     'template "subject_alt_names.uri[0]" must be a URI with a scheme, such as urn:example:device or'
+     " https://example.com/device, not 'example.com/device'"),
+])
+def test_bad_names_in_the_object_spelling(names, message):
+    refused(with_names(subject_alt_names=names), message, "subject_alt_names")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("DNS=ok.example, OOPS",
+     "template \"subject_alternative_name\" entry 2 ('OOPS') is not KEY=value; keys: DNS, EMAIL, URI, UPN, IP"),
+    ("RFC822=ann@example.com",
+     "template \"subject_alternative_name\" entry 1 has key 'RFC822'; allowed: DNS, EMAIL, URI, UPN, IP"),
+    ("DNS=a.example, UPN=", 'template "subject_alternative_name" entry 2 (UPN=) has no value'),
+    ("IP=not.an.address",
+     'template "subject_alternative_name" entry 1 (IP) must be an IPv4 or IPv6 address such as 10.0.0.1'
+     " or 2001:db8::1, not 'not.an.address'"),
+    ("DNS=" + "a" * 4092, 'template "subject_alternative_name" must be shorter than 4096 bytes'),
+    (["DNS=a.example"],
+     'template "subject_alternative_name" must be a string such as "DNS=wifi.example.com, UPN=ann@corp.example"'),
+])
+def test_bad_fleet_strings(text, message):
+    refused(with_names(subject_alternative_name=text), message, "subject_alternative_name")
+
+
+def test_both_spellings_at_once():
+    refused(variant(lambda t: t.update(subject_alternative_name="DNS=a.example")),
+            'template has both "subject_alt_names" and "subject_alternative_name"; write the names in one of them',
+            "subject_alternative_name")
+
+
+@pytest.mark.parametrize("sans", ["UPN=$FLEET_VAR_CUSTOM_SCEP_CHALLENGE_CORP_CA",
+                                  "URI=${FLEET_VAR_CUSTOM_SCEP_PROXY_URL_CORP_CA}"])
+def test_no_secret_in_a_name(sans):
+    """A certificate is public: the CA's challenge or a proxy URL (with its one-time challenge) never goes in one."""
+    with pytest.raises(ProfileError, match="may only be the whole value of scep"):
+        parse_profile(with_names(subject_alternative_name=sans))
+
+
+def test_unknown_variable_in_a_name():
+    refused(with_names(subject_alternative_name="DNS=$FLEET_VAR_NO_SUCH.example"),
+            "unknown variable $FLEET_VAR_NO_SUCH")
+
+
+def test_docs_sans_example_uploads_and_renders_as_documented():
+    docs = (Path(__file__).parents[1] / "docs" / "profiles.md").read_text()
+    section = docs.split("<!-- android-sans-example -->\n```json\n", 1)[1]
+    example, after = section.split("```", 1)
+    received = after.split("```json\n", 1)[1].split("```", 1)[0]
+    assert parse_profile(example.encode()).ca_name == "CORP_CA"
+    rendered = json.loads(render_profile("android_template", example.encode(), ca_challenge="c", proxy_url="u",
+                                         renewal_id="sp-0123456789abcdef"))
+    assert {"subject_alt_names": rendered["subject_alt_names"]} == json.loads("{%s}" % received)

@@ -15,12 +15,12 @@ import re
 
 from scepproxyd.jsoninput import JsonInputError, read_json
 from scepproxyd.printable import printable
-from scepproxyd.profiles import checks, variables
+from scepproxyd.profiles import android_sans, checks, variables
 from scepproxyd.profiles.model import ANDROID_TEMPLATE, TOO_DEEP, ParsedProfile, ProfileError
 
 FORMAT = "scepproxyd.android-certificate-template/1"
 _REQUIRED = ("format", "name", "scep", "subject", "key")
-_OPTIONAL = ("key_usage", "extended_key_usage", "subject_alt_names")
+_OPTIONAL = ("key_usage", "extended_key_usage", android_sans.OBJECT_KEY, android_sans.STRING_KEY)
 KEY_SIZES = {"rsa": (2048, 3072, 4096), "ec": (256, 384)}
 KEY_USAGES = (
     "digital_signature",
@@ -30,12 +30,14 @@ KEY_USAGES = (
     "key_agreement",
 )
 EXTENDED_KEY_USAGES = ("client_auth", "server_auth", "email_protection", "code_signing")
-SUBJECT_ALT_NAME_KINDS = ("dns", "email", "uri")
+SUBJECT_ALT_NAME_KINDS = android_sans.KINDS
 
 # Where variables may be written; everything else is plain data for the agent.
 _URL = "scep.url"
 _CHALLENGE = "scep.challenge"
 _SUBJECT = "subject"
+# Where a subjectAltName's variables are located (with the entry's index).
+_SAN = "subject alternative names"
 _RENEWAL_ID_TYPES = {"CN", "2.5.4.3", "OU", "2.5.4.11"}
 _DN_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)+")
 _OID = re.compile(r"[0-9]+(\.[0-9]+)+")
@@ -47,12 +49,14 @@ def parse(content: bytes) -> ParsedProfile:
     template = _load(content)
     _check_shape(template)
     occurrences = _occurrences(template)
-    checks.refuse_repeats(occurrences)
+    # A name may repeat a host's value (the renewal ID in the CN and in a DNS name);
+    # everywhere else each variable is written once.
+    checks.refuse_repeats([o for o in occurrences if o.location[0] != _SAN])
     for occurrence in occurrences:
-        if occurrence.location[0] not in (_URL, _CHALLENGE, _SUBJECT):
+        if occurrence.location[0] not in (_URL, _CHALLENGE, _SUBJECT, _SAN):
             raise ProfileError(
-                "variable %s may only appear in scep.url, scep.challenge or subject (found in %s)"
-                % (occurrence.variable.spelled, occurrence.location[0])
+                "variable %s may only appear in scep.url, scep.challenge, subject or a subject alternative name"
+                " (found in %s)" % (occurrence.variable.spelled, occurrence.location[0])
             )
     challenge = checks.whole_variable_at(occurrences, (_CHALLENGE,), variables.CHALLENGE)
     if challenge is None:
@@ -69,7 +73,7 @@ def parse(content: bytes) -> ParsedProfile:
         for index, (kind, _) in enumerate(_split_dn(template["subject"]))
         if kind.upper() in _RENEWAL_ID_TYPES
     }
-    renewal = [o for o in occurrences if o.variable.kind == variables.RENEWAL]
+    renewal = [o for o in occurrences if o.variable.kind == variables.RENEWAL and o.location[0] != _SAN]
     if not renewal or any(o.location not in allowed for o in renewal):
         raise ProfileError(
             'template "subject" must contain %s in its CN or OU' % (variables.RENEWAL_ID_PLACEHOLDER,),
@@ -92,7 +96,16 @@ def render(content: bytes, values: variables.Values) -> bytes:
             return [fill(item, path) for item in value]
         return value
 
-    rendered = fill(_load(content), "")
+    template = _load(content)
+    if android_sans.present(template) == android_sans.STRING_KEY:
+        # The agent always gets the object spelling: a rendered value may hold a comma.
+        names = android_sans.as_object(android_sans.entries(template))
+        template = {
+            (android_sans.OBJECT_KEY if key == android_sans.STRING_KEY else key):
+            (names if key == android_sans.STRING_KEY else value)
+            for key, value in template.items()
+        }
+    rendered = fill(template, "")
     return (json.dumps(rendered, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
@@ -173,17 +186,8 @@ def _check_shape(template: dict) -> None:
             % (", ".join(EXTENDED_KEY_USAGES),),
             "extended_key_usage",
         )
-    names = template.get("subject_alt_names", {})
-    if not (
-        isinstance(names, dict)
-        and set(names) <= set(SUBJECT_ALT_NAME_KINDS)
-        and all(_list_of(v, lambda s: bool(s)) for v in names.values())
-    ):
-        raise ProfileError(
-            'template "subject_alt_names" must be an object with lists of strings under: %s'
-            % (", ".join(SUBJECT_ALT_NAME_KINDS),),
-            "subject_alt_names",
-        )
+    for entry in android_sans.entries(template):
+        android_sans.check_value(entry)
 
 
 def _list_of(value: object, acceptable) -> bool:
@@ -193,6 +197,11 @@ def _list_of(value: object, acceptable) -> bool:
 def load(content: bytes) -> dict:
     """An accepted template as a JSON object (the parse rules have been applied at upload)."""
     return _load(content)
+
+
+def subject_alt_names(template: dict) -> list[tuple[str, str]]:
+    """The (kind, value) subjectAltNames an accepted template asks for, in either spelling, as written."""
+    return [(entry.kind, entry.value) for entry in android_sans.entries(template)]
 
 
 def subject_attributes(subject: str) -> list[tuple[str, str]]:
@@ -261,6 +270,10 @@ def _occurrences(template: dict) -> list[checks.Occurrence]:
     found = []
 
     def visit(value: object, path: str) -> None:
+        if path in (android_sans.OBJECT_KEY, android_sans.STRING_KEY):
+            for index, entry in enumerate(android_sans.entries(template)):
+                found.extend(checks.occurrences_in(entry.value, (_SAN, index), False))
+            return
         if isinstance(value, str):
             if path == _SUBJECT:
                 for index, (kind, text) in enumerate(_split_dn(value)):

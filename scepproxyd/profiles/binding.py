@@ -29,7 +29,7 @@ import re
 
 import attrs
 
-from scepproxyd.profiles import android, mobileconfig, variables
+from scepproxyd.profiles import android, android_sans, mobileconfig, variables
 from scepproxyd.profiles.model import ANDROID_TEMPLATE, MOBILECONFIG, ProfileError
 
 #: subjectAltName types a profile can render and the CA can check.
@@ -306,15 +306,11 @@ def _android(template: dict, renewal_id: str, host: HostFacts) -> ExpectedReques
         for kind, value in reversed(android.subject_attributes(subject))
     )
     sans = []
-    for san_type, values in sorted(template.get("subject_alt_names", {}).items()):
-        if san_type not in android.SUBJECT_ALT_NAME_KINDS:
-            raise ProfileError(
-                'template "subject_alt_names" has "%s"; allowed: %s'
-                % (san_type, ", ".join(android.SUBJECT_ALT_NAME_KINDS)),
-                "subject_alt_names",
-            )
-        for value in _strings(values, 'template "subject_alt_names.%s"' % (san_type,), "subject_alt_names"):
-            sans.append((san_type, matcher(value, renewal_id=renewal_id, host=host, context=san_type)))
+    for san_type, value in android.subject_alt_names(template):
+        if san_type == "ip":
+            # Written as an address (the upload rules allow nothing else); a CSR's reads back canonical.
+            value = android_sans.canonical_ip(value)
+        sans.append((san_type, matcher(value, renewal_id=renewal_id, host=host, context=san_type)))
     key = template.get("key")
     if not isinstance(key, dict) or key.get("type") not in ("rsa", "ec") or type(key.get("size")) is not int:
         raise ProfileError('template "key" must be {"type": "rsa" or "ec", "size": bits}', "key")
