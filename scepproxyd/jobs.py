@@ -5,7 +5,7 @@ from twisted.internet import defer
 
 from scepproxyd.daemon.logs import get_logger
 from scepproxyd.platforms import APPLE_PLATFORMS, PLATFORMS
-from scepproxyd.store.models import RESENT_AFTER_EXPIRY
+from scepproxyd.store.models import RESENT_AFTER_EXPIRY, RESENT_AFTER_STUCK
 from scepproxyd.timestamps import utc_iso
 
 log = get_logger(__name__)
@@ -189,26 +189,37 @@ class CleanupJob:
 
     A pending host profile whose latest challenge expired unused (its device
     was offline past ``[challenges] ttl``) is sent again without a retry
-    counted: one info line each, as its batch is done.
+    counted, and so is one its agent fetched and never reported on within
+    ``[delivery] stuck_after`` (stuck "delivering"): one info line each, as
+    its batch is done.
     """
 
     name = "cleanup"
 
-    def __init__(self, store, command_retention: float = 7 * 86400.0):
+    def __init__(self, store, command_retention: float = 7 * 86400.0, stuck_after: float = 12 * 3600.0):
         self._store = store
         self._retention = command_retention
+        self._stuck_after = stuck_after
 
     async def run(self) -> dict:
         expired = await self._store.expire_challenges(on_resent=_log_resent)
+        stuck = await self._store.recover_stuck_deliveries(self._stuck_after, on_resent=_log_stuck)
         result = {
             "expired_challenges_removed": expired.removed,
             "expired_profiles_resent": len(expired.resent),
+            "stuck_deliveries_resent": len(stuck),
             "finished_commands_removed": await self._store.delete_finished_commands(self._retention),
         }
         if getattr(self._store, "engine", "sqlite") == "postgresql":
             # Several nodes: challenges a killed node held in flight go back to their devices.
             result["orphaned_challenges_restored"] = await self._store.restore_orphaned_challenges()
         return result
+
+
+def _log_stuck(resent) -> None:
+    for hp in resent:
+        log.info(RESENT_AFTER_STUCK, host=hp.host_uuid, profile=hp.profile_uuid, ca=hp.ca_name or "-",
+                 waited=hp.waited)
 
 
 def _log_resent(resent) -> None:

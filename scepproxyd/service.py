@@ -319,7 +319,7 @@ def build_jobs(settings, store, renderer, http_client, reactor, metrics) -> list
             settings.renewal.interval, reactor, metrics,
         ),
         ScheduledJob(
-            CleanupJob(store, settings.delivery.command_retention),
+            CleanupJob(store, settings.delivery.command_retention, settings.delivery.stuck_after),
             settings.challenges.cleanup_interval, reactor, metrics,
         ),
     ]

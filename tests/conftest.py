@@ -413,11 +413,18 @@ def ca_api(store, clock):
     yield from ca_admin_site(store, clock)
 
 
+@pytest.fixture
+def web_sections():
+    """INI values for the ``web`` fixture's daemon, ``{section: {key: value}}``; a test module overrides this
+    fixture to run the daemon with other settings."""
+    return {}
+
+
 @pytest_twisted.async_yield_fixture
-async def web(store, clock, db_path, tmp_path):
+async def web(store, clock, db_path, tmp_path, web_sections):
     """The daemon's device-facing and admin web trees in process over ``store`` and ``clock`` (support.web)."""
     from support.web import build_web, stop_web
 
-    w = await build_web(store, clock, tmp_path, database=db_path)
+    w = await build_web(store, clock, tmp_path, database=db_path, **web_sections)
     yield w
     await stop_web(w)

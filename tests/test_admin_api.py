@@ -277,7 +277,7 @@ async def test_trigger_jobs(api):
     assert await api.call("GET", "/api/v1/jobs") == (200, {"jobs": ["cleanup"]})
     assert await api.call("POST", "/api/v1/jobs/cleanup") == (
         200, {"job": "cleanup", "result": {"expired_challenges_removed": 0, "expired_profiles_resent": 0,
-                                            "finished_commands_removed": 0}})
+                                            "finished_commands_removed": 0, "stuck_deliveries_resent": 0}})
     assert await api.call("POST", "/api/v1/jobs/nope") == (404, {"error": "no job 'nope'; jobs are cleanup"})
 
 

@@ -36,12 +36,12 @@ PROFILE = {
     "variables": ["FLEET_VAR_CUSTOM_SCEP_CHALLENGE_UPSTREAM"], "created_at": T0, "updated_at": T0,
 }
 HP = {
-    "host_uuid": "H1", "profile_uuid": PROFILE["uuid"], "status": None, "detail": None, "retries": 0,
-    "cert_serial": None, "cert_not_after": None, "updated_at": T0,
+    "host_uuid": "H1", "profile_uuid": PROFILE["uuid"], "status": None, "lifecycle": "pending", "detail": None,
+    "retries": 0, "cert_serial": None, "cert_not_after": None, "updated_at": T0,
 }
 #: A host profile whose device enrolled: the certificate recorded on it.
 NOT_AFTER = "2026-01-02T03:04:05+00:00"
-VERIFIED = dict(HP, status="verified", cert_serial="8fb191c539360ab138e53462702193c4", cert_not_after=NOT_AFTER)
+VERIFIED = dict(HP, status="verified", lifecycle="verified", cert_serial="8fb191c539360ab138e53462702193c4", cert_not_after=NOT_AFTER)
 
 
 @dataclass
@@ -633,9 +633,9 @@ def test_host_show_with_profiles(tcp_api):
         "created_at: " + T0,
         "updated_at: " + T0,
         "",
-        "HOST  PROFILE                               STATUS  RETRIES  CERT_SERIAL  CERT_NOT_AFTER  UPDATED"
+        "HOST  PROFILE                               STATUS  LIFECYCLE  RETRIES  CERT_SERIAL  CERT_NOT_AFTER  UPDATED"
         "                    DETAIL",
-        "H1    %s  -       0        -            -               %s  -" % (PROFILE["uuid"], T0),
+        "H1    %s  -       pending    0        -            -               %s  -" % (PROFILE["uuid"], T0),
     ]
 
 
@@ -644,9 +644,9 @@ def test_host_show_has_the_recorded_certificate_and_json_carries_it(tcp_api):
     code, out, err = ctl(tcp_api, "host", "show", "H1")
     assert (code, err) == (0, "")
     assert out.splitlines()[-2:] == [
-        "HOST  PROFILE                               STATUS    RETRIES  CERT_SERIAL                       CERT_NOT_AFTER"
+        "HOST  PROFILE                               STATUS    LIFECYCLE  RETRIES  CERT_SERIAL                       CERT_NOT_AFTER"
         "             UPDATED                    DETAIL",
-        "H1    %s  verified  0        8fb191c539360ab138e53462702193c4  %s  %s  -" % (PROFILE["uuid"], NOT_AFTER, T0),
+        "H1    %s  verified  verified   0        8fb191c539360ab138e53462702193c4  %s  %s  -" % (PROFILE["uuid"], NOT_AFTER, T0),
     ]
     shown = json.loads(ctl(tcp_api, "host", "show", "H1", "--json")[1])
     assert (shown["profiles"][0]["cert_serial"], shown["profiles"][0]["cert_not_after"]) == (
@@ -729,28 +729,28 @@ def test_profile_delete(tcp_api):
 
 
 def test_status_with_filters(tcp_api):
-    pending = dict(HP, host_uuid="H2", status="pending", retries=1, detail="CA said FAILURE")
+    pending = dict(HP, host_uuid="H2", status="pending", lifecycle="delivering", retries=1, detail="CA said FAILURE")
     tcp_api.answer("GET", "/api/v1/host-profiles?host=H1&profile=P&status=null&limit=5000", body={"host_profiles": [HP, pending]})
     code, out, err = ctl(tcp_api, "status", "--host", "H1", "--profile", "P", "--status", "null")
     assert code == 0
     assert out.splitlines() == [
-        "HOST  PROFILE                               STATUS   RETRIES  CERT_SERIAL  CERT_NOT_AFTER  UPDATED"
+        "HOST  PROFILE                               STATUS   LIFECYCLE   RETRIES  CERT_SERIAL  CERT_NOT_AFTER  UPDATED"
         "                    DETAIL",
-        "H1    %s  -        0        -            -               %s  -" % (PROFILE["uuid"], T0),
-        "H2    %s  pending  1        -            -               %s  CA said FAILURE" % (PROFILE["uuid"], T0),
+        "H1    %s  -        pending     0        -            -               %s  -" % (PROFILE["uuid"], T0),
+        "H2    %s  pending  delivering  1        -            -               %s  CA said FAILURE" % (PROFILE["uuid"], T0),
     ]
 
 
 def test_status_has_the_recorded_certificate_and_json_carries_it(tcp_api):
-    renewing = dict(VERIFIED, host_uuid="H2", status="pending", detail="renewing: certificate expires " + NOT_AFTER)
+    renewing = dict(VERIFIED, host_uuid="H2", status="pending", lifecycle="pending", detail="renewing: certificate expires " + NOT_AFTER)
     tcp_api.answer("GET", "/api/v1/host-profiles?limit=5000", body={"host_profiles": [VERIFIED, renewing]})
     code, out, err = ctl(tcp_api, "status")
     assert (code, err) == (0, "")
     assert out.splitlines() == [
-        "HOST  PROFILE                               STATUS    RETRIES  CERT_SERIAL                       CERT_NOT_AFTER"
+        "HOST  PROFILE                               STATUS    LIFECYCLE  RETRIES  CERT_SERIAL                       CERT_NOT_AFTER"
         "             UPDATED                    DETAIL",
-        "H1    %s  verified  0        8fb191c539360ab138e53462702193c4  %s  %s  -" % (PROFILE["uuid"], NOT_AFTER, T0),
-        "H2    %s  pending   0        8fb191c539360ab138e53462702193c4  %s  %s  renewing: certificate expires %s"
+        "H1    %s  verified  verified   0        8fb191c539360ab138e53462702193c4  %s  %s  -" % (PROFILE["uuid"], NOT_AFTER, T0),
+        "H2    %s  pending   pending    0        8fb191c539360ab138e53462702193c4  %s  %s  renewing: certificate expires %s"
         % (PROFILE["uuid"], NOT_AFTER, T0, NOT_AFTER),
     ]
     listed = json.loads(ctl(tcp_api, "status", "--json")[1])["host_profiles"]
@@ -836,10 +836,11 @@ D_HOSTS = [
     {"uuid": "D25ZQ0AAHTD8", "serial": "DMPXK9ZZQ1GC", "platform": "ipados", "created_at": D_T55, "updated_at": D_T55},
     {"uuid": "F9FXK2LMQ1GC", "serial": "C02YT1AAJG5J", "platform": "macos", "created_at": D_T55, "updated_at": D_T55},
 ]
-D_VERIFIED = {"host_uuid": D_HOST, "profile_uuid": D_PROFILE, "status": "verified", "detail": None, "retries": 0,
+D_VERIFIED = {"host_uuid": D_HOST, "profile_uuid": D_PROFILE, "status": "verified", "lifecycle": "verified",
+              "detail": None, "retries": 0,
               "cert_serial": "8fb191c539360ab138e53462702193c4", "cert_not_after": "2026-11-23T06:02:10+00:00",
               "updated_at": "2025-11-23T06:02:11+00:00"}
-D_NULL = dict(D_VERIFIED, host_uuid="F9FXK2LMQ1GC", status=None, cert_serial=None, cert_not_after=None,
+D_NULL = dict(D_VERIFIED, host_uuid="F9FXK2LMQ1GC", status=None, lifecycle="pending", cert_serial=None, cert_not_after=None,
               updated_at=D_T57)
 D_PROFILE_JSON = {
     "uuid": D_PROFILE, "name": "Office Wi-Fi", "identifier": "Fleet.WiFi", "platform": "macos",
@@ -964,7 +965,7 @@ DOC_EXAMPLES = {
         ("GET", "/api/v1/jobs"): (200, {"jobs": ["cleanup", "process_profiles", "renew_certificates"]})},
     ("scepproxyctl trigger cleanup", 0): {("POST", "/api/v1/jobs/cleanup"): (200, {
         "job": "cleanup", "result": {"expired_challenges_removed": 4, "expired_profiles_resent": 1,
-                                     "finished_commands_removed": 0}})},
+                                     "finished_commands_removed": 0, "stuck_deliveries_resent": 0}})},
     ("scepproxyctl trigger nope", 0): {("POST", "/api/v1/jobs/nope"): error(
         404, "no job 'nope'; jobs are cleanup, process_profiles, renew_certificates")},
     ("scepproxyctl builtin-ca requests --status pending", 0): {

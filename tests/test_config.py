@@ -351,6 +351,9 @@ BAD_VALUES = [
     ("server", "max_connections", "lots", "whole number from 1 to 1000000"),
     ("admin", "max_connections", "100001", "whole number from 1 to 100000"),
     ("delivery", "max_unused_challenges", "0", "whole number from 1 to 1000000"),
+    ("delivery", "stuck_after", "30s", "from 1 minute to 30 days"),
+    ("delivery", "stuck_after", "31d", "from 1 minute to 30 days"),
+    ("delivery", "stuck_after", "soon", "must be a duration"),
     ("challenges", "ttl", "59s", "from 1 minute to 30 days"),
     ("challenges", "ttl", "31d", "from 1 minute to 30 days"),
     ("challenges", "ttl", "inf", "from 1 minute to 30 days"),
@@ -436,6 +439,7 @@ EVERY_KEY = [
     ("delivery", "webhook_token_file"),
     ("delivery", "command_retention"),
     ("delivery", "max_unused_challenges"),
+    ("delivery", "stuck_after"),
     ("ca", "enabled"),
     ("ca", "name"),
     ("ca", "key_file"),
@@ -709,6 +713,8 @@ def test_engine_defaults():
     assert settings.renewal.short_fraction == 0.5
     assert settings.delivery.backend == "outbox" and settings.delivery.nanomdm_url is None
     assert settings.delivery.max_unused_challenges == 1000
+    assert settings.delivery.stuck_after == 12 * 3600.0
+    assert parse("[delivery]\nstuck_after = 90m\n").delivery.stuck_after == 5400.0
     assert settings.retired_agent_token_file == Path("/srv/scep/var/agent.token")
     assert settings.ignored == ()
 

@@ -69,7 +69,8 @@ async def test_the_cleanup_job_sends_an_offline_devices_profile_again_once(web, 
     e = await web.enrollment()
     clock.advance(TTL + 1)
     result = (await web.ok(web.admin("POST", "/api/v1/jobs/cleanup")))["result"]
-    assert result == {"expired_challenges_removed": 1, "expired_profiles_resent": 1, "finished_commands_removed": 0}
+    assert result == {"expired_challenges_removed": 1, "expired_profiles_resent": 1, "finished_commands_removed": 0,
+                      "stuck_deliveries_resent": 0}
     assert await status_of(web, e) == (None, 0, EXPIRED_DETAIL)
     assert await web.metric(CHALLENGES, event="expired_resent") == 1
     (line,) = lines(logs, RESENT)

@@ -14,7 +14,9 @@ from scepproxyd.cli.client import CliError, InvocationError, api_path, list_all
 from scepproxyd.cli.render import fields, table, text
 
 #: CERT_SERIAL and CERT_NOT_AFTER: the certificate recorded on the host profile, which renewal is timed by.
-HOST_PROFILE_HEADERS = ("HOST", "PROFILE", "STATUS", "RETRIES", "CERT_SERIAL", "CERT_NOT_AFTER", "UPDATED", "DETAIL")
+HOST_PROFILE_HEADERS = (
+    "HOST", "PROFILE", "STATUS", "LIFECYCLE", "RETRIES", "CERT_SERIAL", "CERT_NOT_AFTER", "UPDATED", "DETAIL",
+)
 
 
 def _read_input(path: str, stdin) -> bytes:
@@ -34,7 +36,7 @@ def _listing(rows: list, empty: str, headers, row) -> str:
 
 
 def _host_profile_row(hp: dict) -> tuple:
-    return (hp["host_uuid"], hp["profile_uuid"], hp["status"], hp["retries"], hp.get("cert_serial"),
+    return (hp["host_uuid"], hp["profile_uuid"], hp["status"], hp.get("lifecycle"), hp["retries"], hp.get("cert_serial"),
             hp.get("cert_not_after"), hp["updated_at"], hp["detail"])
 
 

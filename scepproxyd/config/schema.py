@@ -122,6 +122,8 @@ class DeliverySettings:
     command_retention: float
     #: Push delivery sends only while fewer of its challenges than this are unused (delivery/push.py).
     max_unused_challenges: int = 1000
+    #: A host profile fetched (or pushed) this long ago and never reported on is sent again (store/deliveries.py).
+    stuck_after: float = 43200.0
 
 
 KEY_USAGES = (
@@ -271,6 +273,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], object]]]] = {
         "webhook_token_file": ("nanomdm-webhook.token", c.text),
         "command_retention": ("7d", c.duration(0, 3650 * c.DAY)),
         "max_unused_challenges": ("1000", c.whole(1, 1000000)),
+        "stuck_after": ("12h", c.duration(c.MINUTE, 30 * c.DAY, allow_low=True)),
     },
     "ca": {
         "enabled": ("yes", c.boolean),

@@ -70,6 +70,12 @@ class Metrics:
             ["ca"], registry=self.registry,
         )
         self._renewal_cas = set()  # every CA the two gauges above were given, so one that drains shows 0
+        self.stuck_deliveries_resent = Counter(
+            "scepproxyd_stuck_deliveries_resent",
+            "Host profiles handed over (fetched by the agent) and never reported on within [delivery] stuck_after,"
+            " sent again with a fresh challenge by the cleanup job.",
+            registry=self.registry,
+        )
         self.ca_refusals = Counter(
             "scepproxyd_ca_policy_refusals", "Built-in CA requests refused by the issuance policy, by check.",
             ["check"], registry=self.registry,
@@ -114,6 +120,8 @@ class Metrics:
             self.challenge("expired", result["expired_challenges_removed"])
         if result and result.get("expired_profiles_resent"):
             self.challenge("expired_resent", result["expired_profiles_resent"])
+        if result and result.get("stuck_deliveries_resent"):
+            self.stuck_deliveries_resent.inc(result["stuck_deliveries_resent"])
 
     def set_host_profile_counts(self, counts: dict) -> None:
         for status, count in counts.items():

@@ -24,6 +24,7 @@ from scepproxyd.store.cas import CaQueries
 from scepproxyd.store.challenges import ChallengeQueries
 from scepproxyd.store.commands import CommandQueries
 from scepproxyd.store.database import Database
+from scepproxyd.store.deliveries import DeliveryQueries
 from scepproxyd.store.hosts import HostQueries
 from scepproxyd.store.models import (
     COMMAND_STATUSES,
@@ -63,6 +64,7 @@ class Store(
     AssignmentQueries,
     ChallengeQueries,
     CommandQueries,
+    DeliveryQueries,
     RenewalQueries,
     RaQueries,
     AgentCredentialQueries,

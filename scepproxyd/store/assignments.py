@@ -204,6 +204,9 @@ class AssignmentQueries:
         """
         Host profiles ordered by host then profile, optionally of one host, profile or status.
 
+        Each carries its current command's status (``command_status``), so a
+        caller can tell a profile waiting for its agent from one the agent fetched.
+
         ``after`` (a HOST_PROFILE_ORDER key) starts the page after that row:
         the admin API pages this way; ``offset`` is for small internal lists.
 
@@ -230,7 +233,9 @@ class AssignmentQueries:
             where.append(after_sql)
             params.extend(after_params)
             cursor = conn.execute(
-                f"SELECT {HOST_PROFILE_COLUMNS} FROM host_profiles WHERE {' AND '.join(where)}"
+                f"SELECT {HOST_PROFILE_COLUMNS}, (SELECT c.status FROM commands c"
+                " WHERE c.command_uuid = host_profiles.command_uuid)"
+                f" FROM host_profiles WHERE {' AND '.join(where)}"
                 f" ORDER BY {order_by(HOST_PROFILE_ORDER)} LIMIT ? OFFSET ?",
                 [*params, limit, offset],
             )

@@ -164,6 +164,10 @@ class HostProfile:
     cert_serial: str | None = None
     cert_not_before: float | None = None
     cert_not_after: float | None = None
+    #: The current command's status, where a list asked for it (list_host_profiles): what
+    #: scepproxyd.delivery.lifecycle reads to tell "pending" from "delivering". Not compared:
+    #: it describes the command, and is None where the host profile was read alone.
+    command_status: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -215,6 +219,10 @@ class ChallengeRefusal:
 
 #: The info line (cleanup job and proxy alike) for a host profile sent again because its latest
 #: challenge expired unused; ``found_by`` is "cleanup" or "device". Never names the challenge.
+RESENT_AFTER_STUCK = (
+    "agent fetched the profile and never reported; host profile sent again with a fresh challenge, no retry"
+    " counted: host={host} profile={profile} ca={ca} waited={waited:.0f}s"
+)
 RESENT_AFTER_EXPIRY = (
     "one-time challenge expired unused; host profile sent again, no retry counted: host={host} profile={profile}"
     " ca={ca} waited={waited:.0f}s found_by={found_by}"

@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from scepproxyd import admin
+from scepproxyd.delivery.lifecycle import lifecycle
 from scepproxyd.daemon.logs import get_logger
 from scepproxyd.keys import KeyFileError
 from scepproxyd.platforms import APPLE_PLATFORMS, PLATFORMS
@@ -123,6 +124,7 @@ def host_profile_json(hp) -> dict:
         "status": hp.status,
         "detail": hp.detail,
         "retries": hp.retries,
+        "lifecycle": lifecycle(hp.status, hp.command_status),
         "cert_serial": hp.cert_serial,
         "cert_not_after": _time(hp.cert_not_after),
         "updated_at": _time(hp.updated_at),

@@ -376,6 +376,25 @@ class Web:
         return Enrollment(host, profile["uuid"], ca, command["payload"], *_scep_fields(command["payload"]),
                           command=command["command_uuid"], credential=credential)
 
+    async def android_enrollment(self, template: dict, host: str = "PIXEL-8A", ca: str = "builtin") -> Enrollment:
+        """
+        An Android certificate template (``template``, its variables naming ``ca``) uploaded, assigned to an
+        android host and fetched by that host's agent; ``payload`` is the rendered template, ``subject_cn``
+        its CN.
+        """
+        await self.ok(self.admin("PUT", "/api/v1/hosts/%s" % (host,), {"serial": "SER-" + host, "platform": "android"}))
+        profile = await self.ok(self.admin("POST", "/api/v1/profiles", json.dumps(template).encode("utf-8"),
+                                           content_type="application/json"))
+        await self.ok(self.admin("POST", "/api/v1/profiles/%s/assign" % (profile["uuid"],), {"hosts": [host]}))
+        await self.ok(self.admin("POST", "/api/v1/jobs/process_profiles"))
+        credential = await self.credential(host)
+        commands = (await self.ok(self.agent("GET", host, "/commands", credential)))["commands"]
+        (command,) = [c for c in commands if c["profile_uuid"] == profile["uuid"]]
+        rendered = json.loads(command["payload"])
+        (cn,) = [part[3:] for part in rendered["subject"].split(",") if part.startswith("CN=")]
+        return Enrollment(host, profile["uuid"], ca, command["payload"], rendered["scep"]["url"],
+                          rendered["scep"]["challenge"], cn, command=command["command_uuid"], credential=credential)
+
     async def ca_certificate(self, enrollment: Enrollment):
         """
         The certificate the device encrypts to and checks answers with, from GetCACert through the proxy.
@@ -396,12 +415,13 @@ class Web:
         return x509.load_der_x509_certificate(answer.body)
 
     async def pkcs_req(self, enrollment: Enrollment, cn: str | None = None, challenge: str | None = None,
-                       subject=None):
+                       subject=None, sans=None):
         """
         A device's PKCSReq for ``enrollment`` (micromdm style, made in process): ``DeviceRequest``.
 
         The CSR's subject is ``CN=<cn>``, or ``subject`` (an x509.Name; bound_subject(enrollment) is what
-        the profile renders, which a CA in RA mode insists on).
+        the profile renders, which a CA in RA mode insists on); ``sans`` (x509 GeneralNames) its
+        subjectAltNames.
         """
         from support.certs import csr as make_csr
         from support.scep_capture import make_device
@@ -410,8 +430,9 @@ class Web:
         ca_cert = await self.ca_certificate(enrollment)
         cn = cn or enrollment.subject_cn.replace("%SerialNumber%", "SER-" + enrollment.host)
         key, cert, csr = make_device(cn, challenge or enrollment.challenge_password)
-        if subject is not None:
-            csr = make_csr(key, subject, challenge=challenge or enrollment.challenge_password)
+        if subject is not None or sans:
+            csr = make_csr(key, subject if subject is not None else cn, sans,
+                           challenge=challenge or enrollment.challenge_password)
         message, _ = codec.build_request(message_type="PKCSReq", signer_key=key, signer_certificate=cert,
                                          recipient_certificate=ca_cert, csr=csr)
         return DeviceRequest(message, key, cert, ca_cert, cn)
