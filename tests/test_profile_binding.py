@@ -463,3 +463,22 @@ def test_android_csr_with_an_extra_or_different_san_is_refused(change, reason):
     request = csr(rsa_key(), android_subject(), change(rendered_sans()))
     assert judge(request, android_with_sans(), "android_template", san_policy=EVERY_SAN) == Refusal(
         "badRequest", reason, "san")
+
+
+@pytest.mark.parametrize("keep, reason", [
+    (lambda sans: [s for s in sans if not isinstance(s, x509.OtherName)],
+     "CSR lacks subjectAltName upn 'ann@corp.example', which the profile renders"),
+    (lambda sans: [], "CSR lacks subjectAltName dns '%s.wifi.example.com', which the profile renders" % RENEWAL_ID),
+])
+def test_android_csr_short_of_a_rendered_name_is_refused(keep, reason):
+    """The agent is given every name; a CSR without one would make a certificate the template did not ask for."""
+    request = csr(rsa_key(), android_subject(), keep(rendered_sans()))
+    assert judge(request, android_with_sans(), "android_template", san_policy=EVERY_SAN) == Refusal(
+        "badRequest", reason, "san")
+
+
+def test_android_two_names_one_csr_name_says_how_many():
+    template = android_with_sans("DNS=%HostName%.example.com, DNS=%ComputerName%.example.com")
+    request = csr(rsa_key(), android_subject(), [x509.DNSName("pixel.example.com")])
+    assert judge(request, template, "android_template", san_policy=EVERY_SAN).reason == (
+        "CSR asks for 1 subjectAltNames; the profile renders 2")

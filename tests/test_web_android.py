@@ -84,15 +84,21 @@ async def test_the_agent_gets_every_name_and_the_certificate_carries_exactly_the
     assert (await lifecycle(web, e))[:3] == ("verified", "verified", 0)
 
 
+@pytest.mark.parametrize("change, why", [
+    (lambda sans: sans + [upn("admin@corp.example")],
+     "CSR asks for subjectAltName upn 'admin@corp.example', which the profile does not render"),
+    (lambda sans: [s for s in sans if not isinstance(s, x509.OtherName)],
+     "CSR lacks subjectAltName upn 'wifi@corp.example', which the profile renders"),
+])
 @pytest_twisted.ensureDeferred
-async def test_a_csr_with_one_more_name_gets_no_certificate(web):
+async def test_a_csr_with_one_name_more_or_less_gets_no_certificate(web, change, why):
     e = await web.android_enrollment(TEMPLATE)
-    request = await web.pkcs_req(e, subject=subject(e), sans=rendered_sans(e) + [upn("admin@corp.example")])
+    request = await web.pkcs_req(e, subject=subject(e), sans=change(rendered_sans(e)))
     status, fail_info, certificates = request.read(await web.device("POST", pki(e.path), request.message))
     assert (status, fail_info, certificates) == ("FAILURE", "badRequest", [])
     state, status, retries, detail = await lifecycle(web, e)
     assert (state, status, retries) == ("pending", None, 1)
-    assert "subjectAltName upn 'admin@corp.example', which the profile does not render" in detail
+    assert why in detail
 
 
 @pytest_twisted.ensureDeferred

@@ -405,6 +405,16 @@ def _check_basic_constraints(extensions: x509.Extensions) -> None:
                                        " this CA issues end-entity certificates only")
 
 
+def _refuse_missing_san(sans: list[tuple[str, str]], expected: ExpectedRequest) -> None:
+    """Every CSR name found its own rendered one, but some rendered name is left over: say which."""
+    for san_type, wanted in expected.sans:
+        if not any(t == san_type and wanted.matches(value) for t, value in sans):
+            raise Refused(BAD_REQUEST, "CSR lacks subjectAltName %s %s, which the profile renders"
+                          % (san_type, wanted.describe()))
+    raise Refused(BAD_REQUEST, "CSR asks for %d subjectAltNames; the profile renders %d"
+                  % (len(sans), len(expected.sans)))
+
+
 def _check_sans(sans: list[tuple[str, str]], policy: SanPolicy | None, expected: ExpectedRequest | None) -> None:
     if expected is not None:
         candidates = []
@@ -419,6 +429,8 @@ def _check_sans(sans: list[tuple[str, str]], policy: SanPolicy | None, expected:
             san_type, value = sans[unmatched]
             raise Refused(BAD_REQUEST, "CSR asks for more subjectAltNames like %s %s than the profile renders"
                           % (san_type, shown(value)))
+        if expected.all_sans and len(sans) < len(expected.sans):
+            _refuse_missing_san(sans, expected)
     if policy is None:
         return  # RA mode: the upstream CA's own policy applies after the profile's
     for san_type, value in sans:

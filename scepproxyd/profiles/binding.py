@@ -185,6 +185,9 @@ class ExpectedRequest:
     #: "rsa", "ec", or None when the profile does not say.
     key_type: str | None
     min_key_bits: int | None
+    #: Whether the CSR must ask for every name in ``sans`` too (Android templates: the agent is
+    #: given the names and writes each, so a CSR short of one is a broken request, not a choice).
+    all_sans: bool = False
 
 
 def matcher(text: str, *, renewal_id: str, host: HostFacts, context: str = "subject") -> Matcher:
@@ -314,4 +317,4 @@ def _android(template: dict, renewal_id: str, host: HostFacts) -> ExpectedReques
     key = template.get("key")
     if not isinstance(key, dict) or key.get("type") not in ("rsa", "ec") or type(key.get("size")) is not int:
         raise ProfileError('template "key" must be {"type": "rsa" or "ec", "size": bits}', "key")
-    return ExpectedRequest(rdns, tuple(sans), key["type"], key["size"])
+    return ExpectedRequest(rdns, tuple(sans), key["type"], key["size"], all_sans=True)
