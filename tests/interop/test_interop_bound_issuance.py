@@ -14,7 +14,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import threads
 
 from support.api import Api, aissue_agent_credential
-from support.clients import load, openssl_verify, pki, scepclient, strongswan_key
+from support.clients import load, openssl_verify, scepclient, strongswan_enroll
 from support.site import FIXTURES, OU, Fleet
 
 def device(workdir, url, challenge, cn, *extra):
@@ -98,19 +98,6 @@ async def test_csr_that_differs_from_the_profile_gets_failure_and_no_certificate
     # Nothing happened to host B, whose renewal ID the attacker named.
     row = await fleet.status("MAC-B")
     assert (row["status"], row["retries"], row["cert_serial"]) == ("pending", 0, None)
-
-
-def strongswan_enroll(tmp_path, name, url, challenge, dn, *sans):
-    ca = tmp_path / (name + "-ca.der")
-    result = pki("--scepca", "--url", url, "--caout", str(ca))
-    assert result.returncode == 0, result.stderr
-    key = strongswan_key(tmp_path / (name + "-key.der"))
-    args = ["--scep", "--url", url, "--in", str(key), "--dn", dn, "--password", challenge,
-            "--cacert-enc", str(ca), "--cacert-sig", str(ca), "--cipher", "aes", "--digest", "sha256",
-            "--maxpolltime", "5", "--interval", "1", "--outform", "der"]
-    for san in sans:
-        args += ["--san", san]
-    return pki(*args, timeout=60)
 
 
 @pytest_twisted.ensureDeferred

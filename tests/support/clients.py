@@ -54,6 +54,21 @@ def strongswan_key(path: Path) -> Path:
     return path
 
 
+def strongswan_enroll(workdir: Path, name: str, url: str, challenge: str, dn: str, *sans: str):
+    """``pki --scepca`` then ``pki --scep`` for ``dn`` (and ``--san`` each of ``sans``) over AES and SHA-256, a
+    new key and the CA certificate as ``workdir/<name>-*.der``; the finished run (its stdout the DER certificate)."""
+    ca = workdir / (name + "-ca.der")
+    result = pki("--scepca", "--url", url, "--caout", str(ca))
+    assert result.returncode == 0, result.stderr
+    key = strongswan_key(workdir / (name + "-key.der"))
+    args = ["--scep", "--url", url, "--in", str(key), "--dn", dn, "--password", challenge,
+            "--cacert-enc", str(ca), "--cacert-sig", str(ca), "--cipher", "aes", "--digest", "sha256",
+            "--maxpolltime", "5", "--interval", "1", "--outform", "der"]
+    for san in sans:
+        args += ["--san", san]
+    return pki(*args, timeout=60)
+
+
 def openssl_verify(ca_pem: Path, cert: Path, der=False, untrusted: Path | None = None) -> str:
     """``openssl verify -CAfile`` (``-untrusted``: intermediates to chain through) that must succeed; its output."""
     if der:
@@ -84,3 +99,36 @@ def http(url: str, body: bytes | None = None) -> tuple[int, str, bytes]:
             return response.status, response.headers.get("Content-Type"), response.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("Content-Type"), e.read()
+
+
+def csr_enroll(url: str, challenge: str, subject: x509.Name, sans=(), key_size: int = 2048):
+    """
+    A device written in the test, for requests no real client can make (a UPN or URI subjectAltName): GetCACert
+    and one PKCSReq with a CSR for ``subject`` and ``sans`` (x509 GeneralNames), over HTTP to ``url``.
+
+    ``(pkiStatus, failInfo, certificates)`` of the verified, decrypted CertRep.
+    """
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from scepproxyd.scep import codec
+    from support.certs import csr, self_signed
+
+    status, _, body = http(url + "?operation=GetCACert")
+    assert status == 200, body
+    certificates = [x509.load_der_x509_certificate(der) for der in codec.ca_certificates(body)]
+    # A CA's own certificate encrypts and signs unless an RA's is there too (RA mode): then the RA's.
+    (recipient,) = [c for c in certificates if not _is_ca(c)] or certificates[:1]
+    key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+    signer, _ = self_signed("csr-enroll", key=key)
+    message, _ = codec.build_request(message_type="PKCSReq", signer_key=key, signer_certificate=signer,
+                                     recipient_certificate=recipient, csr=csr(key, subject, list(sans), challenge=challenge))
+    status, _, answer = http(url + "?operation=PKIOperation", message)
+    assert status == 200, (status, answer)
+    return codec.read_response(answer, key, signer, recipient)
+
+
+def _is_ca(certificate: x509.Certificate) -> bool:
+    try:
+        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
