@@ -86,10 +86,10 @@ def test_walkthrough(tmp_path, upstream, daemon):
     assert ctl.json("profile", "show", uuid)["hosts"] == 3
     status = ctl("status").stdout
     assert status.splitlines()[0].split() == [
-        "HOST", "PROFILE", "STATUS", "RETRIES", "CERT_SERIAL", "CERT_NOT_AFTER", "UPDATED", "DETAIL"]
+        "HOST", "PROFILE", "STATUS", "LIFECYCLE", "RETRIES", "CERT_SERIAL", "CERT_NOT_AFTER", "UPDATED", "DETAIL"]
     rows = table_rows(status)
     assert sorted(row[0] for row in rows) == sorted(HOSTS)
-    assert all(row[1] == uuid and row[2] == "-" and row[3] == "0" for row in rows)
+    assert all(row[1] == uuid and row[2] == "-" and row[3] == "pending" and row[4] == "0" for row in rows)
     nulls = ctl.json("status", "--profile", uuid, "--status", "null")["host_profiles"]
     assert len(nulls) == 3 and all(hp["status"] is None for hp in nulls)
     assert ctl.json("status", "--status", "pending")["host_profiles"] == []
