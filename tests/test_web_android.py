@@ -131,3 +131,20 @@ async def test_a_template_stuck_delivering_is_sent_again_and_the_fetched_copy_st
                            {"status": "acknowledged"}))
     assert (await lifecycle(web, e))[:3] == ("delivered", "verifying", 0)
     assert (await web.ok(web.admin("POST", "/api/v1/jobs/cleanup")))["result"]["stuck_deliveries_resent"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_after_the_retries_says_why(web):
+    """[profiles] max_retries (3) refused requests later the template is failed, the last reason in its detail."""
+    e = await web.android_enrollment(TEMPLATE)
+    for attempt in range(4):
+        request = await web.pkcs_req(e, subject=subject(e), sans=rendered_sans(e)[1:])
+        assert request.read(await web.device("POST", pki(e.path), request.message))[:2] == ("FAILURE", "badRequest")
+        if attempt < 3:
+            await web.ok(web.admin("POST", "/api/v1/jobs/process_profiles"))
+            (command,) = (await web.ok(web.agent("GET", e.host, "/commands", e.credential)))["commands"]
+            fresh = json.loads(command["payload"])["scep"]
+            e.url, e.challenge_password = fresh["url"], fresh["challenge"]
+    state, status, retries, detail = await lifecycle(web, e)
+    assert (state, status, retries) == ("failed", "failed", 4)
+    assert detail.endswith("CSR lacks subjectAltName dns '%s.wifi.example.com', which the profile renders" % e.subject_cn)
