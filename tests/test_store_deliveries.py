@@ -135,3 +135,21 @@ async def test_recovery_works_in_batches_and_reports_each(store, clock, monkeypa
     resent = await store.recover_stuck_deliveries(STUCK_AFTER, on_resent=batches.append)
     assert [len(batch) for batch in batches] == [2, 2, 1]
     assert sorted(hp.host_uuid for hp in resent) == sorted(hosts)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_earlier_attempts_reason_is_not_shown_once_handed_over_again(store):
+    """Fleet shows a stale failure detail on a re-delivered template (fleet#52288); here the claim clears it."""
+    await seed(store)
+    (command,) = (await claim_all(store)).values()
+    await store.command_delivered(command.command_uuid)
+    failed = await store.command_result(command.command_uuid, ok=False, detail="SCEP server unreachable")
+    assert (failed.status, failed.detail) == (None, "device reported an error: SCEP server unreachable")
+    assert await lifecycle_of(store) == "pending"
+    (command,) = (await claim_all(store)).values()
+    await store.command_delivered(command.command_uuid)
+    (hp,) = await store.list_host_profiles()
+    assert (lifecycle(hp.status, hp.command_status), hp.detail) == ("delivering", None)
+    await store.command_result(command.command_uuid, ok=True)
+    (hp,) = await store.list_host_profiles()
+    assert (lifecycle(hp.status, hp.command_status), hp.detail) == ("delivered", None)
