@@ -842,6 +842,7 @@ D_VERIFIED = {"host_uuid": D_HOST, "profile_uuid": D_PROFILE, "status": "verifie
               "updated_at": "2025-11-23T06:02:11+00:00"}
 D_NULL = dict(D_VERIFIED, host_uuid="F9FXK2LMQ1GC", status=None, lifecycle="pending", cert_serial=None, cert_not_after=None,
               updated_at=D_T57)
+D_DELIVERING = dict(D_NULL, host_uuid="PIXEL8A4F2C1", status="pending", lifecycle="delivering")
 D_PROFILE_JSON = {
     "uuid": D_PROFILE, "name": "Office Wi-Fi", "identifier": "Fleet.WiFi", "platform": "macos",
     "kind": "mobileconfig", "ca": "UPSTREAM_CA", "created_at": D_T56, "updated_at": D_T56,
@@ -956,6 +957,9 @@ DOC_EXAMPLES = {
         ("GET", "/api/v1/host-profiles?limit=5000"): (200, {"host_profiles": [D_VERIFIED, D_NULL], "next": None})},
     ("scepproxyctl status --status pending", 0): {
         ("GET", "/api/v1/host-profiles?status=pending&limit=5000"): (200, {"host_profiles": [], "next": None})},
+    ("scepproxyctl status --lifecycle delivering", 0): {
+        ("GET", "/api/v1/host-profiles?lifecycle=delivering&limit=5000"): (200, {"host_profiles": [D_DELIVERING],
+                                                                                "next": None})},
     ("scepproxyctl status --host C8QHT3K1Q6L4 --json", 0): {
         ("GET", "/api/v1/host-profiles?host=%s&limit=5000" % (D_HOST,)): (
             200, {"host_profiles": [D_VERIFIED], "next": None})},

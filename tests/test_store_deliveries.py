@@ -153,3 +153,24 @@ async def test_an_earlier_attempts_reason_is_not_shown_once_handed_over_again(st
     await store.command_result(command.command_uuid, ok=True)
     (hp,) = await store.list_host_profiles()
     assert (lifecycle(hp.status, hp.command_status), hp.detail) == ("delivered", None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_lifecycle_filter_agrees_with_the_lifecycle_of_every_state(store):
+    await seed(store)
+    hosts = ["null", "queued", "delivering", "delivered", "verified", "failed"]
+    for host in hosts:
+        await store.upsert_host(host, None, "macos")
+        await store.assign_profile(host, PROFILE)
+    commands = await claim_all(store)
+    await store.set_host_profile_status("null", PROFILE, None)
+    for host in ("delivering", "delivered"):
+        await store.command_delivered(commands[(host, PROFILE)].command_uuid)
+    await store.command_result(commands[("delivered", PROFILE)].command_uuid, ok=True)
+    await store.set_host_profile_status("verified", PROFILE, "verified")
+    await store.set_host_profile_status("failed", PROFILE, "failed", "CA said no")
+    every = await store.list_host_profiles()
+    for word in ("pending", "delivering", "delivered", "verified", "failed"):
+        filtered = [hp.host_uuid for hp in await store.list_host_profiles(lifecycle=word)]
+        assert filtered == [hp.host_uuid for hp in every if lifecycle(hp.status, hp.command_status) == word], word
+    assert [hp.host_uuid for hp in await store.list_host_profiles(lifecycle="pending")] == [HOST, "null", "queued"]

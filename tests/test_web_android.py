@@ -104,6 +104,9 @@ async def test_a_csr_with_one_name_more_or_less_gets_no_certificate(web, change,
 @pytest_twisted.ensureDeferred
 async def test_a_template_stuck_delivering_is_sent_again_and_the_fetched_copy_stops_working(web, clock, logs):
     e = await web.android_enrollment(TEMPLATE)
+    stuck = await web.ok(web.admin("GET", "/api/v1/host-profiles?lifecycle=delivering"))
+    assert [(hp["host_uuid"], hp["lifecycle"]) for hp in stuck["host_profiles"]] == [(e.host, "delivering")]
+    assert (await web.ok(web.admin("GET", "/api/v1/host-profiles?lifecycle=pending")))["host_profiles"] == []
     clock.advance(STUCK_AFTER)
     result = (await web.ok(web.admin("POST", "/api/v1/jobs/cleanup")))["result"]
     assert result["stuck_deliveries_resent"] == 0 and (await lifecycle(web, e))[0] == "delivering"
@@ -148,3 +151,10 @@ async def test_failed_after_the_retries_says_why(web):
     state, status, retries, detail = await lifecycle(web, e)
     assert (state, status, retries) == ("failed", "failed", 4)
     assert detail.endswith("CSR lacks subjectAltName dns '%s.wifi.example.com', which the profile renders" % e.subject_cn)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unknown_lifecycle_filter_is_refused(web):
+    answer = await web.admin("GET", "/api/v1/host-profiles?lifecycle=stuck")
+    assert (answer.status, answer.json()) == (422, {
+        "error": "lifecycle must be one of pending, delivering, delivered, verified, failed", "field": "lifecycle"})

@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     command(groups, "status", commands.status, "host profiles and their enrollment status",
             arg("--host", help="only this host"), arg("--profile", help="only this profile"),
-            arg("--status", help="pending, verifying, verified, failed or null"))
+            arg("--status", help="pending, verifying, verified, failed or null"),
+            arg("--lifecycle", help="pending, delivering, delivered, verified or failed"))
     command(groups, "resend", commands.resend, "send a profile to a host again with a fresh challenge",
             arg("host", metavar="HOST"), arg("profile", metavar="PROFILE"))
     command(groups, "trigger", commands.trigger, "run a job now", arg("job", metavar="JOB"))

@@ -253,7 +253,7 @@ def profile_unassign(api, args, stdin):
 
 
 def status(api, args, stdin):
-    query = {"host": args.host, "profile": args.profile, "status": args.status}
+    query = {"host": args.host, "profile": args.profile, "status": args.status, "lifecycle": args.lifecycle}
     answer = list_all(api, "host_profiles", "host-profiles", query=query)
     return answer, _listing(answer["host_profiles"], "no host profiles", HOST_PROFILE_HEADERS, _host_profile_row)
 

@@ -47,6 +47,19 @@ _FAILED_ATTEMPT = (
 )
 # What list_host_profiles accepts as a status filter: "null" stands for NULL.
 STATUS_FILTERS = tuple(status for status in HOST_PROFILE_STATUSES if status is not None) + ("null",)
+# The current command was handed over and nothing was heard since (with status 'pending').
+_HANDED_OVER = (
+    "EXISTS (SELECT 1 FROM commands c WHERE c.command_uuid = host_profiles.command_uuid AND c.status = 'delivered')"
+)
+# list_host_profiles' lifecycle filter: the SQL of scepproxyd.delivery.lifecycle.lifecycle, word by word
+# (tests/test_store_deliveries.py checks the two agree on every state).
+LIFECYCLE_FILTERS = {
+    "pending": f"(status IS NULL OR (status = 'pending' AND NOT {_HANDED_OVER}))",
+    "delivering": f"status = 'pending' AND {_HANDED_OVER}",
+    "delivered": "status = 'verifying'",
+    "verified": "status = 'verified'",
+    "failed": "status = 'failed'",
+}
 
 
 def _profile_platform(conn, profile_uuid) -> str:
@@ -199,7 +212,8 @@ class AssignmentQueries:
         return self._submit(get_host_profile, write=False)
 
     def list_host_profiles(
-        self, host_uuid=None, profile_uuid=None, status=None, limit: int = 10000, offset: int = 0, after=None
+        self, host_uuid=None, profile_uuid=None, status=None, limit: int = 10000, offset: int = 0, after=None,
+        lifecycle=None,
     ) -> defer.Deferred:
         """
         Host profiles ordered by host then profile, optionally of one host, profile or status.
@@ -211,11 +225,13 @@ class AssignmentQueries:
         the admin API pages this way; ``offset`` is for small internal lists.
 
         ``status`` is a status name, or the string "null" for those waiting
-        to be sent; None does not filter.
+        to be sent; ``lifecycle`` a word of scepproxyd.delivery.lifecycle;
+        None does not filter.
         """
 
         def list_host_profiles(conn):
             check_filter(status, STATUS_FILTERS, "status filter")
+            check_filter(lifecycle, tuple(LIFECYCLE_FILTERS), "lifecycle filter")
             for what, value in (("limit", limit), ("offset", offset)):
                 if not isinstance(value, int) or value < 0:
                     raise ValueError(f"{what} must be a non-negative integer, not {value!r}")
@@ -229,6 +245,8 @@ class AssignmentQueries:
             elif status is not None:
                 where.append("status = ?")
                 params.append(status)
+            if lifecycle is not None:
+                where.append(LIFECYCLE_FILTERS[lifecycle])
             after_sql, after_params = keyset(HOST_PROFILE_ORDER, after)
             where.append(after_sql)
             params.extend(after_params)

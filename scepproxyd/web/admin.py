@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from scepproxyd import admin
-from scepproxyd.delivery.lifecycle import lifecycle
+from scepproxyd.delivery.lifecycle import LIFECYCLE, lifecycle
 from scepproxyd.daemon.logs import get_logger
 from scepproxyd.keys import KeyFileError
 from scepproxyd.platforms import APPLE_PLATFORMS, PLATFORMS
@@ -561,12 +561,15 @@ class AdminRoutes:
 
     async def list_host_profiles(self, request):
         status = query_choice(request, "status", [s for s in HOST_PROFILE_STATUSES if s] + ["null"])
+        stage = query_choice(request, "lifecycle", LIFECYCLE)
         page = Page(request, "host_profiles", 2)
         kwargs = {"host_uuid": query_parameter(request, "host"), "profile_uuid": query_parameter(request, "profile")}
         if any("\0" in value for value in kwargs.values() if value):
             return {"host_profiles": [], "next": None}  # no id holds a NUL (the store never receives one)
         if status is not None:
             kwargs["status"] = status
+        if stage is not None:
+            kwargs["lifecycle"] = stage
         rows = await self._store.list_host_profiles(**kwargs, after=page.after, limit=page.limit + 1)
         return page.answer(rows, lambda hp: (hp.host_uuid, hp.profile_uuid), host_profile_json)
 
