@@ -31,7 +31,7 @@ from support.site import mobileconfig as site_mobileconfig  # noqa: E402
 from support.upstream import ScepServer  # noqa: E402
 
 __all__ = ["Api", "Daemon", "Nginx", "ScepServer", "csr", "free_port", "proc_memory_mb", "py_spy", "py_spy_stop",
-           "site_mobileconfig", "stop", "wait_for_port", "wrk"]
+           "site_mobileconfig", "stop", "stop_all", "wait_for_port", "wrk"]
 
 SPY_RATE = 200
 
@@ -98,6 +98,14 @@ class Nginx:
         if self.process is not None:
             stop(self.process)
             self.process = None
+
+
+def stop_all(top: Path, *procs) -> None:
+    """The end of every benchmark run: stop each peer that started (by its pid), then remove its directory."""
+    for proc in procs:
+        if proc is not None:
+            proc.stop()
+    shutil.rmtree(top, ignore_errors=True)
 
 
 def wrk(url: str, duration: int, connections: int = 16, threads: int = 1) -> dict:

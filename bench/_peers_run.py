@@ -30,7 +30,6 @@ and ``skip`` (phases left out: ``wrk``, ``enroll``).
 """
 
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from cryptography import x509
 
 import _peers_load as load
 import _peers_site as site
-from _peers_procs import Daemon, Nginx, ScepServer, proc_memory_mb, py_spy, py_spy_stop, wrk
+from _peers_procs import Daemon, Nginx, ScepServer, proc_memory_mb, py_spy, py_spy_stop, stop_all, wrk
 
 STATIC_CHALLENGE = "bench-static-challenge"
 CA_NAME = "BENCH_CA"
@@ -249,8 +248,5 @@ def one_run(opts) -> dict:
         admin.close()
         agent.close()
     finally:
-        for proc in (daemon, nginx, scep):
-            if proc is not None:
-                proc.stop()
-        shutil.rmtree(top, ignore_errors=True)
+        stop_all(top, daemon, nginx, scep)
     return out

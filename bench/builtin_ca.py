@@ -38,7 +38,6 @@ count. Target: built-in CA enrollments/s >= 1.0 x scepserver direct.
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -69,7 +68,7 @@ def one_run(opts) -> dict:
 
     import _peers_load as load
     import _peers_site as site
-    from _peers_procs import Daemon, ScepServer
+    from _peers_procs import Daemon, ScepServer, stop_all
     from _peers_run import STATIC_CHALLENGE, Spy, _enroll_legs, pct
 
     top = Path(tempfile.mkdtemp(prefix="scepproxyd-bench-builtin-"))
@@ -152,10 +151,7 @@ def one_run(opts) -> dict:
             if other:
                 out["latency"][f"{leg}_other"] = other[:5]
     finally:
-        for proc in (daemon, scep):
-            if proc is not None:
-                proc.stop()
-        shutil.rmtree(top, ignore_errors=True)
+        stop_all(top, daemon, scep)
     out["load_after"] = loadavg()
     return out
 

@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import shutil
 import time
 from pathlib import Path
 
@@ -63,7 +62,7 @@ def loadavg() -> str:
 def one_run(opts) -> dict:
     import _peers_load as load
     import _peers_site as site
-    from _peers_procs import Daemon, ScepServer, free_port, py_spy, py_spy_stop, stop, wait_for_port, wrk
+    from _peers_procs import Daemon, ScepServer, free_port, py_spy, py_spy_stop, stop, stop_all, wait_for_port, wrk
     from _peers_run import CA_NAME, STATIC_CHALLENGE, cpu_seconds
 
     top = Path(tempfile.mkdtemp(prefix="scepproxyd-bench-ceiling-"))
@@ -122,10 +121,7 @@ def one_run(opts) -> dict:
     finally:
         if ceiling is not None:
             stop(ceiling)
-        for proc in (daemon, scep):
-            if proc is not None:
-                proc.stop()
-        shutil.rmtree(top, ignore_errors=True)
+        stop_all(top, daemon, scep)
     out["load_after"] = loadavg()
     return out
 

@@ -502,18 +502,15 @@ class ChallengeQueries:
             ).fetchall()
             return len(expired), _resend_expired(conn, expired, now)
 
-        async def in_batches():
-            removed, resent = 0, []
-            while True:
-                count, sent_again = await self._submit(expire_challenges)
-                removed += count
-                resent += sent_again
-                if on_resent is not None and sent_again:
-                    on_resent(sent_again)
-                if count < _EXPIRED_BATCH:
-                    return ExpiredChallenges(removed, tuple(resent))
+        resent = []
 
-        return defer.ensureDeferred(in_batches())
+        def each_batch(sent_again):
+            resent.extend(sent_again)
+            if on_resent is not None and sent_again:
+                on_resent(sent_again)
+
+        d = self._delete_in_batches(expire_challenges, _EXPIRED_BATCH, each_batch)
+        return d.addCallback(lambda removed: ExpiredChallenges(removed, tuple(resent)))
 
     def delete_expired_challenges(self) -> defer.Deferred:
         """expire_challenges, firing only the number of challenges deleted."""

@@ -483,15 +483,21 @@ class Database:
     # -- running jobs on the DB thread --------------------------------------
 
     @defer.inlineCallbacks
-    def _delete_in_batches(self, delete_batch, batch: int):
+    def _delete_in_batches(self, delete_batch, batch: int, on_batch=None):
         """Run ``delete_batch(conn)`` (returning a rowcount of at most ``batch``) until it deletes less.
 
         Each batch is its own job, so calls queued meanwhile (the proxy's)
-        are not held behind one long delete. Fires the total.
+        are not held behind one long delete. Fires the total. With
+        ``on_batch``, ``delete_batch`` returns ``(rowcount, extra)`` and
+        ``on_batch(extra)`` is called on this thread after each batch: what
+        else the batch did, reported as it happens rather than at the end.
         """
         total = 0
         while True:
             count = yield self._submit(delete_batch)
+            if on_batch is not None:
+                count, extra = count
+                on_batch(extra)
             total += count
             if count < batch:
                 return total
