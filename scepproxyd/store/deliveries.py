@@ -80,19 +80,19 @@ class DeliveryQueries:
             # The copy the agent holds must not enroll any more: its proxy and built-in CA challenges go.
             conn.executemany(f"DELETE FROM challenges WHERE {ONE_HOST_PROFILE}", pairs)
             conn.executemany(f"DELETE FROM ca_challenges WHERE {ONE_HOST_PROFILE}", pairs)
-            return tuple(
+            return len(rows), tuple(
                 ResentHostProfile(host_uuid, profile_uuid, ca_name, now - fetched.get(command_uuid, now))
                 for host_uuid, profile_uuid, command_uuid, ca_name in rows
             )
 
-        async def in_batches():
-            resent = ()
-            while True:
-                batch = await self._submit(recover_stuck_deliveries)
-                resent += batch
-                if on_resent is not None and batch:
-                    on_resent(batch)
-                if len(batch) < _BATCH:
-                    return resent
+        resent = []
 
-        return defer.ensureDeferred(in_batches())
+        def each_batch(batch):
+            resent.extend(batch)
+            if on_resent is not None and batch:
+                on_resent(batch)
+
+        # Each batch its own transaction, through the store's one batch loop (it "deletes" host profiles
+        # from the stuck set: the count decides whether another batch follows).
+        d = self._delete_in_batches(recover_stuck_deliveries, _BATCH, each_batch)
+        return d.addCallback(lambda _: tuple(resent))
