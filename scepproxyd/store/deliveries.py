@@ -33,10 +33,13 @@ STUCK_DETAIL = (
 _BATCH = 1000
 # {lock}: database.skip_locked. SQLite's RETURNING sees only the updated table, so the
 # command is returned (it stays the host profile's until the next claim replaces it).
+# The join names the host profile's key too, so either side's index can lead: delivered
+# commands oldest first (commands_status_updated_at), each host profile by its key.
 _RECOVER = (
     "WITH batch AS MATERIALIZED ("
     " SELECT w.host_uuid, w.profile_uuid, w.command_uuid FROM host_profiles w"
     "  JOIN commands c ON c.command_uuid = w.command_uuid"
+    "   AND c.host_uuid = w.host_uuid AND c.profile_uuid = w.profile_uuid"
     "  WHERE w.status = 'pending' AND c.status = 'delivered' AND c.updated_at < ?"
     "  AND NOT EXISTS (SELECT 1 FROM challenges_in_flight f"
     "   WHERE f.host_uuid = w.host_uuid AND f.profile_uuid = w.profile_uuid)"
