@@ -367,6 +367,9 @@ def test_empty_fleet_string_is_no_names(text):
     ({"ip": ["10.0.0.0/8"]},
      'template "subject_alt_names.ip[0]" must be an IPv4 or IPv6 address such as 10.0.0.1 or 2001:db8::1,'
      " not '10.0.0.0/8'"),
+    ({"ip": ["fe80::1%eth0"]},
+     'template "subject_alt_names.ip[0]" must be an IPv4 or IPv6 address such as 10.0.0.1 or 2001:db8::1,'
+     " not 'fe80::1%eth0'"),
     ({"ip": ["10.0.0.1", "$FLEET_VAR_SCEP_RENEWAL_ID"]},
      'template "subject_alt_names.ip[1]": an IP address cannot come from a variable or placeholder; write the address'),
     ({"dns": ["wifi example.com"]},

@@ -123,11 +123,12 @@ def check_value(entry: Entry) -> None:
 
 
 def _is_ip(value: str) -> bool:
+    """An address a certificate can carry: IPv4 or IPv6, no zone (``fe80::1%eth0``), no network."""
     try:
-        ipaddress.ip_address(value)
+        address = ipaddress.ip_address(value)
     except ValueError:
         return False
-    return True
+    return getattr(address, "scope_id", None) is None
 
 
 def _refuse(entry: Entry) -> None:
