@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scepproxyd.profiles import ParsedProfile, ProfileError, parse_profile, render_profile
 
@@ -434,3 +436,22 @@ def test_docs_sans_example_uploads_and_renders_as_documented():
     rendered = json.loads(render_profile("android_template", example.encode(), ca_challenge="c", proxy_url="u",
                                          renewal_id="sp-0123456789abcdef"))
     assert {"subject_alt_names": rendered["subject_alt_names"]} == json.loads("{%s}" % received)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("DNSEMAILUPNIPURIdnsip=, .:@/*%$_{}-0123456789abfé\\"), max_size=60))
+def test_any_fleet_string_is_accepted_or_refused_with_a_message(text):
+    """Whatever an admin writes there: a ProfileError naming the place, or a template whose names render and bind."""
+    from scepproxyd.profiles.binding import HostFacts, expected_request
+
+    content = with_names(subject_alternative_name=text)
+    try:
+        parse_profile(content)
+    except ProfileError as e:
+        assert e.field in ("subject_alternative_name", "profile")
+        return
+    rendered = json.loads(render_profile("android_template", content, ca_challenge="c", proxy_url="u",
+                                         renewal_id="sp-0123456789abcdef"))
+    expected = expected_request("android_template", content, renewal_id="sp-0123456789abcdef",
+                                host=HostFacts(uuid="h", serial=None, platform="android"))
+    assert sum(map(len, rendered["subject_alt_names"].values())) == len(expected.sans)
