@@ -36,6 +36,7 @@ SUBJECT_ALT_NAME_KINDS = ("dns", "email", "uri")
 _URL = "scep.url"
 _CHALLENGE = "scep.challenge"
 _SUBJECT = "subject"
+_SANS = "subject_alt_names"
 _RENEWAL_ID_TYPES = {"CN", "2.5.4.3", "OU", "2.5.4.11"}
 _DN_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)+")
 _OID = re.compile(r"[0-9]+(\.[0-9]+)+")
@@ -49,6 +50,9 @@ def parse(content: bytes) -> ParsedProfile:
     occurrences = _occurrences(template)
     checks.refuse_repeats(occurrences)
     for occurrence in occurrences:
+        if occurrence.variable.kind not in variables.SCEP_KINDS:
+            _place_host_variable(occurrence)
+            continue
         if occurrence.location[0] not in (_URL, _CHALLENGE, _SUBJECT):
             raise ProfileError(
                 "variable %s may only appear in scep.url, scep.challenge or subject (found in %s)"
@@ -186,6 +190,22 @@ def _check_shape(template: dict) -> None:
         )
 
 
+def _place_host_variable(occurrence: checks.Occurrence) -> None:
+    """Host variables in subject values and subject_alt_names only; secrets nowhere in a template.
+
+    Every other field is for the agent; a template describes one
+    certificate, and a secret has no place in what the certificate carries.
+    """
+    variable, where = occurrence.variable, occurrence.location[0]
+    if variable.kind == variables.SECRET:
+        raise checks.secret_in_certificate(variable, "an Android certificate template (found in %s)" % (where,))
+    if occurrence.in_key or not (where == _SUBJECT or where.startswith(_SANS + ".")):
+        raise ProfileError(
+            "variable %s may only appear in subject or subject_alt_names (found in %s)" % (variable.spelled, where),
+            where,
+        )
+
+
 def _list_of(value: object, acceptable) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) and acceptable(v) for v in value)
 
@@ -265,7 +285,7 @@ def _occurrences(template: dict) -> list[checks.Occurrence]:
             if path == _SUBJECT:
                 for index, (kind, text) in enumerate(_split_dn(value)):
                     found.extend(checks.occurrences_in(kind, (_SUBJECT, index, "type"), False))
-                    found.extend(checks.occurrences_in(text, (_SUBJECT, index), False))
+                    found.extend(checks.occurrences_in(text, (_SUBJECT, index), False, in_key=False))
             else:
                 found.extend(checks.occurrences_in(value, (path,)))
         elif isinstance(value, dict):

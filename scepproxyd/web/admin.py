@@ -16,7 +16,7 @@ from scepproxyd.daemon.logs import get_logger
 from scepproxyd.keys import KeyFileError
 from scepproxyd.platforms import APPLE_PLATFORMS, PLATFORMS
 from scepproxyd.profiles import ANDROID_TEMPLATE, MOBILECONFIG, ProfileError, parse_profile
-from scepproxyd.profiles.binding import HostFacts, expected_request
+from scepproxyd.profiles.binding import UPLOAD_CHECK_END_USER, HostFacts, expected_request
 from scepproxyd.scep import ra
 from scepproxyd.store import (
     HOST_PROFILE_STATUSES,
@@ -459,7 +459,7 @@ class AdminRoutes:
         try:
             await off_reactor(
                 self._reactor, expected_request, kind, content, renewal_id=UPLOAD_CHECK_RENEWAL_ID,
-                host=HostFacts(uuid="-", serial=None, platform=platform),
+                host=HostFacts(uuid="-", serial="-", platform=platform, end_user=UPLOAD_CHECK_END_USER),
             )
         except ProfileError as e:
             raise Invalid("the built-in CA cannot enforce this profile: %s" % (e,), field="profile") from None
