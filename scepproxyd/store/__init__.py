@@ -2,8 +2,8 @@
 The SQLite store: schema, migrations and every SQL statement of scepproxyd.
 
 ``Store`` is one object for callers; its methods are grouped by subject in
-the modules here (CAs, hosts, profiles, assignments, challenges, commands,
-renewals, RA mode, agent credentials) and all run on the DB thread that ``database.Database`` owns.
+the modules here (CAs, hosts and their end users, profiles, assignments, challenges, commands,
+renewals, RA mode, agent credentials, custom secrets) and all run on the DB thread that ``database.Database`` owns.
 Every method returns a Deferred; every write is one transaction, so a
 failed one leaves nothing behind.
 """
@@ -24,6 +24,7 @@ from scepproxyd.store.cas import CaQueries
 from scepproxyd.store.challenges import ChallengeQueries
 from scepproxyd.store.commands import CommandQueries
 from scepproxyd.store.database import Database
+from scepproxyd.store.end_users import END_USER_FIELDS, EndUserQueries, RenderInputs
 from scepproxyd.store.hosts import HostQueries
 from scepproxyd.store.models import (
     COMMAND_STATUSES,
@@ -53,6 +54,7 @@ from scepproxyd.store.models import (
 from scepproxyd.store.profiles import ProfileQueries
 from scepproxyd.store.ra import RaQueries
 from scepproxyd.store.renewals import RenewalQueries
+from scepproxyd.store.secrets import CustomSecret, SecretInUseError, SecretQueries
 
 
 class Store(
@@ -67,6 +69,8 @@ class Store(
     RaQueries,
     AgentCredentialQueries,
     BackupQueries,
+    EndUserQueries,
+    SecretQueries,
     Database,
 ):
     """
@@ -81,6 +85,7 @@ __all__ = [
     "CA_REQUEST_STATUSES",
     "CERTIFICATE_STATUSES",
     "COMMAND_STATUSES",
+    "END_USER_FIELDS",
     "HOST_PROFILE_STATUSES",
     "PLATFORMS",
     "PROFILE_KINDS",
@@ -93,6 +98,7 @@ __all__ = [
     "ChallengeRefusal",
     "ClaimResult",
     "Command",
+    "CustomSecret",
     "ConsumedChallenge",
     "DuplicateError",
     "Host",
@@ -105,7 +111,9 @@ __all__ = [
     "Profile",
     "ProxyTarget",
     "RaIdentityRecord",
+    "RenderInputs",
     "RenderJob",
+    "SecretInUseError",
     "StateError",
     "Store",
     "StoreError",
