@@ -193,6 +193,21 @@ def host_values(uuid: str, serial: str | None, platform: str, end_user: EndUser 
     }
 
 
+def first_missing(names, host: Mapping[str, str | None], secrets) -> str | None:
+    """The first of the variable ``names`` (sorted) that has no value, spelled ``$NAME``; None if all have.
+
+    ``host`` as L{host_values} makes it; ``secrets`` the names of the secrets
+    there are. Lets a renderer refuse before it mints a challenge.
+    """
+    for name in sorted(names):
+        variable = classify(name)
+        if variable.kind == HOST and host.get(name) is None:
+            return variable.spelled
+        if variable.kind == SECRET and variable.secret_name not in secrets:
+            return variable.spelled
+    return None
+
+
 def secret_names(names) -> list[str]:
     """The custom secrets (names after ``FLEET_SECRET_``) among variable names, sorted, each once."""
     return sorted({name[len(SECRET_PREFIX):] for name in names if name.startswith(SECRET_PREFIX)})
