@@ -105,13 +105,13 @@ async def test_import_with_end_user_fields(web):
 @pytest_twisted.ensureDeferred
 async def test_secrets_are_never_shown(web, logs):
     created = await web.admin("PUT", "/api/v1/secrets/RADIUS", {"value": "s3cr3t-value"})
-    assert created.status == 201 and set(created.json()) == {"name", "created_at", "updated_at", "resent"}
+    assert created.status == 201 and set(created.json()) == {"name", "created_at", "updated_at", "changed", "resent"}
     listed = await web.ok(web.admin("GET", "/api/v1/secrets"))
     assert [s["name"] for s in listed["secrets"]] == ["RADIUS"]
     shown = await web.ok(web.admin("GET", "/api/v1/secrets/RADIUS"))
     assert shown["profiles"] == []
     same = await web.ok(web.admin("PUT", "/api/v1/secrets/RADIUS", {"value": "s3cr3t-value"}))
-    assert same["resent"] == 0
+    assert (same["changed"], same["resent"]) == (False, 0)
     raw = web.store  # the value is sealed at rest
     secret = await raw.get_secret("RADIUS")
     assert b"s3cr3t-value" not in secret.value_ciphertext

@@ -1104,3 +1104,62 @@ def test_documented_example_prints_what_the_docs_show(tcp_api, tmp_path, monkeyp
         assert [(r.method, r.path) for r in tcp_api.requests] == list(spec)
     if stdin:
         assert tcp_api.last.json()["challenge"] == SECRET
+
+
+# -- host end users and custom secrets (docs/cli.md) ---------------------------------------------
+
+END_USER = {"idp_username": "alice@corp.example", "idp_full_name": None, "idp_groups": ["wifi", "staff"],
+            "idp_department": None, "idp_email": None}
+
+
+def test_host_set_sends_only_what_is_given_and_empty_clears(tcp_api):
+    tcp_api.answer("PATCH", "/api/v1/hosts/H1", body=dict(HOST, **END_USER))
+    code, out, err = ctl(tcp_api, "host", "set", "H1", "--idp-username", "alice@corp.example",
+                         "--idp-groups", "wifi, staff", "--idp-department", "")
+    assert (code, out, err) == (0, "changed host H1 (idp_department, idp_groups, idp_username)\n", "")
+    assert tcp_api.last.json() == {"idp_username": "alice@corp.example", "idp_groups": ["wifi", "staff"],
+                                   "idp_department": None}
+
+
+def test_host_set_needs_something_to_change(tcp_api):
+    code, out, err = ctl(tcp_api, "host", "set", "H1")
+    assert code == 2 and "nothing to change; give --serial, --idp-username" in err
+
+
+def test_host_show_lists_the_end_user(tcp_api):
+    tcp_api.answer("GET", "/api/v1/hosts/H1", body=dict(HOST, profiles=[], **END_USER))
+    code, out, err = ctl(tcp_api, "host", "show", "H1")
+    assert code == 0
+    assert "idp_username:   alice@corp.example\n" in out and "idp_groups:     wifi, staff\n" in out
+
+
+def test_secret_set_reads_the_value_from_stdin_or_a_file_never_argv(tcp_api, tmp_path):
+    answer = {"name": "RADIUS", "created_at": T0, "updated_at": T0, "changed": True, "resent": 3}
+    tcp_api.answer("PUT", "/api/v1/secrets/RADIUS", body=answer)
+    code, out, err = ctl(tcp_api, "secret", "set", "RADIUS", stdin=SECRET + "\n")
+    assert (code, out, err) == (0, "changed secret RADIUS; 3 host profiles sent again\n", "")
+    assert tcp_api.last.json() == {"value": SECRET}
+    value_file = tmp_path / "value"
+    value_file.write_text("from-a-file\n")
+    tcp_api.requests.clear()
+    assert ctl(tcp_api, "secret", "set", "RADIUS", "--value-file", str(value_file))[0] == 0
+    assert tcp_api.last.json() == {"value": "from-a-file"}
+    for argv in (["secret", "set", "RADIUS", "--value", SECRET], ["secret", "set", "RADIUS", "--value=" + SECRET]):
+        code, out, err = ctl(tcp_api, *argv)
+        assert code == 2 and SECRET not in out + err and "there is no --value option" in err
+
+
+def test_secret_list_show_delete(tcp_api):
+    tcp_api.answer("GET", "/api/v1/secrets", body={"secrets": [{"name": "RADIUS", "created_at": T0,
+                                                                "updated_at": T0}]})
+    tcp_api.answer("GET", "/api/v1/secrets/RADIUS", body={"name": "RADIUS", "created_at": T0, "updated_at": T0,
+                                                          "profiles": ["P1"]})
+    tcp_api.answer("DELETE", "/api/v1/secrets/RADIUS", status=409,
+                   body={"error": "secret RADIUS is used by profiles: P1; change or delete them first",
+                         "field": "name"})
+    code, out, _ = ctl(tcp_api, "secret", "list")
+    assert code == 0 and out.splitlines()[0].split() == ["NAME", "CREATED", "UPDATED"] and "RADIUS" in out
+    code, out, _ = ctl(tcp_api, "secret", "show", "RADIUS")
+    assert code == 0 and "profiles:   P1" in out
+    code, out, err = ctl(tcp_api, "secret", "delete", "RADIUS")
+    assert code != 0 and "secret RADIUS is used by profiles: P1; change or delete them first" in err

@@ -58,12 +58,12 @@ class SecretRoutes:
         value = admin.check_secret_value(body.get("value"))
         existing = await self._store.get_secret(name)
         if existing is not None and self._cipher.decrypt(existing.value_ciphertext) == value:
-            return 200, dict(secret_json(existing), resent=0)
+            return 200, dict(secret_json(existing), changed=False, resent=0)
         created = await self._store.put_secret(name, self._cipher.encrypt(value))
         resent = 0 if created else await self._store.resend_for_secret(name)
         log.info("admin {verb} secret {name}; {resent} host profiles sent again",
                  verb="added" if created else "changed", name=name, resent=resent)
-        return 201 if created else 200, dict(secret_json(await self._store.get_secret(name)), resent=resent)
+        return 201 if created else 200, dict(secret_json(await self._store.get_secret(name)), changed=True, resent=resent)
 
     async def delete(self, request, name):
         try:
