@@ -1,0 +1,128 @@
+"""Host and end-user variables with real clients: the certificate carries the host's IdP username.
+
+An Apple profile with ``$FLEET_VAR_HOST_END_USER_IDP_USERNAME`` in its SCEP subject, rendered for a host
+whose end user was set through the admin API, delivered through the agent API and enrolled by micromdm
+``scepclient``: through the built-in CA (which binds the CSR to the rendered username, so another user's
+name is refused) and through the upstream ``scepserver``. A custom secret rides along in a Wi-Fi payload
+and never reaches the daemon's log.
+"""
+
+import plistlib
+
+import pytest
+import pytest_twisted
+from cryptography.x509.oid import NameOID
+from twisted.internet import threads
+
+from support.api import Api, aissue_agent_credential
+from support.clients import enroll, load, openssl_verify
+from support.site import FIXTURES, OU, host_profile_status, scep_settings_from_mobileconfig, set_up
+from support.upstream import CHALLENGE as STATIC
+
+USERNAME = "$FLEET_VAR_HOST_END_USER_IDP_USERNAME"
+ALICE = "alice@corp.example"
+SECRET_VALUE = "radius-pw-<&>-0123"
+
+
+def with_username(template: bytes, cn_before: bytes) -> bytes:
+    """``template`` with its CN ``cn_before`` made '<username> WIFI <renewal ID>' and a Wi-Fi payload using a secret."""
+    profile = plistlib.loads(template.replace(cn_before, b"%s WIFI $FLEET_VAR_SCEP_RENEWAL_ID" % (USERNAME.encode(),)))
+    profile["PayloadContent"].append({
+        "PayloadType": "com.apple.wifi.managed", "PayloadIdentifier": "wifi.corp", "PayloadUUID": "W-1",
+        "PayloadVersion": 1, "SSID_STR": "corp",
+        "EAPClientConfiguration": {"UserName": USERNAME, "UserPassword": "$FLEET_SECRET_RADIUS"},
+    })
+    return plistlib.dumps(profile)
+
+
+def device(workdir, url, challenge, cn):
+    """scepclient asking for exactly OU + CN, as the bound profile renders them."""
+    from support.clients import scepclient
+
+    return scepclient(workdir, url, challenge, cn, "-organization", "", "-country", "", "-ou", OU)
+
+
+async def fetch(admin, agent, host, profile):
+    await admin.acall("POST", "/api/v1/jobs/process_profiles")
+    commands = (await agent.acall("GET", "/api/v1/agent/hosts/%s/commands" % (host,)))["commands"]
+    (command,) = [c for c in commands if c["profile_uuid"] == profile]
+    return command["payload"]
+
+
+def common_name(path) -> str:
+    return load(path).subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+
+@pytest_twisted.ensureDeferred
+async def test_builtin_ca_issues_the_hosts_username_and_refuses_another(tmp_path, builtin_ca_daemon):
+    daemon = builtin_ca_daemon
+    admin = Api(daemon.admin_url, daemon.admin_token)
+    host = "MAC-U"
+    await admin.acall("PUT", "/api/v1/hosts/" + host, {"serial": "SER-U", "platform": "macos", "idp_username": ALICE})
+    agent = Api(daemon.url, await aissue_agent_credential(admin, host))
+    await admin.acall("PUT", "/api/v1/secrets/RADIUS", {"value": SECRET_VALUE})
+    template = with_username((FIXTURES / "builtin-ca-wifi.mobileconfig").read_bytes(),
+                             b"%SerialNumber% WIFI $FLEET_VAR_SCEP_RENEWAL_ID")
+    profile = (await admin.acall("POST", "/api/v1/profiles?platform=macos", raw=template,
+                                 content_type="application/x-apple-aspen-config"))["uuid"]
+    await admin.acall("POST", "/api/v1/profiles/%s/assign" % (profile,), {"hosts": [host]})
+
+    payload = await fetch(admin, agent, host, profile)
+    url, challenge, cn = scep_settings_from_mobileconfig(payload)
+    assert cn.startswith(ALICE + " WIFI sp-")
+    wifi = plistlib.loads(payload.encode())["PayloadContent"][1]["EAPClientConfiguration"]
+    assert wifi == {"UserName": ALICE, "UserPassword": SECRET_VALUE}
+
+    # Alice's profile, another user's name: refused, no certificate, the reason kept for the admin.
+    result = await threads.deferToThread(device, tmp_path / "bob", url, challenge, cn.replace(ALICE, "bob@corp.example"))
+    assert result.returncode != 0
+    assert (await admin.acall("GET", "/api/v1/ca/certificates"))["certificates"] == []
+    row = await host_profile_status(admin, host, profile)
+    assert row["status"] is None and "subject" in row["detail"]
+
+    # The profile sent again, enrolled as rendered: the certificate names alice.
+    url, challenge, cn = scep_settings_from_mobileconfig(await fetch(admin, agent, host, profile))
+    result = await threads.deferToThread(device, tmp_path / "alice", url, challenge, cn)
+    assert result.returncode == 0, result.stdout + result.stderr
+    openssl_verify(daemon.directory / "state" / "ca" / "ca.pem", tmp_path / "alice" / "client.pem")
+    assert common_name(tmp_path / "alice" / "client.pem") == cn
+    assert (await host_profile_status(admin, host, profile))["status"] == "verified"
+
+    # A new username sends the profile again, and the next certificate follows it.
+    await admin.acall("PATCH", "/api/v1/hosts/" + host, {"idp_username": "alice.new@corp.example"})
+    assert (await host_profile_status(admin, host, profile))["status"] is None
+    url, challenge, cn = scep_settings_from_mobileconfig(await fetch(admin, agent, host, profile))
+    assert cn.startswith("alice.new@corp.example WIFI ")
+    result = await threads.deferToThread(device, tmp_path / "alice-new", url, challenge, cn)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert common_name(tmp_path / "alice-new" / "client.pem") == cn
+    log = daemon.log()
+    assert SECRET_VALUE not in log and challenge not in log
+
+
+@pytest.mark.daemon(profiles={"process_interval": "1h"})
+@pytest_twisted.ensureDeferred
+async def test_upstream_scepserver_issues_the_hosts_username(tmp_path, upstream, daemon):
+    host = "MAC-UP"
+    template = with_username(
+        (FIXTURES / "fleet-custom-scep-apple.mobileconfig").read_bytes().replace(b"CA_NAME", b"CORP_CA"),
+        b"%SerialNumber% WIFI $FLEET_VAR_SCEP_RENEWAL_ID")
+    admin = Api(daemon.admin_url, daemon.admin_token)
+    await admin.acall("PUT", "/api/v1/secrets/RADIUS", {"value": SECRET_VALUE})
+    admin, agent, profile = await set_up(daemon, upstream, template, "application/x-apple-aspen-config", host, "macos")
+
+    # No username yet: the host profile fails, naming the variable; nothing is delivered.
+    await admin.acall("POST", "/api/v1/jobs/process_profiles")
+    assert (await agent.acall("GET", "/api/v1/agent/hosts/%s/commands" % (host,)))["commands"] == []
+    row = await host_profile_status(admin, host, profile)
+    assert (row["status"], row["detail"]) == ("failed", "host has no value for " + USERNAME)
+
+    # Setting it sends the profile; the real client enrolls through the proxy into scepserver.
+    await admin.acall("PATCH", "/api/v1/hosts/" + host, {"idp_username": ALICE})
+    url, challenge, cn = scep_settings_from_mobileconfig(await fetch(admin, agent, host, profile))
+    assert challenge == STATIC and cn.startswith(ALICE + " WIFI sp-")
+    pem = await threads.deferToThread(enroll, tmp_path / "mac", url, challenge, cn)
+    (tmp_path / "mac.pem").write_text(pem)
+    assert common_name(tmp_path / "mac.pem") == cn
+    assert (await host_profile_status(admin, host, profile))["status"] == "verifying"
+    assert SECRET_VALUE not in daemon.log()
