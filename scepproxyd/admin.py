@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from scepproxyd.jsoninput import JsonInputError, read_json
 from scepproxyd.platforms import PLATFORMS
+from scepproxyd.profiles import variables
 from scepproxyd.scep import codec
 from scepproxyd.scep.identifier import CA_NAME
 from scepproxyd.scep.upstream import UpstreamError
@@ -136,8 +137,8 @@ def _check_groups(value, where: str = "") -> tuple[str, ...]:
         _check_text(group, "idp_groups", where)
         if "," in group:
             raise InvalidAdminInput(
-                where + "idp_groups: group %r has a comma; $FLEET_VAR_HOST_END_USER_IDP_GROUPS renders the groups"
-                " comma-separated, so a name cannot contain one" % (group,),
+                where + "idp_groups: group %r has a comma; $%s renders the groups"
+                " comma-separated, so a name cannot contain one" % (group, variables.HOST_END_USER_IDP_GROUPS),
                 field="idp_groups",
             )
     if len(set(value)) != len(value):

@@ -852,6 +852,10 @@ D_REQUEST = {"transaction_id": "aqncs5+93c13cm/OdsR2EBf9GZ8=", "status": "pendin
              "created_at": "2025-11-23T07:31:03+00:00"}
 D_CERTIFICATE = {"serial": "8fb191c539360ab138e53462702193c4", "status": "valid", "subject": "CN=printer-7,O=Example",
                  "not_after": "2026-11-23T07:31:11+00:00", "template": "default", "requester": "10.1.2.41"}
+D_END_USER = {"idp_username": "alice@example.com", "idp_full_name": "Alice Martin",
+              "idp_groups": ["wifi-staff", "engineering"], "idp_department": None, "idp_email": None}
+D_SECRET = {"name": "RADIUS_PASSWORD", "created_at": "2025-11-23T06:01:52+00:00",
+            "updated_at": "2025-11-23T07:12:40+00:00"}
 D_BACKUP = "/var/backups/scepproxyd/2025-11-23"
 D_BACKUP_FILES = ["MANIFEST.json", "scepproxyd.sqlite3", "secrets.key", "admin.token", "nanomdm-webhook.token",
                   "ca/ca.key", "ca/ca.pem", "ca/challenge", "ca/ra.key"]
@@ -907,7 +911,17 @@ DOC_EXAMPLES = {
         ("PUT", "/api/v1/hosts/" + D_HOST): (201, D_HOSTS[0])},
     ("scepproxyctl host list", 1): {("GET", "/api/v1/hosts?limit=5000"): (200, {"hosts": D_HOSTS, "next": None})},
     ("scepproxyctl host show C8QHT3K1Q6L4", 0): {
-        ("GET", "/api/v1/hosts/" + D_HOST): (200, dict(D_HOSTS[0], profiles=[D_VERIFIED]))},
+        ("GET", "/api/v1/hosts/" + D_HOST): (200, dict(D_HOSTS[0], profiles=[D_VERIFIED], **D_END_USER))},
+    ("scepproxyctl host set C8QHT3K1Q6L4 --idp-username alice@example.com --idp-groups wifi-staff,engineering", 0): {
+        ("PATCH", "/api/v1/hosts/" + D_HOST): (200, dict(D_HOSTS[0], **D_END_USER))},
+    ("scepproxyctl host set C8QHT3K1Q6L4 --idp-email 'alice example.com'", 0): {
+        ("PATCH", "/api/v1/hosts/" + D_HOST): error(
+            422, "idp_email must be an address such as user@example.com", "idp_email")},
+    ("scepproxyctl secret list", 0): {("GET", "/api/v1/secrets"): (200, {"secrets": [D_SECRET]})},
+    ("scepproxyctl secret show RADIUS_PASSWORD", 0): {
+        ("GET", "/api/v1/secrets/RADIUS_PASSWORD"): (200, dict(D_SECRET, profiles=[D_PROFILE]))},
+    ("scepproxyctl secret delete RADIUS_PASSWORD", 0): {("DELETE", "/api/v1/secrets/RADIUS_PASSWORD"): error(
+        409, "secret RADIUS_PASSWORD is used by profiles: %s; change or delete them first" % (D_PROFILE,), "name")},
     ("scepproxyctl host delete C8QHT3K1Q6L4", 0): {("DELETE", "/api/v1/hosts/" + D_HOST): (204, None)},
     ("scepproxyctl agent-credential issue C8QHT3K1Q6L4", 0): {
         ("POST", "/api/v1/hosts/%s/agent-credential" % (D_HOST,)): (201, {
@@ -1030,6 +1044,7 @@ DOC_EXAMPLES_NOT_RUN = {
     "scepproxyctl ca edit UPSTREAM_CA --trust-bundle": "reads a file under /root",
     "scepproxyctl agent-credential issue-bulk --all --output": "writes a file under /root",
     "scepproxyctl profile upload": "reads a file of the reader's",
+    "scepproxyctl secret set": "reads a file under /root (what it sends: test_secret_set_reads_the_value_...)",
     "scepproxyctl builtin-ca show": "the example elides the PEM",
     "scepproxyctl restore": "offline, on backups and a state directory of the reader's (tests/test_backup.py)",
     "scepproxyctl database copy": "offline, on a SQLite file of the reader's and a PostgreSQL server "

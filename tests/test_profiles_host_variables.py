@@ -290,3 +290,27 @@ def test_binding_for_a_host_without_the_value_names_it():
     with pytest.raises(variables.MissingValue, match=r"IDP_USERNAME$"):
         expected_request("mobileconfig", bound_profile(), renewal_id=RENEWAL_ID,
                          host=HostFacts("u", None, "macos", None))
+
+
+# -- docs/profiles.md ---------------------------------------------------------------------------------
+
+
+DOCS = Path(__file__).parents[1] / "docs" / "profiles.md"
+
+
+def test_docs_list_every_host_variable():
+    docs = DOCS.read_text()
+    section = docs.split("## Host and end-user variables", 1)[1]
+    for name in variables.HOST_VARIABLES:
+        assert "| `$%s` |" % (name,) in section
+
+
+def test_docs_eap_tls_example_uploads_and_binds():
+    docs = DOCS.read_text()
+    example = docs.split("<!-- eap-tls-example -->\n```xml\n", 1)[1].split("```", 1)[0].encode()
+    parsed = parse_profile(example)
+    assert (parsed.ca_name, parsed.identifier) == ("CORP_CA", "com.example.wifi")
+    expected = expected_request("mobileconfig", example, renewal_id=RENEWAL_ID, host=HOST)
+    assert [m.describe() for _, m in expected.sans] == ["'alice@corp.example'"]
+    rendered = plistlib.loads(render("mobileconfig", example))
+    assert rendered["PayloadContent"][1]["EAPClientConfiguration"]["UserName"] == "alice@corp.example"

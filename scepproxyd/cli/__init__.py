@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
             arg("--idp-full-name", help="the end user's full name"),
             arg("--idp-groups", metavar="A,B", help="the end user's IdP groups, comma-separated"),
             arg("--idp-department", help="the end user's department"),
-            arg("--idp-email", help="the end user's IdP email ($FLEET_VAR_HOST_END_USER_EMAIL_IDP)"))
+            arg("--idp-email", help="the end user's IdP email (what Fleet's older end-user email variable renders)"))
     command(host, "list", commands.host_list, "list hosts", arg("--platform", help="only this platform"))
     command(host, "show", commands.host_show, "show a host and its profiles", arg("uuid", metavar="UUID"))
     command(host, "delete", commands.host_delete, "delete a host and its profile assignments",
