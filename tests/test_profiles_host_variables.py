@@ -301,8 +301,8 @@ DOCS = Path(__file__).parents[1] / "docs" / "profiles.md"
 def test_docs_list_every_host_variable():
     docs = DOCS.read_text()
     section = docs.split("## Host and end-user variables", 1)[1]
-    for name in variables.HOST_VARIABLES:
-        assert "| `$%s` |" % (name,) in section
+    for spelled in variables.HOST_VARIABLES:
+        assert "| `$%s` |" % (spelled,) in section
 
 
 def test_docs_eap_tls_example_uploads_and_binds():
