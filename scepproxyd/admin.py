@@ -196,6 +196,9 @@ def check_secret_value(value) -> str:
         raise InvalidAdminInput("value must be at most %d characters" % (MAX_SECRET_LENGTH,), field="value")
     if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
         raise InvalidAdminInput("value must not contain control characters (tab excepted)", field="value")
+    if any(c in "\ufffe\uffff" or "\ud800" <= c <= "\udfff" for c in value):
+        raise InvalidAdminInput("value must not contain U+FFFE, U+FFFF or lone surrogates (XML cannot carry them)",
+                                field="value")
     return value
 
 

@@ -126,6 +126,8 @@ async def test_secrets_are_never_shown(web, logs):
     ("/api/v1/secrets/OK", {"value": ""}, "value must be a non-empty string", "value"),
     ("/api/v1/secrets/OK", {"value": "a\nb"}, "value must not contain control characters (tab excepted)", "value"),
     ("/api/v1/secrets/OK", {"value": "x" * 4097}, "value must be at most 4096 characters", "value"),
+    ("/api/v1/secrets/OK", {"value": "a\uffff"},
+     "value must not contain U+FFFE, U+FFFF or lone surrogates (XML cannot carry them)", "value"),
     ("/api/v1/secrets/OK", {"value": "x", "note": "y"}, "unknown field note; a secret has only a value", "note"),
 ])
 @pytest_twisted.ensureDeferred

@@ -9,6 +9,7 @@ The contract is in docs/admin-api.md.
 
 from scepproxyd import admin
 from scepproxyd.daemon.logs import get_logger
+from scepproxyd.keys import KeyFileError
 from scepproxyd.store import SecretInUseError
 from scepproxyd.timestamps import utc_iso_or_none as _time
 from scepproxyd.web.api import Conflict, Invalid, NotFound, json_body, refusing
@@ -57,13 +58,20 @@ class SecretRoutes:
             raise Invalid("unknown field %s; a secret has only a value" % (unknown[0],), field=unknown[0])
         value = admin.check_secret_value(body.get("value"))
         existing = await self._store.get_secret(name)
-        if existing is not None and self._cipher.decrypt(existing.value_ciphertext) == value:
+        if existing is not None and self._same_value(existing, value):
             return 200, dict(secret_json(existing), changed=False, resent=0)
         created = await self._store.put_secret(name, self._cipher.encrypt(value))
         resent = 0 if created else await self._store.resend_for_secret(name)
         log.info("admin {verb} secret {name}; {resent} host profiles sent again",
                  verb="added" if created else "changed", name=name, resent=resent)
         return 201 if created else 200, dict(secret_json(await self._store.get_secret(name)), changed=True, resent=resent)
+
+    def _same_value(self, existing, value: str) -> bool:
+        """Whether ``existing`` holds ``value``; one that no longer opens (the key file was replaced) does not."""
+        try:
+            return self._cipher.decrypt(existing.value_ciphertext) == value
+        except KeyFileError:
+            return False
 
     async def delete(self, request, name):
         try:
