@@ -207,9 +207,11 @@ def host_show(api, args, stdin):
     _, host = api.request("GET", api_path("hosts", args.uuid))
     out = fields([
         ("uuid", host["uuid"]), ("serial", host["serial"]), ("platform", host["platform"]),
-        *_end_user_fields(host),
         ("created_at", host["created_at"]), ("updated_at", host["updated_at"]),
     ])
+    end_user = _end_user_fields(host)
+    if end_user:
+        out += "\n\n" + fields(end_user)
     profiles = host.get("profiles") or []
     out += "\n\n" + _listing(profiles, "no profiles assigned", HOST_PROFILE_HEADERS, _host_profile_row)
     return host, out
