@@ -219,3 +219,49 @@ async def test_changed_values_send_again_and_unchanged_ones_do_not(web):
     assert (hp["status"], hp["detail"]) == (None, "sent again: a value it renders changed (%s)" % (USERNAME,))
     (command,) = await fetch(web, credential)
     assert "bob@corp.example" in command["payload"] and "alice" not in command["payload"]
+
+
+# -- RA mode: the proxy binds the CSR to the rendered username before the upstream CA sees it --------
+
+
+@pytest_twisted.ensureDeferred
+async def test_ra_mode_refuses_another_users_name_and_passes_the_rendered_one(web):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from support.scep_capture import fail_info_text
+    from support.web import Enrollment, _scep_fields
+
+    await web.ok(web.admin("POST", "/api/v1/cas", {
+        "name": "RA_CA", "url": web.upstream_cas.url(), "challenge": web.upstream_cas.static_challenge,
+        "mode": "ra", "ra_certificate": "self-signed"}))
+    await web.ok(web.admin("PUT", "/api/v1/secrets/RADIUS", {"value": "pw"}))
+    await web.ok(web.admin("PUT", "/api/v1/hosts/" + HOST, {"serial": "S1", "platform": "macos",
+                                                            "idp_username": "alice@corp.example"}))
+    profile = (await web.ok(web.admin("POST", "/api/v1/profiles", wifi_profile("RA_CA"),
+                                      content_type="application/x-apple-aspen-config")))["uuid"]
+    await web.ok(web.admin("POST", "/api/v1/profiles/%s/assign" % (profile,), {"hosts": [HOST]}))
+    credential = await web.credential(HOST)
+
+    def subject(cn, renewal_id):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                          x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, renewal_id)])
+
+    async def attempt(cn):
+        (command,) = await fetch(web, credential)
+        e = Enrollment(HOST, profile, "RA_CA", command["payload"], *_scep_fields(command["payload"]))
+        scep = plistlib.loads(command["payload"].encode())["PayloadContent"][0]["PayloadContent"]
+        renewal_id = scep["Subject"][1][0][1]
+        request = await web.pkcs_req(e, subject=subject(cn, renewal_id))
+        answer = await web.device("POST", e.path + "?operation=PKIOperation", request.message)
+        return request.read(answer), answer
+
+    (status, fail, _), answer = await attempt("bob@corp.example")
+    assert (status, fail) == ("FAILURE", "badRequest")
+    assert "alice@corp.example" in fail_info_text(answer.body)
+    assert await web.upstream_cas.store.list_ca_requests() == []
+    # The rendered name passes the RA and reaches the CA (which, by its own policy, holds it for an admin).
+    (status, fail, _), answer = await attempt("alice@corp.example")
+    assert status in ("SUCCESS", "PENDING"), (status, fail, fail_info_text(answer.body))
+    (request,) = await web.upstream_cas.store.list_ca_requests()
+    assert "CN=alice@corp.example" in request.subject
