@@ -799,10 +799,26 @@ async def test_a_csr_naming_another_users_username_is_refused(store, clock):
 
 @pytest_twisted.ensureDeferred
 async def test_a_host_without_the_value_gets_no_certificate(store, clock):
-    hp, challenge = await username_profile_challenge(store, "H-ALICE", "alice@corp.example")
+    hp, _ = await username_profile_challenge(store, "H-ALICE", "alice@corp.example")
     await store.set_end_user("H-ALICE", {"idp_username": None})
+    # A challenge that reached the device anyway (rendered just before the value went).
+    await store.set_host_profile_status("H-ALICE", "PU", "pending")
+    challenge = mint_challenge()
+    await store.issue_host_profile_ca_challenge("H-ALICE", "PU", challenge_hash(challenge), "default")
     ca = make_ca(store, clock, static_enabled=False, auto_approve_networks=())
     answer, (status, fail, _) = await enroll(ca, Device(), challenge=challenge,
                                              subject=user_subject("alice@corp.example", hp.renewal_id))
     assert (status, fail) == ("FAILURE", "badRequest")
     assert "host has no value for $FLEET_VAR_HOST_END_USER_IDP_USERNAME" in fail_info_text(answer.body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_changed_username_retires_the_challenge_rendered_with_the_old_one(store, clock):
+    hp, challenge = await username_profile_challenge(store, "H-ALICE", "alice@corp.example")
+    await store.set_end_user("H-ALICE", {"idp_username": "alice.new@corp.example"})
+    ca = make_ca(store, clock, static_enabled=False, auto_approve_networks=())
+    for name in ("alice@corp.example", "alice.new@corp.example"):
+        answer, (status, fail, _) = await enroll(ca, Device(name), challenge=challenge,
+                                                 subject=user_subject(name, hp.renewal_id))
+        assert (status, fail, fail_info_text(answer.body)) == ("FAILURE", "badRequest", WRONG_CHALLENGE)
+    assert await store.list_issued_certificates() == []

@@ -91,7 +91,12 @@ def profiles_using(conn, names) -> dict[str, set[str]]:
 
 
 def resend(conn, rows, detail: str, now) -> list[tuple[str, str]]:
-    """Send each sent ``(host_uuid, profile_uuid)`` again from scratch; those that were sent (not NULL already)."""
+    """
+    Send each sent ``(host_uuid, profile_uuid)`` again from scratch; those that were sent (not NULL already).
+
+    As an admin's resend does, and the one-time challenges of the built-in
+    CA rendered into the old copy are deleted as well.
+    """
     sent = []
     for host_uuid, profile_uuid in rows:
         changed = conn.execute(
@@ -103,6 +108,8 @@ def resend(conn, rows, detail: str, now) -> list[tuple[str, str]]:
             sent.append((host_uuid, profile_uuid))
     supersede_outstanding(conn, sent, now)
     conn.executemany(f"DELETE FROM challenges WHERE {ONE_HOST_PROFILE}", sent)
+    # The built-in CA's one-time challenges too: a copy rendered with the old value buys nothing more.
+    conn.executemany(f"DELETE FROM ca_challenges WHERE {ONE_HOST_PROFILE}", sent)
     return sent
 
 
