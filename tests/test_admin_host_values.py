@@ -265,3 +265,28 @@ async def test_ra_mode_refuses_another_users_name_and_passes_the_rendered_one(we
     assert status in ("SUCCESS", "PENDING"), (status, fail, fail_info_text(answer.body))
     (request,) = await web.upstream_cas.store.list_ca_requests()
     assert "CN=alice@corp.example" in request.subject
+
+
+@pytest_twisted.ensureDeferred
+async def test_android_template_renders_the_host_values_dn_and_json_safe(web):
+    import json
+
+    from support.web import FIXTURES
+
+    await web.enrollment(host="OTHER")  # the upstream CA
+    template = json.loads((FIXTURES / "android-corp-wifi.json").read_bytes().replace(b"CORP_CA", b"UPSTREAM_CA"))
+    template["subject"] = "CN=%s,OU=$FLEET_VAR_SCEP_RENEWAL_ID,O=$FLEET_VAR_HOST_END_USER_IDP_DEPARTMENT" % (USERNAME,)
+    template["subject_alt_names"] = {"email": ["$FLEET_VAR_HOST_END_USER_EMAIL_IDP"]}
+    await web.ok(web.admin("PUT", "/api/v1/hosts/PHONE-1", {
+        "serial": "P1", "platform": "android", "idp_username": 'x,O=evil"q', "idp_department": "R&D, Lab",
+        "idp_email": "x@corp.example"}))
+    profile = await web.ok(web.admin("POST", "/api/v1/profiles", json.dumps(template).encode(),
+                                     content_type="application/json"))
+    await web.ok(web.admin("POST", "/api/v1/profiles/%s/assign" % (profile["uuid"],), {"hosts": ["PHONE-1"]}))
+    await web.ok(web.admin("POST", "/api/v1/jobs/process_profiles"))
+    credential = await web.credential("PHONE-1")
+    (command,) = (await web.ok(web.agent("GET", "PHONE-1", "/commands", credential)))["commands"]
+    rendered = json.loads(command["payload"])
+    assert rendered["subject"].startswith('CN=x\\,O\\=evil\\"q,OU=sp-')
+    assert rendered["subject"].endswith(",O=R&D\\, Lab")
+    assert rendered["subject_alt_names"] == {"email": ["x@corp.example"]}

@@ -156,3 +156,48 @@ async def test_deleting_a_host_deletes_its_end_user(store):
     await store.set_end_user("m1", {"idp_username": "a@x"})
     assert await store.delete_host("m1")
     assert raw(store).execute("SELECT count(*) FROM host_end_users").fetchone()[0] == 0
+
+
+# -- hand-over: a host without a value fails; the job goes on for the others ---------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_push_delivery_fails_the_host_without_a_value_and_delivers_the_others(store, clock, logs):
+    import plistlib
+    from pathlib import Path
+
+    from twisted.internet import defer, reactor
+
+    from scepproxyd.delivery.push import PushDelivery
+    from scepproxyd.delivery.render import CommandRenderer
+    from scepproxyd.keys import ChallengeCipher
+    from scepproxyd.profiles import parse_profile
+    from support.store import claim_all
+
+    class RecordingMDM:
+        def __init__(self):
+            self.profiles = {}
+
+        def enqueue(self, enrollment_id, command_uuid, payload):
+            self.profiles[enrollment_id] = payload
+            return defer.succeed(None)
+
+    cipher = ChallengeCipher(b"k" * 32)
+    content = (Path(__file__).parent / "fixtures" / "profiles" / "fleet-custom-scep-apple.mobileconfig").read_bytes()
+    content = content.replace(b"CA_NAME", CA.encode()).replace(b"%SerialNumber% WIFI", b"$" + USERNAME.encode())
+    await store.add_ca(CA, "https://ca.example/scep", cipher.encrypt("corp-static"))
+    await store.add_profile("P", "Wi-Fi", "macos", content, CA, identifier="w",
+                            variables=parse_profile(content).variables)
+    await store.import_hosts([("m1", "S1", "macos", {"idp_username": "alice@corp.example"}), ("m2", "S2", "macos")])
+    await store.assign_profile_to_hosts("P", ["m1", "m2"])
+    await claim_all(store)  # macOS through NanoMDM
+    mdm = RecordingMDM()
+    push = PushDelivery(store, CommandRenderer(store, cipher, "http://127.0.0.1:8080", reactor), mdm, clock)
+    result = await push.deliver_due()
+    assert (result["delivered"], result["delivery_refused"]) == (1, 1)
+    scep = plistlib.loads(mdm.profiles["m1"])["PayloadContent"][0]["PayloadContent"]
+    assert scep["Subject"][0][0][1].startswith("alice@corp.example sp-")
+    hp = await store.get_host_profile("m2", "P")
+    assert (hp.status, hp.detail, hp.retries) == ("failed", "host has no value for $" + USERNAME, 0)
+    assert raw(store).execute("SELECT count(*) FROM challenges WHERE host_uuid = 'm2'").fetchone()[0] == 0
+    assert "host has no value for $%s" % (USERNAME,) in logs.text()
