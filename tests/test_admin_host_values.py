@@ -214,7 +214,8 @@ async def test_changed_values_send_again_and_unchanged_ones_do_not(web):
     (command,) = await fetch(web, credential)
     assert "new-pw" in command["payload"]
 
-    await web.ok(web.admin("PATCH", "/api/v1/hosts/" + HOST, {"idp_username": "bob@corp.example"}))
+    changed = await web.ok(web.admin("PATCH", "/api/v1/hosts/" + HOST, {"idp_username": "bob@corp.example"}))
+    assert changed["resent"] == 1
     hp = await web.host_profile(HOST, profile)
     assert (hp["status"], hp["detail"]) == (None, "sent again: a value it renders changed (%s)" % (USERNAME,))
     (command,) = await fetch(web, credential)

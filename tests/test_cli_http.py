@@ -913,7 +913,7 @@ DOC_EXAMPLES = {
     ("scepproxyctl host show C8QHT3K1Q6L4", 0): {
         ("GET", "/api/v1/hosts/" + D_HOST): (200, dict(D_HOSTS[0], profiles=[D_VERIFIED], **D_END_USER))},
     ("scepproxyctl host set C8QHT3K1Q6L4 --idp-username alice@example.com --idp-groups wifi-staff,engineering", 0): {
-        ("PATCH", "/api/v1/hosts/" + D_HOST): (200, dict(D_HOSTS[0], **D_END_USER))},
+        ("PATCH", "/api/v1/hosts/" + D_HOST): (200, dict(D_HOSTS[0], resent=1, **D_END_USER))},
     ("scepproxyctl host set C8QHT3K1Q6L4 --idp-email 'alice example.com'", 0): {
         ("PATCH", "/api/v1/hosts/" + D_HOST): error(
             422, "idp_email must be an address such as user@example.com", "idp_email")},

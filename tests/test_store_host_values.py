@@ -86,10 +86,10 @@ async def test_serial_change_resends_through_put_and_import(store):
 @pytest_twisted.ensureDeferred
 async def test_update_host_partial(store):
     await fleet(store)
-    host = await store.update_host("m1", end_user={"idp_email": "a@mail"})
-    assert (host.serial, host.end_user.idp_email) == ("S1", "a@mail")
-    host = await store.update_host("m1", serial=None)
-    assert host.serial is None
+    host, sent = await store.update_host("m1", end_user={"idp_email": "a@mail"})
+    assert (host.serial, host.end_user.idp_email, sent) == ("S1", "a@mail", [])
+    host, sent = await store.update_host("m1", serial=None)
+    assert (host.serial, sent) == (None, [("m1", "p-serial")])
     assert statuses(store)[("m1", "p-serial")] is None
     with pytest.raises(NotFoundError):
         await store.update_host("ghost", serial="x")

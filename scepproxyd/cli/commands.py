@@ -187,7 +187,9 @@ def host_set(api, args, stdin):
             "nothing to change; give --serial, --idp-username, --idp-full-name, --idp-groups, --idp-department "
             "or --idp-email")
     _, host = api.request("PATCH", api_path("hosts", args.uuid), body)
-    return host, "changed host %s (%s)" % (host["uuid"], ", ".join(sorted(body)))
+    resent = host.get("resent") or 0
+    note = "; %d host profiles sent again" % (resent,) if resent else ""
+    return host, "changed host %s (%s)%s" % (host["uuid"], ", ".join(sorted(body)), note)
 
 
 def _end_user_fields(host: dict) -> list:

@@ -78,10 +78,11 @@ class HostQueries:
 
     def update_host(self, uuid, serial=attrs.NOTHING, end_user=None) -> defer.Deferred:
         """
-        Change some of a known host: its serial (None clears it) and end-user attributes; fires the Host.
+        Change some of a known host: its serial (None clears it) and end-user attributes.
 
-        NotFoundError if there is no such host. Host profiles that render a
-        value this changes are sent again, in the same transaction.
+        Fires ``(Host, sent)``: the host now, and the ``(host_uuid,
+        profile_uuid)`` pairs sent again because a value they render changed
+        (in the same transaction). NotFoundError if there is no such host.
         """
         now = self._clock.seconds()
 
@@ -94,8 +95,8 @@ class HostQueries:
             if end_user:
                 write_end_user(conn, uuid, end_user, now)
                 conn.execute("UPDATE hosts SET updated_at = ? WHERE uuid = ?", (now, uuid))
-            resend_changed(conn, before, snapshot(conn, [uuid]), now)
-            return _get_host(conn, uuid)
+            sent = resend_changed(conn, before, snapshot(conn, [uuid]), now)
+            return _get_host(conn, uuid), sent
 
         return self._submit(update_host)
 

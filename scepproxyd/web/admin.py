@@ -429,11 +429,12 @@ class AdminRoutes:
         if "serial" in body:
             kwargs["serial"] = admin.check_host(uuid, body["serial"], "macos")[1]
         try:
-            host = await self._store.update_host(uuid, **kwargs)
+            host, sent = await self._store.update_host(uuid, **kwargs)
         except NotFoundError:
             raise NotFound("no host %r" % (uuid,)) from None
-        log.info("admin changed host {host} ({fields})", host=uuid, fields=", ".join(sorted(body)))
-        return host_detail_json(host)
+        log.info("admin changed host {host} ({fields}); {resent} host profiles sent again",
+                 host=uuid, fields=", ".join(sorted(body)), resent=len(sent))
+        return dict(host_detail_json(host), resent=len(sent))
 
     async def delete_host(self, request, uuid):
         if not await self._store.delete_host(uuid):
