@@ -8,6 +8,7 @@ and never reaches the daemon's log.
 """
 
 import plistlib
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -126,3 +127,48 @@ async def test_upstream_scepserver_issues_the_hosts_username(tmp_path, upstream,
     assert common_name(tmp_path / "mac.pem") == cn
     assert (await host_profile_status(admin, host, profile))["status"] == "verifying"
     assert SECRET_VALUE not in daemon.log()
+
+
+@pytest.mark.daemon(profiles={"process_interval": "1h"})
+def test_cli_sets_end_users_and_secrets_on_the_real_daemon(tmp_path, upstream, daemon):
+    """The installed scepproxyctl: import with end-user columns, host set/show, secret set/list/show/delete."""
+    from support.ctl import Ctl
+
+    ctl = Ctl(daemon.config)
+    challenge = tmp_path / "challenge"
+    challenge.write_text(STATIC + "\n")
+    ctl("ca", "add", "CORP_CA", "--url", upstream.url, "--challenge-file", str(challenge))
+    hosts = tmp_path / "hosts.csv"
+    hosts.write_text('uuid,serial,platform,idp_username,idp_groups\nMAC-1,S1,macos,alice@corp.example,"a,b"\n')
+    assert ctl("host", "import", str(hosts)).stdout == "imported 1 hosts: 1 created, 0 updated\n"
+
+    secret = tmp_path / "radius"
+    secret.write_text(SECRET_VALUE + "\n")
+    assert ctl("secret", "set", "RADIUS", "--value-file", str(secret)).stdout == "added secret RADIUS\n"
+    assert ctl("secret", "set", "RADIUS", input=SECRET_VALUE + "\n").stdout == (
+        "kept (the same value) secret RADIUS\n")
+    profile_file = tmp_path / "wifi.mobileconfig"
+    profile_file.write_bytes(with_username(
+        (FIXTURES / "fleet-custom-scep-apple.mobileconfig").read_bytes().replace(b"CA_NAME", b"CORP_CA"),
+        b"%SerialNumber% WIFI $FLEET_VAR_SCEP_RENEWAL_ID"))
+    profile = ctl.json("profile", "upload", str(profile_file))["uuid"]
+    ctl("profile", "assign", profile, "MAC-1")
+    ctl("trigger", "process_profiles")
+
+    assert ctl("host", "set", "MAC-1", "--idp-username", "bob@corp.example").stdout == (
+        "changed host MAC-1 (idp_username); 1 host profiles sent again\n")
+    shown = ctl("host", "show", "MAC-1").stdout
+    assert "idp_username:   bob@corp.example" in shown and "idp_groups:     a, b" in shown
+    assert "sent again: a value it renders changed ($FLEET_VAR_HOST_END_USER_IDP_USERNAME)" in shown
+
+    listed = ctl("secret", "list").stdout
+    assert listed.splitlines()[1].split()[0] == "RADIUS"
+    assert profile in ctl("secret", "show", "RADIUS").stdout
+    refused = ctl("secret", "delete", "RADIUS", expect=1)
+    assert "is used by profiles: %s" % (profile,) in refused.stderr
+    ctl("profile", "delete", profile)
+    assert ctl("secret", "delete", "RADIUS").stdout == "deleted secret RADIUS\n"
+    for text in ctl.printed + [daemon.log()]:
+        assert SECRET_VALUE not in text
+    for path in (Path(str(daemon.database)), Path(str(daemon.database) + "-wal")):
+        assert not path.exists() or SECRET_VALUE.encode() not in path.read_bytes()  # sealed at rest
