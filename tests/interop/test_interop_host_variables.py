@@ -172,3 +172,68 @@ def test_cli_sets_end_users_and_secrets_on_the_real_daemon(tmp_path, upstream, d
         assert SECRET_VALUE not in text
     for path in (Path(str(daemon.database)), Path(str(daemon.database) + "-wal")):
         assert not path.exists() or SECRET_VALUE.encode() not in path.read_bytes()  # sealed at rest
+
+
+ANDROID_USER_TEMPLATE = {
+    "format": "scepproxyd.android-certificate-template/1",
+    "name": "Corp Wi-Fi user",
+    "scep": {"url": "$FLEET_VAR_CUSTOM_SCEP_PROXY_URL_builtin", "challenge": "$FLEET_VAR_CUSTOM_SCEP_CHALLENGE_builtin"},
+    "subject": "CN=$FLEET_VAR_HOST_END_USER_IDP_USERNAME_LOCAL_PART,OU=$FLEET_VAR_SCEP_RENEWAL_ID",
+    "key": {"type": "rsa", "size": 2048},
+    "subject_alt_names": {"email": ["$FLEET_VAR_HOST_END_USER_EMAIL_IDP"]},
+}
+
+
+@pytest_twisted.ensureDeferred
+async def test_strongswan_enrolls_an_android_template_with_the_end_users_names(tmp_path):
+    """strongSwan ``pki --scep`` as the Android agent: local part in the CN, IdP email as the email SAN, bound."""
+    import json
+    import signal
+
+    from test_interop_bound_issuance import strongswan_enroll
+
+    from support.daemon import Daemon
+
+    daemon = Daemon(tmp_path, ca={"key_size": "2048", "san_email": r"[a-z.]+@corp\.example"},
+                    profiles={"process_interval": "1h", "max_retries": "20"}).start()
+    try:
+        admin = Api(daemon.admin_url, daemon.admin_token)
+        host = "PHONE-U"
+        await admin.acall("PUT", "/api/v1/hosts/" + host, {
+            "serial": "P-U", "platform": "android", "idp_username": ALICE, "idp_email": ALICE})
+        agent = Api(daemon.url, await aissue_agent_credential(admin, host))
+        profile = (await admin.acall("POST", "/api/v1/profiles?platform=android",
+                                     raw=json.dumps(ANDROID_USER_TEMPLATE).encode(),
+                                     content_type="application/json"))["uuid"]
+        await admin.acall("POST", "/api/v1/profiles/%s/assign" % (profile,), {"hosts": [host]})
+
+        async def delivered():
+            template = json.loads(await fetch(admin, agent, host, profile))
+            renewal_id = template["subject"].split("OU=", 1)[1]
+            return template, renewal_id
+
+        template, renewal_id = await delivered()
+        assert template["subject"] == "CN=alice,OU=" + renewal_id
+        assert template["subject_alt_names"] == {"email": [ALICE]}
+        url, challenge = template["scep"]["url"], template["scep"]["challenge"]
+        dn = "OU=%s, CN=alice" % (renewal_id,)
+        # Another user's address as the SAN: refused, no certificate.
+        result = await threads.deferToThread(strongswan_enroll, tmp_path, "bob", url, challenge, dn,
+                                             "bob@corp.example")
+        assert result.returncode != 0
+        assert (await admin.acall("GET", "/api/v1/ca/certificates"))["certificates"] == []
+        row = await host_profile_status(admin, host, profile)  # the [ca] san_email pattern allows bob: the binding refused
+        assert row["status"] is None and "subjectAltName email 'bob@corp.example'" in row["detail"]
+
+        template, renewal_id = await delivered()
+        url, challenge = template["scep"]["url"], template["scep"]["challenge"]
+        result = await threads.deferToThread(strongswan_enroll, tmp_path, "alice", url, challenge,
+                                             "OU=%s, CN=alice" % (renewal_id,), ALICE)
+        assert result.returncode == 0, result.stdout + result.stderr
+        (issued,) = (await admin.acall("GET", "/api/v1/ca/certificates"))["certificates"]
+        assert issued["subject"] == "CN=alice,OU=%s" % (renewal_id,)
+        assert (await host_profile_status(admin, host, profile))["status"] == "verified"
+    finally:
+        code = daemon.stop()
+        assert code in (0, -signal.SIGTERM), daemon.log()
+        assert "Traceback" not in daemon.log(), daemon.log()
