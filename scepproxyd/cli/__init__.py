@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
             arg("uuid", metavar="UUID"), arg("--serial", help="serial number"),
             arg("--platform", required=True, help="macos, ios, ipados or android"))
     command(host, "import", commands.host_import, "create or update hosts from CSV or JSON",
-            arg("file", metavar="FILE", help="uuid,serial,platform CSV or a JSON list; - for stdin"),
+            arg("file", metavar="FILE", help="uuid,serial,platform CSV (optional idp_* columns) or a JSON list; - for stdin"),
             arg("--format", choices=("csv", "json"), help="default: json for *.json, else csv"))
     command(host, "set", commands.host_set, "change a host's serial or end-user (IdP) attributes; '' clears one",
             arg("uuid", metavar="UUID"), arg("--serial", help="serial number"),
