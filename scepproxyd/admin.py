@@ -1,4 +1,4 @@
-"""Admin rules that are more than storage: CA integrations and host imports.
+"""Admin rules that are more than storage: CA integrations, host imports, end users and custom secrets.
 
 A CA is only saved once it has shown a certificate for GetCACert, and its
 static challenge is encrypted before it reaches the store. Host imports are
@@ -12,12 +12,20 @@ from urllib.parse import urlsplit
 
 from scepproxyd.jsoninput import JsonInputError, read_json
 from scepproxyd.platforms import PLATFORMS
+from scepproxyd.profiles import variables
 from scepproxyd.scep import codec
 from scepproxyd.scep.identifier import CA_NAME
 from scepproxyd.scep.upstream import UpstreamError
 
 MAX_CHALLENGE_LENGTH = 1024
 HOST_UUID_PATTERN = r"[A-Za-z0-9._-]{1,255}"
+#: The end-user attributes of a host, as the API, the import and ``scepproxyctl host set`` name them.
+END_USER_FIELDS = ("idp_username", "idp_full_name", "idp_groups", "idp_department", "idp_email")
+MAX_END_USER_VALUE = 255
+MAX_GROUPS = 100
+MAX_SECRET_LENGTH = 4096
+#: What a secret's name may be: what follows FLEET_SECRET_ in a variable.
+SECRET_NAME_PATTERN = r"[A-Za-z0-9_]{1,255}"
 
 
 class InvalidAdminInput(Exception):
@@ -106,6 +114,94 @@ async def check_ca_answers(upstream, url: str) -> None:
         raise InvalidAdminInput("CA answered GetCACert without a certificate", field="url")
 
 
+def _check_text(value, name: str, where: str = "", limit: int = MAX_END_USER_VALUE) -> str:
+    """One end-user value: a printable string of 1-``limit`` characters without spaces at either end."""
+    if not isinstance(value, str):
+        raise InvalidAdminInput(where + "%s must be a string or null" % (name,), field=name)
+    if not value or len(value) > limit:
+        raise InvalidAdminInput(where + "%s must be 1-%d characters (null clears it)" % (name, limit), field=name)
+    if not value.isprintable():
+        raise InvalidAdminInput(
+            where + "%s must be printable text (no control or line-break characters)" % (name,), field=name)
+    if value != value.strip():
+        raise InvalidAdminInput(where + "%s must not start or end with a space" % (name,), field=name)
+    return value
+
+
+def _check_groups(value, where: str = "") -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(group, str) for group in value):
+        raise InvalidAdminInput(where + "idp_groups must be a list of group names (strings)", field="idp_groups")
+    if len(value) > MAX_GROUPS:
+        raise InvalidAdminInput(where + "idp_groups must have at most %d groups" % (MAX_GROUPS,), field="idp_groups")
+    for group in value:
+        _check_text(group, "idp_groups", where)
+        if "," in group:
+            raise InvalidAdminInput(
+                where + "idp_groups: group %r has a comma; $%s renders the groups"
+                " comma-separated, so a name cannot contain one" % (group, variables.HOST_END_USER_IDP_GROUPS),
+                field="idp_groups",
+            )
+    if len(set(value)) != len(value):
+        raise InvalidAdminInput(where + "idp_groups names a group twice", field="idp_groups")
+    return tuple(value)
+
+
+def check_end_user(body: dict, where: str = "") -> dict:
+    """
+    The end-user changes in ``body``: each of END_USER_FIELDS present (null or an empty list clears it).
+
+    Values must be printable (they are rendered into profiles and shown to
+    operators); ``idp_email`` must look like an address; ``idp_groups`` is a
+    list of group names without commas (the variable joins them with commas).
+    """
+    changes = {}
+    for name in END_USER_FIELDS:
+        if name not in body:
+            continue
+        value = body[name]
+        if name == "idp_groups":
+            changes[name] = () if value is None else _check_groups(value, where)
+        elif value is None:
+            changes[name] = None
+        else:
+            changes[name] = _check_text(value, name, where)
+            if name == "idp_email" and (value.count("@") != 1 or " " in value or value.startswith("@")
+                                        or value.endswith("@")):
+                raise InvalidAdminInput(where + "idp_email must be an address such as user@example.com",
+                                        field=name)
+    return changes
+
+
+def check_secret_name(name: str) -> str:
+    import re
+
+    if not re.fullmatch(SECRET_NAME_PATTERN, name):
+        raise InvalidAdminInput(
+            "secret name must be 1-255 letters, digits or underscores (profiles write it as $FLEET_SECRET_<NAME>)",
+            field="name",
+        )
+    return name
+
+
+def check_secret_value(value) -> str:
+    """A secret's value: 1-4096 characters, none of them a control character other than tab.
+
+    It is rendered into profiles (XML and JSON), which cannot carry most
+    control characters, and a line break at either end is almost always a
+    mistake of the tool that wrote it.
+    """
+    if not isinstance(value, str) or not value:
+        raise InvalidAdminInput("value must be a non-empty string", field="value")
+    if len(value) > MAX_SECRET_LENGTH:
+        raise InvalidAdminInput("value must be at most %d characters" % (MAX_SECRET_LENGTH,), field="value")
+    if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
+        raise InvalidAdminInput("value must not contain control characters (tab excepted)", field="value")
+    if any(c in "\ufffe\uffff" or "\ud800" <= c <= "\udfff" for c in value):
+        raise InvalidAdminInput("value must not contain U+FFFE, U+FFFF or lone surrogates (XML cannot carry them)",
+                                field="value")
+    return value
+
+
 def _check_host_row(index: int, uuid, serial, platform) -> tuple[str, str | None, str]:
     import re
 
@@ -146,7 +242,10 @@ def _csv_rows(text: str) -> list[tuple]:
                     field="file",
                 )
             record = dict(zip(header, (cell.strip() for cell in line)))
-            rows.append((record.get("uuid"), record.get("serial") or None, record.get("platform")))
+            end_user = {name: record[name] or None for name in END_USER_FIELDS if name in record}
+            if end_user.get("idp_groups") is not None:
+                end_user["idp_groups"] = [group.strip() for group in end_user["idp_groups"].split(",")]
+            rows.append((record.get("uuid"), record.get("serial") or None, record.get("platform"), end_user))
     except csv.Error as e:
         if "field larger than field limit" in str(e):
             reason = "has a field longer than %d characters" % (csv.field_size_limit(),)
@@ -156,8 +255,14 @@ def _csv_rows(text: str) -> list[tuple]:
     return rows
 
 
-def parse_host_import(raw: bytes, content_type: str) -> list[tuple[str, str | None, str]]:
-    """Hosts from JSON (a list of objects) or CSV (header uuid,serial,platform); all rows checked."""
+def parse_host_import(raw: bytes, content_type: str) -> list[tuple[str, str | None, str, dict]]:
+    """
+    Hosts from JSON (a list of objects) or CSV (header uuid,serial,platform); all rows checked.
+
+    Each row is (uuid, serial, platform, end-user changes): the END_USER_FIELDS
+    a JSON object has, or the CSV has columns for (optional columns; an empty
+    cell clears the value, ``idp_groups`` is comma-separated in its cell).
+    """
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -177,14 +282,18 @@ def parse_host_import(raw: bytes, content_type: str) -> list[tuple[str, str | No
                 raise InvalidAdminInput(
                     "row %d: must be an object with uuid, serial, platform" % (index,), field="file"
                 )
-            rows.append((item.get("uuid"), item.get("serial"), item.get("platform")))
+            rows.append((item.get("uuid"), item.get("serial"), item.get("platform"),
+                         {name: item[name] for name in END_USER_FIELDS if name in item}))
     else:
         rows = _csv_rows(text)
     if not rows:
         raise InvalidAdminInput("import has no hosts", field="file")
-    checked = [_check_host_row(i, *row) for i, row in enumerate(rows, 1)]
+    checked = [
+        _check_host_row(i, *row[:3]) + (check_end_user(row[3], "row %d: " % (i,)),)
+        for i, row in enumerate(rows, 1)
+    ]
     seen = set()
-    for index, (uuid, _, _) in enumerate(checked, 1):
+    for index, (uuid, *_) in enumerate(checked, 1):
         if uuid in seen:
             raise InvalidAdminInput("row %d: host %s appears twice" % (index, uuid), field="uuid")
         seen.add(uuid)

@@ -60,6 +60,7 @@ from scepproxyd.store.postgres import redacted
 from scepproxyd.web.api import off_reactor
 from scepproxyd.web.admin import AdminRoutes, admin_route_limits
 from scepproxyd.web.admin_agents import AgentCredentialRoutes
+from scepproxyd.web.admin_secrets import SecretRoutes
 from scepproxyd.web.admin_backup import backup_routes
 from scepproxyd.web.admin_ca import CaAdminRoutes
 from scepproxyd.web.agent import NanoMDMWebhook, agent_resource
@@ -407,7 +408,8 @@ def admin_api(*, token: str, store, upstream, cipher, jobs: dict, settings, reac
                          max_profile_bytes=settings.admin.max_profile_bytes)
     return JsonApi(
         token,
-        list(ca_routes) + backup_routes(store, settings, reactor) + routes.routes() + AgentCredentialRoutes(store).routes(),
+        list(ca_routes) + backup_routes(store, settings, reactor) + routes.routes() + AgentCredentialRoutes(store).routes()
+        + SecretRoutes(store, cipher).routes(),
         realm="admin",
         reactor=reactor,
     )

@@ -746,3 +746,79 @@ def test_mutated_requests_never_break_the_ca(data):
     else:
         assert answer.status == 200
         assert _FUZZ_DEVICE.read(_FUZZ_CA, answer)[0] in ("PENDING", "FAILURE")
+
+
+# -- host and end-user variables: the certificate names exactly this host's values --------------
+
+
+async def username_profile_challenge(store, host, username):
+    """A pending host profile whose subject is CN=<host's IdP username>, OU=<renewal ID>, and its CA challenge."""
+    if await store.get_ca("builtin") is None:
+        await store.add_ca("builtin", "http://ca.test:8080/scep")
+    await store.upsert_host(host, "S-" + host, "macos", end_user={"idp_username": username})
+    if await store.get_profile("PU") is None:
+        content = FLEET_PROFILE.read_bytes().replace(b"CA_NAME", b"builtin").replace(
+            b"%SerialNumber% WIFI $FLEET_VAR_SCEP_RENEWAL_ID", b"$FLEET_VAR_HOST_END_USER_IDP_USERNAME").replace(
+            b"FLEET DEVICE MANAGEMENT", b"$FLEET_VAR_SCEP_RENEWAL_ID")
+        await store.add_profile("PU", "Wi-Fi user", "macos", content, "builtin",
+                                variables=("FLEET_VAR_HOST_END_USER_IDP_USERNAME",))
+    hp = await store.assign_profile(host, "PU")
+    await store.set_host_profile_status(host, "PU", "pending")
+    challenge = mint_challenge()
+    await store.issue_host_profile_ca_challenge(host, "PU", challenge_hash(challenge), "default")
+    return hp, challenge
+
+
+def user_subject(username, renewal_id):
+    return x509.Name([
+        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, username)]),
+        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, renewal_id)]),
+    ])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_csr_naming_another_users_username_is_refused(store, clock):
+    """Alice's one-time challenge buys a certificate for alice only: bob's name (another host's user) is refused."""
+    await username_profile_challenge(store, "H-BOB", "bob@corp.example")
+    hp, challenge = await username_profile_challenge(store, "H-ALICE", "alice@corp.example")
+    ca = make_ca(store, clock, static_enabled=False, auto_approve_networks=())
+    answer, (status, fail, _) = await enroll(ca, Device(), challenge=challenge,
+                                             subject=user_subject("bob@corp.example", hp.renewal_id))
+    assert (status, fail) == ("FAILURE", "badRequest")
+    assert "alice@corp.example" in fail_info_text(answer.body)
+    assert await store.list_issued_certificates() == []
+    # The refused request spent that challenge; the next rendering's works for alice's own name.
+    await store.set_host_profile_status("H-ALICE", "PU", "pending")
+    challenge = mint_challenge()
+    await store.issue_host_profile_ca_challenge("H-ALICE", "PU", challenge_hash(challenge), "default")
+    answer, (status, _, certs) = await enroll(ca, Device("alice-2"), challenge=challenge,
+                                              subject=user_subject("alice@corp.example", hp.renewal_id))
+    assert status == "SUCCESS"
+    assert certs[0].subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alice@corp.example"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_host_without_the_value_gets_no_certificate(store, clock):
+    hp, _ = await username_profile_challenge(store, "H-ALICE", "alice@corp.example")
+    await store.set_end_user("H-ALICE", {"idp_username": None})
+    # A challenge that reached the device anyway (rendered just before the value went).
+    await store.set_host_profile_status("H-ALICE", "PU", "pending")
+    challenge = mint_challenge()
+    await store.issue_host_profile_ca_challenge("H-ALICE", "PU", challenge_hash(challenge), "default")
+    ca = make_ca(store, clock, static_enabled=False, auto_approve_networks=())
+    answer, (status, fail, _) = await enroll(ca, Device(), challenge=challenge,
+                                             subject=user_subject("alice@corp.example", hp.renewal_id))
+    assert (status, fail) == ("FAILURE", "badRequest")
+    assert "host has no value for $FLEET_VAR_HOST_END_USER_IDP_USERNAME" in fail_info_text(answer.body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_changed_username_retires_the_challenge_rendered_with_the_old_one(store, clock):
+    hp, challenge = await username_profile_challenge(store, "H-ALICE", "alice@corp.example")
+    await store.set_end_user("H-ALICE", {"idp_username": "alice.new@corp.example"})
+    ca = make_ca(store, clock, static_enabled=False, auto_approve_networks=())
+    for name in ("alice@corp.example", "alice.new@corp.example"):
+        answer, (status, fail, _) = await enroll(ca, Device(name), challenge=challenge,
+                                                 subject=user_subject(name, hp.renewal_id))
+        assert (status, fail, fail_info_text(answer.body)) == ("FAILURE", "badRequest", WRONG_CHALLENGE)
+    assert await store.list_issued_certificates() == []

@@ -854,6 +854,10 @@ D_REQUEST = {"transaction_id": "aqncs5+93c13cm/OdsR2EBf9GZ8=", "status": "pendin
              "created_at": "2025-11-23T07:31:03+00:00"}
 D_CERTIFICATE = {"serial": "8fb191c539360ab138e53462702193c4", "status": "valid", "subject": "CN=printer-7,O=Example",
                  "not_after": "2026-11-23T07:31:11+00:00", "template": "default", "requester": "10.1.2.41"}
+D_END_USER = {"idp_username": "alice@example.com", "idp_full_name": "Alice Martin",
+              "idp_groups": ["wifi-staff", "engineering"], "idp_department": None, "idp_email": None}
+D_SECRET = {"name": "RADIUS_PASSWORD", "created_at": "2025-11-23T06:01:52+00:00",
+            "updated_at": "2025-11-23T07:12:40+00:00"}
 D_BACKUP = "/var/backups/scepproxyd/2025-11-23"
 D_BACKUP_FILES = ["MANIFEST.json", "scepproxyd.sqlite3", "secrets.key", "admin.token", "nanomdm-webhook.token",
                   "ca/ca.key", "ca/ca.pem", "ca/challenge", "ca/ra.key"]
@@ -909,7 +913,17 @@ DOC_EXAMPLES = {
         ("PUT", "/api/v1/hosts/" + D_HOST): (201, D_HOSTS[0])},
     ("scepproxyctl host list", 1): {("GET", "/api/v1/hosts?limit=5000"): (200, {"hosts": D_HOSTS, "next": None})},
     ("scepproxyctl host show C8QHT3K1Q6L4", 0): {
-        ("GET", "/api/v1/hosts/" + D_HOST): (200, dict(D_HOSTS[0], profiles=[D_VERIFIED]))},
+        ("GET", "/api/v1/hosts/" + D_HOST): (200, dict(D_HOSTS[0], profiles=[D_VERIFIED], **D_END_USER))},
+    ("scepproxyctl host set C8QHT3K1Q6L4 --idp-username alice@example.com --idp-groups wifi-staff,engineering", 0): {
+        ("PATCH", "/api/v1/hosts/" + D_HOST): (200, dict(D_HOSTS[0], resent=1, **D_END_USER))},
+    ("scepproxyctl host set C8QHT3K1Q6L4 --idp-email 'alice example.com'", 0): {
+        ("PATCH", "/api/v1/hosts/" + D_HOST): error(
+            422, "idp_email must be an address such as user@example.com", "idp_email")},
+    ("scepproxyctl secret list", 0): {("GET", "/api/v1/secrets"): (200, {"secrets": [D_SECRET]})},
+    ("scepproxyctl secret show RADIUS_PASSWORD", 0): {
+        ("GET", "/api/v1/secrets/RADIUS_PASSWORD"): (200, dict(D_SECRET, profiles=[D_PROFILE]))},
+    ("scepproxyctl secret delete RADIUS_PASSWORD", 0): {("DELETE", "/api/v1/secrets/RADIUS_PASSWORD"): error(
+        409, "secret RADIUS_PASSWORD is used by profiles: %s; change or delete them first" % (D_PROFILE,), "name")},
     ("scepproxyctl host delete C8QHT3K1Q6L4", 0): {("DELETE", "/api/v1/hosts/" + D_HOST): (204, None)},
     ("scepproxyctl agent-credential issue C8QHT3K1Q6L4", 0): {
         ("POST", "/api/v1/hosts/%s/agent-credential" % (D_HOST,)): (201, {
@@ -1035,6 +1049,7 @@ DOC_EXAMPLES_NOT_RUN = {
     "scepproxyctl ca edit UPSTREAM_CA --trust-bundle": "reads a file under /root",
     "scepproxyctl agent-credential issue-bulk --all --output": "writes a file under /root",
     "scepproxyctl profile upload": "reads a file of the reader's",
+    "scepproxyctl secret set": "reads a file under /root (what it sends: test_secret_set_reads_the_value_...)",
     "scepproxyctl builtin-ca show": "the example elides the PEM",
     "scepproxyctl restore": "offline, on backups and a state directory of the reader's (tests/test_backup.py)",
     "scepproxyctl database copy": "offline, on a SQLite file of the reader's and a PostgreSQL server "
@@ -1109,3 +1124,62 @@ def test_documented_example_prints_what_the_docs_show(tcp_api, tmp_path, monkeyp
         assert [(r.method, r.path) for r in tcp_api.requests] == list(spec)
     if stdin:
         assert tcp_api.last.json()["challenge"] == SECRET
+
+
+# -- host end users and custom secrets (docs/cli.md) ---------------------------------------------
+
+END_USER = {"idp_username": "alice@corp.example", "idp_full_name": None, "idp_groups": ["wifi", "staff"],
+            "idp_department": None, "idp_email": None}
+
+
+def test_host_set_sends_only_what_is_given_and_empty_clears(tcp_api):
+    tcp_api.answer("PATCH", "/api/v1/hosts/H1", body=dict(HOST, **END_USER))
+    code, out, err = ctl(tcp_api, "host", "set", "H1", "--idp-username", "alice@corp.example",
+                         "--idp-groups", "wifi, staff", "--idp-department", "")
+    assert (code, out, err) == (0, "changed host H1 (idp_department, idp_groups, idp_username)\n", "")
+    assert tcp_api.last.json() == {"idp_username": "alice@corp.example", "idp_groups": ["wifi", "staff"],
+                                   "idp_department": None}
+
+
+def test_host_set_needs_something_to_change(tcp_api):
+    code, out, err = ctl(tcp_api, "host", "set", "H1")
+    assert code == 2 and "nothing to change; give --serial, --idp-username" in err
+
+
+def test_host_show_lists_the_end_user(tcp_api):
+    tcp_api.answer("GET", "/api/v1/hosts/H1", body=dict(HOST, profiles=[], **END_USER))
+    code, out, err = ctl(tcp_api, "host", "show", "H1")
+    assert code == 0
+    assert "idp_username:   alice@corp.example\n" in out and "idp_groups:     wifi, staff\n" in out
+
+
+def test_secret_set_reads_the_value_from_stdin_or_a_file_never_argv(tcp_api, tmp_path):
+    answer = {"name": "RADIUS", "created_at": T0, "updated_at": T0, "changed": True, "resent": 3}
+    tcp_api.answer("PUT", "/api/v1/secrets/RADIUS", body=answer)
+    code, out, err = ctl(tcp_api, "secret", "set", "RADIUS", stdin=SECRET + "\n")
+    assert (code, out, err) == (0, "changed secret RADIUS; 3 host profiles sent again\n", "")
+    assert tcp_api.last.json() == {"value": SECRET}
+    value_file = tmp_path / "value"
+    value_file.write_text("from-a-file\n")
+    tcp_api.requests.clear()
+    assert ctl(tcp_api, "secret", "set", "RADIUS", "--value-file", str(value_file))[0] == 0
+    assert tcp_api.last.json() == {"value": "from-a-file"}
+    for argv in (["secret", "set", "RADIUS", "--value", SECRET], ["secret", "set", "RADIUS", "--value=" + SECRET]):
+        code, out, err = ctl(tcp_api, *argv)
+        assert code == 2 and SECRET not in out + err and "there is no --value option" in err
+
+
+def test_secret_list_show_delete(tcp_api):
+    tcp_api.answer("GET", "/api/v1/secrets", body={"secrets": [{"name": "RADIUS", "created_at": T0,
+                                                                "updated_at": T0}]})
+    tcp_api.answer("GET", "/api/v1/secrets/RADIUS", body={"name": "RADIUS", "created_at": T0, "updated_at": T0,
+                                                          "profiles": ["P1"]})
+    tcp_api.answer("DELETE", "/api/v1/secrets/RADIUS", status=409,
+                   body={"error": "secret RADIUS is used by profiles: P1; change or delete them first",
+                         "field": "name"})
+    code, out, _ = ctl(tcp_api, "secret", "list")
+    assert code == 0 and out.splitlines()[0].split() == ["NAME", "CREATED", "UPDATED"] and "RADIUS" in out
+    code, out, _ = ctl(tcp_api, "secret", "show", "RADIUS")
+    assert code == 0 and "profiles:   P1" in out
+    code, out, err = ctl(tcp_api, "secret", "delete", "RADIUS")
+    assert code != 0 and "secret RADIUS is used by profiles: P1; change or delete them first" in err

@@ -290,7 +290,7 @@ def test_second_ca_in_the_subject():
 
 
 def test_unknown_variable():
-    refused(variant(lambda t: t.update(name="$FLEET_VAR_HOST_UUID")), "unknown variable $FLEET_VAR_HOST_UUID")
+    refused(variant(lambda t: t.update(name="$FLEET_VAR_HOST_NICKNAME")), "unknown variable $FLEET_VAR_HOST_NICKNAME")
 
 
 # -- rendering -----------------------------------------------------------------

@@ -323,8 +323,8 @@ def test_variable_in_a_key():
 
 def test_unknown_variable():
     refused(
-        variant(lambda p, s, f: s.update(PayloadDescription="for $FLEET_VAR_HOST_UUID")),
-        "unknown variable $FLEET_VAR_HOST_UUID",
+        variant(lambda p, s, f: s.update(PayloadDescription="for $FLEET_VAR_HOST_NICKNAME")),
+        "unknown variable $FLEET_VAR_HOST_NICKNAME",
     )
 
 

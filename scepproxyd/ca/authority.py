@@ -557,5 +557,6 @@ def expected_for(facts) -> "binding.ExpectedRequest":
     """What the host profile in ``facts`` (a store BindingFacts) asks its device to request."""
     return binding.expected_request(
         facts.kind, facts.content, renewal_id=facts.renewal_id,
-        host=binding.HostFacts(uuid=facts.host_uuid, serial=facts.serial, platform=facts.platform),
+        host=binding.HostFacts(uuid=facts.host_uuid, serial=facts.serial, platform=facts.platform,
+                               end_user=facts.end_user),
     )

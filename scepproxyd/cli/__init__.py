@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from scepproxyd.cli import agent_credential, backup, builtin_ca, commands, database
+from scepproxyd.cli import agent_credential, backup, builtin_ca, commands, database, secret
 from scepproxyd.cli.client import AdminClient, CliError, InvocationError, target_from_endpoint, target_from_url
 from scepproxyd.cli.render import as_json, message
 from scepproxyd.cli.settings import load_admin_endpoint
@@ -131,8 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
             arg("uuid", metavar="UUID"), arg("--serial", help="serial number"),
             arg("--platform", required=True, help="macos, ios, ipados or android"))
     command(host, "import", commands.host_import, "create or update hosts from CSV or JSON",
-            arg("file", metavar="FILE", help="uuid,serial,platform CSV or a JSON list; - for stdin"),
+            arg("file", metavar="FILE", help="uuid,serial,platform CSV (optional idp_* columns) or a JSON list; - for stdin"),
             arg("--format", choices=("csv", "json"), help="default: json for *.json, else csv"))
+    command(host, "set", commands.host_set, "change a host's serial or end-user (IdP) attributes; '' clears one",
+            arg("uuid", metavar="UUID"), arg("--serial", help="serial number"),
+            arg("--idp-username", help="the end user's IdP username (often an email address)"),
+            arg("--idp-full-name", help="the end user's full name"),
+            arg("--idp-groups", metavar="A,B", help="the end user's IdP groups, comma-separated"),
+            arg("--idp-department", help="the end user's department"),
+            arg("--idp-email", help="the end user's IdP email (what Fleet's older end-user email variable renders)"))
     command(host, "list", commands.host_list, "list hosts", arg("--platform", help="only this platform"))
     command(host, "show", commands.host_show, "show a host and its profiles", arg("uuid", metavar="UUID"))
     command(host, "delete", commands.host_delete, "delete a host and its profile assignments",
@@ -163,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     command(groups, "jobs", commands.jobs, "list jobs")
     builtin_ca.add_commands(command, group, arg)
     agent_credential.add_commands(command, group, arg)
+    secret.add_commands(command, group, arg)
     backup.add_commands(command, groups, arg)
     database.add_commands(command, group, arg)
     return parser
@@ -221,6 +229,13 @@ def main(argv: list[str] | None = None, stdin=None, stdout=None, stderr=None) ->
         print(
             "%s: there is no --challenge option: a challenge on the command line lands in shell history "
             "and ps; use --challenge-file FILE, or give it on stdin" % (PROG,),
+            file=stderr,
+        )
+        return 2
+    if any(a == "--value" or a.startswith("--value=") for a in argv):
+        print(
+            "%s: there is no --value option: a secret on the command line lands in shell history "
+            "and ps; use --value-file FILE, or give it on stdin" % (PROG,),
             file=stderr,
         )
         return 2

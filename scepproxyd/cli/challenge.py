@@ -1,4 +1,4 @@
-"""Reading a CA's static challenge without it ever touching argv, the screen or a log.
+"""Reading a CA's static challenge (or a custom secret) without it ever touching argv, the screen or a log.
 
 There is deliberately no ``--challenge VALUE``: a value on the command line
 lands in shell history and in ``ps`` for every local user to read.
@@ -21,22 +21,24 @@ def strip_one_newline(value: str) -> str:
     return value
 
 
-def read_challenge(path: str | None, stdin, prompt: str, ask=getpass.getpass) -> str:
+def read_challenge(path: str | None, stdin, prompt: str, ask=getpass.getpass, what: str = "challenge") -> str:
     """
     The challenge from file ``path``, or (``None`` or ``-``) from ``stdin``:
     prompted without echo when stdin is a terminal, read to the end otherwise.
+
+    Custom secrets are read the same way; ``what`` names the value in messages.
     """
     if path is not None and path != "-":
         try:
             raw = Path(path).read_text(encoding="utf-8")
         except OSError as e:
-            raise CliError("cannot read the challenge from %s: %s" % (path, e.strerror or e)) from None
+            raise CliError("cannot read the %s from %s: %s" % (what, path, e.strerror or e)) from None
         except UnicodeDecodeError:
-            raise CliError("cannot read the challenge from %s: not UTF-8 text" % (path,)) from None
+            raise CliError("cannot read the %s from %s: not UTF-8 text" % (what, path)) from None
         return strip_one_newline(raw)
     if stdin.isatty():
         try:
             return ask(prompt)
         except EOFError:
-            raise CliError("no challenge given") from None
+            raise CliError("no %s given" % (what,)) from None
     return strip_one_newline(stdin.read())

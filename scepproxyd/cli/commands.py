@@ -166,6 +166,39 @@ def host_import(api, args, stdin):
     return answer, "imported %d hosts: %d created, %d updated" % (created + updated, created, updated)
 
 
+#: ``host set`` options and the API fields they set; an empty value clears the field.
+HOST_SET_OPTIONS = (
+    ("serial", "serial"), ("idp_username", "idp_username"), ("idp_full_name", "idp_full_name"),
+    ("idp_groups", "idp_groups"), ("idp_department", "idp_department"), ("idp_email", "idp_email"),
+)
+END_USER_SHOWN = ("idp_username", "idp_full_name", "idp_groups", "idp_department", "idp_email")
+
+
+def host_set(api, args, stdin):
+    body = {}
+    for option, name in HOST_SET_OPTIONS:
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if name == "idp_groups":
+            body[name] = [group.strip() for group in value.split(",") if group.strip()] if value else None
+        else:
+            body[name] = value or None
+    if not body:
+        raise InvocationError(
+            "nothing to change; give --serial, --idp-username, --idp-full-name, --idp-groups, --idp-department "
+            "or --idp-email")
+    _, host = api.request("PATCH", api_path("hosts", args.uuid), body)
+    resent = host.get("resent") or 0
+    note = "; %d host profiles sent again" % (resent,) if resent else ""
+    return host, "changed host %s (%s)%s" % (host["uuid"], ", ".join(sorted(body)), note)
+
+
+def _end_user_fields(host: dict) -> list:
+    return [(name, ", ".join(host[name]) or None if name == "idp_groups" else host[name])
+            for name in END_USER_SHOWN if name in host]
+
+
 def host_list(api, args, stdin):
     answer = list_all(api, "hosts", "hosts", query={"platform": args.platform})
     return answer, _listing(
@@ -180,6 +213,9 @@ def host_show(api, args, stdin):
         ("uuid", host["uuid"]), ("serial", host["serial"]), ("platform", host["platform"]),
         ("created_at", host["created_at"]), ("updated_at", host["updated_at"]),
     ])
+    end_user = _end_user_fields(host)
+    if end_user:
+        out += "\n\n" + fields(end_user)
     profiles = host.get("profiles") or []
     out += "\n\n" + _listing(profiles, "no profiles assigned", HOST_PROFILE_HEADERS, _host_profile_row)
     return host, out

@@ -16,6 +16,7 @@ use theirs or they expire.
 from twisted.internet import defer
 
 from scepproxyd.delivery.nanomdm import DeliveryError, backoff_delay
+from scepproxyd.delivery.render import HostProfileFailed
 from scepproxyd.keys import KeyFileError
 from scepproxyd.profiles import ProfileError
 from scepproxyd.daemon.logs import get_logger
@@ -64,6 +65,8 @@ class PushDelivery:
     async def _send(self, job) -> str:
         try:
             rendered = await self._renderer.render(job)
+        except HostProfileFailed:
+            return "delivery_refused"  # the renderer marked the host profile failed, naming the missing value
         except (KeyFileError, ProfileError) as e:
             # Nothing a retry would fix: count a failed attempt with the reason.
             await self._store.command_result(job.command_uuid, ok=False, detail="cannot render: %s" % (e,))

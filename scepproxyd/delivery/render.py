@@ -9,8 +9,11 @@ the host profile's older ones: only the newest copy of the profile enrolls.
 import attrs
 from twisted.internet import threads
 
-from scepproxyd.profiles import ANDROID_TEMPLATE, proxy_url, render_profile
+from scepproxyd.daemon.logs import get_logger
+from scepproxyd.profiles import ANDROID_TEMPLATE, proxy_url, render_profile, variables
 from scepproxyd.store.models import challenge_hash, mint_challenge
+
+log = get_logger(__name__)
 
 CONTENT_TYPES = {
     ANDROID_TEMPLATE: "application/json",
@@ -26,6 +29,15 @@ class RenderedCommand:
     kind: str
     content_type: str
     payload: bytes = attrs.field(repr=False)
+
+
+class HostProfileFailed(Exception):
+    """
+    The host profile cannot be rendered for its host (a value is missing) and has been marked 'failed'.
+
+    ``str()`` is the detail recorded on it, naming the variable (never a
+    value). The caller skips the command; nothing is delivered.
+    """
 
 
 class CommandRenderer:
@@ -55,22 +67,50 @@ class CommandRenderer:
             return ca_challenge
         return self._cipher.decrypt(job.challenge_ciphertext) if job.challenge_ciphertext else ""
 
+    async def _fail(self, job, detail: str) -> None:
+        await self._store.render_failed(job.command_uuid, detail)
+        log.warn("host profile failed for host {host} profile {profile}: {detail}",
+                 host=job.host_uuid, profile=job.profile_uuid, detail=detail)
+        raise HostProfileFailed(detail)
+
+    async def _host_values(self, job) -> tuple[dict, dict]:
+        """The host's values and the profile's secrets (opened); HostProfileFailed when one is missing.
+
+        Checked before a challenge is minted: a host without a value the
+        profile renders gets no challenge, and fails until the value is set.
+        """
+        inputs = await self._store.render_inputs(job.host_uuid, job.profile_uuid)
+        if inputs is None:
+            return {}, {}
+        missing = variables.first_missing(inputs.variables, inputs.host, inputs.sealed_secrets)
+        if missing is not None:
+            await self._fail(job, str(variables.MissingValue(missing)))
+        secrets = {name: self._cipher.decrypt(sealed) for name, sealed in inputs.sealed_secrets.items()}
+        return inputs.host, secrets
+
     async def render(self, job) -> RenderedCommand:
+        """The command's payload; HostProfileFailed (the host profile marked 'failed') when a value is missing."""
+        host, secrets = await self._host_values(job)
         challenge = await self._store.issue_challenge(job.host_uuid, job.profile_uuid)
         if self._metrics is not None:
             self._metrics.challenge("minted")
         static = await self._ca_challenge(job)
         url = proxy_url(self._public_url, job.host_uuid, job.profile_uuid, job.ca_name or "", challenge)
-        payload = await threads.deferToThreadPool(
-            self._reactor,
-            self._reactor.getThreadPool(),
-            render_profile,
-            job.kind,
-            job.content,
-            ca_challenge=static,
-            proxy_url=url,
-            renewal_id=job.renewal_id,
-        )
+        try:
+            payload = await threads.deferToThreadPool(
+                self._reactor,
+                self._reactor.getThreadPool(),
+                render_profile,
+                job.kind,
+                job.content,
+                ca_challenge=static,
+                proxy_url=url,
+                renewal_id=job.renewal_id,
+                host=host,
+                secrets=secrets,
+            )
+        except variables.MissingValue as e:
+            await self._fail(job, str(e))
         return RenderedCommand(
             job.command_uuid,
             job.host_uuid,

@@ -53,6 +53,9 @@ def parse(content: bytes) -> ParsedProfile:
     # everywhere else each variable is written once.
     checks.refuse_repeats([o for o in occurrences if o.location[0] != _SAN])
     for occurrence in occurrences:
+        if occurrence.variable.kind not in variables.SCEP_KINDS:
+            _place_host_variable(occurrence)
+            continue
         if occurrence.location[0] not in (_URL, _CHALLENGE, _SUBJECT, _SAN):
             raise ProfileError(
                 "variable %s may only appear in scep.url, scep.challenge, subject or a subject alternative name"
@@ -190,6 +193,22 @@ def _check_shape(template: dict) -> None:
         android_sans.check_value(entry)
 
 
+def _place_host_variable(occurrence: checks.Occurrence) -> None:
+    """Host variables in subject values and subject_alt_names only; secrets nowhere in a template.
+
+    Every other field is for the agent; a template describes one
+    certificate, and a secret has no place in what the certificate carries.
+    """
+    variable, where = occurrence.variable, occurrence.location[0]
+    if variable.kind == variables.SECRET:
+        raise checks.secret_in_certificate(variable, "an Android certificate template (found in %s)" % (where,))
+    if occurrence.in_key or where not in (_SUBJECT, _SAN):
+        raise ProfileError(
+            "variable %s may only appear in subject or subject_alt_names (found in %s)" % (variable.spelled, where),
+            where,
+        )
+
+
 def _list_of(value: object, acceptable) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) and acceptable(v) for v in value)
 
@@ -272,13 +291,14 @@ def _occurrences(template: dict) -> list[checks.Occurrence]:
     def visit(value: object, path: str) -> None:
         if path in (android_sans.OBJECT_KEY, android_sans.STRING_KEY):
             for index, entry in enumerate(android_sans.entries(template)):
-                found.extend(checks.occurrences_in(entry.value, (_SAN, index), False))
+                # Never whole (a challenge or proxy URL is no name), but a value, not a key.
+                found.extend(checks.occurrences_in(entry.value, (_SAN, index), False, in_key=False))
             return
         if isinstance(value, str):
             if path == _SUBJECT:
                 for index, (kind, text) in enumerate(_split_dn(value)):
                     found.extend(checks.occurrences_in(kind, (_SUBJECT, index, "type"), False))
-                    found.extend(checks.occurrences_in(text, (_SUBJECT, index), False))
+                    found.extend(checks.occurrences_in(text, (_SUBJECT, index), False, in_key=False))
             else:
                 found.extend(checks.occurrences_in(value, (path,)))
         elif isinstance(value, dict):

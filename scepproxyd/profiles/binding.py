@@ -7,7 +7,11 @@ render. Pure functions on the stored profile's bytes and plain host facts.
 
 Text in a profile becomes a L{Matcher}:
 
-- the renewal ID variable is filled in with the host profile's renewal ID;
+- the renewal ID variable is filled in with the host profile's renewal ID,
+  and each host variable with the host's value now,
+  exactly (a host without that value has no certificate to expect: the
+  request is refused, naming the variable); a secret never appears here
+  (the upload rules keep secrets out of subjects and names);
 - ``%SerialNumber%`` must be the host's serial when the daemon knows it
   (compared ignoring case), and is free text otherwise;
 - ``%HardwareUUID%``, ``%UDID%`` and every other ``%Name%`` are free text:
@@ -30,7 +34,7 @@ import re
 import attrs
 
 from scepproxyd.profiles import android, android_sans, mobileconfig, variables
-from scepproxyd.profiles.model import ANDROID_TEMPLATE, MOBILECONFIG, ProfileError
+from scepproxyd.profiles.model import ANDROID_TEMPLATE, MOBILECONFIG, EndUser, ProfileError
 
 #: subjectAltName types a profile can render and the CA can check.
 SAN_TYPES = ("dns", "email", "uri", "ip", "upn")
@@ -102,6 +106,16 @@ class HostFacts:
     uuid: str
     serial: str | None
     platform: str
+    #: The host's end user, whose IdP attributes the end-user variables render.
+    end_user: EndUser | None = None
+
+    def values(self) -> dict[str, str | None]:
+        """What each host variable renders to for this host (None: no value)."""
+        return variables.host_values(self.uuid, self.serial, self.platform, self.end_user)
+
+
+#: A host with a value for every host variable: what a profile is checked against at upload.
+UPLOAD_CHECK_END_USER = EndUser("user@example.com", "User", ("group",), "department", "user@example.com")
 
 
 @attrs.frozen
@@ -198,8 +212,9 @@ def matcher(text: str, *, renewal_id: str, host: HostFacts, context: str = "subj
     shown = []
     position = 0
     uses_serial = False
+    values = host.values()
     for start, end, name in variables.device_placeholders(text):
-        literal = variables.substitute_renewal_id(text[position:start], renewal_id)
+        literal = variables.substitute_in_names(text[position:start], renewal_id, values)
         if literal:
             parts.append(_Literal(literal))
         shown.append(literal + text[start:end])
@@ -209,7 +224,7 @@ def matcher(text: str, *, renewal_id: str, host: HostFacts, context: str = "subj
         else:
             parts.append(_Free(name, context))
         position = end
-    literal = variables.substitute_renewal_id(text[position:], renewal_id)
+    literal = variables.substitute_in_names(text[position:], renewal_id, values)
     if literal:
         parts.append(_Literal(literal))
     shown.append(literal)

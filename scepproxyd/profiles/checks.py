@@ -21,23 +21,34 @@ class Occurrence:
     variable: variables.Variable
     location: Hashable
     whole: bool  # the variable is the entire string value at ``location``
+    in_key: bool = False  # written in a dictionary key (or a subject's attribute type), not a value
 
 
-def occurrences_in(text: str, location: Hashable, is_value: bool = True) -> list[Occurrence]:
-    """The variables in ``text``; in a key (``is_value`` false) none is ever whole."""
-    return [Occurrence(f.variable, location, f.whole and is_value) for f in variables.find(text)]
+def occurrences_in(
+    text: str, location: Hashable, is_value: bool = True, in_key: bool | None = None
+) -> list[Occurrence]:
+    """The variables in ``text``; in a key (``is_value`` false) none is ever whole.
+
+    ``in_key`` defaults to ``not is_value``; a part of a value (an RDN of a
+    DN string) is not whole and not a key either.
+    """
+    key = not is_value if in_key is None else in_key
+    return [Occurrence(f.variable, location, f.whole and is_value, key) for f in variables.find(text)]
 
 
 def refuse_repeats(occurrences: Iterable[Occurrence]) -> None:
-    """Each variable at most once; the two renewal ID spellings count as one.
+    """Each custom-SCEP variable at most once; the two renewal ID spellings count as one.
 
     A second copy of a challenge would put the CA's static challenge somewhere
     the rules never looked at; a second renewal ID would make it ambiguous
-    where the daemon should find it in the issued certificate.
+    where the daemon should find it in the issued certificate. Host variables
+    and secrets may repeat (a username in the subject and in a Wi-Fi UserName).
     """
     written: dict[str, list[str]] = {}
     for occurrence in occurrences:
         variable = occurrence.variable
+        if variable.kind not in variables.SCEP_KINDS:
+            continue
         group = variables.RENEWAL if variable.kind == variables.RENEWAL else variable.name
         written.setdefault(group, []).append(variable.name)
     for names in written.values():
@@ -109,3 +120,30 @@ def refuse_strays(
 def names(occurrences: Iterable[Occurrence]) -> tuple[str, ...]:
     """The variable names written in a document, sorted, each once."""
     return tuple(sorted(Counter(o.variable.name for o in occurrences)))
+
+
+def refuse_in_keys(occurrences: Iterable[Occurrence]) -> None:
+    """Host variables and secrets only in string values, never in a key (the custom-SCEP ones have their own rules)."""
+    for occurrence in occurrences:
+        if occurrence.variable.kind not in variables.SCEP_KINDS and occurrence.in_key:
+            raise ProfileError(
+                "variable %s is in a dictionary key; variables may only be written in string values"
+                % (occurrence.variable.spelled,)
+            )
+
+
+def missing_secret(name: str) -> str:
+    """The refusal of a profile naming a custom secret that does not exist (Fleet's wording, plus the fix)."""
+    return (
+        'secret variable "$%s%s" missing from database; add it first (scepproxyctl secret set %s)'
+        % (variables.SECRET_PREFIX, name, name)
+    )
+
+
+def secret_in_certificate(variable: variables.Variable, where: str) -> ProfileError:
+    """A secret where the certificate (and so anyone who sees it) would carry it."""
+    return ProfileError(
+        "secret variable %s cannot appear in %s: it describes a certificate, whose subject and names anyone"
+        " shown the certificate can read; a secret belongs only where the device keeps it (a Wi-Fi or VPN"
+        " password, say)" % (variable.spelled, where)
+    )

@@ -54,8 +54,11 @@ def parse(content: bytes) -> ParsedProfile:
     _refuse_hidden(text, in_text, occurrences)
     _refuse_nested_scep(plist)
 
+    checks.refuse_in_keys(occurrences)
+    custom_scep = [o for o in occurrences if o.variable.kind in variables.SCEP_KINDS]
+
     scep = [i for i, p in enumerate(payloads) if p.get("PayloadType") == SCEP_PAYLOAD_TYPE]
-    if not occurrences:
+    if not custom_scep:
         if not scep:
             raise ProfileError(
                 "profile has no %s payload; scepproxyd manages certificate profiles only"
@@ -71,7 +74,7 @@ def parse(content: bytes) -> ParsedProfile:
     checks.refuse_repeats(occurrences)
 
     scep_path = ("PayloadContent", scep[0])
-    for occurrence in occurrences:
+    for occurrence in custom_scep:
         if occurrence.location[: len(scep_path)] != scep_path:
             raise ProfileError(
                 "variable %s is outside the SCEP payload" % (occurrence.variable.spelled,)
@@ -94,6 +97,7 @@ def parse(content: bytes) -> ParsedProfile:
         (url_at, "the SCEP payload's URL"),
     )
     _require_renewal_id(occurrences, fields, fields_path)
+    _place_host_variables(occurrences, scep_path, fields_path)
     return ParsedProfile(MOBILECONFIG, name, identifier, ca_name, checks.names(occurrences))
 
 
@@ -355,6 +359,34 @@ def _require_renewal_id(occurrences: list[checks.Occurrence], fields: dict, fiel
             % (variables.RENEWAL_ID_PLACEHOLDER,),
             "Subject",
         )
+
+
+def _place_host_variables(occurrences: list[checks.Occurrence], scep_path: tuple, fields_path: tuple) -> None:
+    """Where host variables and secrets may not go (they may go in any other string value).
+
+    Not in the PayloadIdentifier, by which devices report the profile
+    installed; not as a Subject attribute type, which must name a known
+    attribute; and a secret nowhere in the SCEP payload, which describes the
+    certificate: its Subject and SubjectAltName are published in it.
+    """
+    subject_at = fields_path + ("Subject",)
+    for occurrence in occurrences:
+        variable, location = occurrence.variable, occurrence.location
+        if variable.kind in variables.SCEP_KINDS:
+            continue
+        if location == ("PayloadIdentifier",):
+            raise ProfileError(
+                "variable %s cannot appear in PayloadIdentifier: devices report an installed profile by it"
+                % (variable.spelled,),
+                "PayloadIdentifier",
+            )
+        if location[: len(subject_at)] == subject_at and len(location) == len(subject_at) + 3 and location[-1] == 0:
+            raise ProfileError(
+                "variable %s cannot be a Subject attribute type; write it in the value" % (variable.spelled,),
+                "Subject",
+            )
+        if variable.kind == variables.SECRET and location[: len(scep_path)] == scep_path:
+            raise checks.secret_in_certificate(variable, "the SCEP payload (found in %s)" % (_where(location),))
 
 
 def _is_string_pair(pair: object) -> bool:

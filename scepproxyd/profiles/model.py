@@ -37,3 +37,18 @@ class ParsedProfile:
     identifier: str
     ca_name: str | None
     variables: tuple[str, ...]
+
+
+@attrs.frozen
+class EndUser:
+    """The end user a host is assigned to, as the IdP knows them: what the end-user variables render.
+
+    Every field is optional; a profile that uses one the host lacks fails
+    for that host (see L{scepproxyd.profiles.variables.MissingValue}).
+    """
+
+    idp_username: str | None = None
+    idp_full_name: str | None = None
+    idp_groups: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    idp_department: str | None = None
+    idp_email: str | None = None

@@ -5,6 +5,7 @@ decrypted static challenge in hand, so it never logs and keeps secrets out of
 its exceptions.
 """
 
+from collections.abc import Mapping
 from urllib.parse import quote
 
 from scepproxyd.profiles import android, mobileconfig, variables
@@ -14,14 +15,31 @@ PROXY_PATH = "/mdm/scep/proxy/"
 
 
 def render_profile(
-    kind: str, content: bytes, *, ca_challenge: str, proxy_url: str, renewal_id: str
+    kind: str,
+    content: bytes,
+    *,
+    ca_challenge: str,
+    proxy_url: str,
+    renewal_id: str,
+    host: Mapping[str, str | None] | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> bytes:
     """Replace every variable in a profile accepted by L{parse_profile}.
 
-    Apple profiles get XML-escaped values and still parse as a plist; Android
-    templates get the values inside JSON strings and stay valid JSON.
+    ``host`` holds the host variables' values (L{variables.host_values});
+    ``secrets`` the custom secrets' values by name. A variable the profile
+    uses without a value raises L{variables.MissingValue}, which names it.
     """
-    values = variables.Values(challenge=ca_challenge, proxy_url=proxy_url, renewal_id=renewal_id)
+    values = variables.Values(
+        challenge=ca_challenge, proxy_url=proxy_url, renewal_id=renewal_id, host=host or {}, secrets=secrets or {}
+    )
+    return render_values(kind, content, values)
+
+
+def render_values(kind: str, content: bytes, values: variables.Values) -> bytes:
+    """Render with ``values`` as given: Apple profiles get XML-escaped values and still parse as a plist;
+    Android templates get the values inside JSON strings (DN-escaped in the subject) and stay valid JSON.
+    """
     if kind == MOBILECONFIG:
         return mobileconfig.render(content, values)
     if kind == ANDROID_TEMPLATE:

@@ -2,8 +2,8 @@
 The SQLite store: schema, migrations and every SQL statement of scepproxyd.
 
 ``Store`` is one object for callers; its methods are grouped by subject in
-the modules here (CAs, hosts, profiles, assignments, challenges, commands,
-renewals, RA mode, agent credentials) and all run on the DB thread that ``database.Database`` owns.
+the modules here (CAs, hosts and their end users, profiles, assignments, challenges, commands,
+renewals, RA mode, agent credentials, custom secrets) and all run on the DB thread that ``database.Database`` owns.
 Every method returns a Deferred; every write is one transaction, so a
 failed one leaves nothing behind.
 """
@@ -25,6 +25,7 @@ from scepproxyd.store.challenges import ChallengeQueries
 from scepproxyd.store.commands import CommandQueries
 from scepproxyd.store.database import Database
 from scepproxyd.store.deliveries import DeliveryQueries
+from scepproxyd.store.end_users import END_USER_FIELDS, EndUserQueries, RenderInputs
 from scepproxyd.store.hosts import HostQueries
 from scepproxyd.store.models import (
     COMMAND_STATUSES,
@@ -54,6 +55,7 @@ from scepproxyd.store.models import (
 from scepproxyd.store.profiles import ProfileQueries
 from scepproxyd.store.ra import RaQueries
 from scepproxyd.store.renewals import RenewalQueries
+from scepproxyd.store.secrets import CustomSecret, SecretInUseError, SecretQueries
 
 
 class Store(
@@ -69,6 +71,8 @@ class Store(
     RaQueries,
     AgentCredentialQueries,
     BackupQueries,
+    EndUserQueries,
+    SecretQueries,
     Database,
 ):
     """
@@ -83,6 +87,7 @@ __all__ = [
     "CA_REQUEST_STATUSES",
     "CERTIFICATE_STATUSES",
     "COMMAND_STATUSES",
+    "END_USER_FIELDS",
     "HOST_PROFILE_STATUSES",
     "PLATFORMS",
     "PROFILE_KINDS",
@@ -95,6 +100,7 @@ __all__ = [
     "ChallengeRefusal",
     "ClaimResult",
     "Command",
+    "CustomSecret",
     "ConsumedChallenge",
     "DuplicateError",
     "Host",
@@ -107,7 +113,9 @@ __all__ = [
     "Profile",
     "ProxyTarget",
     "RaIdentityRecord",
+    "RenderInputs",
     "RenderJob",
+    "SecretInUseError",
     "StateError",
     "Store",
     "StoreError",

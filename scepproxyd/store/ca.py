@@ -14,7 +14,9 @@ from twisted.internet import defer
 
 
 from scepproxyd.store.assignments import count_failed_attempt
+from scepproxyd.profiles.model import EndUser
 from scepproxyd.store.database import IntegrityError, keyset, one, order_by
+from scepproxyd.store.end_users import read_end_user
 from scepproxyd.store.models import DuplicateError, NotFoundError, StoreError, check_filter
 
 CERTIFICATE_STATUSES = ("valid", "revoked")
@@ -95,6 +97,8 @@ class BindingFacts:
     content: bytes = attrs.field(repr=False)
     renewal_id: str
     status: str | None
+    #: The host's end user (IdP attributes the end-user variables render), None when none is recorded.
+    end_user: EndUser | None = None
 
 
 #: Sort keys of the request and certificate lists, newest first (keyset pagination).
@@ -549,7 +553,7 @@ def _peek_ca_challenge(conn, challenge_hash: str, now: float) -> CaGrant | None:
 
 
 def _binding_facts(conn, host_uuid, profile_uuid) -> BindingFacts | None:
-    return one(
+    facts = one(
         BindingFacts,
         conn.execute(
             "SELECT hp.host_uuid, hp.profile_uuid, h.serial, h.platform, p.kind, p.content, hp.renewal_id,"
@@ -558,6 +562,7 @@ def _binding_facts(conn, host_uuid, profile_uuid) -> BindingFacts | None:
             (host_uuid, profile_uuid),
         ),
     )
+    return None if facts is None else attrs.evolve(facts, end_user=read_end_user(conn, host_uuid))
 
 
 def _refuse_not_pending(conn, transaction_id) -> None:

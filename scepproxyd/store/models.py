@@ -16,6 +16,7 @@ import uuid
 import attrs
 
 from scepproxyd.platforms import PLATFORMS  # noqa: F401 - re-exported for the store's modules
+from scepproxyd.profiles.model import EndUser
 
 HOST_PROFILE_STATUSES = (None, "pending", "verifying", "verified", "failed")
 COMMAND_STATUSES = ("queued", "delivered", "acknowledged", "error", "superseded")
@@ -134,6 +135,8 @@ class Host:
     platform: str
     created_at: float
     updated_at: float
+    #: The host's end user (IdP attributes); filled in by get_host only, None when none is recorded.
+    end_user: EndUser | None = None
 
 
 @attrs.frozen

@@ -16,8 +16,8 @@ from scepproxyd.delivery.lifecycle import LIFECYCLE, lifecycle
 from scepproxyd.daemon.logs import get_logger
 from scepproxyd.keys import KeyFileError
 from scepproxyd.platforms import APPLE_PLATFORMS, PLATFORMS
-from scepproxyd.profiles import ANDROID_TEMPLATE, MOBILECONFIG, ProfileError, parse_profile
-from scepproxyd.profiles.binding import HostFacts, expected_request
+from scepproxyd.profiles import ANDROID_TEMPLATE, MOBILECONFIG, ProfileError, checks, parse_profile, variables
+from scepproxyd.profiles.binding import UPLOAD_CHECK_END_USER, HostFacts, expected_request
 from scepproxyd.scep import ra
 from scepproxyd.store import (
     HOST_PROFILE_STATUSES,
@@ -101,6 +101,16 @@ def host_json(host) -> dict:
         "created_at": _time(host.created_at),
         "updated_at": _time(host.updated_at),
     }
+
+
+def host_detail_json(host) -> dict:
+    """A host with its end-user attributes (null where none is recorded): what one host's answers show."""
+    user = host.end_user
+    body = host_json(host)
+    for name in admin.END_USER_FIELDS:
+        value = getattr(user, name) if user is not None else None
+        body[name] = list(value or ()) if name == "idp_groups" else value
+    return body
 
 
 def profile_json(profile) -> dict:
@@ -201,6 +211,7 @@ class AdminRoutes:
             ("POST", r"/api/v1/hosts/import", self.import_hosts),
             ("GET", host, self.get_host),
             ("PUT", host, self.put_host),
+            ("PATCH", host, self.patch_host),
             ("DELETE", host, self.delete_host),
             ("GET", r"/api/v1/profiles", self.list_profiles),
             ("POST", r"/api/v1/profiles", self.upload_profile),
@@ -387,12 +398,13 @@ class AdminRoutes:
         if host is None:
             raise NotFound("no host %r" % (uuid,))
         profiles = await self._store.list_host_profiles(host_uuid=uuid)
-        return dict(host_json(host), profiles=[host_profile_json(hp) for hp in profiles])
+        return dict(host_detail_json(host), profiles=[host_profile_json(hp) for hp in profiles])
 
     @_admin_rules
     async def put_host(self, request, uuid):
         body = json_body(request)
         uuid, serial, platform = admin.check_host(uuid, body.get("serial"), body.get("platform"))
+        end_user = admin.check_end_user(body)
         existing = await self._store.get_host(uuid)
         if existing is not None and existing.platform != platform:
             assigned = await self._store.list_host_profiles(host_uuid=uuid)
@@ -402,9 +414,29 @@ class AdminRoutes:
                     % (uuid, existing.platform),
                     field="platform",
                 )
-        created = await self._store.upsert_host(uuid, serial, platform)
+        created = await self._store.upsert_host(uuid, serial, platform, end_user=end_user)
         host = await self._store.get_host(uuid)
-        return (201 if created else 200, host_json(host))
+        return (201 if created else 200, host_detail_json(host))
+
+    @_admin_rules
+    async def patch_host(self, request, uuid):
+        """Change some of a known host: serial and end-user attributes; what a field is absent from stays."""
+        body = json_body(request)
+        unknown = sorted(set(body) - {"serial", *admin.END_USER_FIELDS})
+        if unknown:
+            raise Invalid("unknown field %s; a host's platform is changed with PUT" % (unknown[0],), field=unknown[0])
+        if not body:
+            raise Invalid("nothing to change; give serial or any of %s" % (", ".join(admin.END_USER_FIELDS),))
+        kwargs = {"end_user": admin.check_end_user(body)}
+        if "serial" in body:
+            kwargs["serial"] = admin.check_host(uuid, body["serial"], "macos")[1]
+        try:
+            host, sent = await self._store.update_host(uuid, **kwargs)
+        except NotFoundError:
+            raise NotFound("no host %r" % (uuid,)) from None
+        log.info("admin changed host {host} ({fields}); {resent} host profiles sent again",
+                 host=uuid, fields=", ".join(sorted(body)), resent=len(sent))
+        return dict(host_detail_json(host), resent=len(sent))
 
     async def delete_host(self, request, uuid):
         if not await self._store.delete_host(uuid):
@@ -461,7 +493,7 @@ class AdminRoutes:
         try:
             await off_reactor(
                 self._reactor, expected_request, kind, content, renewal_id=UPLOAD_CHECK_RENEWAL_ID,
-                host=HostFacts(uuid="-", serial=None, platform=platform),
+                host=HostFacts(uuid="-", serial="-", platform=platform, end_user=UPLOAD_CHECK_END_USER),
             )
         except ProfileError as e:
             raise Invalid("the built-in CA cannot enforce this profile: %s" % (e,), field="profile") from None
@@ -494,6 +526,9 @@ class AdminRoutes:
             raise Invalid(
                 "profile uses CA %r, which does not exist; add it first" % (parsed.ca_name,), field="profile"
             )
+        missing = await self._store.missing_secrets(variables.secret_names(parsed.variables))
+        if missing:
+            raise Invalid(checks.missing_secret(missing[0]), field="profile")
         if ca is not None and ca.builtin:
             await self._check_enforceable(parsed.kind, content, platform)
         profile_uuid = str(uuid_module.uuid4())

@@ -19,6 +19,7 @@ from scepproxyd.certificates import (
     split_pem_bundle,
 )
 from scepproxyd.agent_credentials import HostCredentials
+from scepproxyd.delivery.render import HostProfileFailed
 from scepproxyd.keys import tokens_match
 from scepproxyd.daemon.logs import get_logger
 from scepproxyd.store.models import StoreUnavailable
@@ -60,7 +61,11 @@ class AgentRoutes:
         jobs = await self._store.commands_for_host(host, "outbox")
         commands = []
         for job in jobs:
-            rendered = await self._renderer.render(job)
+            try:
+                rendered = await self._renderer.render(job)
+            except HostProfileFailed:
+                continue  # marked failed with the missing value named; the admin sees it in status
+
             await self._store.command_delivered(job.command_uuid)
             commands.append(_command_json(rendered))
         if commands:

@@ -174,7 +174,7 @@ async def populate(s):
     """
     A site with a row in every table: CAs (one with a sealed challenge and a trust bundle), hosts, profiles,
     host profiles claimed (commands), a live one-time challenge and one in flight, an agent credential, the
-    built-in CA's request, certificate and one-time challenge. Fires the live proxy challenge (plain text).
+    built-in CA's request, certificate and one-time challenge, an end user, a custom secret. Fires the live proxy challenge (plain text).
     """
     from scepproxyd.pacing import RenewalPacing
     from scepproxyd.store import CaRequest, IssuedCertificate
@@ -198,6 +198,9 @@ async def populate(s):
                                     "default", None, b"\x30\x82der\x00", now, "nonce-1")
     await s.record_issued(request, certificate)
     await s.add_ca_challenge(CA_CHALLENGE_HASH, "default", 3600)
+    # A host's end user and a custom secret (sealed).
+    await s.set_end_user(HOST, {"idp_username": "user@example.com", "idp_groups": ["wifi"]})
+    await s.put_secret("WIFI_PASSWORD", b"\x00sealed-secret\xff")
     # The renewal pace of a CA (nothing is due, so only the CA's row is made).
     await s.start_renewals(CA, 30 * 86400.0, 0.5, 10, now - now % 3600, RenewalPacing(5, 3600.0).pace(CA, 5, now))
     # What the first of several nodes records at start (service._check_shared_state), outside the Store's API.
