@@ -125,10 +125,12 @@ async def test_old_url_does_not_move_a_host_profile_waiting_on_its_renewal(tmp_p
     (command,) = (await agent.acall("GET", "/api/v1/agent/hosts/%s/commands" % host))["commands"]
     new_url, _, _ = scep_settings_from_mobileconfig(command["payload"])
     assert new_url != old_url
+    fetched = await host_profile_status(admin, host, profile)
+    assert fetched == {**waiting, "lifecycle": "delivering"}  # the fetch itself is the only change
     for _ in range(REPLAYS):
         response = await treq.post(old_url + "?operation=PKIOperation", data=signed_blob())
         assert (response.code, await response.text()) == (400, CHALLENGE_FAILED)
-    assert await host_profile_status(admin, host, profile) == waiting
+    assert await host_profile_status(admin, host, profile) == fetched
     assert "reason=not_latest host_profile_status=pending" in daemon.log()
 
     # The new copy enrolls as if nothing had happened.
