@@ -201,7 +201,8 @@ def _place_host_variable(occurrence: checks.Occurrence) -> None:
     """
     variable, where = occurrence.variable, occurrence.location[0]
     if variable.kind == variables.SECRET:
-        raise checks.secret_in_certificate(variable, "an Android certificate template (found in %s)" % (where,))
+        shown = occurrence.location[2] if where == _SAN else where
+        raise checks.secret_in_certificate(variable, "an Android certificate template (found in %s)" % (shown,))
     if occurrence.in_key or where not in (_SUBJECT, _SAN):
         raise ProfileError(
             "variable %s may only appear in subject or subject_alt_names (found in %s)" % (variable.spelled, where),
@@ -292,7 +293,9 @@ def _occurrences(template: dict) -> list[checks.Occurrence]:
         if path in (android_sans.OBJECT_KEY, android_sans.STRING_KEY):
             for index, entry in enumerate(android_sans.entries(template)):
                 # Never whole (a challenge or proxy URL is no name), but a value, not a key.
-                found.extend(checks.occurrences_in(entry.value, (_SAN, index), False, in_key=False))
+                # The entry's label says where it was written ("subject_alt_names.dns[0]", or Fleet's spelling).
+                label = entry.label[1:-1] if entry.label[:1] == entry.label[-1:] == '"' else entry.label
+                found.extend(checks.occurrences_in(entry.value, (_SAN, index, label), False, in_key=False))
             return
         if isinstance(value, str):
             if path == _SUBJECT:
