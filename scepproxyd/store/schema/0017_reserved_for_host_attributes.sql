@@ -1,0 +1,7 @@
+-- scepproxyd schema version 17: RESERVED, changes nothing.
+--
+-- Number 17 belongs to the host attributes and custom secrets change of
+-- issue 16, developed beside the Windows change (schema 18). This file only
+-- keeps the numbering without a gap on a branch that has 18 but not yet 17;
+-- the merge that brings the real 0017 must delete it (two files numbered
+-- 17 are refused at start-up, so it cannot be forgotten silently).
