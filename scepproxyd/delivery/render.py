@@ -9,11 +9,13 @@ the host profile's older ones: only the newest copy of the profile enrolls.
 import attrs
 from twisted.internet import threads
 
-from scepproxyd.profiles import ANDROID_TEMPLATE, proxy_url, render_profile
+from scepproxyd.profiles import ANDROID_TEMPLATE, WINDOWS_SYNCML, proxy_url, render_profile
 from scepproxyd.store.models import challenge_hash, mint_challenge
 
 CONTENT_TYPES = {
     ANDROID_TEMPLATE: "application/json",
+    # SyncML commands without a SyncML envelope (docs/agent-api.md, Windows SyncML commands).
+    WINDOWS_SYNCML: "application/vnd.syncml.dm+xml",
 }
 MOBILECONFIG_TYPE = "application/x-apple-aspen-config"
 

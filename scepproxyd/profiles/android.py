@@ -47,6 +47,7 @@ def parse(content: bytes) -> ParsedProfile:
     template = _load(content)
     _check_shape(template)
     occurrences = _occurrences(template)
+    checks.refuse_windows_only(occurrences, "an Android certificate template")
     checks.refuse_repeats(occurrences)
     for occurrence in occurrences:
         if occurrence.location[0] not in (_URL, _CHALLENGE, _SUBJECT):

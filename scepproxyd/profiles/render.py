@@ -7,8 +7,8 @@ its exceptions.
 
 from urllib.parse import quote
 
-from scepproxyd.profiles import android, mobileconfig, variables
-from scepproxyd.profiles.model import ANDROID_TEMPLATE, MOBILECONFIG, ProfileError
+from scepproxyd.profiles import android, mobileconfig, syncml, variables
+from scepproxyd.profiles.model import ANDROID_TEMPLATE, MOBILECONFIG, WINDOWS_SYNCML, ProfileError
 
 PROXY_PATH = "/mdm/scep/proxy/"
 
@@ -19,13 +19,27 @@ def render_profile(
     """Replace every variable in a profile accepted by L{parse_profile}.
 
     Apple profiles get XML-escaped values and still parse as a plist; Android
-    templates get the values inside JSON strings and stay valid JSON.
+    templates get the values inside JSON strings and stay valid JSON; Windows
+    SyncML profiles get XML-escaped values and still parse as SyncML.
+
+    The Windows certificate ID (the ClientCertificateInstall/SCEP node name)
+    is the host profile's renewal ID: stable for as long as the profile is
+    assigned to the host, so a resend or a renewal enrolls again in the same
+    node, replacing its certificate instead of leaving the old one behind
+    in another node, and an unassigned profile's node is known; unique per
+    host profile, so two profiles on one host never share a node (the CSP
+    wants a different ID per certificate); and it reveals nothing the issued
+    certificate's subject does not already carry.
     """
-    values = variables.Values(challenge=ca_challenge, proxy_url=proxy_url, renewal_id=renewal_id)
+    values = variables.Values(
+        challenge=ca_challenge, proxy_url=proxy_url, renewal_id=renewal_id, windows_certificate_id=renewal_id
+    )
     if kind == MOBILECONFIG:
         return mobileconfig.render(content, values)
     if kind == ANDROID_TEMPLATE:
         return android.render(content, values)
+    if kind == WINDOWS_SYNCML:
+        return syncml.render(content, values)
     raise ProfileError("unknown profile kind %r" % (kind,))
 
 

@@ -27,11 +27,14 @@ CHALLENGE_PREFIX = PREFIX + "CUSTOM_SCEP_CHALLENGE_"
 PROXY_URL_PREFIX = PREFIX + "CUSTOM_SCEP_PROXY_URL_"
 RENEWAL_ID = PREFIX + "SCEP_RENEWAL_ID"
 RENEWAL_ID_ALIAS = PREFIX + "CERTIFICATE_RENEWAL_ID"
+#: Windows SyncML profiles only: the ClientCertificateInstall/SCEP node's name in every LocURI.
+WINDOWS_CERTIFICATE_ID = PREFIX + "SCEP_WINDOWS_CERTIFICATE_ID"
 
 # What a variable stands for; also the attribute names of L{Values}.
 CHALLENGE = "challenge"
 PROXY_URL = "proxy_url"
 RENEWAL = "renewal_id"
+WINDOWS_ID = "windows_certificate_id"
 
 #: How messages spell "the challenge variable of some CA".
 CHALLENGE_PLACEHOLDER = "$" + CHALLENGE_PREFIX + "<CA>"
@@ -39,6 +42,8 @@ CHALLENGE_PLACEHOLDER = "$" + CHALLENGE_PREFIX + "<CA>"
 PROXY_URL_PLACEHOLDER = "$" + PROXY_URL_PREFIX + "<CA>"
 #: How messages spell the renewal ID variable.
 RENEWAL_ID_PLACEHOLDER = "$" + RENEWAL_ID
+#: How messages spell the Windows certificate ID variable.
+WINDOWS_CERTIFICATE_ID_PLACEHOLDER = "$" + WINDOWS_CERTIFICATE_ID
 
 #: Device-side placeholders: written as ``%Name%``, filled in by the device
 #: itself when it builds its certificate request, never by scepproxyd.
@@ -101,12 +106,16 @@ class Values:
     challenge: str = attrs.field(repr=False)
     proxy_url: str = attrs.field(repr=False)
     renewal_id: str
+    #: The ClientCertificateInstall/SCEP node name (Windows SyncML profiles only; see profiles.syncml).
+    windows_certificate_id: str = ""
 
 
 def classify(name: str) -> Variable:
     """Say what the variable ``name`` (without ``$``) means, or refuse it."""
     if name in (RENEWAL_ID, RENEWAL_ID_ALIAS):
         return Variable(name, RENEWAL, None)
+    if name == WINDOWS_CERTIFICATE_ID:
+        return Variable(name, WINDOWS_ID, None)
     for prefix, kind in ((CHALLENGE_PREFIX, CHALLENGE), (PROXY_URL_PREFIX, PROXY_URL)):
         if name.startswith(prefix):
             ca_name = name[len(prefix):]
