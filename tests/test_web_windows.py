@@ -1,0 +1,177 @@
+"""Windows end to end in process: SyncML upload, outbox delivery, and a Windows-shaped SCEP client.
+
+Everything goes through the documented interfaces: the admin API uploads the
+profile and assigns it to a windows host, the processing job queues it, the
+agent API hands over the rendered SyncML, and support.windows_client enrolls
+with it as Windows' ClientCertificateInstall/SCEP would (GetCACaps and
+GetCACert with ``message=default``, ``/pkiclient.exe``, PKIOperation by GET
+with percent-encoded base64), through the proxy to an upstream CA and to the
+built-in CA.
+"""
+
+import re
+import urllib.parse
+from pathlib import Path
+
+import attrs
+import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from support.web import PUBLIC_URL, UPSTREAM_CA_URL
+from support.windows_client import RECIPIENT_NONCE, Settings, WindowsScepClient
+
+PROFILE = (Path(__file__).parent / "fixtures" / "profiles" / "fleet-custom-scep-windows.xml").read_text()
+HOST = "WIN-HOST-1"
+FAILED = b"custom scep challenge failed\n"
+
+
+def transport(web):
+    """The client's transport: the device-facing listener in process."""
+
+    async def send(method, url, body):
+        assert url.startswith(PUBLIC_URL), url
+        answer = await web.device(method, url[len(PUBLIC_URL):], body)
+        return answer.status, answer.content_type.decode("ascii"), answer.body
+
+    return send
+
+
+async def upstream_thumbprint(web) -> str:
+    response = await web.settle(web.upstream_stub.get(UPSTREAM_CA_URL + "?operation=GetCACert"))
+    der = await web.settle(web.upstream_stub.content(response))
+    return x509.load_der_x509_certificate(der).fingerprint(hashes.SHA1()).hex().upper()
+
+
+async def windows_profile(web, ca: str, thumbprint: str, host: str = HOST) -> dict:
+    """The admin's steps: CA (if needed), a windows host, the SyncML profile, assigned, queued; the agent's fetch."""
+    if ca != web.builtin_ca.name and (await web.admin("GET", "/api/v1/cas/%s" % (ca,))).status == 404:
+        await web.ok(web.admin("POST", "/api/v1/cas", {
+            "name": ca, "url": web.upstream_cas.url(), "challenge": web.upstream_cas.static_challenge}))
+    await web.ok(web.admin("PUT", "/api/v1/hosts/%s" % (host,), {"serial": "SER-" + host, "platform": "windows"}))
+    text = PROFILE.replace("WIFI_CA", ca).replace("0123456789ABCDEF0123456789ABCDEF01234567", thumbprint)
+    profile = await web.ok(web.admin("POST", "/api/v1/profiles", text.encode(), content_type="application/xml"))
+    assert (profile["kind"], profile["platform"], profile["ca"]) == ("windows_syncml", "windows", ca)
+    await web.ok(web.admin("POST", "/api/v1/profiles/%s/assign" % (profile["uuid"],), {"hosts": [host]}))
+    await web.ok(web.admin("POST", "/api/v1/jobs/process_profiles"))
+    credential = await web.credential(host)
+    (command,) = (await web.ok(web.agent("GET", host, "/commands", credential)))["commands"]
+    assert (command["kind"], command["content_type"]) == ("windows_syncml", "application/vnd.syncml.dm+xml")
+    # The node name the certificate ID rendered to: the host profile's renewal ID (also in the SubjectName).
+    (renewal_id,) = set(re.findall(r"ClientCertificateInstall/SCEP/(sp-[0-9a-f]{16})/", command["payload"]))
+    return {"uuid": profile["uuid"], "command": command, "credential": credential, "renewal_id": renewal_id}
+
+
+def subject(certificate) -> dict:
+    return {a.oid: a.value for a in certificate.subject}
+
+
+@pytest_twisted.ensureDeferred
+async def test_windows_enrolls_through_the_proxy_and_verifies_only_with_a_certificate(web):
+    thumbprint = await upstream_thumbprint(web)
+    delivered = await windows_profile(web, "WIN_CA", thumbprint)
+    payload = delivered["command"]["payload"]
+    assert "$FLEET_VAR" not in payload
+    assert "ClientCertificateInstall/SCEP/%s/Install/Enroll" % (delivered["renewal_id"],) in payload
+    settings = Settings.from_syncml(payload)
+    assert urllib.parse.urlsplit(settings.server_url).path.startswith("/mdm/scep/proxy/")
+    assert settings.subject_name == "CN=WIN-WIFI,OU=" + delivered["renewal_id"]
+
+    client = WindowsScepClient(settings, transport(web))
+    answer = await client.enroll()
+    assert answer.status == "SUCCESS"
+    assert answer.attributes[RECIPIENT_NONCE] == client.sender_nonce
+    (certificate,) = answer.certificates
+    assert subject(certificate) == {NameOID.COMMON_NAME: "WIN-WIFI",
+                                    NameOID.ORGANIZATIONAL_UNIT_NAME: delivered["renewal_id"]}
+    # Windows' order and shape of requests.
+    assert [urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["operation"][0] for _, url in client.requests] == [
+        "GetCACaps", "GetCACert", "PKIOperation"]
+    assert all(method == "GET" and urllib.parse.urlsplit(url).path.endswith("/pkiclient.exe")
+               for method, url in client.requests)
+
+    # The agent acknowledges once Windows' Install/Status says the enrollment finished (docs/agent-api.md);
+    # "installed" alone never verifies a Windows profile (fleet#45550), a certificate does.
+    credential, uuid = delivered["credential"], delivered["uuid"]
+    await web.ok(web.agent("POST", HOST, "/commands/" + delivered["command"]["command_uuid"], credential,
+                           {"status": "acknowledged"}))
+    assert await web.ok(web.agent("POST", HOST, "/profiles", credential, {"installed": [uuid]})) == {"verified": 0}
+    assert (await web.host_profile(HOST, uuid))["status"] == "verifying"
+    # The agent reports the certificate the device installed: now verified.
+    pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
+    assert (await web.ok(web.agent("POST", HOST, "/certificates", credential, {"certificates": [pem]})))["recorded"] == 1
+    assert (await web.host_profile(HOST, uuid))["status"] == "verified"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repeated_pki_operation_is_refused_without_a_second_issuance(web):
+    delivered = await windows_profile(web, "WIN_CA", await upstream_thumbprint(web))
+    settings = Settings.from_syncml(delivered["command"]["payload"])
+    client = WindowsScepClient(settings, transport(web))
+    assert (await client.enroll()).status == "SUCCESS"
+    status_before = await web.host_profile(HOST, delivered["uuid"])
+
+    # The same bytes again (Windows retrying after a lost answer): the same 400 as any spent challenge, no CA call.
+    for _ in range(2):
+        status, _, body = await client.repeat()
+        assert (status, body) == (400, FAILED)
+    # A different request presenting the spent challenge: refused too.
+    other = WindowsScepClient(settings, transport(web))
+    await other.get_ca()
+    status, _, body = await other.pki_operation(other.pkcs_req())
+    assert (status, body) == (400, FAILED)
+    # And by POST.
+    other.use_post = True
+    status, _, body = await other.pki_operation(other.pkcs_req())
+    assert (status, body) == (400, FAILED)
+    after = await web.host_profile(HOST, delivered["uuid"])
+    assert (after["status"], after["retries"]) == (status_before["status"], status_before["retries"])
+    # One PKIOperation ever reached the CA with success; the repeats and the others were answered by the proxy.
+    assert await web.metric("scepproxyd_proxy_requests_total", operation="PKIOperation", outcome="ok") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_challenge_never_reaches_the_ca_without_the_one_time_challenge(web):
+    """fleet#51014: a proxy URL whose one-time challenge is unknown is refused before anything is forwarded."""
+    delivered = await windows_profile(web, "WIN_CA", await upstream_thumbprint(web))
+    settings = Settings.from_syncml(delivered["command"]["payload"])
+    forged = settings.server_url.rsplit("%2C", 1)[0] + "%2C" + "A" * 32
+    client = WindowsScepClient(attrs.evolve(settings, server_url=forged), transport(web))
+    await client.get_ca()  # GetCACaps and GetCACert spend nothing and need no challenge
+    status, _, body = await client.pki_operation(client.pkcs_req())
+    assert (status, body) == (400, FAILED)
+    # The real URL still enrolls: the forged attempt spent nothing.
+    real = WindowsScepClient(settings, transport(web))
+    assert (await real.enroll()).status == "SUCCESS"
+
+
+@pytest_twisted.ensureDeferred
+async def test_windows_enrolls_at_the_builtin_ca_whose_cert_rep_carries_every_attribute(web):
+    response = await web.device("GET", "/scep?operation=GetCACert")
+    thumbprint = x509.load_der_x509_certificate(response.body).fingerprint(hashes.SHA1()).hex().upper()
+    delivered = await windows_profile(web, web.builtin_ca.name, thumbprint)
+    settings = Settings.from_syncml(delivered["command"]["payload"])
+    client = WindowsScepClient(settings, transport(web))
+    answer = await client.enroll()  # read_cert_rep asserts every RFC 8894 CertRep attribute
+    assert answer.status == "SUCCESS", answer
+    (certificate,) = answer.certificates
+    assert subject(certificate)[NameOID.ORGANIZATIONAL_UNIT_NAME] == delivered["renewal_id"]
+    # The built-in CA records the certificate on the host profile that earned it: verified, with no agent report.
+    row = await web.host_profile(HOST, delivered["uuid"])
+    assert row["status"] == "verified"
+    # The same bytes again: refused at the proxy, no second certificate.
+    assert (await client.repeat())[0] == 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_builtin_ca_refuses_a_windows_request_for_another_subject(web):
+    response = await web.device("GET", "/scep?operation=GetCACert")
+    thumbprint = x509.load_der_x509_certificate(response.body).fingerprint(hashes.SHA1()).hex().upper()
+    delivered = await windows_profile(web, web.builtin_ca.name, thumbprint)
+    settings = Settings.from_syncml(delivered["command"]["payload"])
+    client = WindowsScepClient(attrs.evolve(settings, subject_name="CN=SOMEONE-ELSE,OU=x"),
+                               transport(web))
+    answer = await client.enroll()
+    assert (answer.status, answer.fail_info) == ("FAILURE", "2")  # badRequest, with failInfo as RFC 8894 asks
+    assert (await web.host_profile(HOST, delivered["uuid"]))["status"] != "verified"
