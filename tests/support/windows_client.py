@@ -335,18 +335,56 @@ def _envelope(plain: bytes, recipient: x509.Certificate, cipher: str) -> bytes:
 
 
 def _open_envelope(der: bytes, key) -> bytes:
-    enveloped = cms.ContentInfo.load(der)["content"]
-    (recipient,) = enveloped["recipient_infos"]
-    secret = key.decrypt(recipient.chosen["encrypted_key"].native, rsa_padding.PKCS1v15())
-    content = enveloped["encrypted_content_info"]
-    algorithm = content["content_encryption_algorithm"]
+    """The plain content of an EnvelopedData; its encrypted content may be BER, in constructed chunks
+    (Go's pkcs7, which scepserver uses, writes it so), which asn1crypto does not read under an implicit tag."""
+    (content_info,) = _ber_children(der)
+    _, explicit = _ber_children(content_info[2])
+    (enveloped_data,) = _ber_children(explicit[2])
+    _, recipients, content = _ber_children(enveloped_data[2])
+    (recipient,) = _ber_children(recipients[2])
+    recipient = cms.KeyTransRecipientInfo.load(recipient[3])
+    secret = key.decrypt(recipient["encrypted_key"].native, rsa_padding.PKCS1v15())
+    _, algorithm, encrypted = _ber_children(content[2])
+    algorithm = algos.EncryptionAlgorithm.load(algorithm[3])
     name = algorithm["algorithm"].native
     iv = algorithm["parameters"].native
     cipher, block = ((algorithms.AES(secret), 128) if name.startswith("aes") else (TripleDES(secret), 64))
     decryptor = Cipher(cipher, modes.CBC(iv)).decryptor()
-    padded = decryptor.update(content["encrypted_content"].native) + decryptor.finalize()
+    padded = decryptor.update(_octets(encrypted)) + decryptor.finalize()
     unpadder = padding.PKCS7(block).unpadder()
     return unpadder.update(padded) + unpadder.finalize()
+
+
+def _ber_children(data: bytes) -> list:
+    """The elements one after another in ``data``, each ``(tag byte, constructed, contents, whole encoding)``;
+    definite and indefinite lengths (single-byte tags: all CMS needs)."""
+    found, position = [], 0
+    while position < len(data) and data[position:position + 2] != b"\x00\x00":
+        start, tag = position, data[position]
+        size = data[position + 1]
+        position += 2
+        if size == 0x80:  # indefinite: contents run to the end-of-contents octets
+            inner = _ber_children(data[position:])
+            length = sum(len(child[3]) for child in inner)
+            contents = data[position:position + length]
+            position += length + 2
+        else:
+            if size & 0x80:
+                count = size & 0x7F
+                size = int.from_bytes(data[position:position + count], "big")
+                position += count
+            contents = data[position:position + size]
+            position += size
+        found.append((tag, bool(tag & 0x20), contents, data[start:position]))
+    return found
+
+
+def _octets(element) -> bytes:
+    """An OCTET STRING's bytes, primitive or in constructed chunks."""
+    tag, constructed, contents, _ = element
+    if not constructed:
+        return contents
+    return b"".join(_octets(child) for child in _ber_children(contents))
 
 
 def _signed_data(content: bytes, attributes, key, signer: x509.Certificate, digest: str) -> bytes:
