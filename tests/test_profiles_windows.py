@@ -280,3 +280,15 @@ def test_install_settings_and_subject_names():
         ("CN", "Doe, John"), ("OU", "sp-1"), ("O", "Ex,ample")]
     with pytest.raises(ProfileError, match="must be a distinguished name"):
         subject_attributes("just text")
+
+
+def test_docs_example_is_the_fixture_and_every_message_is_documented():
+    docs = (Path(__file__).parents[1] / "docs" / "profiles.md").read_text()
+    example = docs.split("<!-- windows-example -->\n```xml\n", 1)[1].split("```", 1)[0]
+    assert example == GOOD_TEXT.split("\n", 1)[1]
+    assert parse_profile(example.encode()).kind == "windows_syncml"
+    from scepproxyd.profiles import syncml
+
+    for message in (syncml.OUTSIDE_SCEP, syncml.NO_ID, syncml.MIXED_SCOPES, syncml.NO_ENROLL, syncml.EXECS,
+                    syncml.DTD, syncml.NOT_SYNCML, syncml.NO_SCEP, syncml.MISSING % (ID, "/Install/X")):
+        assert message in docs, message

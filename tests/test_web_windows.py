@@ -175,3 +175,23 @@ async def test_the_builtin_ca_refuses_a_windows_request_for_another_subject(web)
     answer = await client.enroll()
     assert (answer.status, answer.fail_info) == ("FAILURE", "2")  # badRequest, with failInfo as RFC 8894 asks
     assert (await web.host_profile(HOST, delivered["uuid"]))["status"] != "verified"
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_a_refused_repeat_the_agents_error_report_brings_a_fresh_challenge_that_enrolls(web):
+    """What docs/agent-api.md tells the agent: Windows reports the failed enrollment, the agent reports the
+    error, and the host profile is sent again with a fresh one-time challenge in the same certificate node."""
+    delivered = await windows_profile(web, "WIN_CA", await upstream_thumbprint(web))
+    settings = Settings.from_syncml(delivered["command"]["payload"])
+    client = WindowsScepClient(settings, transport(web))
+    assert (await client.enroll()).status == "SUCCESS"
+    assert (await client.repeat())[0] == 400
+    answer = await web.ok(web.agent("POST", HOST, "/commands/" + delivered["command"]["command_uuid"],
+                                    delivered["credential"], {"status": "error", "error": "SCEP Status 16"}))
+    assert (answer["status"], answer["retries"]) == (None, 1)
+    await web.ok(web.admin("POST", "/api/v1/jobs/process_profiles"))
+    (command,) = (await web.ok(web.agent("GET", HOST, "/commands", delivered["credential"])))["commands"]
+    again = Settings.from_syncml(command["payload"])
+    assert again.server_url != settings.server_url  # a fresh one-time challenge
+    assert "SCEP/%s/Install/Enroll" % (delivered["renewal_id"],) in command["payload"]  # the same node
+    assert (await WindowsScepClient(again, transport(web)).enroll()).status == "SUCCESS"
