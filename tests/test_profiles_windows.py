@@ -215,6 +215,13 @@ def test_deep_nesting_is_refused():
     refused(deep.encode(), "profile is nested too deeply")
 
 
+def test_a_whole_syncml_message_is_refused_with_its_own_message():
+    for envelope in ("<SyncML><SyncBody>%s</SyncBody></SyncML>", "<SyncBody>%s</SyncBody>"):
+        refused((envelope % (GOOD_TEXT,)).encode(),
+                "upload the SyncML commands themselves (<Add>, <Replace>, <Exec>), without the <SyncML> or <SyncBody>"
+                " around them: scepproxyd profiles are written as Fleet's are")
+
+
 def test_text_between_commands_and_other_commands_are_refused():
     with pytest.raises(ProfileError, match="must be a sequence of <Add>, <Replace> and <Exec>"):
         parse_profile(GOOD + b"stray text")
@@ -290,5 +297,5 @@ def test_docs_example_is_the_fixture_and_every_message_is_documented():
     from scepproxyd.profiles import syncml
 
     for message in (syncml.OUTSIDE_SCEP, syncml.NO_ID, syncml.MIXED_SCOPES, syncml.NO_ENROLL, syncml.EXECS,
-                    syncml.DTD, syncml.NOT_SYNCML, syncml.NO_SCEP, syncml.MISSING % (ID, "/Install/X")):
+                    syncml.DTD, syncml.NOT_SYNCML, syncml.NO_SCEP, syncml.ENVELOPE, syncml.MISSING % (ID, "/Install/X")):
         assert message in docs, message

@@ -33,6 +33,8 @@ from scepproxyd.profiles.model import TOO_DEEP, WINDOWS_SYNCML, ParsedProfile, P
 
 COMMANDS = ("Add", "Replace", "Exec")
 ATOMIC = "Atomic"
+# A whole SyncML message rather than the commands: recognised, to be refused with its own message.
+_ENVELOPES = ("SyncML", "SyncBody")
 _SCOPES = ("./Device", "./User")
 _CSP = "/Vendor/MSFT/ClientCertificateInstall/SCEP/"
 _ID = variables.WINDOWS_CERTIFICATE_ID_PLACEHOLDER
@@ -77,6 +79,8 @@ DTD = ("profile declares a DTD or entities (<!DOCTYPE or <!ENTITY); SyncML profi
        " applies exactly the text that was checked")
 NOT_SYNCML = ("a Windows SyncML profile must be a sequence of <Add>, <Replace> and <Exec> commands"
               " (optionally in one <Atomic>)")
+ENVELOPE = ("upload the SyncML commands themselves (<Add>, <Replace>, <Exec>), without the <SyncML> or <SyncBody>"
+            " around them: scepproxyd profiles are written as Fleet's are")
 NO_SCEP = ("profile sets no ClientCertificateInstall/SCEP node; scepproxyd manages certificate profiles only:"
            " add a SCEP install whose LocURIs use %s" % (_ID,))
 
@@ -104,7 +108,7 @@ def looks_like_syncml(head: bytes) -> bool:
     only to recognise the kind: L{parse} then refuses it with its own message."""
     start = _DECLARATION.sub("", head[:65536].decode("utf-8", "replace"), count=1)
     start = _PROLOGUE.sub("", start)
-    return re.match(r"<(%s)\b" % "|".join(COMMANDS + (ATOMIC,)), start) is not None
+    return re.match(r"<(%s)\b" % "|".join(COMMANDS + (ATOMIC,) + _ENVELOPES), start) is not None
 
 
 def parse(content: bytes) -> ParsedProfile:
@@ -212,6 +216,8 @@ def _items(text: str) -> list[Item]:
     root = _tree(text)
     if "".join(root.text).strip():
         raise ProfileError(NOT_SYNCML)
+    if any(element.tag in _ENVELOPES for element in root.children):
+        raise ProfileError(ENVELOPE)
     commands = []
     for element in root.children:
         if element.tag == ATOMIC:
