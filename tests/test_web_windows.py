@@ -195,3 +195,45 @@ async def test_after_a_refused_repeat_the_agents_error_report_brings_a_fresh_cha
     assert again.server_url != settings.server_url  # a fresh one-time challenge
     assert "SCEP/%s/Install/Enroll" % (delivered["renewal_id"],) in command["payload"]  # the same node
     assert (await WindowsScepClient(again, transport(web)).enroll()).status == "SUCCESS"
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_refusals_name_the_platform_and_what_the_builtin_ca_cannot_enforce(web):
+    await web.ok(web.admin("POST", "/api/v1/cas", {
+        "name": "WIN_CA", "url": web.upstream_cas.url(), "challenge": web.upstream_cas.static_challenge}))
+    text = PROFILE.replace("WIFI_CA", "WIN_CA")
+    answer = await web.admin("POST", "/api/v1/profiles?platform=macos", text.encode(), content_type="application/xml")
+    assert (answer.status, answer.json()) == (
+        422, {"error": "a Windows SyncML profile is for platform windows", "field": "platform"})
+    apple = (Path(__file__).parent / "fixtures" / "profiles" / "fleet-custom-scep-apple.mobileconfig").read_bytes()
+    answer = await web.admin("POST", "/api/v1/profiles?platform=windows", apple.replace(b"CA_NAME", b"WIN_CA"))
+    assert (answer.status, answer.json()["field"]) == (422, "platform")
+    answer = await web.admin("POST", "/api/v1/profiles", text.replace("WIN_CA", "NO_SUCH_CA").encode())
+    assert (answer.status, answer.json()) == (
+        422, {"error": "profile uses CA 'NO_SUCH_CA', which does not exist; add it first", "field": "profile"})
+    # A SAN the built-in CA's policy cannot read is refused at upload, not at every device's enrollment.
+    san = ("<Replace><Item><Target><LocURI>./Device/Vendor/MSFT/ClientCertificateInstall/SCEP/"
+           "$FLEET_VAR_SCEP_WINDOWS_CERTIFICATE_ID/Install/SubjectAlternativeNames</LocURI></Target>"
+           "<Data>1+someone@example.com</Data></Item></Replace>\n<Exec>")
+    builtin = PROFILE.replace("WIFI_CA", web.builtin_ca.name).replace("<Exec>", san, 1)
+    answer = await web.admin("POST", "/api/v1/profiles", builtin.encode(), content_type="application/xml")
+    assert answer.status == 422
+    assert answer.json()["error"].startswith(
+        "the built-in CA cannot enforce this profile: SCEP node SubjectAlternativeNames has '1+someone@example.com',"
+        " which scepproxyd cannot check")
+    # With formats it can check, the same profile uploads; Windows asks for those names in its CSR, and the CA's
+    # own SAN policy ([ca] san_dns, unset here) still decides: refused with failInfo and its reason.
+    accepted = builtin.replace("1+someone@example.com", "3+win.example.com;2+someone@example.com")
+    profile = await web.ok(web.admin("POST", "/api/v1/profiles", accepted.encode()))
+    await web.ok(web.admin("PUT", "/api/v1/hosts/%s" % (HOST,), {"serial": "S", "platform": "windows"}))
+    await web.ok(web.admin("POST", "/api/v1/profiles/%s/assign" % (profile["uuid"],), {"hosts": [HOST]}))
+    await web.ok(web.admin("POST", "/api/v1/jobs/process_profiles"))
+    (command,) = (await web.ok(web.agent("GET", HOST, "/commands", await web.credential(HOST))))["commands"]
+    settings = Settings.from_syncml(command["payload"])
+    assert settings.subject_alternative_names == "3+win.example.com;2+someone@example.com"
+    response = await web.device("GET", "/scep?operation=GetCACert")
+    settings = attrs.evolve(settings, ca_thumbprint=x509.load_der_x509_certificate(response.body).fingerprint(
+        hashes.SHA1()).hex().upper())
+    answer = await WindowsScepClient(settings, transport(web)).enroll()
+    assert (answer.status, answer.fail_info) == ("FAILURE", "2")
+    assert "no dns names are issued ([ca] san_dns is not set)" in answer.attributes["1.3.6.1.5.5.7.24.1"]

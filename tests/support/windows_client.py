@@ -65,6 +65,15 @@ _ATTRIBUTE_NAMES = {"2.5.4.3": NameOID.COMMON_NAME, "CN": NameOID.COMMON_NAME,
                     "E": NameOID.EMAIL_ADDRESS, "DC": NameOID.DOMAIN_COMPONENT}
 
 
+# The CSP's SubjectAlternativeNames formats (Windows' CERT_ALT_NAME_* numbers) this client writes.
+_SAN_FORMATS = {
+    "2": x509.RFC822Name,
+    "3": x509.DNSName,
+    "7": x509.UniformResourceIdentifier,
+    "8": lambda value: x509.IPAddress(__import__("ipaddress").ip_address(value)),
+}
+
+
 class _AnySet(core.SetOf):
     _child_spec = core.Any
 
@@ -85,6 +94,8 @@ class Settings:
     key_usage: int = 0xA0
     eku: str = "1.3.6.1.5.5.7.3.2"
     ca_thumbprint: str = ""
+    #: SubjectAlternativeNames as the CSP writes it: ``format+value`` pairs separated by ``;``.
+    subject_alternative_names: str = ""
 
     @classmethod
     def from_syncml(cls, rendered: str) -> "Settings":
@@ -97,7 +108,8 @@ class Settings:
             nodes[uri.rsplit("/", 1)[1]] = item.findtext("Data")
         return cls(server_url=nodes["ServerURL"], challenge=nodes["Challenge"], subject_name=nodes["SubjectName"],
                    key_length=int(nodes["KeyLength"]), hash_algorithm=nodes["HashAlgorithm"],
-                   key_usage=int(nodes["KeyUsage"]), eku=nodes["EKUMapping"], ca_thumbprint=nodes["CAThumbprint"])
+                   key_usage=int(nodes["KeyUsage"]), eku=nodes["EKUMapping"], ca_thumbprint=nodes["CAThumbprint"],
+                   subject_alternative_names=nodes.get("SubjectAlternativeNames") or "")
 
 
 @attrs.frozen
@@ -181,6 +193,11 @@ class WindowsScepClient:
                    .add_extension(usage, critical=True)
                    .add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
                    .add_attribute(AttributeOID.CHALLENGE_PASSWORD, self.settings.challenge.encode("utf-8")))
+        names = [_SAN_FORMATS[kind](value) for kind, _, value in
+                 (pair.strip().partition("+") for pair in self.settings.subject_alternative_names.split(";"))
+                 if value]
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         return builder.sign(self.key, hashes.SHA256())
 
     def pkcs_req(self, csr: x509.CertificateSigningRequest | None = None) -> bytes:
