@@ -365,7 +365,10 @@ def _open_envelope(der: bytes, key) -> bytes:
     algorithm = algos.EncryptionAlgorithm.load(algorithm[3])
     name = algorithm["algorithm"].native
     iv = algorithm["parameters"].native
-    cipher, block = ((algorithms.AES(secret), 128) if name.startswith("aes") else (TripleDES(secret), 64))
+    if name.startswith("aes"):
+        cipher, block = algorithms.AES(secret), 128
+    else:  # 3DES, or single DES (scepserver answers with it whatever it was sent): 3DES with K1 = K2 = K3 is DES
+        cipher, block = TripleDES(secret * 3 if len(secret) == 8 else secret), 64
     decryptor = Cipher(cipher, modes.CBC(iv)).decryptor()
     padded = decryptor.update(_octets(encrypted)) + decryptor.finalize()
     unpadder = padding.PKCS7(block).unpadder()
