@@ -237,3 +237,39 @@ async def test_upload_refusals_name_the_platform_and_what_the_builtin_ca_cannot_
     answer = await WindowsScepClient(settings, transport(web)).enroll()
     assert (answer.status, answer.fail_info) == ("FAILURE", "2")
     assert "no dns names are issued ([ca] san_dns is not set)" in answer.attributes["1.3.6.1.5.5.7.24.1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_windows_enrolls_through_an_upstream_ca_in_ra_mode(web):
+    """RA mode: GetCACert gives the CA and the proxy's RA (Windows encrypts to the RA), the proxy checks the CSR
+    against the rendered SubjectName and answers with its own CertRep, which must carry every attribute too."""
+    await web.ok(web.admin("POST", "/api/v1/cas", {
+        "name": "RA_WIN", "url": web.upstream_cas.url(), "challenge": web.upstream_cas.static_challenge,
+        "mode": "ra", "ra_certificate": "self-signed"}))
+    delivered = await windows_profile(web, "RA_WIN", await upstream_thumbprint(web))
+    settings = Settings.from_syncml(delivered["command"]["payload"])
+    client = WindowsScepClient(settings, transport(web))
+    answer = await client.enroll()
+    assert answer.status == "SUCCESS", answer
+    assert client.recipient != client.ca_certificate  # encrypted to the RA, as Windows does with an RA
+    (certificate,) = answer.certificates
+    row = await web.host_profile(HOST, delivered["uuid"])
+    assert row["cert_serial"] == "%x" % (certificate.serial_number,)
+    # Another subject with a fresh copy of the profile never reaches the CA.
+    await web.ok(web.admin("POST", "/api/v1/host-profiles/%s/%s/resend" % (HOST, delivered["uuid"])))
+    await web.ok(web.admin("POST", "/api/v1/jobs/process_profiles"))
+    (command,) = (await web.ok(web.agent("GET", HOST, "/commands", delivered["credential"])))["commands"]
+    other = WindowsScepClient(attrs.evolve(Settings.from_syncml(command["payload"]), subject_name="CN=EVIL-WIFI,OU=x"),
+                              transport(web))
+    refused = await other.enroll()
+    assert (refused.status, refused.fail_info) == ("FAILURE", "2")
+
+
+@pytest_twisted.ensureDeferred
+async def test_windows_with_3des_gets_its_answer_in_3des_from_the_builtin_ca(web):
+    response = await web.device("GET", "/scep?operation=GetCACert")
+    thumbprint = x509.load_der_x509_certificate(response.body).fingerprint(hashes.SHA1()).hex().upper()
+    delivered = await windows_profile(web, web.builtin_ca.name, thumbprint)
+    client = WindowsScepClient(Settings.from_syncml(delivered["command"]["payload"]), transport(web), prefer_aes=False)
+    answer = await client.enroll()
+    assert (answer.status, answer.cipher) == ("SUCCESS", "tripledes_3key")

@@ -120,6 +120,8 @@ class CertRep:
     fail_info: str | None
     certificates: list
     attributes: dict  # OID -> the native value
+    #: The content-encryption algorithm of a SUCCESS's envelope (asn1crypto's name), None otherwise.
+    cipher: str | None = None
 
 
 @attrs.define
@@ -127,12 +129,16 @@ class WindowsScepClient:
     settings: Settings
     send: object  # async (method, url, body) -> (status, content_type, body)
     use_post: bool = False
+    #: False: encrypt with 3DES even when GetCACaps lists AES (what Windows does with a CA that lists no AES).
+    prefer_aes: bool = True
     key: rsa.RSAPrivateKey = attrs.field(default=None, repr=False)
     #: (method, url) of every request sent, in order.
     requests: list = attrs.Factory(list)
     caps: list = attrs.Factory(list)
     ca_certificate: x509.Certificate | None = None
     recipient: x509.Certificate | None = None
+    #: Every certificate GetCACert gave: a CertRep may be signed by the CA or by its RA among them.
+    ca_certificates: list = attrs.Factory(list)
     #: The last PKIOperation: its DER, URL and the nonce and transaction ID it carried.
     last_message: bytes = b""
     last_url: str = ""
@@ -163,6 +169,7 @@ class WindowsScepClient:
             certificates = [x509.load_der_x509_certificate(c.chosen.dump()) for c in signed["certificates"]]
         else:
             certificates = [x509.load_der_x509_certificate(body)]
+        self.ca_certificates = certificates
         cas = [c for c in certificates if _is_ca(c)]
         thumbprint = self.settings.ca_thumbprint.upper()
         if thumbprint:
@@ -205,7 +212,7 @@ class WindowsScepClient:
         csr = csr or self.csr()
         signer = _self_signed(self.key, csr.subject)
         envelope = _envelope(csr.public_bytes(serialization.Encoding.DER), self.recipient,
-                             "aes256_cbc" if "AES" in self.caps else "tripledes_3key")
+                             "aes256_cbc" if "AES" in self.caps and self.prefer_aes else "tripledes_3key")
         digest = "sha256" if "SHA-256" in self.caps else "sha1"
         self.sender_nonce = os.urandom(16)
         spki = self.key.public_key().public_bytes(serialization.Encoding.DER,
@@ -247,11 +254,13 @@ class WindowsScepClient:
 
     def read(self, der: bytes) -> CertRep:
         """Check a CertRep as Windows does and return what it says (raises AssertionError on any fault)."""
-        return read_cert_rep(der, self.key, self.ca_certificate, self.sender_nonce, self.transaction_id)
+        return read_cert_rep(der, self.key, self.ca_certificate, self.sender_nonce, self.transaction_id,
+                             self.ca_certificates)
 
 
-def read_cert_rep(der, key, ca_certificate, sender_nonce, transaction_id) -> CertRep:
-    """A CertRep checked against RFC 8894 section 3.3.2 and the request it answers."""
+def read_cert_rep(der, key, ca_certificate, sender_nonce, transaction_id, trusted=()) -> CertRep:
+    """A CertRep checked against RFC 8894 section 3.3.2 and the request it answers; its signer must be the CA,
+    a certificate the CA issued, or one of ``trusted`` (what GetCACert gave: an RA)."""
     info = cms.ContentInfo.load(der)
     assert info["content_type"].native == "signed_data"
     signed = info["content"]
@@ -261,7 +270,7 @@ def read_cert_rep(der, key, ca_certificate, sender_nonce, transaction_id) -> Cer
     (signer,) = [c for c in certificates + [ca_certificate]
                  if c.serial_number == sid["serial_number"].native
                  and c.issuer.public_bytes() == sid["issuer"].dump()][:1]
-    if signer != ca_certificate:
+    if signer != ca_certificate and signer not in trusted:
         signer.verify_directly_issued_by(ca_certificate)
     raw_attributes = signer_info["signed_attrs"]
     assert raw_attributes, "a CertRep must carry authenticated attributes"
@@ -291,14 +300,14 @@ def read_cert_rep(der, key, ca_certificate, sender_nonce, transaction_id) -> Cer
     if status == "FAILURE":
         assert FAIL_INFO in attributes, "a FAILURE CertRep lacks failInfo"
         fail_info = attributes[FAIL_INFO].native
-    found = []
+    found, cipher = [], None
     if status == "SUCCESS":
-        inner = _open_envelope(content, key)
+        inner, cipher = _open_envelope(content, key)
         degenerate = cms.ContentInfo.load(inner)["content"]
         found = [x509.load_der_x509_certificate(c.chosen.dump()) for c in degenerate["certificates"]]
         mine = key.public_key().public_numbers()
         found = [c for c in found if c.public_key().public_numbers() == mine] or found
-    return CertRep(status, fail_info, found, {oid: value.native for oid, value in attributes.items()})
+    return CertRep(status, fail_info, found, {oid: value.native for oid, value in attributes.items()}, cipher)
 
 
 # -- CMS, built and opened with asn1crypto and cryptography ---------------------------------------
@@ -351,8 +360,8 @@ def _envelope(plain: bytes, recipient: x509.Certificate, cipher: str) -> bytes:
     return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
 
 
-def _open_envelope(der: bytes, key) -> bytes:
-    """The plain content of an EnvelopedData; its encrypted content may be BER, in constructed chunks
+def _open_envelope(der: bytes, key) -> tuple[bytes, str]:
+    """The plain content of an EnvelopedData and its cipher's name; its encrypted content may be BER, in constructed chunks
     (Go's pkcs7, which scepserver uses, writes it so), which asn1crypto does not read under an implicit tag."""
     (content_info,) = _ber_children(der)
     _, explicit = _ber_children(content_info[2])
@@ -372,7 +381,7 @@ def _open_envelope(der: bytes, key) -> bytes:
     decryptor = Cipher(cipher, modes.CBC(iv)).decryptor()
     padded = decryptor.update(_octets(encrypted)) + decryptor.finalize()
     unpadder = padding.PKCS7(block).unpadder()
-    return unpadder.update(padded) + unpadder.finalize()
+    return unpadder.update(padded) + unpadder.finalize(), name
 
 
 def _ber_children(data: bytes) -> list:
