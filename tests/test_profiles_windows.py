@@ -205,6 +205,16 @@ def test_variables_hidden_from_one_view_are_refused(hidden):
         parse_profile(replaced("<Data>160</Data>", "<Data>160%s</Data>" % (hidden,)))
 
 
+@pytest.mark.parametrize("old, new", [
+    ('<Format xmlns="syncml:metinf">int</Format>', '<Format xmlns="syncml:metinf">$FLEET_VAR_SCEP_RENEWAL_ID</Format>'),
+    ('<Format xmlns="syncml:metinf">int</Format>', '<Format xmlns="$FLEET_VAR_SCEP_RENEWAL_ID">int</Format>'),
+    ("<Add>", "<Add><CmdID>$FLEET_VAR_CUSTOM_SCEP_CHALLENGE_WIFI_CA</CmdID>"),
+])
+def test_a_variable_outside_locuri_and_data_is_refused(old, new):
+    with pytest.raises(ProfileError, match="must be written as plain text in a <LocURI> or <Data>"):
+        parse_profile(replaced(old, new))
+
+
 def test_a_variable_spelled_with_character_references_is_refused():
     with pytest.raises(ProfileError, match="must be written as plain text"):
         parse_profile(replaced("<Data>160</Data>", "<Data>&#36;FLEET_VAR_SCEP_RENEWAL_ID</Data>"))
