@@ -9,11 +9,12 @@ does not know (a later or parallel schema's table referencing hosts).
 import sqlite3
 
 import pytest
+import pytest_twisted
 
 from scepproxyd.daemon.logs import get_logger
 from scepproxyd.store import Store, postgres
 from scepproxyd.store.database import _refuse_newer, _schema_files, statements
-from tests.support.store import CA, EPOCH, SCHEMA_VERSION, database_at_schema
+from support.store import CA, EPOCH, SCHEMA_VERSION, claim_all, database_at_schema
 
 # Found by what it does, not its number: numbers are given out at merge.
 WINDOWS_SCHEMA = next(n for n, script in _schema_files() if "'windows_syncml'" in script)
@@ -159,3 +160,35 @@ def test_a_postgresql_variant_replaces_its_common_file_only_on_postgresql():
     assert "DROP TABLE hosts" in sqlite_files[WINDOWS_SCHEMA]
     assert "DROP CONSTRAINT hosts_platform_check" in postgres_files[WINDOWS_SCHEMA]
     assert [n for n in sqlite_files if sqlite_files[n] != postgres_files[n]] == [WINDOWS_SCHEMA]
+
+
+# -- the store on either engine, at the latest schema -------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_windows_hosts_and_profiles_are_stored_and_claimed_for_the_outbox(store):
+    await store.add_ca(CA, "https://ca.example/scep")
+    await store.upsert_host("win-1", None, "windows")
+    await store.add_profile("p-win", "Win", "windows", b"<Add/>", CA, kind="windows_syncml")
+    await store.upsert_host("mac-1", None, "macos")
+    await store.add_profile("p-mac", "Mac", "macos", b"<plist/>", CA, identifier="com.example.mac")
+    await store.assign_profile("win-1", "p-win")
+    await store.assign_profile("mac-1", "p-mac")
+    claimed = await claim_all(store)
+    assert set(claimed) == {("win-1", "p-win"), ("mac-1", "p-mac")}
+    assert (await store.get_profile("p-win")).kind == "windows_syncml"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_installed_report_never_verifies_a_windows_host_profile(store):
+    await store.add_ca(CA, "https://ca.example/scep")
+    for host, platform in (("win-1", "windows"), ("mac-1", "macos")):
+        await store.upsert_host(host, None, platform)
+    await store.add_profile("p-win", "Win", "windows", b"<Add/>", CA, kind="windows_syncml")
+    await store.add_profile("p-mac", "Mac", "macos", b"<plist/>", CA, identifier="com.example.mac")
+    for host, profile in (("win-1", "p-win"), ("mac-1", "p-mac")):
+        await store.assign_profile(host, profile)
+        await store.set_host_profile_status(host, profile, "verifying")
+    assert await store.profiles_installed("win-1", ["p-win"]) == 0
+    assert await store.profiles_installed("mac-1", ["p-mac", "com.example.mac"]) == 1
+    statuses = {(hp.host_uuid, hp.status) for hp in await store.list_host_profiles()}
+    assert statuses == {("win-1", "verifying"), ("mac-1", "verified")}
