@@ -273,3 +273,24 @@ async def test_windows_with_3des_gets_its_answer_in_3des_from_the_builtin_ca(web
     client = WindowsScepClient(Settings.from_syncml(delivered["command"]["payload"]), transport(web), prefer_aes=False)
     answer = await client.enroll()
     assert (answer.status, answer.cipher) == ("SUCCESS", "tripledes_3key")
+
+
+@pytest_twisted.ensureDeferred
+async def test_at_the_builtin_cas_own_scep_url_a_repeat_gets_the_same_answer_and_no_second_certificate(web):
+    """A built-in CA reached directly (``/scep/pkiclient.exe``, static challenge on, as for network gear):
+    the same PKIOperation again, byte for byte, is answered with the certificate already issued."""
+    async def send(method, url, body):
+        response = await web.settle(web.upstream_stub.request(method, url, data=body))
+        content = await web.settle(web.upstream_stub.content(response))
+        return response.code, (response.headers.getRawHeaders(b"Content-Type") or [b""])[0].decode(), content
+
+    settings = Settings(server_url=UPSTREAM_CA_URL, challenge=web.upstream_cas.static_challenge,
+                        subject_name="CN=GEAR-WIFI,OU=network")
+    client = WindowsScepClient(settings, send)
+    first = await client.enroll()
+    assert first.status == "SUCCESS", first
+    status, _, body = await client.repeat()
+    assert status == 200
+    again = client.read(body)
+    assert again.status == "SUCCESS"
+    assert [c.serial_number for c in again.certificates] == [c.serial_number for c in first.certificates]
