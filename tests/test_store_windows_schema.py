@@ -34,11 +34,11 @@ class Engine:
     def __init__(self, engine, target, password):
         self.engine, self.target, self.password = engine, target, password
 
-    def before(self):
+    def before(self, version):
         if self.engine == "sqlite":
-            self.conn = database_at_schema(self.target, WINDOWS_SCHEMA - 1)
+            self.conn = database_at_schema(self.target, version)
         else:
-            postgres.migrate(self.target, self.password, _schema_files("postgresql")[:WINDOWS_SCHEMA - 1],
+            postgres.migrate(self.target, self.password, _schema_files("postgresql")[:version],
                              statements, _refuse_newer, get_logger(__name__))
             self.conn = postgres.connect(self.target, self.password)
         return self
@@ -78,10 +78,14 @@ class Engine:
             " AND conrelid = to_regclass(?)", (table,)).fetchall())
 
 
-@pytest.fixture
-def old(engine, empty_database):
+#: Upgraded from: schema 16 (the last release before issue 16's schemas), and the schema just before this one.
+STARTS = sorted({16, WINDOWS_SCHEMA - 1})
+
+
+@pytest.fixture(params=STARTS, ids=["from-%d" % (n,) for n in STARTS])
+def old(request, engine, empty_database):
     target, password = empty_database
-    db = Engine(engine, str(target), password).before()
+    db = Engine(engine, str(target), password).before(request.param)
     db.run("INSERT INTO cas (name, url, created_at, updated_at) VALUES (?, 'https://ca.example/scep', ?, ?)",
            (CA, EPOCH, EPOCH))
     for uuid, serial, platform in HOSTS:
