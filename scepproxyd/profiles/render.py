@@ -26,7 +26,7 @@ def render_profile(
     is the host profile's renewal ID: stable for as long as the profile is
     assigned to the host, so a resend or a renewal enrolls again in the same
     node, replacing its certificate instead of leaving the old one behind
-    in another node, and an unassigned profile's node is known; unique per
+    in another node, and an agent removing the profile knows its node; unique per
     host profile, so two profiles on one host never share a node (the CSP
     wants a different ID per certificate); and it reveals nothing the issued
     certificate's subject does not already carry.
