@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from support.store import TTL
 from support.web import PUBLIC_URL, UPSTREAM_CA_URL
 from support.windows_client import RECIPIENT_NONCE, Settings, WindowsScepClient
 
@@ -294,3 +295,24 @@ async def test_at_the_builtin_cas_own_scep_url_a_repeat_gets_the_same_answer_and
     again = client.read(body)
     assert again.status == "SUCCESS"
     assert [c.serial_number for c in again.certificates] == [c.serial_number for c in first.certificates]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_windows_host_back_after_the_ttl_is_refused_and_gets_a_fresh_copy_without_a_retry(web, clock):
+    """The one-time challenge is always enforced, expired too: the request never reaches the CA, and the
+    profile is sent again (no retry counted) into the same certificate node."""
+    delivered = await windows_profile(web, "WIN_CA", await upstream_thumbprint(web))
+    client = WindowsScepClient(Settings.from_syncml(delivered["command"]["payload"]), transport(web))
+    await client.get_ca()
+    message = client.pkcs_req()
+    clock.advance(TTL + 1)
+    status, _, body = await client.pki_operation(message)
+    assert (status, body) == (400, FAILED)
+    row = await web.host_profile(HOST, delivered["uuid"])
+    assert (row["status"], row["retries"]) == (None, 0)
+    assert await web.metric("scepproxyd_proxy_requests_total", operation="PKIOperation", outcome="ok") == 0
+    await web.ok(web.admin("POST", "/api/v1/jobs/process_profiles"))
+    (command,) = (await web.ok(web.agent("GET", HOST, "/commands", delivered["credential"])))["commands"]
+    assert "SCEP/%s/Install/Enroll" % (delivered["renewal_id"],) in command["payload"]
+    assert (await WindowsScepClient(Settings.from_syncml(command["payload"]), transport(web)).enroll()).status == \
+        "SUCCESS"
