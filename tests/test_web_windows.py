@@ -106,6 +106,14 @@ async def test_windows_enrolls_through_the_proxy_and_verifies_only_with_a_certif
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_get_message_in_crlf_wrapped_base64_enrolls(web):
+    delivered = await windows_profile(web, "WIN_CA", await upstream_thumbprint(web))
+    client = WindowsScepClient(Settings.from_syncml(delivered["command"]["payload"]), transport(web), wrap_base64=True)
+    assert (await client.enroll()).status == "SUCCESS"
+    assert "%0D%0A" in client.last_url
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_repeated_pki_operation_is_refused_without_a_second_issuance(web):
     delivered = await windows_profile(web, "WIN_CA", await upstream_thumbprint(web))
     settings = Settings.from_syncml(delivered["command"]["payload"])

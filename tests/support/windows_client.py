@@ -131,6 +131,9 @@ class WindowsScepClient:
     use_post: bool = False
     #: False: encrypt with 3DES even when GetCACaps lists AES (what Windows does with a CA that lists no AES).
     prefer_aes: bool = True
+    #: True: the GET message's base64 broken by CRLF every 64 characters, as Windows' CryptBinaryToString
+    #: writes base64 unless told not to (percent-encoded like the rest).
+    wrap_base64: bool = False
     key: rsa.RSAPrivateKey = attrs.field(default=None, repr=False)
     #: (method, url) of every request sent, in order.
     requests: list = attrs.Factory(list)
@@ -234,7 +237,10 @@ class WindowsScepClient:
             url = "%s/pkiclient.exe?operation=PKIOperation" % (self.settings.server_url,)
             self.last_message, self.last_url = message, url
             return await self._get("POST", url, message)
-        url = self.url("PKIOperation", base64.b64encode(message).decode("ascii"))
+        encoded = base64.b64encode(message).decode("ascii")
+        if self.wrap_base64:
+            encoded = "".join(encoded[i:i + 64] + "\r\n" for i in range(0, len(encoded), 64))
+        url = self.url("PKIOperation", encoded)
         self.last_message, self.last_url = message, url
         return await self._get("GET", url)
 
