@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import ipaddress
 import os
 import urllib.parse
 
@@ -70,7 +71,7 @@ _SAN_FORMATS = {
     "2": x509.RFC822Name,
     "3": x509.DNSName,
     "7": x509.UniformResourceIdentifier,
-    "8": lambda value: x509.IPAddress(__import__("ipaddress").ip_address(value)),
+    "8": lambda value: x509.IPAddress(ipaddress.ip_address(value)),
 }
 
 
