@@ -12,10 +12,8 @@ log = get_logger(__name__)
 
 
 def backends_for(backend: str) -> dict[str, str]:
-    """Which delivery backend serves each platform: push backends are Apple-only."""
-    if backend == "outbox":
-        return {platform: "outbox" for platform in PLATFORMS}
-    return dict({platform: backend for platform in APPLE_PLATFORMS}, android="outbox")
+    """Which delivery backend serves each platform: push backends are Apple-only, the rest use the outbox."""
+    return {platform: backend if platform in APPLE_PLATFORMS else "outbox" for platform in PLATFORMS}
 
 
 class ProcessProfilesJob:

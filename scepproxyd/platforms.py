@@ -8,4 +8,4 @@ in one place and every message stays in step with what is accepted.
 #: Platforms a .mobileconfig is for; push delivery backends serve only these.
 APPLE_PLATFORMS = ("macos", "ios", "ipados")
 #: Every platform a host can be, in the order messages list them.
-PLATFORMS = APPLE_PLATFORMS + ("android",)
+PLATFORMS = APPLE_PLATFORMS + ("android", "windows")

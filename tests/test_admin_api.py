@@ -125,8 +125,8 @@ async def test_host_put_list_show_delete(api):
     code, body = await api.call("GET", "/api/v1/hosts")
     assert [h["serial"] for h in body["hosts"]] == ["C02Y"]
     assert (await api.call("GET", "/api/v1/hosts/HOST-1"))[1]["profiles"] == []
-    assert (await api.call("PUT", "/api/v1/hosts/HOST-2", {"serial": "s", "platform": "windows"})) == (
-        422, {"error": "platform must be one of macos, ios, ipados, android", "field": "platform"})
+    assert (await api.call("PUT", "/api/v1/hosts/HOST-2", {"serial": "s", "platform": "beos"})) == (
+        422, {"error": "platform must be one of macos, ios, ipados, android, windows", "field": "platform"})
     assert (await api.call("PUT", "/api/v1/hosts/bad%20uuid", {"serial": "s", "platform": "ios"}))[0] == 422
     assert (await api.call("DELETE", "/api/v1/hosts/HOST-1"))[0] == 204
     assert (await api.call("GET", "/api/v1/hosts/HOST-1")) == (404, {"error": "no host 'HOST-1'"})
@@ -142,7 +142,7 @@ async def test_host_import_csv_and_json_all_or_nothing(api):
         200, {"created": 1, "updated": 1})
     bad = b"uuid,serial,platform\nB1,S,macos\nB2,S,amiga\n"
     assert await api.call("POST", "/api/v1/hosts/import", raw=bad, content_type="text/csv") == (
-        422, {"error": "row 2: platform must be one of macos, ios, ipados, android", "field": "platform"})
+        422, {"error": "row 2: platform must be one of macos, ios, ipados, android, windows", "field": "platform"})
     assert (await api.call("GET", "/api/v1/hosts/B1"))[0] == 404
     code, body = await api.call("POST", "/api/v1/hosts/import", raw=b"serial\nx\n", content_type="text/csv")
     assert (code, body["error"]) == (422, "CSV import needs a header line with uuid, serial, platform")

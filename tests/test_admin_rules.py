@@ -8,9 +8,9 @@ from scepproxyd.admin import InvalidAdminInput
 
 def test_a_bad_host_is_refused_with_the_rules_own_error_naming_the_field():
     with pytest.raises(InvalidAdminInput) as refused:
-        admin.check_host("HOST-2", "s", "windows")
+        admin.check_host("HOST-2", "s", "beos")
     assert (refused.value.message, refused.value.field) == (
-        "platform must be one of macos, ios, ipados, android", "platform")
+        "platform must be one of macos, ios, ipados, android, windows", "platform")
     assert admin.check_host("HOST-2", "", "ios") == ("HOST-2", None, "ios")
 
 
@@ -19,7 +19,7 @@ def test_an_import_names_the_row_at_fault():
     with pytest.raises(InvalidAdminInput) as refused:
         admin.parse_host_import(raw, "text/csv")
     assert (refused.value.message, refused.value.field) == (
-        "row 2: platform must be one of macos, ios, ipados, android", "platform")
+        "row 2: platform must be one of macos, ios, ipados, android, windows", "platform")
 
 
 @pytest.mark.parametrize("check, value, field", [

@@ -288,7 +288,7 @@ async def test_bulk_issue_by_list_platform_or_all(agent_site):
         ({"all": True, "platform": "ios"}, {"error": "give one of hosts (a list of host UUIDs), platform, or all: true",
                                             "field": "hosts"}),
         ({"hosts": []}, {"error": "hosts must be a non-empty list of host UUIDs", "field": "hosts"}),
-        ({"platform": "beos"}, {"error": "platform must be one of macos, ios, ipados, android", "field": "platform"}),
+        ({"platform": "beos"}, {"error": "platform must be one of macos, ios, ipados, android, windows", "field": "platform"}),
         ({"all": True, "rotate": "yes"}, {"error": "rotate must be true or false", "field": "rotate"}),
     ]
     for body, error in refusals:

@@ -602,12 +602,12 @@ def test_host_import_from_stdin(tcp_api):
 
 def test_host_import_refused_row(tcp_api, tmp_path):
     path = tmp_path / "hosts.csv"
-    path.write_text("uuid,serial,platform\nH1,S1,windows\n")
+    path.write_text("uuid,serial,platform\nH1,S1,beos\n")
     tcp_api.answer("POST", "/api/v1/hosts/import", 422,
-                   {"error": "row 1: platform must be one of macos, ios, ipados, android", "field": "platform"})
+                   {"error": "row 1: platform must be one of macos, ios, ipados, android, windows", "field": "platform"})
     code, out, err = ctl(tcp_api, "host", "import", str(path))
     assert (code, out) == (1, "")
-    assert err == "scepproxyctl: row 1: platform must be one of macos, ios, ipados, android (field: platform)\n"
+    assert err == "scepproxyctl: row 1: platform must be one of macos, ios, ipados, android, windows (field: platform)\n"
 
 
 def test_host_import_missing_file(tcp_api, tmp_path):

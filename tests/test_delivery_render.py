@@ -12,7 +12,7 @@ from scepproxyd.keys import ChallengeCipher
 from scepproxyd.store.ca import CaGrant
 
 FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
-BACKENDS = dict.fromkeys(("macos", "ios", "ipados", "android"), "outbox")
+BACKENDS = dict.fromkeys(("macos", "ios", "ipados", "android", "windows"), "outbox")
 KEY = b"k" * 32
 
 

@@ -89,9 +89,10 @@ async def test_renewal_loops_until_no_more_due():
 
 
 def test_push_backends_serve_apple_only():
-    assert backends_for("outbox") == {"macos": "outbox", "ios": "outbox", "ipados": "outbox", "android": "outbox"}
+    assert backends_for("outbox") == {
+        "macos": "outbox", "ios": "outbox", "ipados": "outbox", "android": "outbox", "windows": "outbox"}
     assert backends_for("nanomdm")["macos"] == "nanomdm"
-    assert backends_for("nanomdm")["android"] == "outbox"
+    assert backends_for("nanomdm")["android"] == backends_for("nanomdm")["windows"] == "outbox"
 
 
 def test_admin_api_doc_lists_every_job():

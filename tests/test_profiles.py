@@ -25,7 +25,8 @@ GOOD = (FIXTURES / "fleet-custom-scep-apple.mobileconfig").read_bytes()
 
 SIGNED = "profile is signed (CMS); upload it unsigned: signed profiles cannot be rendered"
 NEITHER = (
-    "profile is neither an Apple .mobileconfig (XML plist) nor an Android certificate template (JSON)"
+    "profile is neither an Apple .mobileconfig (XML plist), an Android certificate template (JSON)"
+    " nor a Windows SyncML profile (<Add>, <Replace> and <Exec> commands)"
 )
 NO_PROXY_VARIABLES = (
     "SCEP payload uses no proxy variables: scepproxyd only delivers SCEP profiles that enroll"

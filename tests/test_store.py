@@ -169,7 +169,7 @@ async def test_add_and_get_ca(store):
 @pytest_twisted.ensureDeferred
 async def test_profile_and_assignment_errors(store, clock):
     with pytest.raises(ValueError, match="platform must be one of"):
-        await store.upsert_host(HOST, "S", "windows")
+        await store.upsert_host(HOST, "S", "beos")
     with pytest.raises(NotFoundError, match="CA 'ghost', which does not exist"):
         await store.add_profile(PROFILE, "p", "ios", b"x", "ghost")
     hp = await seed(store)

@@ -134,7 +134,7 @@ async def test_list_hosts(store):
     assert await store.list_hosts("ios") == [Host("b", "S-b", "ios", EPOCH, EPOCH), Host("c", "S-c", "ios", EPOCH, EPOCH)]
     assert await store.list_hosts("macos") == []
     with pytest.raises(ValueError, match="platform must be one of"):
-        await store.list_hosts("windows")
+        await store.list_hosts("beos")
 
 
 @pytest_twisted.ensureDeferred
@@ -166,7 +166,7 @@ async def test_import_hosts(store, clock):
 @pytest.mark.parametrize(
     "bad_row, message",
     [
-        (("h9", "S", "windows"), r"row 2: platform must be one of .*'windows'"),
+        (("h9", "S", "beos"), r"row 2: platform must be one of .*'beos'"),
         (("h9", "S"), r"row 2: expected \(uuid, serial, platform\)"),
         (("", "S", "ios"), "row 2: host uuid must be a non-empty string"),
     ],
@@ -214,7 +214,7 @@ async def test_add_profile_errors(store):
     with pytest.raises(ValueError, match="profile kind must be one of"):
         await store.add_profile(PROFILE, "p", "ios", b"x", None, kind="pdf")
     with pytest.raises(ValueError, match="platform must be one of"):
-        await store.add_profile(PROFILE, "p", "windows", b"x", None)
+        await store.add_profile(PROFILE, "p", "beos", b"x", None)
     assert table(store, "profiles") == []
     await store.add_profile(PROFILE, "p", "ios", b"x", None)
     with pytest.raises(DuplicateError, match=f"uuid {PROFILE} already exists"):

@@ -145,7 +145,7 @@ async def test_assign_profile_to_platform_errors(store):
     with pytest.raises(NotFoundError, match="no profile ghost"):
         await store.assign_profile_to_platform("ghost", "macos")
     with pytest.raises(ValueError, match="platform must be one of"):
-        await store.assign_profile_to_platform("mac-profile", "windows")
+        await store.assign_profile_to_platform("mac-profile", "beos")
     assert host_profiles(store) == []
 
 

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     host = group("host", "hosts")
     command(host, "add", commands.host_add, "create or update a host",
             arg("uuid", metavar="UUID"), arg("--serial", help="serial number"),
-            arg("--platform", required=True, help="macos, ios, ipados or android"))
+            arg("--platform", required=True, help="macos, ios, ipados, android or windows"))
     command(host, "import", commands.host_import, "create or update hosts from CSV or JSON",
             arg("file", metavar="FILE", help="uuid,serial,platform CSV (optional idp_* columns) or a JSON list; - for stdin"),
             arg("--format", choices=("csv", "json"), help="default: json for *.json, else csv"))
@@ -146,9 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
             arg("uuid", metavar="UUID"))
 
     profile = group("profile", "certificate profiles")
-    command(profile, "upload", commands.profile_upload, "upload a .mobileconfig or Android template",
+    command(profile, "upload", commands.profile_upload, "upload a .mobileconfig, Android template or Windows SyncML profile",
             arg("file", metavar="FILE", help="the profile; - for stdin"),
-            arg("--platform", help="macos (default), ios, ipados; android for templates"),
+            arg("--platform", help="macos (default), ios, ipados; android for templates; windows for SyncML"),
             arg("--name", help="display name (default: from the profile)"))
     command(profile, "list", commands.profile_list, "list profiles")
     command(profile, "show", commands.profile_show, "show one profile", arg("uuid", metavar="UUID"))

@@ -10,13 +10,15 @@ import attrs
 from twisted.internet import threads
 
 from scepproxyd.daemon.logs import get_logger
-from scepproxyd.profiles import ANDROID_TEMPLATE, proxy_url, render_profile, variables
+from scepproxyd.profiles import ANDROID_TEMPLATE, WINDOWS_SYNCML, proxy_url, render_profile, variables
 from scepproxyd.store.models import challenge_hash, mint_challenge
 
 log = get_logger(__name__)
 
 CONTENT_TYPES = {
     ANDROID_TEMPLATE: "application/json",
+    # SyncML commands without a SyncML envelope (docs/agent-api.md, Windows SyncML commands).
+    WINDOWS_SYNCML: "application/vnd.syncml.dm+xml",
 }
 MOBILECONFIG_TYPE = "application/x-apple-aspen-config"
 

@@ -1,4 +1,4 @@
-"""Certificate profiles: Apple .mobileconfig and Android certificate templates.
+"""Certificate profiles: Apple .mobileconfig, Android certificate templates, Windows SyncML.
 
 Parse and validate at upload (L{parse_profile}), render per host at delivery
 (L{render_profile}). Variable names live in L{scepproxyd.profiles.variables}
@@ -10,6 +10,7 @@ from scepproxyd.profiles.model import (
     MOBILECONFIG,
     ParsedProfile,
     ProfileError,
+    WINDOWS_SYNCML,
 )
 from scepproxyd.profiles.parse import parse_profile
 from scepproxyd.profiles.render import proxy_url, render_profile
@@ -19,6 +20,7 @@ __all__ = [
     "MOBILECONFIG",
     "ParsedProfile",
     "ProfileError",
+    "WINDOWS_SYNCML",
     "parse_profile",
     "proxy_url",
     "render_profile",

@@ -49,6 +49,7 @@ def parse(content: bytes) -> ParsedProfile:
     template = _load(content)
     _check_shape(template)
     occurrences = _occurrences(template)
+    checks.refuse_windows_only(occurrences, "an Android certificate template")
     # A name may repeat a host's value (the renewal ID in the CN and in a DNS name);
     # everywhere else each variable is written once.
     checks.refuse_repeats([o for o in occurrences if o.location[0] != _SAN])

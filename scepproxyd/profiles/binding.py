@@ -33,8 +33,8 @@ import re
 
 import attrs
 
-from scepproxyd.profiles import android, android_sans, mobileconfig, variables
-from scepproxyd.profiles.model import ANDROID_TEMPLATE, MOBILECONFIG, EndUser, ProfileError
+from scepproxyd.profiles import android, android_sans, mobileconfig, syncml, variables
+from scepproxyd.profiles.model import ANDROID_TEMPLATE, MOBILECONFIG, WINDOWS_SYNCML, EndUser, ProfileError
 
 #: subjectAltName types a profile can render and the CA can check.
 SAN_TYPES = ("dns", "email", "uri", "ip", "upn")
@@ -243,6 +243,8 @@ def expected_request(kind: str, content: bytes, *, renewal_id: str, host: HostFa
         return _apple(mobileconfig.scep_fields(content), renewal_id, host)
     if kind == ANDROID_TEMPLATE:
         return _android(android.load(content), renewal_id, host)
+    if kind == WINDOWS_SYNCML:
+        return _windows(syncml.install_settings(content).nodes, renewal_id, host)
     raise ProfileError("unknown profile kind %r" % (kind,))
 
 
@@ -333,3 +335,38 @@ def _android(template: dict, renewal_id: str, host: HostFacts) -> ExpectedReques
     if not isinstance(key, dict) or key.get("type") not in ("rsa", "ec") or type(key.get("size")) is not int:
         raise ProfileError('template "key" must be {"type": "rsa" or "ec", "size": bits}', "key")
     return ExpectedRequest(rdns, tuple(sans), key["type"], key["size"], all_sans=True)
+
+
+# The ClientCertificateInstall CSP's SubjectAlternativeNames name formats (Windows' CERT_ALT_NAME_* numbers).
+_WINDOWS_SANS = {"2": "email", "3": "dns", "7": "uri", "8": "ip"}
+
+
+def _windows(nodes: dict, renewal_id: str, host: HostFacts) -> ExpectedRequest:
+    """
+    A Windows SCEP install's SubjectName, SubjectAlternativeNames and KeyLength.
+
+    The SubjectName's RDNs are expected in the order written: Windows encodes
+    an X.500 name string first RDN first unless told to reverse it (the CSP
+    does not), unlike the RFC 4514 strings of Android templates.
+    SubjectAlternativeNames is ``format+value`` pairs separated by ``;``.
+    Windows SCEP keys are RSA (the CSP has no key type), KeyLength bits.
+    """
+    rdns = tuple(
+        ((attribute_oid(kind, "SCEP node SubjectName", "SubjectName"), matcher(value, renewal_id=renewal_id, host=host)),)
+        for kind, value in syncml.subject_attributes(nodes.get(syncml.SUBJECT_NAME) or "")
+    )
+    sans = []
+    for pair in filter(None, (p.strip() for p in (nodes.get("Install/SubjectAlternativeNames") or "").split(";"))):
+        name_format, plus, value = pair.partition("+")
+        san_type = _WINDOWS_SANS.get(name_format.strip())
+        if not plus or san_type is None or not value:
+            raise ProfileError(
+                "SCEP node SubjectAlternativeNames has '%s', which scepproxyd cannot check; write format+value pairs"
+                " separated by ';' with format 2 (email), 3 (DNS), 7 (URI) or 8 (IP)" % (pair,),
+                "SubjectAlternativeNames",
+            )
+        sans.append((san_type, matcher(value, renewal_id=renewal_id, host=host, context=san_type)))
+    size = (nodes.get("Install/KeyLength") or "").strip()
+    if not size.isdigit() or int(size) <= 0:
+        raise ProfileError("SCEP node KeyLength's <Data> must be a whole number of bits", "KeyLength")
+    return ExpectedRequest(rdns, tuple(sans), "rsa", int(size))

@@ -117,6 +117,16 @@ def refuse_strays(
             )
 
 
+def refuse_windows_only(occurrences: Iterable[Occurrence], kind_label: str) -> None:
+    """The Windows certificate ID names a ClientCertificateInstall node: it means nothing elsewhere."""
+    for occurrence in occurrences:
+        if occurrence.variable.kind == variables.WINDOWS_ID:
+            raise ProfileError(
+                "variable %s is only for Windows SyncML profiles (in a ClientCertificateInstall/SCEP"
+                " <LocURI>), not in %s" % (occurrence.variable.spelled, kind_label)
+            )
+
+
 def names(occurrences: Iterable[Occurrence]) -> tuple[str, ...]:
     """The variable names written in a document, sorted, each once."""
     return tuple(sorted(Counter(o.variable.name for o in occurrences)))

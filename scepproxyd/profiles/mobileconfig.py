@@ -71,6 +71,7 @@ def parse(content: bytes) -> ParsedProfile:
         )
     if len(scep) > 1:
         raise ProfileError("profile has %d SCEP payloads; exactly one is allowed" % (len(scep),))
+    checks.refuse_windows_only(occurrences, "an Apple profile")
     checks.refuse_repeats(occurrences)
 
     scep_path = ("PayloadContent", scep[0])

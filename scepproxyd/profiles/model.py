@@ -10,6 +10,10 @@ import attrs
 MOBILECONFIG = "mobileconfig"
 #: ``ParsedProfile.kind`` of an Android certificate template.
 ANDROID_TEMPLATE = "android_template"
+#: ``ParsedProfile.kind`` of a Windows SyncML profile (ClientCertificateInstall CSP).
+WINDOWS_SYNCML = "windows_syncml"
+#: Every kind, in the order messages list them (the store's CHECK constraint holds the same).
+KINDS = (MOBILECONFIG, ANDROID_TEMPLATE, WINDOWS_SYNCML)
 #: The refusal of a profile that nests deeper than its reader accepts.
 TOO_DEEP = "profile is nested too deeply"
 

@@ -2,13 +2,15 @@
 
 Detection goes by content, not by the upload's content type, which browsers
 and tools set inconsistently (Apple's own type covers signed and unsigned
-profiles alike). Signed and binary profiles get their own messages because
+profiles alike). A Windows SyncML profile is told from a plist by its first
+element (a command: ``<Add>``, ``<Replace>``, ``<Exec>`` or ``<Atomic>``), since
+it has no single root and may start with an XML declaration too. Signed and binary profiles get their own messages because
 they are the two usual ways a valid-looking profile still cannot be rendered.
 """
 
 from asn1crypto import cms, pem
 
-from scepproxyd.profiles import android, mobileconfig
+from scepproxyd.profiles import android, mobileconfig, syncml
 from scepproxyd.profiles.model import TOO_DEEP, ParsedProfile, ProfileError
 
 SIGNED = "profile is signed (CMS); upload it unsigned: signed profiles cannot be rendered"
@@ -16,8 +18,9 @@ BINARY_PLIST = (
     "profile is a binary plist; convert it to XML (plutil -convert xml1 FILE) and upload it again"
 )
 NEITHER = (
-    "profile is neither an Apple .mobileconfig (XML plist)"
-    " nor an Android certificate template (JSON)"
+    "profile is neither an Apple .mobileconfig (XML plist),"
+    " an Android certificate template (JSON)"
+    " nor a Windows SyncML profile (<Add>, <Replace> and <Exec> commands)"
 )
 
 _BOM = b"\xef\xbb\xbf"
@@ -35,6 +38,8 @@ def parse_profile(content: bytes, content_type: str | None = None) -> ParsedProf
     head = content[len(_BOM) :] if content.startswith(_BOM) else content
     head = head.lstrip(_WHITESPACE)
     try:
+        if syncml.looks_like_syncml(head):
+            return syncml.parse(content)
         if head.startswith((b"<?xml", b"<plist")):
             return mobileconfig.parse(content)
         if head.startswith(b"{"):

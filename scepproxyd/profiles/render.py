@@ -8,8 +8,8 @@ its exceptions.
 from collections.abc import Mapping
 from urllib.parse import quote
 
-from scepproxyd.profiles import android, mobileconfig, variables
-from scepproxyd.profiles.model import ANDROID_TEMPLATE, MOBILECONFIG, ProfileError
+from scepproxyd.profiles import android, mobileconfig, syncml, variables
+from scepproxyd.profiles.model import ANDROID_TEMPLATE, MOBILECONFIG, WINDOWS_SYNCML, ProfileError
 
 PROXY_PATH = "/mdm/scep/proxy/"
 
@@ -29,6 +29,7 @@ def render_profile(
     ``host`` holds the host variables' values (L{variables.host_values});
     ``secrets`` the custom secrets' values by name. A variable the profile
     uses without a value raises L{variables.MissingValue}, which names it.
+    The Windows certificate ID renders to the renewal ID (see variables).
     """
     values = variables.Values(
         challenge=ca_challenge, proxy_url=proxy_url, renewal_id=renewal_id, host=host or {}, secrets=secrets or {}
@@ -38,12 +39,15 @@ def render_profile(
 
 def render_values(kind: str, content: bytes, values: variables.Values) -> bytes:
     """Render with ``values`` as given: Apple profiles get XML-escaped values and still parse as a plist;
-    Android templates get the values inside JSON strings (DN-escaped in the subject) and stay valid JSON.
+    Android templates get the values inside JSON strings (DN-escaped in the subject) and stay valid JSON;
+    Windows SyncML profiles get XML-escaped values and still parse as SyncML.
     """
     if kind == MOBILECONFIG:
         return mobileconfig.render(content, values)
     if kind == ANDROID_TEMPLATE:
         return android.render(content, values)
+    if kind == WINDOWS_SYNCML:
+        return syncml.render(content, values)
     raise ProfileError("unknown profile kind %r" % (kind,))
 
 

@@ -54,6 +54,8 @@ HOST_VARIABLES = (
     HOST_END_USER_IDP_DEPARTMENT,
     HOST_END_USER_EMAIL_IDP,
 )
+#: Windows SyncML profiles only: the ClientCertificateInstall/SCEP node's name in every LocURI.
+WINDOWS_CERTIFICATE_ID = PREFIX + "SCEP_WINDOWS_CERTIFICATE_ID"
 
 # What a variable stands for; also the attribute names of L{Values}.
 CHALLENGE = "challenge"
@@ -61,6 +63,7 @@ PROXY_URL = "proxy_url"
 RENEWAL = "renewal_id"
 HOST = "host"
 SECRET = "secret"
+WINDOWS_ID = "windows_certificate_id"
 #: The kinds of the custom-SCEP variables: only in the SCEP payload, each at most once.
 SCEP_KINDS = (CHALLENGE, PROXY_URL, RENEWAL)
 
@@ -74,6 +77,8 @@ RENEWAL_ID_PLACEHOLDER = "$" + RENEWAL_ID
 SECRET_PLACEHOLDER = "$" + SECRET_PREFIX + "<NAME>"
 #: A custom secret's name (what follows ``FLEET_SECRET_``).
 SECRET_NAME = re.compile(r"[A-Za-z0-9_]{1,255}")
+#: How messages spell the Windows certificate ID variable.
+WINDOWS_CERTIFICATE_ID_PLACEHOLDER = "$" + WINDOWS_CERTIFICATE_ID
 
 #: Device-side placeholders: written as ``%Name%``, filled in by the device
 #: itself when it builds its certificate request, never by scepproxyd.
@@ -165,6 +170,14 @@ _LOOKUPS: dict[str, Callable[[Values, Variable], str | None]] = {
     CHALLENGE: lambda values, variable: values.challenge,
     PROXY_URL: lambda values, variable: values.proxy_url,
     RENEWAL: lambda values, variable: values.renewal_id,
+    # The Windows certificate ID (the ClientCertificateInstall/SCEP node name) is the host
+    # profile's renewal ID: stable while the profile is assigned to the host, so a resend or a
+    # renewal enrolls again in the same node, replacing its certificate instead of leaving the
+    # old one behind in another node, and an agent removing the profile knows its node; unique
+    # per host profile, so two profiles on one host never share a node (the CSP wants a
+    # different ID per certificate); and it reveals nothing the issued certificate's subject
+    # does not already carry.
+    WINDOWS_ID: lambda values, variable: values.renewal_id,
     HOST: lambda values, variable: values.host.get(variable.name),
     SECRET: lambda values, variable: values.secrets.get(variable.secret_name),
 }
@@ -217,6 +230,8 @@ def classify(name: str) -> Variable:
     """Say what the variable ``name`` (without ``$``) means, or refuse it."""
     if name in (RENEWAL_ID, RENEWAL_ID_ALIAS):
         return Variable(name, RENEWAL, None)
+    if name == WINDOWS_CERTIFICATE_ID:
+        return Variable(name, WINDOWS_ID, None)
     if name in HOST_VARIABLES:
         return Variable(name, HOST, None)
     if name.startswith(SECRET_PREFIX):

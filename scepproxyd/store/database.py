@@ -49,7 +49,9 @@ from scepproxyd.timestamps import utc_iso
 
 log = get_logger(__name__)
 
-_SCHEMA_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_SCHEMA_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+(?:\.(postgresql))?\.sql$")
+#: The engines a schema file may be written for; a file without an engine suffix serves both.
+ENGINES = ("sqlite", "postgresql")
 #: A schema file with this line rewrote secrets it must not leave behind: once it is applied,
 #: the migration rebuilds the file (VACUUM) and empties the WAL, so no old copy survives in free space.
 VACUUM_AFTER = "-- scepproxyd: vacuum after this migration"
@@ -66,22 +68,40 @@ IntegrityError = (sqlite3.IntegrityError,) + ((_psycopg.IntegrityError,) if _psy
 _ENGINE_ERRORS = (sqlite3.Error,) + ((_psycopg.Error,) if _psycopg is not None else ())
 
 
-def _schema_files() -> list[tuple[int, str]]:
+def _schema_files(engine: str = "sqlite") -> list[tuple[int, str]]:
     """
-    The packaged schema files as ``(version, sql)``, in order.
+    The packaged schema files for ``engine`` as ``(version, sql)``, in order.
 
     Numbering must run 1, 2, 3... without gaps: a gap would let a database
     be marked at a version without ever getting the skipped change.
+
+    Most files serve both engines (``NNNN_name.sql``, with the few type
+    names ``store.postgres`` translates). Where the two need different
+    statements for one change, ``NNNN_name.postgresql.sql`` beside it is
+    what PostgreSQL runs instead (schema 18: SQLite cannot drop a CHECK
+    constraint and rebuilds the table; PostgreSQL drops and adds the
+    constraint). A variant without its common file is refused, so both
+    engines always pass through the same numbers.
     """
-    found = []
+    if engine not in ENGINES:
+        raise ValueError("unknown database engine %r" % (engine,))
+    common, variants = {}, {}
     for entry in resources.files(__package__).joinpath("schema").iterdir():
         match = _SCHEMA_NAME.match(entry.name)
         if match:
-            found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
-    found.sort()
-    if [version for version, _ in found] != list(range(1, len(found) + 1)):
+            into, number = (variants if match.group(2) else common), int(match.group(1))
+            if number in into:
+                raise StoreError("two packaged schema files are numbered %04d" % (number,))
+            into[number] = entry.read_text(encoding="utf-8")
+    if sorted(common) != list(range(1, len(common) + 1)):
         raise StoreError("packaged schema files are not numbered 0001, 0002, ... without gaps")
-    return found
+    if set(variants) - set(common):
+        raise StoreError("packaged PostgreSQL schema files %s have no common file of the same number"
+                         % (", ".join(str(n) for n in sorted(set(variants) - set(common))),))
+    chosen = dict(common)
+    if engine == "postgresql":
+        chosen.update(variants)
+    return sorted(chosen.items())
 
 
 def statements(script: str):
@@ -353,14 +373,20 @@ class Database:
         processes migrating at once cannot both apply the same file (on
         PostgreSQL, under an advisory lock: see ``store.postgres.migrate``).
         """
-        files = _schema_files()
         if postgres.is_postgres(path):
-            return postgres.migrate(path, password, files, statements, _refuse_newer, log)
+            return postgres.migrate(path, password, _schema_files("postgresql"), statements, _refuse_newer, log)
+        files = _schema_files()
         conn = _open(path, busy_timeout=5.0)
         # Schema 8 backfills the hash of each pending host profile's newest challenge.
         conn.create_function("sha256_hex", 1, challenge_hash, deterministic=True)
         # What a migration deletes or rewrites is overwritten with zeros, whatever SQLite's build default.
         conn.execute("PRAGMA secure_delete = ON")
+        # A table rebuild (schema 18: SQLite's documented twelve steps) needs both: with foreign keys off,
+        # dropping the old table neither cascades nor fails; with the modern ALTER TABLE, renaming the new
+        # table into place leaves every other table's REFERENCES to the old name pointing at it. The
+        # foreign_key_check after each file is what proves no row lost its parent.
+        conn.execute("PRAGMA foreign_keys = OFF")
+        conn.execute("PRAGMA legacy_alter_table = OFF")
         vacuum, started = [], None
         try:
             for number, script in files:

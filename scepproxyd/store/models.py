@@ -16,11 +16,11 @@ import uuid
 import attrs
 
 from scepproxyd.platforms import PLATFORMS  # noqa: F401 - re-exported for the store's modules
-from scepproxyd.profiles.model import EndUser
+from scepproxyd.profiles.model import KINDS, EndUser
 
 HOST_PROFILE_STATUSES = (None, "pending", "verifying", "verified", "failed")
 COMMAND_STATUSES = ("queued", "delivered", "acknowledged", "error", "superseded")
-PROFILE_KINDS = ("mobileconfig", "android_template")
+PROFILE_KINDS = KINDS
 
 
 class StoreError(Exception):

@@ -97,7 +97,10 @@ class RenewalQueries:
 
         Each entry may be a profile uuid or a profile identifier (Apple
         PayloadIdentifier, Android template name). Only pending and
-        verifying host profiles of this host change.
+        verifying host profiles of this host change. A Windows SyncML
+        profile is never verified this way: Windows applies the SyncML and
+        enrolls later, on its own, so "installed" says nothing about a
+        certificate; only an issued or reported certificate verifies it.
         """
         now = self._clock.seconds()
         identifiers = list(dict.fromkeys(identifiers))
@@ -109,7 +112,8 @@ class RenewalQueries:
                 changed += conn.execute(
                     "UPDATE host_profiles SET status = 'verified', updated_at = ?"
                     f" WHERE host_uuid = ? AND status IN {_AWAITING_DEVICE} AND EXISTS (SELECT 1 FROM profiles p"
-                    f" WHERE p.uuid = host_profiles.profile_uuid AND (p.uuid IN ({marks}) OR p.identifier IN ({marks})))",
+                    f" WHERE p.uuid = host_profiles.profile_uuid AND p.kind <> 'windows_syncml'"
+                    f" AND (p.uuid IN ({marks}) OR p.identifier IN ({marks})))",
                     [now, host_uuid, *keys, *keys],
                 ).rowcount
             return changed

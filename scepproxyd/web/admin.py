@@ -16,7 +16,15 @@ from scepproxyd.delivery.lifecycle import LIFECYCLE, lifecycle
 from scepproxyd.daemon.logs import get_logger
 from scepproxyd.keys import KeyFileError
 from scepproxyd.platforms import APPLE_PLATFORMS, PLATFORMS
-from scepproxyd.profiles import ANDROID_TEMPLATE, MOBILECONFIG, ProfileError, checks, parse_profile, variables
+from scepproxyd.profiles import (
+    ANDROID_TEMPLATE,
+    MOBILECONFIG,
+    WINDOWS_SYNCML,
+    ProfileError,
+    checks,
+    parse_profile,
+    variables,
+)
 from scepproxyd.profiles.binding import UPLOAD_CHECK_END_USER, HostFacts, expected_request
 from scepproxyd.scep import ra
 from scepproxyd.store import (
@@ -515,6 +523,10 @@ class AdminRoutes:
             if platform not in (None, "android"):
                 raise Invalid("an Android certificate template is for platform android", field="platform")
             platform = "android"
+        elif parsed.kind == WINDOWS_SYNCML:
+            if platform not in (None, "windows"):
+                raise Invalid("a Windows SyncML profile is for platform windows", field="platform")
+            platform = "windows"
         else:
             platform = platform or "macos"
             if platform not in APPLE_PLATFORMS:

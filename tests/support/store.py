@@ -15,7 +15,7 @@ HOST, PROFILE, CA = "host-1", "profile-1", "acme"
 SCHEMA_VERSION = _schema_files()[-1][0]  # the latest: numbers are given out at merge
 RENEWAL_ID = re.compile(r"^sp-[0-9a-f]{16}$")
 #: Delivery backend per platform, as a site with NanoMDM for Apple and the outbox for Android sets it.
-BACKENDS = {"macos": "nanomdm", "ios": "nanomdm", "ipados": "nanomdm", "android": "outbox"}
+BACKENDS = {"macos": "nanomdm", "ios": "nanomdm", "ipados": "nanomdm", "android": "outbox", "windows": "outbox"}
 
 
 def make_clock() -> Clock:
