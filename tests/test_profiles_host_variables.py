@@ -292,6 +292,46 @@ def test_binding_for_a_host_without_the_value_names_it():
                          host=HostFacts("u", None, "macos", None))
 
 
+# -- Windows SyncML -----------------------------------------------------------------------------------
+
+WINDOWS = (FIXTURES / "fleet-custom-scep-windows.xml").read_text()
+WINDOWS_SUBJECT = "<Data>CN=WIN-WIFI,OU=$FLEET_VAR_SCEP_RENEWAL_ID</Data>"
+
+
+def windows(subject_data: str, extra: str = "") -> bytes:
+    assert WINDOWS.count(WINDOWS_SUBJECT) == 1
+    text = WINDOWS.replace(WINDOWS_SUBJECT, "<Data>%s</Data>" % (subject_data,))
+    return text.replace("<Data>2048</Data>", "<Data>2048%s</Data>" % (extra,)).encode()
+
+
+def test_windows_host_variables_in_the_subject_name_render_and_bind():
+    content = windows("CN=%s,OU=$FLEET_VAR_SCEP_RENEWAL_ID" % (USERNAME,))
+    assert USERNAME[1:] in parse_profile(content).variables
+    tricky = HostFacts("u", "s", "windows", EndUser(idp_username="a<b>&@corp"))
+    rendered = render("windows_syncml", content, host=tricky)
+    assert b"<Data>CN=a&lt;b&gt;&amp;@corp,OU=" + RENEWAL_ID.encode() + b"</Data>" in rendered
+    expected = expected_request("windows_syncml", content, renewal_id=RENEWAL_ID, host=HOST)
+    policy = SanPolicy.from_patterns({})
+    judge_windows = lambda request: refusal(  # noqa: E731
+        request, key_policy=KeyPolicy(), san_policy=policy, ca_subject=name([(NameOID.COMMON_NAME, "CA")]),
+        expected=expected)
+    assert judge_windows(csr(KEY, subject("alice@corp.example"))) is None
+    assert judge_windows(csr(KEY, subject("bob@corp.example"))) is not None
+
+
+def test_windows_secret_refused():
+    refused(windows("CN=$FLEET_SECRET_WIFI,OU=$FLEET_VAR_SCEP_RENEWAL_ID"),
+            "secret variable $FLEET_SECRET_WIFI cannot appear in a Windows SCEP profile: it describes a certificate,"
+            " whose subject and names anyone shown the certificate can read; a secret belongs only where the device"
+            " keeps it (a Wi-Fi or VPN password, say)")
+
+
+def test_windows_host_variable_outside_the_names_refused():
+    refused(windows("CN=x,OU=$FLEET_VAR_SCEP_RENEWAL_ID", extra="$FLEET_VAR_HOST_UUID"),
+            "variable $FLEET_VAR_HOST_UUID may only appear in the <Data> of SubjectName or SubjectAlternativeNames",
+            "Install/KeyLength")
+
+
 # -- docs/profiles.md ---------------------------------------------------------------------------------
 
 

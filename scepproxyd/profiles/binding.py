@@ -356,7 +356,7 @@ def _windows(nodes: dict, renewal_id: str, host: HostFacts) -> ExpectedRequest:
         for kind, value in syncml.subject_attributes(nodes.get(syncml.SUBJECT_NAME) or "")
     )
     sans = []
-    for pair in filter(None, (p.strip() for p in (nodes.get("Install/SubjectAlternativeNames") or "").split(";"))):
+    for pair in filter(None, (p.strip() for p in (nodes.get(syncml.SUBJECT_ALT_NAMES) or "").split(";"))):
         name_format, plus, value = pair.partition("+")
         san_type = _WINDOWS_SANS.get(name_format.strip())
         if not plus or san_type is None or not value:

@@ -57,6 +57,9 @@ SERVER_URL = "Install/ServerURL"
 CHALLENGE = "Install/Challenge"
 SUBJECT_NAME = "Install/SubjectName"
 CA_THUMBPRINT = "Install/CAThumbprint"
+SUBJECT_ALT_NAMES = "Install/SubjectAlternativeNames"
+#: Where host and end-user variables may be written: the names the certificate carries.
+_HOST_VALUE_NODES = (SUBJECT_NAME, SUBJECT_ALT_NAMES)
 _MAX_DEPTH = 32
 _RENEWAL_ID_TYPES = {"CN", "2.5.4.3", "OU", "2.5.4.11"}
 _THUMBPRINT = re.compile(r"[0-9A-Fa-f]{40}")
@@ -130,6 +133,15 @@ def parse(content: bytes) -> ParsedProfile:
                 raise ProfileError("variable %s may only appear in a <LocURI>" % (_ID,), where[number] or "LocURI")
         elif part != "Data":
             raise ProfileError("variable %s may not appear in a <LocURI>" % (occurrence.variable.spelled,), "LocURI")
+        elif occurrence.variable.kind == variables.SECRET:
+            # Every node of the profile describes the one certificate; none keeps a secret on the device.
+            raise checks.secret_in_certificate(occurrence.variable, "a Windows SCEP profile")
+        elif occurrence.variable.kind == variables.HOST and where[number] not in _HOST_VALUE_NODES:
+            raise ProfileError(
+                "variable %s may only appear in the <Data> of SubjectName or SubjectAlternativeNames"
+                % (occurrence.variable.spelled,),
+                where[number] or "Data",
+            )
     named = [o for o in occurrences if o.variable.kind != variables.WINDOWS_ID]
     checks.refuse_repeats(named)
     at = {node: (number, "Data") for number, node in where.items()}
