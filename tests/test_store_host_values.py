@@ -3,10 +3,14 @@
 import pytest
 import pytest_twisted
 
+from scepproxyd.platforms import PLATFORMS
 from scepproxyd.profiles.model import EndUser
 from scepproxyd.store import NotFoundError, SecretInUseError
 from scepproxyd.store import secrets as secrets_module
 from support.store import CA, raw
+
+#: Every platform delivered through the outbox.
+OUTBOX = dict.fromkeys(PLATFORMS, "outbox")
 
 USERNAME = "FLEET_VAR_HOST_END_USER_IDP_USERNAME"
 SERIAL = "FLEET_VAR_HOST_HARDWARE_SERIAL"
@@ -22,8 +26,7 @@ async def fleet(store):
     await store.import_hosts([("m1", "S1", "macos"), ("m2", "S2", "macos")])
     for profile in ("p-user", "p-serial", "p-secret"):
         await store.assign_profile_to_hosts(profile, ["m1", "m2"])
-    await store.claim_host_profiles(100, {"macos": "outbox", "ios": "outbox", "ipados": "outbox",
-                                          "android": "outbox"})
+    await store.claim_host_profiles(100, OUTBOX)
 
 
 def statuses(store):
@@ -63,8 +66,7 @@ async def test_changed_username_resends_only_profiles_using_it(store):
 async def test_unchanged_value_resends_nothing(store):
     await fleet(store)
     await store.set_end_user("m1", {"idp_username": "a@x"})
-    await store.claim_host_profiles(100, {"macos": "outbox", "ios": "outbox", "ipados": "outbox",
-                                          "android": "outbox"})
+    await store.claim_host_profiles(100, OUTBOX)
     _, sent = await store.set_end_user("m1", {"idp_username": "a@x", "idp_full_name": "A"})
     assert sent == []
     assert set(statuses(store).values()) == {"pending"}
