@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scepproxyd.profiles import ParsedProfile, ProfileError, parse_profile, render_profile
+from support.profiles import refused
 
 FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
 GOOD_BYTES = (FIXTURES / "android-corp-wifi.json").read_bytes()
@@ -26,13 +27,6 @@ def variant(change) -> bytes:
     template = copy.deepcopy(GOOD)
     change(template)
     return json.dumps(template).encode()
-
-
-def refused(content: bytes, message: str, field: str = "profile") -> None:
-    with pytest.raises(ProfileError) as e:
-        parse_profile(content)
-    assert str(e.value) == message
-    assert e.value.field == field
 
 
 def test_documented_example_uploads():

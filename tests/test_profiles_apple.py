@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from scepproxyd.profiles import ProfileError, parse_profile
+from scepproxyd.profiles import parse_profile
+from support.profiles import refused
 
 FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
 GOOD_BYTES = (FIXTURES / "fleet-custom-scep-apple.mobileconfig").read_bytes()
@@ -31,13 +32,6 @@ def variant(change) -> bytes:
     scep = profile["PayloadContent"][0]
     change(profile, scep, scep["PayloadContent"])
     return plistlib.dumps(profile)
-
-
-def refused(content: bytes, message: str, field: str = "profile") -> None:
-    with pytest.raises(ProfileError) as e:
-        parse_profile(content)
-    assert str(e.value) == message
-    assert e.value.field == field
 
 
 def test_fields_directly_in_the_payload_accepted():

@@ -13,6 +13,7 @@ from cryptography.x509 import DNSName, RFC822Name
 from cryptography.x509.oid import NameOID
 
 from support.certs import csr, name
+from support.profiles import refused
 from scepproxyd.ca.csr_policy import KeyPolicy, SanPolicy, refusal
 from scepproxyd.profiles import ProfileError, parse_profile, render_profile, variables
 from scepproxyd.profiles.binding import HostFacts, expected_request
@@ -42,13 +43,6 @@ def android(change) -> bytes:
     template = copy.deepcopy(ANDROID)
     change(template)
     return json.dumps(template).encode()
-
-
-def refused(content: bytes, message: str, field: str = "profile") -> None:
-    with pytest.raises(ProfileError) as e:
-        parse_profile(content)
-    assert str(e.value) == message
-    assert e.value.field == field
 
 
 def wifi(profile) -> dict:
