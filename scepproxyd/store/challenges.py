@@ -502,15 +502,8 @@ class ChallengeQueries:
             ).fetchall()
             return len(expired), _resend_expired(conn, expired, now)
 
-        resent = []
-
-        def each_batch(sent_again):
-            resent.extend(sent_again)
-            if on_resent is not None and sent_again:
-                on_resent(sent_again)
-
-        d = self._delete_in_batches(expire_challenges, _EXPIRED_BATCH, each_batch)
-        return d.addCallback(lambda removed: ExpiredChallenges(removed, tuple(resent)))
+        d = self._collect_in_batches(expire_challenges, _EXPIRED_BATCH, on_resent)
+        return d.addCallback(lambda done: ExpiredChallenges(*done))
 
     def delete_expired_challenges(self) -> defer.Deferred:
         """expire_challenges, firing only the number of challenges deleted."""

@@ -528,6 +528,23 @@ class Database:
             if count < batch:
                 return total
 
+    def _collect_in_batches(self, job, batch: int, on_items=None) -> defer.Deferred:
+        """
+        L{_delete_in_batches} for a ``job`` returning ``(rowcount, items)``: fires ``(total, all items)``.
+
+        ``on_items`` is called with each non-empty batch's items as it is
+        done (a job logs what it resent between batches, not at the end).
+        """
+        collected = []
+
+        def each_batch(items):
+            collected.extend(items)
+            if on_items is not None and items:
+                on_items(items)
+
+        d = self._delete_in_batches(job, batch, each_batch)
+        return d.addCallback(lambda total: (total, tuple(collected)))
+
     def _submit(self, fn, write: bool = True, changes_targets: bool = False, group: bool = False) -> defer.Deferred:
         """
         Queue ``fn(conn)`` on the DB thread; a write gets a transaction of its own.

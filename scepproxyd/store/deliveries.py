@@ -88,14 +88,7 @@ class DeliveryQueries:
                 for host_uuid, profile_uuid, command_uuid, ca_name in rows
             )
 
-        resent = []
-
-        def each_batch(batch):
-            resent.extend(batch)
-            if on_resent is not None and batch:
-                on_resent(batch)
-
         # Each batch its own transaction, through the store's one batch loop (it "deletes" host profiles
         # from the stuck set: the count decides whether another batch follows).
-        d = self._delete_in_batches(recover_stuck_deliveries, _BATCH, each_batch)
-        return d.addCallback(lambda _: tuple(resent))
+        d = self._collect_in_batches(recover_stuck_deliveries, _BATCH, on_resent)
+        return d.addCallback(lambda done: done[1])
