@@ -25,6 +25,8 @@ from scepproxyd.cli.settings import load_admin_endpoint
 from scepproxyd.config import ConfigError
 
 PROG = "scepproxyctl"
+#: Options people may try for a secret value, and what they would carry: refused, never parsed.
+_SECRET_OPTIONS = (("--challenge", "challenge"), ("--value", "secret"))
 DEFAULT_CONFIG = "/etc/scepproxyd/scepproxyd.ini"
 
 
@@ -224,21 +226,15 @@ def main(argv: list[str] | None = None, stdin=None, stdout=None, stderr=None) ->
     stdout = stdout if stdout is not None else sys.stdout
     stderr = stderr if stderr is not None else sys.stderr
     argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a == "--challenge" or a.startswith("--challenge=") for a in argv):
-        # Refused here, before argparse, whose "unrecognized arguments" would echo the value.
-        print(
-            "%s: there is no --challenge option: a challenge on the command line lands in shell history "
-            "and ps; use --challenge-file FILE, or give it on stdin" % (PROG,),
-            file=stderr,
-        )
-        return 2
-    if any(a == "--value" or a.startswith("--value=") for a in argv):
-        print(
-            "%s: there is no --value option: a secret on the command line lands in shell history "
-            "and ps; use --value-file FILE, or give it on stdin" % (PROG,),
-            file=stderr,
-        )
-        return 2
+    for option, what in _SECRET_OPTIONS:
+        if any(a == option or a.startswith(option + "=") for a in argv):
+            # Refused here, before argparse, whose "unrecognized arguments" would echo the value.
+            print(
+                "%s: there is no %s option: a %s on the command line lands in shell history "
+                "and ps; use %s-file FILE, or give it on stdin" % (PROG, option, what, option),
+                file=stderr,
+            )
+            return 2
     args = build_parser().parse_args(argv)
     try:
         # restore and database copy work offline, on the state: no API, no token.
