@@ -70,43 +70,163 @@ def free_port():
         return s.getsockname()[1]
 
 
+class ReactorWatch:
+    """
+    How the reactor fares, per named phase: a 5 ms LoopingCall records how late each tick is, and a GET every
+    20 ms to the device-facing proxy listener (GetCACaps with a malformed identifier: 400 without any upstream)
+    gives the proxy's latency. ``phase(name)`` switches what is recorded; ``phase(None)`` records nothing.
+    """
+
+    def __init__(self, reactor, pool, proxy_port):
+        from twisted.internet import task
+
+        self._reactor, self._pool, self._url = reactor, pool, f"http://127.0.0.1:{proxy_port}{PROXY_PATH}"
+        self._name = None
+        self.stalls, self.latencies, self.bad = {}, {}, {}
+        self._in_flight = set()
+        self._last = time.perf_counter()
+        self._monitor, self._load = task.LoopingCall(self._tick), task.LoopingCall(self._fire)
+        self._monitor.clock = self._load.clock = reactor
+
+    def start(self, name):
+        self.phase(name)
+        self._monitor.start(TICK, now=True)
+        self._load.start(LOAD_EVERY, now=True)
+
+    def phase(self, name):
+        self._name = name
+        if name is not None:
+            self.stalls.setdefault(name, [])
+            self.latencies.setdefault(name, [])
+            self.bad.setdefault(name, 0)
+
+    def _tick(self):
+        now = time.perf_counter()
+        if self._name is not None:
+            self.stalls[self._name].append(now - self._last - TICK)
+        self._last = now
+
+    def _fire(self):
+        import treq
+
+        which, sent = self._name, time.perf_counter()
+        if which is None:
+            return
+
+        def done(code):
+            self.latencies[which].append(time.perf_counter() - sent)
+            if code != 400:
+                self.bad[which] += 1
+
+        d = treq.get(self._url, pool=self._pool)
+        d.addCallback(lambda response: treq.content(response).addCallback(lambda _: response.code))
+        d.addCallbacks(done, lambda _failure: self.bad.__setitem__(which, self.bad[which] + 1))
+        self._in_flight.add(d)
+        d.addBoth(lambda _: self._in_flight.discard(d))
+
+    async def stop(self):
+        from twisted.internet import defer
+
+        self._name = None
+        self._monitor.stop()
+        self._load.stop()
+        await defer.DeferredList(list(self._in_flight))
+
+    def figures(self, name) -> dict:
+        stalls, latencies = self.stalls[name], self.latencies[name]
+        return {
+            "ticks": len(stalls),
+            "longest_stall_ms": 1000 * max(stalls, default=0.0),
+            "stall_p99_ms": 1000 * (pct(stalls, 99) or 0.0),
+            "requests": len(latencies),
+            "bad_answers": self.bad[name],
+            "proxy_p50_ms": 1000 * (pct(latencies, 50) or 0.0),
+            "proxy_p99_ms": 1000 * (pct(latencies, 99) or 0.0),
+        }
+
+
+class BenchDaemon:
+    """The daemon, built with parse_settings / prepare_state / make_service and started as twistd does, in this process."""
+
+    def __init__(self, reactor, batch_size, database=None):
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        from scepproxyd.config import parse_settings
+        from scepproxyd.service import prepare_state
+
+        self.reactor = reactor
+        self.top_dir = Path(tempfile.mkdtemp(prefix="scepproxyd-bench-"))
+        self._log_file = open(self.top_dir / "scepproxyd.log", "a")  # as under twistd: events are written somewhere
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(self._log_file)], redirectStandardIO=False)
+        self.proxy_port, self.admin_port = free_port(), free_port()
+        ini = (
+            f"[state]\ndirectory = {self.top_dir / 'var'}\n"
+            f"[server]\nlisten = tcp:{self.proxy_port}:interface=127.0.0.1\npublic_url = http://127.0.0.1:{self.proxy_port}\n"
+            f"[admin]\nlisten = tcp:{self.admin_port}:interface=127.0.0.1\n"
+            f"[profiles]\nprocess_interval = 1h\nbatch_size = {batch_size}\n"
+        )
+        if database:  # {"url": ..., "password_file": ...}
+            ini += "[database]\n" + "".join(f"{key} = {value}\n" for key, value in database.items())
+        self.settings = parse_settings(ini, self.top_dir / "scepproxyd.ini")
+        prepare_state(self.settings)
+
+    async def start(self):
+        from twisted.internet import defer
+        from twisted.web.client import HTTPConnectionPool
+
+        from scepproxyd.daemon.lifecycle import StoreService
+        from scepproxyd.keys import ChallengeCipher, load_or_create_key
+        from scepproxyd.service import make_service
+
+        self._service = make_service(self.settings, self.reactor)
+        await defer.maybeDeferred(self._service.startService)
+        self.store = next(child.store for child in self._service if isinstance(child, StoreService))
+        self.cipher = ChallengeCipher(load_or_create_key(self.settings.key_file))
+        self.pool = HTTPConnectionPool(self.reactor, persistent=True)
+        self._token = self.settings.admin.token_file.read_text().strip()
+        return self
+
+    async def admin(self, method, path, body=None):
+        """An admin API call: (status, decoded JSON answer)."""
+        import treq
+
+        extra = {} if body is None else {"json": body}
+        response = await treq.request(method, f"http://127.0.0.1:{self.admin_port}{path}",
+                                      headers={"Authorization": f"Bearer {self._token}"}, pool=self.pool, **extra)
+        return response.code, await treq.json_content(response)
+
+    async def stop(self):
+        from twisted.internet import defer
+
+        await self.pool.closeCachedConnections()
+        await defer.maybeDeferred(self._service.stopService)
+        self._log_file.close()
+        shutil.rmtree(self.top_dir, ignore_errors=True)
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS, so the next peak is the one of what follows."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        return True
+    except OSError:
+        return False
+
+
 async def one_run(reactor, size, batch_size, database=None):
     """Start the daemon in this process, seed N host profiles, process them; a dict of figures."""
-    import treq
-    from twisted.internet import defer, task
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-    from twisted.web.client import HTTPConnectionPool
+    from twisted.internet import task
 
-    from scepproxyd.config import parse_settings
-    from scepproxyd.keys import ChallengeCipher, load_or_create_key
     from scepproxyd.profiles import parse_profile
-    from scepproxyd.daemon.lifecycle import StoreService
-    from scepproxyd.service import make_service, prepare_state
 
-    top_dir = Path(tempfile.mkdtemp(prefix="scepproxyd-bench-"))
-    log_file = open(top_dir / "scepproxyd.log", "a")  # as under twistd: events are written somewhere
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(log_file)], redirectStandardIO=False)
-    proxy_port, admin_port = free_port(), free_port()
-    ini = (
-        f"[state]\ndirectory = {top_dir / 'var'}\n"
-        f"[server]\nlisten = tcp:{proxy_port}:interface=127.0.0.1\npublic_url = http://127.0.0.1:{proxy_port}\n"
-        f"[admin]\nlisten = tcp:{admin_port}:interface=127.0.0.1\n"
-        f"[profiles]\nprocess_interval = 1h\nbatch_size = {batch_size}\n"
-    )
-    if database:  # {"url": ..., "password_file": ...}
-        ini += "[database]\n" + "".join(f"{key} = {value}\n" for key, value in database.items())
-    settings = parse_settings(ini, top_dir / "scepproxyd.ini")
-    prepare_state(settings)
-    daemon = make_service(settings, reactor)
-    await defer.maybeDeferred(daemon.startService)
-    store = next(child.store for child in daemon if isinstance(child, StoreService))
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    daemon = await BenchDaemon(reactor, batch_size, database).start()
+    store = daemon.store
     out = {"size": size, "batch_size": batch_size, "engine": store.engine}
     try:
         # -- seeding, through the store API ----------------------------------------
         started = time.perf_counter()
-        cipher = ChallengeCipher(load_or_create_key(settings.key_file))
-        await store.add_ca("BENCH_CA", "http://127.0.0.1:9/scep", cipher.encrypt("bench-static-challenge"))
+        await store.add_ca("BENCH_CA", "http://127.0.0.1:9/scep", daemon.cipher.encrypt("bench-static-challenge"))
         content = FIXTURE.read_bytes().replace(b"CA_NAME", b"BENCH_CA")
         parsed = parse_profile(content)
         profile_uuid = str(uuid.uuid4())
@@ -118,77 +238,23 @@ async def one_run(reactor, size, batch_size, database=None):
         out["assigned"] = await store.assign_profile_to_platform(profile_uuid, "macos")
         out["seed_seconds"] = time.perf_counter() - started
         out["mem_after_seed"] = memory_mb()
-        try:  # reset VmHWM to the current RSS, so the next peak is the processing one
-            with open("/proc/self/clear_refs", "w") as clear:
-                clear.write("5")
-            out["peak_reset"] = True
-        except OSError:
-            out["peak_reset"] = False
+        out["peak_reset"] = reset_peak_rss()
 
         # -- monitor and load, idle first, then while the job runs -----------------
-        phase = ["idle"]
-        stalls = {"idle": [], "job": []}
-        latencies = {"idle": [], "job": []}
-        bad = {"idle": 0, "job": 0}
-        in_flight = set()
-        last = [time.perf_counter()]
-
-        def tick():
-            now = time.perf_counter()
-            if phase[0] in stalls:
-                stalls[phase[0]].append(now - last[0] - TICK)
-            last[0] = now
-
-        def fire():
-            which, sent = phase[0], time.perf_counter()
-            if which not in latencies:
-                return
-
-            def done(code):
-                latencies[which].append(time.perf_counter() - sent)
-                if code != 400:
-                    bad[which] += 1
-
-            d = treq.get(f"http://127.0.0.1:{proxy_port}{PROXY_PATH}", pool=pool)
-            d.addCallback(lambda response: treq.content(response).addCallback(lambda _: response.code))
-            d.addCallbacks(done, lambda _failure: bad.__setitem__(which, bad[which] + 1))
-            in_flight.add(d)
-            d.addBoth(lambda _: in_flight.discard(d))
-
-        monitor, load = task.LoopingCall(tick), task.LoopingCall(fire)
-        monitor.clock = load.clock = reactor
-        monitor.start(TICK, now=True)
-        load.start(LOAD_EVERY, now=True)
+        watch = ReactorWatch(reactor, daemon.pool, daemon.proxy_port)
+        watch.start("idle")
         await task.deferLater(reactor, IDLE_SECONDS, lambda: None)
-
-        token = settings.admin.token_file.read_text().strip()
-        phase[0] = "job"
+        watch.phase("job")
         started = time.perf_counter()
-        response = await treq.post(f"http://127.0.0.1:{admin_port}/api/v1/jobs/process_profiles",
-                                   headers={"Authorization": f"Bearer {token}"}, pool=pool)
-        body = await treq.json_content(response)
+        status, body = await daemon.admin("POST", "/api/v1/jobs/process_profiles")
         out["process_seconds"] = time.perf_counter() - started
-        phase[0] = None
-        monitor.stop()
-        load.stop()
-        await defer.DeferredList(list(in_flight))
+        await watch.stop()
         out["mem_after_process"] = memory_mb()
-        out["job_status"], out["job_result"] = response.code, body.get("result", body)
+        out["job_status"], out["job_result"] = status, body.get("result", body)
         for which in ("idle", "job"):
-            out[which] = {
-                "ticks": len(stalls[which]),
-                "longest_stall_ms": 1000 * max(stalls[which], default=0.0),
-                "stall_p99_ms": 1000 * (pct(stalls[which], 99) or 0.0),
-                "requests": len(latencies[which]),
-                "bad_answers": bad[which],
-                "proxy_p50_ms": 1000 * (pct(latencies[which], 50) or 0.0),
-                "proxy_p99_ms": 1000 * (pct(latencies[which], 99) or 0.0),
-            }
+            out[which] = watch.figures(which)
     finally:
-        await pool.closeCachedConnections()
-        await defer.maybeDeferred(daemon.stopService)
-        log_file.close()
-        shutil.rmtree(top_dir, ignore_errors=True)
+        await daemon.stop()
     return out
 
 
