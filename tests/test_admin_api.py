@@ -11,6 +11,7 @@ from support.admin_site import PROFILE_LIMIT, STATIC, TOKEN, add_ca, sample_prof
 from support.api import json_call
 from scepproxyd.store import Store
 from scepproxyd.service import admin_api
+from scepproxyd.web import api as api_module
 from scepproxyd.web.site import BodyLimitedSite
 
 # -- auth ----------------------------------------------------------------------
@@ -186,6 +187,22 @@ async def test_profile_upload_assign_status_resend(api):
     assert (await api.call("GET", "/api/v1/profiles/" + uuid))[1]["hosts"] == 1
     assert (await api.call("DELETE", "/api/v1/profiles/" + uuid))[0] == 204
     assert (await api.call("GET", "/api/v1/host-profiles"))[1] == {"host_profiles": [], "next": None}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_profile_past_the_large_json_size_is_read_as_itself(api, monkeypatch):
+    """
+    Bodies past LARGE_BODY are parsed as JSON ahead, on a worker thread; a profile upload is not JSON, so its
+    bytes must reach the upload as they came. (The daemon's default profile limit is 1 MiB, this site's is
+    LARGE_BODY itself: the threshold is lowered here instead, so the fixture profile is past it.)
+    """
+    monkeypatch.setattr(api_module, "LARGE_BODY", 1024)
+    await add_ca(api)
+    assert len(sample_profile()) > 1024
+    code, profile = await api.call("POST", "/api/v1/profiles", raw=sample_profile(),
+                                   content_type="application/x-apple-aspen-config")
+    assert code == 201, profile
+    assert profile["kind"] == "mobileconfig"
 
 
 @pytest_twisted.ensureDeferred

@@ -5,6 +5,8 @@ import json
 import pytest_twisted
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from scepproxyd.web import api as api_module
+
 WRONG = {"error": "missing or wrong bearer token"}
 
 
@@ -77,6 +79,22 @@ async def test_acknowledged_then_installed_profiles_verify(web):
     assert await web.ok(web.agent("POST", e.host, "/profiles", e.credential, {"installed": [e.profile]})) == {
         "verified": 1}
     assert (await web.host_profile(e.host, e.profile))["status"] == "verified"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pem_report_past_the_large_json_size_is_read_whole(web, monkeypatch):
+    """A body past LARGE_BODY is parsed as JSON ahead on a worker thread; a PEM bundle must still be read whole."""
+    monkeypatch.setattr(api_module, "LARGE_BODY", 256)
+    e = await web.enrollment()
+    request = await web.pkcs_req(e)
+    status, _, (certificate,) = request.read(
+        await web.device("POST", e.path + "?operation=PKIOperation", request.message))
+    assert status == "SUCCESS"
+    pem = certificate.public_bytes(Encoding.PEM)
+    assert len(pem) > 256
+    counts = await web.ok(web.agent("POST", e.host, "/certificates", e.credential, pem,
+                                    content_type="application/x-pem-file"))
+    assert counts == {"recorded": 1, "older": 0, "unknown": 0, "not_valid_now": 0}
 
 
 @pytest_twisted.ensureDeferred

@@ -489,7 +489,6 @@ class AdminRoutes:
         body["hosts"] = await self._store.count_host_profiles(uuid)
         return body
 
-    @raw_body
     async def _check_enforceable(self, kind: str, content: bytes, platform: str) -> None:
         """
         A profile for the built-in CA must say only what its issuance policy can check.
@@ -506,6 +505,7 @@ class AdminRoutes:
         except ProfileError as e:
             raise Invalid("the built-in CA cannot enforce this profile: %s" % (e,), field="profile") from None
 
+    @raw_body
     async def upload_profile(self, request):
         # The admin site refuses a larger body while it streams in; this also
         # covers a site without that per-path limit.

@@ -339,6 +339,8 @@ class JsonApi(resource.Resource):
         content.seek(0)
         if size > LARGE_BODY:
             request._scepproxyd_json = await off_reactor(self._reactor, lambda: _parse_json(content.read()))
+            # A handler that reads the body as it came (a PEM bundle, say) still finds all of it.
+            content.seek(0)
 
     def _unexpected(self, failure):
         log.failure("{realm} API request failed unexpectedly", failure, realm=self._realm)
