@@ -186,13 +186,17 @@ class BenchDaemon:
         self._token = self.settings.admin.token_file.read_text().strip()
         return self
 
-    async def admin(self, method, path, body=None):
-        """An admin API call: (status, decoded JSON answer)."""
+    async def admin(self, method, path, body=None, content_type="application/json"):
+        """An admin API call: (status, decoded JSON answer). ``body`` bytes go as they are (encoded beforehand,
+        so a big one is not encoded on the reactor this process shares with the daemon)."""
         import treq
 
-        extra = {} if body is None else {"json": body}
-        response = await treq.request(method, f"http://127.0.0.1:{self.admin_port}{path}",
-                                      headers={"Authorization": f"Bearer {self._token}"}, pool=self.pool, **extra)
+        if isinstance(body, bytes):
+            extra = {"data": body, "headers": {"Authorization": f"Bearer {self._token}", "Content-Type": content_type}}
+        else:
+            extra = {} if body is None else {"json": body}
+        extra.setdefault("headers", {"Authorization": f"Bearer {self._token}"})
+        response = await treq.request(method, f"http://127.0.0.1:{self.admin_port}{path}", pool=self.pool, **extra)
         return response.code, await treq.json_content(response)
 
     async def stop(self):

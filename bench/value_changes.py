@@ -16,9 +16,11 @@ start-up and reactor watch it shares):
   waits until every host profile using it is sent again (``resent`` = N), in
   batches of 500, each its own transaction;
 - process again (not a figure; it must claim N again);
-- **import**: ``POST /api/v1/hosts/import`` of all N hosts with a new
-  username each: the import's batches send each host profile again;
-- process again: claiming N proves the import sent every one again.
+- **import csv**: ``POST /api/v1/hosts/import`` of all N hosts as CSV with a
+  new ``idp_username`` each: the import's batches send each host profile again;
+- process again: claiming N proves the import sent every one again;
+- **import json**: the same with the next username each, as a JSON list;
+- process again, as above.
 
 For each measured phase: seconds, host profiles per second, the reactor's
 longest stall and the proxy's p99 latency against the same load while idle.
@@ -39,7 +41,7 @@ from pathlib import Path
 from process_profiles import FIXTURE, IDLE_SECONDS, IMPORT_CHUNK, BenchDaemon, ReactorWatch, memory_mb
 
 SECRET = "BENCH"
-PHASES = ("process", "secret", "import")
+PHASES = ("process", "secret", "import_csv", "import_json")
 
 
 def profile_content() -> bytes:
@@ -83,17 +85,20 @@ async def one_run(reactor, size, batch_size):
                                       for i in range(first, min(size, first + IMPORT_CHUNK))])
         out["assigned"] = await store.assign_profile_to_platform(profile_uuid, "macos")
         out["seed_seconds"] = time.perf_counter() - started
-        changed_users = [{"uuid": host(i), "serial": f"SN{i:010d}", "platform": "macos",
-                          "idp_username": f"renamed{i}@corp.example"} for i in range(size)]
+        as_csv = b"uuid,serial,platform,idp_username\n" + b"".join(
+            b"%s,SN%010d,macos,renamed%d@corp.example\n" % (host(i).encode(), i, i) for i in range(size))
+        as_json = json.dumps([{"uuid": host(i), "serial": f"SN{i:010d}", "platform": "macos",
+                               "idp_username": f"again{i}@corp.example"} for i in range(size)]).encode()
+        out["body_mb"] = {"csv": len(as_csv) / 2**20, "json": len(as_json) / 2**20}
 
         watch = ReactorWatch(reactor, daemon.pool, daemon.proxy_port)
         watch.start("idle")
         await task.deferLater(reactor, IDLE_SECONDS, lambda: None)
 
-        async def measured(phase, method, path, body=None):
+        async def measured(phase, method, path, body=None, content_type="application/json"):
             watch.phase(phase)
             began = time.perf_counter()
-            status, answer = await daemon.admin(method, path, body)
+            status, answer = await daemon.admin(method, path, body, content_type)
             out[phase + "_seconds"] = time.perf_counter() - began
             watch.phase(None)
             out[phase + "_answer"] = [status, answer.get("result", answer) if isinstance(answer, dict) else answer]
@@ -107,8 +112,10 @@ async def one_run(reactor, size, batch_size):
         answer = await measured("secret", "PUT", "/api/v1/secrets/" + SECRET, {"value": "second value"})
         out["secret_resent"] = answer.get("resent")
         await process_again("after_secret")
-        await measured("import", "POST", "/api/v1/hosts/import", changed_users)
-        await process_again("after_import")
+        await measured("import_csv", "POST", "/api/v1/hosts/import", as_csv, "text/csv")
+        await process_again("after_import_csv")
+        await measured("import_json", "POST", "/api/v1/hosts/import", as_json)
+        await process_again("after_import_json")
         await watch.stop()
         out["mem_after"] = memory_mb()
         for which in ("idle",) + PHASES:
@@ -136,7 +143,7 @@ def checked(r, size) -> list[str]:
         problems.append("process claimed %r" % (r["process_answer"][1],))
     if r["secret_resent"] != size:
         problems.append("secret change resent %r, not %d" % (r["secret_resent"], size))
-    for key in ("after_secret", "after_import"):
+    for key in ("after_secret", "after_import_csv", "after_import_json"):
         if r[key].get("claimed") != size:
             problems.append("%s: the job claimed %r, not %d" % (key, r[key], size))
     return problems

@@ -95,17 +95,26 @@ def resend(conn, rows, detail: str, now) -> list[tuple[str, str]]:
     Send each sent ``(host_uuid, profile_uuid)`` again from scratch; those that were sent (not NULL already).
 
     As an admin's resend does, and the one-time challenges of the built-in
-    CA rendered into the old copy are deleted as well.
+    CA rendered into the old copy are deleted as well. The sent ones are
+    found by host (the primary key's prefix) a chunk at a time and updated
+    with one executemany: a value that changes for a whole fleet sends tens
+    of thousands again, and a statement per host profile made that slow.
     """
-    sent = []
-    for host_uuid, profile_uuid in rows:
-        changed = conn.execute(
-            "UPDATE host_profiles SET status = NULL, retries = 0, detail = ?, command_uuid = NULL, updated_at = ?"
-            f" WHERE {ONE_HOST_PROFILE} AND status IS NOT NULL",
-            (detail, now, host_uuid, profile_uuid),
-        ).rowcount
-        if changed:
-            sent.append((host_uuid, profile_uuid))
+    rows = list(rows)
+    wanted = set(rows)
+    found = set()
+    for hosts in chunks(sorted({host_uuid for host_uuid, _ in rows})):
+        found.update(row for row in map(tuple, conn.execute(
+            f"SELECT host_uuid, profile_uuid FROM host_profiles WHERE host_uuid IN ({placeholders(hosts)})"
+            " AND status IS NOT NULL",
+            hosts,
+        )) if row in wanted)
+    sent = [row for row in rows if row in found]
+    conn.executemany(
+        "UPDATE host_profiles SET status = NULL, retries = 0, detail = ?, command_uuid = NULL, updated_at = ?"
+        f" WHERE {ONE_HOST_PROFILE} AND status IS NOT NULL",
+        [(detail, now, host_uuid, profile_uuid) for host_uuid, profile_uuid in sent],
+    )
     supersede_outstanding(conn, sent, now)
     conn.executemany(f"DELETE FROM challenges WHERE {ONE_HOST_PROFILE}", sent)
     # The built-in CA's one-time challenges too: a copy rendered with the old value buys nothing more.
@@ -127,17 +136,21 @@ def resend_changed(conn, before: dict, after: dict, now) -> list[tuple[str, str]
     using = profiles_using(conn, set().union(*changed.values()))
     if not using:
         return []
-    sent = []
-    for host_uuid, names in changed.items():
+    by_detail: dict[str, list[tuple[str, str]]] = {}
+    for hosts in chunks(sorted(changed)):
         rows = conn.execute(
-            "SELECT profile_uuid FROM host_profiles WHERE host_uuid = ? AND status IS NOT NULL ORDER BY profile_uuid",
-            (host_uuid,),
+            f"SELECT host_uuid, profile_uuid FROM host_profiles WHERE host_uuid IN ({placeholders(hosts)})"
+            " AND status IS NOT NULL ORDER BY host_uuid, profile_uuid",
+            hosts,
         ).fetchall()
-        for (profile_uuid,) in rows:
-            used = using.get(profile_uuid, set()) & names
+        for host_uuid, profile_uuid in rows:
+            used = using.get(profile_uuid, set()) & changed[host_uuid]
             if used:
                 detail = CHANGED_DETAIL % (", ".join("$" + name for name in sorted(used)),)
-                sent += resend(conn, [(host_uuid, profile_uuid)], detail, now)
+                by_detail.setdefault(detail, []).append((host_uuid, profile_uuid))
+    sent = []
+    for detail, rows in by_detail.items():
+        sent += resend(conn, rows, detail, now)
     return sent
 
 

@@ -121,37 +121,36 @@ class SecretQueries:
         """
         Send again every sent host profile of every profile that uses the secret; fires how many.
 
-        In batches of RESEND_BATCH host profiles in (profile, host) order,
-        each its own transaction; a host profile claimed again between two
-        batches is not sent a second time (the walk only moves forward).
+        The host profiles are listed once (one read), then sent again in
+        batches of RESEND_BATCH, each its own transaction: a listing walked
+        by keyset instead would scan and sort every matching row for each
+        batch. Each listed host profile is sent again once; one claimed again
+        between two batches is not sent a second time, and one that was not
+        sent yet when the list was made renders the new value when it is.
         """
         variable = _variable(name)
         detail = CHANGED_DETAIL % ("$" + variable,)
 
-        def batch(after):
-            def resend_batch(conn):
-                now = self._clock.seconds()
-                profiles = sorted(profiles_using(conn, [variable]))
-                if not profiles:
-                    return [], None
-                after_profile, after_host = after or ("", "")
-                rows = conn.execute(
-                    f"SELECT profile_uuid, host_uuid FROM host_profiles WHERE profile_uuid IN ({placeholders(profiles)})"
-                    " AND (profile_uuid > ? OR (profile_uuid = ? AND host_uuid > ?)) AND status IS NOT NULL"
-                    " ORDER BY profile_uuid, host_uuid LIMIT ?",
-                    (*profiles, after_profile, after_profile, after_host, RESEND_BATCH),
+        def sent_host_profiles(conn):
+            found = []
+            for profiles in chunks(sorted(profiles_using(conn, [variable]))):
+                found += conn.execute(
+                    "SELECT host_uuid, profile_uuid FROM host_profiles"
+                    f" WHERE profile_uuid IN ({placeholders(profiles)}) AND status IS NOT NULL",
+                    profiles,
                 ).fetchall()
-                sent = resend(conn, [(host, profile) for profile, host in rows], detail, now)
-                return sent, (tuple(rows[-1]) if len(rows) == RESEND_BATCH else None)
+            return found
+
+        def batch(rows):
+            def resend_batch(conn):
+                return resend(conn, rows, detail, self._clock.seconds())
 
             return resend_batch
 
         async def in_batches():
-            total, after = 0, None
-            while True:
-                sent, after = await self._submit(batch(after))
-                total += len(sent)
-                if after is None:
-                    return total
+            total = 0
+            for rows in chunks(await self._submit(sent_host_profiles, write=False), RESEND_BATCH):
+                total += len(await self._submit(batch(rows)))
+            return total
 
         return defer.ensureDeferred(in_batches())
