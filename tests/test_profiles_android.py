@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scepproxyd.profiles import ParsedProfile, ProfileError, parse_profile, render_profile
+from scepproxyd.profiles import ParsedProfile, ProfileError, parse_profile, render_profile, variables
+from scepproxyd.profiles.model import EndUser
 from support.profiles import refused
 
 FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
@@ -427,8 +428,10 @@ def test_docs_sans_example_uploads_and_renders_as_documented():
     example, after = section.split("```", 1)
     received = after.split("```json\n", 1)[1].split("```", 1)[0]
     assert parse_profile(example.encode()).ca_name == "CORP_CA"
+    ann = EndUser(idp_username="ann@corp.example", idp_email="ann@example.com")
+    host = variables.host_values("A1B2C3D4-0000-4000-8000-000000000001", None, "android", ann)
     rendered = json.loads(render_profile("android_template", example.encode(), ca_challenge="c", proxy_url="u",
-                                         renewal_id="sp-0123456789abcdef"))
+                                         renewal_id="sp-0123456789abcdef", host=host))
     assert {"subject_alt_names": rendered["subject_alt_names"]} == json.loads("{%s}" % received)
 
 
