@@ -42,19 +42,40 @@ def read_end_user(conn, host_uuid) -> EndUser | None:
 
 def write_end_user(conn, host_uuid, changes: dict, now) -> EndUser:
     """Apply ``changes`` (END_USER_FIELDS -> value, None clears) to the host's end user; the result."""
-    current = read_end_user(conn, host_uuid) or EndUser()
-    fields = {name: getattr(current, name) for name in END_USER_FIELDS}
-    fields.update(changes)
-    merged = EndUser(**{name: fields[name] if name != "idp_groups" else tuple(fields[name] or ()) for name in fields})
-    conn.execute(
+    return write_end_users(conn, [(host_uuid, changes)], now)[0]
+
+
+def write_end_users(conn, changes_by_host, now) -> list[EndUser]:
+    """
+    L{write_end_user} for many ``(host_uuid, changes)`` at once (an import's batch); the results, in order.
+
+    The current end users are read a chunk of hosts at a time and written
+    with one executemany, not two statements per host.
+    """
+    changes_by_host = list(changes_by_host)
+    current = {}
+    for hosts in chunks(sorted({host_uuid for host_uuid, _ in changes_by_host})):
+        for host_uuid, *row in conn.execute(
+            f"SELECT host_uuid, {_COLUMNS} FROM host_end_users WHERE host_uuid IN ({placeholders(hosts)})", hosts
+        ):
+            current[host_uuid] = _end_user(row)
+    merged_users, rows = [], []
+    for host_uuid, changes in changes_by_host:
+        fields = attrs.asdict(current.get(host_uuid) or EndUser())
+        fields.update(changes)
+        fields["idp_groups"] = tuple(fields["idp_groups"] or ())
+        merged = current[host_uuid] = EndUser(**fields)
+        merged_users.append(merged)
+        rows.append((host_uuid, merged.idp_username, merged.idp_full_name, json.dumps(list(merged.idp_groups)),
+                     merged.idp_department, merged.idp_email, now))
+    conn.executemany(
         f"INSERT INTO host_end_users (host_uuid, {_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (host_uuid) DO UPDATE SET idp_username = excluded.idp_username,"
         " idp_full_name = excluded.idp_full_name, idp_groups = excluded.idp_groups,"
         " idp_department = excluded.idp_department, idp_email = excluded.idp_email, updated_at = excluded.updated_at",
-        (host_uuid, merged.idp_username, merged.idp_full_name, json.dumps(list(merged.idp_groups)),
-         merged.idp_department, merged.idp_email, now),
+        rows,
     )
-    return merged
+    return merged_users
 
 
 def snapshot(conn, host_uuids) -> dict:

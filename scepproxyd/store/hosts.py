@@ -6,7 +6,7 @@ import attrs
 from twisted.internet import defer
 
 from scepproxyd.store.database import chunks, keyset, one, order_by, placeholders
-from scepproxyd.store.end_users import read_end_user, resend_changed, snapshot, write_end_user
+from scepproxyd.store.end_users import read_end_user, resend_changed, snapshot, write_end_user, write_end_users
 from scepproxyd.store.models import PLATFORMS, Host, NotFoundError, check_choice
 
 _HOST_COLUMNS = "uuid, serial, platform, created_at, updated_at"
@@ -115,8 +115,7 @@ class HostQueries:
                 _check_import_row(index, row)
             before = snapshot(conn, [row[0] for row in rows])
             created = sum(_upsert(conn, uuid, serial, platform, now) for uuid, serial, platform, *_ in rows)
-            for uuid, changes in _end_user_changes(rows):
-                write_end_user(conn, uuid, changes, now)
+            write_end_users(conn, _end_user_changes(rows), now)
             resend_changed(conn, before, snapshot(conn, before), now)
             return created, len(rows) - created
 
@@ -146,8 +145,7 @@ class HostQueries:
                 " SET serial = excluded.serial, platform = excluded.platform, updated_at = excluded.updated_at",
                 [(uuid, serial, platform, now, now) for uuid, serial, platform, *_ in rows],
             )
-            for uuid, changes in _end_user_changes(rows):
-                write_end_user(conn, uuid, changes, now)
+            write_end_users(conn, _end_user_changes(rows), now)
             resend_changed(conn, before, snapshot(conn, before), now)
             return len(rows) - known, known
 
