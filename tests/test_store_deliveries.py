@@ -14,7 +14,7 @@ from scepproxyd.delivery.lifecycle import lifecycle
 from scepproxyd.store import deliveries as deliveries_module
 from scepproxyd.store.deliveries import STUCK_DETAIL
 from scepproxyd.store.models import ResentHostProfile, challenge_hash
-from support.store import CA, HOST, PROFILE, claim_all, raw, seed, started_store
+from support.store import CA, HOST, PROFILE, assign_to, claim_all, raw, seed, started_store
 
 STUCK_AFTER = 12 * 3600.0
 
@@ -79,9 +79,7 @@ async def test_a_delivery_stuck_past_stuck_after_is_sent_again_with_its_challeng
 @pytest_twisted.ensureDeferred
 async def test_what_is_not_stuck_is_left_alone(store, clock):
     await seed(store)
-    for host in ("queued", "acknowledged", "enrolling", "errored"):
-        await store.upsert_host(host, None, "macos")
-        await store.assign_profile(host, PROFILE)
+    await assign_to(store, ("queued", "acknowledged", "enrolling", "errored"))
     commands = await claim_all(store)
     for host in ("acknowledged", "enrolling", "errored"):
         await store.command_delivered(commands[(host, PROFILE)].command_uuid)
@@ -102,9 +100,7 @@ async def test_what_is_not_stuck_is_left_alone(store, clock):
 async def test_two_nodes_recovering_at_once_send_each_again_once(database, store, clock):
     await seed(store)
     hosts = [HOST, "host-2", "host-3"]
-    for host in hosts[1:]:
-        await store.upsert_host(host, None, "macos")
-        await store.assign_profile(host, PROFILE)
+    await assign_to(store, hosts[1:])
     for command in (await claim_all(store)).values():
         await store.command_delivered(command.command_uuid)
     target, password = database
@@ -124,9 +120,7 @@ async def test_recovery_works_in_batches_and_reports_each(store, clock, monkeypa
     monkeypatch.setattr(deliveries_module, "_BATCH", 2)
     await seed(store)
     hosts = [HOST] + ["host-%d" % i for i in range(2, 6)]
-    for host in hosts[1:]:
-        await store.upsert_host(host, None, "macos")
-        await store.assign_profile(host, PROFILE)
+    await assign_to(store, hosts[1:])
     for command in (await claim_all(store)).values():
         await store.command_delivered(command.command_uuid)
         clock.advance(1)
@@ -159,9 +153,7 @@ async def test_an_earlier_attempts_reason_is_not_shown_once_handed_over_again(st
 async def test_the_lifecycle_filter_agrees_with_the_lifecycle_of_every_state(store):
     await seed(store)
     hosts = ["null", "queued", "delivering", "delivered", "verified", "failed"]
-    for host in hosts:
-        await store.upsert_host(host, None, "macos")
-        await store.assign_profile(host, PROFILE)
+    await assign_to(store, hosts)
     commands = await claim_all(store)
     await store.set_host_profile_status("null", PROFILE, None)
     for host in ("delivering", "delivered"):

@@ -25,7 +25,7 @@ from scepproxyd.keys import ChallengeCipher
 from scepproxyd.store import ChallengeRefusal, challenges as challenges_module
 from scepproxyd.store.challenges import EXPIRED_DETAIL
 from scepproxyd.store.models import ExpiredChallenges, ResentHostProfile
-from support.store import CA, HOST, PROFILE, TTL, claim_all, raw, seed, started_store
+from support.store import CA, HOST, PROFILE, TTL, assign_to, claim_all, raw, seed, started_store
 
 FAILED = "custom scep challenge failed"
 FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
@@ -72,9 +72,7 @@ async def test_cleanup_sends_a_host_profile_whose_latest_challenge_expired_unuse
 @pytest_twisted.ensureDeferred
 async def test_two_cleanups_and_two_nodes_send_it_again_once(database, store, clock):
     await seed(store)
-    for host in ("host-2", "host-3"):
-        await store.upsert_host(host, None, "macos")
-        await store.assign_profile(host, PROFILE)
+    await assign_to(store, ("host-2", "host-3"))
     target, password = database
     other = await started_store(target, reactor, clock, password=password)  # a second node on the database
     try:
@@ -95,9 +93,7 @@ async def test_cleanup_works_in_batches_and_reports_each(store, clock, monkeypat
     monkeypatch.setattr(challenges_module, "_EXPIRED_BATCH", 3)
     await seed(store)
     hosts = [HOST] + ["host-%d" % i for i in range(2, 8)]
-    for host in hosts[1:]:
-        await store.upsert_host(host, None, "macos")
-        await store.assign_profile(host, PROFILE)
+    await assign_to(store, hosts[1:])
     for host in hosts:
         await pending(store, host)
         clock.advance(1)

@@ -48,6 +48,13 @@ async def seed(s, host=HOST, profile=PROFILE, ca=CA):
     return await s.assign_profile(host, profile)
 
 
+async def assign_to(s, hosts, profile=PROFILE):
+    """More macOS hosts (no serial), each with ``profile`` assigned: the fleet a store test works on."""
+    for host in hosts:
+        await s.upsert_host(host, None, "macos")
+        await s.assign_profile(host, profile)
+
+
 async def refuse_latest(s, host=HOST, profile=PROFILE, detail="custom scep challenge failed"):
     """A refused challenge that counts: the host profile's latest one (it must be pending); fires the ChallengeRefusal."""
     challenge = await s.issue_challenge(host, profile)
