@@ -98,6 +98,19 @@ def supersede_outstanding(conn, rows, now) -> None:
     )
 
 
+def retire_sent_copies(conn, rows, now) -> None:
+    """
+    Make the copies of each ``(host_uuid, profile_uuid)`` already handed over enroll nowhere.
+
+    Their outstanding commands are retired, and their one-time challenges,
+    the proxy's and the built-in CA's, deleted: what a host profile sent
+    again from scratch needs, whatever sent it again.
+    """
+    supersede_outstanding(conn, rows, now)
+    conn.executemany(f"DELETE FROM challenges WHERE {ONE_HOST_PROFILE}", rows)
+    conn.executemany(f"DELETE FROM ca_challenges WHERE {ONE_HOST_PROFILE}", rows)
+
+
 class AssignmentQueries:
     def assign_profile(self, host_uuid, profile_uuid) -> defer.Deferred:
         """

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from scepproxyd.store.assignments import ONE_HOST_PROFILE, supersede_outstanding
+from scepproxyd.store.assignments import retire_sent_copies
 from scepproxyd.store.database import chunks, placeholders, skip_locked
 from scepproxyd.store.models import ResentHostProfile
 
@@ -79,10 +79,7 @@ class DeliveryQueries:
                     batch,
                 ))
             pairs = [(host_uuid, profile_uuid) for host_uuid, profile_uuid, _, _ in rows]
-            supersede_outstanding(conn, pairs, now)
-            # The copy the agent holds must not enroll any more: its proxy and built-in CA challenges go.
-            conn.executemany(f"DELETE FROM challenges WHERE {ONE_HOST_PROFILE}", pairs)
-            conn.executemany(f"DELETE FROM ca_challenges WHERE {ONE_HOST_PROFILE}", pairs)
+            retire_sent_copies(conn, pairs, now)  # the copy the agent holds must not enroll any more
             return len(rows), tuple(
                 ResentHostProfile(host_uuid, profile_uuid, ca_name, now - fetched.get(command_uuid, now))
                 for host_uuid, profile_uuid, command_uuid, ca_name in rows

@@ -19,7 +19,7 @@ from twisted.internet import defer
 
 from scepproxyd.profiles import variables
 from scepproxyd.profiles.model import EndUser
-from scepproxyd.store.assignments import ONE_HOST_PROFILE, supersede_outstanding
+from scepproxyd.store.assignments import ONE_HOST_PROFILE, retire_sent_copies
 from scepproxyd.store.database import chunks, placeholders
 from scepproxyd.store.models import NotFoundError
 
@@ -111,15 +111,27 @@ def profiles_using(conn, names) -> dict[str, set[str]]:
     return using
 
 
-def resend(conn, rows, detail: str, now) -> list[tuple[str, str]]:
+def send_again(conn, sent, detail: str, now) -> None:
     """
-    Send each sent ``(host_uuid, profile_uuid)`` again from scratch; those that were sent (not NULL already).
+    Send each ``(host_uuid, profile_uuid)``, read as sent in this transaction, again from scratch.
 
     As an admin's resend does, and the one-time challenges of the built-in
-    CA rendered into the old copy are deleted as well. The sent ones are
-    found by host (the primary key's prefix) a chunk at a time and updated
-    with one executemany: a value that changes for a whole fleet sends tens
-    of thousands again, and a statement per host profile made that slow.
+    CA rendered into the old copy are deleted as well. One executemany: a
+    value that changes for a whole fleet sends tens of thousands again.
+    """
+    conn.executemany(
+        "UPDATE host_profiles SET status = NULL, retries = 0, detail = ?, command_uuid = NULL, updated_at = ?"
+        f" WHERE {ONE_HOST_PROFILE} AND status IS NOT NULL",
+        [(detail, now, host_uuid, profile_uuid) for host_uuid, profile_uuid in sent],
+    )
+    retire_sent_copies(conn, sent, now)
+
+
+def resend(conn, rows, detail: str, now) -> list[tuple[str, str]]:
+    """
+    L{send_again} for ``(host_uuid, profile_uuid)`` listed in an earlier transaction; those still sent.
+
+    They are found by host (the primary key's prefix) a chunk at a time.
     """
     rows = list(rows)
     wanted = set(rows)
@@ -131,15 +143,7 @@ def resend(conn, rows, detail: str, now) -> list[tuple[str, str]]:
             hosts,
         )) if row in wanted)
     sent = [row for row in rows if row in found]
-    conn.executemany(
-        "UPDATE host_profiles SET status = NULL, retries = 0, detail = ?, command_uuid = NULL, updated_at = ?"
-        f" WHERE {ONE_HOST_PROFILE} AND status IS NOT NULL",
-        [(detail, now, host_uuid, profile_uuid) for host_uuid, profile_uuid in sent],
-    )
-    supersede_outstanding(conn, sent, now)
-    conn.executemany(f"DELETE FROM challenges WHERE {ONE_HOST_PROFILE}", sent)
-    # The built-in CA's one-time challenges too: a copy rendered with the old value buys nothing more.
-    conn.executemany(f"DELETE FROM ca_challenges WHERE {ONE_HOST_PROFILE}", sent)
+    send_again(conn, sent, detail, now)
     return sent
 
 
@@ -170,20 +174,13 @@ def resend_changed(conn, before: dict, after: dict, now) -> list[tuple[str, str]
                 detail = CHANGED_DETAIL % (", ".join("$" + name for name in sorted(used)),)
                 by_detail.setdefault(detail, []).append((host_uuid, profile_uuid))
     sent = []
-    for detail, rows in by_detail.items():
-        sent += resend(conn, rows, detail, now)
+    for detail, rows in by_detail.items():  # read as sent just now, in this transaction
+        send_again(conn, rows, detail, now)
+        sent += rows
     return sent
 
 
 class EndUserQueries:
-    def get_end_user(self, host_uuid) -> defer.Deferred:
-        """The host's EndUser, or None when it has none recorded (or there is no such host)."""
-
-        def get_end_user(conn):
-            return read_end_user(conn, host_uuid)
-
-        return self._submit(get_end_user, write=False)
-
     def set_end_user(self, host_uuid, changes: dict) -> defer.Deferred:
         """
         Change some of the host's end-user attributes (``changes``: END_USER_FIELDS -> value, None clears).

@@ -220,12 +220,13 @@ class ChallengeRefusal:
     waited: float | None = None
 
 
-#: The info line (cleanup job and proxy alike) for a host profile sent again because its latest
-#: challenge expired unused; ``found_by`` is "cleanup" or "device". Never names the challenge.
+#: The info line for a host profile sent again because the agent fetched it and never reported.
 RESENT_AFTER_STUCK = (
     "agent fetched the profile and never reported; host profile sent again with a fresh challenge, no retry"
     " counted: host={host} profile={profile} ca={ca} waited={waited:.0f}s"
 )
+#: The info line (cleanup job and proxy alike) for a host profile sent again because its latest
+#: challenge expired unused; ``found_by`` is "cleanup" or "device". Never names the challenge.
 RESENT_AFTER_EXPIRY = (
     "one-time challenge expired unused; host profile sent again, no retry counted: host={host} profile={profile}"
     " ca={ca} waited={waited:.0f}s found_by={found_by}"
@@ -234,12 +235,12 @@ RESENT_AFTER_EXPIRY = (
 
 @attrs.frozen
 class ResentHostProfile:
-    """A pending host profile sent again because its latest challenge expired unused (no retry counted)."""
+    """A pending host profile sent again, no retry counted: its latest challenge expired unused, or its delivery stuck."""
 
     host_uuid: str
     profile_uuid: str
     ca_name: str | None
-    #: Seconds from the challenge's minting (the hand-over) to its expiry being acted on.
+    #: Seconds it waited: from the challenge's minting to its expiry being acted on, or from the agent's fetch.
     waited: float
 
 

@@ -142,8 +142,10 @@ class SecretQueries:
             return found
 
         def batch(rows):
+            now = self._clock.seconds()  # read here, on the caller's thread, as every store method does
+
             def resend_batch(conn):
-                return resend(conn, rows, detail, self._clock.seconds())
+                return resend(conn, rows, detail, now)
 
             return resend_batch
 
