@@ -25,9 +25,6 @@ MAX_END_USER_VALUE = 255
 MAX_GROUPS = 100
 MAX_SECRET_LENGTH = 4096
 #: What a secret's name may be: what follows FLEET_SECRET_ in a variable.
-SECRET_NAME_PATTERN = r"[A-Za-z0-9_]{1,255}"
-
-
 class InvalidAdminInput(Exception):
     """
     An admin's input that breaks a rule here; ``message`` says which, ``field`` names the input.
@@ -173,9 +170,7 @@ def check_end_user(body: dict, where: str = "") -> dict:
 
 
 def check_secret_name(name: str) -> str:
-    import re
-
-    if not re.fullmatch(SECRET_NAME_PATTERN, name):
+    if not variables.SECRET_NAME.fullmatch(name):
         raise InvalidAdminInput(
             "secret name must be 1-255 letters, digits or underscores (profiles write it as $FLEET_SECRET_<NAME>)",
             field="name",

@@ -125,7 +125,7 @@ class RenewalJob:
         for ca_name in sorted(due):
             limit = self._pacing.limit_for(ca_name)
             if limit is None:
-                started += await self._start(ca_name)
+                started += (await self._start_paced(ca_name, None, None))[0]
                 continue
             pace = self._pacing.pace(ca_name, limit, now, self._min_wake)
             count, window_started, next_at = await self._start_paced(ca_name, self._pacing.window_start(now), pace)
@@ -161,17 +161,12 @@ class RenewalJob:
             result["renewals_at_risk"] = at_risk
         return result
 
-    async def _start(self, ca_name: str) -> int:
-        """Every due host profile of an unlimited CA, in batches."""
-        total = 0
-        while True:
-            count, _, _ = await self._store.start_renewals(ca_name, self._threshold, self._fraction, self._batch_size)
-            total += count
-            if count < self._batch_size:
-                return total
+    async def _start_paced(self, ca_name: str, window: float | None, pace) -> tuple[int, int | None, float]:
+        """
+        What the CA's pace allows now, in batches; ``(started, the window's count, next_at)`` after.
 
-    async def _start_paced(self, ca_name: str, window: float, pace) -> tuple[int, int | None, float]:
-        """What the CA's pace allows now, in batches; ``(started, the window's count, next_at)`` after."""
+        ``window`` and ``pace`` None: a CA without a limit, every due host profile.
+        """
         total = 0
         while True:
             count, window_started, next_at = await self._store.start_renewals(

@@ -166,18 +166,15 @@ def host_import(api, args, stdin):
     return answer, "imported %d hosts: %d created, %d updated" % (created + updated, created, updated)
 
 
-#: ``host set`` options and the API fields they set; an empty value clears the field.
-HOST_SET_OPTIONS = (
-    ("serial", "serial"), ("idp_username", "idp_username"), ("idp_full_name", "idp_full_name"),
-    ("idp_groups", "idp_groups"), ("idp_department", "idp_department"), ("idp_email", "idp_email"),
-)
-END_USER_SHOWN = ("idp_username", "idp_full_name", "idp_groups", "idp_department", "idp_email")
+#: ``host set`` options, each named as the API field it sets; an empty value clears the field.
+HOST_SET_FIELDS = ("serial", "idp_username", "idp_full_name", "idp_groups", "idp_department", "idp_email")
+END_USER_SHOWN = HOST_SET_FIELDS[1:]
 
 
 def host_set(api, args, stdin):
     body = {}
-    for option, name in HOST_SET_OPTIONS:
-        value = getattr(args, option)
+    for name in HOST_SET_FIELDS:
+        value = getattr(args, name)
         if value is None:
             continue
         if name == "idp_groups":

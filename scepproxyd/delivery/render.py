@@ -81,6 +81,8 @@ class CommandRenderer:
         Checked before a challenge is minted: a host without a value the
         profile renders gets no challenge, and fails until the value is set.
         """
+        if not variables.needs_host_values(job.variables):
+            return {}, {}  # most profiles: nothing more to read
         inputs = await self._store.render_inputs(job.host_uuid, job.profile_uuid)
         if inputs is None:
             return {}, {}

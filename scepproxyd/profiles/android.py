@@ -30,7 +30,6 @@ KEY_USAGES = (
     "key_agreement",
 )
 EXTENDED_KEY_USAGES = ("client_auth", "server_auth", "email_protection", "code_signing")
-SUBJECT_ALT_NAME_KINDS = android_sans.KINDS
 
 # Where variables may be written; everything else is plain data for the agent.
 _URL = "scep.url"
@@ -38,7 +37,6 @@ _CHALLENGE = "scep.challenge"
 _SUBJECT = "subject"
 # Where a subjectAltName's variables are located (with the entry's index).
 _SAN = "subject alternative names"
-_RENEWAL_ID_TYPES = {"CN", "2.5.4.3", "OU", "2.5.4.11"}
 _DN_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)+")
 _OID = re.compile(r"[0-9]+(\.[0-9]+)+")
 _DN_SPECIAL = re.compile(r'([\\,+"<>;=])')
@@ -75,7 +73,7 @@ def parse(content: bytes) -> ParsedProfile:
     allowed = {
         (_SUBJECT, index)
         for index, (kind, _) in enumerate(_split_dn(template["subject"]))
-        if kind.upper() in _RENEWAL_ID_TYPES
+        if kind.upper() in checks.RENEWAL_ID_TYPES
     }
     renewal = [o for o in occurrences if o.variable.kind == variables.RENEWAL and o.location[0] != _SAN]
     if not renewal or any(o.location not in allowed for o in renewal):

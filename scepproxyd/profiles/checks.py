@@ -1,10 +1,11 @@
-"""Variable rules shared by Apple profiles and Android templates.
+"""Variable rules shared by Apple profiles, Android templates and Windows SyncML profiles.
 
-Both kinds place variables in differently shaped documents, but "each
+Each kind places variables in a differently shaped document, but "each
 variable at most once" and "challenge and URL name the same CA" mean the same
-thing in both; this module says them once, with one message each.
+thing in all; this module says them once, with one message each.
 """
 
+import re
 from collections import Counter
 from collections.abc import Hashable, Iterable
 
@@ -12,6 +13,11 @@ import attrs
 
 from scepproxyd.profiles import variables
 from scepproxyd.profiles.model import ProfileError
+
+#: Subject attribute types the renewal ID may be written in (the daemon finds it there in the certificate).
+RENEWAL_ID_TYPES = {"CN", "2.5.4.3", "OU", "2.5.4.11"}
+#: What an XML document's text holds that its parser does not show as text.
+_XML_HIDDEN = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>", re.DOTALL)
 
 
 @attrs.frozen
@@ -157,3 +163,25 @@ def secret_in_certificate(variable: variables.Variable, where: str) -> ProfileEr
         " shown the certificate can read; a secret belongs only where the device keeps it (a Wi-Fi or VPN"
         " password, say)" % (variable.spelled, where)
     )
+
+
+def refuse_hidden(text: str, in_text: list[variables.Found], parsed: Iterable[Occurrence], place: str) -> None:
+    """
+    Refuse variables that an XML document's text and its parsed form do not both see plainly.
+
+    A variable in a comment or CDATA section, or spelled with character
+    references, would be rendered where the checks never looked (or not at
+    all). ``in_text`` is L{variables.find} of ``text``; ``place`` says where
+    variables belong, for the message.
+    """
+    message = "variable %s must be written as plain text in " + place + ", not in a comment, CDATA section" \
+        " or character reference"
+    for hidden in _XML_HIDDEN.finditer(text):
+        for found in in_text:
+            if hidden.start() <= found.start < hidden.end():
+                raise ProfileError(message % (found.variable.spelled,))
+    seen_in_text = Counter(f.variable.name for f in in_text)
+    seen_parsed = Counter(o.variable.name for o in parsed)
+    for name in sorted(seen_in_text.keys() | seen_parsed.keys()):
+        if seen_in_text[name] != seen_parsed[name]:
+            raise ProfileError(message % ("$" + name,))

@@ -10,7 +10,6 @@ refused at upload rather than rendered wrongly later.
 
 import plistlib
 import re
-from collections import Counter
 from xml.parsers.expat import ExpatError
 from xml.sax.saxutils import escape
 
@@ -20,10 +19,8 @@ from scepproxyd.profiles.model import MOBILECONFIG, ParsedProfile, ProfileError
 SCEP_PAYLOAD_TYPE = "com.apple.security.scep"
 
 # Subject attribute types that may carry the renewal ID: CN and OU, by name or OID.
-_RENEWAL_ID_TYPES = {"CN", "2.5.4.3", "OU", "2.5.4.11"}
 _BOM = b"\xef\xbb\xbf"
 _XML_ENCODING = re.compile(rb"""<\?xml[^>]*\bencoding\s*=\s*["']([^"']*)["']""")
-_HIDDEN = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>", re.DOTALL)
 # Characters XML 1.0 cannot carry even as character references.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 # plistlib reports bad input through all of these; only the first two say why.
@@ -43,7 +40,7 @@ NO_PROXY_VARIABLES = (
 
 def parse(content: bytes) -> ParsedProfile:
     """Validate an unsigned XML .mobileconfig against the upload rules."""
-    text = _text(content)
+    text = xml_text(content)
     in_text = variables.find(text)
     plist = _load(content)
     payloads = _payloads(plist)
@@ -51,7 +48,7 @@ def parse(content: bytes) -> ParsedProfile:
     display_name = plist.get("PayloadDisplayName")
     name = display_name if isinstance(display_name, str) and display_name.strip() else identifier
     occurrences = list(_occurrences(plist, ()))
-    _refuse_hidden(text, in_text, occurrences)
+    checks.refuse_hidden(text, in_text, occurrences, "a <string> value")
     _refuse_nested_scep(plist)
 
     checks.refuse_in_keys(occurrences)
@@ -104,7 +101,7 @@ def parse(content: bytes) -> ParsedProfile:
 
 def render(content: bytes, values: variables.Values) -> bytes:
     """Fill in the variables of an accepted profile, XML-escaping each value."""
-    rendered = variables.substitute(_text(content), values, _xml_escape).encode("utf-8")
+    rendered = variables.substitute(xml_text(content), values, xml_escape).encode("utf-8")
     try:
         plistlib.loads(rendered, fmt=plistlib.FMT_XML)
     except _PLIST_ERRORS as e:
@@ -121,7 +118,8 @@ def scep_fields(content: bytes) -> dict:
     return _scep_fields(scep[0], ())[1]
 
 
-def _xml_escape(value: str) -> str:
+def xml_escape(value: str) -> str:
+    """A variable's value as XML text (Apple and SyncML profiles alike); refused when XML cannot carry it."""
     if _NOT_XML.search(value):
         raise ProfileError(
             "cannot render the profile: a variable's value contains characters XML cannot carry"
@@ -130,7 +128,8 @@ def _xml_escape(value: str) -> str:
     return escape(value, {'"': "&quot;", "'": "&apos;", "\r": "&#13;"})
 
 
-def _text(content: bytes) -> str:
+def xml_text(content: bytes) -> str:
+    """An XML profile's bytes as text (UTF-8 only, BOM dropped), for Apple and SyncML profiles alike."""
     if content.startswith(_BOM):
         content = content[len(_BOM) :]
     declared = _XML_ENCODING.match(content.lstrip())
@@ -288,23 +287,6 @@ def _occurrences(value: object, path: tuple) -> list[checks.Occurrence]:
     return found
 
 
-def _refuse_hidden(text: str, in_text: list[variables.Found], parsed: list[checks.Occurrence]) -> None:
-    """Refuse variables that the XML text and the parsed plist do not both see plainly."""
-    message = (
-        "variable %s must be written as plain text in a <string> value,"
-        " not in a comment, CDATA section or character reference"
-    )
-    for hidden in _HIDDEN.finditer(text):
-        for found in in_text:
-            if hidden.start() <= found.start < hidden.end():
-                raise ProfileError(message % (found.variable.spelled,))
-    seen_in_text = Counter(f.variable.name for f in in_text)
-    seen_parsed = Counter(o.variable.name for o in parsed)
-    for name in sorted(seen_in_text.keys() | seen_parsed.keys()):
-        if seen_in_text[name] != seen_parsed[name]:
-            raise ProfileError(message % ("$" + name,))
-
-
 def _refuse_nested_scep(plist: dict) -> None:
     """A SCEP payload anywhere but directly in the top-level PayloadContent is refused.
 
@@ -351,7 +333,7 @@ def _require_renewal_id(occurrences: list[checks.Occurrence], fields: dict, fiel
             for a, pair in enumerate(rdn):
                 if not _is_string_pair(pair):
                     raise shape_error
-                if pair[0].strip().upper() in _RENEWAL_ID_TYPES:
+                if pair[0].strip().upper() in checks.RENEWAL_ID_TYPES:
                     allowed.add(fields_path + ("Subject", r, a, 1))
     renewal = [o for o in occurrences if o.variable.kind == variables.RENEWAL]
     if not renewal or any(o.location not in allowed for o in renewal):

@@ -30,18 +30,14 @@ def render_profile(
     ``secrets`` the custom secrets' values by name. A variable the profile
     uses without a value raises L{variables.MissingValue}, which names it.
     The Windows certificate ID renders to the renewal ID (see variables).
+    Apple profiles get XML-escaped values and still parse as a plist;
+    Android templates get the values inside JSON strings (DN-escaped in the
+    subject) and stay valid JSON; Windows SyncML profiles get XML-escaped
+    values and still parse as SyncML.
     """
     values = variables.Values(
         challenge=ca_challenge, proxy_url=proxy_url, renewal_id=renewal_id, host=host or {}, secrets=secrets or {}
     )
-    return render_values(kind, content, values)
-
-
-def render_values(kind: str, content: bytes, values: variables.Values) -> bytes:
-    """Render with ``values`` as given: Apple profiles get XML-escaped values and still parse as a plist;
-    Android templates get the values inside JSON strings (DN-escaped in the subject) and stay valid JSON;
-    Windows SyncML profiles get XML-escaped values and still parse as SyncML.
-    """
     if kind == MOBILECONFIG:
         return mobileconfig.render(content, values)
     if kind == ANDROID_TEMPLATE:

@@ -28,7 +28,7 @@ from xml.parsers import expat
 import attrs
 
 from scepproxyd.profiles import checks, variables
-from scepproxyd.profiles.mobileconfig import _HIDDEN, _text, _xml_escape
+from scepproxyd.profiles.mobileconfig import xml_escape, xml_text
 from scepproxyd.profiles.model import TOO_DEEP, WINDOWS_SYNCML, ParsedProfile, ProfileError
 
 COMMANDS = ("Add", "Replace", "Exec")
@@ -61,7 +61,6 @@ SUBJECT_ALT_NAMES = "Install/SubjectAlternativeNames"
 #: Where host and end-user variables may be written: the names the certificate carries.
 _HOST_VALUE_NODES = (SUBJECT_NAME, SUBJECT_ALT_NAMES)
 _MAX_DEPTH = 32
-_RENEWAL_ID_TYPES = {"CN", "2.5.4.3", "OU", "2.5.4.11"}
 _THUMBPRINT = re.compile(r"[0-9A-Fa-f]{40}")
 _DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 _WRAPPER = "scepproxyd-syncml"
@@ -116,14 +115,14 @@ def looks_like_syncml(head: bytes) -> bool:
 
 def parse(content: bytes) -> ParsedProfile:
     """Validate a Windows SyncML profile against the upload rules."""
-    text = _text(content)
+    text = xml_text(content)
     items = _items(text)
     occurrences = []
     for number, item in enumerate(items):
         occurrences.extend(checks.occurrences_in(item.loc_uri, (number, "LocURI")))
         if item.data is not None:
             occurrences.extend(checks.occurrences_in(item.data, (number, "Data")))
-    _refuse_hidden(text, occurrences)
+    checks.refuse_hidden(text, variables.find(text), occurrences, "a <LocURI> or <Data>")
     install = _install(items)
     where = {number: _node(item.loc_uri)[1] for number, item in enumerate(items)}
     for occurrence in occurrences:
@@ -165,14 +164,14 @@ def parse(content: bytes) -> ParsedProfile:
 
 def render(content: bytes, values: variables.Values) -> bytes:
     """Fill in the variables of an accepted profile, XML-escaping each value; the result still parses."""
-    rendered = variables.substitute(_text(content), values, _xml_escape)
+    rendered = variables.substitute(xml_text(content), values, xml_escape)
     _items(rendered)
     return rendered.encode("utf-8")
 
 
 def install_settings(content: bytes) -> Install:
     """The SCEP install of an accepted profile, as written (variables not filled in), for the CA's binding."""
-    return _install(_items(_text(content)))
+    return _install(_items(xml_text(content)))
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -321,21 +320,6 @@ def _install(items: list[Item]) -> Install:
     return Install(scopes.pop(), nodes)
 
 
-def _refuse_hidden(text: str, parsed: list[checks.Occurrence]) -> None:
-    """Refuse variables that the XML text and the parsed commands do not both see plainly."""
-    message = ("variable %s must be written as plain text in a <LocURI> or <Data>,"
-               " not in a comment, CDATA section or character reference")
-    in_text = variables.find(text)
-    for hidden in _HIDDEN.finditer(text):
-        for found in in_text:
-            if hidden.start() <= found.start < hidden.end():
-                raise ProfileError(message % (found.variable.spelled,))
-    if sorted(f.variable.name for f in in_text) != sorted(o.variable.name for o in parsed):
-        differing = {f.variable.name for f in in_text} ^ {o.variable.name for o in parsed}
-        shown = sorted(differing)[0] if differing else sorted(f.variable.name for f in in_text)[0]
-        raise ProfileError(message % ("$" + shown,))
-
-
 def subject_attributes(subject: str) -> list[tuple[str, str]]:
     """A SubjectName as written, left to right: ``(TYPE, value)``; Windows separates RDNs with ``,`` or ``;``.
 
@@ -373,7 +357,7 @@ def _require_renewal_id(occurrences: list[checks.Occurrence], subject: str | Non
                            % (variables.RENEWAL_ID_PLACEHOLDER,), "SubjectName")
     if not renewal or any(o.location != at for o in renewal) or subject is None:
         raise message
-    if not any(kind.upper() in _RENEWAL_ID_TYPES and any(f.variable.kind == variables.RENEWAL
+    if not any(kind.upper() in checks.RENEWAL_ID_TYPES and any(f.variable.kind == variables.RENEWAL
                                                           for f in variables.find(value))
                for kind, value in subject_attributes(subject)):
         raise message

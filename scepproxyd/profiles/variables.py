@@ -221,6 +221,11 @@ def first_missing(names, host: Mapping[str, str | None], secrets) -> str | None:
     return None
 
 
+def needs_host_values(names) -> bool:
+    """Whether any of the variable ``names`` is a host variable or a custom secret (values beyond the profile's own)."""
+    return any(name in HOST_VARIABLES or name.startswith(SECRET_PREFIX) for name in names)
+
+
 def secret_names(names) -> list[str]:
     """The custom secrets (names after ``FLEET_SECRET_``) among variable names, sorted, each once."""
     return sorted({name[len(SECRET_PREFIX):] for name in names if name.startswith(SECRET_PREFIX)})

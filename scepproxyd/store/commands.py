@@ -16,6 +16,8 @@ push backend sends it); only the host profile's current command
 
 from __future__ import annotations
 
+import json
+
 from twisted.internet import defer
 
 from scepproxyd.store.assignments import (
@@ -68,7 +70,7 @@ _INSERT_COMMAND = (
 # that host profile is pending. RenderJob's fields, in order.
 _RENDER_JOBS = (
     "SELECT c.command_uuid, c.host_uuid, c.profile_uuid, p.kind, p.content, p.ca_name, ca.challenge_ciphertext,"
-    " hp.renewal_id, h.platform, COALESCE(ca.builtin, 0) FROM commands c"
+    " hp.renewal_id, h.platform, COALESCE(ca.builtin, 0), p.variables FROM commands c"
     " JOIN host_profiles hp ON hp.host_uuid = c.host_uuid AND hp.profile_uuid = c.profile_uuid"
     "  AND hp.command_uuid = c.command_uuid AND hp.status = 'pending'"
     " JOIN profiles p ON p.uuid = c.profile_uuid"
@@ -78,11 +80,12 @@ _RENDER_JOBS = (
 
 
 def _render_job(row) -> RenderJob:
-    command_uuid, host_uuid, profile_uuid, kind, content, ca_name, ciphertext, renewal_id, platform, builtin = row
+    (command_uuid, host_uuid, profile_uuid, kind, content, ca_name, ciphertext, renewal_id, platform, builtin,
+     written) = row
     ciphertext = None if ciphertext is None else bytes(ciphertext)
     return RenderJob(
         command_uuid, host_uuid, profile_uuid, kind, bytes(content), ca_name, ciphertext, renewal_id, platform,
-        bool(builtin),
+        bool(builtin), tuple(json.loads(written)) if written else (),
     )
 
 

@@ -308,6 +308,8 @@ class RenderJob:
     platform: str
     #: The profile names the built-in CA: its challenge variable gets a one-time CA challenge.
     ca_builtin: bool = False
+    #: The variable names the profile writes (what the renderer must look up beyond this row).
+    variables: tuple[str, ...] = attrs.field(default=(), eq=False)
 
 
 @attrs.frozen
