@@ -18,10 +18,21 @@ values are read as ANY, as the full reader reads them.
 
 import datetime
 
-from asn1crypto import cms
+from asn1crypto import cms, core
 
 from scepproxyd.scep.codec import ber
-from scepproxyd.scep.codec.attributes import FAIL_INFO_OID, PKI_STATUS_OID
+from scepproxyd.scep.codec.attributes import (
+    CONTENT_TYPE_OID,
+    FAIL_INFO_OID,
+    FAIL_INFO_TEXT_OID,
+    MESSAGE_DIGEST_OID,
+    MESSAGE_TYPE_OID,
+    PKI_STATUS_OID,
+    RECIPIENT_NONCE_OID,
+    SENDER_NONCE_OID,
+    SIGNING_TIME_OID,
+    TRANSACTION_ID_OID,
+)
 from scepproxyd.scep.codec.errors import MessageError
 
 
@@ -30,16 +41,8 @@ class CannotJudge(Exception):
 
 
 def _oid(dotted: str) -> bytes:
-    arcs = [int(arc) for arc in dotted.split(".")]
-    encoded = bytearray()
-    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        encoded += bytes(reversed(chunk))
-    return bytes(encoded)
+    """The content octets of an OBJECT IDENTIFIER, as the bytes hold it (made once, at import)."""
+    return core.ObjectIdentifier(dotted).contents
 
 
 _SIGNED_DATA = _oid("1.2.840.113549.1.7.2")
@@ -57,14 +60,15 @@ _SIGNATURES = frozenset(_oid("1.2.840.113549.1.1." + n) for n in ("1", "5", "11"
 _DIRECTORY_STRING_TYPES = frozenset(_oid("2.5.4." + n) for n in ("3", "5", "6", "7", "8", "9", "10", "11", "12"))
 _DOMAIN_COMPONENT = _oid("0.9.2342.19200300.100.1.25")
 
-_CONTENT_TYPE = _oid("1.2.840.113549.1.9.3")
-_MESSAGE_DIGEST = _oid("1.2.840.113549.1.9.4")
-_SIGNING_TIME = _oid("1.2.840.113549.1.9.5")
+_CONTENT_TYPE = _oid(CONTENT_TYPE_OID)
+_MESSAGE_DIGEST = _oid(MESSAGE_DIGEST_OID)
+_SIGNING_TIME = _oid(SIGNING_TIME_OID)
 _PKI_STATUS = _oid(PKI_STATUS_OID)
 _FAIL_INFO = _oid(FAIL_INFO_OID)
 # Unregistered in asn1crypto, so SET OF ANY: messageType, pkiStatus, failInfo, the nonces, transactionID,
 # failInfoText.
-_ANY_VALUED = frozenset([_oid("2.16.840.1.113733.1.9." + n) for n in "234567"] + [_oid("1.3.6.1.5.5.7.24.1")])
+_ANY_VALUED = frozenset(_oid(o) for o in (MESSAGE_TYPE_OID, PKI_STATUS_OID, FAIL_INFO_OID, SENDER_NONCE_OID,
+                                           RECIPIENT_NONCE_OID, TRANSACTION_ID_OID, FAIL_INFO_TEXT_OID))
 
 _KNOWN_ATTRIBUTES = frozenset({_CONTENT_TYPE, _MESSAGE_DIGEST, _SIGNING_TIME, *_ANY_VALUED})
 _ANY_NUMBER = range(1 << 30)  # of children, for a SET OF or SEQUENCE OF
